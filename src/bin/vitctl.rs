@@ -1,0 +1,2 @@
+//! vitctl: manage a vit datastore.
+fn main() {}

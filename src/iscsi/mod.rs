@@ -1,0 +1,1 @@
+//! The iSCSI transport (RFC 7143).

@@ -1,0 +1,1 @@
+//! iSCSI names: IQN, EUI and NAA.

@@ -1,0 +1,1 @@
+//! The SCSI device server (SPC-4, SBC-3).

@@ -1,0 +1,1 @@
+//! VMDK descriptors and flat extents.
