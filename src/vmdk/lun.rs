@@ -280,7 +280,7 @@ fn size_to_sectors(size: u64) -> Result<u64, VmdkError> {
             reason: "must be positive",
         });
     }
-    if size % SECTOR_SIZE != 0 {
+    if !size.is_multiple_of(SECTOR_SIZE) {
         return Err(VmdkError::InvalidSize {
             size,
             reason: "must be a multiple of 512",
