@@ -1255,4 +1255,51 @@ mod tests {
             "{msg}"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn line() -> impl Strategy<Value = String> {
+            prop_oneof![
+                8 => "(RW|RDONLY|NOACCESS) [1-9][0-9]{0,6} (FLAT|VMFS) \"[a-z -]{1,6}\"( [0-9]{1,3})?",
+                4 => "(RW|RDONLY|NOACCESS) [1-9][0-9]{0,4} ZERO",
+                4 => "ddb\\.[a-z]{1,4} = \"[a-zA-Z0-9 .-]{0,8}\"",
+                2 => "(encoding|CID|version)=\"?[0-9a-f]{1,8}\"?",
+                2 => "(#.{0,10})?",
+                1 => "(RW|RDONLY|NOACCESS|rw|WO)? {0,2}[0-9]{0,21} ?(FLAT|ZERO|VMFS|SPARSE|X)? ?\"?[a-z./ ]{0,6}\"? ?[0-9]{0,4} ?[a-z]{0,2}",
+                1 => "(createType|CID|parentCID|version|encoding|ddb\\.a|ddb\\.b|bad key) ?= ?\"?(monolithicFlat|vmfs|seSparse|ffffffff|[0-9a-f]{0,9})\"?",
+                1 => "\\PC{0,20}",
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+                let _ = Descriptor::parse(&text);
+                let _ = Descriptor::parse_bytes(text.as_bytes());
+            }
+
+            #[test]
+            fn descriptor_like_text_parses_consistently(
+                with_type: bool,
+                lines in prop::collection::vec(line(), 0..12),
+            ) {
+                let create_type = if with_type { "createType=vmfs\n" } else { "" };
+                let text = format!("{HEADER_LINE}\n{create_type}{}", lines.join("\n"));
+                match Descriptor::parse(&text) {
+                    Ok(d) => {
+                        let sum: u64 = d.extents().iter().map(|e| e.sectors).sum();
+                        prop_assert_eq!(d.capacity_sectors(), sum);
+                        prop_assert!(!d.extents().is_empty());
+                        prop_assert_eq!(Descriptor::parse(&d.to_string()).unwrap(), d);
+                    }
+                    Err(VmdkError::Parse { line, .. }) => {
+                        prop_assert!(line >= 1 && line <= text.split('\n').count());
+                    }
+                    Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+                }
+            }
+        }
+    }
 }

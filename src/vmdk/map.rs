@@ -362,4 +362,42 @@ mod tests {
         }
         assert_eq!(m.capacity(), start);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn segments_tile_any_range(
+                sizes in prop::collection::vec(1u64..5000, 1..20),
+                offset in 0u64..200_000,
+                len in 0u64..200_000,
+            ) {
+                let lines: String = sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| format!("RW {s} FLAT \"e{i}\" {i}\n"))
+                    .collect();
+                let m = ExtentMap::new(&descriptor(&lines));
+                let capacity: u64 = sizes.iter().sum::<u64>() * 512;
+                prop_assert_eq!(m.capacity(), capacity);
+                match m.map(offset, len, Op::Write) {
+                    Err(VmdkError::OutOfRange { .. }) => prop_assert!(offset + len > capacity),
+                    Err(other) => prop_assert!(false, "{other:?}"),
+                    Ok(iter) => {
+                        prop_assert!(offset + len <= capacity);
+                        let mut pos = offset;
+                        for s in iter {
+                            let (start, elen) = m.extent_range(s.extent).unwrap();
+                            prop_assert!(s.len > 0 && pos >= start && pos + s.len <= start + elen);
+                            prop_assert_eq!(s.file_offset, s.extent as u64 * 512 + (pos - start));
+                            pos += s.len;
+                        }
+                        prop_assert_eq!(pos, offset + len);
+                    }
+                }
+            }
+        }
+    }
 }
