@@ -342,6 +342,20 @@ fn push_extent(
     Ok(())
 }
 
+/// Checks a whole extent list built outside the parser (errors at line 0); returns it with its
+/// capacity in sectors.
+fn checked_extents(extents: Vec<Extent>) -> Result<(Vec<Extent>, u64), VmdkError> {
+    let mut checked = Vec::with_capacity(extents.len().min(MAX_EXTENTS));
+    let mut capacity_sectors = 0;
+    for extent in extents {
+        push_extent(&mut checked, &mut capacity_sectors, extent).map_err(|k| parse_error(0, k))?;
+    }
+    if checked.is_empty() {
+        return Err(parse_error(0, ParseErrorKind::NoExtents));
+    }
+    Ok((checked, capacity_sectors))
+}
+
 fn parse_error(line: usize, kind: ParseErrorKind) -> VmdkError {
     VmdkError::Parse {
         path: Default::default(),
@@ -355,20 +369,10 @@ impl Descriptor {
     /// write (`virtualHWVersion` 4, SCSI geometry, `lsilogic` adapter).
     /// Errors use line 0 (the descriptor did not come from text).
     pub fn new(create_type: CreateType, extents: Vec<Extent>) -> Result<Self, VmdkError> {
-        let kind = match &create_type {
-            CreateType::Other(name) => CreateType::classify(name).map(|_| ()),
-            _ => Ok(()),
-        };
-        kind.map_err(|k| parse_error(0, k))?;
-        let mut checked = Vec::with_capacity(extents.len().min(MAX_EXTENTS));
-        let mut capacity_sectors = 0;
-        for extent in extents {
-            push_extent(&mut checked, &mut capacity_sectors, extent)
-                .map_err(|k| parse_error(0, k))?;
+        if let CreateType::Other(name) = &create_type {
+            CreateType::classify(name).map_err(|k| parse_error(0, k))?;
         }
-        if checked.is_empty() {
-            return Err(parse_error(0, ParseErrorKind::NoExtents));
-        }
+        let (extents, capacity_sectors) = checked_extents(extents)?;
         let mut cid = rand::random::<u32>();
         if cid == NO_PARENT_CID {
             cid = 0;
@@ -378,7 +382,7 @@ impl Descriptor {
             cid: Some(cid),
             create_type,
             header_extra: Vec::new(),
-            extents: checked,
+            extents,
             ddb: Vec::new(),
             capacity_sectors,
         };
@@ -484,15 +488,7 @@ impl Descriptor {
     /// Replaces the extents (used by `grow`), keeping the invariants, and recomputes the
     /// DDB cylinder count from the heads and sectors already there.
     pub(crate) fn set_extents(&mut self, extents: Vec<Extent>) -> Result<(), VmdkError> {
-        let mut checked = Vec::with_capacity(extents.len().min(MAX_EXTENTS));
-        let mut capacity_sectors = 0;
-        for extent in extents {
-            push_extent(&mut checked, &mut capacity_sectors, extent)
-                .map_err(|k| parse_error(0, k))?;
-        }
-        if checked.is_empty() {
-            return Err(parse_error(0, ParseErrorKind::NoExtents));
-        }
+        let (checked, capacity_sectors) = checked_extents(extents)?;
         self.extents = checked;
         self.capacity_sectors = capacity_sectors;
         if let Some(old) = self.geometry() {

@@ -116,7 +116,7 @@ pub enum VmdkError {
         source: io::Error,
     },
     /// The descriptor file is larger than [`crate::vmdk::MAX_DESCRIPTOR_BYTES`].
-    #[error("{}: descriptor larger than {limit} bytes", path.display())]
+    #[error("{}: descriptor larger than {limit} bytes", origin(path))]
     DescriptorTooLarge {
         /// The descriptor.
         path: PathBuf,

@@ -213,7 +213,7 @@ pub fn open_extent(
     open_regular(&dir.join(name), writable, extra)
 }
 
-/// `count` twoGbMaxExtentFlat extents from index `first` (0-based) covering `sectors`.
+/// twoGbMaxExtentFlat extents of at most 2 GiB covering `sectors`, named from `<stem>-f{first+1:03}`.
 fn split_2gb(stem: &str, first: usize, sectors: u64) -> impl Iterator<Item = Extent> + '_ {
     let mut left = sectors;
     (first..).map_while(move |index| {
