@@ -27,7 +27,10 @@ pub struct Named {
 
 impl Named {
     pub fn new(name: impl Into<String>) -> Self {
-        Named { name: name.into(), pos: Pos::default() }
+        Named {
+            name: name.into(),
+            pos: Pos::default(),
+        }
     }
 }
 
@@ -226,7 +229,11 @@ impl Target {
 
 /// Looks an option up by name (the last one written wins, as in ctld).
 pub fn option<'a>(options: &'a [Opt], name: &str) -> Option<&'a str> {
-    options.iter().rev().find(|o| o.name == name).map(|o| o.value.as_str())
+    options
+        .iter()
+        .rev()
+        .find(|o| o.name == name)
+        .map(|o| o.value.as_str())
 }
 
 /// `lun N NAME` (a reference to a global `lun NAME { }`) or `lun N { ... }`.
@@ -302,5 +309,92 @@ impl LunBody {
     }
     pub fn lun_alias(&self) -> Option<&str> {
         self.option("lun-alias")
+    }
+}
+
+/// Where a `listen` statement asks to listen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenHost {
+    /// A literal IPv4 or IPv6 address (`0.0.0.0`, `[::1]`).
+    Ip(std::net::IpAddr),
+    /// A host or interface name (VMware writes `vmk0`).
+    Name(String),
+}
+
+/// A parsed `listen` address: host and TCP port (3260 when none is written).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenAddr {
+    pub host: ListenHost,
+    pub port: u16,
+}
+
+/// The iSCSI well-known TCP port.
+pub const ISCSI_PORT: u16 = 3260;
+
+impl ListenAddr {
+    /// Parses `ADDR:PORT`, `[V6]:PORT`, `IFNAME:PORT`, or a bare `ADDR`, `[V6]`, `V6` or name
+    /// (port 3260). The error says what is wrong.
+    pub fn parse(s: &str) -> Result<ListenAddr, String> {
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (v6, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("\"{s}\": missing `]`"))?;
+            let ip = v6
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("\"{v6}\" is not an IPv6 address"))?;
+            let port = match after {
+                "" => None,
+                _ => Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| format!("\"{s}\": expected `:PORT` after `]`"))?,
+                ),
+            };
+            (ListenHost::Ip(ip.into()), port)
+        } else if s.matches(':').count() > 1 {
+            let ip = s
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("\"{s}\" is not an IPv6 address (write [ADDR]:PORT)"))?;
+            (ListenHost::Ip(ip.into()), None)
+        } else {
+            let (h, port) = match s.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            };
+            (listen_host(h)?, port)
+        };
+        let port = match port {
+            None => ISCSI_PORT,
+            Some(p) => parse_port(p)?,
+        };
+        Ok(ListenAddr { host, port })
+    }
+}
+
+/// An IPv4 address or a host/interface name.
+fn listen_host(h: &str) -> Result<ListenHost, String> {
+    if let Ok(ip) = h.parse::<std::net::Ipv4Addr>() {
+        return Ok(ListenHost::Ip(ip.into()));
+    }
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    let looks_numeric = h.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if h.is_empty() || looks_numeric || !h.chars().all(is_name_char) {
+        return Err(format!(
+            "\"{h}\" is not an IPv4 address, host name or interface name"
+        ));
+    }
+    Ok(ListenHost::Name(h.to_string()))
+}
+
+/// A TCP port 1..=65535.
+fn parse_port(p: &str) -> Result<u16, String> {
+    if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port \"{p}\" is not a number"));
+    }
+    match p.parse::<u32>() {
+        Ok(n @ 1..=65535) => {
+            u16::try_from(n).map_err(|_| format!("port {p} is out of range 1..=65535"))
+        }
+        _ => Err(format!("port {p} is out of range 1..=65535")),
     }
 }
