@@ -593,3 +593,425 @@ impl<'a> Parser<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Config {
+        match parse(text, "t.conf") {
+            Ok(c) => c,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    /// The error's `line:col: msg`.
+    fn err(text: &str) -> String {
+        let e = parse(text, "t.conf").unwrap_err();
+        assert_eq!(e.file, "t.conf");
+        format!("{}:{}: {}", e.line, e.col, e.msg)
+    }
+
+    fn target(cfg: &Config) -> &Target {
+        cfg.targets.first().expect("one target")
+    }
+
+    #[test]
+    fn error_display_is_file_line_col_msg() {
+        let e = parse("bogus", "/etc/vit.conf").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/vit.conf:1:1: unknown statement \"bogus\" in the global section"
+        );
+    }
+
+    #[test]
+    fn global_statements() {
+        let c = ok(
+            "generation 17\ndebug 2\ntimeout 30\nmaxproc 8\npidfile /run/vitd.pid\n\
+                    isns-server 10.0.0.1\nisns-server 10.0.0.2:3205\nisns-period 60\nisns-timeout 5\n",
+        );
+        assert_eq!(c.generation, Some(17));
+        assert_eq!(c.debug, Some(2));
+        assert_eq!(c.timeout, Some(30));
+        assert_eq!(c.maxproc, Some(8));
+        assert_eq!(c.pidfile.as_deref(), Some("/run/vitd.pid"));
+        assert_eq!(
+            c.isns_servers,
+            vec!["10.0.0.1".to_string(), "10.0.0.2:3205".to_string()]
+        );
+        assert_eq!(c.isns_period, Some(60));
+        assert_eq!(c.isns_timeout, Some(5));
+    }
+
+    #[test]
+    fn initiator_group_statements() {
+        let c = ok(
+            "initiator-group g {\n initiator iqn.2000-01.com.a:x\n initiator \"iqn.2000-01.com.a:y\"\n}",
+        );
+        let g = &c.initiator_groups[0];
+        assert_eq!(g.name, "g");
+        assert_eq!((g.pos.line, g.pos.col), (1, 17));
+        let names: Vec<&str> = g.initiators.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["iqn.2000-01.com.a:x", "iqn.2000-01.com.a:y"]);
+        assert_eq!((g.initiators[1].pos.line, g.initiators[1].pos.col), (3, 12));
+    }
+
+    #[test]
+    fn auth_group_statements() {
+        let c = ok(
+            "auth-group ag {\n auth-type chap\n chap u1 \"s e c r e t\"\n chap-mutual a b c d\n\
+                    initiator-name iqn.2000-01.com.a:x\n initiator-portal 10.0.0.0/8\n initiator-group g\n}",
+        );
+        let a = &c.auth_groups[0].auth;
+        assert_eq!(a.auth_type.map(|(t, _)| t), Some(AuthType::Chap));
+        assert_eq!(
+            (a.chap[0].user.as_str(), a.chap[0].secret.as_str()),
+            ("u1", "s e c r e t")
+        );
+        let m = &a.chap_mutual[0];
+        assert_eq!(
+            [&m.user, &m.secret, &m.mutual_user, &m.mutual_secret],
+            ["a", "b", "c", "d"]
+        );
+        assert_eq!(a.initiator_names[0].name, "iqn.2000-01.com.a:x");
+        assert_eq!(a.initiator_portals[0].name, "10.0.0.0/8");
+        assert_eq!(a.initiator_groups[0].name, "g");
+        for t in ["none", "deny", "chap", "chap-mutual"] {
+            let c = ok(&format!("auth-group a {{ auth-type {t} }}"));
+            assert_eq!(
+                c.auth_groups[0].auth.auth_type.map(|(t, _)| t.as_str()),
+                Some(t)
+            );
+        }
+    }
+
+    #[test]
+    fn portal_group_statements() {
+        let c = ok(
+            "portal-group pg {\n discovery-auth-group no-authentication\n discovery-filter portal-name\n\
+                    listen 0.0.0.0:3260\n listen [::]:3260\n listen vmk0:3260\n listen-iser 10.0.0.1\n\
+                    offload cxgbei\n option foo \"bar baz\"\n redirect 10.9.9.9\n tag 65535\n foreign\n\
+                    dscp af11\n pcp 7\n}",
+        );
+        let g = &c.portal_groups[0];
+        assert_eq!(
+            g.discovery_auth_group.as_ref().map(|n| n.name.as_str()),
+            Some("no-authentication")
+        );
+        assert_eq!(
+            g.discovery_filter.map(|(f, _)| f),
+            Some(DiscoveryFilter::PortalName)
+        );
+        let l: Vec<&str> = g.listen.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(l, ["0.0.0.0:3260", "[::]:3260", "vmk0:3260"]);
+        assert_eq!(g.listen_iser[0].name, "10.0.0.1");
+        assert_eq!(g.offload.as_ref().map(|n| n.name.as_str()), Some("cxgbei"));
+        assert_eq!(
+            (g.options[0].name.as_str(), g.options[0].value.as_str()),
+            ("foo", "bar baz")
+        );
+        assert_eq!(
+            g.redirect.as_ref().map(|n| n.name.as_str()),
+            Some("10.9.9.9")
+        );
+        assert_eq!(g.tag.map(|(t, _)| t), Some(65535));
+        assert!(g.foreign);
+        assert_eq!(g.dscp.as_ref().map(|n| n.name.as_str()), Some("af11"));
+        assert_eq!(g.pcp.map(|(p, _)| p), Some(7));
+    }
+
+    #[test]
+    fn target_statements() {
+        let c = ok(
+            "target iqn.2000-01.com.a:t {\n alias \"my target\"\n auth-group ag\n\
+                    portal-group pg1\n portal-group pg2 ag2\n port isp0\n redirect 10.1.1.1\n\
+                    option uuid U1\n option owner-id O1\n lun 0 shared\n lun 1 { path p/l.vmdk }\n}",
+        );
+        let t = target(&c);
+        assert_eq!(t.alias.as_ref().map(|n| n.name.as_str()), Some("my target"));
+        assert_eq!(t.auth_group.as_ref().map(|n| n.name.as_str()), Some("ag"));
+        assert_eq!(t.portal_groups.len(), 2);
+        assert_eq!(t.portal_groups[0].auth_group, None);
+        assert_eq!(
+            t.portal_groups[1]
+                .auth_group
+                .as_ref()
+                .map(|n| n.name.as_str()),
+            Some("ag2")
+        );
+        assert_eq!(t.ports[0].name, "isp0");
+        assert_eq!(
+            t.redirect.as_ref().map(|n| n.name.as_str()),
+            Some("10.1.1.1")
+        );
+        assert_eq!((t.uuid(), t.owner_id()), (Some("U1"), Some("O1")));
+        assert_eq!(t.luns[0].lun, LunRef::Named(Named::new("shared")));
+        assert_eq!(
+            (t.luns[1].id, t.luns[1].pos.line, t.luns[1].pos.col),
+            (1, 11, 6)
+        );
+        match &t.luns[1].lun {
+            LunRef::Inline(b) => {
+                assert_eq!(b.path.as_ref().map(|p| p.name.as_str()), Some("p/l.vmdk"))
+            }
+            other => panic!("expected inline LUN, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn target_inline_auth() {
+        let c = ok(
+            "target iqn.2000-01.com.a:t {\n auth-type chap\n chap u s\n initiator-name iqn.2000-01.com.b:i\n\
+                    initiator-portal 10.0.0.1\n initiator-group g\n chap-mutual a b c d\n}",
+        );
+        let a = &target(&c).auth;
+        assert_eq!(a.auth_type.map(|(t, _)| t), Some(AuthType::Chap));
+        assert_eq!((a.chap.len(), a.chap_mutual.len()), (1, 1));
+        assert_eq!(
+            a.initiator_names.len() + a.initiator_portals.len() + a.initiator_groups.len(),
+            3
+        );
+    }
+
+    #[test]
+    fn portal_group_auth_group_must_be_on_the_same_line() {
+        let c = ok("target t {\n portal-group pg\n auth-group ag\n}");
+        let t = target(&c);
+        assert_eq!(t.portal_groups[0].auth_group, None);
+        assert_eq!(t.auth_group.as_ref().map(|n| n.name.as_str()), Some("ag"));
+        let c = ok("target t { portal-group pg; alias x }");
+        assert_eq!(target(&c).portal_groups[0].auth_group, None);
+        assert!(target(&c).alias.is_some());
+    }
+
+    #[test]
+    fn lun_statements_global_and_inline() {
+        let body = "backend block\n blocksize 4096\n ctl-lun 7\n device-id \"dev 1\"\n device-type 0\n\
+                    option lun-alias \"alias one\"\n path a/b.vmdk\n serial S123\n size 10G\n";
+        let c = ok(&format!(
+            "lun shared {{\n {body}}}\ntarget t {{ lun 3 {{ {body} }} }}"
+        ));
+        let inline = match &target(&c).luns[0].lun {
+            LunRef::Inline(b) => b.clone(),
+            other => panic!("expected inline, got {other:?}"),
+        };
+        for b in [&c.luns[0].body, &inline] {
+            assert_eq!(b.backend.map(|(b, _)| b), Some(Backend::Block));
+            assert_eq!(b.blocksize.map(|(n, _)| n), Some(4096));
+            assert_eq!(b.ctl_lun.map(|(n, _)| n), Some(7));
+            assert_eq!(b.device_id.as_ref().map(|n| n.name.as_str()), Some("dev 1"));
+            assert_eq!(b.device_type.as_ref().map(|n| n.name.as_str()), Some("0"));
+            assert_eq!(b.lun_alias(), Some("alias one"));
+            assert_eq!(b.path.as_ref().map(|n| n.name.as_str()), Some("a/b.vmdk"));
+            assert_eq!(b.serial.as_ref().map(|n| n.name.as_str()), Some("S123"));
+            assert_eq!(b.size.map(|(n, _)| n), Some(10 << 30));
+        }
+        for be in ["block", "ramdisk", "vmdk"] {
+            let c = ok(&format!("lun l {{ backend {be} }}"));
+            assert_eq!(c.luns[0].body.backend.map(|(b, _)| b.as_str()), Some(be));
+        }
+    }
+
+    #[test]
+    fn size_suffixes() {
+        let cases = [
+            ("0", 0),
+            ("1", 1024),
+            ("6291456", 6 << 30),
+            ("1k", 1024),
+            ("1K", 1024),
+            ("2m", 2 << 20),
+            ("2M", 2 << 20),
+            ("3g", 3 << 30),
+            ("3G", 3 << 30),
+            ("4t", 4 << 40),
+            ("4T", 4 << 40),
+            ("512B", 512),
+            ("513b", 513),
+            ("18446744073709551615B", u64::MAX),
+        ];
+        for (text, bytes) in cases {
+            assert_eq!(size_bytes(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "K", "1X", "1KB", "-1", "1.5G", "0x10", "١"] {
+            assert!(size_bytes(bad).is_err(), "{bad}");
+        }
+        assert!(size_bytes("16777216T").unwrap_err().contains("too large"));
+        assert!(
+            size_bytes("18014398509481984")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert!(
+            size_bytes("99999999999999999999B")
+                .unwrap_err()
+                .contains("size")
+        );
+        assert_eq!(
+            err("lun l {\n\tsize 16777216T\n}"),
+            "2:7: `size`: size \"16777216T\" is too large (more than 2^64 bytes)"
+        );
+    }
+
+    #[test]
+    fn semicolons_are_optional() {
+        let with = ok(
+            "debug 1; auth-group a { auth-type none; chap-mutual a b c d; };\ntarget t { lun 0 { size 1; }; alias x; };",
+        );
+        let without = ok(
+            "debug 1\nauth-group a {\nauth-type none\nchap-mutual a b c d\n}\ntarget t {\nlun 0 {\nsize 1\n}\nalias x\n}",
+        );
+        assert_eq!(with, without);
+        assert_eq!(err("debug 1;;"), "1:9: expected a statement, found `;`");
+    }
+
+    #[test]
+    fn comments_are_ignored() {
+        let c = ok(
+            "# header\ndebug 1 # trailing { \"\ntarget t { # open\n alias \"a # not a comment\"\n} # end",
+        );
+        assert_eq!(c.debug, Some(1));
+        assert_eq!(
+            target(&c).alias.as_ref().map(|n| n.name.as_str()),
+            Some("a # not a comment")
+        );
+    }
+
+    #[test]
+    fn nbsp_and_unicode_whitespace_are_blank() {
+        let c = ok("target t {\u{a0}alias\u{2003}x\n}\u{a0}\u{a0}");
+        assert_eq!(
+            target(&c).alias.as_ref().map(|n| n.name.as_str()),
+            Some("x")
+        );
+    }
+
+    #[test]
+    fn empty_input_is_an_empty_config() {
+        assert_eq!(ok(""), Config::default());
+        assert_eq!(ok("  # nothing\n"), Config::default());
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        let cases = [
+            (
+                "debug 1\nfrobnicate 2",
+                "2:1: unknown statement \"frobnicate\" in the global section",
+            ),
+            (
+                "target t {\n  lun 0 {\n    sizes 1\n  }\n}",
+                "3:5: unknown statement \"sizes\" in a lun block",
+            ),
+            (
+                "auth-group a {\n\tlisten x\n}",
+                "2:2: unknown statement \"listen\" in an auth-group block",
+            ),
+            (
+                "portal-group p {\n\tchap a b\n}",
+                "2:2: unknown statement \"chap\" in a portal-group block",
+            ),
+            (
+                "initiator-group g { iqn }",
+                "1:21: unknown statement \"iqn\" in an initiator-group block",
+            ),
+            (
+                "target t { alias a\n alias b }",
+                "2:2: `alias` is given twice in one block",
+            ),
+            (
+                "debug 1\ndebug 2",
+                "2:1: `debug` is given twice in one block",
+            ),
+            (
+                "portal-group p { foreign foreign }",
+                "1:26: `foreign` is given twice in one block",
+            ),
+            (
+                "lun l { size 1 size 2 }",
+                "1:16: `size` is given twice in one block",
+            ),
+            (
+                "target t {\n alias a\n",
+                "3:1: unexpected end of file: the target block opened at 1:10 is not closed",
+            ),
+            (
+                "target t\n alias a",
+                "2:2: `target`: expected `{`, found \"alias\"",
+            ),
+            ("debug x1", "1:7: `debug`: \"x1\" is not a decimal number"),
+            (
+                "debug 18446744073709551616",
+                "1:7: `debug`: number 18446744073709551616 is too large",
+            ),
+            (
+                "debug",
+                "1:6: `debug`: expected a number, found end of file",
+            ),
+            (
+                "portal-group p { tag 65536 }",
+                "1:22: `tag`: 65536 is out of range 0..=65535",
+            ),
+            (
+                "portal-group p { pcp 8 }",
+                "1:22: `pcp`: 8 is out of range 0..=7",
+            ),
+            (
+                "auth-group a { auth-type maybe }",
+                "1:26: `auth-type`: \"maybe\" is not one of none, deny, chap, chap-mutual",
+            ),
+            (
+                "portal-group p { discovery-filter x }",
+                "1:35: `discovery-filter`: \"x\" is not one of none, portal, portal-name, portal-name-auth",
+            ),
+            (
+                "lun l { backend file }",
+                "1:17: `backend`: \"file\" is not one of block, ramdisk, vmdk",
+            ),
+            (
+                "target t { alias \"\" }",
+                "1:18: `alias`: an alias must not be empty",
+            ),
+            (
+                "target t { alias }",
+                "1:18: `alias`: expected an alias, found `}`",
+            ),
+            (
+                "target t { lun x { } }",
+                "1:16: `lun`: \"x\" is not a decimal number",
+            ),
+            (
+                "target t { lun 0 ; }",
+                "1:18: `lun`: expected a LUN name or `{`, found `;`",
+            ),
+            (
+                "target t { chap u }",
+                "1:19: `chap`: expected a secret, found `}`",
+            ),
+            ("}", "1:1: expected a statement, found `}`"),
+            (
+                "target t { { } }",
+                "1:12: expected a statement or `}` in target block, found `{`",
+            ),
+            (
+                "target t {\n alias \"x\n}",
+                "2:8: unterminated quoted string (a string ends with `\"` on the same line)",
+            ),
+            (
+                "debug 1\n\tmaxproc\u{a0}=",
+                "2:10: unexpected character '='",
+            ),
+            ("target \"t\" {\u{a0}é }", "1:14: unexpected character 'é'"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(err(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn oversized_input_is_refused() {
+        let text = " ".repeat(MAX_CONFIG_BYTES + 1);
+        assert!(err(&text).starts_with("1:1: file is"));
+    }
+}

@@ -292,3 +292,236 @@ impl Checker<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{load, parse};
+    use super::*;
+
+    /// The verifier's errors for `text` as `line:col: msg`.
+    fn errs(text: &str) -> Vec<String> {
+        let cfg = parse(text, "v.conf").unwrap_or_else(|e| panic!("syntax error: {e}"));
+        verify(&cfg, "v.conf")
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.line, e.col, e.msg))
+            .collect()
+    }
+
+    const T: &str = "iqn.2000-01.com.example:t";
+
+    #[test]
+    fn valid_config_has_no_errors() {
+        let text = format!(
+            "initiator-group ig {{ initiator iqn.2000-01.com.example:i }}\n\
+             auth-group ag {{ auth-type chap\n chap u s\n initiator-group ig }}\n\
+             auth-group default {{ auth-type deny }}\n\
+             portal-group pg {{ discovery-auth-group no-authentication\n listen 0.0.0.0:3260\n listen [::1]\n listen vmk0:3260\n listen 10.0.0.1 }}\n\
+             lun shared {{ backend vmdk\n path a/b.vmdk\n blocksize 512 }}\n\
+             target {T} {{ auth-group ag\n portal-group pg no-access\n portal-group default\n lun 0 shared\n lun 255 {{ blocksize 4096 }} }}\n\
+             target eui.0123456789abcdef {{ auth-type none\n option uuid u2 }}\n\
+             target naa.0123456789abcdef0123456789ABCDEF {{ option uuid u3 }}"
+        );
+        assert_eq!(errs(&text), Vec::<String>::new());
+        assert!(load(&text, "v.conf").is_ok());
+    }
+
+    #[test]
+    fn undefined_references() {
+        let text = format!(
+            "auth-group a {{ initiator-group nope }}\n\
+             portal-group p {{ discovery-auth-group nope-ag }}\n\
+             target {T} {{\n auth-group missing\n portal-group missing-pg missing-ag\n lun 0 missing-lun\n}}"
+        );
+        assert_eq!(
+            errs(&text),
+            [
+                "1:32: initiator-group \"nope\" is not defined",
+                "2:39: discovery-auth-group \"nope-ag\" is not defined",
+                "4:13: auth-group \"missing\" is not defined",
+                "5:15: portal-group \"missing-pg\" is not defined",
+                "5:26: auth-group \"missing-ag\" is not defined",
+                "6:8: lun \"missing-lun\" is not defined",
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicates() {
+        let text = format!(
+            "auth-group a {{ }}\nauth-group a {{ }}\nportal-group default {{ }}\nportal-group default {{ }}\n\
+             initiator-group g {{ initiator iqn.2000-01.com.x:i\n initiator IQN.2000-01.com.x:I }}\n\
+             lun l {{ }}\nlun l {{ }}\ninitiator-group g {{ }}\n\
+             target {T} {{ lun 1 l\n lun 1 l }}\ntarget {T} {{ }}"
+        );
+        assert_eq!(
+            errs(&text),
+            [
+                "2:12: auth-group \"a\" is defined twice (first at 1:12)",
+                "4:14: portal-group \"default\" is defined twice (first at 3:14)",
+                "6:12: initiator \"IQN.2000-01.com.x:I\" is listed twice (first at 5:31)",
+                "8:5: lun \"l\" is defined twice (first at 7:5)",
+                "9:17: initiator-group \"g\" is defined twice (first at 5:17)",
+                "11:6: LUN 1 is defined twice in this target (first at 10:40)",
+                "12:8: target \"iqn.2000-01.com.example:t\" is defined twice (first at 10:8)",
+            ]
+        );
+    }
+
+    #[test]
+    fn predefined_groups_exist_and_may_be_redefined_once() {
+        let text = format!(
+            "auth-group default {{ auth-type none }}\n\
+             target {T} {{ auth-group no-access\n portal-group default default\n portal-group default no-authentication }}"
+        );
+        assert_eq!(errs(&text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn lun_checks() {
+        let text = format!(
+            "lun a {{ blocksize 1024 }}\nlun b {{ backend vmdk }}\nlun c {{ path /etc/passwd }}\n\
+             lun d {{ path x/../../y }}\nlun e {{ path ..foo/x..y }}\n\
+             target {T} {{ lun 256 {{ path .. }} }}"
+        );
+        assert_eq!(
+            errs(&text),
+            [
+                "1:19: blocksize 1024 is not 512 or 4096",
+                "2:17: backend vmdk needs a `path`",
+                "3:14: path \"/etc/passwd\" must be relative to .iSCSI-Config/targets/",
+                "4:14: path \"x/../../y\" must not contain a `..` component",
+                "6:40: LUN id 256 is out of range 0..=255",
+                "6:51: path \"..\" must not contain a `..` component",
+            ]
+        );
+    }
+
+    #[test]
+    fn auth_consistency() {
+        let text = "auth-group a { chap u s\n chap-mutual a b c d }\n\
+                    auth-group b { auth-type none\n chap u s }\n\
+                    auth-group c { auth-type chap }\n\
+                    auth-group d { auth-type chap-mutual\n chap u s }\n\
+                    auth-group e { auth-type deny\n chap-mutual a b c d }\n\
+                    auth-group f { auth-type chap-mutual\n chap-mutual a b c d }";
+        assert_eq!(
+            errs(text),
+            [
+                "2:2: chap and chap-mutual cannot be mixed in one auth group",
+                "3:26: auth-type none conflicts with chap credentials",
+                "5:26: auth-type chap needs a `chap USER SECRET` statement",
+                "6:26: auth-type chap-mutual needs a `chap-mutual` statement",
+                "8:26: auth-type deny conflicts with chap credentials",
+            ]
+        );
+    }
+
+    #[test]
+    fn target_auth_group_and_inline_auth_conflict() {
+        let text = format!("target {T} {{\n auth-group default\n chap u s\n}}");
+        assert_eq!(
+            errs(&text),
+            ["2:13: a target cannot have both `auth-group` and inline authentication statements"]
+        );
+        let inline = format!("target {T} {{ auth-type chap\n chap u s\n initiator-group nope }}");
+        assert_eq!(
+            errs(&inline),
+            ["3:18: initiator-group \"nope\" is not defined"]
+        );
+    }
+
+    #[test]
+    fn bad_iscsi_names() {
+        let text = "initiator-group g { initiator iqn.2000-13.com.x:i }\n\
+                    auth-group a { initiator-name win-host }\n\
+                    target eui.123 { }";
+        assert_eq!(
+            errs(text),
+            [
+                "1:31: initiator \"iqn.2000-13.com.x:i\": IQN date has month 13, expected 01..12",
+                "2:31: initiator-name \"win-host\": \"win-host\" is not an iSCSI name: expected iqn., eui. or naa.",
+                "3:8: target name \"eui.123\": eui. name has 3 hex digits, expected 16",
+            ]
+        );
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let text = "portal-group p {\n listen 0.0.0.0:0\n listen 1.2.3.4:65536\n listen [::1\n listen 300.1.1.1\n\
+                    listen vmk0:\n listen-iser 1:2:3:x\n listen [::1]x\n listen eth0:3260\n listen ::\n}";
+        assert_eq!(
+            errs(text),
+            [
+                "2:9: listen address: port 0 is out of range 1..=65535",
+                "3:9: listen address: port 65536 is out of range 1..=65535",
+                "4:9: listen address: \"[::1\": missing `]`",
+                "5:9: listen address: \"300.1.1.1\" is not an IPv4 address, host name or interface name",
+                "6:8: listen address: port \"\" is not a number",
+                "7:14: listen address: \"1:2:3:x\" is not an IPv6 address (write [ADDR]:PORT)",
+                "8:9: listen address: \"[::1]x\": expected `:PORT` after `]`",
+            ]
+        );
+    }
+
+    #[test]
+    fn listen_addr_parsing() {
+        use std::net::IpAddr;
+        let p = |s: &str| ListenAddr::parse(s).unwrap();
+        assert_eq!(
+            p("vmk0:3260"),
+            ListenAddr {
+                host: ListenHost::Name("vmk0".into()),
+                port: 3260
+            }
+        );
+        assert_eq!(
+            p("0.0.0.0"),
+            ListenAddr {
+                host: ListenHost::Ip("0.0.0.0".parse::<IpAddr>().unwrap()),
+                port: 3260
+            }
+        );
+        assert_eq!(
+            p("[::]:3261"),
+            ListenAddr {
+                host: ListenHost::Ip("::".parse::<IpAddr>().unwrap()),
+                port: 3261
+            }
+        );
+        assert_eq!(p("fe80::1").port, 3260);
+    }
+
+    #[test]
+    fn duplicate_uuid_option() {
+        let text = "target iqn.2000-01.com.x:a { option uuid ABC }\ntarget iqn.2000-01.com.x:b { option uuid abc }";
+        assert_eq!(
+            errs(text),
+            ["2:30: option uuid abc is already used by the target at 1:30"]
+        );
+    }
+
+    #[test]
+    fn errors_come_in_file_order() {
+        // The LUN error (line 1) is found after the target checks would be, yet sorts first.
+        let text =
+            format!("lun l {{ blocksize 1 }}\ntarget bad {{ }}\nauth-group a {{ auth-type chap }}");
+        let e = errs(&text);
+        assert_eq!(e.len(), 3);
+        assert!(
+            e[0].starts_with("1:") && e[1].starts_with("2:") && e[2].starts_with("3:"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn load_returns_syntax_error_or_all_semantic_errors() {
+        let e = load("debug", "f").unwrap_err();
+        assert_eq!(e.len(), 1);
+        let e = load("target a { }\ntarget b { }", "f").unwrap_err();
+        assert_eq!(e.len(), 2);
+        assert_eq!(
+            e[1].to_string(),
+            "f:2:8: target name \"b\": \"b\" is not an iSCSI name: expected iqn., eui. or naa."
+        );
+    }
+}
