@@ -20,7 +20,10 @@ fn the_target(cfg: &Config) -> &Target {
 
 #[test]
 fn sample_keeps_its_nbsp_tail() {
-    assert!(SAMPLE.ends_with("}\u{a0}\u{a0}\n"), "the fixture must be the verbatim sample");
+    assert!(
+        SAMPLE.ends_with("}\u{a0}\u{a0}\n"),
+        "the fixture must be the verbatim sample"
+    );
 }
 
 #[test]
@@ -29,13 +32,26 @@ fn sample_globals_and_groups() {
     assert_eq!(cfg.generation, Some(17));
     let ig = &cfg.initiator_groups[0];
     assert_eq!(ig.name, "Win-iSCSI-GRP");
-    assert_eq!(ig.initiators[0].name, "iqn.1991-05.com.microsoft:win-53ggkq348ci");
+    assert_eq!(
+        ig.initiators[0].name,
+        "iqn.1991-05.com.microsoft:win-53ggkq348ci"
+    );
     let names: Vec<&str> = cfg.auth_groups.iter().map(|g| g.name.as_str()).collect();
     assert_eq!(names, ["default", UUID]);
-    assert_eq!(cfg.auth_groups[1].auth.initiator_groups[0].name, "Win-iSCSI-GRP");
-    let pg = cfg.portal_groups.iter().find(|g| g.name == "pg-vmk0-3260").expect("portal group");
+    assert_eq!(
+        cfg.auth_groups[1].auth.initiator_groups[0].name,
+        "Win-iSCSI-GRP"
+    );
+    let pg = cfg
+        .portal_groups
+        .iter()
+        .find(|g| g.name == "pg-vmk0-3260")
+        .expect("portal group");
     assert_eq!(pg.listen[0].name, "vmk0:3260");
-    assert_eq!(pg.discovery_auth_group.as_ref().map(|n| n.name.as_str()), Some("no-authentication"));
+    assert_eq!(
+        pg.discovery_auth_group.as_ref().map(|n| n.name.as_str()),
+        Some("no-authentication")
+    );
 }
 
 #[test]
@@ -43,17 +59,32 @@ fn sample_target_and_luns() {
     let cfg = sample();
     let t = the_target(&cfg);
     assert_eq!(t.name, TARGET);
-    assert_eq!(t.alias.as_ref().map(|a| a.name.as_str()), Some("vsantarget"));
+    assert_eq!(
+        t.alias.as_ref().map(|a| a.name.as_str()),
+        Some("vsantarget")
+    );
     assert_eq!(t.auth_group.as_ref().map(|a| a.name.as_str()), Some(UUID));
     assert_eq!(t.portal_groups[0].portal_group.name, "pg-vmk0-3260");
     assert_eq!((t.uuid(), t.owner_id()), (Some(UUID), Some(UUID)));
     let expected = [
-        (0, "89fb055d-dc24-d742-9a22-0050568e1413/90fb055d-ba4d-0420-d59d-0050568e042f.vmdk", 6u64 << 30, "vsanluns"),
-        (1, "89fb055d-dc24-d742-9a22-0050568e1413/391c095d-06a3-2cac-27b2-0050568e042f.vmdk", 2u64 << 30, "vsanluns2"),
+        (
+            0,
+            "89fb055d-dc24-d742-9a22-0050568e1413/90fb055d-ba4d-0420-d59d-0050568e042f.vmdk",
+            6u64 << 30,
+            "vsanluns",
+        ),
+        (
+            1,
+            "89fb055d-dc24-d742-9a22-0050568e1413/391c095d-06a3-2cac-27b2-0050568e042f.vmdk",
+            2u64 << 30,
+            "vsanluns2",
+        ),
     ];
     assert_eq!(t.luns.len(), expected.len());
     for (lun, (id, path, bytes, alias)) in t.luns.iter().zip(expected) {
-        let LunRef::Inline(body) = &lun.lun else { panic!("LUN {id} should be inline") };
+        let LunRef::Inline(body) = &lun.lun else {
+            panic!("LUN {id} should be inline")
+        };
         assert_eq!(lun.id, id);
         assert_eq!(body.backend.map(|(b, _)| b), Some(Backend::Vmdk));
         assert_eq!(body.path.as_ref().map(|p| p.name.as_str()), Some(path));
@@ -78,5 +109,8 @@ fn sample_prints_and_reloads_equal() {
     assert_eq!(again, cfg);
     assert!(text.contains("\tsize 6291456\n"), "{text}");
     assert!(text.contains("\talias \"vsantarget\"\n"), "{text}");
-    assert!(text.contains("\t\toption lun-alias \"vsanluns\"\n"), "{text}");
+    assert!(
+        text.contains("\t\toption lun-alias \"vsanluns\"\n"),
+        "{text}"
+    );
 }

@@ -158,6 +158,7 @@ impl<'a> Lexer<'a> {
         self.bump();
         let mut s = String::new();
         loop {
+            let here = self.pos();
             match self.bump() {
                 Some('"') => return Ok(Tok::Str(s)),
                 Some('\n') | None => {
@@ -166,6 +167,12 @@ impl<'a> Lexer<'a> {
                         msg:
                             "unterminated quoted string (a string ends with `\"` on the same line)"
                                 .to_string(),
+                    });
+                }
+                Some(c) if c.is_control() => {
+                    return Err(LexError {
+                        pos: here,
+                        msg: format!("control character '{}' in quoted string", c.escape_debug()),
                     });
                 }
                 Some(c) => s.push(c),
@@ -252,6 +259,13 @@ mod tests {
         assert!(e.msg.contains("unterminated"));
         let e = lex_all("x \"abc").unwrap_err();
         assert_eq!((e.pos.line, e.pos.col), (1, 3));
+    }
+
+    #[test]
+    fn quoted_string_refuses_control_characters() {
+        let e = lex_all("alias \"a\tb\"").unwrap_err();
+        assert_eq!((e.pos.line, e.pos.col), (1, 9));
+        assert_eq!(e.msg, "control character '\\t' in quoted string");
     }
 
     #[test]

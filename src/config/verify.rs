@@ -3,14 +3,16 @@
 
 use std::collections::HashMap;
 
-use super::ConfigError;
 use super::model::*;
+use super::{ConfigError, is_printable_value};
 use crate::names::validate_iscsi_name;
 
 /// Auth groups that exist without being defined (and may be redefined once).
 pub(crate) const PREDEFINED_AUTH_GROUPS: [&str; 3] = ["default", "no-authentication", "no-access"];
 /// Portal groups that exist without being defined (and may be redefined once).
 pub(crate) const PREDEFINED_PORTAL_GROUPS: [&str; 1] = ["default"];
+/// The largest 802.1Q priority code point.
+pub(crate) const MAX_PCP: u8 = 7;
 /// The largest LUN id.
 pub(crate) const MAX_LUN_ID: u64 = 255;
 
@@ -62,10 +64,122 @@ pub(crate) fn verify(cfg: &Config, file: &str) -> Vec<ConfigError> {
         c.lun_body(&l.body);
     }
     c.targets(&cfg.targets, &refs);
+    for_each_value(cfg, &mut |what, value, pos| {
+        if !is_printable_value(value) {
+            c.report(pos, format!("{what} {value:?} cannot be written in vit.conf (empty, or holds `\"` or a control character)"));
+        }
+    });
 
     let mut errors = c.errors;
     errors.sort_by_key(|e| (e.line, e.col));
     errors
+}
+
+/// Calls `f(what, value, pos)` for every string in the model that the printer writes.
+/// Global `pidfile` and `isns-server` carry no position and are reported at 0:0.
+fn for_each_value<'a>(cfg: &'a Config, f: &mut impl FnMut(&str, &'a str, Pos)) {
+    let nowhere = Pos::default();
+    cfg.pidfile.iter().for_each(|p| f("pidfile", p, nowhere));
+    cfg.isns_servers
+        .iter()
+        .for_each(|s| f("isns-server", s, nowhere));
+    let named = |f: &mut dyn FnMut(&str, &'a str, Pos),
+                 what: &str,
+                 ns: &mut dyn Iterator<Item = &'a Named>| {
+        ns.for_each(|n| f(what, &n.name, n.pos));
+    };
+    for g in &cfg.initiator_groups {
+        f("initiator-group name", &g.name, g.pos);
+        named(f, "initiator", &mut g.initiators.iter());
+    }
+    for g in &cfg.auth_groups {
+        f("auth-group name", &g.name, g.pos);
+        auth_values(&g.auth, f);
+    }
+    for g in &cfg.portal_groups {
+        f("portal-group name", &g.name, g.pos);
+        named(
+            f,
+            "discovery-auth-group",
+            &mut g.discovery_auth_group.iter(),
+        );
+        named(f, "listen", &mut g.listen.iter().chain(&g.listen_iser));
+        named(
+            f,
+            "value",
+            &mut g.offload.iter().chain(&g.redirect).chain(&g.dscp),
+        );
+        option_values(&g.options, f);
+    }
+    for l in &cfg.luns {
+        f("lun name", &l.name, l.pos);
+        lun_values(&l.body, f);
+    }
+    for t in &cfg.targets {
+        f("target name", &t.name, t.pos);
+        named(
+            f,
+            "value",
+            &mut t
+                .alias
+                .iter()
+                .chain(&t.auth_group)
+                .chain(&t.ports)
+                .chain(&t.redirect),
+        );
+        for pg in &t.portal_groups {
+            named(
+                f,
+                "portal-group",
+                &mut std::iter::once(&pg.portal_group).chain(&pg.auth_group),
+            );
+        }
+        auth_values(&t.auth, f);
+        option_values(&t.options, f);
+        for l in &t.luns {
+            match &l.lun {
+                LunRef::Named(n) => f("lun name", &n.name, n.pos),
+                LunRef::Inline(b) => lun_values(b, f),
+            }
+        }
+    }
+}
+
+fn auth_values<'a>(a: &'a AuthSettings, f: &mut impl FnMut(&str, &'a str, Pos)) {
+    for c in &a.chap {
+        [&c.user, &c.secret]
+            .into_iter()
+            .for_each(|v| f("chap", v, c.pos));
+    }
+    for c in &a.chap_mutual {
+        [&c.user, &c.secret, &c.mutual_user, &c.mutual_secret]
+            .into_iter()
+            .for_each(|v| f("chap-mutual", v, c.pos));
+    }
+    let names = a
+        .initiator_names
+        .iter()
+        .chain(&a.initiator_portals)
+        .chain(&a.initiator_groups);
+    names.for_each(|n| f("value", &n.name, n.pos));
+}
+
+fn option_values<'a>(opts: &'a [Opt], f: &mut impl FnMut(&str, &'a str, Pos)) {
+    for o in opts {
+        f("option name", &o.name, o.pos);
+        f("option value", &o.value, o.pos);
+    }
+}
+
+fn lun_values<'a>(b: &'a LunBody, f: &mut impl FnMut(&str, &'a str, Pos)) {
+    let named = b
+        .device_id
+        .iter()
+        .chain(&b.device_type)
+        .chain(&b.path)
+        .chain(&b.serial);
+    named.for_each(|n| f("value", &n.name, n.pos));
+    option_values(&b.options, f);
 }
 
 /// The names each kind of section defines.
@@ -176,6 +290,11 @@ impl Checker<'_> {
     fn portal_group(&mut self, g: &PortalGroup, refs: &Defined<'_>) {
         if let Some(ag) = &g.discovery_auth_group {
             self.reference("discovery-auth-group", &refs.ags, ag);
+        }
+        if let Some((pcp, pos)) = g.pcp
+            && pcp > MAX_PCP
+        {
+            self.report(pos, format!("pcp {pcp} is out of range 0..={MAX_PCP}"));
         }
         for l in g.listen.iter().chain(&g.listen_iser) {
             if let Err(e) = ListenAddr::parse(&l.name) {
@@ -489,6 +608,32 @@ mod tests {
             }
         );
         assert_eq!(p("fe80::1").port, 3260);
+    }
+
+    #[test]
+    fn built_models_with_unwritable_values_are_refused() {
+        let mut cfg = parse("target iqn.2000-01.com.x:a {\n alias x\n lun 0 { serial s }\n}\nportal-group p { pcp 1 }", "b")
+            .unwrap();
+        cfg.targets[0].alias.as_mut().unwrap().name = "a\"b".into();
+        let LunRef::Inline(body) = &mut cfg.targets[0].luns[0].lun else {
+            panic!("inline")
+        };
+        body.serial.as_mut().unwrap().name = String::new();
+        cfg.portal_groups[0].pcp.as_mut().unwrap().0 = 8;
+        cfg.pidfile = Some("a\nb".into());
+        let e: Vec<String> = verify(&cfg, "b")
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.line, e.col, e.msg))
+            .collect();
+        assert_eq!(
+            e,
+            [
+                "0:0: pidfile \"a\\nb\" cannot be written in vit.conf (empty, or holds `\"` or a control character)",
+                "2:8: value \"a\\\"b\" cannot be written in vit.conf (empty, or holds `\"` or a control character)",
+                "3:17: value \"\" cannot be written in vit.conf (empty, or holds `\"` or a control character)",
+                "5:22: pcp 8 is out of range 0..=7",
+            ]
+        );
     }
 
     #[test]
