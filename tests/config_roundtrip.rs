@@ -255,18 +255,21 @@ fn raw_target() -> impl Strategy<Value = RawTarget> {
         )
 }
 
+/// generation, debug, timeout, maxproc, pidfile, isns servers, isns period, isns timeout.
+type Globals = (
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<String>,
+    Vec<String>,
+    Option<u64>,
+    Option<u64>,
+);
+
 #[derive(Clone, Debug)]
 struct Raw {
-    globals: (
-        Option<u64>,
-        Option<u64>,
-        Option<u64>,
-        Option<u64>,
-        Option<String>,
-        Vec<String>,
-        Option<u64>,
-        Option<u64>,
-    ),
+    globals: Globals,
     igs: Vec<(String, Vec<String>)>,
     ags: Vec<(String, RawAuth)>,
     pgs: Vec<(PortalGroup, Option<Index>)>,

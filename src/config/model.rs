@@ -238,6 +238,10 @@ pub fn option<'a>(options: &'a [Opt], name: &str) -> Option<&'a str> {
 
 /// `lun N NAME` (a reference to a global `lun NAME { }`) or `lun N { ... }`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "few LUNs per config; keeps `LunRef::Inline(body)` patterns simple"
+)]
 pub enum LunRef {
     Named(Named),
     Inline(LunBody),

@@ -221,7 +221,7 @@ impl Printer {
 
 /// A byte count as a `size` value: bare KiB when whole, else bytes with `B`.
 fn size_text(bytes: u64) -> String {
-    if bytes % 1024 == 0 {
+    if bytes.is_multiple_of(1024) {
         (bytes / 1024).to_string()
     } else {
         format!("{bytes}B")

@@ -647,10 +647,9 @@ mod tests {
 
     #[test]
     fn errors_come_in_file_order() {
-        // The LUN error (line 1) is found after the target checks would be, yet sorts first.
-        let text =
-            format!("lun l {{ blocksize 1 }}\ntarget bad {{ }}\nauth-group a {{ auth-type chap }}");
-        let e = errs(&text);
+        // Auth groups are checked before LUNs, so the line-3 error is found first yet sorts last.
+        let text = "lun l { blocksize 1 }\ntarget bad { }\nauth-group a { auth-type chap }";
+        let e = errs(text);
         assert_eq!(e.len(), 3);
         assert!(
             e[0].starts_with("1:") && e[1].starts_with("2:") && e[2].starts_with("3:"),
