@@ -32,6 +32,18 @@ fn listen() -> impl Strategy<Value = String> {
     ]
 }
 
+fn initiator_portal() -> impl Strategy<Value = Named> {
+    prop_oneof![
+        (any::<[u8; 4]>(), prop::option::of(0u8..=32)).prop_map(|(a, l)| {
+            let len = l.map(|l| format!("/{l}")).unwrap_or_default();
+            format!("{}.{}.{}.{}{len}", a[0], a[1], a[2], a[3])
+        }),
+        (any::<[u16; 8]>(), 0u8..=128)
+            .prop_map(|(a, l)| format!("[{}]/{l}", std::net::Ipv6Addr::from(a))),
+    ]
+    .prop_map(Named::new)
+}
+
 fn options(max: usize) -> impl Strategy<Value = Vec<Opt>> {
     prop::collection::vec(("o[a-z0-9-]{0,8}", value()), 0..max).prop_map(|v| {
         v.into_iter()
@@ -68,7 +80,7 @@ fn raw_auth() -> impl Strategy<Value = RawAuth> {
         prop::collection::vec((value(), value()), 0..3),
         prop::collection::vec([value(), value(), value(), value()], 0..3),
         prop::collection::vec(iqn_base(), 0..3),
-        named_vec(value(), 3),
+        prop::collection::vec(initiator_portal(), 0..3),
         prop::collection::vec(any::<Index>(), 0..3),
     )
         .prop_map(

@@ -402,3 +402,62 @@ fn parse_port(p: &str) -> Result<u16, String> {
         _ => Err(format!("port {p} is out of range 1..=65535")),
     }
 }
+
+/// A parsed `initiator-portal ADDR[/PREFIXLEN]` (IPv6 may be bracketed): the initiator
+/// addresses it admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitiatorPortal {
+    pub addr: std::net::IpAddr,
+    /// Leading bits that must match; the full width (32 or 128) when none is written.
+    pub prefix_len: u8,
+}
+
+impl InitiatorPortal {
+    /// Parses `ADDR`, `ADDR/LEN`, `[V6]` or `[V6]/LEN`. The error says what is wrong.
+    pub fn parse(s: &str) -> Result<InitiatorPortal, String> {
+        let (addr_text, len_text) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let bare = addr_text
+            .strip_prefix('[')
+            .and_then(|a| a.strip_suffix(']'))
+            .unwrap_or(addr_text);
+        let addr = bare
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| format!("\"{addr_text}\" is not an IP address"))?;
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match len_text {
+            None => max,
+            Some(l) => match l.parse::<u8>() {
+                Ok(n) if n <= max && l.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => {
+                    return Err(format!(
+                        "prefix length \"{l}\" is not a number in 0..={max}"
+                    ));
+                }
+            },
+        };
+        Ok(InitiatorPortal { addr, prefix_len })
+    }
+
+    /// Whether `ip` lies in this portal's network (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr.to_canonical(), ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}

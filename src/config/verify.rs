@@ -282,6 +282,11 @@ impl Checker<'_> {
             }
         }
         self.initiator_list("initiator-name", &a.initiator_names);
+        for portal in &a.initiator_portals {
+            if let Err(e) = InitiatorPortal::parse(&portal.name) {
+                self.report(portal.pos, format!("initiator-portal: {e}"));
+            }
+        }
         for g in &a.initiator_groups {
             self.reference("initiator-group", &refs.igs, g);
         }
@@ -580,6 +585,35 @@ mod tests {
                 "8:9: listen address: \"[::1]x\": expected `:PORT` after `]`",
             ]
         );
+    }
+
+    #[test]
+    fn initiator_portals() {
+        let text = "auth-group a {\n initiator-portal 10.0.0.0/8\n initiator-portal [fe80::]/10\n initiator-portal ::1\n\
+                    initiator-portal 10.0.0.0/33\n initiator-portal host/24\n initiator-portal 1.2.3.4/-1\n}";
+        assert_eq!(
+            errs(text),
+            [
+                "5:18: initiator-portal: prefix length \"33\" is not a number in 0..=32",
+                "6:19: initiator-portal: \"host\" is not an IP address",
+                "7:19: initiator-portal: prefix length \"-1\" is not a number in 0..=32",
+            ]
+        );
+    }
+
+    #[test]
+    fn initiator_portal_matching() {
+        let p = |s: &str| InitiatorPortal::parse(s).unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(p("10.0.0.0/8").contains(ip("10.200.1.1")));
+        assert!(!p("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(p("0.0.0.0/0").contains(ip("1.2.3.4")));
+        assert!(p("1.2.3.4").contains(ip("1.2.3.4")) && !p("1.2.3.4").contains(ip("1.2.3.5")));
+        assert!(p("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")));
+        assert!(
+            p("[fe80::]/10").contains(ip("fe80::1")) && !p("[fe80::]/10").contains(ip("fec0::1"))
+        );
+        assert!(p("::/0").contains(ip("2001:db8::1")) && !p("::/0").contains(ip("1.2.3.4")));
     }
 
     #[test]
