@@ -71,12 +71,10 @@ fn decimal(s: &str) -> Result<u64, String> {
 pub(crate) fn size_bytes(s: &str) -> Result<u64, String> {
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, suffix) = s.split_at(digits_end);
-    let unit = size_unit(suffix).ok_or_else(|| {
-        format!("size \"{s}\": expected a number with optional suffix K, M, G, T or B")
-    })?;
-    let n = decimal(digits).map_err(|_| {
-        format!("size \"{s}\": expected a number with optional suffix K, M, G, T or B")
-    })?;
+    let malformed =
+        || format!("size \"{s}\": expected a number with optional suffix K, M, G, T or B");
+    let unit = size_unit(suffix).ok_or_else(malformed)?;
+    let n = decimal(digits).map_err(|_| malformed())?;
     n.checked_mul(unit)
         .ok_or_else(|| format!("size \"{s}\" is too large (more than 2^64 bytes)"))
 }
