@@ -27,7 +27,10 @@ pub struct Named {
 
 impl Named {
     pub fn new(name: impl Into<String>) -> Self {
-        Named { name: name.into(), pos: Pos::default() }
+        Named {
+            name: name.into(),
+            pos: Pos::default(),
+        }
     }
 }
 
@@ -226,11 +229,19 @@ impl Target {
 
 /// Looks an option up by name (the last one written wins, as in ctld).
 pub fn option<'a>(options: &'a [Opt], name: &str) -> Option<&'a str> {
-    options.iter().rev().find(|o| o.name == name).map(|o| o.value.as_str())
+    options
+        .iter()
+        .rev()
+        .find(|o| o.name == name)
+        .map(|o| o.value.as_str())
 }
 
 /// `lun N NAME` (a reference to a global `lun NAME { }`) or `lun N { ... }`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "few LUNs per config; keeps `LunRef::Inline(body)` patterns simple"
+)]
 pub enum LunRef {
     Named(Named),
     Inline(LunBody),
@@ -302,5 +313,151 @@ impl LunBody {
     }
     pub fn lun_alias(&self) -> Option<&str> {
         self.option("lun-alias")
+    }
+}
+
+/// Where a `listen` statement asks to listen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenHost {
+    /// A literal IPv4 or IPv6 address (`0.0.0.0`, `[::1]`).
+    Ip(std::net::IpAddr),
+    /// A host or interface name (VMware writes `vmk0`).
+    Name(String),
+}
+
+/// A parsed `listen` address: host and TCP port (3260 when none is written).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenAddr {
+    pub host: ListenHost,
+    pub port: u16,
+}
+
+/// The iSCSI well-known TCP port.
+pub const ISCSI_PORT: u16 = 3260;
+
+impl ListenAddr {
+    /// Parses `ADDR:PORT`, `[V6]:PORT`, `IFNAME:PORT`, or a bare `ADDR`, `[V6]`, `V6` or name
+    /// (port 3260). The error says what is wrong.
+    pub fn parse(s: &str) -> Result<ListenAddr, String> {
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (v6, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("\"{s}\": missing `]`"))?;
+            let ip = v6
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("\"{v6}\" is not an IPv6 address"))?;
+            let port = match after {
+                "" => None,
+                _ => Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| format!("\"{s}\": expected `:PORT` after `]`"))?,
+                ),
+            };
+            (ListenHost::Ip(ip.into()), port)
+        } else if s.matches(':').count() > 1 {
+            let ip = s
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("\"{s}\" is not an IPv6 address (write [ADDR]:PORT)"))?;
+            (ListenHost::Ip(ip.into()), None)
+        } else {
+            let (h, port) = match s.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            };
+            (listen_host(h)?, port)
+        };
+        let port = match port {
+            None => ISCSI_PORT,
+            Some(p) => parse_port(p)?,
+        };
+        Ok(ListenAddr { host, port })
+    }
+}
+
+/// An IPv4 address or a host/interface name.
+fn listen_host(h: &str) -> Result<ListenHost, String> {
+    if let Ok(ip) = h.parse::<std::net::Ipv4Addr>() {
+        return Ok(ListenHost::Ip(ip.into()));
+    }
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    let looks_numeric = h.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if h.is_empty() || looks_numeric || !h.chars().all(is_name_char) {
+        return Err(format!(
+            "\"{h}\" is not an IPv4 address, host name or interface name"
+        ));
+    }
+    Ok(ListenHost::Name(h.to_string()))
+}
+
+/// A TCP port 1..=65535.
+fn parse_port(p: &str) -> Result<u16, String> {
+    if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port \"{p}\" is not a number"));
+    }
+    match p.parse::<u32>() {
+        Ok(n @ 1..=65535) => {
+            u16::try_from(n).map_err(|_| format!("port {p} is out of range 1..=65535"))
+        }
+        _ => Err(format!("port {p} is out of range 1..=65535")),
+    }
+}
+
+/// A parsed `initiator-portal ADDR[/PREFIXLEN]` (IPv6 may be bracketed): the initiator
+/// addresses it admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitiatorPortal {
+    pub addr: std::net::IpAddr,
+    /// Leading bits that must match; the full width (32 or 128) when none is written.
+    pub prefix_len: u8,
+}
+
+impl InitiatorPortal {
+    /// Parses `ADDR`, `ADDR/LEN`, `[V6]` or `[V6]/LEN`. The error says what is wrong.
+    pub fn parse(s: &str) -> Result<InitiatorPortal, String> {
+        let (addr_text, len_text) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let bare = addr_text
+            .strip_prefix('[')
+            .and_then(|a| a.strip_suffix(']'))
+            .unwrap_or(addr_text);
+        let addr = bare
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| format!("\"{addr_text}\" is not an IP address"))?;
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match len_text {
+            None => max,
+            Some(l) => match l.parse::<u8>() {
+                Ok(n) if n <= max && l.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => {
+                    return Err(format!(
+                        "prefix length \"{l}\" is not a number in 0..={max}"
+                    ));
+                }
+            },
+        };
+        Ok(InitiatorPortal { addr, prefix_len })
+    }
+
+    /// Whether `ip` lies in this portal's network (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr.to_canonical(), ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
     }
 }

@@ -1,0 +1,705 @@
+//! Semantic checks of a [`Config`]: references, duplicates, ranges, names and consistency.
+//! Every error names the position of the offending item; all are reported, in file order.
+
+use std::collections::HashMap;
+
+use super::model::*;
+use super::{ConfigError, is_printable_value};
+use crate::names::validate_iscsi_name;
+
+/// Auth groups that exist without being defined (and may be redefined once).
+pub(crate) const PREDEFINED_AUTH_GROUPS: [&str; 3] = ["default", "no-authentication", "no-access"];
+/// Portal groups that exist without being defined (and may be redefined once).
+pub(crate) const PREDEFINED_PORTAL_GROUPS: [&str; 1] = ["default"];
+/// The largest 802.1Q priority code point.
+pub(crate) const MAX_PCP: u8 = 7;
+/// The largest LUN id.
+pub(crate) const MAX_LUN_ID: u64 = 255;
+
+/// See [`super::verify`].
+pub(crate) fn verify(cfg: &Config, file: &str) -> Vec<ConfigError> {
+    let mut c = Checker {
+        file,
+        errors: Vec::new(),
+    };
+    let igs = c.defined(
+        "initiator-group",
+        cfg.initiator_groups
+            .iter()
+            .map(|g| (g.name.as_str(), g.pos)),
+        &[],
+    );
+    let ags = c.defined(
+        "auth-group",
+        cfg.auth_groups.iter().map(|g| (g.name.as_str(), g.pos)),
+        &PREDEFINED_AUTH_GROUPS,
+    );
+    let pgs = c.defined(
+        "portal-group",
+        cfg.portal_groups.iter().map(|g| (g.name.as_str(), g.pos)),
+        &PREDEFINED_PORTAL_GROUPS,
+    );
+    let luns = c.defined(
+        "lun",
+        cfg.luns.iter().map(|l| (l.name.as_str(), l.pos)),
+        &[],
+    );
+    let refs = Defined {
+        igs,
+        ags,
+        pgs,
+        luns,
+    };
+
+    for g in &cfg.initiator_groups {
+        c.initiator_list("initiator", &g.initiators);
+    }
+    for g in &cfg.auth_groups {
+        c.auth(&g.auth, &refs);
+    }
+    for g in &cfg.portal_groups {
+        c.portal_group(g, &refs);
+    }
+    for l in &cfg.luns {
+        c.lun_body(&l.body);
+    }
+    c.targets(&cfg.targets, &refs);
+    for_each_value(cfg, &mut |what, value, pos| {
+        if !is_printable_value(value) {
+            c.report(pos, format!("{what} {value:?} cannot be written in vit.conf (empty, or holds `\"` or a control character)"));
+        }
+    });
+
+    let mut errors = c.errors;
+    errors.sort_by_key(|e| (e.line, e.col));
+    errors
+}
+
+/// Calls `f(what, value, pos)` for every string in the model that the printer writes.
+/// Global `pidfile` and `isns-server` carry no position and are reported at 0:0.
+fn for_each_value<'a>(cfg: &'a Config, f: &mut impl FnMut(&str, &'a str, Pos)) {
+    let nowhere = Pos::default();
+    cfg.pidfile.iter().for_each(|p| f("pidfile", p, nowhere));
+    cfg.isns_servers
+        .iter()
+        .for_each(|s| f("isns-server", s, nowhere));
+    let named = |f: &mut dyn FnMut(&str, &'a str, Pos),
+                 what: &str,
+                 ns: &mut dyn Iterator<Item = &'a Named>| {
+        ns.for_each(|n| f(what, &n.name, n.pos));
+    };
+    for g in &cfg.initiator_groups {
+        f("initiator-group name", &g.name, g.pos);
+        named(f, "initiator", &mut g.initiators.iter());
+    }
+    for g in &cfg.auth_groups {
+        f("auth-group name", &g.name, g.pos);
+        auth_values(&g.auth, f);
+    }
+    for g in &cfg.portal_groups {
+        f("portal-group name", &g.name, g.pos);
+        named(
+            f,
+            "discovery-auth-group",
+            &mut g.discovery_auth_group.iter(),
+        );
+        named(f, "listen", &mut g.listen.iter().chain(&g.listen_iser));
+        named(
+            f,
+            "value",
+            &mut g.offload.iter().chain(&g.redirect).chain(&g.dscp),
+        );
+        option_values(&g.options, f);
+    }
+    for l in &cfg.luns {
+        f("lun name", &l.name, l.pos);
+        lun_values(&l.body, f);
+    }
+    for t in &cfg.targets {
+        f("target name", &t.name, t.pos);
+        named(
+            f,
+            "value",
+            &mut t
+                .alias
+                .iter()
+                .chain(&t.auth_group)
+                .chain(&t.ports)
+                .chain(&t.redirect),
+        );
+        for pg in &t.portal_groups {
+            named(
+                f,
+                "portal-group",
+                &mut std::iter::once(&pg.portal_group).chain(&pg.auth_group),
+            );
+        }
+        auth_values(&t.auth, f);
+        option_values(&t.options, f);
+        for l in &t.luns {
+            match &l.lun {
+                LunRef::Named(n) => f("lun name", &n.name, n.pos),
+                LunRef::Inline(b) => lun_values(b, f),
+            }
+        }
+    }
+}
+
+fn auth_values<'a>(a: &'a AuthSettings, f: &mut impl FnMut(&str, &'a str, Pos)) {
+    for c in &a.chap {
+        [&c.user, &c.secret]
+            .into_iter()
+            .for_each(|v| f("chap", v, c.pos));
+    }
+    for c in &a.chap_mutual {
+        [&c.user, &c.secret, &c.mutual_user, &c.mutual_secret]
+            .into_iter()
+            .for_each(|v| f("chap-mutual", v, c.pos));
+    }
+    let names = a
+        .initiator_names
+        .iter()
+        .chain(&a.initiator_portals)
+        .chain(&a.initiator_groups);
+    names.for_each(|n| f("value", &n.name, n.pos));
+}
+
+fn option_values<'a>(opts: &'a [Opt], f: &mut impl FnMut(&str, &'a str, Pos)) {
+    for o in opts {
+        f("option name", &o.name, o.pos);
+        f("option value", &o.value, o.pos);
+    }
+}
+
+fn lun_values<'a>(b: &'a LunBody, f: &mut impl FnMut(&str, &'a str, Pos)) {
+    let named = b
+        .device_id
+        .iter()
+        .chain(&b.device_type)
+        .chain(&b.path)
+        .chain(&b.serial);
+    named.for_each(|n| f("value", &n.name, n.pos));
+    option_values(&b.options, f);
+}
+
+/// The names each kind of section defines.
+struct Defined<'a> {
+    igs: HashMap<&'a str, Pos>,
+    ags: HashMap<&'a str, Pos>,
+    pgs: HashMap<&'a str, Pos>,
+    luns: HashMap<&'a str, Pos>,
+}
+
+struct Checker<'f> {
+    file: &'f str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, pos: Pos, msg: impl Into<String>) {
+        self.errors.push(ConfigError::at(self.file, pos, msg));
+    }
+
+    /// Collects section names of one kind, reporting the second definition of a name.
+    fn defined<'a>(
+        &mut self,
+        kind: &str,
+        sections: impl Iterator<Item = (&'a str, Pos)>,
+        predefined: &[&'a str],
+    ) -> HashMap<&'a str, Pos> {
+        let mut seen: HashMap<&'a str, Pos> = HashMap::new();
+        for (name, pos) in sections {
+            if let Some(first) = seen.get(name) {
+                self.report(
+                    pos,
+                    format!(
+                        "{kind} \"{name}\" is defined twice (first at {}:{})",
+                        first.line, first.col
+                    ),
+                );
+            } else {
+                seen.insert(name, pos);
+            }
+        }
+        for name in predefined {
+            seen.entry(name).or_default();
+        }
+        seen
+    }
+
+    fn reference(&mut self, kind: &str, defined: &HashMap<&str, Pos>, r: &Named) {
+        if !defined.contains_key(r.name.as_str()) {
+            self.report(r.pos, format!("{kind} \"{}\" is not defined", r.name));
+        }
+    }
+
+    fn iscsi_name(&mut self, what: &str, name: &str, pos: Pos) {
+        if let Err(e) = validate_iscsi_name(name) {
+            self.report(pos, format!("{what} \"{name}\": {e}"));
+        }
+    }
+
+    /// Validates iSCSI names and reports repeats (names compare case-insensitively).
+    fn initiator_list(&mut self, what: &str, names: &[Named]) {
+        let mut seen: HashMap<String, Pos> = HashMap::new();
+        for n in names {
+            self.iscsi_name(what, &n.name, n.pos);
+            let key = n.name.to_ascii_lowercase();
+            if let Some(first) = seen.get(&key) {
+                self.report(
+                    n.pos,
+                    format!(
+                        "{what} \"{}\" is listed twice (first at {}:{})",
+                        n.name, first.line, first.col
+                    ),
+                );
+            } else {
+                seen.insert(key, n.pos);
+            }
+        }
+    }
+
+    fn auth(&mut self, a: &AuthSettings, refs: &Defined<'_>) {
+        if let (Some(_), Some(m)) = (a.chap.first(), a.chap_mutual.first()) {
+            self.report(
+                m.pos,
+                "chap and chap-mutual cannot be mixed in one auth group",
+            );
+        }
+        if let Some((ty, pos)) = a.auth_type {
+            let has_chap = !a.chap.is_empty();
+            let has_mutual = !a.chap_mutual.is_empty();
+            let problem = match ty {
+                AuthType::None | AuthType::Deny if has_chap || has_mutual => {
+                    Some("conflicts with chap credentials")
+                }
+                AuthType::Chap if !has_chap => Some("needs a `chap USER SECRET` statement"),
+                AuthType::ChapMutual if !has_mutual => Some("needs a `chap-mutual` statement"),
+                _ => None,
+            };
+            if let Some(p) = problem {
+                self.report(pos, format!("auth-type {} {p}", ty.as_str()));
+            }
+        }
+        self.initiator_list("initiator-name", &a.initiator_names);
+        for portal in &a.initiator_portals {
+            if let Err(e) = InitiatorPortal::parse(&portal.name) {
+                self.report(portal.pos, format!("initiator-portal: {e}"));
+            }
+        }
+        for g in &a.initiator_groups {
+            self.reference("initiator-group", &refs.igs, g);
+        }
+    }
+
+    fn portal_group(&mut self, g: &PortalGroup, refs: &Defined<'_>) {
+        if let Some(ag) = &g.discovery_auth_group {
+            self.reference("discovery-auth-group", &refs.ags, ag);
+        }
+        if let Some((pcp, pos)) = g.pcp
+            && pcp > MAX_PCP
+        {
+            self.report(pos, format!("pcp {pcp} is out of range 0..={MAX_PCP}"));
+        }
+        for l in g.listen.iter().chain(&g.listen_iser) {
+            if let Err(e) = ListenAddr::parse(&l.name) {
+                self.report(l.pos, format!("listen address: {e}"));
+            }
+        }
+    }
+
+    fn lun_body(&mut self, b: &LunBody) {
+        if let Some((bs, pos)) = b.blocksize
+            && bs != 512
+            && bs != 4096
+        {
+            self.report(pos, format!("blocksize {bs} is not 512 or 4096"));
+        }
+        if let Some((Backend::Vmdk, pos)) = b.backend
+            && b.path.is_none()
+        {
+            self.report(pos, "backend vmdk needs a `path`");
+        }
+        if let Some(p) = &b.path {
+            if p.name.starts_with('/') {
+                self.report(
+                    p.pos,
+                    format!(
+                        "path \"{}\" must be relative to .iSCSI-Config/targets/",
+                        p.name
+                    ),
+                );
+            } else if p.name.split('/').any(|c| c == "..") {
+                self.report(
+                    p.pos,
+                    format!("path \"{}\" must not contain a `..` component", p.name),
+                );
+            }
+        }
+    }
+
+    fn targets(&mut self, targets: &[Target], refs: &Defined<'_>) {
+        let mut names: HashMap<String, Pos> = HashMap::new();
+        let mut uuids: HashMap<String, Pos> = HashMap::new();
+        for t in targets {
+            self.iscsi_name("target name", &t.name, t.pos);
+            match names.get(&t.name.to_ascii_lowercase()) {
+                Some(first) => self.report(
+                    t.pos,
+                    format!(
+                        "target \"{}\" is defined twice (first at {}:{})",
+                        t.name, first.line, first.col
+                    ),
+                ),
+                None => {
+                    names.insert(t.name.to_ascii_lowercase(), t.pos);
+                }
+            }
+            if let Some(u) = t.options.iter().rev().find(|o| o.name == "uuid") {
+                match uuids.get(&u.value.to_ascii_lowercase()) {
+                    Some(first) => self.report(
+                        u.pos,
+                        format!(
+                            "option uuid {} is already used by the target at {}:{}",
+                            u.value, first.line, first.col
+                        ),
+                    ),
+                    None => {
+                        uuids.insert(u.value.to_ascii_lowercase(), u.pos);
+                    }
+                }
+            }
+            self.target(t, refs);
+        }
+    }
+
+    fn target(&mut self, t: &Target, refs: &Defined<'_>) {
+        if let Some(ag) = &t.auth_group {
+            self.reference("auth-group", &refs.ags, ag);
+            if !t.auth.is_empty() {
+                self.report(
+                    ag.pos,
+                    "a target cannot have both `auth-group` and inline authentication statements",
+                );
+            }
+        }
+        self.auth(&t.auth, refs);
+        for pg in &t.portal_groups {
+            self.reference("portal-group", &refs.pgs, &pg.portal_group);
+            if let Some(ag) = &pg.auth_group {
+                self.reference("auth-group", &refs.ags, ag);
+            }
+        }
+        let mut ids: HashMap<u64, Pos> = HashMap::new();
+        for l in &t.luns {
+            if l.id > MAX_LUN_ID {
+                self.report(
+                    l.pos,
+                    format!("LUN id {} is out of range 0..={MAX_LUN_ID}", l.id),
+                );
+            }
+            if let Some(first) = ids.get(&l.id) {
+                self.report(
+                    l.pos,
+                    format!(
+                        "LUN {} is defined twice in this target (first at {}:{})",
+                        l.id, first.line, first.col
+                    ),
+                );
+            } else {
+                ids.insert(l.id, l.pos);
+            }
+            match &l.lun {
+                LunRef::Named(n) => self.reference("lun", &refs.luns, n),
+                LunRef::Inline(b) => self.lun_body(b),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{load, parse};
+    use super::*;
+
+    /// The verifier's errors for `text` as `line:col: msg`.
+    fn errs(text: &str) -> Vec<String> {
+        let cfg = parse(text, "v.conf").unwrap_or_else(|e| panic!("syntax error: {e}"));
+        verify(&cfg, "v.conf")
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.line, e.col, e.msg))
+            .collect()
+    }
+
+    const T: &str = "iqn.2000-01.com.example:t";
+
+    #[test]
+    fn valid_config_has_no_errors() {
+        let text = format!(
+            "initiator-group ig {{ initiator iqn.2000-01.com.example:i }}\n\
+             auth-group ag {{ auth-type chap\n chap u s\n initiator-group ig }}\n\
+             auth-group default {{ auth-type deny }}\n\
+             portal-group pg {{ discovery-auth-group no-authentication\n listen 0.0.0.0:3260\n listen [::1]\n listen vmk0:3260\n listen 10.0.0.1 }}\n\
+             lun shared {{ backend vmdk\n path a/b.vmdk\n blocksize 512 }}\n\
+             target {T} {{ auth-group ag\n portal-group pg no-access\n portal-group default\n lun 0 shared\n lun 255 {{ blocksize 4096 }} }}\n\
+             target eui.0123456789abcdef {{ auth-type none\n option uuid u2 }}\n\
+             target naa.0123456789abcdef0123456789ABCDEF {{ option uuid u3 }}"
+        );
+        assert_eq!(errs(&text), Vec::<String>::new());
+        assert!(load(&text, "v.conf").is_ok());
+    }
+
+    #[test]
+    fn undefined_references() {
+        let text = format!(
+            "auth-group a {{ initiator-group nope }}\n\
+             portal-group p {{ discovery-auth-group nope-ag }}\n\
+             target {T} {{\n auth-group missing\n portal-group missing-pg missing-ag\n lun 0 missing-lun\n}}"
+        );
+        assert_eq!(
+            errs(&text),
+            [
+                "1:32: initiator-group \"nope\" is not defined",
+                "2:39: discovery-auth-group \"nope-ag\" is not defined",
+                "4:13: auth-group \"missing\" is not defined",
+                "5:15: portal-group \"missing-pg\" is not defined",
+                "5:26: auth-group \"missing-ag\" is not defined",
+                "6:8: lun \"missing-lun\" is not defined",
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicates() {
+        let text = format!(
+            "auth-group a {{ }}\nauth-group a {{ }}\nportal-group default {{ }}\nportal-group default {{ }}\n\
+             initiator-group g {{ initiator iqn.2000-01.com.x:i\n initiator IQN.2000-01.com.x:I }}\n\
+             lun l {{ }}\nlun l {{ }}\ninitiator-group g {{ }}\n\
+             target {T} {{ lun 1 l\n lun 1 l }}\ntarget {T} {{ }}"
+        );
+        assert_eq!(
+            errs(&text),
+            [
+                "2:12: auth-group \"a\" is defined twice (first at 1:12)",
+                "4:14: portal-group \"default\" is defined twice (first at 3:14)",
+                "6:12: initiator \"IQN.2000-01.com.x:I\" is listed twice (first at 5:31)",
+                "8:5: lun \"l\" is defined twice (first at 7:5)",
+                "9:17: initiator-group \"g\" is defined twice (first at 5:17)",
+                "11:6: LUN 1 is defined twice in this target (first at 10:40)",
+                "12:8: target \"iqn.2000-01.com.example:t\" is defined twice (first at 10:8)",
+            ]
+        );
+    }
+
+    #[test]
+    fn predefined_groups_exist_and_may_be_redefined_once() {
+        let text = format!(
+            "auth-group default {{ auth-type none }}\n\
+             target {T} {{ auth-group no-access\n portal-group default default\n portal-group default no-authentication }}"
+        );
+        assert_eq!(errs(&text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn lun_checks() {
+        let text = format!(
+            "lun a {{ blocksize 1024 }}\nlun b {{ backend vmdk }}\nlun c {{ path /etc/passwd }}\n\
+             lun d {{ path x/../../y }}\nlun e {{ path ..foo/x..y }}\n\
+             target {T} {{ lun 256 {{ path .. }} }}"
+        );
+        assert_eq!(
+            errs(&text),
+            [
+                "1:19: blocksize 1024 is not 512 or 4096",
+                "2:17: backend vmdk needs a `path`",
+                "3:14: path \"/etc/passwd\" must be relative to .iSCSI-Config/targets/",
+                "4:14: path \"x/../../y\" must not contain a `..` component",
+                "6:40: LUN id 256 is out of range 0..=255",
+                "6:51: path \"..\" must not contain a `..` component",
+            ]
+        );
+    }
+
+    #[test]
+    fn auth_consistency() {
+        let text = "auth-group a { chap u s\n chap-mutual a b c d }\n\
+                    auth-group b { auth-type none\n chap u s }\n\
+                    auth-group c { auth-type chap }\n\
+                    auth-group d { auth-type chap-mutual\n chap u s }\n\
+                    auth-group e { auth-type deny\n chap-mutual a b c d }\n\
+                    auth-group f { auth-type chap-mutual\n chap-mutual a b c d }";
+        assert_eq!(
+            errs(text),
+            [
+                "2:2: chap and chap-mutual cannot be mixed in one auth group",
+                "3:26: auth-type none conflicts with chap credentials",
+                "5:26: auth-type chap needs a `chap USER SECRET` statement",
+                "6:26: auth-type chap-mutual needs a `chap-mutual` statement",
+                "8:26: auth-type deny conflicts with chap credentials",
+            ]
+        );
+    }
+
+    #[test]
+    fn target_auth_group_and_inline_auth_conflict() {
+        let text = format!("target {T} {{\n auth-group default\n chap u s\n}}");
+        assert_eq!(
+            errs(&text),
+            ["2:13: a target cannot have both `auth-group` and inline authentication statements"]
+        );
+        let inline = format!("target {T} {{ auth-type chap\n chap u s\n initiator-group nope }}");
+        assert_eq!(
+            errs(&inline),
+            ["3:18: initiator-group \"nope\" is not defined"]
+        );
+    }
+
+    #[test]
+    fn bad_iscsi_names() {
+        let text = "initiator-group g { initiator iqn.2000-13.com.x:i }\n\
+                    auth-group a { initiator-name win-host }\n\
+                    target eui.123 { }";
+        assert_eq!(
+            errs(text),
+            [
+                "1:31: initiator \"iqn.2000-13.com.x:i\": IQN date has month 13, expected 01..12",
+                "2:31: initiator-name \"win-host\": \"win-host\" is not an iSCSI name: expected iqn., eui. or naa.",
+                "3:8: target name \"eui.123\": eui. name has 3 hex digits, expected 16",
+            ]
+        );
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let text = "portal-group p {\n listen 0.0.0.0:0\n listen 1.2.3.4:65536\n listen [::1\n listen 300.1.1.1\n\
+                    listen vmk0:\n listen-iser 1:2:3:x\n listen [::1]x\n listen eth0:3260\n listen ::\n}";
+        assert_eq!(
+            errs(text),
+            [
+                "2:9: listen address: port 0 is out of range 1..=65535",
+                "3:9: listen address: port 65536 is out of range 1..=65535",
+                "4:9: listen address: \"[::1\": missing `]`",
+                "5:9: listen address: \"300.1.1.1\" is not an IPv4 address, host name or interface name",
+                "6:8: listen address: port \"\" is not a number",
+                "7:14: listen address: \"1:2:3:x\" is not an IPv6 address (write [ADDR]:PORT)",
+                "8:9: listen address: \"[::1]x\": expected `:PORT` after `]`",
+            ]
+        );
+    }
+
+    #[test]
+    fn initiator_portals() {
+        let text = "auth-group a {\n initiator-portal 10.0.0.0/8\n initiator-portal [fe80::]/10\n initiator-portal ::1\n\
+                    initiator-portal 10.0.0.0/33\n initiator-portal host/24\n initiator-portal 1.2.3.4/-1\n}";
+        assert_eq!(
+            errs(text),
+            [
+                "5:18: initiator-portal: prefix length \"33\" is not a number in 0..=32",
+                "6:19: initiator-portal: \"host\" is not an IP address",
+                "7:19: initiator-portal: prefix length \"-1\" is not a number in 0..=32",
+            ]
+        );
+    }
+
+    #[test]
+    fn initiator_portal_matching() {
+        let p = |s: &str| InitiatorPortal::parse(s).unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(p("10.0.0.0/8").contains(ip("10.200.1.1")));
+        assert!(!p("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(p("0.0.0.0/0").contains(ip("1.2.3.4")));
+        assert!(p("1.2.3.4").contains(ip("1.2.3.4")) && !p("1.2.3.4").contains(ip("1.2.3.5")));
+        assert!(p("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")));
+        assert!(
+            p("[fe80::]/10").contains(ip("fe80::1")) && !p("[fe80::]/10").contains(ip("fec0::1"))
+        );
+        assert!(p("::/0").contains(ip("2001:db8::1")) && !p("::/0").contains(ip("1.2.3.4")));
+    }
+
+    #[test]
+    fn listen_addr_parsing() {
+        use std::net::IpAddr;
+        let p = |s: &str| ListenAddr::parse(s).unwrap();
+        assert_eq!(
+            p("vmk0:3260"),
+            ListenAddr {
+                host: ListenHost::Name("vmk0".into()),
+                port: 3260
+            }
+        );
+        assert_eq!(
+            p("0.0.0.0"),
+            ListenAddr {
+                host: ListenHost::Ip("0.0.0.0".parse::<IpAddr>().unwrap()),
+                port: 3260
+            }
+        );
+        assert_eq!(
+            p("[::]:3261"),
+            ListenAddr {
+                host: ListenHost::Ip("::".parse::<IpAddr>().unwrap()),
+                port: 3261
+            }
+        );
+        assert_eq!(p("fe80::1").port, 3260);
+    }
+
+    #[test]
+    fn built_models_with_unwritable_values_are_refused() {
+        let mut cfg = parse("target iqn.2000-01.com.x:a {\n alias x\n lun 0 { serial s }\n}\nportal-group p { pcp 1 }", "b")
+            .unwrap();
+        cfg.targets[0].alias.as_mut().unwrap().name = "a\"b".into();
+        let LunRef::Inline(body) = &mut cfg.targets[0].luns[0].lun else {
+            panic!("inline")
+        };
+        body.serial.as_mut().unwrap().name = String::new();
+        cfg.portal_groups[0].pcp.as_mut().unwrap().0 = 8;
+        cfg.pidfile = Some("a\nb".into());
+        let e: Vec<String> = verify(&cfg, "b")
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.line, e.col, e.msg))
+            .collect();
+        assert_eq!(
+            e,
+            [
+                "0:0: pidfile \"a\\nb\" cannot be written in vit.conf (empty, or holds `\"` or a control character)",
+                "2:8: value \"a\\\"b\" cannot be written in vit.conf (empty, or holds `\"` or a control character)",
+                "3:17: value \"\" cannot be written in vit.conf (empty, or holds `\"` or a control character)",
+                "5:22: pcp 8 is out of range 0..=7",
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_uuid_option() {
+        let text = "target iqn.2000-01.com.x:a { option uuid ABC }\ntarget iqn.2000-01.com.x:b { option uuid abc }";
+        assert_eq!(
+            errs(text),
+            ["2:30: option uuid abc is already used by the target at 1:30"]
+        );
+    }
+
+    #[test]
+    fn errors_come_in_file_order() {
+        // Auth groups are checked before LUNs, so the line-3 error is found first yet sorts last.
+        let text = "lun l { blocksize 1 }\ntarget bad { }\nauth-group a { auth-type chap }";
+        let e = errs(text);
+        assert_eq!(e.len(), 3);
+        assert!(
+            e[0].starts_with("1:") && e[1].starts_with("2:") && e[2].starts_with("3:"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn load_returns_syntax_error_or_all_semantic_errors() {
+        let e = load("debug", "f").unwrap_err();
+        assert_eq!(e.len(), 1);
+        let e = load("target a { }\ntarget b { }", "f").unwrap_err();
+        assert_eq!(e.len(), 2);
+        assert_eq!(
+            e[1].to_string(),
+            "f:2:8: target name \"b\": \"b\" is not an iSCSI name: expected iqn., eui. or naa."
+        );
+    }
+}
