@@ -10,6 +10,8 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod config;
+pub mod ctl;
+pub mod daemon;
 pub mod datastore;
 pub mod iscsi;
 pub mod names;

@@ -1,1 +1,343 @@
-//! The datastore layout.
+//! The datastore: the on-disk layout of a vit service, as vSAN's iSCSI target service lays it out.
+//!
+//! ```text
+//! <ds>/.iSCSI-Config/etc/vit.conf                 the whole configuration
+//! <ds>/.iSCSI-Config/etc/vit.conf.lock            serializes writers (an flock)
+//! <ds>/.iSCSI-Config/targets/<uuid> -> ../../<uuid>
+//! <ds>/<uuid>/<lun-uuid>.vmdk                      a LUN descriptor, extents beside it
+//! ```
+//!
+//! Every change to vit.conf goes through [`Datastore::lock`] then [`Datastore::commit`]: the new text
+//! is written to a temporary file, fsynced, renamed over vit.conf, the directory fsynced, and
+//! `generation` incremented by exactly one. Paths from the config never leave the datastore
+//! ([`Datastore::resolve_lun_path`]).
+
+mod fsutil;
+mod validate;
+
+pub use fsutil::write_atomic;
+pub use validate::Problem;
+pub use validate::lun_body;
+
+use crate::config::{self, Config, ConfigError};
+use std::fs::{self, File};
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+/// The home object's directory, relative to the datastore root.
+pub const HOME_DIR: &str = ".iSCSI-Config";
+/// The largest vit.conf we read: a hostile or corrupt file cannot make us allocate more.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatastoreError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}", join_errors(.0))]
+    Config(Vec<ConfigError>),
+    #[error("no home object at {}: run `vitctl homeobject create` first", .0.display())]
+    NoHomeObject(PathBuf),
+    #[error("path {path:?} is not allowed: {why}")]
+    UnsafePath { path: String, why: String },
+    #[error("{0}")]
+    Vmdk(#[from] crate::vmdk::VmdkError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn join_errors(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub type Result<T, E = DatastoreError> = std::result::Result<T, E>;
+
+/// Attaches a path to an I/O error.
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatastoreError + '_ {
+    move |source| DatastoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A datastore root directory.
+#[derive(Clone, Debug)]
+pub struct Datastore {
+    root: PathBuf,
+}
+
+/// Proof that the caller holds the config lock; released on drop.
+#[derive(Debug)]
+pub struct ConfigLock {
+    _file: File,
+}
+
+impl Datastore {
+    /// Opens a datastore root; the directory must exist.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let meta = fs::metadata(&root).map_err(io_err(&root))?;
+        if !meta.is_dir() {
+            return Err(DatastoreError::Invalid(format!(
+                "{} is not a directory",
+                root.display()
+            )));
+        }
+        Ok(Datastore { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn etc_dir(&self) -> PathBuf {
+        self.root.join(HOME_DIR).join("etc")
+    }
+    pub fn targets_dir(&self) -> PathBuf {
+        self.root.join(HOME_DIR).join("targets")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.etc_dir().join("vit.conf")
+    }
+    /// The directory holding a target's LUNs.
+    pub fn target_dir(&self, uuid: &str) -> PathBuf {
+        self.root.join(uuid)
+    }
+
+    pub fn home_object_exists(&self) -> bool {
+        self.config_path().is_file()
+    }
+
+    /// Creates the home object with `initial` as generation 1, unless one exists (then it is left
+    /// exactly as it was and `Ok(false)` is returned).
+    pub fn create_home_object(&self, initial: &Config) -> Result<bool> {
+        let etc = self.etc_dir();
+        fs::create_dir_all(&etc).map_err(io_err(&etc))?;
+        let targets = self.targets_dir();
+        fs::create_dir_all(&targets).map_err(io_err(&targets))?;
+        let _lock = self.lock()?;
+        if self.home_object_exists() {
+            return Ok(false);
+        }
+        let mut cfg = initial.clone();
+        cfg.generation = Some(1);
+        self.write_config(&cfg)?;
+        Ok(true)
+    }
+
+    /// Takes the exclusive writer lock (blocking until other writers are done).
+    pub fn lock(&self) -> Result<ConfigLock> {
+        let etc = self.etc_dir();
+        if !etc.is_dir() {
+            return Err(DatastoreError::NoHomeObject(self.config_path()));
+        }
+        let path = etc.join("vit.conf.lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.lock().map_err(io_err(&path))?;
+        Ok(ConfigLock { _file: file })
+    }
+
+    /// Reads vit.conf as text, bounded by [`MAX_CONFIG_BYTES`].
+    pub fn read_config_text(&self) -> Result<String> {
+        let path = self.config_path();
+        if !path.is_file() {
+            return Err(DatastoreError::NoHomeObject(path));
+        }
+        read_bounded(&path, MAX_CONFIG_BYTES)
+    }
+
+    /// Reads, parses and verifies vit.conf.
+    pub fn load_config(&self) -> Result<Config> {
+        let text = self.read_config_text()?;
+        let file = self.config_path().display().to_string();
+        config::load(&text, &file).map_err(DatastoreError::Config)
+    }
+
+    /// Writes `cfg` as the next generation: verifies it, increments `generation` by one from the
+    /// file's current value and replaces vit.conf atomically. Returns the new generation.
+    pub fn commit(&self, _lock: &ConfigLock, cfg: &mut Config) -> Result<u64> {
+        let current = self.load_config()?.generation.unwrap_or(0);
+        let next = current
+            .checked_add(1)
+            .ok_or_else(|| DatastoreError::Invalid("generation counter overflow".into()))?;
+        cfg.generation = Some(next);
+        self.write_config(cfg)?;
+        Ok(next)
+    }
+
+    fn write_config(&self, cfg: &Config) -> Result<()> {
+        let text = config::print(cfg);
+        let path = self.config_path();
+        // Never write what we could not read back: the printer and the verifier must agree.
+        let file = path.display().to_string();
+        config::load(&text, &file).map_err(DatastoreError::Config)?;
+        write_atomic(&path, text.as_bytes())
+    }
+
+    /// Resolves a LUN `path` from vit.conf (relative to `.iSCSI-Config/targets/`) to the descriptor's
+    /// real location, refusing anything that could leave the datastore: absolute paths, `..` or `.`
+    /// components, a first component that is not a `targets/<uuid> -> ../../<uuid>` link, and any
+    /// other symlink on the way.
+    pub fn resolve_lun_path(&self, path: &str) -> Result<PathBuf> {
+        let unsafe_path = |why: &str| DatastoreError::UnsafePath {
+            path: path.to_string(),
+            why: why.to_string(),
+        };
+        let p = Path::new(path);
+        let mut parts = Vec::new();
+        for c in p.components() {
+            match c {
+                Component::Normal(s) => parts.push(s),
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(unsafe_path("it is absolute"));
+                }
+                Component::ParentDir => return Err(unsafe_path("it has a `..` component")),
+                Component::CurDir => return Err(unsafe_path("it has a `.` component")),
+            }
+        }
+        let [first, rest @ ..] = parts.as_slice() else {
+            return Err(unsafe_path("it is empty"));
+        };
+        if rest.is_empty() {
+            return Err(unsafe_path("it must be TARGET-UUID/FILE.vmdk"));
+        }
+        let link = self.targets_dir().join(first);
+        let expected = Path::new("..").join("..").join(first);
+        match fs::read_link(&link) {
+            Ok(target) if target == expected => {}
+            Ok(target) => {
+                return Err(unsafe_path(&format!(
+                    "{} points to {}, not {}",
+                    link.display(),
+                    target.display(),
+                    expected.display()
+                )));
+            }
+            Err(e) => {
+                return Err(unsafe_path(&format!(
+                    "{} is not a target link: {e}",
+                    link.display()
+                )));
+            }
+        }
+        let mut real = self.root.join(first);
+        let components = std::iter::once(*first).chain(rest.iter().copied());
+        for (i, part) in components.enumerate() {
+            if i > 0 {
+                real.push(part);
+            }
+            match fs::symlink_metadata(&real) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(unsafe_path(&format!("{} is a symlink", real.display())));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(DatastoreError::Io {
+                        path: real,
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(real)
+    }
+
+    /// Creates `<ds>/<uuid>/` and the link `targets/<uuid> -> ../../<uuid>`.
+    pub fn create_target_dir(&self, uuid: &str) -> Result<PathBuf> {
+        check_plain_name(uuid)?;
+        let dir = self.target_dir(uuid);
+        fs::create_dir(&dir).map_err(io_err(&dir))?;
+        let link = self.targets_dir().join(uuid);
+        if let Err(e) = std::os::unix::fs::symlink(Path::new("..").join("..").join(uuid), &link) {
+            let _ = fs::remove_dir(&dir);
+            return Err(DatastoreError::Io {
+                path: link,
+                source: e,
+            });
+        }
+        fsutil::sync_dir(&self.targets_dir())?;
+        fsutil::sync_dir(&self.root)?;
+        Ok(dir)
+    }
+
+    /// Removes a target's link and directory (which must hold no LUN files any more).
+    pub fn remove_target_dir(&self, uuid: &str) -> Result<()> {
+        check_plain_name(uuid)?;
+        let link = self.targets_dir().join(uuid);
+        match fs::remove_file(&link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(DatastoreError::Io {
+                    path: link,
+                    source: e,
+                });
+            }
+        }
+        let dir = self.target_dir(uuid);
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(DatastoreError::Io {
+                    path: dir,
+                    source: e,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks everything `vitctl config validate` promises; an empty list means all holds.
+    pub fn validate(&self) -> Vec<Problem> {
+        validate::validate(self)
+    }
+}
+
+/// A single path component with no separators or dot names.
+fn check_plain_name(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(DatastoreError::UnsafePath {
+            path: name.to_string(),
+            why: "not a plain name".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads a whole file, refusing one larger than `limit` bytes.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<String> {
+    use std::io::Read;
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut text = String::new();
+    file.take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(io_err(path))?;
+    if text.len() as u64 > limit {
+        return Err(DatastoreError::Invalid(format!(
+            "{} is larger than {limit} bytes",
+            path.display()
+        )));
+    }
+    Ok(text)
+}
+
+/// The datastore used when none is named: `$VIT_DATASTORE` is handled by the callers;
+/// this is `$XDG_DATA_HOME/vit`, else `$HOME/.local/share/vit`, else `./vit-data`.
+pub fn default_root() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("vit");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/vit");
+    }
+    PathBuf::from("vit-data")
+}

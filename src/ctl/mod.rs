@@ -1,0 +1,923 @@
+//! Management operations behind `vitctl` (and the daemon's embedded default datastore).
+//!
+//! Each operation validates all of its input before it changes anything, then holds the datastore's
+//! config lock across the whole change (files and vit.conf) so concurrent `vitctl` runs serialize.
+//! Order of effects: files that a new config entry needs are created before the config names them
+//! (and removed again if the commit fails); files that a removed entry used are deleted after the
+//! config stops naming them.
+
+pub mod view;
+
+use crate::config::{
+    self, AuthGroup, AuthSettings, AuthType, Backend, Chap, ChapMutual, Config, InitiatorGroup,
+    LunBody, LunRef, Named, Opt, PortalGroup, Pos, Target, TargetLun, TargetPortalGroup,
+};
+use crate::datastore::{Datastore, DatastoreError};
+use crate::names;
+use crate::vmdk;
+pub use view::{HomeObjectView, InitiatorGroupView, LunView, TargetView};
+
+/// The largest LUN id (vSAN and ctl.conf allow 0..=255).
+pub const MAX_LUN_ID: u64 = 255;
+/// CHAP secret lengths that every common initiator (Windows's included) accepts.
+pub const CHAP_SECRET_RECOMMENDED: std::ops::RangeInclusive<usize> = 12..=16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("{0}")]
+    Datastore(#[from] DatastoreError),
+    #[error("{0}")]
+    Vmdk(#[from] vmdk::VmdkError),
+    #[error("{0}")]
+    Input(String),
+}
+
+pub type Result<T, E = CtlError> = std::result::Result<T, E>;
+
+fn input<T>(msg: impl Into<String>) -> Result<T> {
+    Err(CtlError::Input(msg.into()))
+}
+
+/// How a target authenticates initiators.
+#[derive(Clone, Debug, Default)]
+pub struct AuthSpec {
+    pub auth_type: Option<AuthType>,
+    pub chap_user: Option<String>,
+    pub chap_secret: Option<String>,
+    pub mutual_user: Option<String>,
+    pub mutual_secret: Option<String>,
+}
+
+/// `vitctl target add`.
+#[derive(Clone, Debug, Default)]
+pub struct TargetSpec {
+    pub alias: String,
+    pub iqn: Option<String>,
+    pub listen: Option<String>,
+    pub auth: AuthSpec,
+    pub initiator_group: Option<String>,
+}
+
+/// `vitctl target set`: every field left `None` stays as it is.
+#[derive(Clone, Debug, Default)]
+pub struct TargetChange {
+    pub new_alias: Option<String>,
+    pub iqn: Option<String>,
+    pub listen: Option<String>,
+    pub auth: AuthSpec,
+    /// `Some(None)` removes the initiator group restriction.
+    pub initiator_group: Option<Option<String>>,
+}
+
+/// `vitctl target lun add`.
+#[derive(Clone, Debug, Default)]
+pub struct LunSpec {
+    pub id: u64,
+    pub size_bytes: u64,
+    pub alias: Option<String>,
+    pub preallocate: bool,
+}
+
+/// A handle on one datastore for management operations; collects warnings for the caller to show.
+pub struct Ctl {
+    pub ds: Datastore,
+    pub warnings: Vec<String>,
+}
+
+/// Parses a size given on the command line: a number with a unit, K/M/G/T (powers of 1024, also
+/// written KiB...) or B for bytes. The unit is required so that nobody has to guess.
+pub fn parse_size_arg(s: &str) -> Result<u64> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return input(format!("size {s:?} is negative"));
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_uppercase();
+    let mult: u64 = match unit.as_str() {
+        "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        "" => return input(format!("size {s:?} needs a unit, e.g. 512M or 10G")),
+        _ => {
+            return input(format!(
+                "size {s:?} has an unknown unit (use B, K, M, G or T)"
+            ));
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| CtlError::Input(format!("size {s:?} is not a number")))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| CtlError::Input(format!("size {s:?} is too large")))?;
+    if bytes == 0 {
+        return input(format!("size {s:?} is zero"));
+    }
+    if bytes % 512 != 0 {
+        return input(format!("size {s:?} is not a multiple of 512 bytes"));
+    }
+    Ok(bytes)
+}
+
+/// The portal group name vSAN gives a `listen` value: `vmk0:3260` -> `pg-vmk0-3260`.
+pub fn portal_group_name(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some((host, port)) => format!("pg-{host}-{port}"),
+        None => format!("pg-{listen}-3260"),
+    }
+}
+
+/// Checks a `--listen` value: `ADDR:PORT`, `[V6]:PORT` or `IFNAME:PORT`, port 1..=65535.
+pub fn check_listen(listen: &str) -> Result<()> {
+    let bad = |why: &str| {
+        input(format!(
+            "--listen {listen:?}: {why} (expected ADDR:PORT, [V6]:PORT or IFNAME:PORT)"
+        ))
+    };
+    let Some((host, port)) = listen.rsplit_once(':') else {
+        return bad("no port");
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return bad("port must be 1..65535"),
+    }
+    if host.is_empty() {
+        return bad("no address or interface");
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let Some(v6) = inner.strip_suffix(']') else {
+            return bad("unclosed [");
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("not an IPv6 address");
+        }
+    } else if host.contains(':') {
+        return bad("IPv6 addresses go in brackets");
+    } else if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+    {
+        return bad("not an address or interface name");
+    }
+    Ok(())
+}
+
+fn check_word(what: &str, s: &str) -> Result<()> {
+    if s.is_empty()
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_@:".contains(c))
+    {
+        return input(format!(
+            "{what} {s:?} may use only letters, digits and . - _ @ :"
+        ));
+    }
+    Ok(())
+}
+
+fn check_value(what: &str, s: &str) -> Result<()> {
+    if !config::is_printable_value(s) {
+        return input(format!(
+            "{what} {s:?} cannot be stored (empty, or has a quote or control character)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_iqn(s: &str) -> Result<()> {
+    names::validate_iscsi_name(s)
+        .map_err(|why| CtlError::Input(format!("{s:?} is not an iSCSI name: {why}")))
+}
+
+/// The initial configuration of a new home object.
+pub fn initial_config(listen: &str) -> Config {
+    Config {
+        generation: Some(1),
+        auth_groups: vec![AuthGroup {
+            name: "default".into(),
+            pos: Pos::default(),
+            auth: AuthSettings {
+                auth_type: Some((AuthType::None, Pos::default())),
+                ..Default::default()
+            },
+        }],
+        portal_groups: vec![PortalGroup {
+            name: "default".into(),
+            discovery_auth_group: Some(Named::new("no-authentication")),
+            listen: vec![Named::new(listen)],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn find_target<'a>(cfg: &'a Config, name: &str) -> Result<&'a Target> {
+    cfg.targets
+        .iter()
+        .find(|t| t.alias.as_ref().is_some_and(|a| a.name == name) || t.name == name)
+        .ok_or_else(|| CtlError::Input(format!("no target with alias or IQN {name:?}")))
+}
+
+fn target_index(cfg: &Config, name: &str) -> Result<usize> {
+    let t = find_target(cfg, name)?;
+    Ok(cfg
+        .targets
+        .iter()
+        .position(|x| std::ptr::eq(x, t))
+        .unwrap_or_default())
+}
+
+fn target_uuid(t: &Target) -> Result<String> {
+    t.uuid().map(str::to_string).ok_or_else(|| {
+        CtlError::Input(format!(
+            "target {} has no `option uuid`: not managed by vitctl",
+            t.name
+        ))
+    })
+}
+
+impl Ctl {
+    pub fn new(ds: Datastore) -> Self {
+        Ctl {
+            ds,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Runs `change` on the current config under the lock, then commits it. When `change` or the
+    /// commit fails, nothing is written and the files `change` made (listed in `undo`) are removed.
+    fn update<T>(
+        &mut self,
+        change: impl FnOnce(&mut Self, &mut Config, &mut Vec<Undo>) -> Result<T>,
+    ) -> Result<T> {
+        let lock = self.ds.lock()?;
+        let mut cfg = self.ds.load_config()?;
+        let mut undo = Vec::new();
+        let result = change(self, &mut cfg, &mut undo).and_then(|out| {
+            self.ds
+                .commit(&lock, &mut cfg)
+                .map(|_| out)
+                .map_err(CtlError::from)
+        });
+        if result.is_err() {
+            for u in undo.into_iter().rev() {
+                u.run(&self.ds);
+            }
+        }
+        result
+    }
+
+    pub fn load(&self) -> Result<Config> {
+        Ok(self.ds.load_config()?)
+    }
+
+    fn auth_settings(
+        &mut self,
+        spec: &AuthSpec,
+        initiator_group: Option<&str>,
+        cfg: &Config,
+    ) -> Result<AuthSettings> {
+        let auth_type = spec.auth_type.unwrap_or(AuthType::None);
+        let mut auth = AuthSettings {
+            auth_type: Some((auth_type, Pos::default())),
+            ..Default::default()
+        };
+        let has_chap = spec.chap_user.is_some() || spec.chap_secret.is_some();
+        let has_mutual = spec.mutual_user.is_some() || spec.mutual_secret.is_some();
+        match auth_type {
+            AuthType::None | AuthType::Deny => {
+                if has_chap || has_mutual {
+                    return input(format!(
+                        "--chap-user/--chap-secret need --auth-type chap or chap-mutual, not {}",
+                        auth_type.as_str()
+                    ));
+                }
+            }
+            AuthType::Chap | AuthType::ChapMutual => {
+                let (Some(user), Some(secret)) = (&spec.chap_user, &spec.chap_secret) else {
+                    return input(format!(
+                        "--auth-type {} needs --chap-user and --chap-secret",
+                        auth_type.as_str()
+                    ));
+                };
+                self.check_secret("--chap-user", user, "--chap-secret", secret)?;
+                if auth_type == AuthType::Chap {
+                    if has_mutual {
+                        return input("--mutual-user/--mutual-secret need --auth-type chap-mutual");
+                    }
+                    auth.chap.push(Chap {
+                        user: user.clone(),
+                        secret: secret.clone(),
+                        pos: Pos::default(),
+                    });
+                } else {
+                    let (Some(muser), Some(msecret)) = (&spec.mutual_user, &spec.mutual_secret)
+                    else {
+                        return input(
+                            "--auth-type chap-mutual needs --mutual-user and --mutual-secret",
+                        );
+                    };
+                    self.check_secret("--mutual-user", muser, "--mutual-secret", msecret)?;
+                    if msecret == secret {
+                        return input("the mutual CHAP secret must differ from the CHAP secret");
+                    }
+                    auth.chap_mutual.push(ChapMutual {
+                        user: user.clone(),
+                        secret: secret.clone(),
+                        mutual_user: muser.clone(),
+                        mutual_secret: msecret.clone(),
+                        pos: Pos::default(),
+                    });
+                }
+            }
+        }
+        if let Some(group) = initiator_group {
+            if !cfg.initiator_groups.iter().any(|g| g.name == group) {
+                return input(format!("no initiator group {group:?}"));
+            }
+            auth.initiator_groups.push(Named::new(group));
+        }
+        Ok(auth)
+    }
+
+    fn check_secret(
+        &mut self,
+        user_flag: &str,
+        user: &str,
+        secret_flag: &str,
+        secret: &str,
+    ) -> Result<()> {
+        if user.is_empty() {
+            return input(format!("{user_flag} is empty"));
+        }
+        check_value(user_flag, user)?;
+        if secret.is_empty() {
+            return input(format!("{secret_flag} is empty"));
+        }
+        if !config::is_printable_value(secret) {
+            return input(format!(
+                "{secret_flag} cannot be stored (it has a quote or control character)"
+            ));
+        }
+        if !CHAP_SECRET_RECOMMENDED.contains(&secret.chars().count()) {
+            self.warnings.push(format!(
+                "{secret_flag} is {} characters; many initiators (Windows among them) accept only 12 to 16",
+                secret.chars().count()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ensures the portal group for `listen` exists and returns its name.
+    fn portal_group_for(cfg: &mut Config, listen: Option<&str>) -> Result<String> {
+        let Some(listen) = listen else {
+            return Ok("default".into());
+        };
+        check_listen(listen)?;
+        let name = portal_group_name(listen);
+        if let Some(pg) = cfg.portal_groups.iter().find(|p| p.name == name) {
+            if !pg.listen.iter().any(|l| l.name == listen) {
+                return input(format!(
+                    "portal group {name} exists and does not listen on {listen}"
+                ));
+            }
+        } else {
+            cfg.portal_groups.push(PortalGroup {
+                name: name.clone(),
+                discovery_auth_group: Some(Named::new("no-authentication")),
+                listen: vec![Named::new(listen)],
+                ..Default::default()
+            });
+        }
+        Ok(name)
+    }
+
+    /// `vitctl target add`: a target with its own auth-group (named by its uuid, as vSAN does) and
+    /// its directory and link on the datastore.
+    pub fn target_add(&mut self, spec: &TargetSpec) -> Result<TargetView> {
+        check_value("--alias", &spec.alias)?;
+        if let Some(iqn) = &spec.iqn {
+            check_iqn(iqn)?;
+        }
+        self.update(|me, cfg, undo| {
+            if cfg
+                .targets
+                .iter()
+                .any(|t| t.alias.as_ref().is_some_and(|a| a.name == spec.alias))
+            {
+                return input(format!("a target with alias {:?} exists", spec.alias));
+            }
+            let uuid = uuid::Uuid::new_v4().to_string();
+            let iqn = spec
+                .iqn
+                .clone()
+                .unwrap_or_else(|| names::generate_iqn(&uuid));
+            if cfg.targets.iter().any(|t| t.name == iqn) {
+                return input(format!("a target named {iqn} exists"));
+            }
+            let auth = me.auth_settings(&spec.auth, spec.initiator_group.as_deref(), cfg)?;
+            let pg = Self::portal_group_for(cfg, spec.listen.as_deref())?;
+            cfg.auth_groups.push(AuthGroup {
+                name: uuid.clone(),
+                pos: Pos::default(),
+                auth,
+            });
+            cfg.targets.push(Target {
+                name: iqn,
+                pos: Pos::default(),
+                alias: Some(Named::new(spec.alias.clone())),
+                auth_group: Some(Named::new(uuid.clone())),
+                auth: AuthSettings::default(),
+                portal_groups: vec![TargetPortalGroup {
+                    portal_group: Named::new(pg),
+                    auth_group: None,
+                }],
+                ports: vec![],
+                redirect: None,
+                options: vec![opt("uuid", &uuid)],
+                luns: vec![],
+            });
+            me.ds.create_target_dir(&uuid)?;
+            undo.push(Undo::TargetDir(uuid.clone()));
+            Ok(uuid)
+        })
+        .and_then(|_| {
+            let cfg = self.load()?;
+            Ok(TargetView::new(&cfg, find_target(&cfg, &spec.alias)?))
+        })
+    }
+
+    /// `vitctl target set`.
+    pub fn target_set(&mut self, name: &str, change: &TargetChange) -> Result<TargetView> {
+        if let Some(a) = &change.new_alias {
+            check_value("--new-alias", a)?;
+        }
+        if let Some(iqn) = &change.iqn {
+            check_iqn(iqn)?;
+        }
+        let new_name = self.update(|me, cfg, _undo| {
+            let i = target_index(cfg, name)?;
+            if let Some(a) = &change.new_alias {
+                if cfg
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .any(|(j, t)| j != i && t.alias.as_ref().is_some_and(|x| &x.name == a))
+                {
+                    return input(format!("a target with alias {a:?} exists"));
+                }
+                cfg.targets[i].alias = Some(Named::new(a.clone()));
+            }
+            if let Some(iqn) = &change.iqn {
+                if cfg
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .any(|(j, t)| j != i && &t.name == iqn)
+                {
+                    return input(format!("a target named {iqn} exists"));
+                }
+                cfg.targets[i].name = iqn.clone();
+            }
+            if change.listen.is_some() {
+                let pg = Self::portal_group_for(cfg, change.listen.as_deref())?;
+                cfg.targets[i].portal_groups = vec![TargetPortalGroup {
+                    portal_group: Named::new(pg),
+                    auth_group: None,
+                }];
+            }
+            let auth_changed = change.auth.auth_type.is_some()
+                || change.auth.chap_user.is_some()
+                || change.auth.chap_secret.is_some()
+                || change.initiator_group.is_some();
+            if auth_changed {
+                let uuid = target_uuid(&cfg.targets[i])?;
+                let current = cfg
+                    .auth_groups
+                    .iter()
+                    .find(|g| g.name == uuid)
+                    .map(|g| g.auth.clone());
+                let group = match &change.initiator_group {
+                    Some(g) => g.clone(),
+                    None => current
+                        .as_ref()
+                        .and_then(|a| a.initiator_groups.first().map(|n| n.name.clone())),
+                };
+                let spec = if change.auth.auth_type.is_some() {
+                    change.auth.clone()
+                } else {
+                    current.as_ref().map(spec_of).unwrap_or_default()
+                };
+                let auth = me.auth_settings(&spec, group.as_deref(), cfg)?;
+                match cfg.auth_groups.iter_mut().find(|g| g.name == uuid) {
+                    Some(g) => g.auth = auth,
+                    None => cfg.auth_groups.push(AuthGroup {
+                        name: uuid.clone(),
+                        pos: Pos::default(),
+                        auth,
+                    }),
+                }
+                cfg.targets[i].auth_group = Some(Named::new(uuid));
+                cfg.targets[i].auth = AuthSettings::default();
+            }
+            Ok(cfg.targets[i].name.clone())
+        })?;
+        let cfg = self.load()?;
+        Ok(TargetView::new(&cfg, find_target(&cfg, &new_name)?))
+    }
+
+    /// `vitctl target remove`: the target, its auth-group, its LUNs' files and its directory.
+    pub fn target_remove(&mut self, name: &str) -> Result<TargetView> {
+        let (view, uuid, luns) = self.update(|_me, cfg, _undo| {
+            let i = target_index(cfg, name)?;
+            let view = TargetView::new(cfg, &cfg.targets[i]);
+            let target = cfg.targets.remove(i);
+            let uuid = target.uuid().map(str::to_string);
+            let luns: Vec<String> = target
+                .luns
+                .iter()
+                .filter_map(|l| match &l.lun {
+                    LunRef::Inline(b) => b.path.as_ref().map(|p| p.name.clone()),
+                    LunRef::Named(_) => None,
+                })
+                .collect();
+            if let Some(u) = &uuid {
+                let still_used = cfg
+                    .targets
+                    .iter()
+                    .any(|t| t.auth_group.as_ref().is_some_and(|g| &g.name == u));
+                if !still_used {
+                    cfg.auth_groups.retain(|g| &g.name != u);
+                }
+            }
+            drop_unused_portal_groups(cfg);
+            Ok((view, uuid, luns))
+        })?;
+        // The config no longer names these files: delete them, reporting (not failing on) leftovers.
+        for path in luns {
+            if let Err(e) = self.remove_lun_files(&path) {
+                self.warnings.push(format!("left behind LUN {path}: {e}"));
+            }
+        }
+        if let Some(u) = uuid
+            && let Err(e) = self.ds.remove_target_dir(&u)
+        {
+            self.warnings
+                .push(format!("left behind target directory: {e}"));
+        }
+        Ok(view)
+    }
+
+    fn remove_lun_files(&self, path: &str) -> Result<()> {
+        let descriptor = self.ds.resolve_lun_path(path)?;
+        if descriptor.exists() {
+            vmdk::remove(&descriptor)?;
+        }
+        Ok(())
+    }
+
+    /// `vitctl target lun add`: creates the descriptor and flat extent, then names them in vit.conf.
+    pub fn lun_add(&mut self, target: &str, spec: &LunSpec) -> Result<LunView> {
+        if spec.id > MAX_LUN_ID {
+            return input(format!("LUN id {} is outside 0..{MAX_LUN_ID}", spec.id));
+        }
+        if let Some(a) = &spec.alias {
+            check_value("--alias", a)?;
+        }
+        let name = self.update(|me, cfg, undo| {
+            let i = target_index(cfg, target)?;
+            let t = &cfg.targets[i];
+            if t.luns.iter().any(|l| l.id == spec.id) {
+                return input(format!(
+                    "target {} already has LUN {}",
+                    display_name(t),
+                    spec.id
+                ));
+            }
+            let uuid = target_uuid(t)?;
+            let lun_uuid = uuid::Uuid::new_v4().to_string();
+            let path = format!("{uuid}/{lun_uuid}.vmdk");
+            let dir = me.ds.target_dir(&uuid);
+            me.ds.resolve_lun_path(&path)?;
+            let opts = vmdk::CreateOptions {
+                preallocate: spec.preallocate,
+                split_2gb: false,
+            };
+            let descriptor = vmdk::create(&dir, &lun_uuid, spec.size_bytes, &opts)?;
+            undo.push(Undo::Lun(descriptor));
+            let mut options = Vec::new();
+            if let Some(a) = &spec.alias {
+                options.push(opt("lun-alias", a));
+            }
+            cfg.targets[i].luns.push(TargetLun {
+                id: spec.id,
+                pos: Pos::default(),
+                lun: LunRef::Inline(LunBody {
+                    backend: Some((Backend::Vmdk, Pos::default())),
+                    path: Some(Named::new(path)),
+                    size: Some((spec.size_bytes, Pos::default())),
+                    options,
+                    ..Default::default()
+                }),
+            });
+            cfg.targets[i].luns.sort_by_key(|l| l.id);
+            Ok(cfg.targets[i].name.clone())
+        })?;
+        self.lun_get(&name, spec.id)
+    }
+
+    pub fn lun_get(&self, target: &str, id: u64) -> Result<LunView> {
+        let cfg = self.load()?;
+        let t = find_target(&cfg, target)?;
+        let l = t.luns.iter().find(|l| l.id == id).ok_or_else(|| {
+            CtlError::Input(format!("target {} has no LUN {id}", display_name(t)))
+        })?;
+        Ok(LunView::new(&cfg, t, l, &self.ds))
+    }
+
+    pub fn lun_list(&self, target: &str) -> Result<Vec<LunView>> {
+        let cfg = self.load()?;
+        let t = find_target(&cfg, target)?;
+        Ok(t.luns
+            .iter()
+            .map(|l| LunView::new(&cfg, t, l, &self.ds))
+            .collect())
+    }
+
+    /// `vitctl target lun set`: grows (never shrinks) and renames.
+    pub fn lun_set(
+        &mut self,
+        target: &str,
+        id: u64,
+        size: Option<u64>,
+        alias: Option<&str>,
+    ) -> Result<LunView> {
+        if let Some(a) = alias {
+            check_value("--alias", a)?;
+        }
+        let name = self.update(|me, cfg, _undo| {
+            let i = target_index(cfg, target)?;
+            let tname = display_name(&cfg.targets[i]);
+            let Some(l) = cfg.targets[i].luns.iter_mut().find(|l| l.id == id) else {
+                return input(format!("target {tname} has no LUN {id}"));
+            };
+            let LunRef::Inline(body) = &mut l.lun else {
+                return input(format!("LUN {id} of target {tname} is a shared `lun` section: edit vit.conf"));
+            };
+            if let Some(new_size) = size {
+                let path = body.path.as_ref().ok_or_else(|| CtlError::Input(format!("LUN {id} has no path")))?;
+                let descriptor = me.ds.resolve_lun_path(&path.name)?;
+                let current = vmdk::load(&descriptor)?.capacity_bytes();
+                if new_size < current {
+                    return input(format!(
+                        "LUN {id} is {current} bytes; shrinking to {new_size} bytes is not supported"
+                    ));
+                }
+                vmdk::grow(&descriptor, new_size, false)?;
+                body.size = Some((new_size, Pos::default()));
+            }
+            if let Some(a) = alias {
+                body.options.retain(|o| o.name != "lun-alias");
+                body.options.push(opt("lun-alias", a));
+            }
+            Ok(cfg.targets[i].name.clone())
+        })?;
+        self.lun_get(&name, id)
+    }
+
+    /// `vitctl target lun remove`: drops the LUN from vit.conf, then deletes its files.
+    pub fn lun_remove(&mut self, target: &str, id: u64) -> Result<LunView> {
+        let (view, path) = self.update(|me, cfg, _undo| {
+            let i = target_index(cfg, target)?;
+            let t = &cfg.targets[i];
+            let Some(j) = t.luns.iter().position(|l| l.id == id) else {
+                return input(format!("target {} has no LUN {id}", display_name(t)));
+            };
+            let view = LunView::new(cfg, t, &t.luns[j], &me.ds);
+            let removed = cfg.targets[i].luns.remove(j);
+            let path = match removed.lun {
+                LunRef::Inline(b) => b.path.map(|p| p.name),
+                LunRef::Named(_) => None,
+            };
+            Ok((view, path))
+        })?;
+        if let Some(p) = path
+            && let Err(e) = self.remove_lun_files(&p)
+        {
+            self.warnings.push(format!("left behind LUN {p}: {e}"));
+        }
+        Ok(view)
+    }
+
+    pub fn group_add(&mut self, name: &str, initiators: &[String]) -> Result<InitiatorGroupView> {
+        check_word("initiator group name", name)?;
+        for i in initiators {
+            check_iqn(i)?;
+        }
+        self.update(|_me, cfg, _undo| {
+            if cfg.initiator_groups.iter().any(|g| g.name == name) {
+                return input(format!("initiator group {name:?} exists"));
+            }
+            let mut group = InitiatorGroup {
+                name: name.into(),
+                pos: Pos::default(),
+                initiators: vec![],
+            };
+            add_initiators(&mut group, initiators)?;
+            cfg.initiator_groups.push(group);
+            Ok(())
+        })?;
+        self.group_get(name)
+    }
+
+    pub fn group_get(&self, name: &str) -> Result<InitiatorGroupView> {
+        let cfg = self.load()?;
+        let g = find_group(&cfg, name)?;
+        Ok(InitiatorGroupView::new(g))
+    }
+
+    pub fn group_list(&self) -> Result<Vec<InitiatorGroupView>> {
+        Ok(self
+            .load()?
+            .initiator_groups
+            .iter()
+            .map(InitiatorGroupView::new)
+            .collect())
+    }
+
+    /// Removes an initiator group no auth-group names.
+    pub fn group_remove(&mut self, name: &str) -> Result<InitiatorGroupView> {
+        self.update(|_me, cfg, _undo| {
+            let view = InitiatorGroupView::new(find_group(cfg, name)?);
+            let users: Vec<String> = cfg
+                .auth_groups
+                .iter()
+                .filter(|a| a.auth.initiator_groups.iter().any(|g| g.name == name))
+                .map(|a| users_of_auth_group(cfg, &a.name))
+                .chain(
+                    cfg.targets
+                        .iter()
+                        .filter(|t| t.auth.initiator_groups.iter().any(|g| g.name == name))
+                        .map(display_name),
+                )
+                .collect();
+            if !users.is_empty() {
+                return input(format!(
+                    "initiator group {name:?} is in use by {}",
+                    users.join(", ")
+                ));
+            }
+            cfg.initiator_groups.retain(|g| g.name != name);
+            Ok(view)
+        })
+    }
+
+    /// Adds (`add = true`) or removes initiators of a group.
+    pub fn group_initiators(
+        &mut self,
+        name: &str,
+        initiators: &[String],
+        add: bool,
+    ) -> Result<InitiatorGroupView> {
+        if initiators.is_empty() {
+            return input("name at least one initiator");
+        }
+        for i in initiators {
+            check_iqn(i)?;
+        }
+        self.update(|_me, cfg, _undo| {
+            let g = cfg
+                .initiator_groups
+                .iter_mut()
+                .find(|g| g.name == name)
+                .ok_or_else(|| CtlError::Input(format!("no initiator group {name:?}")))?;
+            if add {
+                add_initiators(g, initiators)
+            } else {
+                for i in initiators {
+                    let Some(k) = g.initiators.iter().position(|x| &x.name == i) else {
+                        return input(format!("{i} is not in initiator group {name:?}"));
+                    };
+                    g.initiators.remove(k);
+                }
+                Ok(())
+            }
+        })?;
+        self.group_get(name)
+    }
+
+    pub fn target_list(&self) -> Result<Vec<TargetView>> {
+        let cfg = self.load()?;
+        Ok(cfg
+            .targets
+            .iter()
+            .map(|t| TargetView::new(&cfg, t))
+            .collect())
+    }
+
+    pub fn target_get(&self, name: &str) -> Result<TargetView> {
+        let cfg = self.load()?;
+        Ok(TargetView::new(&cfg, find_target(&cfg, name)?))
+    }
+
+    pub fn home_object(&self) -> Result<HomeObjectView> {
+        let cfg = self.load()?;
+        Ok(HomeObjectView::new(&self.ds, &cfg))
+    }
+}
+
+/// A file-system effect to take back when a change does not commit.
+enum Undo {
+    Lun(std::path::PathBuf),
+    TargetDir(String),
+}
+
+impl Undo {
+    fn run(self, ds: &Datastore) {
+        let _ = match self {
+            Undo::Lun(descriptor) => vmdk::remove(&descriptor).map_err(CtlError::from),
+            Undo::TargetDir(uuid) => ds.remove_target_dir(&uuid).map_err(CtlError::from),
+        };
+    }
+}
+
+fn opt(name: &str, value: &str) -> Opt {
+    Opt {
+        name: name.into(),
+        value: value.into(),
+        pos: Pos::default(),
+    }
+}
+
+fn display_name(t: &Target) -> String {
+    t.alias
+        .as_ref()
+        .map_or_else(|| t.name.clone(), |a| a.name.clone())
+}
+
+fn users_of_auth_group(cfg: &Config, group: &str) -> String {
+    let targets: Vec<String> = cfg
+        .targets
+        .iter()
+        .filter(|t| t.auth_group.as_ref().is_some_and(|g| g.name == group))
+        .map(display_name)
+        .collect();
+    if targets.is_empty() {
+        format!("auth-group {group}")
+    } else {
+        format!("target {}", targets.join(", target "))
+    }
+}
+
+fn find_group<'a>(cfg: &'a Config, name: &str) -> Result<&'a InitiatorGroup> {
+    cfg.initiator_groups
+        .iter()
+        .find(|g| g.name == name)
+        .ok_or_else(|| CtlError::Input(format!("no initiator group {name:?}")))
+}
+
+fn add_initiators(group: &mut InitiatorGroup, initiators: &[String]) -> Result<()> {
+    for i in initiators {
+        if group.initiators.iter().any(|x| &x.name == i) {
+            return input(format!(
+                "{i} is already in initiator group {:?}",
+                group.name
+            ));
+        }
+        group.initiators.push(Named::new(i.clone()));
+    }
+    Ok(())
+}
+
+/// The CHAP settings an auth-group holds, as a spec (for `target set` changing only the group).
+fn spec_of(auth: &AuthSettings) -> AuthSpec {
+    let mut spec = AuthSpec {
+        auth_type: auth.auth_type.map(|(t, _)| t),
+        ..Default::default()
+    };
+    if let Some(c) = auth.chap.first() {
+        spec.chap_user = Some(c.user.clone());
+        spec.chap_secret = Some(c.secret.clone());
+    }
+    if let Some(c) = auth.chap_mutual.first() {
+        spec.chap_user = Some(c.user.clone());
+        spec.chap_secret = Some(c.secret.clone());
+        spec.mutual_user = Some(c.mutual_user.clone());
+        spec.mutual_secret = Some(c.mutual_secret.clone());
+    }
+    spec
+}
+
+/// Removes `pg-*` portal groups (the ones vitctl makes) that no target uses any more.
+fn drop_unused_portal_groups(cfg: &mut Config) {
+    let used: Vec<String> = cfg
+        .targets
+        .iter()
+        .flat_map(|t| t.portal_groups.iter().map(|p| p.portal_group.name.clone()))
+        .collect();
+    cfg.portal_groups
+        .retain(|p| !p.name.starts_with("pg-") || used.contains(&p.name));
+}

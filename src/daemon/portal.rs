@@ -1,0 +1,201 @@
+//! Resolving a portal group's `listen` values to socket addresses.
+//!
+//! Forms accepted, as ctld and vSAN write them: `ADDR:PORT`, `[V6ADDR]:PORT`, a bare address (port
+//! 3260), and `IFNAME:PORT` (vSAN's `vmk0:3260`), which stands for every address of that interface.
+
+use std::ffi::CStr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+
+/// The iSCSI well-known port.
+pub const ISCSI_PORT: u16 = 3260;
+
+/// An address of a network interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceAddr {
+    pub name: String,
+    pub addr: IpAddr,
+    pub scope_id: u32,
+}
+
+/// The addresses of this machine's interfaces (getifaddrs(3)).
+pub fn interface_addrs() -> std::io::Result<Vec<InterfaceAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a pointer to a list it allocates into `head`; we free it below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a non-null node of the list getifaddrs returned, valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: ifa_addr is non-null and points to a sockaddr whose family field is readable.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        let (addr, scope_id) = match family {
+            libc::AF_INET => {
+                // SAFETY: the family says this sockaddr is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                (
+                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))),
+                    0,
+                )
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says this sockaddr is a sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                (
+                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)),
+                    sin6.sin6_scope_id,
+                )
+            }
+            _ => continue,
+        };
+        out.push(InterfaceAddr {
+            name,
+            addr,
+            scope_id,
+        });
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// Resolves one `listen` value. `interfaces` is the machine's interface table (passed in so that
+/// tests can use their own).
+pub fn resolve_listen(
+    listen: &str,
+    interfaces: &[InterfaceAddr],
+) -> Result<Vec<SocketAddr>, String> {
+    let listen = listen.trim();
+    if let Ok(sa) = listen.parse::<SocketAddr>() {
+        return Ok(vec![sa]);
+    }
+    if let Ok(ip) = listen.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, ISCSI_PORT)]);
+    }
+    if let Some(v6) = listen.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+        let ip: Ipv6Addr = v6
+            .parse()
+            .map_err(|_| format!("{listen:?}: not an IPv6 address"))?;
+        return Ok(vec![SocketAddr::new(IpAddr::V6(ip), ISCSI_PORT)]);
+    }
+    let (host, port) = match listen.rsplit_once(':') {
+        Some((h, p)) => {
+            let port = p.parse::<u16>().ok().filter(|p| *p != 0);
+            (
+                h,
+                port.ok_or_else(|| format!("{listen:?}: port {p:?} is not 1..65535"))?,
+            )
+        }
+        None => (listen, ISCSI_PORT),
+    };
+    if host.is_empty() {
+        return Err(format!("{listen:?}: no address or interface"));
+    }
+    let addrs: Vec<SocketAddr> = interfaces
+        .iter()
+        .filter(|i| i.name == host)
+        .map(|i| match i.addr {
+            IpAddr::V6(v6) => SocketAddr::V6(SocketAddrV6::new(v6, port, 0, i.scope_id)),
+            v4 => SocketAddr::new(v4, port),
+        })
+        .collect();
+    if !addrs.is_empty() {
+        return Ok(addrs);
+    }
+    if interfaces.iter().all(|i| i.name != host) && host == "localhost" {
+        return Ok(vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)]);
+    }
+    Err(format!(
+        "{listen:?}: {host:?} is neither an address nor an interface with an address"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ifs() -> Vec<InterfaceAddr> {
+        vec![
+            InterfaceAddr {
+                name: "lo".into(),
+                addr: "127.0.0.1".parse().unwrap(),
+                scope_id: 0,
+            },
+            InterfaceAddr {
+                name: "vmk0".into(),
+                addr: "10.0.0.5".parse().unwrap(),
+                scope_id: 0,
+            },
+            InterfaceAddr {
+                name: "vmk0".into(),
+                addr: "fe80::1".parse().unwrap(),
+                scope_id: 3,
+            },
+        ]
+    }
+
+    #[test]
+    fn addresses_and_ports() {
+        let r = |s| resolve_listen(s, &ifs());
+        assert_eq!(
+            r("127.0.0.1:3261").unwrap(),
+            vec!["127.0.0.1:3261".parse().unwrap()]
+        );
+        assert_eq!(r("0.0.0.0").unwrap(), vec!["0.0.0.0:3260".parse().unwrap()]);
+        assert_eq!(r("[::]:3260").unwrap(), vec!["[::]:3260".parse().unwrap()]);
+        assert_eq!(r("[::1]").unwrap(), vec!["[::1]:3260".parse().unwrap()]);
+        assert_eq!(r("::").unwrap(), vec!["[::]:3260".parse().unwrap()]);
+    }
+
+    #[test]
+    fn interface_names_expand_to_every_address() {
+        let got = resolve_listen("vmk0:3260", &ifs()).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], "10.0.0.5:3260".parse().unwrap());
+        match got[1] {
+            SocketAddr::V6(v6) => assert_eq!(v6.scope_id(), 3),
+            other => panic!("expected v6, got {other}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_say_why() {
+        assert!(
+            resolve_listen("vmk9:3260", &ifs())
+                .unwrap_err()
+                .contains("neither")
+        );
+        assert!(resolve_listen("lo:0", &ifs()).unwrap_err().contains("port"));
+        assert!(
+            resolve_listen("lo:70000", &ifs())
+                .unwrap_err()
+                .contains("port")
+        );
+        assert!(
+            resolve_listen(":3260", &ifs())
+                .unwrap_err()
+                .contains("no address")
+        );
+        assert!(resolve_listen("[zz]", &ifs()).unwrap_err().contains("IPv6"));
+    }
+
+    #[test]
+    fn this_machine_has_a_loopback_interface() {
+        let all = interface_addrs().unwrap();
+        assert!(
+            all.iter()
+                .any(|i| i.addr == IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{all:?}"
+        );
+    }
+}

@@ -1,0 +1,440 @@
+//! The running configuration: vit.conf resolved against the datastore and this machine, in the
+//! shape the control and data threads use. Built whole from a verified `Config`; replacing it is
+//! how a reload will apply (the control thread owns the current value).
+
+use super::portal::{self, InterfaceAddr};
+use crate::config::{AuthSettings, AuthType, Backend, Config, LunBody};
+use crate::datastore::{Datastore, lun_body};
+use crate::vmdk::{self, ExtentMap};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Why the running configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("portal group {group}: {msg}")]
+    Portal { group: String, msg: String },
+    #[error("target {target} LUN {lun}: {msg}")]
+    Lun {
+        target: String,
+        lun: u64,
+        msg: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Who may log in, resolved from an auth-group (or a target's inline statements).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthPolicy {
+    pub auth_type: Option<AuthType>,
+    /// (user, secret)
+    pub chap: Vec<(String, String)>,
+    /// (user, secret, mutual user, mutual secret)
+    pub chap_mutual: Vec<(String, String, String, String)>,
+    /// Initiator names allowed (from initiator-name and initiator-group); empty = any.
+    pub initiators: Vec<String>,
+    /// Initiator portals allowed, `ADDR[/LEN]`; empty = any.
+    pub portals: Vec<String>,
+}
+
+impl AuthPolicy {
+    pub fn deny() -> Self {
+        AuthPolicy {
+            auth_type: Some(AuthType::Deny),
+            ..Default::default()
+        }
+    }
+    pub fn none() -> Self {
+        AuthPolicy {
+            auth_type: Some(AuthType::None),
+            ..Default::default()
+        }
+    }
+    /// The effective type: explicit, else implied by the credentials, else deny (as ctld).
+    pub fn effective_type(&self) -> AuthType {
+        match self.auth_type {
+            Some(t) => t,
+            None if !self.chap_mutual.is_empty() => AuthType::ChapMutual,
+            None if !self.chap.is_empty() => AuthType::Chap,
+            None if !self.initiators.is_empty() || !self.portals.is_empty() => AuthType::None,
+            None => AuthType::Deny,
+        }
+    }
+    /// Whether an initiator name passes the name restriction.
+    pub fn allows_initiator(&self, name: &str) -> bool {
+        self.initiators.is_empty() || self.initiators.iter().any(|i| i.eq_ignore_ascii_case(name))
+    }
+}
+
+/// A portal group as served.
+#[derive(Clone, Debug)]
+pub struct PortalGroupRt {
+    pub name: String,
+    pub tag: u16,
+    pub addrs: Vec<SocketAddr>,
+    /// The `listen` values as written (for SendTargets when the address is a wildcard).
+    pub listen: Vec<String>,
+    pub foreign: bool,
+    pub discovery_auth: AuthPolicy,
+    pub redirect: Option<String>,
+}
+
+/// What holds a LUN's bytes.
+#[derive(Debug)]
+pub enum Backing {
+    /// Flat VMDK extents: the map and one open file per map extent (`None` for ZERO extents).
+    Vmdk {
+        map: ExtentMap,
+        files: Vec<Option<File>>,
+        direct: bool,
+    },
+    /// Memory (ctl.conf `backend ramdisk`), for protocol benchmarks.
+    Ramdisk { size: u64 },
+}
+
+/// A LUN as served.
+#[derive(Debug)]
+pub struct LunRt {
+    pub id: u64,
+    pub block_size: u32,
+    pub num_blocks: u64,
+    pub read_only: bool,
+    pub serial: String,
+    pub alias: Option<String>,
+    /// A stable 64-bit identity for the NAA designator, derived from the LUN's path or name.
+    pub identity: u64,
+    pub backing: Backing,
+}
+
+/// A target as served.
+#[derive(Debug)]
+pub struct TargetRt {
+    pub name: String,
+    pub alias: Option<String>,
+    pub auth: AuthPolicy,
+    /// Indexes into `Running::portal_groups`.
+    pub portal_groups: Vec<usize>,
+    pub redirect: Option<String>,
+    pub owner_id: Option<String>,
+    pub luns: Vec<Arc<LunRt>>,
+}
+
+/// The whole running configuration.
+#[derive(Debug)]
+pub struct Running {
+    pub generation: u64,
+    pub portal_groups: Vec<PortalGroupRt>,
+    pub targets: Vec<Arc<TargetRt>>,
+}
+
+impl Running {
+    pub fn target(&self, name: &str) -> Option<&Arc<TargetRt>> {
+        self.targets
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
+    }
+    /// Every distinct address some non-foreign portal group listens on, with the group index.
+    pub fn listen_addrs(&self) -> Vec<(SocketAddr, usize)> {
+        let mut out: Vec<(SocketAddr, usize)> = Vec::new();
+        for (i, pg) in self.portal_groups.iter().enumerate() {
+            if pg.foreign || !self.targets.iter().any(|t| t.portal_groups.contains(&i)) {
+                continue;
+            }
+            for a in &pg.addrs {
+                if !out.iter().any(|(x, _)| x == a) {
+                    out.push((*a, i));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Options that change how LUNs are opened.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    /// Ask for O_DIRECT (falls back to buffered I/O, logged once, where refused).
+    pub direct: bool,
+}
+
+/// Resolves an auth-group by name, with ctld's predefined groups.
+fn auth_group(cfg: &Config, name: &str) -> AuthPolicy {
+    if let Some(g) = cfg.auth_groups.iter().find(|g| g.name == name) {
+        return policy(cfg, &g.auth);
+    }
+    match name {
+        "no-authentication" => AuthPolicy::none(),
+        _ => AuthPolicy::deny(), // "default" and "no-access"; unknown names are refused by verify
+    }
+}
+
+fn policy(cfg: &Config, a: &AuthSettings) -> AuthPolicy {
+    let mut initiators: Vec<String> = a.initiator_names.iter().map(|n| n.name.clone()).collect();
+    for g in &a.initiator_groups {
+        if let Some(group) = cfg.initiator_groups.iter().find(|x| x.name == g.name) {
+            initiators.extend(group.initiators.iter().map(|i| i.name.clone()));
+        }
+    }
+    AuthPolicy {
+        auth_type: a.auth_type.map(|(t, _)| t),
+        chap: a
+            .chap
+            .iter()
+            .map(|c| (c.user.clone(), c.secret.clone()))
+            .collect(),
+        chap_mutual: a
+            .chap_mutual
+            .iter()
+            .map(|c| {
+                (
+                    c.user.clone(),
+                    c.secret.clone(),
+                    c.mutual_user.clone(),
+                    c.mutual_secret.clone(),
+                )
+            })
+            .collect(),
+        initiators,
+        portals: a.initiator_portals.iter().map(|p| p.name.clone()).collect(),
+    }
+}
+
+/// A stable FNV-1a hash: LUN identities must not change across restarts or builds.
+pub fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Builds the running configuration. Every portal address and every LUN is resolved and opened
+/// here, so that a bad value is a clear startup (or reload) error, never a surprise later.
+pub fn build(
+    cfg: &Config,
+    ds: &Datastore,
+    interfaces: &[InterfaceAddr],
+    open: OpenOptions,
+) -> Result<Running, RuntimeError> {
+    let mut portal_groups = Vec::new();
+    let mut names: Vec<&str> = cfg.portal_groups.iter().map(|p| p.name.as_str()).collect();
+    let uses_default = cfg.targets.iter().any(|t| {
+        t.portal_groups.is_empty()
+            || t.portal_groups
+                .iter()
+                .any(|p| p.portal_group.name == "default")
+    });
+    if uses_default && !names.contains(&"default") {
+        names.insert(0, "default");
+    }
+    let mut used_tags: Vec<u16> = cfg
+        .portal_groups
+        .iter()
+        .filter_map(|p| p.tag.map(|(t, _)| t))
+        .collect();
+    let mut next_tag = 1u16;
+    for name in names {
+        let pg = cfg.portal_groups.iter().find(|p| p.name == name);
+        let listen: Vec<String> = match pg {
+            Some(pg) => pg.listen.iter().map(|l| l.name.clone()).collect(),
+            None => vec!["0.0.0.0:3260".into(), "[::]:3260".into()],
+        };
+        let mut addrs = Vec::new();
+        let foreign = pg.is_some_and(|p| p.foreign);
+        if !foreign {
+            for l in &listen {
+                let resolved =
+                    portal::resolve_listen(l, interfaces).map_err(|msg| RuntimeError::Portal {
+                        group: name.to_string(),
+                        msg,
+                    })?;
+                addrs.extend(resolved);
+            }
+        }
+        let tag = match pg.and_then(|p| p.tag) {
+            Some((t, _)) => t,
+            None => {
+                while used_tags.contains(&next_tag) {
+                    next_tag = next_tag.wrapping_add(1).max(1);
+                }
+                used_tags.push(next_tag);
+                next_tag
+            }
+        };
+        let discovery_auth = auth_group(
+            cfg,
+            pg.and_then(|p| p.discovery_auth_group.as_ref())
+                .map_or("default", |n| &n.name),
+        );
+        portal_groups.push(PortalGroupRt {
+            name: name.to_string(),
+            tag,
+            addrs,
+            listen,
+            foreign,
+            discovery_auth,
+            redirect: pg.and_then(|p| p.redirect.as_ref()).map(|r| r.name.clone()),
+        });
+    }
+    let mut targets = Vec::new();
+    for t in &cfg.targets {
+        let auth = match &t.auth_group {
+            Some(g) => auth_group(cfg, &g.name),
+            None if !t.auth.is_empty() => policy(cfg, &t.auth),
+            None => auth_group(cfg, "default"),
+        };
+        let pg_names: Vec<&str> = if t.portal_groups.is_empty() {
+            vec!["default"]
+        } else {
+            t.portal_groups
+                .iter()
+                .map(|p| p.portal_group.name.as_str())
+                .collect()
+        };
+        let pgs = pg_names
+            .iter()
+            .filter_map(|n| portal_groups.iter().position(|p| &p.name == n))
+            .collect();
+        let mut luns = Vec::new();
+        for tl in &t.luns {
+            let Some(body) = lun_body(cfg, &tl.lun) else {
+                continue;
+            };
+            let lun = open_lun(ds, t.name.as_str(), tl.id, body, open).map_err(|msg| {
+                RuntimeError::Lun {
+                    target: t.name.clone(),
+                    lun: tl.id,
+                    msg,
+                }
+            })?;
+            luns.push(Arc::new(lun));
+        }
+        targets.push(Arc::new(TargetRt {
+            name: t.name.clone(),
+            alias: t.alias.as_ref().map(|a| a.name.clone()),
+            auth,
+            portal_groups: pgs,
+            redirect: t.redirect.as_ref().map(|r| r.name.clone()),
+            owner_id: t.owner_id().map(str::to_string),
+            luns,
+        }));
+    }
+    Ok(Running {
+        generation: cfg.generation.unwrap_or(0),
+        portal_groups,
+        targets,
+    })
+}
+
+fn open_lun(
+    ds: &Datastore,
+    target: &str,
+    id: u64,
+    body: &LunBody,
+    open: OpenOptions,
+) -> Result<LunRt, String> {
+    let block_size = body.blocksize.map_or(512, |(b, _)| b as u32);
+    let backend = body
+        .backend
+        .map(|(b, _)| b)
+        .unwrap_or(if body.path.is_some() {
+            Backend::Vmdk
+        } else {
+            Backend::Ramdisk
+        });
+    let alias = body.lun_alias().map(str::to_string);
+    let (backing, bytes, read_only, key) = match backend {
+        Backend::Ramdisk => {
+            let size = body
+                .size
+                .map(|(s, _)| s)
+                .ok_or("a ramdisk LUN needs a size")?;
+            (
+                Backing::Ramdisk { size },
+                size,
+                false,
+                format!("{target}/{id}"),
+            )
+        }
+        Backend::Vmdk | Backend::Block => {
+            let path = body.path.as_ref().ok_or("no path")?;
+            let descriptor = ds.resolve_lun_path(&path.name).map_err(|e| e.to_string())?;
+            let desc = vmdk::check(&descriptor).map_err(|e| e.to_string())?;
+            let capacity = desc.capacity_bytes();
+            if let Some((size, _)) = body.size
+                && size != capacity
+            {
+                return Err(format!(
+                    "size {size} bytes disagrees with {} ({capacity} bytes)",
+                    descriptor.display()
+                ));
+            }
+            let dir = descriptor.parent().ok_or("descriptor has no directory")?;
+            let read_only = desc
+                .extents()
+                .iter()
+                .all(|e| e.access != vmdk::Access::ReadWrite);
+            let mut files = Vec::new();
+            let mut direct = open.direct;
+            for e in desc.extents() {
+                let Some(name) = e.file.as_deref() else {
+                    files.push(None);
+                    continue;
+                };
+                let writable = e.access == vmdk::Access::ReadWrite;
+                let file = match vmdk::open_extent(dir, name, writable, direct) {
+                    Ok(f) => f,
+                    Err(_) if direct => {
+                        tracing::warn!(
+                            "{}: O_DIRECT refused by the file system; using buffered I/O (SYNCHRONIZE CACHE and FUA flush)",
+                            descriptor.display()
+                        );
+                        direct = false;
+                        vmdk::open_extent(dir, name, writable, false).map_err(|e| e.to_string())?
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
+                files.push(Some(file));
+            }
+            let map = ExtentMap::new(&desc);
+            (
+                Backing::Vmdk { map, files, direct },
+                capacity,
+                read_only,
+                path.name.clone(),
+            )
+        }
+    };
+    if bytes % u64::from(block_size) != 0 {
+        return Err(format!(
+            "size {bytes} is not a multiple of the block size {block_size}"
+        ));
+    }
+    let identity = stable_hash(&key);
+    let serial = body
+        .serial
+        .as_ref()
+        .map_or_else(|| format!("{identity:016x}"), |s| s.name.clone());
+    Ok(LunRt {
+        id,
+        block_size,
+        num_blocks: bytes / u64::from(block_size),
+        read_only,
+        serial,
+        alias,
+        identity,
+        backing,
+    })
+}
+
+/// A summary for the startup log.
+pub fn describe(r: &Running) -> String {
+    let luns: usize = r.targets.iter().map(|t| t.luns.len()).sum();
+    format!(
+        "generation {}: {} targets, {} LUNs, {} portal groups",
+        r.generation,
+        r.targets.len(),
+        luns,
+        r.portal_groups.len()
+    )
+}

@@ -1,0 +1,100 @@
+//! `vitctl config validate`: the config's own checks plus everything on disk it refers to.
+
+use super::Datastore;
+use crate::config::{self, Config, ConfigError, LunBody, LunRef, Pos, Target};
+
+/// A validation problem, located in vit.conf (file, line, column) even when the fault is on disk.
+pub type Problem = ConfigError;
+
+/// The body of a target's LUN, following `lun N NAME` to the global `lun NAME { }`.
+pub fn lun_body<'a>(cfg: &'a Config, lun: &'a LunRef) -> Option<&'a LunBody> {
+    match lun {
+        LunRef::Inline(body) => Some(body),
+        LunRef::Named(n) => cfg.luns.iter().find(|l| l.name == n.name).map(|l| &l.body),
+    }
+}
+
+pub(super) fn validate(ds: &Datastore) -> Vec<Problem> {
+    let file = ds.config_path().display().to_string();
+    let at = |pos: Pos, msg: String| ConfigError {
+        file: file.clone(),
+        line: pos.line,
+        col: pos.col,
+        msg,
+    };
+    let text = match ds.read_config_text() {
+        Ok(t) => t,
+        Err(e) => return vec![at(Pos::default(), e.to_string())],
+    };
+    let cfg = match config::load(&text, &file) {
+        Ok(c) => c,
+        Err(errors) => return errors,
+    };
+    let mut problems = Vec::new();
+    for target in &cfg.targets {
+        check_target_link(ds, target, &mut |pos, msg| problems.push(at(pos, msg)));
+        for tl in &target.luns {
+            let Some(body) = lun_body(&cfg, &tl.lun) else {
+                continue;
+            };
+            let mut report = |pos: Pos, msg: String| {
+                problems.push(at(
+                    pos,
+                    format!("target {} LUN {}: {msg}", target.name, tl.id),
+                ))
+            };
+            check_lun(ds, body, tl.pos, &mut report);
+        }
+    }
+    problems
+}
+
+fn check_target_link(ds: &Datastore, target: &Target, report: &mut dyn FnMut(Pos, String)) {
+    let Some(uuid) = target.uuid() else { return };
+    let pos = target
+        .options
+        .iter()
+        .find(|o| o.name == "uuid")
+        .map_or(target.pos, |o| o.pos);
+    let link = ds.targets_dir().join(uuid);
+    match std::fs::metadata(&link) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => report(
+            pos,
+            format!("{} does not resolve to a directory", link.display()),
+        ),
+        Err(e) => report(pos, format!("{} does not resolve: {e}", link.display())),
+    }
+}
+
+fn check_lun(ds: &Datastore, body: &LunBody, lun_pos: Pos, report: &mut dyn FnMut(Pos, String)) {
+    let Some(path) = &body.path else {
+        if body
+            .backend
+            .is_some_and(|(b, _)| b == crate::config::Backend::Vmdk)
+        {
+            report(lun_pos, "a vmdk LUN needs a path".into());
+        }
+        return;
+    };
+    let descriptor = match ds.resolve_lun_path(&path.name) {
+        Ok(p) => p,
+        Err(e) => return report(path.pos, e.to_string()),
+    };
+    let desc = match crate::vmdk::check(&descriptor) {
+        Ok(d) => d,
+        Err(e) => return report(path.pos, e.to_string()),
+    };
+    if let Some((size, pos)) = body.size {
+        let capacity = desc.capacity_bytes();
+        if size != capacity {
+            report(
+                pos,
+                format!(
+                    "size {size} bytes disagrees with {} ({capacity} bytes)",
+                    descriptor.display()
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! End-to-end tests of the `vitctl` binary on a temporary datastore, checked with qemu-img.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Ds {
+    dir: tempfile::TempDir,
+}
+
+impl Ds {
+    fn new() -> Ds {
+        let ds = Ds {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        ds.ok(&["homeobject", "create", "--listen", "127.0.0.1:3260"]);
+        ds
+    }
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    fn conf(&self) -> PathBuf {
+        self.root().join(".iSCSI-Config/etc/vit.conf")
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vitctl"))
+            .arg("--datastore")
+            .arg(self.root())
+            .args(args)
+            .env_remove("VIT_DATASTORE")
+            .output()
+            .unwrap()
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "vitctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--format", "json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+    fn generation(&self) -> u64 {
+        self.json(&["homeobject", "get"])["generation"]
+            .as_u64()
+            .unwrap()
+    }
+    /// Every path under the datastore with its content (or link target): to prove nothing changed.
+    fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut map = BTreeMap::new();
+        walk(self.root(), self.root(), &mut map);
+        map
+    }
+    /// Runs a command that must fail with one clear line and change no file.
+    fn refused(&self, args: &[&str], expect: &str) {
+        let before = self.snapshot();
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "vitctl {args:?} should fail");
+        assert!(
+            stderr.contains(expect),
+            "vitctl {args:?}: stderr {stderr:?} lacks {expect:?}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one line expected: {stderr:?}");
+        assert!(before == self.snapshot(), "vitctl {args:?} changed files");
+    }
+}
+
+fn walk(root: &Path, dir: &Path, map: &mut BTreeMap<PathBuf, Vec<u8>>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let rel = p.strip_prefix(root).unwrap().to_path_buf();
+        let meta = fs::symlink_metadata(&p).unwrap();
+        if meta.file_type().is_symlink() {
+            map.insert(
+                rel,
+                fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            );
+        } else if meta.is_dir() {
+            map.insert(rel, b"<dir>".to_vec());
+            walk(root, &p, map);
+        } else if !rel.ends_with("vit.conf.lock") {
+            map.insert(rel, fs::read(&p).unwrap());
+        }
+    }
+}
+
+fn qemu_virtual_size(path: &Path) -> Option<u64> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(path)
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "qemu-img info: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["virtual-size"].as_u64()
+}
+
+#[test]
+fn homeobject_create_is_idempotent() {
+    let ds = Ds::new();
+    let text = fs::read_to_string(ds.conf()).unwrap();
+    assert!(text.contains("generation 1"), "{text}");
+    let before = ds.snapshot();
+    ds.ok(&["homeobject", "create"]);
+    assert!(before == ds.snapshot());
+    let v = ds.json(&["homeobject", "get"]);
+    assert_eq!(v["generation"], 1);
+    assert_eq!(v["targets"], 0);
+}
+
+#[test]
+fn target_and_lun_lifecycle() {
+    let ds = Ds::new();
+    let t = ds.json(&["target", "add", "--alias", "web", "--listen", "vmk0:3260"]);
+    let iqn = t["iqn"].as_str().unwrap().to_string();
+    let uuid = t["uuid"].as_str().unwrap().to_string();
+    assert!(iqn.starts_with("iqn."), "{iqn}");
+    assert_eq!(t["portal_groups"][0], "pg-vmk0-3260");
+    assert_eq!(ds.generation(), 2);
+    let link = ds.root().join(".iSCSI-Config/targets").join(&uuid);
+    assert_eq!(
+        fs::read_link(&link).unwrap(),
+        Path::new("../..").join(&uuid)
+    );
+    assert!(ds.root().join(&uuid).is_dir());
+
+    // A second target on the same listen shares the portal group.
+    let t2 = ds.json(&["target", "add", "--alias", "db", "--listen", "vmk0:3260"]);
+    assert_eq!(t2["portal_groups"][0], "pg-vmk0-3260");
+    let conf = fs::read_to_string(ds.conf()).unwrap();
+    assert_eq!(
+        conf.matches("portal-group pg-vmk0-3260 {").count(),
+        1,
+        "{conf}"
+    );
+
+    let lun = ds.json(&[
+        "target", "lun", "add", "--target", "web", "--id", "0", "--size", "64M", "--alias", "data",
+    ]);
+    assert_eq!(lun["size_bytes"], 64 << 20);
+    assert_eq!(lun["alias"], "data");
+    let descriptor = PathBuf::from(lun["descriptor"].as_str().unwrap());
+    assert!(
+        descriptor.starts_with(ds.root().join(&uuid)),
+        "{descriptor:?}"
+    );
+    if let Some(size) = qemu_virtual_size(&descriptor) {
+        assert_eq!(size, 64 << 20);
+    }
+    ds.ok(&["config", "validate"]);
+
+    // Grow, then refuse a shrink.
+    ds.ok(&[
+        "target", "lun", "set", "--target", &iqn, "--id", "0", "--size", "128M",
+    ]);
+    if let Some(size) = qemu_virtual_size(&descriptor) {
+        assert_eq!(size, 128 << 20);
+    }
+    ds.refused(
+        &[
+            "target", "lun", "set", "--target", "web", "--id", "0", "--size", "64M",
+        ],
+        "shrink",
+    );
+    ds.ok(&["config", "validate"]);
+
+    let list = ds.json(&["target", "lun", "list", "--target", "web"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    ds.ok(&["target", "lun", "remove", "--target", "web", "--id", "0"]);
+    assert!(!descriptor.exists());
+    assert_eq!(fs::read_dir(ds.root().join(&uuid)).unwrap().count(), 0);
+
+    ds.ok(&["target", "remove", "web"]);
+    assert!(!ds.root().join(&uuid).exists());
+    assert!(fs::symlink_metadata(&link).is_err());
+    let targets = ds.json(&["target", "list"]);
+    assert_eq!(targets.as_array().unwrap().len(), 1);
+    ds.ok(&["config", "validate"]);
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let ds = Ds::new();
+    ds.ok(&["target", "add", "--alias", "t1"]);
+    ds.ok(&[
+        "target", "lun", "add", "--target", "t1", "--id", "3", "--size", "1M",
+    ]);
+    let lun_add = |id: &str, size: &str| -> Vec<String> {
+        [
+            "target", "lun", "add", "--target", "t1", "--id", id, "--size", size,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let refused = |args: Vec<String>, expect: &str| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        ds.refused(&a, expect)
+    };
+    refused(lun_add("3", "1M"), "already has LUN 3");
+    refused(lun_add("256", "1M"), "outside");
+    refused(lun_add("1", "-1M"), "negative");
+    refused(lun_add("1", "0M"), "zero");
+    refused(lun_add("1", "abc"), "size");
+    refused(lun_add("1", "10"), "unit");
+    refused(lun_add("1", "1000B"), "512");
+    ds.refused(
+        &[
+            "target", "lun", "add", "--target", "nope", "--id", "1", "--size", "1M",
+        ],
+        "no target",
+    );
+    ds.refused(&["target", "get", "nope"], "no target");
+    ds.refused(&["target", "add", "--alias", "t1"], "exists");
+    ds.refused(
+        &["target", "add", "--alias", "t2", "--iqn", "not-an-iqn"],
+        "not an iSCSI name",
+    );
+    ds.refused(
+        &[
+            "target",
+            "add",
+            "--alias",
+            "t2",
+            "--listen",
+            "1.2.3.4:99999",
+        ],
+        "port",
+    );
+    ds.refused(
+        &[
+            "target",
+            "add",
+            "--alias",
+            "t2",
+            "--auth-type",
+            "chap",
+            "--chap-user",
+            "u",
+            "--chap-secret",
+            "",
+        ],
+        "empty",
+    );
+    ds.refused(
+        &[
+            "target",
+            "add",
+            "--alias",
+            "t2",
+            "--auth-type",
+            "chap-mutual",
+            "--chap-user",
+            "u",
+            "--chap-secret",
+            "secretsecret12",
+            "--mutual-user",
+            "m",
+            "--mutual-secret",
+            "secretsecret12",
+        ],
+        "differ",
+    );
+    ds.refused(
+        &[
+            "target",
+            "add",
+            "--alias",
+            "t2",
+            "--initiator-group",
+            "nogroup",
+        ],
+        "no initiator group",
+    );
+    ds.refused(
+        &["target", "add", "--alias", "bad\"quote"],
+        "cannot be stored",
+    );
+    ds.refused(
+        &["initiatorgroup", "add", "g1", "iqn.bad name"],
+        "not an iSCSI name",
+    );
+    ds.refused(
+        &["target", "lun", "remove", "--target", "t1", "--id", "9"],
+        "no LUN 9",
+    );
+    ds.refused(
+        &[
+            "target", "lun", "set", "--target", "t1", "--id", "3", "--size", "512K",
+        ],
+        "shrink",
+    );
+    // clap's own usage errors exit non-zero too.
+    let out = ds.run(&[
+        "target", "lun", "add", "--target", "t1", "--id", "-5", "--size", "1M",
+    ]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn chap_targets_and_secret_warning() {
+    let ds = Ds::new();
+    let out = ds.run(&[
+        "--format",
+        "json",
+        "target",
+        "add",
+        "--alias",
+        "c1",
+        "--auth-type",
+        "chap",
+        "--chap-user",
+        "alice",
+        "--chap-secret",
+        "short",
+    ]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning") && stderr.contains("12 to 16"),
+        "{stderr}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["auth_type"], "chap");
+    assert_eq!(v["chap_user"], "alice");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("short"),
+        "secrets are never printed"
+    );
+    let v = ds.json(&[
+        "target",
+        "add",
+        "--alias",
+        "c2",
+        "--auth-type",
+        "chap-mutual",
+        "--chap-user",
+        "bob",
+        "--chap-secret",
+        "0123456789ab",
+        "--mutual-user",
+        "tgt",
+        "--mutual-secret",
+        "ba9876543210",
+    ]);
+    assert_eq!(v["auth_type"], "chap-mutual");
+    assert_eq!(v["mutual_chap_user"], "tgt");
+    let conf = fs::read_to_string(ds.conf()).unwrap();
+    assert!(
+        conf.contains("chap-mutual bob 0123456789ab tgt ba9876543210"),
+        "{conf}"
+    );
+    // Switch c1 back to no authentication.
+    let v = ds.json(&["target", "set", "c1", "--auth-type", "none"]);
+    assert_eq!(v["auth_type"], "none");
+    ds.ok(&["config", "validate"]);
+}
+
+#[test]
+fn initiator_groups() {
+    let ds = Ds::new();
+    let win = "iqn.1991-05.com.microsoft:win-53ggkq348ci";
+    let lin = "iqn.2004-10.com.ubuntu:01:abcdef";
+    let g = ds.json(&["initiatorgroup", "add", "Win-iSCSI-GRP", win]);
+    assert_eq!(g["initiators"][0], win);
+    ds.ok(&["initiatorgroup", "initiator", "add", "Win-iSCSI-GRP", lin]);
+    ds.refused(
+        &["initiatorgroup", "initiator", "add", "Win-iSCSI-GRP", lin],
+        "already",
+    );
+    let t = ds.json(&[
+        "target",
+        "add",
+        "--alias",
+        "w",
+        "--initiator-group",
+        "Win-iSCSI-GRP",
+    ]);
+    assert_eq!(t["initiator_groups"][0], "Win-iSCSI-GRP");
+    ds.refused(&["initiatorgroup", "remove", "Win-iSCSI-GRP"], "in use");
+    ds.ok(&[
+        "initiatorgroup",
+        "initiator",
+        "remove",
+        "Win-iSCSI-GRP",
+        win,
+    ]);
+    let g = ds.json(&["initiatorgroup", "get", "Win-iSCSI-GRP"]);
+    assert_eq!(g["initiators"].as_array().unwrap().len(), 1);
+    ds.ok(&["target", "set", "w", "--no-initiator-group"]);
+    ds.ok(&["initiatorgroup", "remove", "Win-iSCSI-GRP"]);
+    assert_eq!(
+        ds.json(&["initiatorgroup", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    ds.ok(&["config", "validate"]);
+}
+
+#[test]
+fn concurrent_changes_all_land() {
+    let ds = Ds::new();
+    let n = 8;
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_vitctl"))
+                .arg("--datastore")
+                .arg(ds.root())
+                .args(["target", "add", "--alias", &format!("t{i}")])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    assert_eq!(ds.json(&["target", "list"]).as_array().unwrap().len(), n);
+    assert_eq!(ds.generation(), 1 + n as u64);
+    ds.ok(&["config", "validate"]);
+}
+
+#[test]
+fn validate_reports_disk_problems_with_location() {
+    let ds = Ds::new();
+    ds.ok(&["target", "add", "--alias", "t"]);
+    let lun = ds.json(&[
+        "target", "lun", "add", "--target", "t", "--id", "0", "--size", "1M",
+    ]);
+    ds.ok(&["config", "validate"]);
+    let descriptor = PathBuf::from(lun["descriptor"].as_str().unwrap());
+    let saved = fs::read(&descriptor).unwrap();
+    fs::remove_file(&descriptor).unwrap();
+    let out = ds.run(&["config", "validate"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let conf = ds.conf().display().to_string();
+    assert!(stderr.starts_with(&format!("{conf}:")), "{stderr}");
+    assert!(stderr.contains("LUN 0"), "{stderr}");
+    fs::write(&descriptor, saved).unwrap();
+    ds.ok(&["config", "validate"]);
+
+    // A size that disagrees with the descriptor.
+    let text = fs::read_to_string(ds.conf()).unwrap();
+    fs::write(ds.conf(), text.replace("size 1024", "size 2048")).unwrap();
+    let out = ds.run(&["config", "validate"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disagrees"));
+}
+
+#[test]
+fn sample_config_is_served_read_only_view() {
+    let ds = tempfile::tempdir().unwrap();
+    let etc = ds.path().join(".iSCSI-Config/etc");
+    fs::create_dir_all(&etc).unwrap();
+    fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vit.conf.sample"),
+        etc.join("vit.conf"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vitctl"))
+            .arg("--datastore")
+            .arg(ds.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--format", "json", "target", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["alias"], "vsantarget");
+    assert_eq!(v[0]["initiator_groups"][0], "Win-iSCSI-GRP");
+    assert_eq!(v[0]["luns"], serde_json::json!([0, 1]));
+    // The LUN files are not there: validate says so, with line numbers.
+    let out = run(&["config", "validate"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().count() >= 2, "{stderr}");
+}
