@@ -341,3 +341,91 @@ pub fn default_root() -> PathBuf {
     }
     PathBuf::from("vit-data")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctl::initial_config;
+
+    fn ds() -> (tempfile::TempDir, Datastore) {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        assert!(
+            ds.create_home_object(&initial_config("127.0.0.1:3260"))
+                .unwrap()
+        );
+        (dir, ds)
+    }
+
+    #[test]
+    fn lun_paths_stay_inside_the_datastore() {
+        let (_dir, ds) = ds();
+        ds.create_target_dir("t1").unwrap();
+        let ok = ds.resolve_lun_path("t1/a.vmdk").unwrap();
+        assert_eq!(ok, ds.root().join("t1/a.vmdk"));
+        for (bad, why) in [
+            ("/etc/passwd", "absolute"),
+            ("t1/../../x.vmdk", ".."),
+            ("./t1/a.vmdk", "`.`"),
+            ("t1", "TARGET-UUID/FILE"),
+            ("", "empty"),
+            ("t2/a.vmdk", "not a target link"),
+        ] {
+            let e = ds.resolve_lun_path(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        // A targets/ link that points anywhere but ../../<name> is refused.
+        std::os::unix::fs::symlink("/tmp", ds.targets_dir().join("evil")).unwrap();
+        let e = ds.resolve_lun_path("evil/a.vmdk").unwrap_err().to_string();
+        assert!(e.contains("points to /tmp"), "{e}");
+        // So is a symlink further down.
+        std::os::unix::fs::symlink("/etc/passwd", ds.root().join("t1/link.vmdk")).unwrap();
+        let e = ds.resolve_lun_path("t1/link.vmdk").unwrap_err().to_string();
+        assert!(e.contains("is a symlink"), "{e}");
+    }
+
+    #[test]
+    fn commit_counts_generations_and_refuses_invalid_models() {
+        let (_dir, ds) = ds();
+        let lock = ds.lock().unwrap();
+        let mut cfg = ds.load_config().unwrap();
+        assert_eq!(ds.commit(&lock, &mut cfg).unwrap(), 2);
+        assert_eq!(ds.commit(&lock, &mut cfg).unwrap(), 3);
+        let before = std::fs::read(ds.config_path()).unwrap();
+        cfg.targets.push(crate::config::Target {
+            name: "not an iqn".into(),
+            pos: Default::default(),
+            alias: None,
+            auth_group: Some(crate::config::Named::new("missing-group")),
+            auth: Default::default(),
+            portal_groups: vec![],
+            ports: vec![],
+            redirect: None,
+            options: vec![],
+            luns: vec![],
+        });
+        assert!(matches!(
+            ds.commit(&lock, &mut cfg),
+            Err(DatastoreError::Config(_))
+        ));
+        assert_eq!(
+            std::fs::read(ds.config_path()).unwrap(),
+            before,
+            "a refused commit writes nothing"
+        );
+        assert_eq!(ds.load_config().unwrap().generation, Some(3));
+    }
+
+    #[test]
+    fn broken_config_is_reported_with_its_location() {
+        let (_dir, ds) = ds();
+        std::fs::write(
+            ds.config_path(),
+            "generation 3\ntarget iqn.2026-11.io.vit:x {\n  bogus 1\n}\n",
+        )
+        .unwrap();
+        let e = ds.load_config().unwrap_err().to_string();
+        let want = format!("{}:3:3:", ds.config_path().display());
+        assert!(e.starts_with(&want), "{e}");
+    }
+}
