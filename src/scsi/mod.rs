@@ -16,3 +16,6 @@ pub mod opcodes;
 pub mod report;
 pub mod sense;
 pub mod ua;
+
+#[cfg(test)]
+mod tests;
