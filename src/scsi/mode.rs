@@ -129,10 +129,10 @@ pub fn mode_sense(
         block_descriptor(lun, long, changeable, w);
     }
     for code in PAGES {
-        if all || code == req.page_code {
-            if let Some(p) = page(lun, code, req.pc) {
-                w.put(p.as_bytes());
-            }
+        if (all || code == req.page_code)
+            && let Some(p) = page(lun, code, req.pc)
+        {
+            w.put(p.as_bytes());
         }
     }
     // MODE DATA LENGTH excludes itself.
