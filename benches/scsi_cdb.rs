@@ -23,7 +23,8 @@ fn bench(c: &mut Criterion) {
             relative_port_id: 1,
         },
         vec![LunInfo::new(0, 512, 1 << 30, 1, "BENCH")],
-    );
+    )
+    .expect("valid LUN");
     let mut nexus = Nexus::default();
     let cdb = read16();
     let lun = encode_lun(0);

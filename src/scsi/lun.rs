@@ -67,7 +67,84 @@ pub struct LunInfo {
     pub provisioning: Provisioning,
 }
 
+/// Why a logical unit definition cannot be served.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LunConfigError {
+    /// The id cannot be addressed (flat space addressing stops at 16383).
+    #[error("LUN {id}: id is above {MAX_LUN_ID}")]
+    IdTooLarge {
+        /// The LUN id.
+        id: u16,
+    },
+    /// Two logical units share one id.
+    #[error("LUN {id}: defined more than once")]
+    Duplicate {
+        /// The LUN id.
+        id: u16,
+    },
+    /// The block size is not one this device server supports.
+    #[error("LUN {id}: block size {size} is not 512 or 4096")]
+    BlockSize {
+        /// The LUN id.
+        id: u16,
+        /// The rejected block size.
+        size: u32,
+    },
+    /// The capacity is zero blocks or its byte size overflows 64 bits.
+    #[error("LUN {id}: capacity of {blocks} blocks is not usable")]
+    Capacity {
+        /// The LUN id.
+        id: u16,
+        /// The rejected capacity in blocks.
+        blocks: u64,
+    },
+    /// The maximum transfer length is zero or below the optimal transfer length.
+    #[error("LUN {id}: transfer limits max {max} / optimal {optimal} blocks are inconsistent")]
+    TransferLimits {
+        /// The LUN id.
+        id: u16,
+        /// Maximum transfer length in blocks.
+        max: u32,
+        /// Optimal transfer length in blocks.
+        optimal: u32,
+    },
+}
+
 impl LunInfo {
+    /// Checks that the definition can be served.
+    pub fn validate(&self) -> Result<(), LunConfigError> {
+        let id = self.id;
+        if id > MAX_LUN_ID {
+            return Err(LunConfigError::IdTooLarge { id });
+        }
+        if !matches!(self.block_size, 512 | 4096) {
+            return Err(LunConfigError::BlockSize {
+                id,
+                size: self.block_size,
+            });
+        }
+        if self.num_blocks == 0
+            || self
+                .num_blocks
+                .checked_mul(u64::from(self.block_size))
+                .is_none()
+        {
+            return Err(LunConfigError::Capacity {
+                id,
+                blocks: self.num_blocks,
+            });
+        }
+        if self.max_transfer_blocks == 0 || self.optimal_transfer_blocks > self.max_transfer_blocks
+        {
+            return Err(LunConfigError::TransferLimits {
+                id,
+                max: self.max_transfer_blocks,
+                optimal: self.optimal_transfer_blocks,
+            });
+        }
+        Ok(())
+    }
+
     /// A read-write LUN with default identification strings and transfer limits.
     pub fn new(id: u16, block_size: u32, num_blocks: u64, naa: u64, serial: &str) -> Self {
         let max = (DEFAULT_MAX_TRANSFER_BYTES / block_size.max(1)).max(1);
@@ -109,12 +186,16 @@ pub struct DeviceServer {
 }
 
 impl DeviceServer {
-    /// A device server for `luns` (sorted by id; later duplicates and ids above 16383 dropped).
-    pub fn new(port: TargetPort, mut luns: Vec<LunInfo>) -> Self {
-        luns.retain(|l| l.id <= MAX_LUN_ID);
+    /// A device server for `luns` (any order); every definition is validated.
+    pub fn new(port: TargetPort, mut luns: Vec<LunInfo>) -> Result<Self, LunConfigError> {
+        for l in &luns {
+            l.validate()?;
+        }
         luns.sort_by_key(|l| l.id);
-        luns.dedup_by_key(|l| l.id);
-        Self { port, luns }
+        if let Some(w) = luns.windows(2).find(|w| w[0].id == w[1].id) {
+            return Err(LunConfigError::Duplicate { id: w[0].id });
+        }
+        Ok(Self { port, luns })
     }
 
     /// The logical unit with id `id`.
@@ -179,6 +260,13 @@ impl Nexus {
             .ok()
             .and_then(|i| self.ua.get_mut(i))
             .map(|(_, q)| q)
+    }
+
+    /// Clears `reason` on every logical unit of this nexus.
+    pub fn clear_everywhere(&mut self, reason: SenseReason) {
+        for (_, q) in &mut self.ua {
+            q.remove(reason);
+        }
     }
 
     fn pop(&mut self, lun: u16) -> Option<SenseReason> {
@@ -362,7 +450,7 @@ pub fn execute(
         if !exempt {
             return Outcome::Done(Completion::check(SenseReason::LunNotSupported));
         }
-        return Outcome::Done(run_without_lun(server, req.cdb, data_in));
+        return Outcome::Done(run_without_lun(server, nexus, req.cdb, data_in));
     };
     if !exempt && let Some(ua) = nexus.pop(lun.id) {
         return Outcome::Done(Completion::check(ua));
@@ -384,7 +472,12 @@ pub fn execute(
 }
 
 /// INQUIRY, REPORT LUNS and REQUEST SENSE addressed to a LUN that does not exist.
-fn run_without_lun(server: &DeviceServer, cdb: &[u8], data_in: &mut [u8]) -> Completion {
+fn run_without_lun(
+    server: &DeviceServer,
+    nexus: &mut Nexus,
+    cdb: &[u8],
+    data_in: &mut [u8],
+) -> Completion {
     let result = Command::parse(cdb).and_then(|cmd| match cmd {
         Command::Inquiry {
             evpd: false,
@@ -396,7 +489,7 @@ fn run_without_lun(server: &DeviceServer, cdb: &[u8], data_in: &mut [u8]) -> Com
             Ok(w.stored())
         }
         Command::ReportLuns { select, alloc_len } => {
-            Ok(report_luns(server, select, alloc_len, data_in))
+            Ok(report_luns(server, nexus, select, alloc_len, data_in))
         }
         Command::RequestSense { desc, alloc_len } => Ok(request_sense(
             SenseReason::LunNotSupported,
@@ -416,7 +509,16 @@ fn alloc(len: u32) -> usize {
     usize::try_from(len).unwrap_or(usize::MAX)
 }
 
-fn report_luns(server: &DeviceServer, select: u8, alloc_len: u32, data_in: &mut [u8]) -> usize {
+/// REPORT LUNS; it also clears REPORTED LUNS DATA HAS CHANGED for every logical unit of the
+/// nexus (SPC-4 6.33).
+fn report_luns(
+    server: &DeviceServer,
+    nexus: &mut Nexus,
+    select: u8,
+    alloc_len: u32,
+    data_in: &mut [u8],
+) -> usize {
+    nexus.clear_everywhere(SenseReason::ReportedLunsDataChanged);
     let mut w = DataIn::new(data_in, alloc(alloc_len));
     report::report_luns(select, server.luns().iter().map(|l| l.id), &mut w);
     w.stored()
@@ -470,10 +572,7 @@ fn run_local(
             Ok(w.stored())
         }
         Command::ReportLuns { select, alloc_len } => {
-            if let Some(q) = nexus.queue_mut(lun.id) {
-                q.remove(SenseReason::ReportedLunsDataChanged);
-            }
-            Ok(report_luns(server, select, alloc_len, data_in))
+            Ok(report_luns(server, nexus, select, alloc_len, data_in))
         }
         Command::ReadCapacity10 => {
             let mut w = DataIn::new(data_in, 8);

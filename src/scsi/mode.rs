@@ -50,6 +50,8 @@ fn page(lun: &LunInfo, code: u8, pc: PageControl) -> Option<Page> {
             if !changeable {
                 bytes[2] = 0x02; // GLTSD; D_SENSE = 0: fixed format sense
                 bytes[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
+                bytes[8] = 0xFF; // BUSY TIMEOUT PERIOD: unlimited
+                bytes[9] = 0xFF;
             }
             12
         }

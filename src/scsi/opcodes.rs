@@ -170,7 +170,36 @@ const fn rw16(opcode: u8, byte1: u8) -> [u8; 16] {
 }
 
 /// Every supported command, sorted by (opcode, service action).
-pub static OPCODES: &[OpcodeInfo] = &[
+pub static OPCODES: &[OpcodeInfo] = TABLE;
+
+/// Marks an opcode without a row in [`INDEX`].
+const NO_ROW: u8 = u8::MAX;
+
+/// For each opcode, the index of its first row in [`TABLE`] (O(1) lookup on the hot path).
+static INDEX: [u8; 256] = build_index();
+
+const fn build_index() -> [u8; 256] {
+    assert!(TABLE.len() < NO_ROW as usize);
+    let mut idx = [NO_ROW; 256];
+    let mut i = TABLE.len();
+    while i > 0 {
+        i -= 1;
+        idx[TABLE[i].opcode as usize] = i as u8;
+    }
+    idx
+}
+
+/// The rows of one opcode (one row, or one per service action).
+fn rows(opcode: u8) -> &'static [OpcodeInfo] {
+    let start = usize::from(INDEX[usize::from(opcode)]);
+    let Some(tail) = OPCODES.get(start..) else {
+        return &[];
+    };
+    let len = tail.iter().take_while(|r| r.opcode == opcode).count();
+    &tail[..len]
+}
+
+const TABLE: &[OpcodeInfo] = &[
     row(
         0x00,
         None,
@@ -363,16 +392,16 @@ pub const fn group_cdb_len(opcode: u8) -> Option<u8> {
 
 /// Whether `opcode` has service actions in this table.
 pub fn has_service_actions(opcode: u8) -> bool {
-    OPCODES
-        .iter()
-        .any(|r| r.opcode == opcode && r.service_action.is_some())
+    rows(opcode)
+        .first()
+        .is_some_and(|r| r.service_action.is_some())
 }
 
 /// The row of `opcode` (and `service_action` for opcodes that have them).
 pub fn lookup(opcode: u8, service_action: Option<u8>) -> Option<&'static OpcodeInfo> {
-    OPCODES
+    rows(opcode)
         .iter()
-        .find(|r| r.opcode == opcode && r.service_action == service_action)
+        .find(|r| r.service_action == service_action)
 }
 
 /// Finds the row for a CDB: unknown opcode -> INVALID COMMAND OPERATION CODE, unknown service
@@ -459,6 +488,18 @@ mod tests {
             // Opcodes with service actions never also have a plain row.
             if has_service_actions(r.opcode) {
                 assert!(r.service_action.is_some(), "{}", r.name);
+            }
+        }
+    }
+
+    #[test]
+    fn index_agrees_with_linear_scan() {
+        for opcode in 0..=255u8 {
+            let linear: Vec<_> = OPCODES.iter().filter(|r| r.opcode == opcode).collect();
+            let indexed = rows(opcode);
+            assert_eq!(linear.len(), indexed.len(), "opcode {opcode:#04x}");
+            for r in linear {
+                assert!(lookup(opcode, r.service_action).is_some_and(|x| x.name == r.name));
             }
         }
     }

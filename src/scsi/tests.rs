@@ -13,6 +13,7 @@ fn server() -> DeviceServer {
     ro.write_cache_enabled = false;
     let mut l0 = LunInfo::new(0, 512, 1000, 0x1122_3344_5566_7788, "SER0");
     l0.max_transfer_blocks = 128;
+    l0.optimal_transfer_blocks = 64;
     let big = LunInfo::new(300, 512, 10, 3, "S300");
     DeviceServer::new(
         TargetPort {
@@ -22,6 +23,7 @@ fn server() -> DeviceServer {
         },
         vec![big, ro, l0],
     )
+    .expect("valid LUNs")
 }
 
 struct Run {
@@ -99,6 +101,40 @@ fn cdb16(op: u8, b1: u8, lba: u64, len: u32) -> [u8; 16] {
 }
 
 const TUR: [u8; 6] = [0; 6];
+
+#[test]
+fn lun_definitions_are_validated() {
+    let port = server().port;
+    let ok = LunInfo::new(0, 512, 10, 1, "A");
+    let mut bad = ok.clone();
+    bad.block_size = 1000;
+    assert_eq!(
+        DeviceServer::new(port.clone(), vec![bad]).err(),
+        Some(LunConfigError::BlockSize { id: 0, size: 1000 })
+    );
+    assert_eq!(
+        DeviceServer::new(port.clone(), vec![ok.clone(), ok.clone()]).err(),
+        Some(LunConfigError::Duplicate { id: 0 })
+    );
+    let mut bad = ok.clone();
+    bad.num_blocks = u64::MAX;
+    assert!(matches!(
+        DeviceServer::new(port.clone(), vec![bad]),
+        Err(LunConfigError::Capacity { .. })
+    ));
+    let mut bad = ok.clone();
+    bad.id = MAX_LUN_ID + 1;
+    let err = DeviceServer::new(port.clone(), vec![bad])
+        .err()
+        .expect("error");
+    assert_eq!(err.to_string(), "LUN 16384: id is above 16383");
+    let mut bad = ok;
+    bad.max_transfer_blocks = 0;
+    assert!(matches!(
+        DeviceServer::new(port, vec![bad]),
+        Err(LunConfigError::TransferLimits { .. })
+    ));
+}
 
 // ---- unit attentions ----
 
@@ -299,6 +335,7 @@ fn vpd_block_pages() {
     assert_eq!(r.data.len(), 64);
     assert_eq!(&r.data[..4], &[0, 0xB0, 0, 0x3C]);
     assert_eq!(&r.data[8..12], &128u32.to_be_bytes());
+    assert_eq!(&r.data[12..16], &64u32.to_be_bytes());
     let r = run(0, &[0x12, 1, 0xB1, 0, 255, 0]);
     assert_eq!(
         (r.data.len(), &r.data[..6]),
@@ -390,7 +427,7 @@ fn write_protected_and_write_through() {
     assert_eq!(io(&run(1, &cdb10(0x28, 0, 0, 1))).byte_len, 4096);
     let mut rw = server().luns()[1].clone();
     rw.read_only = false;
-    let s = DeviceServer::new(server().port, vec![rw]);
+    let s = DeviceServer::new(server().port, vec![rw]).expect("valid");
     let r = run_with(&s, &mut Nexus::default(), 1, &cdb10(0x2A, 0, 0, 1), &[]);
     assert!(io(&r).fua, "writes are write-through without a write cache");
 }
