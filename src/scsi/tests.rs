@@ -124,9 +124,7 @@ fn lun_definitions_are_validated() {
     ));
     let mut bad = ok.clone();
     bad.id = MAX_LUN_ID + 1;
-    let err = DeviceServer::new(port.clone(), vec![bad])
-        .err()
-        .expect("error");
+    let err = DeviceServer::new(port.clone(), vec![bad]).expect_err("id too large");
     assert_eq!(err.to_string(), "LUN 16384: id is above 16383");
     let mut bad = ok;
     bad.max_transfer_blocks = 0;
