@@ -659,27 +659,55 @@ fn misc_commands() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Arbitrary CDBs, optionally steered onto a table row and its allowed bits so that the
+    /// execution paths (not only the rejections) are reached.
     #[test]
     fn execute_never_panics(
-        cdb in proptest::collection::vec(any::<u8>(), 0..20),
+        raw in proptest::collection::vec(any::<u8>(), 0..20),
         lun in any::<[u8; 8]>(),
-        data_out in proptest::collection::vec(any::<u8>(), 0..64),
-        buf_len in 0usize..300,
-        first in prop::sample::select(OPCODES.iter().map(|o| o.opcode).collect::<Vec<_>>()),
-        use_first in any::<bool>(),
+        data_out in proptest::collection::vec(any::<u8>(), 0..300),
+        buf_len in 0usize..600,
+        row in 0..OPCODES.len(),
+        steer in any::<bool>(),
+        mask in any::<bool>(),
     ) {
         let s = server();
-        let mut n = Nexus::new(&s);
-        let mut cdb = cdb;
-        if use_first && !cdb.is_empty() {
-            cdb[0] = first;
+        let mut cdb = raw;
+        let info = &OPCODES[row];
+        if steer && !cdb.is_empty() {
+            cdb[0] = info.opcode;
+            if let (Some(sa), Some(b1)) = (info.service_action, cdb.get_mut(1)) {
+                *b1 = (*b1 & 0xE0) | sa;
+            }
+            if mask {
+                for (b, m) in cdb.iter_mut().zip(info.usage.iter()).skip(2) {
+                    *b &= m;
+                }
+            }
         }
         let mut buf = vec![0u8; buf_len];
-        for lun in [lun, encode_lun(0), encode_lun(1)] {
-            let out = execute(&s, &mut n, &Request { lun, cdb: &cdb, data_out: &data_out }, &mut buf);
-            match out {
-                Outcome::Done(c) => prop_assert!(c.data_len <= buf_len),
-                Outcome::Io(io) => { let _ = complete_io(&io, IoResult::Ok); }
+        let mut fresh = Nexus::new(&s);
+        let mut settled = Nexus::default();
+        for (lun, nexus) in [
+            (lun, &mut fresh),
+            (encode_lun(0), &mut settled),
+            (encode_lun(1), &mut Nexus::default()),
+            (encode_lun(300), &mut Nexus::default()),
+        ] {
+            let req = Request { lun, cdb: &cdb, data_out: &data_out };
+            match execute(&s, nexus, &req, &mut buf) {
+                Outcome::Done(c) => {
+                    prop_assert!(c.data_len <= buf_len);
+                    prop_assert_eq!(c.status == Status::CheckCondition, c.sense.is_some());
+                }
+                Outcome::Io(io) => {
+                    let end = io.lba.0 + u64::from(io.blocks.0);
+                    let lun_info = s.lun(decode_lun(lun).unwrap_or(0)).map(|l| l.num_blocks);
+                    prop_assert!(lun_info.is_some_and(|n| end <= n));
+                    let _ = complete_io(&io, IoResult::Ok);
+                }
             }
         }
     }
