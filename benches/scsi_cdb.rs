@@ -16,16 +16,13 @@ fn read16() -> [u8; 16] {
 }
 
 fn bench(c: &mut Criterion) {
-    let server = DeviceServer::new(
-        TargetPort {
-            target_name: "iqn.2026-01.com.example:bench".to_owned(),
-            portal_group_tag: 1,
-            relative_port_id: 1,
-        },
-        vec![LunInfo::new(0, 512, 1 << 30, 1, "BENCH")],
-    )
-    .expect("valid LUN");
-    let mut nexus = Nexus::default();
+    let server =
+        DeviceServer::new(vec![LunInfo::new(0, 512, 1 << 30, 1, "BENCH")]).expect("valid LUN");
+    let mut nexus = Nexus::without_attention(TargetPort {
+        target_name: "iqn.2026-01.com.example:bench".to_owned(),
+        portal_group_tag: 1,
+        relative_port_id: 1,
+    });
     let cdb = read16();
     let lun = encode_lun(0);
     let mut buf = [0u8; 64];

@@ -166,7 +166,7 @@ impl LunInfo {
     }
 }
 
-/// The target port a command arrived through (supplied by the transport).
+/// The target port of an I_T nexus (supplied by the transport at login).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetPort {
     /// The iSCSI target name.
@@ -177,17 +177,15 @@ pub struct TargetPort {
     pub relative_port_id: u16,
 }
 
-/// The logical units of one target behind one target port.
+/// The logical units of one target.
 #[derive(Clone, Debug)]
 pub struct DeviceServer {
-    /// The target port.
-    pub port: TargetPort,
     luns: Vec<LunInfo>,
 }
 
 impl DeviceServer {
     /// A device server for `luns` (any order); every definition is validated.
-    pub fn new(port: TargetPort, mut luns: Vec<LunInfo>) -> Result<Self, LunConfigError> {
+    pub fn new(mut luns: Vec<LunInfo>) -> Result<Self, LunConfigError> {
         for l in &luns {
             l.validate()?;
         }
@@ -195,7 +193,7 @@ impl DeviceServer {
         if let Some(w) = luns.windows(2).find(|w| w[0].id == w[1].id) {
             return Err(LunConfigError::Duplicate { id: w[0].id });
         }
-        Ok(Self { port, luns })
+        Ok(Self { luns })
     }
 
     /// The logical unit with id `id`.
@@ -212,19 +210,34 @@ impl DeviceServer {
     }
 }
 
-/// Per-I_T-nexus state: a unit attention queue per logical unit.
-#[derive(Clone, Debug, Default)]
+/// Per-I_T-nexus state: the target port it goes through and a unit attention queue per
+/// logical unit.
+#[derive(Clone, Debug)]
 pub struct Nexus {
+    port: TargetPort,
     ua: Vec<(u16, UaQueue)>,
 }
 
 impl Nexus {
     /// A new I_T nexus: every logical unit starts with POWER ON, RESET, OR BUS DEVICE RESET
     /// OCCURRED pending.
-    pub fn new(server: &DeviceServer) -> Self {
-        let mut n = Self::default();
+    pub fn new(port: TargetPort, server: &DeviceServer) -> Self {
+        let mut n = Self::without_attention(port);
         n.post_all(server, SenseReason::PowerOnReset);
         n
+    }
+
+    /// An I_T nexus with no unit attention pending.
+    pub fn without_attention(port: TargetPort) -> Self {
+        Self {
+            port,
+            ua: Vec::new(),
+        }
+    }
+
+    /// The target port of this nexus.
+    pub fn port(&self) -> &TargetPort {
+        &self.port
     }
 
     /// Establishes a unit attention for LUN `lun` on this nexus (ids above 16383 ignored).
@@ -565,7 +578,7 @@ fn run_local(
         } => {
             let mut w = DataIn::new(data_in, usize::from(alloc_len));
             if evpd {
-                inquiry::vpd(&server.port, lun, page_code, &mut w)?;
+                inquiry::vpd(&nexus.port, lun, page_code, &mut w)?;
             } else {
                 inquiry::standard(Some(lun), &mut w);
             }

@@ -15,15 +15,25 @@ fn server() -> DeviceServer {
     l0.max_transfer_blocks = 128;
     l0.optimal_transfer_blocks = 64;
     let big = LunInfo::new(300, 512, 10, 3, "S300");
-    DeviceServer::new(
-        TargetPort {
-            target_name: NAME.to_owned(),
-            portal_group_tag: 1,
-            relative_port_id: 1,
-        },
-        vec![big, ro, l0],
-    )
-    .expect("valid LUNs")
+    DeviceServer::new(vec![big, ro, l0]).expect("valid LUNs")
+}
+
+fn port() -> TargetPort {
+    TargetPort {
+        target_name: NAME.to_owned(),
+        portal_group_tag: 1,
+        relative_port_id: 1,
+    }
+}
+
+/// A nexus with no unit attention pending.
+fn quiet() -> Nexus {
+    Nexus::without_attention(port())
+}
+
+/// A nexus just logged in.
+fn fresh(s: &DeviceServer) -> Nexus {
+    Nexus::new(port(), s)
 }
 
 struct Run {
@@ -52,7 +62,7 @@ fn run_with(s: &DeviceServer, n: &mut Nexus, lun: u16, cdb: &[u8], data_out: &[u
 }
 
 fn run(lun: u16, cdb: &[u8]) -> Run {
-    run_with(&server(), &mut Nexus::default(), lun, cdb, &[])
+    run_with(&server(), &mut quiet(), lun, cdb, &[])
 }
 
 fn done(r: &Run) -> Completion {
@@ -104,32 +114,31 @@ const TUR: [u8; 6] = [0; 6];
 
 #[test]
 fn lun_definitions_are_validated() {
-    let port = server().port;
     let ok = LunInfo::new(0, 512, 10, 1, "A");
     let mut bad = ok.clone();
     bad.block_size = 1000;
     assert_eq!(
-        DeviceServer::new(port.clone(), vec![bad]).err(),
+        DeviceServer::new(vec![bad]).err(),
         Some(LunConfigError::BlockSize { id: 0, size: 1000 })
     );
     assert_eq!(
-        DeviceServer::new(port.clone(), vec![ok.clone(), ok.clone()]).err(),
+        DeviceServer::new(vec![ok.clone(), ok.clone()]).err(),
         Some(LunConfigError::Duplicate { id: 0 })
     );
     let mut bad = ok.clone();
     bad.num_blocks = u64::MAX;
     assert!(matches!(
-        DeviceServer::new(port.clone(), vec![bad]),
+        DeviceServer::new(vec![bad]),
         Err(LunConfigError::Capacity { .. })
     ));
     let mut bad = ok.clone();
     bad.id = MAX_LUN_ID + 1;
-    let err = DeviceServer::new(port.clone(), vec![bad]).expect_err("id too large");
+    let err = DeviceServer::new(vec![bad]).expect_err("id too large");
     assert_eq!(err.to_string(), "LUN 16384: id is above 16383");
     let mut bad = ok;
     bad.max_transfer_blocks = 0;
     assert!(matches!(
-        DeviceServer::new(port, vec![bad]),
+        DeviceServer::new(vec![bad]),
         Err(LunConfigError::TransferLimits { .. })
     ));
 }
@@ -139,7 +148,7 @@ fn lun_definitions_are_validated() {
 #[test]
 fn new_nexus_reports_power_on_reset_once() {
     let s = server();
-    let mut n = Nexus::new(&s);
+    let mut n = fresh(&s);
     let r = run_with(&s, &mut n, 0, &TUR, &[]);
     assert_eq!(sense(done(&r)), (0x06, 0x29, 0x00, [0, 0, 0]));
     good(&run_with(&s, &mut n, 0, &TUR, &[]));
@@ -151,7 +160,7 @@ fn new_nexus_reports_power_on_reset_once() {
 #[test]
 fn inquiry_report_luns_request_sense_do_not_consume_ua_except_request_sense() {
     let s = server();
-    let mut n = Nexus::new(&s);
+    let mut n = fresh(&s);
     good(&run_with(&s, &mut n, 0, &[0x12, 0, 0, 0, 36, 0], &[]));
     good(&run_with(
         &s,
@@ -175,7 +184,7 @@ fn inquiry_report_luns_request_sense_do_not_consume_ua_except_request_sense() {
 #[test]
 fn ua_ordering_and_report_luns_clears_luns_changed() {
     let s = server();
-    let mut n = Nexus::default();
+    let mut n = quiet();
     n.post(0, SenseReason::CapacityDataChanged);
     n.post(0, SenseReason::ModeParametersChanged);
     assert_eq!(sense(done(&run_with(&s, &mut n, 0, &TUR, &[]))).1, 0x2A);
@@ -201,7 +210,7 @@ fn ua_ordering_and_report_luns_clears_luns_changed() {
 #[test]
 fn request_sense_desc_format() {
     let s = server();
-    let mut n = Nexus::new(&s);
+    let mut n = fresh(&s);
     let r = run_with(&s, &mut n, 0, &[0x03, 1, 0, 0, 252, 0], &[]);
     good(&r);
     assert_eq!(r.data, vec![0x72, 0x06, 0x29, 0x00, 0, 0, 0, 0]);
@@ -228,7 +237,7 @@ fn unknown_lun() {
     let mut buf = [0u8; 64];
     let out = execute(
         &s,
-        &mut Nexus::default(),
+        &mut quiet(),
         &Request {
             lun: [0xC1, 0, 0, 0, 0, 0, 0, 0],
             cdb: &TUR,
@@ -425,8 +434,8 @@ fn write_protected_and_write_through() {
     assert_eq!(io(&run(1, &cdb10(0x28, 0, 0, 1))).byte_len, 4096);
     let mut rw = server().luns()[1].clone();
     rw.read_only = false;
-    let s = DeviceServer::new(server().port, vec![rw]).expect("valid");
-    let r = run_with(&s, &mut Nexus::default(), 1, &cdb10(0x2A, 0, 0, 1), &[]);
+    let s = DeviceServer::new(vec![rw]).expect("valid");
+    let r = run_with(&s, &mut quiet(), 1, &cdb10(0x2A, 0, 0, 1), &[]);
     assert!(io(&r).fua, "writes are write-through without a write cache");
 }
 
@@ -538,7 +547,7 @@ fn mode_sense_errors_and_changeable() {
 #[test]
 fn mode_select_accepts_no_change_and_rejects_change() {
     let s = server();
-    let mut n = Nexus::default();
+    let mut n = quiet();
     let cur = run_with(&s, &mut n, 0, &[0x1A, 0, 0x3F, 0, 255, 0], &[]).data;
     let mut list = cur.clone();
     list[0] = 0;
@@ -688,13 +697,13 @@ proptest! {
             }
         }
         let mut buf = vec![0u8; buf_len];
-        let mut fresh = Nexus::new(&s);
-        let mut settled = Nexus::default();
+        let mut fresh = fresh(&s);
+        let mut settled = quiet();
         for (lun, nexus) in [
             (lun, &mut fresh),
             (encode_lun(0), &mut settled),
-            (encode_lun(1), &mut Nexus::default()),
-            (encode_lun(300), &mut Nexus::default()),
+            (encode_lun(1), &mut quiet()),
+            (encode_lun(300), &mut quiet()),
         ] {
             let req = Request { lun, cdb: &cdb, data_out: &data_out };
             match execute(&s, nexus, &req, &mut buf) {
