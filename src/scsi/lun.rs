@@ -275,6 +275,27 @@ impl Nexus {
             .map(|(_, q)| q)
     }
 
+    /// Establishes the unit attentions that a configuration change from `old` to `new` calls
+    /// for: REPORTED LUNS DATA HAS CHANGED on every LUN when LUNs were added or removed,
+    /// CAPACITY DATA HAS CHANGED on a LUN whose capacity changed, MODE PARAMETERS CHANGED on a
+    /// LUN whose write protection or write cache changed. Queues of removed LUNs are dropped.
+    pub fn apply_change(&mut self, old: &DeviceServer, new: &DeviceServer) {
+        self.ua.retain(|(id, _)| new.lun(*id).is_some());
+        let ids = |s: &DeviceServer| s.luns().iter().map(|l| l.id).collect::<Vec<_>>();
+        if ids(old) != ids(new) {
+            self.post_all(new, SenseReason::ReportedLunsDataChanged);
+        }
+        for l in new.luns() {
+            let Some(o) = old.lun(l.id) else { continue };
+            if (o.num_blocks, o.block_size) != (l.num_blocks, l.block_size) {
+                self.post(l.id, SenseReason::CapacityDataChanged);
+            }
+            if (o.read_only, o.write_cache_enabled) != (l.read_only, l.write_cache_enabled) {
+                self.post(l.id, SenseReason::ModeParametersChanged);
+            }
+        }
+    }
+
     /// Clears `reason` on every logical unit of this nexus.
     pub fn clear_everywhere(&mut self, reason: SenseReason) {
         for (_, q) in &mut self.ua {

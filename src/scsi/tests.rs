@@ -208,6 +208,31 @@ fn ua_ordering_and_report_luns_clears_luns_changed() {
 }
 
 #[test]
+fn configuration_change_posts_unit_attentions() {
+    let old = server();
+    let mut luns = old.luns().to_vec();
+    luns.retain(|l| l.id != 300);
+    luns[0].num_blocks = 2000; // LUN 0 grows
+    luns[1].write_cache_enabled = true; // LUN 1 turns its cache on
+    let new = DeviceServer::new(luns).expect("valid");
+    let mut n = quiet();
+    n.post(300, SenseReason::CapacityDataChanged);
+    n.apply_change(&old, &new);
+    let mut tur = |lun| done(&run_with(&new, &mut n, lun, &TUR, &[]));
+    assert_eq!(sense(tur(0)), (0x06, 0x3F, 0x0E, [0, 0, 0]));
+    assert_eq!(sense(tur(0)), (0x06, 0x2A, 0x09, [0, 0, 0]));
+    assert_eq!(tur(0).status, Status::Good);
+    assert_eq!(sense(tur(1)), (0x06, 0x3F, 0x0E, [0, 0, 0]));
+    assert_eq!(sense(tur(1)), (0x06, 0x2A, 0x01, [0, 0, 0]));
+    assert_eq!(tur(1).status, Status::Good);
+    assert_eq!(sense(tur(300)), (0x05, 0x25, 0x00, [0, 0, 0]));
+    assert!(
+        n.queue_mut(300).is_none(),
+        "queue of a removed LUN is dropped"
+    );
+}
+
+#[test]
 fn request_sense_desc_format() {
     let s = server();
     let mut n = fresh(&s);
