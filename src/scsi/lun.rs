@@ -1,0 +1,778 @@
+//! Logical units and the command executor.
+//!
+//! [`execute`] runs one command for one I_T nexus: it finds the logical unit, reports a pending
+//! unit attention, decodes and validates the CDB and either completes the command itself
+//! ([`Outcome::Done`]) or hands back a range-checked [`IoRequest`] ([`Outcome::Io`]) that the
+//! caller performs on the backing store and finishes with [`complete_io`].
+
+use super::cdb::{Blocks, Command, Lba, MediaCommand, MediaOp};
+use super::datain::DataIn;
+use super::inquiry;
+use super::mode::{self, ModeSenseRequest};
+use super::opcodes::op;
+use super::report;
+use super::sense::{FieldPointer, Sense, SenseData, SenseFormat, SenseReason};
+use super::ua::UaQueue;
+
+/// T10 vendor identification of every logical unit.
+pub const VENDOR: &str = "VIT";
+/// Product identification used when none is configured (and for unsupported LUNs).
+pub const DEFAULT_PRODUCT: &str = "VIRTUAL DISK";
+/// Product revision used when none is configured.
+pub const DEFAULT_REVISION: &str = "0001";
+/// Default maximum transfer per command, in bytes (Block Limits VPD page).
+pub const DEFAULT_MAX_TRANSFER_BYTES: u32 = 8 << 20;
+/// Largest LUN id representable with flat space addressing.
+pub const MAX_LUN_ID: u16 = 0x3FFF;
+
+/// Logical block provisioning capabilities (all off until UNMAP is implemented).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Provisioning {
+    /// LBPME: logical block provisioning management enabled (thin provisioning).
+    pub lbpme: bool,
+    /// LBPU: UNMAP supported.
+    pub lbpu: bool,
+    /// LBPRZ: unmapped blocks read as zeros.
+    pub lbprz: bool,
+}
+
+/// Everything the device server knows about one direct-access logical unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LunInfo {
+    /// LUN id (0..=16383).
+    pub id: u16,
+    /// Logical block size in bytes (512 or 4096).
+    pub block_size: u32,
+    /// Capacity in logical blocks.
+    pub num_blocks: u64,
+    /// Writes are refused with DATA PROTECT, WRITE PROTECTED.
+    pub read_only: bool,
+    /// The backing store caches writes (WCE = 1); when false every write is done with FUA.
+    pub write_cache_enabled: bool,
+    /// Product identification (16 ASCII characters used).
+    pub product: String,
+    /// Product revision level (4 ASCII characters used).
+    pub revision: String,
+    /// Unit serial number (ASCII, at most 64 characters used).
+    pub serial: String,
+    /// 64-bit identity of the logical unit, the source of its NAA designator.
+    pub naa: u64,
+    /// IEEE company id (24 bits) placed in the NAA designator.
+    pub ieee_company_id: u32,
+    /// Largest transfer length accepted, in blocks (Block Limits VPD page).
+    pub max_transfer_blocks: u32,
+    /// Optimal transfer length, in blocks.
+    pub optimal_transfer_blocks: u32,
+    /// Provisioning capabilities.
+    pub provisioning: Provisioning,
+}
+
+/// Why a logical unit definition cannot be served.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LunConfigError {
+    /// The id cannot be addressed (flat space addressing stops at 16383).
+    #[error("LUN {id}: id is above {MAX_LUN_ID}")]
+    IdTooLarge {
+        /// The LUN id.
+        id: u16,
+    },
+    /// Two logical units share one id.
+    #[error("LUN {id}: defined more than once")]
+    Duplicate {
+        /// The LUN id.
+        id: u16,
+    },
+    /// The block size is not one this device server supports.
+    #[error("LUN {id}: block size {size} is not 512 or 4096")]
+    BlockSize {
+        /// The LUN id.
+        id: u16,
+        /// The rejected block size.
+        size: u32,
+    },
+    /// The capacity is zero blocks or its byte size overflows 64 bits.
+    #[error("LUN {id}: capacity of {blocks} blocks is not usable")]
+    Capacity {
+        /// The LUN id.
+        id: u16,
+        /// The rejected capacity in blocks.
+        blocks: u64,
+    },
+    /// The maximum transfer length is zero or below the optimal transfer length.
+    #[error("LUN {id}: transfer limits max {max} / optimal {optimal} blocks are inconsistent")]
+    TransferLimits {
+        /// The LUN id.
+        id: u16,
+        /// Maximum transfer length in blocks.
+        max: u32,
+        /// Optimal transfer length in blocks.
+        optimal: u32,
+    },
+}
+
+impl LunInfo {
+    /// Checks that the definition can be served.
+    pub fn validate(&self) -> Result<(), LunConfigError> {
+        let id = self.id;
+        if id > MAX_LUN_ID {
+            return Err(LunConfigError::IdTooLarge { id });
+        }
+        if !matches!(self.block_size, 512 | 4096) {
+            return Err(LunConfigError::BlockSize {
+                id,
+                size: self.block_size,
+            });
+        }
+        if self.num_blocks == 0
+            || self
+                .num_blocks
+                .checked_mul(u64::from(self.block_size))
+                .is_none()
+        {
+            return Err(LunConfigError::Capacity {
+                id,
+                blocks: self.num_blocks,
+            });
+        }
+        if self.max_transfer_blocks == 0 || self.optimal_transfer_blocks > self.max_transfer_blocks
+        {
+            return Err(LunConfigError::TransferLimits {
+                id,
+                max: self.max_transfer_blocks,
+                optimal: self.optimal_transfer_blocks,
+            });
+        }
+        Ok(())
+    }
+
+    /// A read-write LUN with default identification strings and transfer limits.
+    pub fn new(id: u16, block_size: u32, num_blocks: u64, naa: u64, serial: &str) -> Self {
+        let max = (DEFAULT_MAX_TRANSFER_BYTES / block_size.max(1)).max(1);
+        Self {
+            id,
+            block_size,
+            num_blocks,
+            read_only: false,
+            write_cache_enabled: true,
+            product: DEFAULT_PRODUCT.to_owned(),
+            revision: DEFAULT_REVISION.to_owned(),
+            serial: serial.to_owned(),
+            naa,
+            ieee_company_id: 0,
+            max_transfer_blocks: max,
+            optimal_transfer_blocks: max,
+            provisioning: Provisioning::default(),
+        }
+    }
+}
+
+/// The target port of an I_T nexus (supplied by the transport at login).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetPort {
+    /// The iSCSI target name.
+    pub target_name: String,
+    /// The target portal group tag.
+    pub portal_group_tag: u16,
+    /// The relative target port identifier.
+    pub relative_port_id: u16,
+}
+
+/// The logical units of one target.
+#[derive(Clone, Debug)]
+pub struct DeviceServer {
+    luns: Vec<LunInfo>,
+}
+
+impl DeviceServer {
+    /// A device server for `luns` (any order); every definition is validated.
+    pub fn new(mut luns: Vec<LunInfo>) -> Result<Self, LunConfigError> {
+        for l in &luns {
+            l.validate()?;
+        }
+        luns.sort_by_key(|l| l.id);
+        if let Some(w) = luns.windows(2).find(|w| w[0].id == w[1].id) {
+            return Err(LunConfigError::Duplicate { id: w[0].id });
+        }
+        Ok(Self { luns })
+    }
+
+    /// The logical unit with id `id`.
+    pub fn lun(&self, id: u16) -> Option<&LunInfo> {
+        self.luns
+            .binary_search_by_key(&id, |l| l.id)
+            .ok()
+            .and_then(|i| self.luns.get(i))
+    }
+
+    /// All logical units, by id.
+    pub fn luns(&self) -> &[LunInfo] {
+        &self.luns
+    }
+}
+
+/// Per-I_T-nexus state: the target port it goes through and a unit attention queue per
+/// logical unit.
+#[derive(Clone, Debug)]
+pub struct Nexus {
+    port: TargetPort,
+    ua: Vec<(u16, UaQueue)>,
+}
+
+impl Nexus {
+    /// A new I_T nexus: every logical unit starts with POWER ON, RESET, OR BUS DEVICE RESET
+    /// OCCURRED pending.
+    pub fn new(port: TargetPort, server: &DeviceServer) -> Self {
+        let mut n = Self::without_attention(port);
+        n.post_all(server, SenseReason::PowerOnReset);
+        n
+    }
+
+    /// An I_T nexus with no unit attention pending.
+    pub fn without_attention(port: TargetPort) -> Self {
+        Self {
+            port,
+            ua: Vec::new(),
+        }
+    }
+
+    /// The target port of this nexus.
+    pub fn port(&self) -> &TargetPort {
+        &self.port
+    }
+
+    /// Establishes a unit attention for LUN `lun` on this nexus (ids above 16383 ignored).
+    pub fn post(&mut self, lun: u16, reason: SenseReason) {
+        if lun > MAX_LUN_ID {
+            return;
+        }
+        match self.ua.binary_search_by_key(&lun, |(id, _)| *id) {
+            Ok(i) => {
+                if let Some((_, q)) = self.ua.get_mut(i) {
+                    q.push(reason);
+                }
+            }
+            Err(i) => {
+                let mut q = UaQueue::new();
+                q.push(reason);
+                self.ua.insert(i, (lun, q));
+            }
+        }
+    }
+
+    /// Establishes a unit attention on every logical unit of `server`.
+    pub fn post_all(&mut self, server: &DeviceServer, reason: SenseReason) {
+        for l in server.luns() {
+            self.post(l.id, reason);
+        }
+    }
+
+    /// The unit attention queue of `lun`, if any condition was ever posted.
+    pub fn queue_mut(&mut self, lun: u16) -> Option<&mut UaQueue> {
+        self.ua
+            .binary_search_by_key(&lun, |(id, _)| *id)
+            .ok()
+            .and_then(|i| self.ua.get_mut(i))
+            .map(|(_, q)| q)
+    }
+
+    /// Establishes the unit attentions that a configuration change from `old` to `new` calls
+    /// for: REPORTED LUNS DATA HAS CHANGED on every LUN when LUNs were added or removed,
+    /// CAPACITY DATA HAS CHANGED on a LUN whose capacity changed, MODE PARAMETERS CHANGED on a
+    /// LUN whose write protection or write cache changed. Queues of removed LUNs are dropped.
+    pub fn apply_change(&mut self, old: &DeviceServer, new: &DeviceServer) {
+        self.ua.retain(|(id, _)| new.lun(*id).is_some());
+        let ids = |s: &DeviceServer| s.luns().iter().map(|l| l.id).collect::<Vec<_>>();
+        if ids(old) != ids(new) {
+            self.post_all(new, SenseReason::ReportedLunsDataChanged);
+        }
+        for l in new.luns() {
+            let Some(o) = old.lun(l.id) else { continue };
+            if (o.num_blocks, o.block_size) != (l.num_blocks, l.block_size) {
+                self.post(l.id, SenseReason::CapacityDataChanged);
+            }
+            if (o.read_only, o.write_cache_enabled) != (l.read_only, l.write_cache_enabled) {
+                self.post(l.id, SenseReason::ModeParametersChanged);
+            }
+        }
+    }
+
+    /// Clears `reason` on every logical unit of this nexus.
+    pub fn clear_everywhere(&mut self, reason: SenseReason) {
+        for (_, q) in &mut self.ua {
+            q.remove(reason);
+        }
+    }
+
+    fn pop(&mut self, lun: u16) -> Option<SenseReason> {
+        self.queue_mut(lun).and_then(UaQueue::pop)
+    }
+}
+
+/// Encodes a LUN id as an 8-byte LUN (SAM-5 4.7): peripheral device addressing below 256,
+/// flat space addressing above.
+pub fn encode_lun(id: u16) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    let [hi, lo] = id.to_be_bytes();
+    if id < 256 {
+        out[1] = lo;
+    } else {
+        out[0] = 0x40 | (hi & 0x3F);
+        out[1] = lo;
+    }
+    out
+}
+
+/// Decodes an 8-byte LUN in peripheral (bus 0) or flat space addressing; `None` for any other
+/// form (which addresses no logical unit here).
+pub fn decode_lun(raw: [u8; 8]) -> Option<u16> {
+    if raw[2..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    match raw[0] >> 6 {
+        0b00 if raw[0] == 0 => Some(u16::from(raw[1])),
+        0b01 => Some(u16::from_be_bytes([raw[0] & 0x3F, raw[1]])),
+        _ => None,
+    }
+}
+
+/// SCSI status codes (SAM-5 5.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    /// GOOD.
+    Good = 0x00,
+    /// CHECK CONDITION.
+    CheckCondition = 0x02,
+    /// BUSY.
+    Busy = 0x08,
+    /// RESERVATION CONFLICT.
+    ReservationConflict = 0x18,
+    /// TASK SET FULL.
+    TaskSetFull = 0x28,
+}
+
+/// A finished command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Status.
+    pub status: Status,
+    /// Bytes of data-in placed in the caller's buffer (already truncated).
+    pub data_len: usize,
+    /// Sense data, with CHECK CONDITION.
+    pub sense: Option<SenseData>,
+}
+
+impl Completion {
+    /// GOOD with `data_len` bytes of data-in.
+    pub fn good(data_len: usize) -> Self {
+        Self {
+            status: Status::Good,
+            data_len,
+            sense: None,
+        }
+    }
+
+    /// CHECK CONDITION with fixed format sense (the control mode page has D_SENSE = 0).
+    pub fn check(sense: impl Into<Sense>) -> Self {
+        Self {
+            status: Status::CheckCondition,
+            data_len: 0,
+            sense: Some(sense.into().encode(SenseFormat::Fixed)),
+        }
+    }
+}
+
+/// The kind of backing-store work an [`IoRequest`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    /// Read `byte_len` bytes into the data-in buffer.
+    Read,
+    /// Write the data-out bytes.
+    Write,
+    /// Read the blocks; with `bytchk` compare them with the data-out bytes
+    /// ([`first_mismatch`]), else only check that they can be read.
+    Verify {
+        /// Compare against data-out.
+        bytchk: bool,
+    },
+    /// Write the data-out bytes, then read them back (and compare with `bytchk`).
+    WriteVerify {
+        /// Compare against data-out.
+        bytchk: bool,
+    },
+    /// Make the range (0 blocks: everything from `lba`) durable.
+    Sync {
+        /// IMMED: status may be returned before the flush finishes.
+        immed: bool,
+    },
+}
+
+/// A validated media request for the backing store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoRequest {
+    /// What to do.
+    pub kind: IoKind,
+    /// First block.
+    pub lba: Lba,
+    /// Number of blocks.
+    pub blocks: Blocks,
+    /// Byte offset of `lba` in the backing store.
+    pub byte_offset: u64,
+    /// Bytes moved to or from the medium.
+    pub byte_len: usize,
+    /// Bytes of data-out the command carries (what the transport must collect).
+    pub data_out_len: usize,
+    /// Write through / read from the medium (forced for writes when the cache is disabled).
+    pub fua: bool,
+    /// DPO: the data need not be kept in cache.
+    pub dpo: bool,
+}
+
+/// How the backing store finished an [`IoRequest`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoResult {
+    /// Done.
+    Ok,
+    /// The medium could not be read (optionally at this LBA).
+    ReadError(Option<Lba>),
+    /// The medium could not be written (optionally at this LBA).
+    WriteError(Option<Lba>),
+    /// VERIFY/WRITE AND VERIFY compare failed at this byte offset of the data-out.
+    Miscompare(u64),
+    /// Anything else went wrong.
+    Failed,
+}
+
+/// Outcome of [`execute`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The command is complete.
+    Done(Completion),
+    /// The caller must perform this request, then call [`complete_io`].
+    Io(IoRequest),
+}
+
+/// One command as the transport hands it over.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The 8-byte LUN field.
+    pub lun: [u8; 8],
+    /// The CDB (may carry trailing padding bytes).
+    pub cdb: &'a [u8],
+    /// Data-out bytes received for the command.
+    pub data_out: &'a [u8],
+}
+
+/// Whether a command is exempt from unit attention reporting (SAM-5 5.14; SPC-4 5.9).
+fn ua_exempt(opcode: u8) -> bool {
+    matches!(opcode, op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE)
+}
+
+/// Executes one command. Data-in is written into `data_in`, truncated to the allocation
+/// length and to the buffer's size.
+pub fn execute(
+    server: &DeviceServer,
+    nexus: &mut Nexus,
+    req: &Request<'_>,
+    data_in: &mut [u8],
+) -> Outcome {
+    let opcode = req.cdb.first().copied();
+    let lun_id = decode_lun(req.lun);
+    let lun = lun_id.and_then(|id| server.lun(id));
+    let exempt = opcode.is_some_and(ua_exempt);
+    let Some(lun) = lun else {
+        if !exempt {
+            return Outcome::Done(Completion::check(SenseReason::LunNotSupported));
+        }
+        return Outcome::Done(run_without_lun(server, nexus, req.cdb, data_in));
+    };
+    if !exempt && let Some(ua) = nexus.pop(lun.id) {
+        return Outcome::Done(Completion::check(ua));
+    }
+    let cmd = match Command::parse(req.cdb) {
+        Ok(cmd) => cmd,
+        Err(reason) => return Outcome::Done(Completion::check(reason)),
+    };
+    match cmd {
+        Command::Media(m) => media(lun, m),
+        Command::SyncCache { lba, blocks, immed } => sync_cache(lun, lba, blocks, immed),
+        other => Outcome::Done(
+            match run_local(server, nexus, lun, other, req.data_out, data_in) {
+                Ok(n) => Completion::good(n),
+                Err(reason) => Completion::check(reason),
+            },
+        ),
+    }
+}
+
+/// INQUIRY, REPORT LUNS and REQUEST SENSE addressed to a LUN that does not exist.
+fn run_without_lun(
+    server: &DeviceServer,
+    nexus: &mut Nexus,
+    cdb: &[u8],
+    data_in: &mut [u8],
+) -> Completion {
+    let result = Command::parse(cdb).and_then(|cmd| match cmd {
+        Command::Inquiry {
+            evpd: false,
+            alloc_len,
+            ..
+        } => {
+            let mut w = DataIn::new(data_in, usize::from(alloc_len));
+            inquiry::standard(None, &mut w);
+            Ok(w.stored())
+        }
+        Command::ReportLuns { select, alloc_len } => {
+            Ok(report_luns(server, nexus, select, alloc_len, data_in))
+        }
+        Command::RequestSense { desc, alloc_len } => Ok(request_sense(
+            SenseReason::LunNotSupported,
+            desc,
+            alloc_len,
+            data_in,
+        )),
+        _ => Err(SenseReason::LunNotSupported),
+    });
+    match result {
+        Ok(n) => Completion::good(n),
+        Err(reason) => Completion::check(reason),
+    }
+}
+
+fn alloc(len: u32) -> usize {
+    usize::try_from(len).unwrap_or(usize::MAX)
+}
+
+/// REPORT LUNS; it also clears REPORTED LUNS DATA HAS CHANGED for every logical unit of the
+/// nexus (SPC-4 6.33).
+fn report_luns(
+    server: &DeviceServer,
+    nexus: &mut Nexus,
+    select: u8,
+    alloc_len: u32,
+    data_in: &mut [u8],
+) -> usize {
+    nexus.clear_everywhere(SenseReason::ReportedLunsDataChanged);
+    let mut w = DataIn::new(data_in, alloc(alloc_len));
+    report::report_luns(select, server.luns().iter().map(|l| l.id), &mut w);
+    w.stored()
+}
+
+fn request_sense(reason: SenseReason, desc: bool, alloc_len: u8, data_in: &mut [u8]) -> usize {
+    let format = if desc {
+        SenseFormat::Descriptor
+    } else {
+        SenseFormat::Fixed
+    };
+    let sense = Sense::from(reason).encode(format);
+    let mut w = DataIn::new(data_in, usize::from(alloc_len));
+    w.put(sense.as_bytes());
+    w.stored()
+}
+
+/// Commands the device server completes itself; returns the data-in length.
+fn run_local(
+    server: &DeviceServer,
+    nexus: &mut Nexus,
+    lun: &LunInfo,
+    cmd: Command,
+    data_out: &[u8],
+    data_in: &mut [u8],
+) -> Result<usize, SenseReason> {
+    match cmd {
+        Command::TestUnitReady | Command::PreventAllow { .. } => Ok(0),
+        Command::StartStopUnit { loej, .. } => {
+            // The medium is not removable: LOEJ cannot be honoured.
+            if loej {
+                return Err(SenseReason::InvalidFieldInCdb(FieldPointer::bit(4, 1)));
+            }
+            Ok(0)
+        }
+        Command::RequestSense { desc, alloc_len } => {
+            let reason = nexus.pop(lun.id).unwrap_or(SenseReason::NoSense);
+            Ok(request_sense(reason, desc, alloc_len, data_in))
+        }
+        Command::Inquiry {
+            evpd,
+            page_code,
+            alloc_len,
+        } => {
+            let mut w = DataIn::new(data_in, usize::from(alloc_len));
+            if evpd {
+                inquiry::vpd(&nexus.port, lun, page_code, &mut w)?;
+            } else {
+                inquiry::standard(Some(lun), &mut w);
+            }
+            Ok(w.stored())
+        }
+        Command::ReportLuns { select, alloc_len } => {
+            Ok(report_luns(server, nexus, select, alloc_len, data_in))
+        }
+        Command::ReadCapacity10 => {
+            let mut w = DataIn::new(data_in, 8);
+            report::read_capacity10(lun, &mut w);
+            Ok(w.stored())
+        }
+        Command::ReadCapacity16 { alloc_len } => {
+            let mut w = DataIn::new(data_in, alloc(alloc_len));
+            report::read_capacity16(lun, &mut w);
+            Ok(w.stored())
+        }
+        Command::ReportSupportedOpcodes {
+            rctd,
+            options,
+            opcode,
+            service_action,
+            alloc_len,
+        } => {
+            let mut w = DataIn::new(data_in, alloc(alloc_len));
+            report::report_supported_opcodes(rctd, options, opcode, service_action, &mut w)?;
+            Ok(w.stored())
+        }
+        Command::ModeSense {
+            ten,
+            dbd,
+            llbaa,
+            pc,
+            page_code,
+            subpage,
+            alloc_len,
+        } => {
+            let mut w = DataIn::new(data_in, usize::from(alloc_len));
+            let req = ModeSenseRequest {
+                ten,
+                dbd,
+                llbaa,
+                pc,
+                page_code,
+                subpage,
+            };
+            mode::mode_sense(lun, req, &mut w)?;
+            Ok(w.stored())
+        }
+        Command::ModeSelect { ten, param_len, .. } => {
+            mode::mode_select(lun, ten, param_len, data_out)?;
+            Ok(0)
+        }
+        Command::Media(_) | Command::SyncCache { .. } => Err(SenseReason::InternalTargetFailure),
+    }
+}
+
+/// Checks that `blocks` starting at `lba` lie within the LUN.
+fn check_range(lun: &LunInfo, lba: Lba, blocks: Blocks) -> Result<(), SenseReason> {
+    match lba.0.checked_add(u64::from(blocks.0)) {
+        Some(end) if end <= lun.num_blocks => Ok(()),
+        _ => Err(SenseReason::LbaOutOfRange),
+    }
+}
+
+/// Validates a media command and turns it into an [`IoRequest`].
+fn media(lun: &LunInfo, m: MediaCommand) -> Outcome {
+    match media_request(lun, m) {
+        Ok(Some(io)) => Outcome::Io(io),
+        Ok(None) => Outcome::Done(Completion::good(0)),
+        Err(reason) => Outcome::Done(Completion::check(reason)),
+    }
+}
+
+fn media_request(lun: &LunInfo, m: MediaCommand) -> Result<Option<IoRequest>, SenseReason> {
+    if m.op.writes() && lun.read_only {
+        return Err(SenseReason::WriteProtected);
+    }
+    check_range(lun, m.lba, m.blocks)?;
+    if m.blocks.0 > lun.max_transfer_blocks {
+        return Err(SenseReason::InvalidFieldInCdb(FieldPointer::byte(
+            m.length_field,
+        )));
+    }
+    if m.blocks.0 == 0 {
+        return Ok(None);
+    }
+    let bytes = u64::from(m.blocks.0)
+        .checked_mul(u64::from(lun.block_size))
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or(SenseReason::InvalidFieldInCdb(FieldPointer::byte(
+            m.length_field,
+        )))?;
+    let byte_offset = m
+        .lba
+        .0
+        .checked_mul(u64::from(lun.block_size))
+        .ok_or(SenseReason::LbaOutOfRange)?;
+    let (kind, data_out_len) = match m.op {
+        MediaOp::Read => (IoKind::Read, 0),
+        MediaOp::Write => (IoKind::Write, bytes),
+        MediaOp::Verify { bytchk } => (IoKind::Verify { bytchk }, if bytchk { bytes } else { 0 }),
+        MediaOp::WriteVerify { bytchk } => (IoKind::WriteVerify { bytchk }, bytes),
+    };
+    Ok(Some(IoRequest {
+        kind,
+        lba: m.lba,
+        blocks: m.blocks,
+        byte_offset,
+        byte_len: bytes,
+        data_out_len,
+        fua: m.fua || (m.op.writes() && !lun.write_cache_enabled),
+        dpo: m.dpo,
+    }))
+}
+
+fn sync_cache(lun: &LunInfo, lba: Lba, blocks: Blocks, immed: bool) -> Outcome {
+    if let Err(reason) = check_range(lun, lba, blocks) {
+        return Outcome::Done(Completion::check(reason));
+    }
+    Outcome::Io(IoRequest {
+        kind: IoKind::Sync { immed },
+        lba,
+        blocks,
+        byte_offset: lba.0.saturating_mul(u64::from(lun.block_size)),
+        byte_len: 0,
+        data_out_len: 0,
+        fua: false,
+        dpo: false,
+    })
+}
+
+/// Final status of an [`IoRequest`] the caller has performed.
+pub fn complete_io(req: &IoRequest, result: IoResult) -> Completion {
+    match result {
+        IoResult::Ok => Completion::good(if req.kind == IoKind::Read {
+            req.byte_len
+        } else {
+            0
+        }),
+        IoResult::ReadError(lba) => Completion::check(Sense {
+            reason: SenseReason::UnrecoveredReadError,
+            information: lba.map(|l| l.0),
+        }),
+        IoResult::WriteError(lba) => Completion::check(Sense {
+            reason: SenseReason::WriteError,
+            information: lba.map(|l| l.0),
+        }),
+        IoResult::Miscompare(offset) => Completion::check(Sense::with_information(
+            SenseReason::MiscompareDuringVerify,
+            offset,
+        )),
+        IoResult::Failed => Completion::check(SenseReason::InternalTargetFailure),
+    }
+}
+
+/// The first byte offset at which `media` and `data_out` differ (a length difference counts
+/// as a difference at the end of the shorter one), for the MISCOMPARE INFORMATION field.
+pub fn first_mismatch(media: &[u8], data_out: &[u8]) -> Option<usize> {
+    const CHUNK: usize = 64;
+    let n = media.len().min(data_out.len());
+    let (a, b) = (media.get(..n)?, data_out.get(..n)?);
+    let mut base = 0;
+    for (ca, cb) in a.chunks(CHUNK).zip(b.chunks(CHUNK)) {
+        if ca != cb {
+            return ca
+                .iter()
+                .zip(cb)
+                .position(|(x, y)| x != y)
+                .map(|p| base + p);
+        }
+        base += ca.len();
+    }
+    (media.len() != data_out.len()).then_some(n)
+}
