@@ -27,7 +27,10 @@ pub struct Named {
 
 impl Named {
     pub fn new(name: impl Into<String>) -> Self {
-        Named { name: name.into(), pos: Pos::default() }
+        Named {
+            name: name.into(),
+            pos: Pos::default(),
+        }
     }
 }
 
@@ -226,7 +229,11 @@ impl Target {
 
 /// Looks an option up by name (the last one written wins, as in ctld).
 pub fn option<'a>(options: &'a [Opt], name: &str) -> Option<&'a str> {
-    options.iter().rev().find(|o| o.name == name).map(|o| o.value.as_str())
+    options
+        .iter()
+        .rev()
+        .find(|o| o.name == name)
+        .map(|o| o.value.as_str())
 }
 
 /// `lun N NAME` (a reference to a global `lun NAME { }`) or `lun N { ... }`.
