@@ -332,6 +332,29 @@ impl fmt::Write for SliceWriter<'_> {
     }
 }
 
+/// Somewhere response pairs can be written: [`TextWriter`] or [`OutgoingText`].
+pub trait TextSink {
+    /// Appends `key=<formatted value>\0`; on error nothing is written.
+    fn push_fmt(&mut self, key: &str, value: fmt::Arguments<'_>) -> Result<(), TextError>;
+
+    /// Appends `key=value\0`; on error nothing is written.
+    fn push(&mut self, key: &str, value: &str) -> Result<(), TextError> {
+        self.push_fmt(key, format_args!("{value}"))
+    }
+}
+
+impl TextSink for TextWriter<'_> {
+    fn push_fmt(&mut self, key: &str, value: fmt::Arguments<'_>) -> Result<(), TextError> {
+        write_pair(self.buf, &mut self.len, key, value)
+    }
+}
+
+impl TextSink for OutgoingText {
+    fn push_fmt(&mut self, key: &str, value: fmt::Arguments<'_>) -> Result<(), TextError> {
+        write_pair(&mut self.buf, &mut self.len, key, value)
+    }
+}
+
 /// Serializes response pairs into a caller buffer.
 #[derive(Debug)]
 pub struct TextWriter<'a> {
@@ -343,16 +366,6 @@ impl<'a> TextWriter<'a> {
     /// A writer filling `buf` from its start.
     pub fn new(buf: &'a mut [u8]) -> Self {
         Self { buf, len: 0 }
-    }
-
-    /// Appends `key=value\0`. On error nothing is written.
-    pub fn push(&mut self, key: &str, value: &str) -> Result<(), TextError> {
-        self.push_fmt(key, format_args!("{value}"))
-    }
-
-    /// Appends `key=<formatted value>\0` (e.g. numbers) without allocating.
-    pub fn push_fmt(&mut self, key: &str, value: fmt::Arguments<'_>) -> Result<(), TextError> {
-        write_pair(self.buf, &mut self.len, key, value)
     }
 
     /// The text written so far.
@@ -443,16 +456,6 @@ impl OutgoingText {
             sent: 0,
             finished: false,
         }
-    }
-
-    /// Appends `key=value\0`.
-    pub fn push(&mut self, key: &str, value: &str) -> Result<(), TextError> {
-        self.push_fmt(key, format_args!("{value}"))
-    }
-
-    /// Appends `key=<formatted value>\0`.
-    pub fn push_fmt(&mut self, key: &str, value: fmt::Arguments<'_>) -> Result<(), TextError> {
-        write_pair(&mut self.buf, &mut self.len, key, value)
     }
 
     /// The whole response text.
