@@ -685,27 +685,16 @@ impl Negotiator {
         Ok(())
     }
 
-    /// InitiatorName, TargetName, SessionType: recorded from the first PDU by `first_pdu`; a
-    /// TargetName may still come later in a discovery session; the others cannot change.
+    /// InitiatorName, TargetName, SessionType are recorded from the first PDU by `first_pdu`
+    /// (repeating them later is a renegotiation); a discovery session may still declare its
+    /// TargetName later.
     fn late_declaration<'v>(
         &mut self,
         def: &KeyDef,
         value: &'v str,
     ) -> Result<Answer<'v>, NegotiateError> {
-        if !self.first_done {
-            return Ok(Answer::Silent);
-        }
-        match def.key {
-            Key::TargetName => {
-                self.params.target_name = Some(declared_text(def.key, value)?.to_owned());
-            }
-            Key::InitiatorName if value != self.params.initiator_name => {
-                return Err(NegotiateError::BadValue { key: def.name });
-            }
-            Key::SessionType if parse_session_type(value)? != self.params.session_type => {
-                return Err(NegotiateError::BadValue { key: def.name });
-            }
-            _ => {}
+        if self.first_done && def.key == Key::TargetName {
+            self.params.target_name = Some(declared_text(def.key, value)?.to_owned());
         }
         Ok(Answer::Silent)
     }
@@ -1212,12 +1201,7 @@ SendTargets=Irrelevant;MaxRecvDataSegmentLength=262144;"
             NegotiateError::WrongStage { key: "CHAP_A", .. }
         ));
         let err = run(&mut n, Stage::Operational, b"InitiatorName=iqn.other:x\0").unwrap_err();
-        assert_eq!(
-            err,
-            NegotiateError::BadValue {
-                key: "InitiatorName"
-            }
-        );
+        assert_eq!(err, NegotiateError::Renegotiated("InitiatorName"));
         // Only MaxBurstLength was negotiated: FirstBurstLength follows it down.
         assert_eq!(n.finish().unwrap().first_burst_length, 4096);
     }
