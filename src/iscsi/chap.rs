@@ -170,7 +170,7 @@ fn base64_digit(c: u8) -> Option<u8> {
 fn decode_base64(key: &'static str, text: &[u8], out: &mut [u8]) -> Result<usize, ChapFailure> {
     let body_len = text.iter().rposition(|c| *c != b'=').map_or(0, |i| i + 1);
     let (body, pad) = text.split_at(body_len);
-    if pad.len() > 2 || (!pad.is_empty() && text.len() % 4 != 0) || body_len % 4 == 1 {
+    if pad.len() > 2 || (!pad.is_empty() && !text.len().is_multiple_of(4)) || body_len % 4 == 1 {
         return Err(malformed(key, "bad base64 length or padding"));
     }
     let len = body_len / 4 * 3 + (body_len % 4).saturating_sub(1);
