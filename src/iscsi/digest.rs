@@ -77,6 +77,51 @@ pub fn data_digest(pieces: &[&[u8]]) -> [u8; DIGEST_LEN] {
     crc.to_wire()
 }
 
+/// A BHS (plus AHS) followed by its header digest, ready to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderWithDigest {
+    /// The header digest bytes to send right after the header.
+    pub digest: [u8; DIGEST_LEN],
+}
+
+impl HeaderWithDigest {
+    /// Computes the digest of a BHS and its AHS.
+    pub fn new(bhs: &[u8], ahs: &[u8]) -> Self {
+        Self {
+            digest: header_digest(bhs, ahs),
+        }
+    }
+}
+
+/// The bytes sent after a data segment: padding, then the data digest when enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataTrailer {
+    bytes: [u8; 3 + DIGEST_LEN],
+    len: usize,
+}
+
+impl DataTrailer {
+    /// The trailer of a data segment given as consecutive pieces (e.g. an iovec). An empty
+    /// segment has no trailer (and no digest).
+    pub fn new(pieces: &[&[u8]], with_digest: bool) -> Self {
+        let total: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        let pad = pad_len((total % 4) as u32);
+        let mut bytes = [0u8; 3 + DIGEST_LEN];
+        let mut len = pad;
+        if with_digest && total > 0 {
+            let digest = data_digest(pieces);
+            bytes[pad..pad + DIGEST_LEN].copy_from_slice(&digest);
+            len += DIGEST_LEN;
+        }
+        Self { bytes, len }
+    }
+
+    /// The bytes to send.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or(&[])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +157,20 @@ mod tests {
         assert_eq!(pad_len(5), 3);
         assert_eq!(padding_for(6), &[0, 0]);
         assert_eq!(padding_for(12), &[] as &[u8]);
+    }
+
+    #[test]
+    fn trailers() {
+        assert_eq!(DataTrailer::new(&[b"abcd"], false).as_bytes(), &[] as &[u8]);
+        assert_eq!(DataTrailer::new(&[b"ab", b"c"], false).as_bytes(), &[0]);
+        assert_eq!(DataTrailer::new(&[], true).as_bytes(), &[] as &[u8]);
+        let t = DataTrailer::new(&[b"abcde"], true);
+        assert_eq!(&t.as_bytes()[..3], &[0, 0, 0]);
+        assert_eq!(&t.as_bytes()[3..], &data_digest(&[b"abcde"]));
+        assert_eq!(
+            HeaderWithDigest::new(&[0u8; 32], &[]).digest,
+            [0xaa, 0x36, 0x91, 0x8a]
+        );
     }
 
     #[test]

@@ -176,6 +176,8 @@ enum Part {
 #[derive(Debug, Clone)]
 pub struct PduReader {
     limits: ReaderLimits,
+    /// Limits that take effect at the next header.
+    next_limits: Option<ReaderLimits>,
     part: Part,
     /// Bytes of the current part received so far.
     filled: usize,
@@ -192,6 +194,7 @@ impl PduReader {
     pub fn new(limits: ReaderLimits) -> Self {
         Self {
             limits,
+            next_limits: None,
             part: Part::Header,
             filled: 0,
             bhs: [0; BHS_LEN],
@@ -203,10 +206,15 @@ impl PduReader {
         }
     }
 
-    /// Replaces the limits (e.g. after login negotiation). Takes effect from the next header;
-    /// call it only between PDUs.
+    /// Replaces the limits (e.g. after the final login response, to switch on digests and the
+    /// negotiated MaxRecvDataSegmentLength). They take effect from the next PDU's header, so a
+    /// call in the middle of a PDU cannot desynchronise the stream.
     pub fn set_limits(&mut self, limits: ReaderLimits) {
-        self.limits = limits;
+        if self.at_boundary() {
+            self.limits = limits;
+        } else {
+            self.next_limits = Some(limits);
+        }
     }
 
     /// The limits in force.
@@ -452,6 +460,9 @@ impl PduReader {
     }
 
     fn on_header(&mut self) -> Result<Option<Event>, ReadError> {
+        if let Some(limits) = self.next_limits.take() {
+            self.limits = limits;
+        }
         let common = CommonHeader::parse(&self.bhs);
         let ahs_len = common.ahs_bytes();
         let max_ahs = self.limits.max_ahs_len.min(MAX_AHS_LEN);
@@ -642,6 +653,28 @@ mod tests {
         assert!(err.is_fatal());
         assert_eq!(r.want(), Want::Nothing);
         assert_eq!(r.feed(&[0]).result, Err(ReadError::Failed));
+    }
+
+    #[test]
+    fn new_limits_apply_from_the_next_header() {
+        let mut r = PduReader::new(limits(false, false));
+        let first = wire_pdu(b"abcd", 0, false, false);
+        let (events, data, _) = run(&mut r, &first[..50], 100);
+        assert_eq!(
+            (events, data),
+            (vec![Event::Header { data_len: 4 }], b"ab".to_vec())
+        );
+        r.set_limits(limits(true, true));
+        let (events, data, err) = run(&mut r, &first[50..], 100);
+        assert_eq!(
+            (events, data, err),
+            (vec![Event::Complete], b"cd".to_vec(), None)
+        );
+        let second = wire_pdu(b"xyz", 0, true, true);
+        let (events, _, err) = run(&mut r, &second, 100);
+        assert_eq!(err, None);
+        assert_eq!(events, vec![Event::Header { data_len: 3 }, Event::Complete]);
+        assert!(r.limits().data_digest);
     }
 
     #[test]
