@@ -156,10 +156,17 @@ fn check_key(key: &[u8], base: usize) -> Result<(), TextError> {
             len: key.len(),
         });
     }
-    match key.iter().position(|b| !is_key_char(*b)) {
-        Some(i) => Err(TextError::InvalidKeyChar {
+    // Public extension keys start with "X#" (RFC 7143 13.5.2); '#' is valid only there.
+    let skip = if key.starts_with(b"X#") { 2 } else { 0 };
+    let bad = key
+        .iter()
+        .enumerate()
+        .skip(skip)
+        .find(|(_, b)| !is_key_char(**b));
+    match bad {
+        Some((i, byte)) => Err(TextError::InvalidKeyChar {
             offset: base + i,
-            byte: key[i],
+            byte: *byte,
         }),
         None => Ok(()),
     }
@@ -556,6 +563,14 @@ mod tests {
             TextList::parse(b"A=\xff\0"),
             Err(TextError::ValueNotUtf8 { .. })
         ));
+        assert_eq!(TextList::parse(b"X#NodeArchitecture=x\0").unwrap().len(), 1);
+        assert_eq!(
+            TextList::parse(b"A#B=1\0"),
+            Err(TextError::InvalidKeyChar {
+                offset: 1,
+                byte: b'#'
+            })
+        );
     }
 
     #[test]
