@@ -15,6 +15,8 @@
 //! - Keys sent only by targets (`TargetAlias`, `TargetAddress`, `TargetPortalGroupTag`) are
 //!   answered `Reject` when an initiator sends them; `SendTargets` in login is `Irrelevant`.
 //! - CHAP keys (`CHAP_*`) are left to [`super::chap`]: the negotiator skips them.
+//! - A malformed MaxRecvDataSegmentLength declaration ends the login (it is declarative, so
+//!   there is no `Reject` answer for it).
 //! - When only MaxBurstLength is negotiated, below the default FirstBurstLength, the
 //!   FirstBurstLength in force is lowered to MaxBurstLength.
 
@@ -672,7 +674,9 @@ impl Negotiator {
     /// Our declarations: TargetPortalGroupTag in the first response of a normal session,
     /// MaxRecvDataSegmentLength once in the operational stage.
     fn declare(&mut self, stage: Stage, out: &mut dyn TextSink) -> Result<(), NegotiateError> {
-        if !self.first_done && self.params.session_type == SessionType::Normal {
+        // An initiator that sent TargetPortalGroupTag itself got `Reject` for it instead.
+        let tpgt_answered = self.was_seen(Key::TargetPortalGroupTag);
+        if !self.first_done && self.params.session_type == SessionType::Normal && !tpgt_answered {
             let tag = self.ours.target_portal_group_tag;
             out.push_fmt("TargetPortalGroupTag", format_args!("{tag}"))?;
         }
@@ -748,13 +752,13 @@ impl Negotiator {
                 true,
                 &mut p.data_sequence_in_order,
             ),
-            Key::MaxRecvDataSegmentLength => match number_in(def.rule, value) {
-                Some(n) => {
-                    p.initiator_max_recv_data_segment_length = n;
-                    Answer::Silent
-                }
-                None => Answer::Text("Reject"),
-            },
+            // A declaration: we answer with our own value (see `declare`), so a malformed one
+            // cannot be answered with Reject and ends the login.
+            Key::MaxRecvDataSegmentLength => {
+                p.initiator_max_recv_data_segment_length =
+                    number_in(def.rule, value).ok_or(NegotiateError::BadValue { key: def.name })?;
+                Answer::Silent
+            }
             Key::MaxConnections => numeric(def.rule, value, ours.max_connections.into(), |n| {
                 p.max_connections = clamp_u16(n)
             }),
@@ -964,7 +968,8 @@ pub fn parse_number(value: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iscsi::text::TextWriter;
+    use crate::iscsi::text::{OutgoingText, TextWriter};
+    use proptest::prelude::*;
 
     fn run(n: &mut Negotiator, stage: Stage, text: &[u8]) -> Result<String, NegotiateError> {
         let mut buf = vec![0u8; 8192];
@@ -1332,5 +1337,63 @@ TargetPortalGroupTag=1;MaxRecvDataSegmentLength=262144;"
         assert_eq!(parse_number("+1"), None);
         assert_eq!(parse_number(""), None);
         assert_eq!(parse_number("0x"), None);
+    }
+
+    fn pair_strategy() -> impl Strategy<Value = (String, String)> {
+        let names: Vec<&'static str> = KEYS
+            .iter()
+            .map(|d| d.name)
+            .chain(["X-a.b", "Bogus"])
+            .collect();
+        let values = prop_oneof![
+            Just("Yes".to_owned()),
+            Just("No".to_owned()),
+            Just("None,CRC32C".to_owned()),
+            Just("CHAP".to_owned()),
+            Just("Discovery".to_owned()),
+            Just("Reject".to_owned()),
+            "[0-9]{1,12}",
+            "0x[0-9a-f]{0,10}",
+            "[ -~]{0,40}",
+        ];
+        (
+            proptest::sample::select(names).prop_map(str::to_owned),
+            values,
+        )
+    }
+
+    proptest! {
+        /// Arbitrary key sets in arbitrary stages never panic; whatever we answer is valid
+        /// text with each key at most once.
+        #[test]
+        fn negotiation_never_panics(
+            requests in proptest::collection::vec(
+                (0u8..3, proptest::collection::btree_map("[a-z]{1}", pair_strategy(), 0..12)),
+                1..5,
+            ),
+            leading in any::<bool>(),
+        ) {
+            let mut n = Negotiator::new_leading(TargetLimits::default()).unwrap();
+            if !leading {
+                n = Negotiator::new_non_leading(TargetLimits::default(), &rfc_defaults()).unwrap();
+            }
+            for (stage, pairs) in requests {
+                let stage = [Stage::Security, Stage::Operational, Stage::FullFeature][usize::from(stage)];
+                let mut text = String::from("InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0");
+                let mut names = std::collections::BTreeSet::new();
+                for (key, value) in pairs.values() {
+                    if names.insert(key.clone()) && key != "InitiatorName" && key != "TargetName" {
+                        text.push_str(&format!("{key}={value}\0"));
+                    }
+                }
+                let Ok(list) = TextList::parse(text.as_bytes()) else { continue };
+                let mut out = OutgoingText::new(64 * 1024);
+                if n.negotiate(stage, &list, &mut out).is_ok() {
+                    let answered = TextList::parse(out.as_bytes());
+                    prop_assert!(answered.is_ok(), "{:?}", answered);
+                }
+            }
+            let _ = n.finish();
+        }
     }
 }
