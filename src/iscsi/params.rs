@@ -7,7 +7,8 @@
 //!
 //! Decisions where RFC 7143 leaves room:
 //! - `OFMarker`/`IFMarker` are answered `No`, `OFMarkInt`/`IFMarkInt` `Irrelevant` (the RFC 3720
-//!   answers that older initiators expect; RFC 7143 13.25 also allows these).
+//!   answers that older initiators expect; RFC 7143 13.25 prefers `Reject` for these obsolete
+//!   keys: change the `Constant` rows of [`KEYS`] to switch).
 //! - A leading-only key on a non-leading connection and a session-wide key the RFC marks
 //!   irrelevant for discovery sessions are answered `Irrelevant`.
 //! - Operational keys in the security stage, security keys in the operational stage, and a key
@@ -1103,6 +1104,30 @@ TaskReporting=Reject;MaxRecvDataSegmentLength=262144;"
         let p = n.finish().unwrap();
         assert_eq!((p.max_burst_length, p.first_burst_length), (262_144, 4096));
         assert_eq!(p.default_time2retain, 20);
+    }
+
+    #[test]
+    fn malformed_max_recv_data_segment_length_ends_login() {
+        let mut n = leading();
+        run(
+            &mut n,
+            Stage::Security,
+            b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0",
+        )
+        .unwrap();
+        let err = run(
+            &mut n,
+            Stage::Operational,
+            b"MaxRecvDataSegmentLength=100\0",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            NegotiateError::BadValue {
+                key: "MaxRecvDataSegmentLength"
+            }
+        );
+        assert_eq!(err.login_status(), LoginStatus::InitiatorError);
     }
 
     #[test]
