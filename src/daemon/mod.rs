@@ -2,7 +2,13 @@
 //! data threads, one per core, each own an io_uring ring, registered buffers and the connections
 //! handed to them (see ARCHITECTURE.md).
 
+pub mod conn;
+pub mod control;
+pub mod data;
+pub mod discovery;
+pub mod login;
 pub mod portal;
+pub mod ramdisk;
 pub mod runtime;
 pub mod uring;
 
@@ -182,8 +188,14 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     }
 }
 
+/// Registered buffers per data thread (each [`runtime::MAX_IO_BYTES`]): memory is bounded by
+/// this, not by load.
+pub const BUFFERS_PER_THREAD: usize = 128;
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    // Block the stop signals before any thread starts, so that only the control thread sees them.
+    let signals = control::signal_fd()?;
     let ds = open_datastore(&opts)?;
     let cfg = ds.load_config()?;
     let interfaces = portal::interface_addrs()?;
@@ -208,7 +220,20 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             running.portal_groups[*pg].name
         );
     }
-    Err(DaemonError::Io(std::io::Error::other(
-        "the iSCSI service is not built yet",
-    )))
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let n = opts.cores.unwrap_or_else(|| cores.len().max(1));
+    let mut threads = Vec::with_capacity(n);
+    for i in 0..n {
+        let core = if cores.is_empty() {
+            None
+        } else {
+            Some(cores[i % cores.len()])
+        };
+        threads.push(data::DataThread::spawn(i, core, BUFFERS_PER_THREAD)?);
+    }
+    tracing::info!("{n} data threads ready");
+    let control = control::Control::new(std::sync::Arc::new(running), listeners, threads, signals)?;
+    control.run();
+    tracing::info!("stopped");
+    Ok(())
 }

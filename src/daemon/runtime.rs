@@ -5,10 +5,15 @@
 use super::portal::{self, InterfaceAddr};
 use crate::config::{AuthSettings, AuthType, Backend, Config, LunBody};
 use crate::datastore::{Datastore, lun_body};
+use crate::scsi::{DeviceServer, LunInfo};
 use crate::vmdk::{self, ExtentMap};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+/// The largest single I/O (bytes): one registered buffer. Advertised as the Block Limits maximum
+/// transfer length.
+pub const MAX_IO_BYTES: usize = 256 << 10;
 
 /// Why the running configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +96,7 @@ pub enum Backing {
         direct: bool,
     },
     /// Memory (ctl.conf `backend ramdisk`), for protocol benchmarks.
-    Ramdisk { size: u64 },
+    Ramdisk { mem: super::ramdisk::RamDisk },
 }
 
 /// A LUN as served.
@@ -119,6 +124,10 @@ pub struct TargetRt {
     pub redirect: Option<String>,
     pub owner_id: Option<String>,
     pub luns: Vec<Arc<LunRt>>,
+    /// Every portal of the target's portal groups: address and portal group tag.
+    pub portals: Vec<(SocketAddr, u16)>,
+    /// The SCSI device server of the target's LUNs.
+    pub server: DeviceServer,
 }
 
 /// The whole running configuration.
@@ -291,7 +300,7 @@ pub fn build(
                 .map(|p| p.portal_group.name.as_str())
                 .collect()
         };
-        let pgs = pg_names
+        let pgs: Vec<usize> = pg_names
             .iter()
             .filter_map(|n| portal_groups.iter().position(|p| &p.name == n))
             .collect();
@@ -309,7 +318,22 @@ pub fn build(
             })?;
             luns.push(Arc::new(lun));
         }
+        let portals = pgs
+            .iter()
+            .flat_map(|&i: &usize| {
+                let pg = &portal_groups[i];
+                pg.addrs.iter().map(move |a| (*a, pg.tag))
+            })
+            .collect();
+        let infos = luns
+            .iter()
+            .map(|l| lun_info(l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let server = DeviceServer::new(infos)
+            .map_err(|e| RuntimeError::Other(format!("target {}: {e}", t.name)))?;
         targets.push(Arc::new(TargetRt {
+            portals,
+            server,
             name: t.name.clone(),
             alias: t.alias.as_ref().map(|a| a.name.clone()),
             auth,
@@ -349,8 +373,9 @@ fn open_lun(
                 .size
                 .map(|(s, _)| s)
                 .ok_or("a ramdisk LUN needs a size")?;
+            let mem = super::ramdisk::RamDisk::new(size).map_err(|e| e.to_string())?;
             (
-                Backing::Ramdisk { size },
+                Backing::Ramdisk { mem },
                 size,
                 false,
                 format!("{target}/{id}"),
@@ -425,6 +450,19 @@ fn open_lun(
         identity,
         backing,
     })
+}
+
+/// The SCSI view of a LUN.
+fn lun_info(l: &LunRt) -> Result<LunInfo, RuntimeError> {
+    let id = u16::try_from(l.id)
+        .map_err(|_| RuntimeError::Other(format!("LUN id {} too large", l.id)))?;
+    let mut info = LunInfo::new(id, l.block_size, l.num_blocks, l.identity, &l.serial);
+    info.read_only = l.read_only;
+    // Honest write cache reporting: buffered extents have a cache that SYNCHRONIZE CACHE flushes.
+    info.write_cache_enabled = !matches!(l.backing, Backing::Vmdk { direct: true, .. });
+    info.max_transfer_blocks = (MAX_IO_BYTES as u32 / l.block_size).max(1);
+    info.optimal_transfer_blocks = info.max_transfer_blocks;
+    Ok(info)
 }
 
 /// A summary for the startup log.

@@ -1,0 +1,1142 @@
+//! One iSCSI connection in full feature phase, sans I/O: PDUs in, PDUs and backing-store
+//! requests out. The data thread owns the socket, the ring and the buffer pool and drives this
+//! state machine; everything here is plain logic that unit tests can run without sockets.
+//!
+//! Flow of a command:
+//! - READ-like: the CDB is executed at once; a media read becomes an [`IoRequest`] the thread
+//!   performs into the task's registered buffer, then Data-In PDUs are queued that point into that
+//!   same buffer (the last one carrying the status when there is no sense).
+//! - WRITE-like: immediate data, unsolicited Data-Out and R2T-solicited Data-Out land in the
+//!   task's buffer; when all of it is in, the write is issued; the SCSI Response follows its
+//!   completion.
+//!
+//! Sequence numbers: CmdSN is checked against the window [ExpCmdSN, MaxCmdSN] (commands outside
+//! it are dropped, as RFC 7143 says), StatSN advances on every status-bearing PDU, DataSN per
+//! Data-In of a task, R2TSN per R2T of a task.
+
+use super::runtime::TargetRt;
+use super::uring::{BufId, BufferPool};
+use crate::iscsi::digest::{Crc32c, DIGEST_LEN, padding_for};
+use crate::iscsi::params::SessionParams;
+use crate::iscsi::pdu::{
+    self, BHS_LEN, DataIn, InitiatorPdu, LogoutResponse, NopIn, R2t, Reject, RejectReason,
+    ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse, TextResponse,
+};
+use crate::scsi::opcodes::{self, MediaAccess};
+use crate::scsi::sense::FieldPointer;
+use crate::scsi::{
+    self, Completion, IoKind, IoRequest, IoResult, Nexus, Outcome, Request, SenseReason, Status,
+};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// The reserved tag value (RFC 7143 11.2.1.8).
+pub const RESERVED_TAG: u32 = 0xffff_ffff;
+
+/// Largest sense data carried in a SCSI Response (2-byte length + sense).
+const MAX_SENSE_SEGMENT: usize = 2 + 252;
+
+/// Where the data segment of the PDU being received goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataDest {
+    /// Into a task's registered buffer at this offset.
+    Slot { buf: BufId, offset: usize },
+    /// Into the connection's small inline buffer (Text, NOP-Out).
+    Inline,
+    /// Nowhere (data we must absorb but do not use).
+    Discard,
+}
+
+/// The data segment of an outgoing PDU.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "sense stays inline: no heap allocation per response")]
+pub enum OutData {
+    None,
+    /// Bytes of a task's registered buffer (Data-In sent from the buffer the read filled).
+    Slot {
+        buf: BufId,
+        offset: usize,
+        len: usize,
+    },
+    /// Sense data (with its 2-byte length), inline.
+    Sense {
+        bytes: [u8; MAX_SENSE_SEGMENT],
+        len: usize,
+    },
+    /// Anything else (text responses, NOP-In ping data, a rejected header): rare paths.
+    Bytes(Vec<u8>),
+}
+
+/// An outgoing PDU: the header (with its digest when negotiated), the data and the padding/digest
+/// trailer. It stays where it is while the send is in flight.
+#[derive(Debug)]
+pub struct OutPdu {
+    pub header: [u8; BHS_LEN + DIGEST_LEN],
+    pub header_len: usize,
+    pub data: OutData,
+    pub trailer: [u8; 3 + DIGEST_LEN],
+    pub trailer_len: usize,
+    /// The task whose buffer `data` points into (released when the task's last PDU is sent).
+    pub task: Option<u16>,
+    /// Close the connection once this PDU is sent (Logout Response).
+    pub close_after: bool,
+}
+
+/// What the connection asks of the data thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoWork {
+    pub task: u16,
+    pub buf: BufId,
+    pub req: IoRequest,
+}
+
+/// A fatal protocol error: the connection must be closed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskState {
+    /// Collecting Data-Out.
+    Receiving,
+    /// Backing-store I/O in flight.
+    Io,
+    /// Response queued; waiting for sends that point into the buffer.
+    Sending,
+}
+
+#[derive(Debug)]
+struct Task {
+    itt: u32,
+    lun: u64,
+    cdb: [u8; 16],
+    edtl: u32,
+    buf: Option<BufId>,
+    state: TaskState,
+    /// A media write already validated (execute returned this request before data arrived).
+    io: Option<IoRequest>,
+    /// Data-out bytes wanted in the buffer.
+    want: u32,
+    received: u32,
+    /// Where the next R2T starts, and R2Ts outstanding.
+    next_r2t: u32,
+    r2t_outstanding: u16,
+    r2t_sn: u32,
+    ttt: u32,
+    /// Expected DataSN of the next Data-Out of the current sequence.
+    data_out_sn: u32,
+    sends_pending: u16,
+    aborted: bool,
+}
+
+/// Sequence numbers of the session (one connection per session: MaxConnections=1).
+#[derive(Debug, Clone, Copy)]
+pub struct SeqNums {
+    pub stat_sn: u32,
+    pub exp_cmd_sn: u32,
+}
+
+/// A full-feature-phase connection of a normal session.
+pub struct Conn {
+    pub params: SessionParams,
+    /// The session's target; `None` in a discovery session.
+    pub target: Option<Arc<TargetRt>>,
+    /// What SendTargets=All answers in a discovery session.
+    pub visible: Vec<super::discovery::TargetEntry>,
+    pub nexus: Nexus,
+    seq: SeqNums,
+    /// Commands allowed in flight: MaxCmdSN = ExpCmdSN + depth - 1.
+    depth: u32,
+    tasks: Vec<Option<Task>>,
+    next_ttt: u32,
+    pub out: VecDeque<OutPdu>,
+    pub io: VecDeque<IoWork>,
+    /// Data segment of the PDU being received when [`DataDest::Inline`].
+    pub inline: Vec<u8>,
+    /// The destination chosen for the current PDU's data segment.
+    pub dest: DataDest,
+    /// Text request continuation, bounded.
+    text: Vec<u8>,
+    /// Set after a Logout Response is queued: accept no more commands.
+    logging_out: bool,
+    /// The task a write command's header created (its immediate data is arriving).
+    header_task: Option<usize>,
+    /// A text response longer than the initiator's MaxRecvDataSegmentLength: what is left, and
+    /// the TTT its continuation requests carry.
+    text_out: Option<(Vec<u8>, usize, u32)>,
+    /// The address the initiator connected to (for SendTargets on wildcard portals).
+    pub local_addr: Option<std::net::SocketAddr>,
+    /// Identifies the session for reinstatement.
+    pub session_id: u64,
+}
+
+impl Conn {
+    /// A connection that completed login with `seq` (StatSN to use next, ExpCmdSN expected).
+    pub fn new(
+        params: SessionParams,
+        target: Option<Arc<TargetRt>>,
+        nexus: Nexus,
+        seq: SeqNums,
+        depth: u16,
+    ) -> Self {
+        let depth = depth.max(1);
+        let inline_cap = params.target_max_recv_data_segment_length.min(1 << 20) as usize;
+        Conn {
+            params,
+            target,
+            visible: Vec::new(),
+            nexus,
+            seq,
+            depth: u32::from(depth),
+            tasks: (0..depth).map(|_| None).collect(),
+            next_ttt: 1,
+            out: VecDeque::with_capacity(usize::from(depth) * 2),
+            io: VecDeque::with_capacity(usize::from(depth)),
+            inline: Vec::with_capacity(inline_cap),
+            dest: DataDest::Discard,
+            text: Vec::new(),
+            logging_out: false,
+            header_task: None,
+            text_out: None,
+            local_addr: None,
+            session_id: 0,
+        }
+    }
+
+    fn max_cmd_sn(&self) -> u32 {
+        let busy = self.tasks.iter().filter(|t| t.is_some()).count() as u32;
+        self.seq
+            .exp_cmd_sn
+            .wrapping_add(self.depth.saturating_sub(busy))
+            .wrapping_sub(1)
+    }
+
+    /// Whether any task still holds a buffer or awaits I/O (the connection can't be freed yet).
+    pub fn busy(&self) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| t.as_ref().is_some_and(|t| t.state != TaskState::Receiving))
+    }
+
+    // ---------------------------------------------------------------- receiving
+
+    /// Called when a PDU's header (and AHS) has been read and its data segment follows: chooses
+    /// where the data goes. `bhs` is the header.
+    pub fn on_header(
+        &mut self,
+        bhs: &[u8; BHS_LEN],
+        data_len: u32,
+        pool: &mut BufferPool,
+    ) -> DataDest {
+        self.inline.clear();
+        self.header_task = None;
+        self.dest = match InitiatorPdu::decode(bhs) {
+            Ok(InitiatorPdu::ScsiCommand(cmd)) if cmd.write => {
+                self.begin_write(&cmd, data_len, pool)
+            }
+            Ok(InitiatorPdu::DataOut(d)) => self.data_out_dest(&d, data_len),
+            Ok(InitiatorPdu::Text(_))
+            | Ok(InitiatorPdu::NopOut(_))
+            | Ok(InitiatorPdu::Login(_))
+                if data_len as usize <= self.inline.capacity() =>
+            {
+                DataDest::Inline
+            }
+            _ => DataDest::Discard,
+        };
+        self.dest
+    }
+
+    /// A write command's header arrived with immediate data: set up its task now so the data can
+    /// land in the task's buffer.
+    fn begin_write(&mut self, cmd: &ScsiCommand, data_len: u32, pool: &mut BufferPool) -> DataDest {
+        if self.find_itt(cmd.itt).is_some() || !self.cmd_sn_acceptable(cmd.immediate, cmd.cmd_sn) {
+            return DataDest::Discard;
+        }
+        let i = self.new_task(cmd, pool);
+        self.header_task = i;
+        match i {
+            Some(i) => match self.tasks[i].as_ref().and_then(|t| t.buf) {
+                Some(buf) if (data_len as usize) <= pool.slot_size() => {
+                    DataDest::Slot { buf, offset: 0 }
+                }
+                _ => DataDest::Discard,
+            },
+            None => DataDest::Discard,
+        }
+    }
+
+    fn data_out_dest(&mut self, d: &pdu::DataOut, data_len: u32) -> DataDest {
+        let Some(i) = self.find_data_out_task(d) else {
+            return DataDest::Discard;
+        };
+        let Some(t) = self.tasks[i].as_ref() else {
+            return DataDest::Discard;
+        };
+        let end = u64::from(d.buffer_offset) + u64::from(data_len);
+        match t.buf {
+            Some(buf) if t.state == TaskState::Receiving && end <= u64::from(t.want) => {
+                DataDest::Slot {
+                    buf,
+                    offset: d.buffer_offset as usize,
+                }
+            }
+            _ => DataDest::Discard,
+        }
+    }
+
+    fn find_itt(&self, itt: u32) -> Option<usize> {
+        self.tasks
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.itt == itt))
+    }
+
+    fn find_data_out_task(&self, d: &pdu::DataOut) -> Option<usize> {
+        if d.ttt == RESERVED_TAG {
+            self.find_itt(d.itt)
+        } else {
+            self.tasks
+                .iter()
+                .position(|t| t.as_ref().is_some_and(|t| t.ttt == d.ttt && t.itt == d.itt))
+        }
+    }
+
+    /// Whether a command's CmdSN lies in the window (immediate commands are not counted).
+    fn cmd_sn_acceptable(&self, immediate: bool, cmd_sn: u32) -> bool {
+        if immediate {
+            return true;
+        }
+        cmd_sn == self.seq.exp_cmd_sn
+    }
+
+    /// Called when a whole PDU has been read (data, if any, already at `self.dest`).
+    pub fn on_pdu(&mut self, bhs: &[u8; BHS_LEN], pool: &mut BufferPool) -> Result<(), Fatal> {
+        let pdu = match InitiatorPdu::decode(bhs) {
+            Ok(p) => p,
+            Err(_) => {
+                self.reject(RejectReason::CommandNotSupported, bhs);
+                return Ok(());
+            }
+        };
+        match pdu {
+            InitiatorPdu::ScsiCommand(_) | InitiatorPdu::TaskMgmt(_) | InitiatorPdu::DataOut(_)
+                if self.target.is_none() =>
+            {
+                self.reject(RejectReason::ProtocolError, bhs)
+            }
+            InitiatorPdu::ScsiCommand(cmd) => self.on_command(&cmd, bhs, pool),
+            InitiatorPdu::DataOut(d) => self.on_data_out(&d, bhs, pool),
+            InitiatorPdu::NopOut(n) => self.on_nop_out(&n),
+            InitiatorPdu::TaskMgmt(t) => self.on_tmf(&t, pool),
+            InitiatorPdu::Text(t) => self.on_text(&t),
+            InitiatorPdu::Logout(l) => self.on_logout(&l),
+            InitiatorPdu::Login(_) => {
+                return Err(Fatal("login request in full feature phase".into()));
+            }
+            InitiatorPdu::Snack(_) => self.reject(RejectReason::SnackReject, bhs),
+        }
+        Ok(())
+    }
+
+    /// Advances ExpCmdSN for a non-immediate command; false when the command must be dropped.
+    fn take_cmd_sn(&mut self, immediate: bool, cmd_sn: u32) -> bool {
+        if immediate {
+            return true;
+        }
+        if cmd_sn != self.seq.exp_cmd_sn {
+            tracing::debug!(
+                cmd_sn,
+                exp = self.seq.exp_cmd_sn,
+                "CmdSN outside the window: dropped"
+            );
+            return false;
+        }
+        self.seq.exp_cmd_sn = self.seq.exp_cmd_sn.wrapping_add(1);
+        true
+    }
+
+    fn new_task(&mut self, cmd: &ScsiCommand, pool: &mut BufferPool) -> Option<usize> {
+        let i = self.tasks.iter().position(Option::is_none)?;
+        let buf = if cmd.expected_data_length > 0 || cmd.read {
+            Some(pool.alloc()?)
+        } else {
+            None
+        };
+        let ttt = self.fresh_ttt();
+        self.tasks[i] = Some(Task {
+            itt: cmd.itt,
+            lun: cmd.lun,
+            cdb: cmd.cdb,
+            edtl: cmd.expected_data_length,
+            buf,
+            state: TaskState::Receiving,
+            io: None,
+            want: 0,
+            received: 0,
+            next_r2t: 0,
+            r2t_outstanding: 0,
+            r2t_sn: 0,
+            ttt,
+            data_out_sn: 0,
+            sends_pending: 0,
+            aborted: false,
+        });
+        Some(i)
+    }
+
+    fn on_command(&mut self, cmd: &ScsiCommand, bhs: &[u8; BHS_LEN], pool: &mut BufferPool) {
+        if self.logging_out {
+            return;
+        }
+        let existing = self.header_task.take();
+        if !self.take_cmd_sn(cmd.immediate, cmd.cmd_sn) {
+            if let Some(i) = existing {
+                self.free_task(i, pool);
+            }
+            return;
+        }
+        let i = match existing {
+            Some(i) => i,
+            None => {
+                if self.find_itt(cmd.itt).is_some() {
+                    self.reject(RejectReason::TaskInProgress, bhs);
+                    return;
+                }
+                match self.new_task(cmd, pool) {
+                    Some(i) => i,
+                    None => {
+                        // No task slot or buffer: TASK SET FULL, the initiator retries.
+                        self.queue_response(
+                            cmd.itt,
+                            cmd.expected_data_length,
+                            Status::TaskSetFull,
+                            None,
+                            0,
+                            0,
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        if cmd.write && cmd.expected_data_length > 0 {
+            self.start_write(i, cmd, pool);
+        } else {
+            self.run_command(i, &[], pool);
+        }
+    }
+
+    /// Decides how much data-out to collect and asks for the rest with R2Ts.
+    fn start_write(&mut self, i: usize, cmd: &ScsiCommand, pool: &mut BufferPool) {
+        let Some(t) = self.tasks[i].as_mut() else {
+            return;
+        };
+        let immediate = cmd.data_segment_length.min(cmd.expected_data_length);
+        let is_media_write =
+            opcodes::find(&t.cdb).is_ok_and(|info| info.media == MediaAccess::Write);
+        if is_media_write {
+            // Validate first: a bad write fails before any data moves through R2T.
+            let req = Request {
+                lun: t.lun.to_be_bytes(),
+                cdb: &t.cdb,
+                data_out: &[],
+            };
+            let Some(target) = self.target.as_ref() else {
+                return;
+            };
+            match scsi::execute(&target.server, &mut self.nexus, &req, &mut []) {
+                Outcome::Done(c) => {
+                    let (itt, edtl) = (t.itt, t.edtl);
+                    self.free_task(i, pool);
+                    self.queue_completion(itt, edtl, &c, None, 0);
+                    return;
+                }
+                Outcome::Io(io) => {
+                    t.io = Some(io);
+                    t.want = (io.data_out_len as u32).min(cmd.expected_data_length);
+                }
+            }
+        } else {
+            t.want = cmd.expected_data_length;
+        }
+        if t.want as usize > pool.slot_size() {
+            let (itt, edtl) = (t.itt, t.edtl);
+            self.free_task(i, pool);
+            let c = Completion::check(SenseReason::InvalidFieldInCdb(FieldPointer::byte(0)));
+            self.queue_completion(itt, edtl, &c, None, 0);
+            return;
+        }
+        t.received = immediate.min(t.want);
+        // Unsolicited data may follow (InitialR2T=No) up to FirstBurstLength.
+        let unsolicited_end = if self.params.initial_r2t {
+            t.received
+        } else {
+            self.params.first_burst_length.min(t.want).max(t.received)
+        };
+        t.next_r2t = unsolicited_end;
+        self.send_r2ts(i);
+        self.maybe_write_ready(i, pool);
+    }
+
+    /// Issues R2Ts up to MaxOutstandingR2T, each at most MaxBurstLength.
+    fn send_r2ts(&mut self, i: usize) {
+        let (max_burst, max_out) = (
+            self.params.max_burst_length.max(512),
+            self.params.max_outstanding_r2t.max(1),
+        );
+        loop {
+            let Some(t) = self.tasks[i].as_mut() else {
+                return;
+            };
+            if t.next_r2t >= t.want || t.r2t_outstanding >= max_out {
+                return;
+            }
+            let len = (t.want - t.next_r2t).min(max_burst);
+            let r2t = R2t {
+                lun: t.lun,
+                itt: t.itt,
+                ttt: t.ttt,
+                r2t_sn: t.r2t_sn,
+                buffer_offset: t.next_r2t,
+                desired_length: len,
+                ..Default::default()
+            };
+            t.next_r2t += len;
+            t.r2t_sn = t.r2t_sn.wrapping_add(1);
+            t.r2t_outstanding += 1;
+            let mut bhs = [0u8; BHS_LEN];
+            let (stat_sn, exp, max) = (self.seq.stat_sn, self.seq.exp_cmd_sn, self.max_cmd_sn());
+            let r2t = R2t {
+                stat_sn,
+                exp_cmd_sn: exp,
+                max_cmd_sn: max,
+                ..r2t
+            };
+            r2t.encode(&mut bhs);
+            self.push(bhs, OutData::None, None, false);
+        }
+    }
+
+    fn on_data_out(&mut self, d: &pdu::DataOut, bhs: &[u8; BHS_LEN], pool: &mut BufferPool) {
+        let Some(i) = self.find_data_out_task(d) else {
+            // Data for a task that already ended (e.g. failed before its data): absorbed.
+            return;
+        };
+        let Some(t) = self.tasks[i].as_mut() else {
+            return;
+        };
+        if t.state != TaskState::Receiving
+            || self.dest == DataDest::Discard && d.data_segment_length > 0
+        {
+            self.reject(RejectReason::ProtocolError, bhs);
+            return;
+        }
+        if d.data_sn != t.data_out_sn {
+            tracing::debug!(
+                itt = t.itt,
+                got = d.data_sn,
+                want = t.data_out_sn,
+                "Data-Out DataSN out of order"
+            );
+            self.reject(RejectReason::ProtocolError, bhs);
+            return;
+        }
+        t.data_out_sn = t.data_out_sn.wrapping_add(1);
+        t.received = t.received.saturating_add(d.data_segment_length).min(t.want);
+        if d.final_bit {
+            t.data_out_sn = 0;
+            if d.ttt != RESERVED_TAG {
+                t.r2t_outstanding = t.r2t_outstanding.saturating_sub(1);
+            }
+        }
+        self.send_r2ts(i);
+        self.maybe_write_ready(i, pool);
+    }
+
+    /// When every wanted byte is in, runs the command (a media write becomes backing-store I/O).
+    fn maybe_write_ready(&mut self, i: usize, pool: &mut BufferPool) {
+        let Some(t) = self.tasks[i].as_ref() else {
+            return;
+        };
+        if t.state != TaskState::Receiving || t.received < t.want {
+            return;
+        }
+        match (t.io, t.buf) {
+            (Some(io), Some(buf)) => {
+                if (t.want as usize) < io.data_out_len {
+                    // The initiator sends less than the CDB asks for: nothing is written.
+                    let (itt, edtl) = (t.itt, t.edtl);
+                    let c =
+                        Completion::check(SenseReason::InvalidFieldInCdb(FieldPointer::byte(0)));
+                    self.free_task(i, pool);
+                    self.queue_completion(itt, edtl, &c, None, 0);
+                    return;
+                }
+                if let Some(t) = self.tasks[i].as_mut() {
+                    t.state = TaskState::Io;
+                }
+                self.io.push_back(IoWork {
+                    task: i as u16,
+                    buf,
+                    req: io,
+                });
+            }
+            (_, buf) => {
+                let want = t.want as usize;
+                let data: Vec<u8> = match buf {
+                    Some(b) => pool.slice(b).get(..want).unwrap_or(&[]).to_vec(),
+                    None => Vec::new(),
+                };
+                self.run_command(i, &data, pool);
+            }
+        }
+    }
+
+    /// Executes a command whose data-out (if any) is complete.
+    fn run_command(&mut self, i: usize, data_out: &[u8], pool: &mut BufferPool) {
+        let Some(t) = self.tasks[i].as_mut() else {
+            return;
+        };
+        let Some(target) = self.target.as_ref() else {
+            return;
+        };
+        let req = Request {
+            lun: t.lun.to_be_bytes(),
+            cdb: &t.cdb,
+            data_out,
+        };
+        let outcome = match t.buf {
+            Some(b) => scsi::execute(&target.server, &mut self.nexus, &req, pool.slice(b)),
+            None => scsi::execute(&target.server, &mut self.nexus, &req, &mut []),
+        };
+        match outcome {
+            Outcome::Done(c) => self.finish(i, &c),
+            Outcome::Io(io) => match t.buf {
+                Some(buf) if io.byte_len <= pool.slot_size() => {
+                    t.state = TaskState::Io;
+                    t.io = Some(io);
+                    self.io.push_back(IoWork {
+                        task: i as u16,
+                        buf,
+                        req: io,
+                    });
+                }
+                _ => {
+                    let c =
+                        Completion::check(SenseReason::InvalidFieldInCdb(FieldPointer::byte(0)));
+                    self.finish(i, &c);
+                }
+            },
+        }
+    }
+
+    /// The data thread finished a task's backing-store I/O.
+    pub fn io_done(&mut self, task: u16, result: IoResult, pool: &mut BufferPool) {
+        let i = usize::from(task);
+        let Some(t) = self.tasks.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(io) = t.io else { return };
+        if t.aborted {
+            self.free_task(i, pool);
+            return;
+        }
+        let c = scsi::complete_io(&io, result);
+        self.finish(i, &c);
+    }
+
+    /// Queues the response of a finished task: Data-In from its buffer, then status.
+    fn finish(&mut self, i: usize, c: &Completion) {
+        let Some(t) = self.tasks[i].as_mut() else {
+            return;
+        };
+        t.state = TaskState::Sending;
+        let (itt, edtl, buf) = (t.itt, t.edtl, t.buf);
+        let read_like = !matches!(
+            t.io.map(|io| io.kind),
+            Some(IoKind::Write | IoKind::WriteVerify { .. })
+        );
+        let produced = if read_like { c.data_len } else { 0 };
+        self.queue_completion(itt, edtl, c, buf.map(|b| (b, i as u16)), produced);
+        if let Some(t) = self.tasks[i].as_ref()
+            && t.sends_pending == 0
+        {
+            self.tasks[i] = None;
+        }
+    }
+
+    /// Queues Data-In (split at the initiator's MaxRecvDataSegmentLength, sequences at
+    /// MaxBurstLength) and the status, carried in the last Data-In when there is no sense.
+    fn queue_completion(
+        &mut self,
+        itt: u32,
+        edtl: u32,
+        c: &Completion,
+        buf: Option<(BufId, u16)>,
+        produced: usize,
+    ) {
+        let sent = produced.min(edtl as usize);
+        let (under, over, residual) = match produced.cmp(&(edtl as usize)) {
+            std::cmp::Ordering::Less => (true, false, edtl - produced as u32),
+            std::cmp::Ordering::Greater => (
+                false,
+                true,
+                (produced - edtl as usize).min(u32::MAX as usize) as u32,
+            ),
+            std::cmp::Ordering::Equal => (false, false, 0),
+        };
+        let (under, over, residual) = if buf.is_none() && produced == 0 && edtl > 0 {
+            (true, false, edtl)
+        } else {
+            (under, over, residual)
+        };
+        let status_in_data = c.sense.is_none() && sent > 0;
+        if let Some((b, task)) = buf.filter(|_| sent > 0) {
+            let mrdsl = self.params.initiator_max_recv_data_segment_length.max(512) as usize;
+            let burst = self.params.max_burst_length.max(512) as usize;
+            let mut offset = 0;
+            let mut data_sn = 0u32;
+            while offset < sent {
+                let burst_end = ((offset / burst) + 1) * burst;
+                let len = (sent - offset).min(mrdsl).min(burst_end - offset);
+                let last = offset + len == sent;
+                let mut d = DataIn {
+                    final_bit: last || offset + len == burst_end,
+                    itt,
+                    ttt: RESERVED_TAG,
+                    data_sn,
+                    buffer_offset: offset as u32,
+                    exp_cmd_sn: self.seq.exp_cmd_sn,
+                    max_cmd_sn: self.max_cmd_sn(),
+                    ..Default::default()
+                };
+                if last && status_in_data {
+                    d.status_present = true;
+                    d.final_bit = true;
+                    d.status = c.status as u8;
+                    d.underflow = under;
+                    d.overflow = over;
+                    d.residual_count = residual;
+                    d.stat_sn = self.next_stat_sn();
+                }
+                d.data_segment_length = len as u32;
+                let mut bhs = [0u8; BHS_LEN];
+                d.encode(&mut bhs);
+                if let Some(t) = self
+                    .tasks
+                    .get_mut(usize::from(task))
+                    .and_then(Option::as_mut)
+                {
+                    t.sends_pending += 1;
+                }
+                self.push(
+                    bhs,
+                    OutData::Slot {
+                        buf: b,
+                        offset,
+                        len,
+                    },
+                    Some(task),
+                    false,
+                );
+                data_sn = data_sn.wrapping_add(1);
+                offset += len;
+            }
+        }
+        if !status_in_data {
+            self.queue_response(
+                itt,
+                edtl,
+                c.status,
+                c.sense.as_ref().map(|s| s.as_bytes()),
+                residual,
+                if under {
+                    1
+                } else if over {
+                    2
+                } else {
+                    0
+                },
+            );
+        }
+    }
+
+    /// A SCSI Response PDU. `flow`: 0 none, 1 underflow, 2 overflow.
+    fn queue_response(
+        &mut self,
+        itt: u32,
+        _edtl: u32,
+        status: Status,
+        sense: Option<&[u8]>,
+        residual: u32,
+        flow: u8,
+    ) {
+        let mut r = ScsiResponse {
+            status: status as u8,
+            itt,
+            underflow: flow == 1,
+            overflow: flow == 2,
+            residual_count: if flow == 0 { 0 } else { residual },
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.seq.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn(),
+            ..Default::default()
+        };
+        let data = match sense {
+            Some(s) => {
+                let mut bytes = [0u8; MAX_SENSE_SEGMENT];
+                let n = s.len().min(MAX_SENSE_SEGMENT - 2);
+                bytes[..2].copy_from_slice(&(n as u16).to_be_bytes());
+                bytes[2..2 + n].copy_from_slice(&s[..n]);
+                r.data_segment_length = (n + 2) as u32;
+                OutData::Sense { bytes, len: n + 2 }
+            }
+            None => OutData::None,
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        r.encode(&mut bhs);
+        self.push(bhs, data, None, false);
+    }
+
+    fn next_stat_sn(&mut self) -> u32 {
+        let s = self.seq.stat_sn;
+        self.seq.stat_sn = s.wrapping_add(1);
+        s
+    }
+
+    /// Releases a task and its buffer (only when nothing in flight points into the buffer).
+    fn free_task(&mut self, i: usize, pool: &mut BufferPool) {
+        if let Some(t) = self.tasks.get_mut(i).and_then(Option::take)
+            && let Some(b) = t.buf
+        {
+            pool.release(b);
+        }
+    }
+
+    /// The data thread sent a PDU: a task whose last Data-In went out is released.
+    pub fn sent(&mut self, pdu: &OutPdu, pool: &mut BufferPool) {
+        let Some(task) = pdu.task else { return };
+        let i = usize::from(task);
+        let Some(t) = self.tasks.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
+        t.sends_pending = t.sends_pending.saturating_sub(1);
+        if t.sends_pending == 0 && t.state == TaskState::Sending {
+            self.free_task(i, pool);
+        }
+    }
+
+    /// The LUN field of a task.
+    pub fn task_lun(&self, task: u16) -> u64 {
+        self.tasks
+            .get(usize::from(task))
+            .and_then(Option::as_ref)
+            .map_or(0, |t| t.lun)
+    }
+
+    /// Frees every task and buffer (the connection is going away; nothing is in flight).
+    pub fn release_all(&mut self, pool: &mut BufferPool) {
+        for i in 0..self.tasks.len() {
+            self.free_task(i, pool);
+        }
+    }
+
+    // ---------------------------------------------------------------- other PDUs
+
+    fn on_nop_out(&mut self, n: &pdu::NopOut) {
+        if !self.take_cmd_sn(n.immediate, n.cmd_sn) {
+            return;
+        }
+        if n.itt == RESERVED_TAG {
+            return; // an answer to our ping
+        }
+        let data = std::mem::take(&mut self.inline);
+        let nop = NopIn {
+            lun: n.lun,
+            itt: n.itt,
+            ttt: RESERVED_TAG,
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.seq.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn(),
+            data_segment_length: data.len() as u32,
+            ..Default::default()
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        nop.encode(&mut bhs);
+        self.push(
+            bhs,
+            if data.is_empty() {
+                OutData::None
+            } else {
+                OutData::Bytes(data)
+            },
+            None,
+            false,
+        );
+        self.inline = Vec::with_capacity(
+            self.params.target_max_recv_data_segment_length.min(1 << 20) as usize,
+        );
+    }
+
+    /// A target-initiated NOP-In ping (the idle timer's probe).
+    pub fn ping(&mut self) {
+        let nop = NopIn {
+            lun: 0,
+            itt: RESERVED_TAG,
+            ttt: 0x7fff_fffe,
+            stat_sn: self.seq.stat_sn,
+            exp_cmd_sn: self.seq.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn(),
+            ..Default::default()
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        nop.encode(&mut bhs);
+        self.push(bhs, OutData::None, None, false);
+    }
+
+    fn on_tmf(&mut self, t: &TaskMgmtRequest, pool: &mut BufferPool) {
+        if !self.take_cmd_sn(t.immediate, t.cmd_sn) {
+            return;
+        }
+        use crate::iscsi::pdu::TmfFunction as F;
+        let function = F::from_u8(t.function);
+        let response: u8 = match function {
+            Some(F::AbortTask) => match self.find_itt(t.referenced_task_tag) {
+                Some(i) => {
+                    self.abort(i, pool);
+                    0
+                }
+                None => 1, // task does not exist (also the answer when it already completed)
+            },
+            Some(F::AbortTaskSet) | Some(F::ClearTaskSet) => {
+                for i in 0..self.tasks.len() {
+                    if self.tasks[i].as_ref().is_some_and(|x| x.lun == t.lun) {
+                        self.abort(i, pool);
+                    }
+                }
+                0
+            }
+            Some(F::LogicalUnitReset) | Some(F::TargetWarmReset) => {
+                let lun_only = function == Some(F::LogicalUnitReset);
+                for i in 0..self.tasks.len() {
+                    if self.tasks[i]
+                        .as_ref()
+                        .is_some_and(|x| !lun_only || x.lun == t.lun)
+                    {
+                        self.abort(i, pool);
+                    }
+                }
+                match (lun_only, scsi::decode_lun(t.lun.to_be_bytes())) {
+                    (true, Some(id))
+                        if self
+                            .target
+                            .as_ref()
+                            .is_some_and(|t| t.server.lun(id).is_some()) =>
+                    {
+                        self.nexus.post(id, SenseReason::BusDeviceResetFunction);
+                        0
+                    }
+                    (true, _) => 2, // LUN does not exist
+                    (false, _) => {
+                        if let Some(target) = self.target.as_ref() {
+                            self.nexus
+                                .post_all(&target.server, SenseReason::PowerOnReset);
+                        }
+                        0
+                    }
+                }
+            }
+            Some(F::TargetColdReset) | Some(F::TaskReassign) => 3, // not supported (ERL0)
+            _ => 5,                                                // function rejected
+        };
+        let r = TaskMgmtResponse {
+            response,
+            itt: t.itt,
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.seq.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn(),
+            ..Default::default()
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        r.encode(&mut bhs);
+        self.push(bhs, OutData::None, None, false);
+    }
+
+    /// Aborts a task: no response will be sent for it.
+    fn abort(&mut self, i: usize, pool: &mut BufferPool) {
+        let Some(t) = self.tasks[i].as_mut() else {
+            return;
+        };
+        match t.state {
+            TaskState::Receiving => self.free_task(i, pool),
+            // I/O or sends in flight point into the buffer: free it when they finish.
+            TaskState::Io | TaskState::Sending => t.aborted = true,
+        }
+    }
+
+    fn on_text(&mut self, t: &pdu::TextRequest) {
+        if !self.take_cmd_sn(t.immediate, t.cmd_sn) {
+            return;
+        }
+        let mrdsl = self.params.initiator_max_recv_data_segment_length.max(512) as usize;
+        let mut resp = TextResponse {
+            final_bit: true,
+            itt: t.itt,
+            ttt: RESERVED_TAG,
+            ..Default::default()
+        };
+        let body = match self.text_out.take() {
+            // The initiator asks for the rest of a long response.
+            Some((text, at, ttt)) if t.ttt == ttt && self.inline.is_empty() => {
+                let end = (at + mrdsl).min(text.len());
+                let chunk = text[at..end].to_vec();
+                if end < text.len() {
+                    resp.final_bit = false;
+                    resp.cont = true;
+                    resp.ttt = ttt;
+                    self.text_out = Some((text, end, ttt));
+                }
+                chunk
+            }
+            _ => {
+                if self.text.len() + self.inline.len() > super::discovery::MAX_TEXT_REQUEST {
+                    self.text.clear();
+                }
+                self.text.extend_from_slice(&self.inline);
+                if t.cont {
+                    resp.final_bit = false;
+                    resp.ttt = self.fresh_ttt();
+                    Vec::new()
+                } else {
+                    let request = std::mem::take(&mut self.text);
+                    let text = super::discovery::answer_text(
+                        &request,
+                        &self.target_list(),
+                        self.local_addr,
+                    );
+                    if text.len() > mrdsl {
+                        let ttt = self.fresh_ttt();
+                        resp.final_bit = false;
+                        resp.cont = true;
+                        resp.ttt = ttt;
+                        let chunk = text[..mrdsl].to_vec();
+                        self.text_out = Some((text, mrdsl, ttt));
+                        chunk
+                    } else {
+                        text
+                    }
+                }
+            }
+        };
+        resp.stat_sn = self.next_stat_sn();
+        resp.exp_cmd_sn = self.seq.exp_cmd_sn;
+        resp.max_cmd_sn = self.max_cmd_sn();
+        resp.data_segment_length = body.len() as u32;
+        let mut bhs = [0u8; BHS_LEN];
+        resp.encode(&mut bhs);
+        self.push(
+            bhs,
+            if body.is_empty() {
+                OutData::None
+            } else {
+                OutData::Bytes(body)
+            },
+            None,
+            false,
+        );
+    }
+
+    fn fresh_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        t
+    }
+
+    /// The targets visible in a normal session's SendTargets: the session's own.
+    fn target_list(&self) -> Vec<super::discovery::TargetEntry> {
+        match &self.target {
+            Some(t) => vec![super::discovery::TargetEntry::of(t)],
+            None => self.visible.clone(),
+        }
+    }
+
+    fn on_logout(&mut self, l: &pdu::LogoutRequest) {
+        if !self.take_cmd_sn(l.immediate, l.cmd_sn) {
+            return;
+        }
+        self.logging_out = true;
+        let r = LogoutResponse {
+            response: 0,
+            itt: l.itt,
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.seq.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn(),
+            ..Default::default()
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        r.encode(&mut bhs);
+        self.push(bhs, OutData::None, None, true);
+    }
+
+    /// Queues a Reject carrying the offending header.
+    pub fn reject(&mut self, reason: RejectReason, bhs: &[u8; BHS_LEN]) {
+        let mut r = Reject::for_header(reason);
+        r.stat_sn = self.next_stat_sn();
+        r.exp_cmd_sn = self.seq.exp_cmd_sn;
+        r.max_cmd_sn = self.max_cmd_sn();
+        let mut out = [0u8; BHS_LEN];
+        r.encode(&mut out);
+        self.push(out, OutData::Bytes(bhs.to_vec()), None, false);
+    }
+
+    // ---------------------------------------------------------------- sending
+
+    /// Queues a PDU with its header digest and the data's padding and digest.
+    fn push(&mut self, bhs: [u8; BHS_LEN], data: OutData, task: Option<u16>, close_after: bool) {
+        let mut header = [0u8; BHS_LEN + DIGEST_LEN];
+        header[..BHS_LEN].copy_from_slice(&bhs);
+        let mut header_len = BHS_LEN;
+        if self.params.header_digest {
+            let mut crc = Crc32c::new();
+            crc.update(&bhs);
+            header[BHS_LEN..].copy_from_slice(&crc.to_wire());
+            header_len += DIGEST_LEN;
+        }
+        self.out.push_back(OutPdu {
+            header,
+            header_len,
+            data,
+            trailer: [0; 7],
+            trailer_len: 0,
+            task,
+            close_after,
+        });
+    }
+
+    /// Fills in padding and the data digest of a queued PDU (the data thread calls this right
+    /// before sending, when the buffer holds the data).
+    pub fn seal(&self, pdu: &mut OutPdu, pool: &mut BufferPool) {
+        let data: &[u8] = match &pdu.data {
+            OutData::None => &[],
+            OutData::Slot { buf, offset, len } => {
+                pool.slice(*buf).get(*offset..offset + len).unwrap_or(&[])
+            }
+            OutData::Sense { bytes, len } => &bytes[..*len],
+            OutData::Bytes(v) => v,
+        };
+        let pad = padding_for(data.len() as u32);
+        let mut n = pad.len();
+        pdu.trailer[..n].copy_from_slice(pad);
+        if self.params.data_digest && !data.is_empty() {
+            let mut crc = Crc32c::new();
+            crc.update(data);
+            crc.update(pad);
+            pdu.trailer[n..n + DIGEST_LEN].copy_from_slice(&crc.to_wire());
+            n += DIGEST_LEN;
+        }
+        pdu.trailer_len = n;
+    }
+}

@@ -1,0 +1,516 @@
+//! The control thread: accepts connections on every portal, runs logins and whole discovery
+//! sessions (poll(2) over non-blocking sockets, so a slow peer holds nothing but its own
+//! connection), and hands each normal session that reaches full feature phase to the least loaded
+//! data thread. It owns the running configuration.
+
+use super::conn::{Conn, OutData, SeqNums};
+use super::data::{DataThread, Msg};
+use super::discovery::TargetEntry;
+use super::login::{self, Login, LoginOutcome};
+use super::runtime::Running;
+use super::uring::BufferPool;
+use crate::iscsi::pdu::{InitiatorPdu, LoginStatus};
+use crate::iscsi::reader::{Event, PduReader, ReaderLimits};
+use crate::scsi::{Nexus, TargetPort};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a connection may take to log in.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a discovery session may stay idle.
+pub const DISCOVERY_IDLE: Duration = Duration::from_secs(60);
+/// Login connections held at once (beyond this, new ones are refused).
+const MAX_LOGINS: usize = 1024;
+/// Failure log lines per second.
+const LOG_BURST: u32 = 10;
+
+enum Phase {
+    Login(Box<Login>),
+    Discovery(Box<Conn>),
+    /// Login done, waiting for the final response to drain before the handoff.
+    Handoff(Box<Conn>),
+}
+
+struct CtlConn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    reader: PduReader,
+    rx: Box<[u8]>,
+    rx_len: usize,
+    data: Vec<u8>,
+    tx: Vec<u8>,
+    phase: Phase,
+    deadline: Instant,
+    close_after_flush: bool,
+    /// The portal group the connection arrived on.
+    pg: usize,
+    saw_header: bool,
+}
+
+/// A session handed to a data thread, for reinstatement (same initiator and ISID).
+struct SessionRec {
+    initiator: String,
+    isid: [u8; 6],
+    thread: usize,
+    id: u64,
+}
+
+pub struct Control {
+    running: Arc<Running>,
+    listeners: Vec<(TcpListener, usize)>,
+    threads: Vec<DataThread>,
+    conns: Vec<Option<CtlConn>>,
+    signals: OwnedFd,
+    pool: BufferPool,
+    sessions: Vec<SessionRec>,
+    next_tsih: u16,
+    next_session: u64,
+    log_budget: u32,
+    log_window: Instant,
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later) and returns a
+/// signalfd that reports them.
+pub fn signal_fd() -> std::io::Result<OwnedFd> {
+    // SAFETY: sigset operations on a local, zero-initialised set.
+    let fd = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Control {
+    pub fn new(
+        running: Arc<Running>,
+        listeners: Vec<(TcpListener, usize)>,
+        threads: Vec<DataThread>,
+        signals: OwnedFd,
+    ) -> std::io::Result<Self> {
+        for (l, _) in &listeners {
+            l.set_nonblocking(true)?;
+        }
+        Ok(Control {
+            running,
+            listeners,
+            threads,
+            conns: Vec::new(),
+            signals,
+            pool: BufferPool::new(4096, 1)?,
+            sessions: Vec::new(),
+            next_tsih: 1,
+            next_session: 1,
+            log_budget: LOG_BURST,
+            log_window: Instant::now(),
+        })
+    }
+
+    /// Serves until SIGINT or SIGTERM, then stops every data thread.
+    pub fn run(mut self) {
+        loop {
+            let mut fds = Vec::with_capacity(1 + self.listeners.len() + self.conns.len());
+            fds.push(pollfd(self.signals.as_raw_fd(), libc::POLLIN));
+            for (l, _) in &self.listeners {
+                fds.push(pollfd(l.as_raw_fd(), libc::POLLIN));
+            }
+            let mut owners = Vec::with_capacity(self.conns.len());
+            for (i, c) in self.conns.iter().enumerate() {
+                if let Some(c) = c {
+                    let events = if c.tx.is_empty() {
+                        libc::POLLIN
+                    } else {
+                        libc::POLLIN | libc::POLLOUT
+                    };
+                    fds.push(pollfd(c.stream.as_raw_fd(), events));
+                    owners.push(i);
+                }
+            }
+            // SAFETY: fds is a live array of fds.len() pollfd structures.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!("poll failed: {e}");
+                    break;
+                }
+                continue;
+            }
+            if fds[0].revents != 0 {
+                tracing::info!("signal received: stopping");
+                break;
+            }
+            for i in 0..self.listeners.len() {
+                if fds[1 + i].revents != 0 {
+                    self.accept(i);
+                }
+            }
+            let base = 1 + self.listeners.len();
+            for (k, &idx) in owners.iter().enumerate() {
+                let re = fds[base + k].revents;
+                if re & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                    self.readable(idx);
+                }
+                if re & libc::POLLOUT != 0 {
+                    self.flush(idx);
+                }
+            }
+            self.expire();
+        }
+        for t in &mut self.threads {
+            t.shutdown();
+        }
+    }
+
+    fn accept(&mut self, li: usize) {
+        loop {
+            let (stream, peer) = match self.listeners[li].0.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            if self.conns.iter().flatten().count() >= MAX_LOGINS
+                || stream.set_nonblocking(true).is_err()
+            {
+                continue; // dropped: too many connections in login
+            }
+            let pg = self.listeners[li].1;
+            let login = Login::new(self.running.clone(), pg, peer, self.next_tsih);
+            let c = CtlConn {
+                stream,
+                peer,
+                reader: PduReader::new(ReaderLimits::login()),
+                rx: vec![0u8; 16 << 10].into_boxed_slice(),
+                rx_len: 0,
+                data: Vec::new(),
+                tx: Vec::new(),
+                phase: Phase::Login(Box::new(login)),
+                deadline: Instant::now() + LOGIN_TIMEOUT,
+                close_after_flush: false,
+                pg,
+                saw_header: false,
+            };
+            self.next_tsih = self.next_tsih.wrapping_add(1).max(1);
+            match self.conns.iter().position(Option::is_none) {
+                Some(i) => self.conns[i] = Some(c),
+                None => self.conns.push(Some(c)),
+            }
+        }
+    }
+
+    fn readable(&mut self, idx: usize) {
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if c.close_after_flush {
+            return self.drop_conn(idx);
+        }
+        let n = match c.stream.read(&mut c.rx[c.rx_len..]) {
+            Ok(0) => return self.drop_conn(idx),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(_) => return self.drop_conn(idx),
+        };
+        c.rx_len += n;
+        if let Err(why) = self.process(idx) {
+            if let Some(c) = self.conns[idx].as_ref() {
+                let peer = c.peer;
+                self.log_failure(&format!("{peer}: {why}"));
+            }
+            return self.drop_conn(idx);
+        }
+        self.flush(idx);
+    }
+
+    /// Runs the reader over received bytes and acts on each complete PDU.
+    fn process(&mut self, idx: usize) -> Result<(), String> {
+        let mut pos = 0;
+        loop {
+            let Some(c) = self.conns[idx].as_mut() else {
+                return Ok(());
+            };
+            if pos >= c.rx_len || c.close_after_flush || matches!(c.phase, Phase::Handoff(_)) {
+                break;
+            }
+            let fed = c.reader.feed(&c.rx[pos..c.rx_len]);
+            if let Some(r) = fed.data.clone() {
+                let chunk = &c.rx[pos + r.start..pos + r.end];
+                match &mut c.phase {
+                    Phase::Discovery(conn) => {
+                        let room = conn.inline.capacity().saturating_sub(conn.inline.len());
+                        conn.inline
+                            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    }
+                    _ => c.data.extend_from_slice(chunk),
+                }
+            }
+            pos += fed.consumed;
+            match fed.result {
+                Ok(Some(Event::Header { data_len })) => {
+                    c.saw_header = true;
+                    if let Phase::Discovery(conn) = &mut c.phase {
+                        let bhs = *c.reader.bhs();
+                        conn.on_header(&bhs, data_len, &mut self.pool);
+                    }
+                }
+                Ok(Some(Event::Complete)) => self.on_pdu(idx)?,
+                Ok(None) if fed.consumed == 0 => break,
+                Ok(None) => {}
+                Err(e) => return Err(format!("protocol error: {e}")),
+            }
+        }
+        if let Some(c) = self.conns[idx].as_mut() {
+            c.rx.copy_within(pos..c.rx_len, 0);
+            c.rx_len -= pos.min(c.rx_len);
+        }
+        Ok(())
+    }
+
+    fn on_pdu(&mut self, idx: usize) -> Result<(), String> {
+        let Some(c) = self.conns[idx].as_mut() else {
+            return Ok(());
+        };
+        let bhs = *c.reader.bhs();
+        match &mut c.phase {
+            Phase::Login(login) => {
+                let Ok(InitiatorPdu::Login(req)) = InitiatorPdu::decode(&bhs) else {
+                    return Err("a PDU other than Login Request during login".into());
+                };
+                let data = std::mem::take(&mut c.data);
+                let response = login.on_request(&req, &data);
+                c.tx.extend_from_slice(&response);
+                if let Some(outcome) = login.take_outcome() {
+                    self.login_done(idx, outcome);
+                }
+                return Ok(());
+            }
+            Phase::Discovery(conn) => {
+                if !c.saw_header {
+                    conn.on_header(&bhs, 0, &mut self.pool);
+                }
+                c.saw_header = false;
+                conn.on_pdu(&bhs, &mut self.pool)
+                    .map_err(|e| e.to_string())?;
+                c.deadline = Instant::now() + DISCOVERY_IDLE;
+                while let Some(mut pdu) = conn.out.pop_front() {
+                    conn.seal(&mut pdu, &mut self.pool);
+                    c.tx.extend_from_slice(&pdu.header[..pdu.header_len]);
+                    match &pdu.data {
+                        OutData::Bytes(v) => c.tx.extend_from_slice(v),
+                        OutData::Sense { bytes, len } => c.tx.extend_from_slice(&bytes[..*len]),
+                        OutData::None | OutData::Slot { .. } => {}
+                    }
+                    c.tx.extend_from_slice(&pdu.trailer[..pdu.trailer_len]);
+                    c.close_after_flush |= pdu.close_after;
+                }
+            }
+            Phase::Handoff(_) => {}
+        }
+        Ok(())
+    }
+
+    fn login_done(&mut self, idx: usize, outcome: LoginOutcome) {
+        let Some(c) = self.conns[idx].as_ref() else {
+            return;
+        };
+        let (peer, pg) = (c.peer, c.pg);
+        let local = c.stream.local_addr().ok();
+        match outcome {
+            LoginOutcome::Failed { status, reason } => {
+                if let Some(c) = self.conns[idx].as_mut() {
+                    c.close_after_flush = true;
+                }
+                self.log_failure(&format!(
+                    "login from {peer} refused ({}): {reason}",
+                    status_name(status)
+                ));
+            }
+            LoginOutcome::Session {
+                params,
+                target,
+                isid,
+                tsih: _,
+                stat_sn,
+                exp_cmd_sn,
+            } => {
+                let limits = params.reader_limits();
+                let seq = SeqNums {
+                    stat_sn,
+                    exp_cmd_sn,
+                };
+                let port = TargetPort {
+                    target_name: target.as_ref().map_or_else(String::new, |t| t.name.clone()),
+                    portal_group_tag: self.running.portal_groups.get(pg).map_or(1, |p| p.tag),
+                    relative_port_id: 1,
+                };
+                let initiator = params.initiator_name.clone();
+                let phase = match target {
+                    Some(t) => {
+                        let nexus = Nexus::new(port, &t.server);
+                        let mut conn =
+                            Conn::new(params, Some(t.clone()), nexus, seq, login::QUEUE_DEPTH);
+                        conn.session_id = self.next_session;
+                        self.next_session += 1;
+                        tracing::info!(initiator = %initiator, target = %t.name, peer = %peer, "session logged in");
+                        self.reinstate(&initiator, isid);
+                        self.sessions.push(SessionRec {
+                            initiator,
+                            isid,
+                            thread: usize::MAX,
+                            id: conn.session_id,
+                        });
+                        Phase::Handoff(Box::new(conn))
+                    }
+                    None => {
+                        let nexus = Nexus::without_attention(port);
+                        let mut conn = Conn::new(params, None, nexus, seq, 1);
+                        conn.visible = self.visible_targets(&initiator);
+                        conn.local_addr = local;
+                        Phase::Discovery(Box::new(conn))
+                    }
+                };
+                if let Some(c) = self.conns[idx].as_mut() {
+                    c.reader.set_limits(limits);
+                    if matches!(phase, Phase::Discovery(_)) {
+                        c.deadline = Instant::now() + DISCOVERY_IDLE;
+                    }
+                    c.phase = phase;
+                }
+            }
+        }
+    }
+
+    /// The targets an initiator may see: every target whose access rules let it in.
+    fn visible_targets(&self, initiator: &str) -> Vec<TargetEntry> {
+        self.running
+            .targets
+            .iter()
+            .filter(|t| {
+                t.auth.effective_type() != crate::config::AuthType::Deny
+                    && t.auth.allows_initiator(initiator)
+            })
+            .map(|t| TargetEntry::of(t))
+            .collect()
+    }
+
+    /// A new session with the same initiator name and ISID replaces the old one.
+    fn reinstate(&mut self, initiator: &str, isid: [u8; 6]) {
+        let (old, keep): (Vec<SessionRec>, Vec<SessionRec>) = std::mem::take(&mut self.sessions)
+            .into_iter()
+            .partition(|s| s.isid == isid && s.initiator.eq_ignore_ascii_case(initiator));
+        self.sessions = keep;
+        for s in old {
+            if let Some(t) = self.threads.get(s.thread) {
+                tracing::info!(initiator, "session reinstatement: closing the old session");
+                let _ = t.tx.send(Msg::Drop(s.id));
+                t.waker.wake();
+            }
+        }
+    }
+
+    fn flush(&mut self, idx: usize) {
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
+        while !c.tx.is_empty() {
+            match c.stream.write(&c.tx) {
+                Ok(0) => return self.drop_conn(idx),
+                Ok(n) => {
+                    c.tx.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.drop_conn(idx),
+            }
+        }
+        if c.close_after_flush {
+            return self.drop_conn(idx);
+        }
+        if matches!(c.phase, Phase::Handoff(_)) {
+            self.handoff(idx);
+        }
+    }
+
+    /// Gives a logged-in connection to the least loaded data thread.
+    fn handoff(&mut self, idx: usize) {
+        let Some(c) = self.conns[idx].take() else {
+            return;
+        };
+        let Phase::Handoff(conn) = c.phase else {
+            return;
+        };
+        let Some((ti, thread)) = self
+            .threads
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, t)| t.load.load(std::sync::atomic::Ordering::Relaxed))
+        else {
+            return;
+        };
+        if c.stream.set_nonblocking(false).is_err() {
+            return;
+        }
+        if let Some(rec) = self.sessions.iter_mut().find(|s| s.id == conn.session_id) {
+            rec.thread = ti;
+        }
+        let prefix = c.rx[..c.rx_len].to_vec();
+        thread.give(c.stream, *conn, prefix);
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        for idx in 0..self.conns.len() {
+            if let Some(c) = self.conns[idx].as_ref()
+                && now > c.deadline
+            {
+                let (peer, login) = (c.peer, matches!(c.phase, Phase::Login(_)));
+                if login {
+                    self.log_failure(&format!("login from {peer} timed out"));
+                }
+                self.drop_conn(idx);
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, idx: usize) {
+        self.conns[idx] = None;
+    }
+
+    /// Logs a failure line, at most LOG_BURST a second (a flood of bad logins can't flood the log).
+    fn log_failure(&mut self, line: &str) {
+        if self.log_window.elapsed() >= Duration::from_secs(1) {
+            self.log_window = Instant::now();
+            self.log_budget = LOG_BURST;
+        }
+        if self.log_budget > 0 {
+            self.log_budget -= 1;
+            tracing::warn!("{line}");
+        }
+    }
+}
+
+fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+fn status_name(s: LoginStatus) -> String {
+    format!("{:?} 0x{:04x}", s, s as u16)
+}

@@ -1,0 +1,941 @@
+//! A data thread: one io_uring ring, one pool of registered buffers, the fixed files of the
+//! extents it serves, and the connections handed to it. Nothing here is shared with other threads
+//! except the handoff channel (and its eventfd), so the data path takes no locks.
+//!
+//! Per connection, at most one receive and one send are in flight. Receives land in a staging
+//! buffer, except a large data segment whose destination is a task's registered buffer: that is
+//! received straight into the buffer the file write will use. Sends gather (sendmsg) the header,
+//! the data from the registered buffer the file read filled, and the padding/digest trailer.
+
+use super::conn::{Conn, DataDest, IoWork, OutData, OutPdu};
+use super::runtime::{Backing, LunRt};
+use super::uring::{self, BufId, BufferPool, Waker};
+use crate::iscsi::pdu::RejectReason;
+use crate::iscsi::reader::{Event, PduReader, ReadError, Want};
+use crate::scsi::{self, IoKind, IoResult};
+use crate::vmdk::{Op, SegmentKind};
+use crossbeam_channel::{Receiver, Sender};
+use io_uring::{IoUring, opcode, squeue, types};
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Staging receive buffer per connection.
+const RX_BYTES: usize = 64 << 10;
+/// PDUs gathered into one sendmsg.
+const SEND_BATCH: usize = 32;
+/// A data segment at least this long, with nothing of it staged yet, is received straight into
+/// its registered buffer.
+const DIRECT_RECV_MIN: u32 = 4096;
+/// Idle time before a NOP-In ping, and how long the peer has to answer.
+const PING_IDLE: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Fixed-file table size.
+const FIXED_FILES: u32 = 1024;
+
+/// Messages to a data thread.
+pub enum Msg {
+    /// A connection that completed login (a normal session in full feature phase), with any
+    /// bytes the control thread already received after the login.
+    Conn(Box<(TcpStream, Conn, Vec<u8>)>),
+    /// Close the session with this id (it was reinstated by a new login).
+    Drop(u64),
+    /// Close every connection and exit.
+    Shutdown,
+}
+
+/// A data thread as the control thread sees it.
+pub struct DataThread {
+    pub tx: Sender<Msg>,
+    pub waker: Arc<Waker>,
+    /// Connections currently owned (for least-loaded placement).
+    pub load: Arc<AtomicUsize>,
+    pub handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DataThread {
+    /// Starts data thread `index`, pinned to `core` when given.
+    pub fn spawn(
+        index: usize,
+        core: Option<core_affinity::CoreId>,
+        buffers: usize,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let waker = Arc::new(Waker::new()?);
+        let load = Arc::new(AtomicUsize::new(0));
+        let (w, l) = (waker.clone(), load.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name(format!("vit-data-{index}"))
+            .spawn(move || {
+                if let Some(c) = core
+                    && !core_affinity::set_for_current(c)
+                {
+                    tracing::warn!("data thread {index}: could not pin to core {}", c.id);
+                }
+                match Worker::new(rx, w, l, buffers) {
+                    Ok(mut worker) => {
+                        let _ = ready_tx.send(Ok(()));
+                        worker.run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("data thread died at start"))??;
+        Ok(DataThread {
+            tx,
+            waker,
+            load,
+            handle: Some(handle),
+        })
+    }
+
+    /// Hands a connection over.
+    pub fn give(&self, stream: TcpStream, conn: Conn, prefix: Vec<u8>) {
+        self.load.fetch_add(1, Ordering::Relaxed);
+        if self
+            .tx
+            .send(Msg::Conn(Box::new((stream, conn, prefix))))
+            .is_ok()
+        {
+            self.waker.wake();
+        }
+    }
+
+    pub fn shutdown(&mut self) {
+        let _ = self.tx.send(Msg::Shutdown);
+        self.waker.wake();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    Recv = 1,
+    Send = 2,
+    File = 3,
+    Wake = 4,
+}
+
+fn user_data(conn: usize, kind: Kind, task: u16) -> u64 {
+    ((conn as u64) << 32) | (u64::from(kind as u8) << 24) | u64::from(task)
+}
+
+fn split_user_data(ud: u64) -> (usize, u8, u16) {
+    (
+        (ud >> 32) as usize,
+        ((ud >> 24) & 0xff) as u8,
+        (ud & 0xffff) as u16,
+    )
+}
+
+/// A task's backing-store work in flight.
+#[derive(Default)]
+struct FileOp {
+    pending: u16,
+    failed: bool,
+    /// For VERIFY with BYTCHK: the buffer the media was read into.
+    verify_buf: Option<BufId>,
+    work: Option<IoWork>,
+}
+
+struct Slot {
+    stream: TcpStream,
+    fd: RawFd,
+    conn: Conn,
+    reader: PduReader,
+    rx: Box<[u8]>,
+    rx_pos: usize,
+    rx_len: usize,
+    /// Bytes of the current PDU's data segment delivered so far.
+    data_off: usize,
+    saw_header: bool,
+    recv_inflight: bool,
+    /// A receive straight into a registered buffer: (buffer, offset, length).
+    recv_direct: Option<(BufId, usize, usize)>,
+    sending: Vec<OutPdu>,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+    send_inflight: bool,
+    send_done: usize,
+    send_total: usize,
+    file_ops: HashMap<u16, FileOp>,
+    inflight: u32,
+    closing: bool,
+    close_after_send: bool,
+    last_rx: Instant,
+    ping_at: Option<Instant>,
+}
+
+struct Worker {
+    ring: IoUring,
+    rx: Receiver<Msg>,
+    waker: Arc<Waker>,
+    load: Arc<AtomicUsize>,
+    pool: BufferPool,
+    slots: Vec<Option<Box<Slot>>>,
+    files: HashMap<(usize, usize), u32>,
+    next_file: u32,
+    wake_buf: Box<u64>,
+    dirty: Vec<usize>,
+    shutting_down: bool,
+}
+
+impl Worker {
+    fn new(
+        rx: Receiver<Msg>,
+        waker: Arc<Waker>,
+        load: Arc<AtomicUsize>,
+        buffers: usize,
+    ) -> std::io::Result<Self> {
+        let (ring, features) = uring::build_ring(256)?;
+        tracing::debug!(?features, "data ring ready");
+        let pool = BufferPool::new(super::runtime::MAX_IO_BYTES, buffers)?;
+        pool.register(&ring)?;
+        ring.submitter().register_files_sparse(FIXED_FILES)?;
+        let mut w = Worker {
+            ring,
+            rx,
+            waker,
+            load,
+            pool,
+            slots: Vec::new(),
+            files: HashMap::new(),
+            next_file: 0,
+            wake_buf: Box::new(0),
+            dirty: Vec::new(),
+            shutting_down: false,
+        };
+        w.arm_wake();
+        Ok(w)
+    }
+
+    fn push(&mut self, sqe: squeue::Entry) {
+        // SAFETY (for every caller): each entry's buffers are owned by a Slot (boxed, stable) or
+        // the pool, and stay alive until the completion is reaped: slots are freed only when their
+        // in-flight count is zero, and the pool outlives the ring.
+        loop {
+            // SAFETY: see above.
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                return;
+            }
+            let _ = self.ring.submit();
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let ptr: *mut u64 = &mut *self.wake_buf;
+        let sqe = opcode::Read::new(types::Fd(self.waker.raw()), ptr.cast(), 8)
+            .build()
+            .user_data(user_data(0, Kind::Wake, 0));
+        self.push(sqe);
+    }
+
+    fn run(&mut self) {
+        let ts = types::Timespec::new().sec(1);
+        let mut last_tick = Instant::now();
+        loop {
+            self.flush_dirty();
+            if self.shutting_down && self.slots.iter().all(Option::is_none) {
+                break;
+            }
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ETIME)
+                        || e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => {
+                    tracing::error!("io_uring wait failed: {e}");
+                    break;
+                }
+            }
+            let cqes: Vec<(u64, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
+            for (ud, res) in cqes {
+                self.complete(ud, res);
+            }
+            if last_tick.elapsed() >= Duration::from_secs(1) {
+                last_tick = Instant::now();
+                self.tick();
+            }
+        }
+    }
+
+    fn complete(&mut self, ud: u64, res: i32) {
+        let (idx, kind, task) = split_user_data(ud);
+        if kind == Kind::Wake as u8 {
+            self.take_messages();
+            if !self.shutting_down {
+                self.arm_wake();
+            }
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        slot.inflight = slot.inflight.saturating_sub(1);
+        match kind {
+            k if k == Kind::Recv as u8 => self.on_recv(idx, res),
+            k if k == Kind::Send as u8 => self.on_send(idx, res),
+            k if k == Kind::File as u8 => self.on_file(idx, task, res),
+            _ => {}
+        }
+        self.dirty.push(idx);
+    }
+
+    fn take_messages(&mut self) {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Conn(b) => {
+                    let (stream, conn, prefix) = *b;
+                    self.add(stream, conn, &prefix);
+                }
+                Msg::Drop(id) => {
+                    let found = self
+                        .slots
+                        .iter()
+                        .position(|s| s.as_ref().is_some_and(|s| s.conn.session_id == id));
+                    if let Some(i) = found {
+                        self.close(i, "reinstated by a new login");
+                    }
+                }
+                Msg::Shutdown => {
+                    self.shutting_down = true;
+                    for i in 0..self.slots.len() {
+                        self.close(i, "vitd is stopping");
+                    }
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, stream: TcpStream, conn: Conn, prefix: &[u8]) {
+        let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
+        let reader = PduReader::new(conn.params.reader_limits());
+        let mut slot = Box::new(Slot {
+            stream,
+            fd,
+            conn,
+            reader,
+            rx: vec![0u8; RX_BYTES].into_boxed_slice(),
+            rx_pos: 0,
+            rx_len: 0,
+            data_off: 0,
+            saw_header: false,
+            recv_inflight: false,
+            recv_direct: None,
+            sending: Vec::with_capacity(SEND_BATCH),
+            iov: Vec::with_capacity(SEND_BATCH * 3),
+            // SAFETY: msghdr is plain data for which all-zero bytes are valid.
+            msg: unsafe { std::mem::zeroed() },
+            send_inflight: false,
+            send_done: 0,
+            send_total: 0,
+            file_ops: HashMap::new(),
+            inflight: 0,
+            closing: false,
+            close_after_send: false,
+            last_rx: Instant::now(),
+            ping_at: None,
+        });
+        slot.conn.local_addr = slot.stream.local_addr().ok();
+        let n = prefix.len().min(RX_BYTES);
+        slot.rx[..n].copy_from_slice(&prefix[..n]);
+        slot.rx_len = n;
+        let idx = match self.slots.iter().position(Option::is_none) {
+            Some(i) => {
+                self.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        self.dirty.push(idx);
+    }
+
+    /// Starts whatever each touched connection can start: receive, file I/O, send; frees closed ones.
+    fn flush_dirty(&mut self) {
+        while let Some(idx) = self.dirty.pop() {
+            let Some(slot) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
+            if slot.closing {
+                self.try_free(idx);
+                continue;
+            }
+            self.start_file_io(idx);
+            self.start_send(idx);
+            self.start_recv(idx);
+        }
+    }
+
+    fn slot(&mut self, idx: usize) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(idx)
+            .and_then(Option::as_mut)
+            .map(|b| &mut **b)
+    }
+
+    // ------------------------------------------------------------------ receive
+
+    fn start_recv(&mut self, idx: usize) {
+        let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        if s.recv_inflight || s.closing {
+            return;
+        }
+        let sqe = if let (Want::Data { remaining, total }, DataDest::Slot { buf, offset }) =
+            (s.reader.want(), s.conn.dest)
+            && s.rx_pos == s.rx_len
+            && remaining >= DIRECT_RECV_MIN
+        {
+            let at = offset + (total - remaining) as usize;
+            let len = (remaining as usize).min(self.pool.slot_size().saturating_sub(at));
+            if len == 0 {
+                return self.close(idx, "data segment beyond its buffer");
+            }
+            s.recv_direct = Some((buf, at, len));
+            // SAFETY: `at + len` stays inside the slot (checked above); the task owning the buffer
+            // is not freed while a receive into it is in flight (the slot's in-flight count).
+            let ptr = unsafe { self.pool.ptr(buf).add(at) };
+            opcode::Recv::new(types::Fd(s.fd), ptr, len as u32).build()
+        } else {
+            if s.rx_pos == s.rx_len {
+                s.rx_pos = 0;
+                s.rx_len = 0;
+            } else if s.rx_len == s.rx.len() {
+                s.rx.copy_within(s.rx_pos..s.rx_len, 0);
+                s.rx_len -= s.rx_pos;
+                s.rx_pos = 0;
+            }
+            let free = &mut s.rx[s.rx_len..];
+            opcode::Recv::new(types::Fd(s.fd), free.as_mut_ptr(), free.len() as u32).build()
+        };
+        s.recv_inflight = true;
+        s.inflight += 1;
+        self.push(sqe.user_data(user_data(idx, Kind::Recv, 0)));
+    }
+
+    fn on_recv(&mut self, idx: usize, res: i32) {
+        let Some(s) = self.slot(idx) else { return };
+        s.recv_inflight = false;
+        if res <= 0 {
+            let why = if res == 0 {
+                "connection closed by the initiator".to_string()
+            } else {
+                std::io::Error::from_raw_os_error(-res).to_string()
+            };
+            return self.close(idx, &why);
+        }
+        s.last_rx = Instant::now();
+        s.ping_at = None;
+        let n = res as usize;
+        if let Some((buf, at, _len)) = s.recv_direct.take() {
+            s.data_off += n;
+            // SAFETY: the kernel wrote `n` bytes at `at` of this buffer, which the task owns.
+            let data = unsafe { std::slice::from_raw_parts(self.pool.ptr(buf).add(at), n) };
+            let r = self.slots[idx]
+                .as_mut()
+                .map(|s| s.reader.data_received(data));
+            if let Some(r) = r
+                && let Err(e) = self.on_event(idx, r)
+            {
+                return self.close(idx, &e);
+            }
+        } else {
+            s.rx_len += n;
+        }
+        if let Err(e) = self.process_rx(idx) {
+            self.close(idx, &e);
+        }
+    }
+
+    /// Runs the reader over the staged bytes, delivering data segments to their destinations.
+    fn process_rx(&mut self, idx: usize) -> Result<(), String> {
+        loop {
+            let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+                return Ok(());
+            };
+            if s.closing {
+                return Ok(());
+            }
+            if s.rx_pos == s.rx_len {
+                return Ok(());
+            }
+            let fed = s.reader.feed(&s.rx[s.rx_pos..s.rx_len]);
+            if let Some(range) = fed.data.clone() {
+                let (a, b) = (s.rx_pos + range.start, s.rx_pos + range.end);
+                match s.conn.dest {
+                    DataDest::Slot { buf, offset } => {
+                        let at = offset + s.data_off;
+                        let dst = self.pool.slice(buf);
+                        if let Some(d) = dst.get_mut(at..at + (b - a)) {
+                            d.copy_from_slice(&s.rx[a..b]);
+                        }
+                    }
+                    DataDest::Inline => {
+                        let room = s.conn.inline.capacity() - s.conn.inline.len();
+                        let take = (b - a).min(room);
+                        let chunk = s.rx[a..a + take].to_vec();
+                        s.conn.inline.extend_from_slice(&chunk);
+                    }
+                    DataDest::Discard => {}
+                }
+                s.data_off += b - a;
+            }
+            s.rx_pos += fed.consumed;
+            let progressed = fed.consumed > 0;
+            self.on_event(idx, fed.result)?;
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Acts on a reader milestone.
+    fn on_event(&mut self, idx: usize, r: Result<Option<Event>, ReadError>) -> Result<(), String> {
+        let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        match r {
+            Ok(None) => Ok(()),
+            Ok(Some(Event::Header { data_len })) => {
+                let bhs = *s.reader.bhs();
+                s.data_off = 0;
+                s.saw_header = true;
+                s.conn.on_header(&bhs, data_len, &mut self.pool);
+                Ok(())
+            }
+            Ok(Some(Event::Complete)) => {
+                let bhs = *s.reader.bhs();
+                if !s.saw_header {
+                    s.conn.on_header(&bhs, 0, &mut self.pool);
+                }
+                s.saw_header = false;
+                s.data_off = 0;
+                s.conn
+                    .on_pdu(&bhs, &mut self.pool)
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            }
+            Err(ReadError::DataDigest { .. }) => {
+                // ERL 0: reject the PDU, the initiator's task will time out or be aborted.
+                let bhs = *s.reader.bhs();
+                s.saw_header = false;
+                s.conn.reject(RejectReason::DataDigestError, &bhs);
+                Ok(())
+            }
+            Err(e) => Err(format!("protocol error: {e}")),
+        }
+    }
+
+    // ------------------------------------------------------------------ send
+
+    fn start_send(&mut self, idx: usize) {
+        let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        if s.send_inflight || s.closing {
+            return;
+        }
+        if s.sending.is_empty() {
+            while s.sending.len() < SEND_BATCH {
+                let Some(mut pdu) = s.conn.out.pop_front() else {
+                    break;
+                };
+                s.conn.seal(&mut pdu, &mut self.pool);
+                s.sending.push(pdu);
+            }
+            if s.sending.is_empty() {
+                return;
+            }
+            s.send_done = 0;
+            s.send_total = s
+                .sending
+                .iter()
+                .map(|p| p.header_len + data_len(&p.data) + p.trailer_len)
+                .sum();
+        }
+        // Build the iovec list for what is not sent yet.
+        s.iov.clear();
+        let mut skip = s.send_done;
+        for p in &s.sending {
+            let parts: [(*const u8, usize); 3] = [
+                (p.header.as_ptr(), p.header_len),
+                data_ptr(&p.data, &self.pool),
+                (p.trailer.as_ptr(), p.trailer_len),
+            ];
+            for (ptr, len) in parts {
+                if len == 0 {
+                    continue;
+                }
+                if skip >= len {
+                    skip -= len;
+                    continue;
+                }
+                // SAFETY: skip < len, so the pointer stays inside the part.
+                let base = unsafe { ptr.add(skip) };
+                s.iov.push(libc::iovec {
+                    iov_base: base as *mut libc::c_void,
+                    iov_len: len - skip,
+                });
+                skip = 0;
+            }
+        }
+        s.msg.msg_iov = s.iov.as_mut_ptr();
+        s.msg.msg_iovlen = s.iov.len();
+        let msg: *const libc::msghdr = &s.msg;
+        s.send_inflight = true;
+        s.inflight += 1;
+        let sqe = opcode::SendMsg::new(types::Fd(s.fd), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build();
+        self.push(sqe.user_data(user_data(idx, Kind::Send, 0)));
+    }
+
+    fn on_send(&mut self, idx: usize, res: i32) {
+        let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        s.send_inflight = false;
+        if res < 0 {
+            let e = std::io::Error::from_raw_os_error(-res);
+            return self.close(idx, &format!("send failed: {e}"));
+        }
+        s.send_done += res as usize;
+        if s.send_done < s.send_total {
+            return; // the rest goes out from flush_dirty
+        }
+        let mut close = false;
+        for p in s.sending.drain(..) {
+            s.conn.sent(&p, &mut self.pool);
+            close |= p.close_after;
+        }
+        if close {
+            s.close_after_send = true;
+            self.close(idx, "logged out");
+        }
+    }
+
+    // ------------------------------------------------------------------ file I/O
+
+    /// The fixed-file index of extent `extent` of a LUN, registering it on first use.
+    fn fixed_file(&mut self, lun: &Arc<LunRt>, extent: usize) -> Option<u32> {
+        let key = (Arc::as_ptr(lun) as usize, extent);
+        if let Some(&i) = self.files.get(&key) {
+            return Some(i);
+        }
+        let Backing::Vmdk { files, .. } = &lun.backing else {
+            return None;
+        };
+        let fd = files.get(extent)?.as_ref()?.as_raw_fd();
+        if self.next_file >= FIXED_FILES {
+            return None;
+        }
+        let i = self.next_file;
+        self.ring.submitter().register_files_update(i, &[fd]).ok()?;
+        self.next_file += 1;
+        self.files.insert(key, i);
+        Some(i)
+    }
+
+    fn start_file_io(&mut self, idx: usize) {
+        loop {
+            let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+                return;
+            };
+            let Some(work) = s.conn.io.pop_front() else {
+                return;
+            };
+            let lun_id = scsi::decode_lun(lun_of(&s.conn, work.task));
+            let luns = s
+                .conn
+                .target
+                .as_ref()
+                .map(|t| t.luns.as_slice())
+                .unwrap_or(&[]);
+            let lun = lun_id.and_then(|id| luns.iter().find(|l| l.id == u64::from(id)).cloned());
+            let Some(lun) = lun else {
+                s.conn.io_done(work.task, IoResult::Failed, &mut self.pool);
+                continue;
+            };
+            self.submit_io(idx, &lun, work);
+        }
+    }
+
+    fn submit_io(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork) {
+        let req = work.req;
+        let mut op = FileOp {
+            work: Some(work),
+            ..Default::default()
+        };
+        let (target_buf, op_kind) = match req.kind {
+            IoKind::Read => (work.buf, Op::Read),
+            IoKind::Write | IoKind::WriteVerify { .. } => (work.buf, Op::Write),
+            IoKind::Verify { bytchk: false } => {
+                return self.finish_io(idx, work.task, IoResult::Ok);
+            }
+            IoKind::Verify { bytchk: true } => match self.pool.alloc() {
+                Some(b) => {
+                    op.verify_buf = Some(b);
+                    (b, Op::Read)
+                }
+                None => return self.finish_io(idx, work.task, IoResult::Failed),
+            },
+            IoKind::Sync { .. } => {
+                return self.submit_sync(idx, lun, work, op);
+            }
+        };
+        match &lun.backing {
+            Backing::Ramdisk { .. } => {
+                let r = super::ramdisk::transfer(
+                    lun,
+                    req.byte_offset,
+                    self.pool.slice(target_buf),
+                    req.byte_len,
+                    op_kind,
+                );
+                if let Some(s) = self.slots[idx].as_mut() {
+                    s.file_ops.insert(work.task, op);
+                }
+                self.finish_io(idx, work.task, r);
+            }
+            Backing::Vmdk { map, direct, .. } => {
+                let segments = match map.map(req.byte_offset, req.byte_len as u64, op_kind) {
+                    Ok(s) => s.collect::<Vec<_>>(),
+                    Err(_) => return self.finish_io(idx, work.task, IoResult::Failed),
+                };
+                // FUA: the write reaches stable storage before it completes (with O_DIRECT too: the
+                // device's cache is flushed for it).
+                let _ = direct;
+                let flags = if req.fua && op_kind == Op::Write {
+                    libc::RWF_DSYNC
+                } else {
+                    0
+                };
+                let mut at = 0usize;
+                let mut sqes = Vec::with_capacity(segments.len());
+                for seg in segments {
+                    let len = seg.len as usize;
+                    if seg.kind == SegmentKind::Zero {
+                        if let Some(d) = self.pool.slice(target_buf).get_mut(at..at + len) {
+                            d.fill(0);
+                        }
+                    } else {
+                        let Some(fi) = self.fixed_file(lun, seg.extent) else {
+                            return self.finish_io(idx, work.task, IoResult::Failed);
+                        };
+                        // SAFETY: at + len <= byte_len <= slot size (checked by the connection).
+                        let ptr = unsafe { self.pool.ptr(target_buf).add(at) };
+                        let sqe = if op_kind == Op::Read {
+                            opcode::ReadFixed::new(types::Fixed(fi), ptr, len as u32, target_buf.0)
+                                .offset(seg.file_offset)
+                                .build()
+                        } else {
+                            opcode::WriteFixed::new(types::Fixed(fi), ptr, len as u32, target_buf.0)
+                                .offset(seg.file_offset)
+                                .rw_flags(flags)
+                                .build()
+                        };
+                        sqes.push(sqe);
+                    }
+                    at += len;
+                }
+                op.pending = sqes.len() as u16;
+                if let Some(s) = self.slots[idx].as_mut() {
+                    s.inflight += sqes.len() as u32;
+                    s.file_ops.insert(work.task, op);
+                }
+                let empty = sqes.is_empty();
+                for sqe in sqes {
+                    self.push(sqe.user_data(user_data(idx, Kind::File, work.task)));
+                }
+                if empty {
+                    self.finish_io(idx, work.task, IoResult::Ok);
+                }
+            }
+        }
+    }
+
+    fn submit_sync(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork, mut op: FileOp) {
+        let n = match &lun.backing {
+            Backing::Vmdk { files, .. } => files.len(),
+            Backing::Ramdisk { .. } => 0,
+        };
+        let mut sqes = Vec::new();
+        for e in 0..n {
+            if let Some(fi) = self.fixed_file(lun, e) {
+                sqes.push(
+                    opcode::Fsync::new(types::Fixed(fi))
+                        .flags(types::FsyncFlags::DATASYNC)
+                        .build(),
+                );
+            }
+        }
+        op.pending = sqes.len() as u16;
+        let empty = sqes.is_empty();
+        if let Some(s) = self.slots[idx].as_mut() {
+            s.inflight += sqes.len() as u32;
+            s.file_ops.insert(work.task, op);
+        }
+        for sqe in sqes {
+            self.push(sqe.user_data(user_data(idx, Kind::File, work.task)));
+        }
+        if empty {
+            self.finish_io(idx, work.task, IoResult::Ok);
+        }
+    }
+
+    fn on_file(&mut self, idx: usize, task: u16, res: i32) {
+        let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(op) = s.file_ops.get_mut(&task) else {
+            return;
+        };
+        if res < 0 {
+            tracing::warn!(
+                "backing-store I/O failed: {}",
+                std::io::Error::from_raw_os_error(-res)
+            );
+            op.failed = true;
+        }
+        op.pending = op.pending.saturating_sub(1);
+        if op.pending == 0 {
+            let result = if op.failed {
+                IoResult::Failed
+            } else {
+                IoResult::Ok
+            };
+            self.finish_io(idx, task, result);
+        }
+    }
+
+    /// A task's backing-store work is over: compare for VERIFY, then let the connection respond.
+    fn finish_io(&mut self, idx: usize, task: u16, mut result: IoResult) {
+        let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        let op = s.file_ops.remove(&task).unwrap_or_default();
+        if let (Some(vb), Some(work)) = (op.verify_buf, op.work) {
+            if result == IoResult::Ok {
+                let len = work.req.byte_len;
+                let slot = self.pool.slot_size();
+                let media = self.pool.slice(vb)[..len.min(slot)].to_vec();
+                let out = &self.pool.slice(work.buf)[..work.req.data_out_len.min(slot)];
+                if let Some(off) = scsi::first_mismatch(&media, out) {
+                    result = IoResult::Miscompare(off as u64);
+                }
+            }
+            self.pool.release(vb);
+        }
+        if let IoResult::Failed = result
+            && let Some(work) = op.work
+        {
+            result = match work.req.kind {
+                IoKind::Read | IoKind::Verify { .. } => IoResult::ReadError(Some(work.req.lba)),
+                _ => IoResult::WriteError(Some(work.req.lba)),
+            };
+        }
+        s.conn.io_done(task, result, &mut self.pool);
+    }
+
+    // ------------------------------------------------------------------ lifecycle
+
+    /// Marks a connection closing: no new work starts; it is freed when nothing is in flight.
+    fn close(&mut self, idx: usize, why: &str) {
+        let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        if !s.closing {
+            tracing::info!(initiator = %s.conn.params.initiator_name, target = %s.conn.target.as_ref().map_or("-", |t| t.name.as_str()), "connection closed: {why}");
+            s.closing = true;
+            // SAFETY: shutdown(2) on a socket we own; pending receives then complete.
+            unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
+        }
+        self.dirty.push(idx);
+    }
+
+    fn try_free(&mut self, idx: usize) {
+        let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        if s.inflight > 0 {
+            return;
+        }
+        let Some(mut s) = self.slots[idx].take() else {
+            return;
+        };
+        s.conn.release_all(&mut self.pool);
+        for p in s.sending.drain(..) {
+            s.conn.sent(&p, &mut self.pool);
+        }
+        self.load.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Once a second: ping idle connections and drop those that stopped answering.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        for idx in 0..self.slots.len() {
+            let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
+            if s.closing {
+                continue;
+            }
+            match s.ping_at {
+                Some(t) if now.duration_since(t) > PING_TIMEOUT => {
+                    self.close(idx, "no answer to NOP-In")
+                }
+                None if now.duration_since(s.last_rx) > PING_IDLE => {
+                    s.conn.ping();
+                    s.ping_at = Some(now);
+                    self.dirty.push(idx);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn lun_of(conn: &Conn, task: u16) -> [u8; 8] {
+    conn.task_lun(task).to_be_bytes()
+}
+
+fn data_len(d: &OutData) -> usize {
+    match d {
+        OutData::None => 0,
+        OutData::Slot { len, .. } => *len,
+        OutData::Sense { len, .. } => *len,
+        OutData::Bytes(v) => v.len(),
+    }
+}
+
+fn data_ptr(d: &OutData, pool: &BufferPool) -> (*const u8, usize) {
+    match d {
+        OutData::None => (std::ptr::null(), 0),
+        // SAFETY: offset + len lies inside the slot (the connection built it from a completed read).
+        OutData::Slot { buf, offset, len } => (unsafe { pool.ptr(*buf).add(*offset) }, *len),
+        OutData::Sense { bytes, len } => (bytes.as_ptr(), *len),
+        OutData::Bytes(v) => (v.as_ptr(), v.len()),
+    }
+}

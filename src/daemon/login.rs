@@ -1,0 +1,418 @@
+//! The login phase of one connection, sans I/O: Login Requests in, Login Responses out, and at
+//! the end either a session in full feature phase or a failure status (RFC 7143 section 6).
+//!
+//! Who may log in is decided here, from the running configuration: the portal group's
+//! discovery-auth-group for discovery sessions, the target's auth-group otherwise (deny, none,
+//! CHAP, mutual CHAP; initiator-name, initiator-portal and VMware's initiator-group lists).
+
+use super::runtime::{AuthPolicy, Running, TargetRt};
+use crate::config::{AuthType, InitiatorPortal};
+use crate::iscsi::chap::{ChapAuthenticator, ChapSecrets, ChapStep};
+use crate::iscsi::digest::padding_for;
+use crate::iscsi::params::{
+    Accept, AuthMethod, Negotiator, SessionParams, SessionType, TargetLimits,
+};
+use crate::iscsi::pdu::{BHS_LEN, LoginRequest, LoginResponse, LoginStatus, Stage};
+use crate::iscsi::text::{OutgoingText, TextAccumulator, TextList, TextSink};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The largest login text (all C-bit PDUs of one request together).
+const MAX_LOGIN_TEXT: usize = 64 * 1024;
+/// The window of commands a session may have in flight.
+pub const QUEUE_DEPTH: u16 = 128;
+
+/// How a finished login turned out.
+#[derive(Debug)]
+pub enum LoginOutcome {
+    /// Full feature phase: a normal session for `target` or a discovery session.
+    Session {
+        params: SessionParams,
+        target: Option<Arc<TargetRt>>,
+        isid: [u8; 6],
+        tsih: u16,
+        /// StatSN for the first status after login, and the expected CmdSN.
+        stat_sn: u32,
+        exp_cmd_sn: u32,
+    },
+    /// The login failed; the response with this status was produced; close the connection.
+    Failed { status: LoginStatus, reason: String },
+}
+
+/// One connection's login.
+pub struct Login {
+    running: Arc<Running>,
+    /// The portal group the connection arrived on.
+    pg: usize,
+    peer: SocketAddr,
+    negotiator: Option<Negotiator>,
+    chap: ChapAuthenticator,
+    acc: TextAccumulator,
+    first: bool,
+    isid: [u8; 6],
+    tsih: u16,
+    stat_sn: u32,
+    exp_cmd_sn: u32,
+    policy: Option<AuthPolicy>,
+    target: Option<Arc<TargetRt>>,
+    authenticated: bool,
+    /// A response text longer than one PDU, being sent in C-bit chunks.
+    pending: Option<(OutgoingText, LoginResponse)>,
+    /// The TSIH the session will get.
+    next_tsih: u16,
+    /// Set when the response to produce next is the last one.
+    outcome: Option<LoginOutcome>,
+}
+
+impl Login {
+    pub fn new(running: Arc<Running>, pg: usize, peer: SocketAddr, tsih: u16) -> Self {
+        Login {
+            running,
+            pg,
+            peer,
+            negotiator: None,
+            chap: ChapAuthenticator::new(),
+            acc: TextAccumulator::new(MAX_LOGIN_TEXT),
+            first: true,
+            isid: [0; 6],
+            tsih: 0,
+            stat_sn: 1,
+            exp_cmd_sn: 0,
+            policy: None,
+            target: None,
+            authenticated: false,
+            pending: None,
+            next_tsih: tsih.max(1),
+            outcome: None,
+        }
+    }
+
+    /// Takes the outcome once the last response has been produced.
+    pub fn take_outcome(&mut self) -> Option<LoginOutcome> {
+        self.outcome.take()
+    }
+
+    /// Handles one Login Request with its data segment; returns the response PDU bytes (header,
+    /// text, padding: no digests during login).
+    pub fn on_request(&mut self, req: &LoginRequest, data: &[u8]) -> Vec<u8> {
+        match self.step(req, data) {
+            Ok(bytes) => bytes,
+            Err((status, reason)) => {
+                self.outcome = Some(LoginOutcome::Failed { status, reason });
+                self.response(req, status, false, 0, 0, &[])
+            }
+        }
+    }
+
+    fn step(&mut self, req: &LoginRequest, data: &[u8]) -> Result<Vec<u8>, (LoginStatus, String)> {
+        let fail = |s: LoginStatus, why: &str| (s, why.to_string());
+        if self.first {
+            self.first = false;
+            if req.version_min > 0 {
+                return Err(fail(
+                    LoginStatus::UnsupportedVersion,
+                    "unsupported iSCSI version",
+                ));
+            }
+            if req.tsih != 0 {
+                return Err(fail(
+                    LoginStatus::SessionDoesNotExist,
+                    "adding a connection to a session (MaxConnections is 1)",
+                ));
+            }
+            self.isid = req.isid;
+            self.exp_cmd_sn = req.cmd_sn;
+        } else if req.isid != self.isid {
+            return Err(fail(
+                LoginStatus::InitiatorError,
+                "ISID changed during login",
+            ));
+        }
+        let csg =
+            Stage::from_u8(req.csg).ok_or_else(|| fail(LoginStatus::InitiatorError, "bad CSG"))?;
+        // A long response still being sent: the initiator asks for the next chunk.
+        if let Some((mut text, template)) = self.pending.take() {
+            return Ok(self.chunk(req, &mut text, template));
+        }
+        let Some(text) = self
+            .acc
+            .append(data, req.cont)
+            .map_err(|e| fail(LoginStatus::InitiatorError, &e.to_string()))?
+        else {
+            // More text follows (C bit): answer with an empty response in the same stage.
+            return Ok(self.response(req, LoginStatus::Success, false, req.csg, req.csg, &[]));
+        };
+        let text = text.to_vec();
+        let keys = TextList::parse(&text)
+            .map_err(|e| fail(LoginStatus::InitiatorError, &e.to_string()))?;
+        let mut out = OutgoingText::new(MAX_LOGIN_TEXT);
+        if self.negotiator.is_none() {
+            self.start(&keys)?;
+        }
+        let negotiator = self
+            .negotiator
+            .as_mut()
+            .ok_or_else(|| fail(LoginStatus::TargetError, "no negotiator"))?;
+        negotiator
+            .negotiate(csg, &keys, &mut out)
+            .map_err(|e| (e.login_status(), e.to_string()))?;
+        let policy = self.policy.clone().unwrap_or_else(AuthPolicy::deny);
+        let needs_chap = matches!(
+            policy.effective_type(),
+            AuthType::Chap | AuthType::ChapMutual
+        );
+        match csg {
+            Stage::Security => {
+                if negotiator.auth_method() == AuthMethod::Chap && needs_chap {
+                    let lookup = |user: &str| chap_secrets(&policy, user);
+                    match self.chap.step(&keys, lookup, &mut out) {
+                        Ok(ChapStep::ChallengeSent) => {}
+                        Ok(ChapStep::Authenticated { .. }) => self.authenticated = true,
+                        Err(e) => return Err((e.login_status(), e.to_string())),
+                    }
+                } else if !needs_chap {
+                    self.authenticated = true;
+                }
+            }
+            Stage::Operational => {
+                if needs_chap && !self.authenticated {
+                    return Err(fail(LoginStatus::AuthenticationFailure, "CHAP is required"));
+                }
+                self.authenticated = true;
+            }
+            Stage::FullFeature => {
+                return Err(fail(
+                    LoginStatus::InitiatorError,
+                    "login in full feature stage",
+                ));
+            }
+        }
+        let nsg = Stage::from_u8(req.nsg);
+        let transit = req.transit && self.authenticated && self.chap_settled(csg);
+        if req.transit && nsg == Some(Stage::FullFeature) && !self.authenticated {
+            return Err(fail(
+                LoginStatus::AuthenticationFailure,
+                "not authenticated",
+            ));
+        }
+        let nsg_value = if transit {
+            nsg.map_or(req.csg, |s| s as u8)
+        } else {
+            req.csg
+        };
+        if transit && nsg == Some(Stage::FullFeature) {
+            if let Some(alias) = self.target.as_ref().and_then(|t| t.alias.clone()) {
+                let _ = out.push("TargetAlias", &alias);
+            }
+            let params = self
+                .negotiator
+                .as_ref()
+                .map(|n| n.finish())
+                .transpose()
+                .map_err(|e| (e.login_status(), e.to_string()))?;
+            let params = params.ok_or_else(|| fail(LoginStatus::TargetError, "no parameters"))?;
+            self.tsih = self.next_tsih;
+            let template = self.template(req, LoginStatus::Success, true, req.csg, nsg_value);
+            let bytes = self.chunk(req, &mut out, template);
+            if self.pending.is_none() {
+                self.outcome = Some(LoginOutcome::Session {
+                    params,
+                    target: self.target.clone(),
+                    isid: self.isid,
+                    tsih: self.tsih,
+                    stat_sn: self.stat_sn,
+                    exp_cmd_sn: self.exp_cmd_sn,
+                });
+            }
+            return Ok(bytes);
+        }
+        let template = self.template(req, LoginStatus::Success, transit, req.csg, nsg_value);
+        Ok(self.chunk(req, &mut out, template))
+    }
+
+    /// Whether CHAP, when in use, has finished (a transit out of security needs it).
+    fn chap_settled(&self, csg: Stage) -> bool {
+        csg != Stage::Security || self.authenticated
+    }
+
+    /// Reads the first request's keys: session type, names, the target and its policy.
+    fn start(&mut self, keys: &TextList<'_>) -> Result<(), (LoginStatus, String)> {
+        let fail = |s: LoginStatus, why: String| (s, why);
+        let initiator = keys
+            .get("InitiatorName")
+            .ok_or_else(|| fail(LoginStatus::MissingParameter, "no InitiatorName".into()))?
+            .to_string();
+        let discovery = keys.get("SessionType") == Some("Discovery");
+        let pg = self
+            .running
+            .portal_groups
+            .get(self.pg)
+            .ok_or_else(|| fail(LoginStatus::TargetError, "no portal group".into()))?;
+        let policy = if discovery {
+            pg.discovery_auth.clone()
+        } else {
+            let name = keys
+                .get("TargetName")
+                .ok_or_else(|| fail(LoginStatus::MissingParameter, "no TargetName".into()))?;
+            let target = self
+                .running
+                .target(name)
+                .filter(|t| t.portal_groups.contains(&self.pg))
+                .ok_or_else(|| {
+                    fail(
+                        LoginStatus::NotFound,
+                        format!("no target {name} on this portal"),
+                    )
+                })?
+                .clone();
+            let policy = target.auth.clone();
+            self.target = Some(target);
+            policy
+        };
+        if policy.effective_type() == AuthType::Deny {
+            return Err(fail(
+                LoginStatus::AuthorizationFailure,
+                "access denied by the auth-group".into(),
+            ));
+        }
+        if !policy.allows_initiator(&initiator) {
+            return Err(fail(
+                LoginStatus::AuthorizationFailure,
+                format!("initiator {initiator} is not allowed"),
+            ));
+        }
+        if !policy.portals.is_empty()
+            && !policy
+                .portals
+                .iter()
+                .filter_map(|p| InitiatorPortal::parse(p).ok())
+                .any(|p| p.contains(self.peer.ip()))
+        {
+            return Err(fail(
+                LoginStatus::AuthorizationFailure,
+                format!("initiator portal {} is not allowed", self.peer.ip()),
+            ));
+        }
+        let chap = matches!(
+            policy.effective_type(),
+            AuthType::Chap | AuthType::ChapMutual
+        );
+        let limits = TargetLimits {
+            auth: Accept {
+                none: !chap,
+                other: chap,
+            },
+            target_portal_group_tag: pg.tag,
+            ..TargetLimits::default()
+        };
+        self.negotiator = Some(
+            Negotiator::new_leading(limits)
+                .map_err(|e| fail(LoginStatus::TargetError, e.to_string()))?,
+        );
+        self.policy = Some(policy);
+        Ok(())
+    }
+
+    fn template(
+        &self,
+        req: &LoginRequest,
+        status: LoginStatus,
+        transit: bool,
+        csg: u8,
+        nsg: u8,
+    ) -> LoginResponse {
+        let mut r = LoginResponse {
+            transit,
+            csg,
+            nsg: if transit { nsg } else { 0 },
+            version_max: 0,
+            version_active: 0,
+            isid: req.isid,
+            tsih: if transit && nsg == Stage::FullFeature as u8 {
+                self.tsih
+            } else {
+                0
+            },
+            itt: req.itt,
+            exp_cmd_sn: self.exp_cmd_sn,
+            max_cmd_sn: self.exp_cmd_sn.wrapping_add(u32::from(QUEUE_DEPTH) - 1),
+            ..Default::default()
+        };
+        r.set_status(status);
+        r
+    }
+
+    /// The next chunk of `out` in a response built from `template` (C bit when more follows).
+    fn chunk(
+        &mut self,
+        _req: &LoginRequest,
+        out: &mut OutgoingText,
+        template: LoginResponse,
+    ) -> Vec<u8> {
+        let (bytes, cont) = match out.next_chunk(8192) {
+            Some(c) => (c.bytes.to_vec(), c.cont),
+            None => (Vec::new(), false),
+        };
+        let mut r = template;
+        if cont {
+            // A response continues: no transit until the initiator has it all.
+            r.cont = true;
+            r.transit = false;
+            r.tsih = 0;
+            self.pending = Some((std::mem::replace(out, OutgoingText::new(0)), template));
+        }
+        r.stat_sn = self.stat_sn;
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        r.data_segment_length = bytes.len() as u32;
+        encode(&r, &bytes)
+    }
+
+    fn response(
+        &mut self,
+        req: &LoginRequest,
+        status: LoginStatus,
+        transit: bool,
+        csg: u8,
+        nsg: u8,
+        text: &[u8],
+    ) -> Vec<u8> {
+        let mut r = self.template(req, status, transit, csg, nsg);
+        r.stat_sn = self.stat_sn;
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        r.data_segment_length = text.len() as u32;
+        encode(&r, text)
+    }
+}
+
+fn encode(r: &LoginResponse, text: &[u8]) -> Vec<u8> {
+    let mut bhs = [0u8; BHS_LEN];
+    r.encode(&mut bhs);
+    let mut v = Vec::with_capacity(BHS_LEN + text.len() + 3);
+    v.extend_from_slice(&bhs);
+    v.extend_from_slice(text);
+    v.extend_from_slice(padding_for(text.len() as u32));
+    v
+}
+
+/// The CHAP secrets of a user in a policy.
+fn chap_secrets<'a>(policy: &'a AuthPolicy, user: &str) -> Option<ChapSecrets<'a>> {
+    if let Some((_, secret)) = policy.chap.iter().find(|(u, _)| u == user) {
+        return Some(ChapSecrets {
+            secret: secret.as_bytes(),
+            mutual: None,
+        });
+    }
+    policy
+        .chap_mutual
+        .iter()
+        .find(|(u, ..)| u == user)
+        .map(|(_, secret, muser, msecret)| ChapSecrets {
+            secret: secret.as_bytes(),
+            mutual: Some((muser.as_str(), msecret.as_bytes())),
+        })
+}
+
+/// Whether a session type is discovery.
+pub fn is_discovery(params: &SessionParams) -> bool {
+    params.session_type == SessionType::Discovery
+}
