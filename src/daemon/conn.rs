@@ -610,7 +610,7 @@ impl Conn {
             None => scsi::execute(&target.server, &mut self.nexus, &req, &mut []),
         };
         match outcome {
-            Outcome::Done(c) => self.finish(i, &c),
+            Outcome::Done(c) => self.finish(i, &c, pool),
             Outcome::Io(io) => match t.buf {
                 Some(buf) if io.byte_len <= pool.slot_size() => {
                     t.state = TaskState::Io;
@@ -624,7 +624,7 @@ impl Conn {
                 _ => {
                     let c =
                         Completion::check(SenseReason::InvalidFieldInCdb(FieldPointer::byte(0)));
-                    self.finish(i, &c);
+                    self.finish(i, &c, pool);
                 }
             },
         }
@@ -642,11 +642,11 @@ impl Conn {
             return;
         }
         let c = scsi::complete_io(&io, result);
-        self.finish(i, &c);
+        self.finish(i, &c, pool);
     }
 
     /// Queues the response of a finished task: Data-In from its buffer, then status.
-    fn finish(&mut self, i: usize, c: &Completion) {
+    fn finish(&mut self, i: usize, c: &Completion, pool: &mut BufferPool) {
         let Some(t) = self.tasks[i].as_mut() else {
             return;
         };
@@ -658,10 +658,8 @@ impl Conn {
         );
         let produced = if read_like { c.data_len } else { 0 };
         self.queue_completion(itt, edtl, c, buf.map(|b| (b, i as u16)), produced);
-        if let Some(t) = self.tasks[i].as_ref()
-            && t.sends_pending == 0
-        {
-            self.tasks[i] = None;
+        if self.tasks[i].as_ref().is_some_and(|t| t.sends_pending == 0) {
+            self.free_task(i, pool);
         }
     }
 
