@@ -86,8 +86,14 @@ pub struct OutPdu {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IoWork {
     pub task: u16,
-    pub buf: BufId,
+    /// The task's buffer (none when the request moves no data: VERIFY without BYTCHK, SYNC).
+    pub buf: Option<BufId>,
     pub req: IoRequest,
+}
+
+/// Whether a CDB is a media write (its data-out is collected after the CDB is validated).
+fn is_media_write(cdb: &[u8]) -> bool {
+    opcodes::find(cdb).is_ok_and(|info| info.media == MediaAccess::Write)
 }
 
 /// A fatal protocol error: the connection must be closed.
@@ -115,6 +121,8 @@ struct Task {
     state: TaskState,
     /// A media write already validated (execute returned this request before data arrived).
     io: Option<IoRequest>,
+    /// The command's own data-out length (for write residuals).
+    transfer: u32,
     /// Data-out bytes wanted in the buffer.
     want: u32,
     received: u32,
@@ -371,6 +379,7 @@ impl Conn {
             buf,
             state: TaskState::Receiving,
             io: None,
+            transfer: 0,
             want: 0,
             received: 0,
             next_r2t: 0,
@@ -419,7 +428,7 @@ impl Conn {
                 }
             }
         };
-        if cmd.write && cmd.expected_data_length > 0 {
+        if is_media_write(&cmd.cdb) || (cmd.write && cmd.expected_data_length > 0) {
             self.start_write(i, cmd, pool);
         } else {
             self.run_command(i, &[], pool);
@@ -448,22 +457,24 @@ impl Conn {
                 Outcome::Done(c) => {
                     let (itt, edtl) = (t.itt, t.edtl);
                     self.free_task(i, pool);
-                    self.queue_completion(itt, edtl, &c, None, 0);
+                    self.queue_completion(itt, edtl, &c, None, 0, edtl as usize);
                     return;
                 }
                 Outcome::Io(io) => {
                     t.io = Some(io);
-                    t.want = (io.data_out_len as u32).min(cmd.expected_data_length);
+                    t.transfer = io.data_out_len.min(u32::MAX as usize) as u32;
+                    t.want = t.transfer.min(cmd.expected_data_length);
                 }
             }
         } else {
             t.want = cmd.expected_data_length;
+            t.transfer = t.want;
         }
         if t.want as usize > pool.slot_size() {
             let (itt, edtl) = (t.itt, t.edtl);
             self.free_task(i, pool);
             let c = Completion::check(SenseReason::InvalidFieldInCdb(FieldPointer::byte(0)));
-            self.queue_completion(itt, edtl, &c, None, 0);
+            self.queue_completion(itt, edtl, &c, None, 0, edtl as usize);
             return;
         }
         t.received = immediate.min(t.want);
@@ -561,29 +572,30 @@ impl Conn {
         if t.state != TaskState::Receiving || t.received < t.want {
             return;
         }
-        match (t.io, t.buf) {
-            (Some(io), Some(buf)) => {
+        match t.io {
+            Some(mut io) => {
+                // A media write: write what arrived. When the initiator sends less than the CDB
+                // asks for (EDTL < transfer length), only the whole blocks received are written
+                // and the response reports the overflow.
                 if (t.want as usize) < io.data_out_len {
-                    // The initiator sends less than the CDB asks for: nothing is written.
-                    let (itt, edtl) = (t.itt, t.edtl);
-                    let c =
-                        Completion::check(SenseReason::InvalidFieldInCdb(FieldPointer::byte(0)));
-                    self.free_task(i, pool);
-                    self.queue_completion(itt, edtl, &c, None, 0);
-                    return;
+                    let block = io.byte_len.checked_div(io.blocks.0 as usize).unwrap_or(512).max(1);
+                    io.byte_len = t.want as usize / block * block;
                 }
+                let buf = t.buf;
                 if let Some(t) = self.tasks[i].as_mut() {
                     t.state = TaskState::Io;
                 }
-                self.io.push_back(IoWork {
-                    task: i as u16,
-                    buf,
-                    req: io,
-                });
+                if io.byte_len == 0 {
+                    return self.io_done(i as u16, IoResult::Ok, pool);
+                }
+                if let Some(t) = self.tasks[i].as_mut() {
+                    t.io = Some(io);
+                }
+                self.io.push_back(IoWork { task: i as u16, buf, req: io });
             }
-            (_, buf) => {
+            None => {
                 let want = t.want as usize;
-                let data: Vec<u8> = match buf {
+                let data: Vec<u8> = match t.buf {
                     Some(b) => pool.slice(b).get(..want).unwrap_or(&[]).to_vec(),
                     None => Vec::new(),
                 };
@@ -611,22 +623,17 @@ impl Conn {
         };
         match outcome {
             Outcome::Done(c) => self.finish(i, &c, pool),
-            Outcome::Io(io) => match t.buf {
-                Some(buf) if io.byte_len <= pool.slot_size() => {
-                    t.state = TaskState::Io;
-                    t.io = Some(io);
-                    self.io.push_back(IoWork {
-                        task: i as u16,
-                        buf,
-                        req: io,
-                    });
+            Outcome::Io(io) => {
+                let needs_buf = matches!(io.kind, IoKind::Read | IoKind::Write | IoKind::WriteVerify { .. })
+                    || matches!(io.kind, IoKind::Verify { bytchk: true });
+                if needs_buf && (t.buf.is_none() || io.byte_len > pool.slot_size()) {
+                    let c = Completion::check(SenseReason::InternalTargetFailure);
+                    return self.finish(i, &c, pool);
                 }
-                _ => {
-                    let c =
-                        Completion::check(SenseReason::InvalidFieldInCdb(FieldPointer::byte(0)));
-                    self.finish(i, &c, pool);
-                }
-            },
+                t.state = TaskState::Io;
+                t.io = Some(io);
+                self.io.push_back(IoWork { task: i as u16, buf: t.buf, req: io });
+            }
         }
     }
 
@@ -647,17 +654,12 @@ impl Conn {
 
     /// Queues the response of a finished task: Data-In from its buffer, then status.
     fn finish(&mut self, i: usize, c: &Completion, pool: &mut BufferPool) {
-        let Some(t) = self.tasks[i].as_mut() else {
-            return;
-        };
+        let Some(t) = self.tasks[i].as_mut() else { return };
         t.state = TaskState::Sending;
         let (itt, edtl, buf) = (t.itt, t.edtl, t.buf);
-        let read_like = !matches!(
-            t.io.map(|io| io.kind),
-            Some(IoKind::Write | IoKind::WriteVerify { .. })
-        );
-        let produced = if read_like { c.data_len } else { 0 };
-        self.queue_completion(itt, edtl, c, buf.map(|b| (b, i as u16)), produced);
+        let writes = t.transfer > 0 || is_media_write(&t.cdb);
+        let (data_in, transfer) = if writes { (0, t.transfer as usize) } else { (c.data_len, c.data_len) };
+        self.queue_completion(itt, edtl, c, buf.map(|b| (b, i as u16)), data_in, transfer);
         if self.tasks[i].as_ref().is_some_and(|t| t.sends_pending == 0) {
             self.free_task(i, pool);
         }
@@ -671,9 +673,10 @@ impl Conn {
         edtl: u32,
         c: &Completion,
         buf: Option<(BufId, u16)>,
+        data_in: usize,
         produced: usize,
     ) {
-        let sent = produced.min(edtl as usize);
+        let sent = data_in.min(edtl as usize);
         let (under, over, residual) = match produced.cmp(&(edtl as usize)) {
             std::cmp::Ordering::Less => (true, false, edtl - produced as u32),
             std::cmp::Ordering::Greater => (
@@ -682,11 +685,6 @@ impl Conn {
                 (produced - edtl as usize).min(u32::MAX as usize) as u32,
             ),
             std::cmp::Ordering::Equal => (false, false, 0),
-        };
-        let (under, over, residual) = if buf.is_none() && produced == 0 && edtl > 0 {
-            (true, false, edtl)
-        } else {
-            (under, over, residual)
         };
         let status_in_data = c.sense.is_none() && sent > 0;
         if let Some((b, task)) = buf.filter(|_| sent > 0) {

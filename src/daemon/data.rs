@@ -684,26 +684,20 @@ impl Worker {
 
     fn submit_io(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork) {
         let req = work.req;
-        let mut op = FileOp {
-            work: Some(work),
-            ..Default::default()
-        };
-        let (target_buf, op_kind) = match req.kind {
-            IoKind::Read => (work.buf, Op::Read),
-            IoKind::Write | IoKind::WriteVerify { .. } => (work.buf, Op::Write),
-            IoKind::Verify { bytchk: false } => {
-                return self.finish_io(idx, work.task, IoResult::Ok);
-            }
-            IoKind::Verify { bytchk: true } => match self.pool.alloc() {
+        let mut op = FileOp { work: Some(work), ..Default::default() };
+        let (target_buf, op_kind) = match (req.kind, work.buf) {
+            (IoKind::Sync { .. }, _) => return self.submit_sync(idx, lun, work, op),
+            // VERIFY reads the medium into a scratch buffer (and compares it with BYTCHK).
+            (IoKind::Verify { .. }, _) => match self.pool.alloc() {
                 Some(b) => {
                     op.verify_buf = Some(b);
                     (b, Op::Read)
                 }
                 None => return self.finish_io(idx, work.task, IoResult::Failed),
             },
-            IoKind::Sync { .. } => {
-                return self.submit_sync(idx, lun, work, op);
-            }
+            (IoKind::Read, Some(b)) => (b, Op::Read),
+            (IoKind::Write | IoKind::WriteVerify { .. }, Some(b)) => (b, Op::Write),
+            _ => return self.finish_io(idx, work.task, IoResult::Failed),
         };
         match &lun.backing {
             Backing::Ramdisk { .. } => {
@@ -837,11 +831,12 @@ impl Worker {
         };
         let op = s.file_ops.remove(&task).unwrap_or_default();
         if let (Some(vb), Some(work)) = (op.verify_buf, op.work) {
-            if result == IoResult::Ok {
-                let len = work.req.byte_len;
+            if result == IoResult::Ok
+                && let (IoKind::Verify { bytchk: true }, Some(b)) = (work.req.kind, work.buf)
+            {
                 let slot = self.pool.slot_size();
-                let media = self.pool.slice(vb)[..len.min(slot)].to_vec();
-                let out = &self.pool.slice(work.buf)[..work.req.data_out_len.min(slot)];
+                let media = self.pool.slice(vb)[..work.req.byte_len.min(slot)].to_vec();
+                let out = &self.pool.slice(b)[..work.req.data_out_len.min(slot)];
                 if let Some(off) = scsi::first_mismatch(&media, out) {
                     result = IoResult::Miscompare(off as u64);
                 }
