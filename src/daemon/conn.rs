@@ -49,7 +49,10 @@ pub enum DataDest {
 
 /// The data segment of an outgoing PDU.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant, reason = "sense stays inline: no heap allocation per response")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "sense stays inline: no heap allocation per response"
+)]
 pub enum OutData {
     None,
     /// Bytes of a task's registered buffer (Data-In sent from the buffer the read filled).
@@ -265,7 +268,7 @@ impl Conn {
         self.header_task = i;
         match i {
             Some(i) => match self.tasks[i].as_ref().and_then(|t| t.buf) {
-                Some(buf) if (data_len as usize) <= pool.slot_size() => {
+                Some(buf) if (data_len as usize) <= pool.len_of(buf) => {
                     DataDest::Slot { buf, offset: 0 }
                 }
                 _ => DataDest::Discard,
@@ -366,7 +369,7 @@ impl Conn {
     fn new_task(&mut self, cmd: &ScsiCommand, pool: &mut BufferPool) -> Option<usize> {
         let i = self.tasks.iter().position(Option::is_none)?;
         let buf = if cmd.expected_data_length > 0 || cmd.read {
-            Some(pool.alloc()?)
+            Some(pool.alloc((cmd.expected_data_length as usize).min(pool.max_len()))?)
         } else {
             None
         };
@@ -470,7 +473,8 @@ impl Conn {
             t.want = cmd.expected_data_length;
             t.transfer = t.want;
         }
-        if t.want as usize > pool.slot_size() {
+        if t.buf.is_some_and(|b| t.want as usize > pool.len_of(b)) || t.want > 0 && t.buf.is_none()
+        {
             let (itt, edtl) = (t.itt, t.edtl);
             self.free_task(i, pool);
             let c = Completion::check(SenseReason::InvalidFieldInCdb(FieldPointer::byte(0)));
@@ -578,7 +582,11 @@ impl Conn {
                 // asks for (EDTL < transfer length), only the whole blocks received are written
                 // and the response reports the overflow.
                 if (t.want as usize) < io.data_out_len {
-                    let block = io.byte_len.checked_div(io.blocks.0 as usize).unwrap_or(512).max(1);
+                    let block = io
+                        .byte_len
+                        .checked_div(io.blocks.0 as usize)
+                        .unwrap_or(512)
+                        .max(1);
                     io.byte_len = t.want as usize / block * block;
                 }
                 let buf = t.buf;
@@ -591,7 +599,11 @@ impl Conn {
                 if let Some(t) = self.tasks[i].as_mut() {
                     t.io = Some(io);
                 }
-                self.io.push_back(IoWork { task: i as u16, buf, req: io });
+                self.io.push_back(IoWork {
+                    task: i as u16,
+                    buf,
+                    req: io,
+                });
             }
             None => {
                 let want = t.want as usize;
@@ -624,15 +636,31 @@ impl Conn {
         match outcome {
             Outcome::Done(c) => self.finish(i, &c, pool),
             Outcome::Io(io) => {
-                let needs_buf = matches!(io.kind, IoKind::Read | IoKind::Write | IoKind::WriteVerify { .. })
-                    || matches!(io.kind, IoKind::Verify { bytchk: true });
-                if needs_buf && (t.buf.is_none() || io.byte_len > pool.slot_size()) {
+                let needs_buf = matches!(
+                    io.kind,
+                    IoKind::Read | IoKind::Write | IoKind::WriteVerify { .. }
+                ) || matches!(io.kind, IoKind::Verify { bytchk: true });
+                // A read larger than the buffer the EDTL chose (an overflow): take a bigger one.
+                if needs_buf
+                    && t.buf.is_none_or(|b| io.byte_len > pool.len_of(b))
+                    && io.kind == IoKind::Read
+                {
+                    if let Some(b) = t.buf.take() {
+                        pool.release(b);
+                    }
+                    t.buf = pool.alloc(io.byte_len);
+                }
+                if needs_buf && t.buf.is_none_or(|b| io.byte_len > pool.len_of(b)) {
                     let c = Completion::check(SenseReason::InternalTargetFailure);
                     return self.finish(i, &c, pool);
                 }
                 t.state = TaskState::Io;
                 t.io = Some(io);
-                self.io.push_back(IoWork { task: i as u16, buf: t.buf, req: io });
+                self.io.push_back(IoWork {
+                    task: i as u16,
+                    buf: t.buf,
+                    req: io,
+                });
             }
         }
     }
@@ -654,11 +682,17 @@ impl Conn {
 
     /// Queues the response of a finished task: Data-In from its buffer, then status.
     fn finish(&mut self, i: usize, c: &Completion, pool: &mut BufferPool) {
-        let Some(t) = self.tasks[i].as_mut() else { return };
+        let Some(t) = self.tasks[i].as_mut() else {
+            return;
+        };
         t.state = TaskState::Sending;
         let (itt, edtl, buf) = (t.itt, t.edtl, t.buf);
         let writes = t.transfer > 0 || is_media_write(&t.cdb);
-        let (data_in, transfer) = if writes { (0, t.transfer as usize) } else { (c.data_len, c.data_len) };
+        let (data_in, transfer) = if writes {
+            (0, t.transfer as usize)
+        } else {
+            (c.data_len, c.data_len)
+        };
         self.queue_completion(itt, edtl, c, buf.map(|b| (b, i as u16)), data_in, transfer);
         if self.tasks[i].as_ref().is_some_and(|t| t.sends_pending == 0) {
             self.free_task(i, pool);

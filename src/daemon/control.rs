@@ -109,7 +109,7 @@ impl Control {
             threads,
             conns: Vec::new(),
             signals,
-            pool: BufferPool::new(4096, 1)?,
+            pool: BufferPool::new(&[(4096, 1)])?,
             sessions: Vec::new(),
             next_tsih: 1,
             next_session: 1,

@@ -61,7 +61,7 @@ impl DataThread {
     pub fn spawn(
         index: usize,
         core: Option<core_affinity::CoreId>,
-        buffers: usize,
+        buffers: &'static [(usize, usize)],
     ) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let waker = Arc::new(Waker::new()?);
@@ -196,11 +196,11 @@ impl Worker {
         rx: Receiver<Msg>,
         waker: Arc<Waker>,
         load: Arc<AtomicUsize>,
-        buffers: usize,
+        buffers: &[(usize, usize)],
     ) -> std::io::Result<Self> {
         let (ring, features) = uring::build_ring(256)?;
         tracing::debug!(?features, "data ring ready");
-        let pool = BufferPool::new(super::runtime::MAX_IO_BYTES, buffers)?;
+        let pool = BufferPool::new(buffers)?;
         pool.register(&ring)?;
         ring.submitter().register_files_sparse(FIXED_FILES)?;
         let mut w = Worker {
@@ -409,7 +409,7 @@ impl Worker {
             && remaining >= DIRECT_RECV_MIN
         {
             let at = offset + (total - remaining) as usize;
-            let len = (remaining as usize).min(self.pool.slot_size().saturating_sub(at));
+            let len = (remaining as usize).min(self.pool.len_of(buf).saturating_sub(at));
             if len == 0 {
                 return self.close(idx, "data segment beyond its buffer");
             }
@@ -684,11 +684,14 @@ impl Worker {
 
     fn submit_io(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork) {
         let req = work.req;
-        let mut op = FileOp { work: Some(work), ..Default::default() };
+        let mut op = FileOp {
+            work: Some(work),
+            ..Default::default()
+        };
         let (target_buf, op_kind) = match (req.kind, work.buf) {
             (IoKind::Sync { .. }, _) => return self.submit_sync(idx, lun, work, op),
             // VERIFY reads the medium into a scratch buffer (and compares it with BYTCHK).
-            (IoKind::Verify { .. }, _) => match self.pool.alloc() {
+            (IoKind::Verify { .. }, _) => match self.pool.alloc(req.byte_len) {
                 Some(b) => {
                     op.verify_buf = Some(b);
                     (b, Op::Read)
@@ -834,9 +837,9 @@ impl Worker {
             if result == IoResult::Ok
                 && let (IoKind::Verify { bytchk: true }, Some(b)) = (work.req.kind, work.buf)
             {
-                let slot = self.pool.slot_size();
-                let media = self.pool.slice(vb)[..work.req.byte_len.min(slot)].to_vec();
-                let out = &self.pool.slice(b)[..work.req.data_out_len.min(slot)];
+                let (vl, bl) = (self.pool.len_of(vb), self.pool.len_of(b));
+                let media = self.pool.slice(vb)[..work.req.byte_len.min(vl)].to_vec();
+                let out = &self.pool.slice(b)[..work.req.data_out_len.min(bl)];
                 if let Some(off) = scsi::first_mismatch(&media, out) {
                     result = IoResult::Miscompare(off as u64);
                 }

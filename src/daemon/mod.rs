@@ -188,9 +188,10 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     }
 }
 
-/// Registered buffers per data thread (each [`runtime::MAX_IO_BYTES`]): memory is bounded by
-/// this, not by load.
-pub const BUFFERS_PER_THREAD: usize = 128;
+/// Registered buffers per data thread, as (slot size, count): 256 x 64 KiB for small I/O and
+/// 32 x 1 MiB ([`runtime::MAX_IO_BYTES`]) for large, 48 MiB a thread. Memory is bounded by this,
+/// not by load: when a thread's buffers are all in use, commands get TASK SET FULL.
+pub const BUFFERS_PER_THREAD: &[(usize, usize)] = &[(64 << 10, 256), (runtime::MAX_IO_BYTES, 32)];
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 /// The largest single I/O (bytes): one registered buffer. Advertised as the Block Limits maximum
 /// transfer length.
-pub const MAX_IO_BYTES: usize = 256 << 10;
+pub const MAX_IO_BYTES: usize = 1 << 20;
 
 /// Why the running configuration could not be built.
 #[derive(Debug, thiserror::Error)]

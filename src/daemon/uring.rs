@@ -54,34 +54,63 @@ pub fn build_ring(entries: u32) -> io::Result<(IoUring, RingFeatures)> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BufId(pub u16);
 
-/// Page-aligned memory cut into equal slots, registered with a ring as fixed buffers so file reads
-/// and writes (READ_FIXED/WRITE_FIXED) skip the per-I/O page pinning, and suitable for O_DIRECT.
-pub struct BufferPool {
-    base: *mut u8,
-    slot_size: usize,
-    count: usize,
+/// One size class of the pool: `count` slots of `size` bytes, ids `first..first+count`.
+struct Class {
+    size: usize,
+    first: u16,
+    count: u16,
+    offset: usize,
     free: Vec<BufId>,
 }
 
+/// Page-aligned memory cut into slots of a few size classes, registered with a ring as fixed
+/// buffers so file reads and writes (READ_FIXED/WRITE_FIXED) skip per-I/O page pinning, and
+/// suitable for O_DIRECT. Small I/O takes small slots; large I/O the large ones.
+pub struct BufferPool {
+    base: *mut u8,
+    len: usize,
+    classes: Vec<Class>,
+}
+
 impl BufferPool {
-    /// Maps `count` slots of `slot_size` bytes (rounded up to whole pages). At most 16384 slots.
-    pub fn new(slot_size: usize, count: usize) -> io::Result<Self> {
+    /// Maps the classes `(slot size, count)` (sizes rounded up to whole pages), smallest first.
+    /// At most 16383 slots in all.
+    pub fn new(classes: &[(usize, usize)]) -> io::Result<Self> {
+        let invalid = |m: &str| io::Error::new(io::ErrorKind::InvalidInput, m.to_string());
         let page = 4096;
-        let slot_size = slot_size.max(page).div_ceil(page) * page;
-        if count == 0 || count > usize::from(u16::MAX) / 4 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "buffer count must be 1..16383",
-            ));
+        let mut sorted: Vec<(usize, usize)> = classes
+            .iter()
+            .map(|&(size, count)| (size.max(page).div_ceil(page) * page, count))
+            .collect();
+        sorted.sort();
+        let total: usize = sorted.iter().map(|c| c.1).sum();
+        if total == 0 || total > usize::from(u16::MAX) / 4 || sorted.iter().any(|c| c.1 == 0) {
+            return Err(invalid("buffer counts must be 1..16383 in all"));
         }
-        let len = slot_size
-            .checked_mul(count)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "buffer pool too large"))?;
+        let mut out = Vec::new();
+        let (mut first, mut offset) = (0u16, 0usize);
+        for (size, count) in sorted {
+            let bytes = size
+                .checked_mul(count)
+                .ok_or_else(|| invalid("buffer pool too large"))?;
+            let free = (0..count as u16).rev().map(|i| BufId(first + i)).collect();
+            out.push(Class {
+                size,
+                first,
+                count: count as u16,
+                offset,
+                free,
+            });
+            first += count as u16;
+            offset = offset
+                .checked_add(bytes)
+                .ok_or_else(|| invalid("buffer pool too large"))?;
+        }
         // SAFETY: an anonymous private mapping with no address hint; the result is checked below.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                offset,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -91,28 +120,46 @@ impl BufferPool {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let free = (0..count).rev().map(|i| BufId(i as u16)).collect();
         Ok(BufferPool {
             base: base.cast(),
-            slot_size,
-            count,
-            free,
+            len: offset,
+            classes: out,
         })
     }
 
-    pub fn slot_size(&self) -> usize {
-        self.slot_size
+    fn class(&self, id: BufId) -> &Class {
+        let i = self
+            .classes
+            .iter()
+            .position(|c| id.0 < c.first + c.count)
+            .unwrap_or(self.classes.len() - 1);
+        &self.classes[i]
     }
+
+    /// The size of a slot.
+    pub fn len_of(&self, id: BufId) -> usize {
+        self.class(id).size
+    }
+
+    /// The largest slot size.
+    pub fn max_len(&self) -> usize {
+        self.classes.last().map_or(0, |c| c.size)
+    }
+
+    /// Free slots in all classes.
     pub fn available(&self) -> usize {
-        self.free.len()
+        self.classes.iter().map(|c| c.free.len()).sum()
     }
 
     /// Registers every slot with `ring` as fixed buffer `BufId.0`.
     pub fn register(&self, ring: &IoUring) -> io::Result<()> {
-        let iovecs: Vec<libc::iovec> = (0..self.count)
-            .map(|i| libc::iovec {
-                iov_base: self.ptr(BufId(i as u16)).cast(),
-                iov_len: self.slot_size,
+        let iovecs: Vec<libc::iovec> = self
+            .classes
+            .iter()
+            .flat_map(|c| (0..c.count).map(move |i| (BufId(c.first + i), c.size)))
+            .map(|(id, size)| libc::iovec {
+                iov_base: self.ptr(id).cast(),
+                iov_len: size,
             })
             .collect();
         // SAFETY: every iovec points into our mapping, which stays mapped until `self` is dropped;
@@ -120,36 +167,47 @@ impl BufferPool {
         unsafe { ring.submitter().register_buffers(&iovecs) }
     }
 
-    pub fn alloc(&mut self) -> Option<BufId> {
-        self.free.pop()
+    /// A free slot of at least `len` bytes: the smallest class that fits and has one.
+    pub fn alloc(&mut self, len: usize) -> Option<BufId> {
+        self.classes
+            .iter_mut()
+            .filter(|c| c.size >= len)
+            .find_map(|c| c.free.pop())
     }
 
     /// Returns a slot. Only call once no in-flight operation uses it.
     pub fn release(&mut self, id: BufId) {
-        debug_assert!(!self.free.contains(&id), "double release of {id:?}");
-        self.free.push(id);
+        let i = self
+            .classes
+            .iter()
+            .position(|c| id.0 >= c.first && id.0 < c.first + c.count);
+        if let Some(c) = i.and_then(|i| self.classes.get_mut(i)) {
+            debug_assert!(!c.free.contains(&id), "double release of {id:?}");
+            c.free.push(id);
+        }
     }
 
     /// The start of a slot, for building SQEs.
     pub fn ptr(&self, id: BufId) -> *mut u8 {
-        let i = usize::from(id.0).min(self.count - 1);
-        // SAFETY: i < count, so the offset stays inside the mapping of count * slot_size bytes.
-        unsafe { self.base.add(i * self.slot_size) }
+        let c = self.class(id);
+        let i = usize::from(id.0.saturating_sub(c.first)).min(usize::from(c.count) - 1);
+        // SAFETY: i < count, so the offset stays inside this class's part of the mapping.
+        unsafe { self.base.add(c.offset + i * c.size) }
     }
 
     /// A slot as bytes. The caller must not hold this across an in-flight operation on the slot.
     pub fn slice(&mut self, id: BufId) -> &mut [u8] {
-        let ptr = self.ptr(id);
-        // SAFETY: the slot is slot_size bytes inside our mapping and `&mut self` rules out aliases
+        let (ptr, len) = (self.ptr(id), self.len_of(id));
+        // SAFETY: the slot is `len` bytes inside our mapping and `&mut self` rules out aliases
         // through the pool.
-        unsafe { std::slice::from_raw_parts_mut(ptr, self.slot_size) }
+        unsafe { std::slice::from_raw_parts_mut(ptr, len) }
     }
 }
 
 impl Drop for BufferPool {
     fn drop(&mut self) {
         // SAFETY: base/len are exactly the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.base.cast(), self.slot_size * self.count) };
+        unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }
 
@@ -191,27 +249,34 @@ mod tests {
 
     #[test]
     fn pool_slots_are_aligned_and_reused() {
-        let mut pool = BufferPool::new(5000, 3).unwrap();
-        assert_eq!(pool.slot_size(), 8192);
-        let a = pool.alloc().unwrap();
-        let b = pool.alloc().unwrap();
+        let mut pool = BufferPool::new(&[(65536, 1), (5000, 2)]).unwrap();
+        assert_eq!(pool.max_len(), 65536);
+        let a = pool.alloc(100).unwrap();
+        let b = pool.alloc(8192).unwrap();
         assert_ne!(a, b);
+        assert_eq!((pool.len_of(a), pool.len_of(b)), (8192, 8192));
         assert_eq!(pool.ptr(a) as usize % 4096, 0);
         assert_eq!(pool.ptr(b) as usize % 4096, 0);
+        // The small class is empty: a small request falls back to the large class.
+        let c = pool.alloc(1).unwrap();
+        assert_eq!(pool.len_of(c), 65536);
+        assert!(pool.alloc(1).is_none());
+        assert!(pool.alloc(65537).is_none());
         pool.slice(a)[0] = 7;
+        pool.slice(c)[65535] = 7;
         pool.release(a);
-        assert_eq!(pool.available(), 2);
-        assert!(BufferPool::new(4096, 0).is_err());
+        assert_eq!(pool.available(), 1);
+        assert!(BufferPool::new(&[(4096, 0)]).is_err());
     }
 
     #[test]
     fn read_fixed_fills_a_registered_slot() {
         let (mut ring, _features) = build_ring(8).unwrap();
-        let mut pool = BufferPool::new(4096, 2).unwrap();
+        let mut pool = BufferPool::new(&[(4096, 2), (8192, 1)]).unwrap();
         pool.register(&ring).unwrap();
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(b"hello, io_uring").unwrap();
-        let id = pool.alloc().unwrap();
+        let id = pool.alloc(8192).unwrap();
         let sqe = opcode::ReadFixed::new(types::Fd(file.as_raw_fd()), pool.ptr(id), 15, id.0)
             .offset(0)
             .build()
