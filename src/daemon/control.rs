@@ -295,7 +295,8 @@ impl Control {
                 let response = login.on_request(&req, &data);
                 c.tx.extend_from_slice(&response);
                 if let Some(outcome) = login.take_outcome() {
-                    self.login_done(idx, outcome);
+                    let initiator = login.initiator().to_string();
+                    self.login_done(idx, outcome, &initiator);
                 }
                 return Ok(());
             }
@@ -324,7 +325,7 @@ impl Control {
         Ok(())
     }
 
-    fn login_done(&mut self, idx: usize, outcome: LoginOutcome) {
+    fn login_done(&mut self, idx: usize, outcome: LoginOutcome, who: &str) {
         let Some(c) = self.conns[idx].as_ref() else {
             return;
         };
@@ -336,7 +337,7 @@ impl Control {
                     c.close_after_flush = true;
                 }
                 self.log_failure(&format!(
-                    "login from {peer} refused ({}): {reason}",
+                    "login of {who} from {peer} refused ({}): {reason}",
                     status_name(status)
                 ));
             }

@@ -62,6 +62,8 @@ pub struct Login {
     next_tsih: u16,
     /// Set when the response to produce next is the last one.
     outcome: Option<LoginOutcome>,
+    /// The InitiatorName, once the first request named it.
+    initiator: Option<String>,
 }
 
 impl Login {
@@ -84,7 +86,13 @@ impl Login {
             pending: None,
             next_tsih: tsih.max(1),
             outcome: None,
+            initiator: None,
         }
+    }
+
+    /// The initiator's name, once known (for log lines).
+    pub fn initiator(&self) -> &str {
+        self.initiator.as_deref().unwrap_or("(unnamed initiator)")
     }
 
     /// Takes the outcome once the last response has been produced.
@@ -153,6 +161,8 @@ impl Login {
             .negotiator
             .as_mut()
             .ok_or_else(|| fail(LoginStatus::TargetError, "no negotiator"))?;
+        // CHAP keys come only after a response that agreed AuthMethod=CHAP.
+        let chap_agreed = negotiator.auth_method() == AuthMethod::Chap;
         negotiator
             .negotiate(csg, &keys, &mut out)
             .map_err(|e| (e.login_status(), e.to_string()))?;
@@ -163,7 +173,7 @@ impl Login {
         );
         match csg {
             Stage::Security => {
-                if negotiator.auth_method() == AuthMethod::Chap && needs_chap {
+                if chap_agreed && needs_chap {
                     let lookup = |user: &str| chap_secrets(&policy, user);
                     match self.chap.step(&keys, lookup, &mut out) {
                         Ok(ChapStep::ChallengeSent) => {}
@@ -242,6 +252,7 @@ impl Login {
             .get("InitiatorName")
             .ok_or_else(|| fail(LoginStatus::MissingParameter, "no InitiatorName".into()))?
             .to_string();
+        self.initiator = Some(initiator.clone());
         let discovery = keys.get("SessionType") == Some("Discovery");
         let pg = self
             .running
