@@ -1,0 +1,209 @@
+//! Shared harness for end-to-end tests: a temporary datastore built with `vitctl`, a `vitd`
+//! serving it on a loopback port, and the real clients (libiscsi's tools, qemu-img).
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether a client program is on PATH (the test command installs them; a bare `cargo test`
+/// on a machine without them skips with a note instead of failing).
+pub fn have(program: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("note: {program} is not installed; skipping (./scripts/test installs it)");
+    }
+    found
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Datastore {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Datastore {
+    /// A datastore whose default portal group listens on 127.0.0.1:<free port>.
+    pub fn new() -> Self {
+        let ds = Datastore {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+        };
+        ds.vitctl(&[
+            "homeobject",
+            "create",
+            "--listen",
+            &format!("127.0.0.1:{}", ds.port),
+        ]);
+        ds
+    }
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn conf(&self) -> PathBuf {
+        self.root().join(".iSCSI-Config/etc/vit.conf")
+    }
+    pub fn vitctl_out(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vitctl"))
+            .arg("--datastore")
+            .arg(self.root())
+            .args(args)
+            .env_remove("VIT_DATASTORE")
+            .output()
+            .unwrap()
+    }
+    /// Runs vitctl, which must succeed; returns stdout.
+    pub fn vitctl(&self, args: &[&str]) -> String {
+        let out = self.vitctl_out(args);
+        assert!(
+            out.status.success(),
+            "vitctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--format", "json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.vitctl(&a)).unwrap()
+    }
+    /// Adds a target (named `iqn.2026-11.io.vit:<alias>`) and returns its uuid.
+    pub fn target(&self, alias: &str, extra: &[&str]) -> String {
+        let iqn = iqn(alias);
+        let mut args = vec!["target", "add", "--alias", alias, "--iqn", &iqn];
+        args.extend_from_slice(extra);
+        self.json(&args)["uuid"].as_str().unwrap().to_string()
+    }
+    /// Adds a LUN; returns its descriptor path.
+    pub fn lun(&self, alias: &str, id: u32, size: &str) -> PathBuf {
+        let id = id.to_string();
+        let v = self.json(&[
+            "target", "lun", "add", "--target", alias, "--id", &id, "--size", size,
+        ]);
+        PathBuf::from(v["descriptor"].as_str().unwrap())
+    }
+    /// Edits vit.conf through the library's model (for what vitctl does not manage).
+    pub fn edit(&self, change: impl FnOnce(&mut vit::config::Config)) {
+        let ds = vit::datastore::Datastore::open(self.root()).unwrap();
+        let lock = ds.lock().unwrap();
+        let mut cfg = ds.load_config().unwrap();
+        change(&mut cfg);
+        ds.commit(&lock, &mut cfg).unwrap();
+    }
+    pub fn url(&self, alias: &str, lun: u32) -> String {
+        format!("iscsi://127.0.0.1:{}/{}/{lun}", self.port, iqn(alias))
+    }
+    pub fn portal(&self) -> String {
+        format!("iscsi://127.0.0.1:{}/", self.port)
+    }
+    /// Starts vitd on this datastore and waits until it accepts connections.
+    pub fn start(&self) -> Vitd {
+        Vitd::start(self.root(), self.port, &[])
+    }
+}
+
+pub fn iqn(alias: &str) -> String {
+    format!("iqn.2026-11.io.vit:{alias}")
+}
+
+/// A running vitd, stopped (SIGTERM) on drop.
+pub struct Vitd {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    _logdir: tempfile::TempDir,
+}
+
+impl Vitd {
+    pub fn start(root: &Path, port: u16, extra: &[&str]) -> Vitd {
+        let logdir = tempfile::tempdir().unwrap();
+        let log = logdir.path().join("vitd.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_vitd"))
+            .arg("--datastore")
+            .arg(root)
+            .arg("--cores")
+            .arg("2")
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut v = Vitd {
+            child: Some(child),
+            log,
+            _logdir: logdir,
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(status) = v.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("vitd exited with {status}: {}", v.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vitd did not listen: {}",
+                v.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        v
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait (bounded); returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("vitd did not stop on SIGTERM: {}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Vitd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs a client with a time limit; returns (success, stdout + stderr).
+pub fn client(program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}

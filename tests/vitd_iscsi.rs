@@ -1,0 +1,403 @@
+//! vitd end to end with real initiators: libiscsi's iscsi-ls, iscsi-inq, iscsi-readcapacity16
+//! and the iscsi-test-cu conformance suite, on LUNs made by vitctl and by qemu-img.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+use vit::config::{Backend, LunBody, LunRef, Named, Pos, TargetLun};
+
+const RC16: &str = "iscsi-readcapacity16";
+
+/// Adds an existing descriptor `<uuid>/<file>` as LUN `id` of target `alias`.
+fn add_lun_path(ds: &Datastore, alias: &str, id: u64, path: String, size: u64) {
+    let iqn = iqn(alias);
+    ds.edit(|cfg| {
+        let t = cfg.targets.iter_mut().find(|t| t.name == iqn).unwrap();
+        t.luns.push(TargetLun {
+            id,
+            pos: Pos::default(),
+            lun: LunRef::Inline(LunBody {
+                backend: Some((Backend::Vmdk, Pos::default())),
+                path: Some(Named::new(path)),
+                size: Some((size, Pos::default())),
+                ..Default::default()
+            }),
+        });
+    });
+}
+
+#[test]
+fn discovery_inquiry_and_capacity() {
+    if !have("iscsi-ls") {
+        return;
+    }
+    let ds = Datastore::new();
+    ds.target("alpha", &[]);
+    ds.lun("alpha", 0, "64M");
+    ds.lun("alpha", 3, "1G");
+    ds.target("beta", &[]);
+    let _vitd = ds.start();
+
+    let (ok, out) = client("iscsi-ls", &["-s", &ds.portal()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "Target:{} Portal:127.0.0.1:{},1",
+            iqn("alpha"),
+            ds.port
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&iqn("beta")), "{out}");
+    assert!(out.contains("Lun:3"), "{out}");
+
+    let (ok, out) = client("iscsi-inq", &[&ds.url("alpha", 0)]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("Vendor:VIT") && out.contains("DIRECT_ACCESS"),
+        "{out}"
+    );
+
+    let (ok, out) = client(RC16, &[&ds.url("alpha", 0)]);
+    assert!(ok && out.contains("Total size:67108864"), "{out}");
+    let (ok, out) = client(RC16, &[&ds.url("alpha", 3)]);
+    assert!(ok && out.contains("Total size:1073741824"), "{out}");
+    // A LUN that does not exist.
+    let (ok, _) = client(RC16, &[&ds.url("alpha", 7)]);
+    assert!(!ok);
+}
+
+#[test]
+fn luns_made_by_qemu_img() {
+    if !have("iscsi-ls") || !have("qemu-img") {
+        return;
+    }
+    let ds = Datastore::new();
+    let uuid = ds.target("q", &[]);
+    let dir = ds.root().join(&uuid);
+    for (file, fmt, size) in [
+        ("mono.vmdk", "monolithicFlat", "32M"),
+        ("split.vmdk", "twoGbMaxExtentFlat", "5G"),
+    ] {
+        let st = Command::new("qemu-img")
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "vmdk",
+                "-o",
+                &format!("subformat={fmt}"),
+            ])
+            .arg(dir.join(file))
+            .arg(size)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    add_lun_path(&ds, "q", 0, format!("{uuid}/mono.vmdk"), 32 << 20);
+    add_lun_path(&ds, "q", 1, format!("{uuid}/split.vmdk"), 5 << 30);
+    ds.vitctl(&["config", "validate"]);
+    let _vitd = ds.start();
+    let (ok, out) = client(RC16, &[&ds.url("q", 0)]);
+    assert!(ok && out.contains("Total size:33554432"), "{out}");
+    let (ok, out) = client(RC16, &[&ds.url("q", 1)]);
+    assert!(ok && out.contains("Total size:5368709120"), "{out}");
+    let (ok, out) = client("iscsi-inq", &[&ds.url("q", 1)]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn chap_and_mutual_chap() {
+    if !have("iscsi-ls") {
+        return;
+    }
+    let ds = Datastore::new();
+    ds.target(
+        "c",
+        &[
+            "--auth-type",
+            "chap",
+            "--chap-user",
+            "alice",
+            "--chap-secret",
+            "alicesecret12",
+        ],
+    );
+    ds.lun("c", 0, "8M");
+    ds.target(
+        "m",
+        &[
+            "--auth-type",
+            "chap-mutual",
+            "--chap-user",
+            "bob",
+            "--chap-secret",
+            "bobsecret1234",
+            "--mutual-user",
+            "tgt",
+            "--mutual-secret",
+            "tgtsecret1234",
+        ],
+    );
+    ds.lun("m", 0, "8M");
+    let vitd = ds.start();
+    let url = |user: &str, secret: &str, alias: &str, extra: &str| {
+        format!(
+            "iscsi://{user}%{secret}@127.0.0.1:{}/{}/0{extra}",
+            ds.port,
+            iqn(alias)
+        )
+    };
+    let (ok, out) = client(RC16, &[&url("alice", "alicesecret12", "c", "")]);
+    assert!(ok && out.contains("Total size:8388608"), "{out}");
+    let (ok, out) = client(RC16, &[&url("alice", "wrongsecret1", "c", "")]);
+    assert!(!ok && out.contains("Authentication failure"), "{out}");
+    let (ok, out) = client(RC16, &[&ds.url("c", 0)]);
+    assert!(!ok && out.contains("Authentication failure"), "{out}");
+    let (ok, out) = client(
+        RC16,
+        &[&url(
+            "bob",
+            "bobsecret1234",
+            "m",
+            "?target_user=tgt&target_password=tgtsecret1234",
+        )],
+    );
+    assert!(ok && out.contains("Total size:8388608"), "{out}");
+    // The initiator checks the target's answer: a wrong expected target secret fails.
+    let (ok, _) = client(
+        RC16,
+        &[&url(
+            "bob",
+            "bobsecret1234",
+            "m",
+            "?target_user=tgt&target_password=notthesecret",
+        )],
+    );
+    assert!(!ok);
+    let log = vitd.log_text();
+    assert!(
+        log.contains("refused") && log.contains("alice"),
+        "failures are logged with the initiator: {log}"
+    );
+}
+
+#[test]
+fn initiator_groups_restrict_access_and_discovery() {
+    if !have("iscsi-ls") {
+        return;
+    }
+    let ds = Datastore::new();
+    let allowed = "iqn.2026-11.io.vit:allowed-host";
+    ds.vitctl(&["initiatorgroup", "add", "g1", allowed]);
+    ds.target("locked", &["--initiator-group", "g1"]);
+    ds.lun("locked", 0, "8M");
+    ds.target("open", &[]);
+    let _vitd = ds.start();
+    let (ok, out) = client(RC16, &[&ds.url("locked", 0)]);
+    assert!(!ok && out.contains("Authorization failure"), "{out}");
+    let (ok, out) = client(RC16, &["-i", allowed, &ds.url("locked", 0)]);
+    assert!(ok && out.contains("Total size:8388608"), "{out}");
+    // Discovery shows a restricted target only to the initiators it admits.
+    let (_, out) = client("iscsi-ls", &[&ds.portal()]);
+    assert!(
+        out.contains(&iqn("open")) && !out.contains(&iqn("locked")),
+        "{out}"
+    );
+    let (_, out) = client("iscsi-ls", &["-i", allowed, &ds.portal()]);
+    assert!(out.contains(&iqn("locked")), "{out}");
+}
+
+#[test]
+fn discovery_with_chap() {
+    if !have("iscsi-ls") {
+        return;
+    }
+    let ds = Datastore::new();
+    ds.target("d", &[]);
+    ds.edit(|cfg| {
+        cfg.auth_groups.push(vit::config::AuthGroup {
+            name: "disc".into(),
+            pos: Pos::default(),
+            auth: vit::config::AuthSettings {
+                auth_type: Some((vit::config::AuthType::Chap, Pos::default())),
+                chap: vec![vit::config::Chap {
+                    user: "disc".into(),
+                    secret: "discsecret123".into(),
+                    pos: Pos::default(),
+                }],
+                ..Default::default()
+            },
+        });
+        let pg = cfg
+            .portal_groups
+            .iter_mut()
+            .find(|p| p.name == "default")
+            .unwrap();
+        pg.discovery_auth_group = Some(Named::new("disc"));
+    });
+    let _vitd = ds.start();
+    let (ok, out) = client("iscsi-ls", &[&ds.portal()]);
+    assert!(
+        !ok || !out.contains(&iqn("d")),
+        "discovery without CHAP must fail: {out}"
+    );
+    let with = format!("iscsi://disc%discsecret123@127.0.0.1:{}/", ds.port);
+    let (ok, out) = client("iscsi-ls", &[&with]);
+    assert!(ok && out.contains(&iqn("d")), "{out}");
+}
+
+#[test]
+fn header_digest_session_moves_data() {
+    if !have("iscsi-ls") {
+        return;
+    }
+    let ds = Datastore::new();
+    ds.target("h", &[]);
+    ds.lun("h", 0, "16M");
+    let _vitd = ds.start();
+    let url = format!("{}?header_digest=crc32c", ds.url("h", 0));
+    let (ok, out) = client(RC16, &[&url]);
+    assert!(ok && out.contains("Total size:16777216"), "{out}");
+    let (ok, out) = client(
+        "iscsi-test-cu",
+        &["-d", "-s", "-t", "SCSI.Read10,SCSI.Write10", &url],
+    );
+    assert!(ok, "{out}");
+    let (tests, failed) = cu_summary(&out);
+    assert!(tests > 0 && failed == 0, "{out}");
+}
+
+/// (tests run, tests failed) from iscsi-test-cu's CUnit summary.
+fn cu_summary(out: &str) -> (u32, u32) {
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("tests"))
+        .unwrap_or_else(|| panic!("no summary: {out}"));
+    let n: Vec<u32> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[1], n[3])
+}
+
+#[test]
+fn conformance_suite_passes() {
+    if !have("iscsi-test-cu") {
+        return;
+    }
+    let ds = Datastore::new();
+    ds.target("cu", &[]);
+    ds.lun("cu", 0, "128M");
+    let _vitd = ds.start();
+    let (_, out) = client(
+        "iscsi-test-cu",
+        &["-d", "-s", "-t", "ALL", &ds.url("cu", 0)],
+    );
+    let (tests, failed) = cu_summary(&out);
+    assert!(tests >= 200, "{out}");
+    assert_eq!(failed, 0, "iscsi-test-cu failures:\n{out}");
+}
+
+#[test]
+fn hostile_pdus_close_only_their_connection() {
+    if !have("iscsi-ls") {
+        return;
+    }
+    let ds = Datastore::new();
+    ds.target("x", &[]);
+    ds.lun("x", 0, "8M");
+    let _vitd = ds.start();
+    let addr = format!("127.0.0.1:{}", ds.port);
+    let hostile: Vec<Vec<u8>> = vec![
+        vec![0x3f; 48], // not an initiator opcode
+        {
+            let mut b = vec![0u8; 48]; // a login request claiming a 16 MiB data segment
+            b[0] = 0x43;
+            b[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+            b
+        },
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4),
+        vec![0u8; 7], // a short header, then silence
+    ];
+    let mut held = Vec::new();
+    for bytes in &hostile {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(bytes).unwrap();
+        held.push(s);
+    }
+    // While the hostile connections are open, a real initiator is served.
+    let (ok, out) = client(RC16, &[&ds.url("x", 0)]);
+    assert!(ok && out.contains("Total size:8388608"), "{out}");
+    // The malformed ones are closed by the target (read returns EOF or an error, not a timeout).
+    for mut s in held.drain(..3) {
+        let mut buf = [0u8; 512];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue, // a Login Response with an error status may come first
+                Err(e) => {
+                    assert_ne!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock,
+                        "connection left open"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn stops_cleanly_on_sigterm() {
+    if !have("iscsi-ls") {
+        return;
+    }
+    let ds = Datastore::new();
+    ds.target("s", &[]);
+    ds.lun("s", 0, "8M");
+    let mut vitd = ds.start();
+    let (ok, _) = client(RC16, &[&ds.url("s", 0)]);
+    assert!(ok);
+    let status = vitd.stop();
+    assert!(
+        status.success(),
+        "exit status {status}: {}",
+        vitd.log_text()
+    );
+}
+
+#[test]
+fn bad_config_is_a_clear_startup_error() {
+    let ds = Datastore::new();
+    std::fs::write(ds.conf(), "generation 1\ntarget iqn.2026-11.io.vit:x {\n  lun 0 { backend vmdk; path ../../etc/passwd }\n}\n")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vitd"))
+        .arg("--datastore")
+        .arg(ds.root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vit.conf:3:"), "{err}");
+    // A portal that cannot be bound names its portal group.
+    let ds = Datastore::new();
+    ds.target("p", &[]);
+    let _blocker = std::net::TcpListener::bind(format!("127.0.0.1:{}", ds.port)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vitd"))
+        .arg("--datastore")
+        .arg(ds.root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("portal group default") && err.contains("cannot listen"),
+        "{err}"
+    );
+}
