@@ -401,3 +401,52 @@ fn bad_config_is_a_clear_startup_error() {
         "{err}"
     );
 }
+
+#[test]
+fn embedded_default_datastore_works_with_no_setup() {
+    if !have("iscsi-ls") {
+        return;
+    }
+    if std::net::TcpListener::bind("127.0.0.1:3260").is_err() {
+        eprintln!("note: 127.0.0.1:3260 is busy; skipping the embedded-default test");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let log = home.path().join("vitd.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitd"))
+        .env_remove("VIT_DATASTORE")
+        .env("XDG_DATA_HOME", home.path().join("xdg"))
+        .env("HOME", home.path())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut listed = String::new();
+    for _ in 0..100 {
+        let (ok, out) = client("iscsi-ls", &["-s", "iscsi://127.0.0.1/"]);
+        if ok {
+            listed = out;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, cap) = client(RC16, &["iscsi://127.0.0.1/iqn.2026-11.io.vit:default/0"]);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(
+        listed.contains("Target:iqn.2026-11.io.vit:default Portal:127.0.0.1:3260,1"),
+        "{listed}"
+    );
+    assert!(ok && cap.contains("Total size:1073741824"), "{cap}");
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        home.path()
+            .join("xdg/vit/.iSCSI-Config/etc/vit.conf")
+            .is_file()
+    );
+}

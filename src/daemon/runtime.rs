@@ -408,6 +408,14 @@ fn open_lun(
                 };
                 let writable = e.access == vmdk::Access::ReadWrite;
                 let file = match vmdk::open_extent(dir, name, writable, direct) {
+                    Ok(f) if direct && !dio_alignment_fits(&f, block_size) => {
+                        tracing::warn!(
+                            "{}: the file system's O_DIRECT alignment exceeds the {block_size}-byte block size; using buffered I/O (SYNCHRONIZE CACHE and FUA flush)",
+                            descriptor.display()
+                        );
+                        direct = false;
+                        vmdk::open_extent(dir, name, writable, false).map_err(|e| e.to_string())?
+                    }
                     Ok(f) => f,
                     Err(_) if direct => {
                         tracing::warn!(
@@ -450,6 +458,30 @@ fn open_lun(
         identity,
         backing,
     })
+}
+
+/// Whether O_DIRECT I/O on `file` works for `block_size`-aligned offsets and lengths from
+/// page-aligned buffers (statx STATX_DIOALIGN; kernels that do not report it are trusted).
+fn dio_alignment_fits(file: &File, block_size: u32) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statx is plain data for which all-zero bytes are valid.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx on our own open fd with an empty path (AT_EMPTY_PATH) writes into `stx`.
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return true;
+    }
+    stx.stx_dio_offset_align != 0
+        && stx.stx_dio_offset_align <= block_size
+        && stx.stx_dio_mem_align <= 4096
 }
 
 /// The SCSI view of a LUN.
