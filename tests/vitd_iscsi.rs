@@ -284,6 +284,23 @@ fn cu_summary(out: &str) -> (u32, u32) {
     (n[1], n[3])
 }
 
+/// (run, failed, skipped) from iscsi-test-cu's verbose output: a test counts as skipped when its
+/// own output (from "Test: NAME ..." to its "passed") says "[SKIPPED]".
+fn cu_counts(out: &str) -> (u32, u32, u32) {
+    let (mut run, mut failed, mut skipped) = (0, 0, 0);
+    for block in out.split("\n  Test: ").skip(1) {
+        run += 1;
+        let end = block.find("\npassed").or_else(|| block.find("\nFAILED"));
+        let body = end.map_or(block, |e| &block[..e]);
+        if block.contains("\nFAILED") && end == block.find("\nFAILED") {
+            failed += 1;
+        } else if body.contains("[SKIPPED]") {
+            skipped += 1;
+        }
+    }
+    (run, failed, skipped)
+}
+
 #[test]
 fn conformance_suite_passes() {
     if !have("iscsi-test-cu") {
@@ -295,9 +312,12 @@ fn conformance_suite_passes() {
     let _vitd = ds.start();
     let (_, out) = client(
         "iscsi-test-cu",
-        &["-d", "-s", "-t", "ALL", &ds.url("cu", 0)],
+        &["-d", "-v", "-t", "ALL", &ds.url("cu", 0)],
     );
     let (tests, failed) = cu_summary(&out);
+    let (run, _, skipped) = cu_counts(&out);
+    eprintln!("iscsi-test-cu ALL: {tests} run, {failed} failed, {skipped} skipped");
+    assert_eq!(run, tests, "every test's output was parsed");
     assert!(tests >= 200, "{out}");
     assert_eq!(failed, 0, "iscsi-test-cu failures:\n{out}");
 }
