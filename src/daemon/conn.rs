@@ -1170,3 +1170,302 @@ impl Conn {
         pdu.trailer_len = n;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::runtime::{AuthPolicy, Backing, LunRt};
+    use crate::iscsi::params::{Negotiator, TargetLimits};
+    use crate::iscsi::pdu::{DataOut, NopOut, TargetPdu};
+    use crate::iscsi::text::{OutgoingText, TextList};
+    use crate::scsi::{DeviceServer, LunInfo, TargetPort};
+
+    fn params(initial_r2t: bool) -> SessionParams {
+        let mut n = Negotiator::new_leading(TargetLimits::default()).unwrap();
+        let keys = format!(
+            "InitiatorName=iqn.2026-11.io.vit:test\0TargetName=iqn.2026-11.io.vit:t\0SessionType=Normal\0\
+             InitialR2T={}\0ImmediateData=Yes\0MaxRecvDataSegmentLength=8192\0MaxBurstLength=16384\0\
+             FirstBurstLength=8192\0",
+            if initial_r2t { "Yes" } else { "No" }
+        );
+        let mut out = OutgoingText::new(8192);
+        n.negotiate(
+            Stage::Operational,
+            &TextList::parse(keys.as_bytes()).unwrap(),
+            &mut out,
+        )
+        .unwrap();
+        n.finish().unwrap()
+    }
+    use crate::iscsi::pdu::Stage;
+
+    fn conn(initial_r2t: bool) -> (Conn, BufferPool) {
+        let lun = LunRt {
+            id: 0,
+            block_size: 512,
+            num_blocks: 2048,
+            read_only: false,
+            serial: "s".into(),
+            alias: None,
+            identity: 7,
+            backing: Backing::Ramdisk {
+                mem: crate::daemon::ramdisk::RamDisk::new(1 << 20).unwrap(),
+            },
+        };
+        let server = DeviceServer::new(vec![LunInfo::new(0, 512, 2048, 7, "s")]).unwrap();
+        let target = Arc::new(TargetRt {
+            name: "iqn.2026-11.io.vit:t".into(),
+            alias: None,
+            auth: AuthPolicy::none(),
+            portal_groups: vec![],
+            redirect: None,
+            owner_id: None,
+            luns: vec![Arc::new(lun)],
+            portals: vec![],
+            server,
+        });
+        let port = TargetPort {
+            target_name: target.name.clone(),
+            portal_group_tag: 1,
+            relative_port_id: 1,
+        };
+        let nexus = Nexus::without_attention(port);
+        let c = Conn::new(
+            params(initial_r2t),
+            Some(target),
+            nexus,
+            SeqNums {
+                stat_sn: 10,
+                exp_cmd_sn: 100,
+            },
+            8,
+        );
+        (c, BufferPool::new(&[(65536, 8)]).unwrap())
+    }
+
+    fn command(
+        cdb: &[u8],
+        edtl: u32,
+        read: bool,
+        write: bool,
+        cmd_sn: u32,
+        immediate: u32,
+    ) -> [u8; BHS_LEN] {
+        let mut c = [0u8; 16];
+        c[..cdb.len()].copy_from_slice(cdb);
+        let cmd = ScsiCommand {
+            final_bit: true,
+            read,
+            write,
+            attr: 1,
+            itt: 0x42,
+            expected_data_length: edtl,
+            cmd_sn,
+            cdb: c,
+            data_segment_length: immediate,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        cmd.encode(&mut b);
+        b
+    }
+
+    fn sent(c: &mut Conn) -> Vec<TargetPdu> {
+        c.out
+            .drain(..)
+            .map(|p| TargetPdu::decode(p.header[..BHS_LEN].try_into().unwrap()).unwrap())
+            .collect()
+    }
+
+    /// Feeds one PDU as the data thread would (header event, data into its destination, complete).
+    fn feed(c: &mut Conn, pool: &mut BufferPool, bhs: &[u8; BHS_LEN], data: &[u8]) {
+        let dest = c.on_header(bhs, data.len() as u32, pool);
+        match dest {
+            DataDest::Slot { buf, offset } => {
+                pool.slice(buf)[offset..offset + data.len()].copy_from_slice(data)
+            }
+            DataDest::Inline => c.inline.extend_from_slice(data),
+            DataDest::Discard => {}
+        }
+        c.on_pdu(bhs, pool).unwrap();
+    }
+
+    #[test]
+    fn read_becomes_io_then_data_in_with_status() {
+        let (mut c, mut pool) = conn(true);
+        // READ(10) of 4 blocks, EDTL 2048.
+        feed(
+            &mut c,
+            &mut pool,
+            &command(
+                &[0x28, 0, 0, 0, 0, 8, 0, 0, 4, 0],
+                2048,
+                true,
+                false,
+                100,
+                0,
+            ),
+            &[],
+        );
+        let work = c.io.pop_front().expect("backing-store read");
+        assert_eq!((work.req.byte_offset, work.req.byte_len), (8 * 512, 2048));
+        c.io_done(work.task, IoResult::Ok, &mut pool);
+        let queued: Vec<OutPdu> = c.out.iter().map(clone_head).collect();
+        let pdus = sent(&mut c);
+        assert!(!pdus.is_empty());
+        let TargetPdu::DataIn(last) = pdus.last().unwrap() else {
+            panic!("{pdus:?}")
+        };
+        assert!(last.status_present && last.final_bit && last.status == 0);
+        assert_eq!(last.stat_sn, 10);
+        let total: u32 = pdus
+            .iter()
+            .map(|p| {
+                if let TargetPdu::DataIn(d) = p {
+                    d.data_segment_length
+                } else {
+                    0
+                }
+            })
+            .sum();
+        assert_eq!(total, 2048);
+        // The buffer is released once the Data-In PDUs are sent, not before.
+        assert_eq!(pool.available(), 7);
+        for p in &queued {
+            c.sent(p, &mut pool);
+        }
+        assert_eq!(pool.available(), 8);
+    }
+
+    fn clone_head(p: &OutPdu) -> OutPdu {
+        OutPdu {
+            header: p.header,
+            header_len: p.header_len,
+            data: OutData::None,
+            trailer: p.trailer,
+            trailer_len: p.trailer_len,
+            task: p.task,
+            close_after: p.close_after,
+        }
+    }
+
+    #[test]
+    fn read_overflow_reports_residual() {
+        let (mut c, mut pool) = conn(true);
+        // READ(10) of 2 blocks with EDTL of one block: one block is sent, 512 bytes overflow.
+        feed(
+            &mut c,
+            &mut pool,
+            &command(&[0x28, 0, 0, 0, 0, 0, 0, 0, 2, 0], 512, true, false, 100, 0),
+            &[],
+        );
+        let work = c.io.pop_front().unwrap();
+        c.io_done(work.task, IoResult::Ok, &mut pool);
+        let pdus = sent(&mut c);
+        let TargetPdu::DataIn(d) = pdus.last().unwrap() else {
+            panic!()
+        };
+        assert!(d.overflow && d.residual_count == 512 && d.data_segment_length == 512);
+    }
+
+    #[test]
+    fn write_collects_immediate_and_solicited_data() {
+        let (mut c, mut pool) = conn(true);
+        let data = vec![0xabu8; 4096];
+        // WRITE(10) of 8 blocks with 1024 bytes of immediate data.
+        let bhs = command(
+            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0],
+            4096,
+            false,
+            true,
+            100,
+            1024,
+        );
+        feed(&mut c, &mut pool, &bhs, &data[..1024]);
+        let pdus = sent(&mut c);
+        let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        assert_eq!(
+            (r2t.buffer_offset, r2t.desired_length, r2t.r2t_sn),
+            (1024, 3072, 0)
+        );
+        assert!(c.io.is_empty());
+        let d = DataOut {
+            final_bit: true,
+            itt: 0x42,
+            ttt: r2t.ttt,
+            data_sn: 0,
+            buffer_offset: 1024,
+            data_segment_length: 3072,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        d.encode(&mut b);
+        feed(&mut c, &mut pool, &b, &data[1024..]);
+        let work = c.io.pop_front().expect("backing-store write");
+        assert_eq!(work.req.byte_len, 4096);
+        assert_eq!(&pool.slice(work.buf.unwrap())[..4096], &data[..]);
+        c.io_done(work.task, IoResult::Ok, &mut pool);
+        let pdus = sent(&mut c);
+        let [TargetPdu::ScsiResponse(r)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        assert_eq!((r.status, r.itt, r.exp_cmd_sn), (0, 0x42, 101));
+        assert_eq!(pool.available(), 8, "the buffer came back");
+    }
+
+    #[test]
+    fn out_of_window_commands_are_dropped_and_nops_echoed() {
+        let (mut c, mut pool) = conn(true);
+        feed(
+            &mut c,
+            &mut pool,
+            &command(&[0, 0, 0, 0, 0, 0], 0, false, false, 250, 0),
+            &[],
+        );
+        assert!(
+            c.out.is_empty() && c.io.is_empty(),
+            "a CmdSN outside the window is ignored"
+        );
+        feed(
+            &mut c,
+            &mut pool,
+            &command(&[0, 0, 0, 0, 0, 0], 0, false, false, 100, 0),
+            &[],
+        );
+        let pdus = sent(&mut c);
+        let [TargetPdu::ScsiResponse(r)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        assert_eq!((r.status, r.exp_cmd_sn), (0, 101));
+        let nop = NopOut {
+            immediate: true,
+            itt: 9,
+            ttt: RESERVED_TAG,
+            cmd_sn: 101,
+            data_segment_length: 4,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        nop.encode(&mut b);
+        feed(&mut c, &mut pool, &b, b"ping");
+        let out: Vec<OutPdu> = c.out.drain(..).collect();
+        assert_eq!(out.len(), 1);
+        assert!(matches!(&out[0].data, OutData::Bytes(v) if v == b"ping"));
+    }
+
+    #[test]
+    fn unknown_opcode_is_rejected_not_fatal() {
+        let (mut c, mut pool) = conn(true);
+        let mut b = [0u8; BHS_LEN];
+        b[0] = 0x1c;
+        c.on_header(&b, 0, &mut pool);
+        c.on_pdu(&b, &mut pool).unwrap();
+        let pdus = sent(&mut c);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::Reject(_)]),
+            "{pdus:?}"
+        );
+    }
+}

@@ -64,6 +64,8 @@ pub struct Login {
     outcome: Option<LoginOutcome>,
     /// The InitiatorName, once the first request named it.
     initiator: Option<String>,
+    /// Negotiated parameters waiting for the last chunk of a long final response.
+    deferred: Option<SessionParams>,
 }
 
 impl Login {
@@ -87,6 +89,7 @@ impl Login {
             next_tsih: tsih.max(1),
             outcome: None,
             initiator: None,
+            deferred: None,
         }
     }
 
@@ -140,7 +143,13 @@ impl Login {
             Stage::from_u8(req.csg).ok_or_else(|| fail(LoginStatus::InitiatorError, "bad CSG"))?;
         // A long response still being sent: the initiator asks for the next chunk.
         if let Some((mut text, template)) = self.pending.take() {
-            return Ok(self.chunk(req, &mut text, template));
+            let bytes = self.chunk(req, &mut text, template);
+            if self.pending.is_none()
+                && let Some(params) = self.deferred.take()
+            {
+                self.outcome = Some(self.session(params));
+            }
+            return Ok(bytes);
         }
         let Some(text) = self
             .acc
@@ -225,19 +234,27 @@ impl Login {
             let template = self.template(req, LoginStatus::Success, true, req.csg, nsg_value);
             let bytes = self.chunk(req, &mut out, template);
             if self.pending.is_none() {
-                self.outcome = Some(LoginOutcome::Session {
-                    params,
-                    target: self.target.clone(),
-                    isid: self.isid,
-                    tsih: self.tsih,
-                    stat_sn: self.stat_sn,
-                    exp_cmd_sn: self.exp_cmd_sn,
-                });
+                self.outcome = Some(self.session(params));
+            } else {
+                // The final response continues over several PDUs: the session starts after the last.
+                self.deferred = Some(params);
             }
             return Ok(bytes);
         }
         let template = self.template(req, LoginStatus::Success, transit, req.csg, nsg_value);
         Ok(self.chunk(req, &mut out, template))
+    }
+
+    /// The outcome of a successful login (StatSN: the next after the final response).
+    fn session(&self, params: SessionParams) -> LoginOutcome {
+        LoginOutcome::Session {
+            params,
+            target: self.target.clone(),
+            isid: self.isid,
+            tsih: self.tsih,
+            stat_sn: self.stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+        }
     }
 
     /// Whether CHAP, when in use, has finished (a transit out of security needs it).
@@ -426,4 +443,166 @@ fn chap_secrets<'a>(policy: &'a AuthPolicy, user: &str) -> Option<ChapSecrets<'a
 /// Whether a session type is discovery.
 pub fn is_discovery(params: &SessionParams) -> bool {
     params.session_type == SessionType::Discovery
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::runtime::{PortalGroupRt, TargetRt};
+    use crate::iscsi::pdu::{LoginResponse, TargetPdu};
+    use crate::scsi::DeviceServer;
+
+    fn running(auth: AuthPolicy) -> Arc<Running> {
+        let pg = PortalGroupRt {
+            name: "default".into(),
+            tag: 7,
+            addrs: vec!["127.0.0.1:3260".parse().unwrap()],
+            listen: vec![],
+            foreign: false,
+            discovery_auth: AuthPolicy::none(),
+            redirect: None,
+        };
+        let t = TargetRt {
+            name: "iqn.2026-11.io.vit:t".into(),
+            alias: Some("tee".into()),
+            auth,
+            portal_groups: vec![0],
+            redirect: None,
+            owner_id: None,
+            luns: vec![],
+            portals: vec![],
+            server: DeviceServer::new(vec![]).unwrap(),
+        };
+        Arc::new(Running {
+            generation: 1,
+            portal_groups: vec![pg],
+            targets: vec![Arc::new(t)],
+        })
+    }
+
+    fn request(csg: Stage, nsg: Stage, transit: bool, text: &str) -> (LoginRequest, Vec<u8>) {
+        let r = LoginRequest {
+            immediate: true,
+            transit,
+            csg: csg as u8,
+            nsg: nsg as u8,
+            isid: [0x80, 0, 0, 0, 0, 1],
+            itt: 1,
+            cmd_sn: 5,
+            data_segment_length: text.len() as u32,
+            ..Default::default()
+        };
+        (r, text.as_bytes().to_vec())
+    }
+
+    fn response(bytes: &[u8]) -> (LoginResponse, String) {
+        let TargetPdu::Login(r) = TargetPdu::decode(bytes[..BHS_LEN].try_into().unwrap()).unwrap()
+        else {
+            panic!("not a login response")
+        };
+        let text =
+            String::from_utf8_lossy(&bytes[BHS_LEN..BHS_LEN + r.data_segment_length as usize])
+                .replace('\0', ";");
+        (r, text)
+    }
+
+    const FIRST: &str = "InitiatorName=iqn.2026-11.io.vit:i\0TargetName=iqn.2026-11.io.vit:t\0SessionType=Normal\0AuthMethod=None\0";
+
+    #[test]
+    fn login_without_authentication_reaches_full_feature_phase() {
+        let mut l = Login::new(
+            running(AuthPolicy::none()),
+            0,
+            "127.0.0.1:5000".parse().unwrap(),
+            3,
+        );
+        let (req, data) = request(Stage::Security, Stage::Operational, true, FIRST);
+        let (r, text) = response(&l.on_request(&req, &data));
+        assert_eq!(
+            (r.status_class, r.transit, r.nsg),
+            (0, true, Stage::Operational as u8)
+        );
+        assert!(text.contains("TargetPortalGroupTag=7"), "{text}");
+        assert!(l.take_outcome().is_none());
+        let (req, data) = request(
+            Stage::Operational,
+            Stage::FullFeature,
+            true,
+            "MaxRecvDataSegmentLength=65536\0",
+        );
+        let (r, text) = response(&l.on_request(&req, &data));
+        assert_eq!((r.status_class, r.transit, r.tsih), (0, true, 3));
+        assert!(text.contains("TargetAlias=tee"), "{text}");
+        match l.take_outcome() {
+            Some(LoginOutcome::Session {
+                params,
+                target,
+                stat_sn,
+                exp_cmd_sn,
+                ..
+            }) => {
+                assert_eq!(params.initiator_max_recv_data_segment_length, 65536);
+                assert!(target.is_some());
+                assert_eq!((stat_sn, exp_cmd_sn), (3, 5));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refusals_carry_the_right_status() {
+        let cases: [(AuthPolicy, &str, LoginStatus); 4] = [
+            (AuthPolicy::deny(), FIRST, LoginStatus::AuthorizationFailure),
+            (
+                AuthPolicy {
+                    initiators: vec!["iqn.2026-11.io.vit:other".into()],
+                    ..AuthPolicy::none()
+                },
+                FIRST,
+                LoginStatus::AuthorizationFailure,
+            ),
+            (
+                AuthPolicy::none(),
+                "InitiatorName=iqn.2026-11.io.vit:i\0TargetName=iqn.2026-11.io.vit:nope\0",
+                LoginStatus::NotFound,
+            ),
+            (
+                AuthPolicy::none(),
+                "TargetName=iqn.2026-11.io.vit:t\0",
+                LoginStatus::MissingParameter,
+            ),
+        ];
+        for (policy, text, want) in cases {
+            let mut l = Login::new(running(policy), 0, "127.0.0.1:5000".parse().unwrap(), 1);
+            let (req, data) = request(Stage::Security, Stage::Operational, true, text);
+            let (r, _) = response(&l.on_request(&req, &data));
+            assert_eq!(
+                u16::from_be_bytes([r.status_class, r.status_detail]),
+                want as u16,
+                "{text}"
+            );
+            assert!(matches!(
+                l.take_outcome(),
+                Some(LoginOutcome::Failed { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn chap_is_required_when_configured() {
+        let policy = AuthPolicy {
+            auth_type: Some(AuthType::Chap),
+            chap: vec![("alice".into(), "alicesecret12".into())],
+            ..Default::default()
+        };
+        // Skipping security negotiation is an authentication failure.
+        let mut l = Login::new(running(policy), 0, "127.0.0.1:5000".parse().unwrap(), 1);
+        let text = "InitiatorName=iqn.2026-11.io.vit:i\0TargetName=iqn.2026-11.io.vit:t\0";
+        let (req, data) = request(Stage::Operational, Stage::FullFeature, true, text);
+        let (r, _) = response(&l.on_request(&req, &data));
+        assert_eq!(
+            u16::from_be_bytes([r.status_class, r.status_detail]),
+            LoginStatus::AuthenticationFailure as u16
+        );
+    }
 }
