@@ -70,6 +70,17 @@ pub enum OutData {
     Bytes(Vec<u8>),
 }
 
+impl OutData {
+    /// A data segment of `v`, or none when `v` is empty.
+    pub fn bytes(v: Vec<u8>) -> Self {
+        if v.is_empty() {
+            OutData::None
+        } else {
+            OutData::Bytes(v)
+        }
+    }
+}
+
 /// An outgoing PDU: the header (with its digest when negotiated), the data and the padding/digest
 /// trailer. It stays where it is while the send is in flight.
 #[derive(Debug)]
@@ -893,16 +904,7 @@ impl Conn {
         };
         let mut bhs = [0u8; BHS_LEN];
         nop.encode(&mut bhs);
-        self.push(
-            bhs,
-            if data.is_empty() {
-                OutData::None
-            } else {
-                OutData::Bytes(data)
-            },
-            None,
-            false,
-        );
+        self.push(bhs, OutData::bytes(data), None, false);
         self.inline = Vec::with_capacity(
             self.params.target_max_recv_data_segment_length.min(1 << 20) as usize,
         );
@@ -1064,16 +1066,7 @@ impl Conn {
         resp.data_segment_length = body.len() as u32;
         let mut bhs = [0u8; BHS_LEN];
         resp.encode(&mut bhs);
-        self.push(
-            bhs,
-            if body.is_empty() {
-                OutData::None
-            } else {
-                OutData::Bytes(body)
-            },
-            None,
-            false,
-        );
+        self.push(bhs, OutData::bytes(body), None, false);
     }
 
     fn fresh_ttt(&mut self) -> u32 {
