@@ -11,8 +11,8 @@
 //!   keys: change the `Constant` rows of [`KEYS`] to switch).
 //! - A leading-only key on a non-leading connection and a session-wide key the RFC marks
 //!   irrelevant for discovery sessions are answered `Irrelevant`.
-//! - Operational keys in the security stage, security keys in the operational stage, and a key
-//!   negotiated twice during login are protocol errors (login fails with 0x0200).
+//! - Security keys in the operational stage and a key negotiated twice during login are protocol
+//!   errors (login fails with 0x0200). Operational keys in the security stage are accepted.
 //! - Keys sent only by targets (`TargetAlias`, `TargetAddress`, `TargetPortalGroupTag`) are
 //!   answered `Reject` when an initiator sends them; `SendTargets` in login is `Irrelevant`.
 //! - CHAP keys (`CHAP_*`) are left to [`super::chap`]: the negotiator skips them.
@@ -647,7 +647,9 @@ impl Negotiator {
         let ok = match def.stage {
             StageUse::Any => stage != Stage::FullFeature,
             StageUse::Security => stage == Stage::Security,
-            StageUse::Operational => stage == Stage::Operational,
+            // Operational keys in the security stage are accepted, as ctld and SPDK accept them:
+            // some initiators send them early, and refusing them gains nothing.
+            StageUse::Operational => stage != Stage::FullFeature,
         };
         if ok {
             Ok(())
@@ -1205,15 +1207,8 @@ SendTargets=Irrelevant;MaxRecvDataSegmentLength=262144;"
             b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0",
         )
         .unwrap();
-        let err = run(&mut n, Stage::Security, b"MaxBurstLength=4096\0").unwrap_err();
-        assert_eq!(
-            err,
-            NegotiateError::WrongStage {
-                key: "MaxBurstLength",
-                stage: Stage::Security
-            }
-        );
-        run(&mut n, Stage::Operational, b"MaxBurstLength=4096\0").unwrap();
+        // An operational key in the security stage is negotiated there (as ctld and SPDK do).
+        run(&mut n, Stage::Security, b"MaxBurstLength=4096\0").unwrap();
         let err = run(&mut n, Stage::Operational, b"MaxBurstLength=8192\0").unwrap_err();
         assert_eq!(err, NegotiateError::Renegotiated("MaxBurstLength"));
         assert_eq!(err.login_status(), LoginStatus::InitiatorError);

@@ -1,0 +1,108 @@
+//! Session behaviours libiscsi's tools cannot trigger: reinstatement, dead peers, silence,
+//! malformed PDUs in full feature phase. Driven by a minimal initiator (tests/common/initiator.rs).
+
+mod common;
+use common::initiator::{Session, login};
+use common::*;
+use std::time::Duration;
+use vit::iscsi::pdu::TargetPdu;
+
+const INITIATOR: &str = "iqn.2026-11.io.vit:test-initiator";
+
+fn setup() -> (Datastore, Vitd) {
+    let ds = Datastore::new();
+    ds.target("s", &[]);
+    ds.lun("s", 0, "8M");
+    let vitd = ds.start();
+    (ds, vitd)
+}
+
+fn good(s: &mut Session) {
+    match s.test_unit_ready().unwrap() {
+        TargetPdu::ScsiResponse(r) => assert_eq!(r.response, 0),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_login_with_the_same_name_and_isid_replaces_the_old_session() {
+    let (ds, vitd) = setup();
+    let isid = [0x80, 0, 0, 0x12, 0x34, 0x56];
+    let mut old = login(ds.port, INITIATOR, &iqn("s"), isid);
+    good(&mut old);
+    // Another ISID is another session: both live.
+    let mut other = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 9]);
+    good(&mut other);
+    let mut new = login(ds.port, INITIATOR, &iqn("s"), isid);
+    good(&mut new);
+    old.closed_within(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
+    good(&mut other);
+    good(&mut new);
+}
+
+#[test]
+fn a_silent_peer_is_pinged_then_dropped_and_an_answering_one_kept() {
+    let (ds, vitd) = setup();
+    let mut silent = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 1]);
+    let mut alive = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 2]);
+    good(&mut silent);
+    good(&mut alive);
+    // The answering peer replies to every ping for as long as the silent one takes to be dropped.
+    let answering = std::thread::spawn(move || {
+        let mut pings = 0;
+        alive.stream.set_read_timeout(Some(Duration::from_secs(25))).unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < end {
+            match common::initiator::read_pdu(&mut alive.stream) {
+                Ok((TargetPdu::NopIn(n), _)) => {
+                    pings += 1;
+                    alive.answer_ping(n.ttt).unwrap();
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        good(&mut alive);
+        pings
+    });
+    let seen = silent.closed_within(Duration::from_secs(25)).unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
+    assert!(seen.iter().any(|p| matches!(p, TargetPdu::NopIn(n) if n.ttt != 0xffff_ffff)), "pinged first: {seen:?}");
+    let pings = answering.join().unwrap();
+    assert!(pings >= 1, "the live peer was pinged too");
+    assert!(vitd.log_text().contains("no answer to NOP-In"), "{}", vitd.log_text());
+}
+
+#[test]
+fn a_connection_that_never_logs_in_is_closed() {
+    let (ds, _vitd) = setup();
+    let mut s = Session {
+        stream: std::net::TcpStream::connect(("127.0.0.1", ds.port)).unwrap(),
+        cmd_sn: 0,
+        exp_stat_sn: 0,
+        itt: 0,
+    };
+    s.closed_within(Duration::from_secs(25)).unwrap();
+}
+
+#[test]
+fn malformed_pdus_in_full_feature_phase() {
+    let (ds, _vitd) = setup();
+    let mut s = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 3]);
+    // An opcode no initiator may send: Reject, and the session goes on.
+    let mut bhs = [0u8; 48];
+    bhs[0] = 0x1d;
+    s.raw(&bhs).unwrap();
+    let (pdu, data) = common::initiator::read_pdu(&mut s.stream).unwrap();
+    assert!(matches!(pdu, TargetPdu::Reject(_)), "{pdu:?}");
+    assert_eq!(data, bhs.to_vec(), "the Reject carries the rejected header");
+    good(&mut s);
+    // A data segment beyond the negotiated MaxRecvDataSegmentLength closes this connection only.
+    let mut other = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 4]);
+    let mut bhs = [0u8; 48];
+    bhs[0] = 0x01;
+    bhs[1] = 0x80;
+    bhs[5..8].copy_from_slice(&[0x7f, 0xff, 0xff]);
+    s.raw(&bhs).unwrap();
+    s.closed_within(Duration::from_secs(10)).unwrap();
+    good(&mut other);
+}
