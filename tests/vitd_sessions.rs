@@ -35,7 +35,8 @@ fn a_login_with_the_same_name_and_isid_replaces_the_old_session() {
     good(&mut other);
     let mut new = login(ds.port, INITIATOR, &iqn("s"), isid);
     good(&mut new);
-    old.closed_within(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
+    old.closed_within(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
     good(&mut other);
     good(&mut new);
 }
@@ -50,7 +51,10 @@ fn a_silent_peer_is_pinged_then_dropped_and_an_answering_one_kept() {
     // The answering peer replies to every ping for as long as the silent one takes to be dropped.
     let answering = std::thread::spawn(move || {
         let mut pings = 0;
-        alive.stream.set_read_timeout(Some(Duration::from_secs(25))).unwrap();
+        alive
+            .stream
+            .set_read_timeout(Some(Duration::from_secs(25)))
+            .unwrap();
         let end = std::time::Instant::now() + Duration::from_secs(20);
         while std::time::Instant::now() < end {
             match common::initiator::read_pdu(&mut alive.stream) {
@@ -65,11 +69,21 @@ fn a_silent_peer_is_pinged_then_dropped_and_an_answering_one_kept() {
         good(&mut alive);
         pings
     });
-    let seen = silent.closed_within(Duration::from_secs(25)).unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
-    assert!(seen.iter().any(|p| matches!(p, TargetPdu::NopIn(n) if n.ttt != 0xffff_ffff)), "pinged first: {seen:?}");
+    let seen = silent
+        .closed_within(Duration::from_secs(25))
+        .unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
+    assert!(
+        seen.iter()
+            .any(|p| matches!(p, TargetPdu::NopIn(n) if n.ttt != 0xffff_ffff)),
+        "pinged first: {seen:?}"
+    );
     let pings = answering.join().unwrap();
     assert!(pings >= 1, "the live peer was pinged too");
-    assert!(vitd.log_text().contains("no answer to NOP-In"), "{}", vitd.log_text());
+    assert!(
+        vitd.log_text().contains("no answer to NOP-In"),
+        "{}",
+        vitd.log_text()
+    );
 }
 
 #[test]

@@ -19,8 +19,8 @@ use super::uring::{BufId, BufferPool};
 use crate::iscsi::digest::{Crc32c, DIGEST_LEN, padding_for};
 use crate::iscsi::params::SessionParams;
 use crate::iscsi::pdu::{
-    self, BHS_LEN, DataIn, InitiatorPdu, LogoutResponse, NopIn, R2t, Reject, RejectReason,
-    ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse, TextResponse,
+    self, AsyncMessage, BHS_LEN, DataIn, InitiatorPdu, LogoutResponse, NopIn, R2t, Reject,
+    RejectReason, ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse, TextResponse,
 };
 use crate::scsi::opcodes::{self, MediaAccess};
 use crate::scsi::sense::FieldPointer;
@@ -908,6 +908,23 @@ impl Conn {
         self.inline = Vec::with_capacity(
             self.params.target_max_recv_data_segment_length.min(1 << 20) as usize,
         );
+    }
+
+    /// Asks the initiator to log out within `seconds` (Async Message, AsyncEvent 1).
+    pub fn request_logout(&mut self, seconds: u16) {
+        let m = AsyncMessage {
+            lun: 0,
+            itt: RESERVED_TAG,
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.seq.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn(),
+            async_event: 1,
+            parameter3: seconds,
+            ..Default::default()
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        m.encode(&mut bhs);
+        self.push(bhs, OutData::None, None, false);
     }
 
     /// A target-initiated NOP-In ping (the idle timer's probe).

@@ -35,6 +35,8 @@ const PING_IDLE: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Fixed-file table size.
 const FIXED_FILES: u32 = 1024;
+/// How long initiators have to log out when vitd stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Messages to a data thread.
 pub enum Msg {
@@ -189,6 +191,7 @@ struct Worker {
     wake_buf: Box<u64>,
     dirty: Vec<usize>,
     shutting_down: bool,
+    shutdown_deadline: Option<Instant>,
 }
 
 impl Worker {
@@ -215,6 +218,7 @@ impl Worker {
             wake_buf: Box::new(0),
             dirty: Vec::new(),
             shutting_down: false,
+            shutdown_deadline: None,
         };
         w.arm_wake();
         Ok(w)
@@ -315,9 +319,15 @@ impl Worker {
                     }
                 }
                 Msg::Shutdown => {
+                    // Ask every initiator to log out (Async Message, event 1); whoever has not
+                    // logged out when the grace period ends is disconnected.
                     self.shutting_down = true;
+                    self.shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
                     for i in 0..self.slots.len() {
-                        self.close(i, "vitd is stopping");
+                        if let Some(s) = self.slots[i].as_mut() {
+                            s.conn.request_logout(SHUTDOWN_GRACE.as_secs() as u16);
+                            self.dirty.push(i);
+                        }
                     }
                 }
             }
@@ -893,6 +903,11 @@ impl Worker {
     /// Once a second: ping idle connections and drop those that stopped answering.
     fn tick(&mut self) {
         let now = Instant::now();
+        if self.shutdown_deadline.is_some_and(|d| now >= d) {
+            for i in 0..self.slots.len() {
+                self.close(i, "vitd is stopping");
+            }
+        }
         for idx in 0..self.slots.len() {
             let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
                 continue;

@@ -233,8 +233,10 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         threads.push(data::DataThread::spawn(i, core, BUFFERS_PER_THREAD)?);
     }
     tracing::info!("{n} data threads ready");
-    let control = control::Control::new(std::sync::Arc::new(running), listeners, threads, signals)?;
+    let running = std::sync::Arc::new(running);
+    let control = control::Control::new(running.clone(), listeners, threads, signals)?;
     control.run();
+    runtime::sync_all(&running);
     tracing::info!("stopped");
     Ok(())
 }

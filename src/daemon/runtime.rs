@@ -497,6 +497,19 @@ fn lun_info(l: &LunRt) -> Result<LunInfo, RuntimeError> {
     Ok(info)
 }
 
+/// Flushes every extent to stable storage (at shutdown, after the data threads stopped).
+pub fn sync_all(r: &Running) {
+    for lun in r.targets.iter().flat_map(|t| t.luns.iter()) {
+        if let Backing::Vmdk { files, .. } = &lun.backing {
+            for f in files.iter().flatten() {
+                if let Err(e) = f.sync_data() {
+                    tracing::error!("LUN {}: flushing an extent failed: {e}", lun.id);
+                }
+            }
+        }
+    }
+}
+
 /// A summary for the startup log.
 pub fn describe(r: &Running) -> String {
     let luns: usize = r.targets.iter().map(|t| t.luns.len()).sum();

@@ -40,7 +40,9 @@ fn send(stream: &mut TcpStream, bhs: &[u8; BHS_LEN], data: &[u8]) -> std::io::Re
 /// Logs in to `target` (no authentication) in one request: security to full feature phase.
 pub fn login(port: u16, initiator: &str, target: &str, isid: [u8; 6]) -> Session {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let text = format!(
         "InitiatorName={initiator}\0TargetName={target}\0SessionType=Normal\0AuthMethod=None\0\
          HeaderDigest=None\0DataDigest=None\0MaxRecvDataSegmentLength=65536\0"
@@ -61,7 +63,9 @@ pub fn login(port: u16, initiator: &str, target: &str, isid: [u8; 6]) -> Session
     let mut bhs = [0u8; BHS_LEN];
     req.encode(&mut bhs);
     send(&mut stream, &bhs, text.as_bytes()).unwrap();
-    let (TargetPdu::Login(r), _) = read_pdu(&mut stream).unwrap() else { panic!("no login response") };
+    let (TargetPdu::Login(r), _) = read_pdu(&mut stream).unwrap() else {
+        panic!("no login response")
+    };
     assert_eq!((r.status_class, r.status_detail), (0, 0), "login refused");
     req.csg = Stage::Operational as u8;
     req.nsg = Stage::FullFeature as u8;
@@ -69,9 +73,20 @@ pub fn login(port: u16, initiator: &str, target: &str, isid: [u8; 6]) -> Session
     req.exp_stat_sn = r.stat_sn.wrapping_add(1);
     req.encode(&mut bhs);
     send(&mut stream, &bhs, &[]).unwrap();
-    let (TargetPdu::Login(r), _) = read_pdu(&mut stream).unwrap() else { panic!("no login response") };
-    assert_eq!((r.status_class, r.transit), (0, true), "login did not reach full feature phase");
-    Session { stream, cmd_sn: 1, exp_stat_sn: r.stat_sn.wrapping_add(1), itt: 10 }
+    let (TargetPdu::Login(r), _) = read_pdu(&mut stream).unwrap() else {
+        panic!("no login response")
+    };
+    assert_eq!(
+        (r.status_class, r.transit),
+        (0, true),
+        "login did not reach full feature phase"
+    );
+    Session {
+        stream,
+        cmd_sn: 1,
+        exp_stat_sn: r.stat_sn.wrapping_add(1),
+        itt: 10,
+    }
 }
 
 impl Session {
@@ -100,7 +115,13 @@ impl Session {
 
     /// Answers a NOP-In ping.
     pub fn answer_ping(&mut self, ttt: u32) -> std::io::Result<()> {
-        let nop = NopOut { immediate: true, itt: 0xffff_ffff, ttt, cmd_sn: self.cmd_sn, ..Default::default() };
+        let nop = NopOut {
+            immediate: true,
+            itt: 0xffff_ffff,
+            ttt,
+            cmd_sn: self.cmd_sn,
+            ..Default::default()
+        };
         let mut bhs = [0u8; BHS_LEN];
         nop.encode(&mut bhs);
         send(&mut self.stream, &bhs, &[])
@@ -118,7 +139,10 @@ impl Session {
         loop {
             match read_pdu(&mut self.stream) {
                 Ok((pdu, _)) => seen.push(pdu),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
                     return Err(format!("still open after {limit:?}; saw {seen:?}"));
                 }
                 Err(_) => return Ok(seen),
