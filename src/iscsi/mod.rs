@@ -10,6 +10,7 @@
 
 pub mod chap;
 pub mod digest;
+pub mod initiator;
 pub mod params;
 pub mod pdu;
 pub mod reader;

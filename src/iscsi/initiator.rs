@@ -1,11 +1,12 @@
-//! A minimal iSCSI initiator for the behaviours libiscsi's tools cannot trigger (silence, session
-//! reinstatement, PDUs no correct initiator sends). It uses the crate's own codec; the real
-//! clients cover everything else.
+//! A minimal blocking iSCSI initiator: login without authentication, TEST UNIT READY, NOP
+//! answers, raw PDUs. It serves tests that need behaviours real initiators never show (silence,
+//! session reinstatement, malformed PDUs) and tools that hold many sessions open (the memory
+//! figures in `perf/`). Real clients (libiscsi) test everything else.
 
+use super::pdu::{BHS_LEN, LoginRequest, NopOut, ScsiCommand, Stage, TargetPdu};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
-use vit::iscsi::pdu::{BHS_LEN, LoginRequest, NopOut, ScsiCommand, Stage, TargetPdu};
 
 pub struct Session {
     pub stream: TcpStream,
@@ -37,18 +38,26 @@ fn send(stream: &mut TcpStream, bhs: &[u8; BHS_LEN], data: &[u8]) -> std::io::Re
     stream.write_all(&wire)
 }
 
-/// Logs in to `target` (no authentication) in one request: security to full feature phase.
+/// Logs in to `target` on 127.0.0.1:`port` (no authentication), through the security and
+/// operational stages to full feature phase. Panics when the target refuses (a test helper).
 pub fn login(port: u16, initiator: &str, target: &str, isid: [u8; 6]) -> Session {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    try_login(port, initiator, target, isid).unwrap_or_else(|e| panic!("login: {e}"))
+}
+
+/// [`login`], returning errors.
+pub fn try_login(
+    port: u16,
+    initiator: &str,
+    target: &str,
+    isid: [u8; 6],
+) -> std::io::Result<Session> {
+    let refused = |what: String| std::io::Error::other(what);
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let text = format!(
         "InitiatorName={initiator}\0TargetName={target}\0SessionType=Normal\0AuthMethod=None\0\
          HeaderDigest=None\0DataDigest=None\0MaxRecvDataSegmentLength=65536\0"
     );
-    // Security stage with transit straight to full feature phase is not allowed: go through the
-    // operational stage as initiators do.
     let mut req = LoginRequest {
         immediate: true,
         transit: true,
@@ -62,31 +71,34 @@ pub fn login(port: u16, initiator: &str, target: &str, isid: [u8; 6]) -> Session
     };
     let mut bhs = [0u8; BHS_LEN];
     req.encode(&mut bhs);
-    send(&mut stream, &bhs, text.as_bytes()).unwrap();
-    let (TargetPdu::Login(r), _) = read_pdu(&mut stream).unwrap() else {
-        panic!("no login response")
+    send(&mut stream, &bhs, text.as_bytes())?;
+    let (TargetPdu::Login(r), _) = read_pdu(&mut stream)? else {
+        return Err(refused("no login response".into()));
     };
-    assert_eq!((r.status_class, r.status_detail), (0, 0), "login refused");
+    if (r.status_class, r.status_detail) != (0, 0) {
+        return Err(refused(format!(
+            "login refused: 0x{:02x}{:02x}",
+            r.status_class, r.status_detail
+        )));
+    }
     req.csg = Stage::Operational as u8;
     req.nsg = Stage::FullFeature as u8;
     req.data_segment_length = 0;
     req.exp_stat_sn = r.stat_sn.wrapping_add(1);
     req.encode(&mut bhs);
-    send(&mut stream, &bhs, &[]).unwrap();
-    let (TargetPdu::Login(r), _) = read_pdu(&mut stream).unwrap() else {
-        panic!("no login response")
+    send(&mut stream, &bhs, &[])?;
+    let (TargetPdu::Login(r), _) = read_pdu(&mut stream)? else {
+        return Err(refused("no login response".into()));
     };
-    assert_eq!(
-        (r.status_class, r.transit),
-        (0, true),
-        "login did not reach full feature phase"
-    );
-    Session {
+    if (r.status_class, r.transit) != (0, true) {
+        return Err(refused("login did not reach full feature phase".into()));
+    }
+    Ok(Session {
         stream,
         cmd_sn: 1,
         exp_stat_sn: r.stat_sn.wrapping_add(1),
         itt: 10,
-    }
+    })
 }
 
 impl Session {
@@ -134,7 +146,9 @@ impl Session {
 
     /// Waits until the target closes the connection; `Err` if it is still open after `limit`.
     pub fn closed_within(&mut self, limit: Duration) -> Result<Vec<TargetPdu>, String> {
-        self.stream.set_read_timeout(Some(limit)).unwrap();
+        self.stream
+            .set_read_timeout(Some(limit))
+            .map_err(|e| e.to_string())?;
         let mut seen = Vec::new();
         loop {
             match read_pdu(&mut self.stream) {
