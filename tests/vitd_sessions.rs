@@ -2,7 +2,7 @@
 //! malformed PDUs in full feature phase. Driven by a minimal initiator (tests/common/initiator.rs).
 
 mod common;
-use common::initiator::{Session, login};
+use vit::iscsi::initiator::{self, Session, login};
 use common::*;
 use std::time::Duration;
 use vit::iscsi::pdu::TargetPdu;
@@ -57,7 +57,7 @@ fn a_silent_peer_is_pinged_then_dropped_and_an_answering_one_kept() {
             .unwrap();
         let end = std::time::Instant::now() + Duration::from_secs(20);
         while std::time::Instant::now() < end {
-            match common::initiator::read_pdu(&mut alive.stream) {
+            match initiator::read_pdu(&mut alive.stream) {
                 Ok((TargetPdu::NopIn(n), _)) => {
                     pings += 1;
                     alive.answer_ping(n.ttt).unwrap();
@@ -106,7 +106,7 @@ fn malformed_pdus_in_full_feature_phase() {
     let mut bhs = [0u8; 48];
     bhs[0] = 0x1d;
     s.raw(&bhs).unwrap();
-    let (pdu, data) = common::initiator::read_pdu(&mut s.stream).unwrap();
+    let (pdu, data) = initiator::read_pdu(&mut s.stream).unwrap();
     assert!(matches!(pdu, TargetPdu::Reject(_)), "{pdu:?}");
     assert_eq!(data, bhs.to_vec(), "the Reject carries the rejected header");
     good(&mut s);

@@ -2,7 +2,7 @@
 //! serving it on a loopback port, and the real clients (libiscsi's tools, qemu-img).
 #![allow(dead_code)]
 
-pub use vit::iscsi::initiator;
+
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
