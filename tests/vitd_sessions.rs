@@ -2,9 +2,9 @@
 //! malformed PDUs in full feature phase. Driven by a minimal initiator (tests/common/initiator.rs).
 
 mod common;
-use vit::iscsi::initiator::{self, Session, login};
 use common::*;
 use std::time::Duration;
+use vit::iscsi::initiator::{self, Session, login};
 use vit::iscsi::pdu::TargetPdu;
 
 const INITIATOR: &str = "iqn.2026-11.io.vit:test-initiator";

@@ -181,6 +181,8 @@ pub struct Conn {
     text: Vec<u8>,
     /// Set after a Logout Response is queued: accept no more commands.
     logging_out: bool,
+    /// Task slots in use.
+    busy: u32,
     /// The task a write command's header created (its immediate data is arriving).
     header_task: Option<usize>,
     /// A text response longer than the initiator's MaxRecvDataSegmentLength: what is left, and
@@ -218,6 +220,7 @@ impl Conn {
             dest: DataDest::Discard,
             text: Vec::new(),
             logging_out: false,
+            busy: 0,
             header_task: None,
             text_out: None,
             local_addr: None,
@@ -225,11 +228,11 @@ impl Conn {
         }
     }
 
+    /// The window's upper end: as many new commands as free task slots.
     fn max_cmd_sn(&self) -> u32 {
-        let busy = self.tasks.iter().filter(|t| t.is_some()).count() as u32;
         self.seq
             .exp_cmd_sn
-            .wrapping_add(self.depth.saturating_sub(busy))
+            .wrapping_add(self.depth.saturating_sub(self.busy))
             .wrapping_sub(1)
     }
 
@@ -385,6 +388,7 @@ impl Conn {
             None
         };
         let ttt = self.fresh_ttt();
+        self.busy += 1;
         self.tasks[i] = Some(Task {
             itt: cmd.itt,
             lun: cmd.lun,
@@ -847,9 +851,11 @@ impl Conn {
 
     /// Releases a task and its buffer (only when nothing in flight points into the buffer).
     fn free_task(&mut self, i: usize, pool: &mut BufferPool) {
-        if let Some(t) = self.tasks.get_mut(i).and_then(Option::take)
-            && let Some(b) = t.buf
-        {
+        let Some(t) = self.tasks.get_mut(i).and_then(Option::take) else {
+            return;
+        };
+        self.busy -= 1;
+        if let Some(b) = t.buf {
             pool.release(b);
         }
     }

@@ -171,7 +171,8 @@ struct Slot {
     send_inflight: bool,
     send_done: usize,
     send_total: usize,
-    file_ops: HashMap<u16, FileOp>,
+    /// Backing-store work in flight, by task slot.
+    file_ops: Vec<FileOp>,
     inflight: u32,
     closing: bool,
     close_after_send: bool,
@@ -192,6 +193,10 @@ struct Worker {
     dirty: Vec<usize>,
     shutting_down: bool,
     shutdown_deadline: Option<Instant>,
+    /// Completions of one wait, reused (no allocation per wakeup).
+    cqes: Vec<(u64, i32)>,
+    /// The SQEs of one request's segments, reused (no allocation per I/O).
+    sqe_scratch: Vec<squeue::Entry>,
 }
 
 impl Worker {
@@ -219,6 +224,8 @@ impl Worker {
             dirty: Vec::new(),
             shutting_down: false,
             shutdown_deadline: None,
+            cqes: Vec::with_capacity(1024),
+            sqe_scratch: Vec::with_capacity(16),
         };
         w.arm_wake();
         Ok(w)
@@ -265,14 +272,13 @@ impl Worker {
                     break;
                 }
             }
-            let cqes: Vec<(u64, i32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
-            for (ud, res) in cqes {
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            for &(ud, res) in &cqes {
                 self.complete(ud, res);
             }
+            cqes.clear();
+            self.cqes = cqes;
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = Instant::now();
                 self.tick();
@@ -357,7 +363,9 @@ impl Worker {
             send_inflight: false,
             send_done: 0,
             send_total: 0,
-            file_ops: HashMap::new(),
+            file_ops: (0..usize::from(super::login::QUEUE_DEPTH))
+                .map(|_| FileOp::default())
+                .collect(),
             inflight: 0,
             closing: false,
             close_after_send: false,
@@ -722,25 +730,25 @@ impl Worker {
                     op_kind,
                 );
                 if let Some(s) = self.slots[idx].as_mut() {
-                    s.file_ops.insert(work.task, op);
+                    s.file_ops[usize::from(work.task)] = op;
                 }
                 self.finish_io(idx, work.task, r);
             }
-            Backing::Vmdk { map, direct, .. } => {
+            Backing::Vmdk { map, .. } => {
                 let segments = match map.map(req.byte_offset, req.byte_len as u64, op_kind) {
-                    Ok(s) => s.collect::<Vec<_>>(),
+                    Ok(s) => s,
                     Err(_) => return self.finish_io(idx, work.task, IoResult::Failed),
                 };
-                // FUA: the write reaches stable storage before it completes (with O_DIRECT too: the
-                // device's cache is flushed for it).
-                let _ = direct;
+                // FUA: the write reaches stable storage before it completes (with O_DIRECT too:
+                // RWF_DSYNC makes the device flush its cache for it).
                 let flags = if req.fua && op_kind == Op::Write {
                     libc::RWF_DSYNC
                 } else {
                     0
                 };
+                let mut sqes = std::mem::take(&mut self.sqe_scratch);
+                sqes.clear();
                 let mut at = 0usize;
-                let mut sqes = Vec::with_capacity(segments.len());
                 for seg in segments {
                     let len = seg.len as usize;
                     if seg.kind == SegmentKind::Zero {
@@ -749,6 +757,7 @@ impl Worker {
                         }
                     } else {
                         let Some(fi) = self.fixed_file(lun, seg.extent) else {
+                            self.sqe_scratch = sqes;
                             return self.finish_io(idx, work.task, IoResult::Failed);
                         };
                         // SAFETY: at + len <= byte_len <= slot size (checked by the connection).
@@ -763,19 +772,20 @@ impl Worker {
                                 .rw_flags(flags)
                                 .build()
                         };
-                        sqes.push(sqe);
+                        sqes.push(sqe.user_data(user_data(idx, Kind::File, work.task)));
                     }
                     at += len;
                 }
                 op.pending = sqes.len() as u16;
                 if let Some(s) = self.slots[idx].as_mut() {
                     s.inflight += sqes.len() as u32;
-                    s.file_ops.insert(work.task, op);
+                    s.file_ops[usize::from(work.task)] = op;
                 }
                 let empty = sqes.is_empty();
-                for sqe in sqes {
-                    self.push(sqe.user_data(user_data(idx, Kind::File, work.task)));
+                for sqe in sqes.drain(..) {
+                    self.push(sqe);
                 }
+                self.sqe_scratch = sqes;
                 if empty {
                     self.finish_io(idx, work.task, IoResult::Ok);
                 }
@@ -802,7 +812,7 @@ impl Worker {
         let empty = sqes.is_empty();
         if let Some(s) = self.slots[idx].as_mut() {
             s.inflight += sqes.len() as u32;
-            s.file_ops.insert(work.task, op);
+            s.file_ops[usize::from(work.task)] = op;
         }
         for sqe in sqes {
             self.push(sqe.user_data(user_data(idx, Kind::File, work.task)));
@@ -816,7 +826,7 @@ impl Worker {
         let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
-        let Some(op) = s.file_ops.get_mut(&task) else {
+        let Some(op) = s.file_ops.get_mut(usize::from(task)) else {
             return;
         };
         if res < 0 {
@@ -842,7 +852,11 @@ impl Worker {
         let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
-        let op = s.file_ops.remove(&task).unwrap_or_default();
+        let op = s
+            .file_ops
+            .get_mut(usize::from(task))
+            .map(std::mem::take)
+            .unwrap_or_default();
         if let (Some(vb), Some(work)) = (op.verify_buf, op.work) {
             if result == IoResult::Ok
                 && let (IoKind::Verify { bytchk: true }, Some(b)) = (work.req.kind, work.buf)

@@ -2,8 +2,6 @@
 //! serving it on a loopback port, and the real clients (libiscsi's tools, qemu-img).
 #![allow(dead_code)]
 
-
-
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
