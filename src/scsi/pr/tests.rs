@@ -1,0 +1,3 @@
+//! PERSISTENT RESERVE state machine tests.
+
+use super::*;
