@@ -982,8 +982,7 @@ fn get_lba_status(lun: &LunInfo, lba: Lba, alloc_len: u32, data_in: &mut [u8]) -
         return Outcome::Done(Completion::check(SenseReason::LbaOutOfRange));
     }
     if !lun.provisioning.lbpme {
-        let mut probe =
-            |_: u64, max: u64| -> Result<_, ()> { Ok((sbc::LbaState::Mapped, max)) };
+        let mut probe = |_: u64, max: u64| -> Result<_, ()> { Ok((sbc::LbaState::Mapped, max)) };
         return Outcome::Done(
             sbc::get_lba_status(lun, lba, alloc_len, data_in, &mut probe)
                 .unwrap_or_else(|()| Completion::check(SenseReason::InternalTargetFailure)),
@@ -1078,10 +1077,10 @@ fn media_request(lun: &LunInfo, m: MediaCommand) -> Result<Option<IoRequest>, Se
         return Err(length_error);
     }
     if m.op == MediaOp::WriteAtomic {
-        if m.lba.0 % u64::from(sbc::ATOMIC_ALIGNMENT) != 0 {
+        if !m.lba.0.is_multiple_of(u64::from(sbc::ATOMIC_ALIGNMENT)) {
             return Err(SenseReason::InvalidFieldInCdb(FieldPointer::byte(2)));
         }
-        if m.blocks.0 % sbc::ATOMIC_GRANULARITY != 0 {
+        if !m.blocks.0.is_multiple_of(sbc::ATOMIC_GRANULARITY) {
             return Err(length_error);
         }
     }

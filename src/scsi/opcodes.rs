@@ -325,8 +325,22 @@ const TABLE: &[OpcodeInfo] = &[
         u([0x15, 0x10, 0, 0, 0xFF, 0]),
         NoMedia,
     ),
-    row(0x16, None, "RESERVE(6)", 6, u([0x16, 0, 0, 0, 0, 0]), NoMedia),
-    row(0x17, None, "RELEASE(6)", 6, u([0x17, 0, 0, 0, 0, 0]), NoMedia),
+    row(
+        0x16,
+        None,
+        "RESERVE(6)",
+        6,
+        u([0x16, 0, 0, 0, 0, 0]),
+        NoMedia,
+    ),
+    row(
+        0x17,
+        None,
+        "RELEASE(6)",
+        6,
+        u([0x17, 0, 0, 0, 0, 0]),
+        NoMedia,
+    ),
     row(
         0x1A,
         None,
@@ -418,8 +432,22 @@ const TABLE: &[OpcodeInfo] = &[
         u([0x55, 0x10, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
         NoMedia,
     ),
-    row(0x56, None, "RESERVE(10)", 10, u([0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]), NoMedia),
-    row(0x57, None, "RELEASE(10)", 10, u([0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]), NoMedia),
+    row(
+        0x56,
+        None,
+        "RESERVE(10)",
+        10,
+        u([0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        NoMedia,
+    ),
+    row(
+        0x57,
+        None,
+        "RELEASE(10)",
+        10,
+        u([0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        NoMedia,
+    ),
     row(
         0x5A,
         None,
@@ -438,7 +466,10 @@ const TABLE: &[OpcodeInfo] = &[
     pr_out(0x03, "PERSISTENT RESERVE OUT / CLEAR"),
     pr_out(0x04, "PERSISTENT RESERVE OUT / PREEMPT"),
     pr_out(0x05, "PERSISTENT RESERVE OUT / PREEMPT AND ABORT"),
-    pr_out(0x06, "PERSISTENT RESERVE OUT / REGISTER AND IGNORE EXISTING KEY"),
+    pr_out(
+        0x06,
+        "PERSISTENT RESERVE OUT / REGISTER AND IGNORE EXISTING KEY",
+    ),
     pr_out(0x07, "PERSISTENT RESERVE OUT / REGISTER AND MOVE"),
     row(
         0x83,
@@ -542,9 +573,7 @@ const TABLE: &[OpcodeInfo] = &[
         Some(0x0A),
         "REPORT TARGET PORT GROUPS",
         12,
-        u([
-            0xA3, 0xEA, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
-        ]),
+        u([0xA3, 0xEA, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
         NoMedia,
     ),
     row(

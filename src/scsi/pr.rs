@@ -368,7 +368,15 @@ pub fn persistent_reserve_out(
             if spec_i_pt {
                 return Err(param_bit(20, 3));
             }
-            register(pr, it, key, sa_key, all_tg_pt, aptpl, cdb.service_action == sa::REGISTER_IGNORE)
+            register(
+                pr,
+                it,
+                key,
+                sa_key,
+                all_tg_pt,
+                aptpl,
+                cdb.service_action == sa::REGISTER_IGNORE,
+            )
         }
         sa::REGISTER_AND_MOVE => register_and_move(pr, it, cdb, key, sa_key, data),
         _ => {
@@ -553,7 +561,9 @@ fn parse_transport_id(tid: &[u8]) -> Result<(String, [u8; 6]), PrFailure> {
     let len = tid
         .get(2..4)
         .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-    let body = tid.get(4..4 + len).ok_or(SenseReason::ParameterListLengthError)?;
+    let body = tid
+        .get(4..4 + len)
+        .ok_or(SenseReason::ParameterListLengthError)?;
     let text = body.split(|&b| b == 0).next().unwrap_or(&[]);
     let text = std::str::from_utf8(text).map_err(|_| param_bit(28, 7))?;
     let (name, isid) = text.rsplit_once(",i,0x").ok_or(param_bit(28, 7))?;
@@ -657,7 +667,10 @@ pub fn release_spc2(pr: &mut PrState, it: &ItNexusId) {
 
 /// An iSCSI TransportID for `it` (format 01b: name, ",i,0x", ISID), padded to 4 bytes.
 fn write_transport_id(it: &ItNexusId, w: &mut DataIn<'_>) {
-    let name = it.initiator.get(..it.initiator.len().min(MAX_NAME_LEN)).unwrap_or("");
+    let name = it
+        .initiator
+        .get(..it.initiator.len().min(MAX_NAME_LEN))
+        .unwrap_or("");
     let raw = name.len() + 5 + 12 + 1;
     let padded = raw.next_multiple_of(4).max(20);
     w.u8(0x45);
@@ -721,9 +734,10 @@ pub fn persistent_reserve_in(
             w.u32(pr.generation);
             w.u32(0);
             for r in &pr.regs {
-                let holder = pr.res.as_ref().filter(|res| {
-                    res.rtype.all_registrants() || r.covers(&res.holder)
-                });
+                let holder = pr
+                    .res
+                    .as_ref()
+                    .filter(|res| res.rtype.all_registrants() || r.covers(&res.holder));
                 w.u64(r.key);
                 w.u32(0);
                 w.u8(u8::from(r.all_tg_pt) << 1 | u8::from(holder.is_some()));
@@ -860,8 +874,13 @@ pub enum PrDecodeError {
 
 const MAGIC: &[u8; 6] = b"VITPR\x01";
 /// Largest encoded state.
-pub const MAX_ENCODED_LEN: usize =
-    MAGIC.len() + 4 + 1 + 1 + 1 + MAX_REGISTRATIONS * (8 + 1 + 4 + 2 * MAX_NAME_LEN + 8 + 2) * 2 + 4;
+pub const MAX_ENCODED_LEN: usize = MAGIC.len()
+    + 4
+    + 1
+    + 1
+    + 1
+    + MAX_REGISTRATIONS * (8 + 1 + 4 + 2 * MAX_NAME_LEN + 8 + 2) * 2
+    + 4;
 
 fn put_id(out: &mut Vec<u8>, id: &ItNexusId) {
     for s in [&id.initiator, &id.target] {
@@ -901,7 +920,10 @@ impl<'a> Reader<'a> {
         let at = self.at;
         let n = usize::from(self.u8()?);
         if n > MAX_NAME_LEN {
-            return Err(PrDecodeError::Field { field: "name length", at });
+            return Err(PrDecodeError::Field {
+                field: "name length",
+                at,
+            });
         }
         let s = self.take(n)?;
         String::from_utf8(s.to_vec()).map_err(|_| PrDecodeError::Field { field: "name", at })
@@ -973,7 +995,10 @@ impl PrState {
         let at = r.at;
         let n = usize::from(r.u8()?);
         if n > MAX_REGISTRATIONS {
-            return Err(PrDecodeError::Field { field: "registration count", at });
+            return Err(PrDecodeError::Field {
+                field: "registration count",
+                at,
+            });
         }
         let mut regs = Vec::with_capacity(n);
         for _ in 0..n {

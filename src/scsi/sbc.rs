@@ -239,18 +239,18 @@ mod tests {
         big.num_blocks = 1 << 40;
         assert_eq!(
             unmap_ranges(&big, &list(&[(0, MAX_UNMAP_LBA_COUNT + 1)])),
-            Err(SenseReason::InvalidFieldInParameterList(FieldPointer::byte(
-                16
-            )))
+            Err(SenseReason::InvalidFieldInParameterList(
+                FieldPointer::byte(16)
+            ))
         );
         let many: Vec<_> = (0..=u64::from(MAX_UNMAP_DESCRIPTORS))
             .map(|i| (i, 1))
             .collect();
         assert_eq!(
             unmap_ranges(&lun(), &list(&many)),
-            Err(SenseReason::InvalidFieldInParameterList(FieldPointer::byte(
-                2
-            )))
+            Err(SenseReason::InvalidFieldInParameterList(
+                FieldPointer::byte(2)
+            ))
         );
     }
 

@@ -19,8 +19,8 @@ pub const SEGMENT_LEN: usize = 28;
 /// Length of the parameter list header.
 pub const HEADER_LEN: usize = 16;
 /// MAXIMUM DESCRIPTOR LIST LENGTH in bytes.
-pub const MAX_DESCRIPTOR_LIST_LEN: u32 =
-    (MAX_CSCD_DESCRIPTORS as u32) * (CSCD_LEN as u32) + (MAX_SEGMENT_DESCRIPTORS as u32) * (SEGMENT_LEN as u32);
+pub const MAX_DESCRIPTOR_LIST_LEN: u32 = (MAX_CSCD_DESCRIPTORS as u32) * (CSCD_LEN as u32)
+    + (MAX_SEGMENT_DESCRIPTORS as u32) * (SEGMENT_LEN as u32);
 /// Largest parameter list accepted (header, descriptors, no inline data).
 pub const MAX_PARAM_LEN: u32 = HEADER_LEN as u32 + MAX_DESCRIPTOR_LIST_LEN;
 /// MAXIMUM SEGMENT LENGTH in bytes.
@@ -64,8 +64,8 @@ fn get<const N: usize>(data: &[u8], at: usize) -> Result<[u8; N], SenseReason> {
 pub fn parse(data: &[u8]) -> Result<Vec<CopySegment>, SenseReason> {
     let h = get::<HEADER_LEN>(data, 0)?;
     let cscd_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
-    let seg_len = usize::try_from(u32::from_be_bytes([h[8], h[9], h[10], h[11]]))
-        .unwrap_or(usize::MAX);
+    let seg_len =
+        usize::try_from(u32::from_be_bytes([h[8], h[9], h[10], h[11]])).unwrap_or(usize::MAX);
     let inline_len = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
     if cscd_len / CSCD_LEN > usize::from(MAX_CSCD_DESCRIPTORS) {
         return Err(SenseReason::TooManyTargetDescriptors);
@@ -191,7 +191,9 @@ pub fn check_segment(src: &LunInfo, dst: &LunInfo, seg: &CopySegment) -> Result<
         return Err(SenseReason::LbaOutOfRange);
     }
     if n * u64::from(src.block_size) > u64::from(MAX_SEGMENT_BYTES) {
-        return Err(SenseReason::InvalidFieldInParameterList(FieldPointer::byte(10)));
+        return Err(SenseReason::InvalidFieldInParameterList(
+            FieldPointer::byte(10),
+        ));
     }
     Ok(())
 }
@@ -329,17 +331,23 @@ mod tests {
         bad[0] = 0xE5;
         assert_eq!(
             parse(&list(&[bad], &[])),
-            Err(SenseReason::UnsupportedTargetDescriptorType(FieldPointer::byte(16)))
+            Err(SenseReason::UnsupportedTargetDescriptorType(
+                FieldPointer::byte(16)
+            ))
         );
         let mut seg = segment(0, 0, 1, 0, 0);
         seg[0] = 0x01;
         assert_eq!(
             parse(&list(&[cscd(&NAA_A)], &[seg])),
-            Err(SenseReason::UnsupportedSegmentDescriptorType(FieldPointer::byte(48)))
+            Err(SenseReason::UnsupportedSegmentDescriptorType(
+                FieldPointer::byte(48)
+            ))
         );
         assert_eq!(
             parse(&list(&[cscd(&NAA_A)], &[segment(0, 3, 1, 0, 0)])),
-            Err(SenseReason::InvalidFieldInParameterList(FieldPointer::byte(54)))
+            Err(SenseReason::InvalidFieldInParameterList(
+                FieldPointer::byte(54)
+            ))
         );
         let many: Vec<_> = (0..=MAX_CSCD_DESCRIPTORS).map(|_| cscd(&NAA_A)).collect();
         assert_eq!(
@@ -373,7 +381,10 @@ mod tests {
             blocks: 11,
         };
         assert_eq!(check_segment(&a, &a, &seg), Err(SenseReason::LbaOutOfRange));
-        assert_eq!(check_segment(&a, &a, &CopySegment { blocks: 10, ..seg }), Ok(()));
+        assert_eq!(
+            check_segment(&a, &a, &CopySegment { blocks: 10, ..seg }),
+            Ok(())
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! PERSISTENT RESERVE state machine, conflict table and APTPL encoding tests.
 
 use super::*;
-use proptest::prelude::*;
 use ReservationType as T;
+use proptest::prelude::*;
 
 const ALL_TYPES: [T; 6] = [
     T::WriteExclusive,
@@ -100,7 +100,10 @@ fn register_rules() {
     assert_eq!(out(&mut pr, &a(), sa::REGISTER, 0, 0xA, 0xC), Ok(()));
     assert_eq!(pr.registrations()[0].key, 0xC);
     // REGISTER AND IGNORE EXISTING KEY ignores the reservation key.
-    assert_eq!(out(&mut pr, &a(), sa::REGISTER_IGNORE, 0, 0x99, 0xD), Ok(()));
+    assert_eq!(
+        out(&mut pr, &a(), sa::REGISTER_IGNORE, 0, 0x99, 0xD),
+        Ok(())
+    );
     assert_eq!(pr.registrations()[0].key, 0xD);
     // Unregister.
     assert_eq!(out(&mut pr, &a(), sa::REGISTER, 0, 0xD, 0), Ok(()));
@@ -146,10 +149,7 @@ fn register_parameter_checks() {
     assert!(pr.registrations()[0].all_tg_pt);
     // The registration covers the same initiator port through another target port.
     let other_port = nexus("iqn.a", 1, 2);
-    assert_eq!(
-        out(&mut pr, &other_port, sa::REGISTER, 0, 1, 2),
-        Ok(())
-    );
+    assert_eq!(out(&mut pr, &other_port, sa::REGISTER, 0, 1, 2), Ok(()));
     assert_eq!(pr.registrations().len(), 1);
 }
 
@@ -364,7 +364,14 @@ fn preempt_holder_takes_reservation() {
     register(&mut pr, &c(), 0xC);
     pr.take_effects();
     assert_eq!(
-        out(&mut pr, &b(), sa::PREEMPT, T::ExclusiveAccess as u8, 0xB, 0xA),
+        out(
+            &mut pr,
+            &b(),
+            sa::PREEMPT,
+            T::ExclusiveAccess as u8,
+            0xB,
+            0xA
+        ),
         Ok(())
     );
     let res = pr.reservation().unwrap();
@@ -388,7 +395,14 @@ fn preempt_non_holder_removes_registrations_only() {
     let mut pr = three_registered(T::WriteExclusive);
     register(&mut pr, &c(), 0xC);
     assert_eq!(
-        out(&mut pr, &b(), sa::PREEMPT, T::WriteExclusive as u8, 0xB, 0xC),
+        out(
+            &mut pr,
+            &b(),
+            sa::PREEMPT,
+            T::WriteExclusive as u8,
+            0xB,
+            0xC
+        ),
         Ok(())
     );
     assert_eq!(pr.reservation().unwrap().holder, a());
@@ -419,7 +433,14 @@ fn preempt_all_registrants_with_zero_key() {
     register(&mut pr, &c(), 0xC);
     pr.take_effects();
     assert_eq!(
-        out(&mut pr, &c(), sa::PREEMPT_AND_ABORT, T::WriteExclusive as u8, 0xC, 0),
+        out(
+            &mut pr,
+            &c(),
+            sa::PREEMPT_AND_ABORT,
+            T::WriteExclusive as u8,
+            0xC,
+            0
+        ),
         Ok(())
     );
     assert_eq!(pr.registrations().len(), 1);
@@ -463,7 +484,11 @@ fn register_and_move() {
     );
     assert_eq!(persistent_reserve_out(&mut pr, &a(), cdb, &p), Ok(()));
     assert_eq!(pr.reservation().unwrap().holder, dest);
-    assert!(pr.registrations().iter().any(|r| r.it == dest && r.key == 0xD));
+    assert!(
+        pr.registrations()
+            .iter()
+            .any(|r| r.it == dest && r.key == 0xD)
+    );
     assert!(!pr.registrations().iter().any(|r| r.it == a()));
     assert!(conflicts(&pr, &a(), &READ10));
     assert!(!conflicts(&pr, &dest, &WRITE10));
@@ -496,7 +521,10 @@ fn persistent_reserve_in_data() {
     let mut w = DataIn::new(&mut buf, 512);
     persistent_reserve_in(&pr, 3, &mut w).unwrap();
     let n = w.stored();
-    assert_eq!(usize::try_from(u32::from_be_bytes(buf[4..8].try_into().unwrap())).unwrap(), n - 8);
+    assert_eq!(
+        usize::try_from(u32::from_be_bytes(buf[4..8].try_into().unwrap())).unwrap(),
+        n - 8
+    );
     // First descriptor: key A, holder, type 1, relative port 1, iSCSI TransportID.
     assert_eq!(&buf[8..16], &0xAu64.to_be_bytes());
     assert_eq!((buf[20], buf[21]), (0x01, 0x01));
