@@ -57,3 +57,5 @@ pub use sense::{Sense, SenseData, SenseFormat, SenseReason};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sbc;

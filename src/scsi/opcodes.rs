@@ -519,6 +519,7 @@ const TABLE: &[OpcodeInfo] = &[
         MWrite,
     ),
     row(0x8F, None, "VERIFY(16)", 16, rw16(0x8F, 0x12), MRead),
+    row(0x90, None, "PRE-FETCH(16)", 16, rw16(0x90, 0x02), MRead),
     row(
         0x91,
         None,

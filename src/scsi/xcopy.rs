@@ -21,8 +21,9 @@ pub const HEADER_LEN: usize = 16;
 /// MAXIMUM DESCRIPTOR LIST LENGTH in bytes.
 pub const MAX_DESCRIPTOR_LIST_LEN: u32 = (MAX_CSCD_DESCRIPTORS as u32) * (CSCD_LEN as u32)
     + (MAX_SEGMENT_DESCRIPTORS as u32) * (SEGMENT_LEN as u32);
-/// Largest parameter list accepted (header, descriptors, no inline data).
-pub const MAX_PARAM_LEN: u32 = HEADER_LEN as u32 + MAX_DESCRIPTOR_LIST_LEN;
+/// Largest parameter list accepted (bounds the data-out buffer; descriptor counts are
+/// checked against their own limits by [`parse`]).
+pub const MAX_PARAM_LEN: u32 = 64 << 10;
 /// MAXIMUM SEGMENT LENGTH in bytes.
 pub const MAX_SEGMENT_BYTES: u32 = 64 << 20;
 /// Identification descriptor CSCD type code.
