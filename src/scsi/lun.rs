@@ -662,7 +662,7 @@ pub fn execute_with_pr(
         )),
         Command::Unmap { anchor, param_len } => to_outcome(unmap(lun, anchor, param_len)),
         Command::GetLbaStatus { lba, alloc_len } => get_lba_status(lun, lba, alloc_len, data_in),
-        Command::ExtendedCopy { param_len } => to_outcome(extended_copy(lun, param_len)),
+        Command::ExtendedCopy { param_len } => to_outcome(extended_copy(param_len)),
         Command::PersistentReserveIn { .. }
         | Command::PersistentReserveOut { .. }
         | Command::Reserve
@@ -965,12 +965,13 @@ fn unmap(lun: &LunInfo, anchor: bool, param_len: u16) -> Result<Option<IoRequest
     }
 }
 
-fn extended_copy(lun: &LunInfo, param_len: u32) -> Result<Option<IoRequest>, SenseReason> {
-    let _ = lun;
+/// EXTENDED COPY: the parameter list is parsed once it has arrived ([`xcopy::parse`]).
+fn extended_copy(param_len: u32) -> Result<Option<IoRequest>, SenseReason> {
     match param_len {
         0 => Ok(None),
-        n if n > xcopy::MAX_PARAM_LEN => Err(SenseReason::ParameterListLengthError),
-        n if n < xcopy::HEADER_LEN as u32 => Err(SenseReason::ParameterListLengthError),
+        n if n > xcopy::MAX_PARAM_LEN || n < xcopy::HEADER_LEN as u32 => {
+            Err(SenseReason::ParameterListLengthError)
+        }
         n => Ok(Some(control_request(IoKind::ExtendedCopy, n as usize))),
     }
 }

@@ -153,7 +153,6 @@ pub fn report_target_port_groups(port: &TargetPort, extended: bool, w: &mut Data
         w.u8(0); // IMPLICIT TRANSITION TIME
         w.u16(0);
     }
-    let start = w.pos();
     w.u8(0x80); // PREF, ASYMMETRIC ACCESS STATE 0h: active/optimized
     w.u8(0x01); // AO_SUP
     w.u16(TARGET_PORT_GROUP);
@@ -163,7 +162,6 @@ pub fn report_target_port_groups(port: &TargetPort, extended: bool, w: &mut Data
     w.u8(1); // TARGET PORT COUNT
     w.u16(0);
     w.u16(port.relative_port_id);
-    let _ = start;
     let len = w.len_since_u32(4);
     w.patch_u32(0, len);
 }
