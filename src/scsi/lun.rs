@@ -923,13 +923,14 @@ fn write_same(lun: &LunInfo, c: WriteSameCdb) -> Result<Option<IoRequest>, Sense
     if lun.read_only {
         return Err(SenseReason::WriteProtected);
     }
-    // WSNZ = 1: a zero NUMBER OF LOGICAL BLOCKS is refused.
+    check_range(lun, c.lba, c.blocks)?;
+    // WSNZ = 1: a zero NUMBER OF LOGICAL BLOCKS is refused (after the range check: a zero
+    // length past the end is LBA OUT OF RANGE).
     if c.blocks.0 == 0 || c.blocks.0 > sbc::MAX_WRITE_SAME_BLOCKS {
         return Err(SenseReason::InvalidFieldInCdb(FieldPointer::byte(
             c.length_field,
         )));
     }
-    check_range(lun, c.lba, c.blocks)?;
     let bs = u64::from(lun.block_size);
     let byte_len = usize::try_from(u64::from(c.blocks.0) * bs)
         .map_err(|_| SenseReason::InvalidFieldInCdb(FieldPointer::byte(c.length_field)))?;

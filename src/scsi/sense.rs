@@ -99,6 +99,9 @@ pub enum SenseReason {
     InsufficientRegistrationResources,
     /// COPY ABORTED, COPY TARGET DEVICE NOT REACHABLE (Ah/0Dh/02h).
     CopyTargetDeviceNotReachable,
+    /// COPY ABORTED, no additional sense information (Ah/00h/00h): a segment that cannot be
+    /// copied (past the end of a copy target, a medium error on one).
+    CopyAborted,
     /// UNIT ATTENTION, POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (6h/29h/00h).
     PowerOnReset,
     /// UNIT ATTENTION, POWER ON OCCURRED (6h/29h/01h).
@@ -155,6 +158,7 @@ impl SenseReason {
             Self::UnsupportedSegmentDescriptorType(_) => (K::IllegalRequest, 0x26, 0x09),
             Self::InsufficientRegistrationResources => (K::IllegalRequest, 0x55, 0x04),
             Self::CopyTargetDeviceNotReachable => (K::CopyAborted, 0x0D, 0x02),
+            Self::CopyAborted => (K::CopyAborted, 0x00, 0x00),
             Self::PowerOnReset => (K::UnitAttention, 0x29, 0x00),
             Self::PowerOnOccurred => (K::UnitAttention, 0x29, 0x01),
             Self::BusReset => (K::UnitAttention, 0x29, 0x02),
@@ -383,6 +387,7 @@ mod tests {
                 0x04,
             ),
             (SenseReason::CopyTargetDeviceNotReachable, 0xA, 0x0D, 0x02),
+            (SenseReason::CopyAborted, 0xA, 0x00, 0x00),
             (SenseReason::ReservationsPreempted, 0x6, 0x2A, 0x03),
             (SenseReason::ReservationsReleased, 0x6, 0x2A, 0x04),
             (SenseReason::RegistrationsPreempted, 0x6, 0x2A, 0x05),

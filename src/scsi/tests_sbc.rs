@@ -29,7 +29,8 @@ fn read_only() -> LunInfo {
 }
 
 fn server() -> DeviceServer {
-    DeviceServer::new(vec![thin(), thick(), read_only()]).expect("valid LUNs")
+    let big = LunInfo::new(3, 512, 1 << 30, 0x55, "BIG");
+    DeviceServer::new(vec![thin(), thick(), read_only(), big]).expect("valid LUNs")
 }
 
 fn nexus(initiator: &str) -> Nexus {
@@ -193,7 +194,9 @@ fn write_same_decode_and_checks() {
     assert_eq!(sense(&run(0, &cdb10(0x41, 0, 0, 0))).3, [0xC0, 0, 7]);
     assert_eq!(key_asc(&run(0, &cdb16(0x93, 0, 999, 2))), (0x05, 0x21));
     let big = sbc::MAX_WRITE_SAME_BLOCKS + 1;
-    assert_eq!(key_asc(&run(0, &cdb16(0x93, 0, 0, big))), INVALID_CDB);
+    assert_eq!(key_asc(&run(3, &cdb16(0x93, 0, 0, big))), INVALID_CDB);
+    // A zero length past the end is out of range, not an invalid length.
+    assert_eq!(key_asc(&run(0, &cdb10(0x41, 0, 1001, 0))), (0x05, 0x21));
     // Plain WRITE SAME works on a thick LUN.
     assert!(matches!(
         io(&run(1, &cdb16(0x93, 0, 0, 8))).kind,

@@ -100,24 +100,21 @@ fn parse_cscds(data: &[u8], len: usize) -> Result<Vec<Option<[u8; 16]>>, SenseRe
         if d[0] != CSCD_IDENTIFICATION {
             return Err(SenseReason::UnsupportedTargetDescriptorType(field(at)));
         }
-        // LU ID TYPE 00b only; NUL (null device) unsupported; block device only.
+        // LU ID TYPE 00b only; block devices only.
         if d[1] & 0xC0 != 0 {
             return Err(SenseReason::InvalidFieldInParameterList(FieldPointer::bit(
                 field(at + 1).byte,
                 7,
             )));
         }
-        if d[1] & 0x20 != 0 {
-            return Err(SenseReason::InvalidFieldInParameterList(FieldPointer::bit(
-                field(at + 1).byte,
-                5,
-            )));
-        }
         if d[1] & 0x1F != 0 {
             return Err(SenseReason::UnsupportedTargetDescriptorType(field(at + 1)));
         }
         // Designation descriptor at byte 4: binary code set, LU association, NAA, 16 bytes.
-        let naa = (d[4] & 0x0F == 1 && d[5] & 0x3F == 0x03 && d[7] == 16)
+        // NUL (a null device) cannot be copied to or from: such a CSCD resolves to nothing,
+        // and a segment naming it ends in COPY ABORTED.
+        let nul = d[1] & 0x20 != 0;
+        let naa = (!nul && d[4] & 0x0F == 1 && d[5] & 0x3F == 0x03 && d[7] == 16)
             .then(|| <[u8; 16]>::try_from(&d[8..24]).ok())
             .flatten();
         out.push(naa);
@@ -148,11 +145,12 @@ fn parse_segments(
         let d = get::<SEGMENT_LEN>(data, at)?;
         let cscd = |off: usize| -> Result<[u8; 16], SenseReason> {
             let id = usize::from(u16::from_be_bytes([d[off], d[off + 1]]));
-            match cscds.get(id) {
-                Some(Some(naa)) => Ok(*naa),
-                Some(None) => Err(SenseReason::CopyTargetDeviceNotReachable),
-                None => Err(invalid(at + off)),
-            }
+            // An unknown CSCD index or an unresolvable CSCD: the copy target is unreachable.
+            cscds
+                .get(id)
+                .copied()
+                .flatten()
+                .ok_or(SenseReason::CopyTargetDeviceNotReachable)
         };
         let (src, dst) = (cscd(4)?, cscd(6)?);
         let word = |o: usize| {
@@ -177,8 +175,9 @@ pub fn resolve<'a>(server: &'a DeviceServer, naa: &[u8; 16]) -> Option<&'a LunIn
     server.luns().iter().find(|l| &naa_designator(l) == naa)
 }
 
-/// Checks one resolved segment: equal block sizes, both ranges inside their LUNs, the
-/// destination writable, the length within [`MAX_SEGMENT_BYTES`].
+/// Checks one resolved segment: equal block sizes, both ranges inside their LUNs (else COPY
+/// ABORTED), the destination writable, the length within [`MAX_SEGMENT_BYTES`]. A segment
+/// whose medium I/O fails also ends the command with [`SenseReason::CopyAborted`].
 pub fn check_segment(src: &LunInfo, dst: &LunInfo, seg: &CopySegment) -> Result<(), SenseReason> {
     if src.block_size != dst.block_size {
         return Err(SenseReason::CopyTargetDeviceNotReachable);
@@ -189,7 +188,7 @@ pub fn check_segment(src: &LunInfo, dst: &LunInfo, seg: &CopySegment) -> Result<
     let n = u64::from(seg.blocks);
     let inside = |lun: &LunInfo, lba: u64| lba.checked_add(n).is_some_and(|e| e <= lun.num_blocks);
     if !inside(src, seg.src_lba) || !inside(dst, seg.dst_lba) {
-        return Err(SenseReason::LbaOutOfRange);
+        return Err(SenseReason::CopyAborted);
     }
     if n * u64::from(src.block_size) > u64::from(MAX_SEGMENT_BYTES) {
         return Err(SenseReason::InvalidFieldInParameterList(
@@ -346,9 +345,23 @@ mod tests {
         );
         assert_eq!(
             parse(&list(&[cscd(&NAA_A)], &[segment(0, 3, 1, 0, 0)])),
-            Err(SenseReason::InvalidFieldInParameterList(
-                FieldPointer::byte(54)
-            ))
+            Err(SenseReason::CopyTargetDeviceNotReachable)
+        );
+        // NUL: the CSCD parses but cannot be copied to.
+        let mut nul = cscd(&NAA_A);
+        nul[1] = 0x20;
+        assert_eq!(
+            parse(&list(&[nul], &[segment(0, 0, 1, 0, 0)])),
+            Err(SenseReason::CopyTargetDeviceNotReachable)
+        );
+        // Reserved LU ID TYPE.
+        let mut luid = cscd(&NAA_A);
+        luid[1] = 0xC0;
+        assert_eq!(
+            parse(&list(&[luid], &[])),
+            Err(SenseReason::InvalidFieldInParameterList(FieldPointer::bit(
+                17, 7
+            )))
         );
         let many: Vec<_> = (0..=MAX_CSCD_DESCRIPTORS).map(|_| cscd(&NAA_A)).collect();
         assert_eq!(
@@ -381,7 +394,7 @@ mod tests {
             dst_lba: 0,
             blocks: 11,
         };
-        assert_eq!(check_segment(&a, &a, &seg), Err(SenseReason::LbaOutOfRange));
+        assert_eq!(check_segment(&a, &a, &seg), Err(SenseReason::CopyAborted));
         assert_eq!(
             check_segment(&a, &a, &CopySegment { blocks: 10, ..seg }),
             Ok(())
