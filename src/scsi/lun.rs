@@ -240,7 +240,11 @@ pub struct Nexus {
     port: TargetPort,
     it: ItNexusId,
     ua: Vec<(u16, UaQueue)>,
+    copies: Vec<(u16, xcopy::CopyResult)>,
 }
+
+/// How many EXTENDED COPY results one I_T nexus holds (the oldest is dropped).
+pub const MAX_HELD_COPY_RESULTS: usize = 4;
 
 impl Nexus {
     /// A new I_T nexus: every logical unit starts with POWER ON, RESET, OR BUS DEVICE RESET
@@ -263,7 +267,26 @@ impl Nexus {
             port,
             it,
             ua: Vec::new(),
+            copies: Vec::new(),
         }
+    }
+
+    /// Holds the result of an EXTENDED COPY this nexus sent to `lun`, for RECEIVE COPY
+    /// RESULTS, COPY STATUS (a result with the same list identifier is replaced).
+    pub fn record_copy(&mut self, lun: u16, result: xcopy::CopyResult) {
+        self.copies
+            .retain(|(l, r)| (*l, r.list_id) != (lun, result.list_id));
+        if self.copies.len() >= MAX_HELD_COPY_RESULTS {
+            self.copies.remove(0);
+        }
+        self.copies.push((lun, result));
+    }
+
+    fn copy_result(&self, lun: u16, list_id: u8) -> Option<&xcopy::CopyResult> {
+        self.copies
+            .iter()
+            .find(|(l, r)| (*l, r.list_id) == (lun, list_id))
+            .map(|(_, r)| r)
     }
 
     /// Names the initiator port of this nexus (iSCSI initiator name and ISID), the key of its
@@ -492,8 +515,10 @@ pub enum IoKind {
         alloc_len: u32,
     },
     /// EXTENDED COPY (LID1): collect `data_out_len` bytes, parse them with [`xcopy::parse`],
-    /// resolve each designator ([`xcopy::resolve`] for this target's LUNs), check each
-    /// segment ([`xcopy::check_segment`]) and copy the blocks in order.
+    /// resolve each designator ([`xcopy::resolve`] for this target's LUNs; none: COPY
+    /// ABORTED, COPY TARGET DEVICE NOT REACHABLE), check each segment
+    /// ([`xcopy::check_segment`]), copy the blocks in order (a failure: COPY ABORTED), then
+    /// [`Nexus::record_copy`] the outcome for RECEIVE COPY RESULTS.
     ExtendedCopy,
 }
 
@@ -846,15 +871,19 @@ fn run_local(
         }
         Command::ReceiveCopyResults {
             service_action,
+            list_id,
             alloc_len,
-            ..
         } => {
-            if service_action != op::SA_OPERATING_PARAMETERS {
-                // Copies finish before status: no copy results are held.
-                return Err(SenseReason::InvalidFieldInCdb(FieldPointer::byte(2)));
-            }
             let mut w = DataIn::new(data_in, alloc(alloc_len));
-            xcopy::operating_parameters(&mut w);
+            if service_action == op::SA_OPERATING_PARAMETERS {
+                xcopy::operating_parameters(&mut w);
+            } else {
+                // COPY STATUS of a copy this nexus ran; none held: the list id is invalid.
+                let held = nexus
+                    .copy_result(lun.id, list_id)
+                    .ok_or(SenseReason::InvalidFieldInCdb(FieldPointer::byte(2)))?;
+                xcopy::copy_status(held, &mut w);
+            }
             Ok(w.stored())
         }
         Command::ReportTargetPortGroups {

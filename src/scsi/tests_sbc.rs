@@ -343,8 +343,24 @@ fn receive_copy_results_and_vpd_8f() {
         &r.data[10..12],
         &xcopy::MAX_SEGMENT_DESCRIPTORS.to_be_bytes()
     );
+    // COPY STATUS: nothing held, then the result the transport recorded.
     c[1] = 0x00;
+    c[2] = 7;
     assert_eq!(key_asc(&run(0, &c)), INVALID_CDB);
+    let mut n = nexus("iqn.i");
+    n.record_copy(
+        0,
+        xcopy::CopyResult {
+            list_id: 7,
+            ok: true,
+            segments_processed: 1,
+            bytes: 4096,
+        },
+    );
+    let r = exec(&mut n, None, 0, &c, &[]);
+    assert_eq!(r.data, vec![0, 0, 0, 8, 0x01, 0, 1, 0, 0, 0, 0x10, 0]);
+    // Held per logical unit and list identifier.
+    assert_eq!(key_asc(&exec(&mut n, None, 1, &c, &[])), INVALID_CDB);
     let r = run(0, &[0x12, 1, 0x8F, 0, 255, 0]);
     good(&r);
     assert_eq!(&r.data[..2], &[0, 0x8F]);

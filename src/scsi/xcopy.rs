@@ -47,6 +47,38 @@ pub struct CopySegment {
     pub blocks: u32,
 }
 
+/// A parsed EXTENDED COPY (LID1) parameter list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyPlan {
+    /// LIST IDENTIFIER (the key of RECEIVE COPY RESULTS, COPY STATUS).
+    pub list_id: u8,
+    /// The segments, in order.
+    pub segments: Vec<CopySegment>,
+}
+
+/// How a finished EXTENDED COPY ended, held per I_T nexus and logical unit for RECEIVE COPY
+/// RESULTS, COPY STATUS ([`super::lun::Nexus::record_copy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyResult {
+    /// LIST IDENTIFIER of the copy.
+    pub list_id: u8,
+    /// Whether every segment was copied.
+    pub ok: bool,
+    /// Segments fully processed.
+    pub segments_processed: u16,
+    /// Bytes written to copy destinations.
+    pub bytes: u64,
+}
+
+/// RECEIVE COPY RESULTS, COPY STATUS (SPC-4 6.18.3) for a held result.
+pub fn copy_status(r: &CopyResult, w: &mut DataIn<'_>) {
+    w.u32(8); // AVAILABLE DATA
+    w.u8(if r.ok { 0x01 } else { 0x02 }); // HDD = 0, COPY MANAGER STATUS
+    w.u16(r.segments_processed);
+    w.u8(0x00); // TRANSFER COUNT UNITS: bytes
+    w.u32(u32::try_from(r.bytes).unwrap_or(u32::MAX));
+}
+
 fn field(at: usize) -> FieldPointer {
     FieldPointer::byte(u16::try_from(at).unwrap_or(u16::MAX))
 }
@@ -61,8 +93,9 @@ fn get<const N: usize>(data: &[u8], at: usize) -> Result<[u8; N], SenseReason> {
         .ok_or(SenseReason::ParameterListLengthError)
 }
 
-/// Parses an EXTENDED COPY (LID1) parameter list into its segments, in order.
-pub fn parse(data: &[u8]) -> Result<Vec<CopySegment>, SenseReason> {
+/// Parses an EXTENDED COPY (LID1) parameter list (the data-out, cut to the parameter list
+/// length) into its list identifier and segments.
+pub fn parse(data: &[u8]) -> Result<CopyPlan, SenseReason> {
     let h = get::<HEADER_LEN>(data, 0)?;
     let cscd_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
     let seg_len =
@@ -88,7 +121,10 @@ pub fn parse(data: &[u8]) -> Result<Vec<CopySegment>, SenseReason> {
         return Err(invalid(2));
     }
     let cscds = parse_cscds(data, cscd_len)?;
-    parse_segments(data, HEADER_LEN + cscd_len, end, &cscds)
+    Ok(CopyPlan {
+        list_id: h[0],
+        segments: parse_segments(data, HEADER_LEN + cscd_len, end, &cscds)?,
+    })
 }
 
 /// The CSCD descriptors: each one's NAA designator (`None`: not a designator we can resolve).
@@ -314,7 +350,7 @@ mod tests {
         b[15] = 0xFF;
         let data = list(&[cscd(&NAA_A), cscd(&b)], &[segment(0, 1, 8, 100, 200)]);
         assert_eq!(
-            parse(&data),
+            parse(&data).map(|p| p.segments),
             Ok(vec![CopySegment {
                 src: NAA_A,
                 src_lba: 100,
@@ -424,7 +460,7 @@ mod tests {
                 &[cscd(&NAA_A), cscd(&NAA_A)],
                 &segs.iter().map(|&(a, b, n, s, t)| segment(a, b, n, s, t)).collect::<Vec<_>>(),
             );
-            let parsed = parse(&data).unwrap();
+            let parsed = parse(&data).unwrap().segments;
             prop_assert_eq!(parsed.len(), segs.len());
             for (p, s) in parsed.iter().zip(&segs) {
                 prop_assert_eq!((p.blocks, p.src_lba, p.dst_lba), (u32::from(s.2), s.3, s.4));
