@@ -560,6 +560,18 @@ pub struct IoRequest {
     pub dpo: bool,
 }
 
+impl IoRequest {
+    /// For requests whose data-out must arrive whole, the CHECK CONDITION to end the command
+    /// with when the initiator's Expected Data Transfer Length (`edtl`) differs from
+    /// `data_out_len`: COMPARE AND WRITE (both halves or nothing) and WRITE ATOMIC (all or
+    /// nothing). Other writes write what arrived.
+    pub fn data_out_mismatch(&self, edtl: usize) -> Option<SenseReason> {
+        let whole = matches!(self.kind, IoKind::CompareAndWrite | IoKind::WriteAtomic);
+        (whole && edtl != self.data_out_len)
+            .then_some(SenseReason::InvalidFieldInCdb(FieldPointer::byte(0)))
+    }
+}
+
 /// How the backing store finished an [`IoRequest`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoResult {

@@ -243,6 +243,14 @@ fn compare_and_write() {
     let s = c.sense.unwrap();
     assert_eq!((s.as_bytes()[2], s.as_bytes()[12]), (0x0E, 0x1D));
     assert_eq!(&s.as_bytes()[3..7], &700u32.to_be_bytes());
+    // The data-out must be exactly both halves.
+    assert_eq!(req.data_out_mismatch(2048), None);
+    assert!(req.data_out_mismatch(4 * 512).is_some());
+    assert!(req.data_out_mismatch(1024).is_some());
+    assert_eq!(
+        io(&run(0, &cdb10(0x2A, 0, 0, 2))).data_out_mismatch(512),
+        None
+    );
     good(&run(0, &caw(5, 0)));
     let too_many = sbc::MAX_COMPARE_AND_WRITE_BLOCKS + 1;
     assert_eq!(sense(&run(0, &caw(0, too_many))).3, [0xC0, 0, 13]);
