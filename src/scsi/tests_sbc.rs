@@ -245,7 +245,7 @@ fn compare_and_write() {
     assert_eq!(&s.as_bytes()[3..7], &700u32.to_be_bytes());
     // The data-out must be exactly both halves.
     assert_eq!(req.data_out_mismatch(2048), None);
-    assert!(req.data_out_mismatch(4 * 512).is_some());
+    assert!(req.data_out_mismatch(3 * 512).is_some());
     assert!(req.data_out_mismatch(1024).is_some());
     assert_eq!(
         io(&run(0, &cdb10(0x2A, 0, 0, 2))).data_out_mismatch(512),
