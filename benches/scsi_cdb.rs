@@ -5,7 +5,9 @@ use std::hint::black_box;
 use vit::scsi::cdb::Command;
 use vit::scsi::lun::{
     DeviceServer, LunInfo, Nexus, Outcome, Request, TargetPort, encode_lun, execute,
+    execute_with_pr,
 };
+use vit::scsi::pr::PrState;
 
 fn read16() -> [u8; 16] {
     let mut c = [0u8; 16];
@@ -37,6 +39,19 @@ fn bench(c: &mut Criterion) {
                 data_out: &[],
             };
             let out = execute(&server, &mut nexus, &req, &mut buf);
+            assert!(matches!(out, Outcome::Io(_)));
+            out
+        })
+    }); // The same through the reservation-aware entry point, with the LUN's (idle) state.
+    let mut pr = PrState::new();
+    c.bench_function("scsi_execute_read16_pr_idle", |b| {
+        b.iter(|| {
+            let req = Request {
+                lun: black_box(lun),
+                cdb: black_box(&cdb),
+                data_out: &[],
+            };
+            let out = execute_with_pr(&server, &mut nexus, &req, &mut buf, Some(&mut pr));
             assert!(matches!(out, Outcome::Io(_)));
             out
         })

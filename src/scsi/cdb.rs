@@ -42,12 +42,25 @@ pub enum MediaOp {
         /// BYTCHK = 1.
         bytchk: bool,
     },
+    /// ORWRITE (16): OR the data-out into the blocks.
+    OrWrite,
+    /// WRITE ATOMIC (16).
+    WriteAtomic,
+    /// COMPARE AND WRITE: the data-out holds the verify blocks, then the write blocks.
+    CompareAndWrite,
 }
 
 impl MediaOp {
     /// Whether the command writes the medium.
     pub fn writes(self) -> bool {
-        matches!(self, Self::Write | Self::WriteVerify { .. })
+        matches!(
+            self,
+            Self::Write
+                | Self::WriteVerify { .. }
+                | Self::OrWrite
+                | Self::WriteAtomic
+                | Self::CompareAndWrite
+        )
     }
 }
 
@@ -169,6 +182,100 @@ pub enum Command {
         /// IMMED.
         immed: bool,
     },
+    /// PRE-FETCH (10) or (16).
+    PreFetch {
+        /// First block.
+        lba: Lba,
+        /// Number of blocks, 0: to the end of the medium.
+        blocks: Blocks,
+        /// IMMED.
+        immed: bool,
+    },
+    /// WRITE SAME (10) or (16).
+    WriteSame {
+        /// First block.
+        lba: Lba,
+        /// Number of blocks.
+        blocks: Blocks,
+        /// UNMAP: the blocks may be deallocated.
+        unmap: bool,
+        /// ANCHOR (refused: anchored state is not supported).
+        anchor: bool,
+        /// NDOB: no data-out buffer, the blocks become zeros (WRITE SAME (16) only).
+        ndob: bool,
+        /// CDB byte offset of the NUMBER OF LOGICAL BLOCKS field.
+        length_field: u16,
+    },
+    /// UNMAP.
+    Unmap {
+        /// ANCHOR (refused).
+        anchor: bool,
+        /// Parameter list length.
+        param_len: u16,
+    },
+    /// GET LBA STATUS.
+    GetLbaStatus {
+        /// Starting LBA.
+        lba: Lba,
+        /// Allocation length.
+        alloc_len: u32,
+    },
+    /// READ DEFECT DATA (10) or (12).
+    ReadDefectData {
+        /// READ DEFECT DATA (12).
+        twelve: bool,
+        /// REQ_PLIST.
+        plist: bool,
+        /// REQ_GLIST.
+        glist: bool,
+        /// DEFECT LIST FORMAT.
+        format: u8,
+        /// Allocation length.
+        alloc_len: u32,
+    },
+    /// EXTENDED COPY (LID1).
+    ExtendedCopy {
+        /// Parameter list length.
+        param_len: u32,
+    },
+    /// RECEIVE COPY RESULTS.
+    ReceiveCopyResults {
+        /// Service action (00h COPY STATUS, 03h OPERATING PARAMETERS).
+        service_action: u8,
+        /// LIST IDENTIFIER.
+        list_id: u8,
+        /// Allocation length.
+        alloc_len: u32,
+    },
+    /// PERSISTENT RESERVE IN.
+    PersistentReserveIn {
+        /// Service action (0..=3).
+        service_action: u8,
+        /// Allocation length.
+        alloc_len: u16,
+    },
+    /// PERSISTENT RESERVE OUT.
+    PersistentReserveOut {
+        /// Service action (0..=7).
+        service_action: u8,
+        /// SCOPE.
+        scope: u8,
+        /// TYPE.
+        rtype: u8,
+        /// Parameter list length.
+        param_len: u32,
+    },
+    /// RESERVE (6) or (10).
+    Reserve,
+    /// RELEASE (6) or (10).
+    Release,
+    /// REPORT TARGET PORT GROUPS.
+    ReportTargetPortGroups {
+        /// PARAMETER DATA FORMAT 001b: extended header.
+        extended: bool,
+        /// Allocation length.
+        alloc_len: u32,
+    },
 }
 
 /// Reads `N` bytes at `at`, zeros if out of range (callers have checked the length).
@@ -277,9 +384,25 @@ fn decode(opcode: u8, cdb: &[u8]) -> Result<Command, SenseReason> {
             }
             Command::ReadCapacity10
         }
+        op::SERVICE_ACTION_IN_16 if b(cdb, 1) & 0x1F == op::SA_GET_LBA_STATUS => {
+            Command::GetLbaStatus {
+                lba: Lba(be64(cdb, 2)),
+                alloc_len: be32(cdb, 10),
+            }
+        }
         op::SERVICE_ACTION_IN_16 => Command::ReadCapacity16 {
             alloc_len: be32(cdb, 10),
         },
+        op::MAINTENANCE_IN if b(cdb, 1) & 0x1F == op::SA_REPORT_TARGET_PORT_GROUPS => {
+            let format = b(cdb, 1) >> 5;
+            if format > 1 {
+                return Err(SenseReason::InvalidFieldInCdb(FieldPointer::bit(1, 7)));
+            }
+            Command::ReportTargetPortGroups {
+                extended: format == 1,
+                alloc_len: be32(cdb, 6),
+            }
+        }
         op::REPORT_LUNS => {
             let select = b(cdb, 2);
             if select > 2 {
@@ -313,6 +436,70 @@ fn decode(opcode: u8, cdb: &[u8]) -> Result<Command, SenseReason> {
             blocks: Blocks(be32(cdb, 10)),
             immed: flag(1, 0x02),
         },
+        op::PRE_FETCH_10 => Command::PreFetch {
+            lba: Lba(u64::from(be32(cdb, 2))),
+            blocks: Blocks(u32::from(be16(cdb, 7))),
+            immed: flag(1, 0x02),
+        },
+        op::PRE_FETCH_16 => Command::PreFetch {
+            lba: Lba(be64(cdb, 2)),
+            blocks: Blocks(be32(cdb, 10)),
+            immed: flag(1, 0x02),
+        },
+        op::WRITE_SAME_10 => Command::WriteSame {
+            lba: Lba(u64::from(be32(cdb, 2))),
+            blocks: Blocks(u32::from(be16(cdb, 7))),
+            unmap: flag(1, 0x08),
+            anchor: flag(1, 0x10),
+            ndob: false,
+            length_field: 7,
+        },
+        op::WRITE_SAME_16 => Command::WriteSame {
+            lba: Lba(be64(cdb, 2)),
+            blocks: Blocks(be32(cdb, 10)),
+            unmap: flag(1, 0x08),
+            anchor: flag(1, 0x10),
+            ndob: flag(1, 0x01),
+            length_field: 10,
+        },
+        op::UNMAP => Command::Unmap {
+            anchor: flag(1, 0x01),
+            param_len: be16(cdb, 7),
+        },
+        op::READ_DEFECT_DATA_10 => Command::ReadDefectData {
+            twelve: false,
+            plist: flag(2, 0x10),
+            glist: flag(2, 0x08),
+            format: b(cdb, 2) & 0x07,
+            alloc_len: u32::from(be16(cdb, 7)),
+        },
+        op::READ_DEFECT_DATA_12 => Command::ReadDefectData {
+            twelve: true,
+            plist: flag(1, 0x10),
+            glist: flag(1, 0x08),
+            format: b(cdb, 1) & 0x07,
+            alloc_len: be32(cdb, 6),
+        },
+        op::EXTENDED_COPY => Command::ExtendedCopy {
+            param_len: be32(cdb, 10),
+        },
+        op::RECEIVE_COPY_RESULTS => Command::ReceiveCopyResults {
+            service_action: b(cdb, 1) & 0x1F,
+            list_id: b(cdb, 2),
+            alloc_len: be32(cdb, 10),
+        },
+        op::PERSISTENT_RESERVE_IN => Command::PersistentReserveIn {
+            service_action: b(cdb, 1) & 0x1F,
+            alloc_len: be16(cdb, 7),
+        },
+        op::PERSISTENT_RESERVE_OUT => Command::PersistentReserveOut {
+            service_action: b(cdb, 1) & 0x1F,
+            scope: b(cdb, 2) >> 4,
+            rtype: b(cdb, 2) & 0x0F,
+            param_len: be32(cdb, 5),
+        },
+        op::RESERVE_6 | op::RESERVE_10 => Command::Reserve,
+        op::RELEASE_6 | op::RELEASE_10 => Command::Release,
         _ => Command::Media(decode_media(opcode, cdb)?),
     })
 }
@@ -328,6 +515,9 @@ fn decode_media(opcode: u8, cdb: &[u8]) -> Result<MediaCommand, SenseReason> {
         op::WRITE_VERIFY_10 | op::WRITE_VERIFY_12 | op::WRITE_VERIFY_16 => {
             MediaOp::WriteVerify { bytchk }
         }
+        op::ORWRITE_16 => MediaOp::OrWrite,
+        op::WRITE_ATOMIC_16 => MediaOp::WriteAtomic,
+        op::COMPARE_AND_WRITE => MediaOp::CompareAndWrite,
         _ => return Err(SenseReason::InvalidOpcode),
     };
     let (lba, blocks, length_field) = match opcode {
@@ -345,6 +535,8 @@ fn decode_media(opcode: u8, cdb: &[u8]) -> Result<MediaCommand, SenseReason> {
         op::READ_12 | op::WRITE_12 | op::VERIFY_12 | op::WRITE_VERIFY_12 => {
             (u64::from(be32(cdb, 2)), be32(cdb, 6), 6)
         }
+        op::WRITE_ATOMIC_16 => (be64(cdb, 2), u32::from(be16(cdb, 12)), 12),
+        op::COMPARE_AND_WRITE => (be64(cdb, 2), u32::from(b(cdb, 13)), 13),
         _ => (be64(cdb, 2), be32(cdb, 10), 10),
     };
     let six = matches!(opcode, op::READ_6 | op::WRITE_6);

@@ -2,10 +2,12 @@
 
 use super::datain::DataIn;
 use super::lun::{DEFAULT_PRODUCT, DEFAULT_REVISION, LunInfo, TargetPort, VENDOR};
+use super::report::TARGET_PORT_GROUP;
+use super::sbc;
 use super::sense::{FieldPointer, SenseReason};
 
 /// VPD page codes this device server returns, ascending (the Supported VPD Pages list).
-pub const SUPPORTED_VPD_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
+pub const SUPPORTED_VPD_PAGES: [u8; 8] = [0x00, 0x80, 0x83, 0x86, 0x8F, 0xB0, 0xB1, 0xB2];
 
 /// Length of the standard INQUIRY data returned (additional length 91).
 pub const STANDARD_INQUIRY_LEN: usize = 96;
@@ -23,7 +25,7 @@ pub fn standard(lun: Option<&LunInfo>, w: &mut DataIn<'_>) {
     w.u8(0x06); // VERSION: SPC-4
     w.u8(0x12); // HISUP, RESPONSE DATA FORMAT 2
     w.u8((STANDARD_INQUIRY_LEN - 5) as u8);
-    w.u8(0); // SCCS, ACC, TPGS, 3PC, PROTECT
+    w.u8(0x10 | 0x08); // TPGS 01b: implicit ALUA; 3PC: EXTENDED COPY
     w.u8(0); // ENCSERV, MULTIP
     w.u8(0x02); // CMDQUE
     w.ascii_field(VENDOR, 8);
@@ -52,6 +54,7 @@ pub fn vpd(
         0x80 => w.ascii_field(&lun.serial, lun.serial.len().min(MAX_SERIAL_LEN)),
         0x83 => device_identification(port, lun, w),
         0x86 => extended_inquiry(lun, w),
+        0x8F => super::xcopy::third_party_copy_vpd(w),
         0xB0 => block_limits(lun, w),
         0xB1 => block_device_characteristics(w),
         0xB2 => logical_block_provisioning(lun, w),
@@ -120,6 +123,10 @@ fn device_identification(port: &TargetPort, lun: &LunInfo, w: &mut DataIn<'_>) {
     designator_header(w, 0x51, 0x94, 4);
     w.u16(0);
     w.u16(port.relative_port_id);
+    // Target port group: binary, target port association, type 5h.
+    designator_header(w, 0x01, 0x15, 4);
+    w.u16(0);
+    w.u16(TARGET_PORT_GROUP);
     // Target port name: "<iqn>,t,0x<tpgt>", PIV, target port association, type 8h.
     let tpgt = TpgtSuffix::new(port.portal_group_tag);
     scsi_name_designator(w, 0x98, &[&port.target_name, tpgt.as_str()]);
@@ -156,18 +163,23 @@ fn extended_inquiry(lun: &LunInfo, w: &mut DataIn<'_>) {
 
 /// Block Limits VPD page (B0h), page length 3Ch.
 fn block_limits(lun: &LunInfo, w: &mut DataIn<'_>) {
-    w.u8(0); // WSNZ
-    w.u8(0); // MAXIMUM COMPARE AND WRITE LENGTH
+    w.u8(0x01); // WSNZ: WRITE SAME with zero blocks is refused
+    w.u8(sbc::MAX_COMPARE_AND_WRITE_BLOCKS);
     w.u16(1); // OPTIMAL TRANSFER LENGTH GRANULARITY
     w.u32(lun.max_transfer_blocks);
     w.u32(lun.optimal_transfer_blocks);
-    w.u32(0); // MAXIMUM PREFETCH LENGTH
-    w.u32(0); // MAXIMUM UNMAP LBA COUNT
-    w.u32(0); // MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
-    w.u32(0); // OPTIMAL UNMAP GRANULARITY
-    w.u32(0); // UNMAP GRANULARITY ALIGNMENT
-    w.u64(0); // MAXIMUM WRITE SAME LENGTH
-    w.zeros(0x3C - 40);
+    w.u32(0); // MAXIMUM PREFETCH LENGTH: no limit
+    let unmap = lun.provisioning.lbpu;
+    w.u32(if unmap { sbc::MAX_UNMAP_LBA_COUNT } else { 0 });
+    w.u32(if unmap { sbc::MAX_UNMAP_DESCRIPTORS } else { 0 });
+    w.u32(u32::from(unmap)); // OPTIMAL UNMAP GRANULARITY
+    w.u32(0); // UGAVALID = 0, UNMAP GRANULARITY ALIGNMENT
+    w.u64(u64::from(sbc::MAX_WRITE_SAME_BLOCKS));
+    w.u32(sbc::max_atomic_blocks(lun)); // MAXIMUM ATOMIC TRANSFER LENGTH
+    w.u32(sbc::ATOMIC_ALIGNMENT);
+    w.u32(sbc::ATOMIC_GRANULARITY);
+    w.u32(0); // MAXIMUM ATOMIC TRANSFER LENGTH WITH ATOMIC BOUNDARY
+    w.u32(0); // MAXIMUM ATOMIC BOUNDARY SIZE
 }
 
 /// Block Device Characteristics VPD page (B1h): non-rotating medium.
@@ -185,6 +197,12 @@ fn logical_block_provisioning(lun: &LunInfo, w: &mut DataIn<'_>) {
     let mut flags = 0u8;
     if p.lbpu {
         flags |= 0x80;
+    }
+    if p.lbpws {
+        flags |= 0x40;
+    }
+    if p.lbpws10 {
+        flags |= 0x20;
     }
     if p.lbprz {
         flags |= 0x04;

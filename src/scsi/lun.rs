@@ -10,9 +10,12 @@ use super::datain::DataIn;
 use super::inquiry;
 use super::mode::{self, ModeSenseRequest};
 use super::opcodes::op;
+use super::pr::{self, ItNexusId, PrFailure, PrState, ProutCdb};
 use super::report;
+use super::sbc;
 use super::sense::{FieldPointer, Sense, SenseData, SenseFormat, SenseReason};
 use super::ua::UaQueue;
+use super::xcopy;
 
 /// T10 vendor identification of every logical unit.
 pub const VENDOR: &str = "VIT";
@@ -25,15 +28,35 @@ pub const DEFAULT_MAX_TRANSFER_BYTES: u32 = 8 << 20;
 /// Largest LUN id representable with flat space addressing.
 pub const MAX_LUN_ID: u16 = 0x3FFF;
 
-/// Logical block provisioning capabilities (all off until UNMAP is implemented).
+/// Logical block provisioning capabilities, set by the transport from what the backing store
+/// can do (a thin LUN on a file system that punches holes: all true, since a hole reads as
+/// zeros). They drive READ CAPACITY (16), the Block Limits and Logical Block Provisioning VPD
+/// pages, UNMAP, WRITE SAME's UNMAP bit and GET LBA STATUS.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Provisioning {
     /// LBPME: logical block provisioning management enabled (thin provisioning).
     pub lbpme: bool,
     /// LBPU: UNMAP supported.
     pub lbpu: bool,
+    /// LBPWS: WRITE SAME (16) with UNMAP supported.
+    pub lbpws: bool,
+    /// LBPWS10: WRITE SAME (10) with UNMAP supported.
+    pub lbpws10: bool,
     /// LBPRZ: unmapped blocks read as zeros.
     pub lbprz: bool,
+}
+
+impl Provisioning {
+    /// Everything on: a thin LUN whose deallocated blocks read as zeros.
+    pub const fn thin() -> Self {
+        Self {
+            lbpme: true,
+            lbpu: true,
+            lbpws: true,
+            lbpws10: true,
+            lbprz: true,
+        }
+    }
 }
 
 /// Everything the device server knows about one direct-access logical unit.
@@ -215,8 +238,13 @@ impl DeviceServer {
 #[derive(Clone, Debug)]
 pub struct Nexus {
     port: TargetPort,
+    it: ItNexusId,
     ua: Vec<(u16, UaQueue)>,
+    copies: Vec<(u16, xcopy::CopyResult)>,
 }
+
+/// How many EXTENDED COPY results one I_T nexus holds (the oldest is dropped).
+pub const MAX_HELD_COPY_RESULTS: usize = 4;
 
 impl Nexus {
     /// A new I_T nexus: every logical unit starts with POWER ON, RESET, OR BUS DEVICE RESET
@@ -229,10 +257,54 @@ impl Nexus {
 
     /// An I_T nexus with no unit attention pending.
     pub fn without_attention(port: TargetPort) -> Self {
+        let it = ItNexusId {
+            initiator: String::new(),
+            isid: [0; 6],
+            target: port.target_name.clone(),
+            rel_port: port.relative_port_id,
+        };
         Self {
             port,
+            it,
             ua: Vec::new(),
+            copies: Vec::new(),
         }
+    }
+
+    /// Holds the result of an EXTENDED COPY this nexus sent to `lun`, for RECEIVE COPY
+    /// RESULTS, COPY STATUS (a result with the same list identifier is replaced).
+    pub fn record_copy(&mut self, lun: u16, result: xcopy::CopyResult) {
+        self.copies
+            .retain(|(l, r)| (*l, r.list_id) != (lun, result.list_id));
+        if self.copies.len() >= MAX_HELD_COPY_RESULTS {
+            self.copies.remove(0);
+        }
+        self.copies.push((lun, result));
+    }
+
+    fn copy_result(&self, lun: u16, list_id: u8) -> Option<&xcopy::CopyResult> {
+        self.copies
+            .iter()
+            .find(|(l, r)| (*l, r.list_id) == (lun, list_id))
+            .map(|(_, r)| r)
+    }
+
+    /// Names the initiator port of this nexus (iSCSI initiator name and ISID), the key of its
+    /// reservations. Set it once at login, before the first command.
+    pub fn set_initiator(&mut self, name: &str, isid: [u8; 6]) {
+        name.clone_into(&mut self.it.initiator);
+        self.it.isid = isid;
+    }
+
+    /// [`Nexus::set_initiator`] in builder form.
+    pub fn with_initiator(mut self, name: &str, isid: [u8; 6]) -> Self {
+        self.set_initiator(name, isid);
+        self
+    }
+
+    /// The identity of this I_T nexus (initiator port and target port).
+    pub fn id(&self) -> &ItNexusId {
+        &self.it
     }
 
     /// The target port of this nexus.
@@ -372,6 +444,15 @@ impl Completion {
         }
     }
 
+    /// RESERVATION CONFLICT.
+    pub fn conflict() -> Self {
+        Self {
+            status: Status::ReservationConflict,
+            data_len: 0,
+            sense: None,
+        }
+    }
+
     /// CHECK CONDITION with fixed format sense (the control mode page has D_SENSE = 0).
     pub fn check(sense: impl Into<Sense>) -> Self {
         Self {
@@ -405,6 +486,57 @@ pub enum IoKind {
         /// IMMED: status may be returned before the flush finishes.
         immed: bool,
     },
+    /// UNMAP: collect `data_out_len` bytes, parse them with [`sbc::unmap_ranges`] and
+    /// deallocate every range (punch holes); `lba`/`blocks` are unused.
+    Unmap,
+    /// WRITE SAME: collect one block of data-out (none with NDOB: the pattern is zeros) and
+    /// write it to every block of the range, or deallocate the range when
+    /// [`sbc::write_same_deallocates`] says so. `byte_len` is the size of the whole range.
+    WriteSame {
+        /// UNMAP bit.
+        unmap: bool,
+        /// NDOB bit: no data-out.
+        ndob: bool,
+    },
+    /// COMPARE AND WRITE: data-out is 2 x `byte_len` ([`sbc::compare_and_write_halves`]).
+    /// Atomically against every other write to these blocks: read them, compare with the
+    /// first half ([`first_mismatch`]); on a difference finish with
+    /// [`IoResult::Miscompare`] (offset), else write the second half.
+    CompareAndWrite,
+    /// ORWRITE: read the blocks, OR the data-out into them ([`sbc::or_into`]), write them
+    /// back, atomically against other writes to these blocks.
+    OrWrite,
+    /// WRITE ATOMIC: write the data-out as one unit (no other command sees part of it).
+    WriteAtomic,
+    /// GET LBA STATUS: fill the data-in (`byte_len` bytes at most) with
+    /// [`sbc::get_lba_status`], asking the backing store which runs are mapped.
+    GetLbaStatus {
+        /// Allocation length.
+        alloc_len: u32,
+    },
+    /// EXTENDED COPY (LID1): collect `data_out_len` bytes, parse them with [`xcopy::parse`],
+    /// resolve each designator ([`xcopy::resolve`] for this target's LUNs; none: COPY
+    /// ABORTED, COPY TARGET DEVICE NOT REACHABLE), check each segment
+    /// ([`xcopy::check_segment`]), copy the blocks in order (a failure: COPY ABORTED), then
+    /// [`Nexus::record_copy`] the outcome for RECEIVE COPY RESULTS.
+    ExtendedCopy,
+}
+
+impl IoKind {
+    /// Whether the request writes the medium.
+    pub fn writes(self) -> bool {
+        matches!(
+            self,
+            Self::Write
+                | Self::WriteVerify { .. }
+                | Self::Unmap
+                | Self::WriteSame { .. }
+                | Self::CompareAndWrite
+                | Self::OrWrite
+                | Self::WriteAtomic
+                | Self::ExtendedCopy
+        )
+    }
 }
 
 /// A validated media request for the backing store.
@@ -426,6 +558,18 @@ pub struct IoRequest {
     pub fua: bool,
     /// DPO: the data need not be kept in cache.
     pub dpo: bool,
+}
+
+impl IoRequest {
+    /// For requests whose data-out must arrive whole, the CHECK CONDITION to end the command
+    /// with when the initiator's Expected Data Transfer Length (`edtl`) differs from
+    /// `data_out_len`: COMPARE AND WRITE (both halves or nothing) and WRITE ATOMIC (all or
+    /// nothing). Other writes write what arrived.
+    pub fn data_out_mismatch(&self, edtl: usize) -> Option<SenseReason> {
+        let whole = matches!(self.kind, IoKind::CompareAndWrite | IoKind::WriteAtomic);
+        (whole && edtl != self.data_out_len)
+            .then_some(SenseReason::InvalidFieldInCdb(FieldPointer::byte(0)))
+    }
 }
 
 /// How the backing store finished an [`IoRequest`].
@@ -468,13 +612,47 @@ fn ua_exempt(opcode: u8) -> bool {
     matches!(opcode, op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE)
 }
 
-/// Executes one command. Data-in is written into `data_in`, truncated to the allocation
-/// length and to the buffer's size.
+/// Executes one command without reservation state: [`execute_with_pr`] with `None`
+/// (reservation commands are answered INVALID COMMAND OPERATION CODE).
 pub fn execute(
     server: &DeviceServer,
     nexus: &mut Nexus,
     req: &Request<'_>,
     data_in: &mut [u8],
+) -> Outcome {
+    execute_with_pr(server, nexus, req, data_in, None)
+}
+
+/// Whether a CDB needs the LUN's [`PrState`] to run (PERSISTENT RESERVE IN/OUT, RESERVE,
+/// RELEASE): the caller must then pass it to [`execute_with_pr`].
+pub fn needs_pr_state(cdb: &[u8]) -> bool {
+    matches!(
+        cdb.first().copied(),
+        Some(
+            op::PERSISTENT_RESERVE_IN
+                | op::PERSISTENT_RESERVE_OUT
+                | op::RESERVE_6
+                | op::RESERVE_10
+                | op::RELEASE_6
+                | op::RELEASE_10
+        )
+    )
+}
+
+/// Executes one command. Data-in is written into `data_in`, truncated to the allocation
+/// length and to the buffer's size.
+///
+/// `pr` is the addressed LUN's reservation state, locked by the caller. `None` asserts that
+/// no reservation or registration exists on the LUN (the caller's lock-free fast path, for
+/// example an atomic copy of [`PrState::is_active`]); it is refused for commands for which
+/// [`needs_pr_state`] is true. After a reservation command the caller drains
+/// [`PrState::take_effects`] under the same lock.
+pub fn execute_with_pr(
+    server: &DeviceServer,
+    nexus: &mut Nexus,
+    req: &Request<'_>,
+    data_in: &mut [u8],
+    pr: Option<&mut PrState>,
 ) -> Outcome {
     let opcode = req.cdb.first().copied();
     let lun_id = decode_lun(req.lun);
@@ -493,9 +671,42 @@ pub fn execute(
         Ok(cmd) => cmd,
         Err(reason) => return Outcome::Done(Completion::check(reason)),
     };
+    if let Some(pr) = pr.as_deref()
+        && pr::conflicts(pr, &nexus.it, req.cdb)
+    {
+        return Outcome::Done(Completion::conflict());
+    }
     match cmd {
         Command::Media(m) => media(lun, m),
         Command::SyncCache { lba, blocks, immed } => sync_cache(lun, lba, blocks, immed),
+        Command::WriteSame {
+            lba,
+            blocks,
+            unmap,
+            anchor,
+            ndob,
+            length_field,
+        } => to_outcome(write_same(
+            lun,
+            WriteSameCdb {
+                lba,
+                blocks,
+                unmap,
+                anchor,
+                ndob,
+                length_field,
+            },
+        )),
+        Command::Unmap { anchor, param_len } => to_outcome(unmap(lun, anchor, param_len)),
+        Command::GetLbaStatus { lba, alloc_len } => get_lba_status(lun, lba, alloc_len, data_in),
+        Command::ExtendedCopy { param_len } => to_outcome(extended_copy(param_len)),
+        Command::PersistentReserveIn { .. }
+        | Command::PersistentReserveOut { .. }
+        | Command::Reserve
+        | Command::Release => Outcome::Done(match pr {
+            Some(pr) => reservation_command(pr, &nexus.it, cmd, req.data_out, data_in),
+            None => Completion::check(SenseReason::InvalidOpcode),
+        }),
         other => Outcome::Done(
             match run_local(server, nexus, lun, other, req.data_out, data_in) {
                 Ok(n) => Completion::good(n),
@@ -654,7 +865,226 @@ fn run_local(
             mode::mode_select(lun, ten, param_len, data_out)?;
             Ok(0)
         }
-        Command::Media(_) | Command::SyncCache { .. } => Err(SenseReason::InternalTargetFailure),
+        Command::PreFetch { lba, blocks, .. } => {
+            // No cache to fill: GOOD once the range is checked (SBC-3 5.9).
+            check_range(lun, lba, blocks)?;
+            Ok(0)
+        }
+        Command::ReadDefectData {
+            twelve,
+            plist,
+            glist,
+            format,
+            alloc_len,
+        } => {
+            let mut w = DataIn::new(data_in, alloc(alloc_len));
+            report::read_defect_data(twelve, plist, glist, format, &mut w);
+            Ok(w.stored())
+        }
+        Command::ReceiveCopyResults {
+            service_action,
+            list_id,
+            alloc_len,
+        } => {
+            let mut w = DataIn::new(data_in, alloc(alloc_len));
+            if service_action == op::SA_OPERATING_PARAMETERS {
+                xcopy::operating_parameters(&mut w);
+            } else {
+                // COPY STATUS of a copy this nexus ran; none held: the list id is invalid.
+                let held = nexus
+                    .copy_result(lun.id, list_id)
+                    .ok_or(SenseReason::InvalidFieldInCdb(FieldPointer::byte(2)))?;
+                xcopy::copy_status(held, &mut w);
+            }
+            Ok(w.stored())
+        }
+        Command::ReportTargetPortGroups {
+            extended,
+            alloc_len,
+        } => {
+            let mut w = DataIn::new(data_in, alloc(alloc_len));
+            report::report_target_port_groups(&nexus.port, extended, &mut w);
+            Ok(w.stored())
+        }
+        Command::Media(_)
+        | Command::SyncCache { .. }
+        | Command::WriteSame { .. }
+        | Command::Unmap { .. }
+        | Command::GetLbaStatus { .. }
+        | Command::ExtendedCopy { .. }
+        | Command::PersistentReserveIn { .. }
+        | Command::PersistentReserveOut { .. }
+        | Command::Reserve
+        | Command::Release => Err(SenseReason::InternalTargetFailure),
+    }
+}
+
+fn to_outcome(r: Result<Option<IoRequest>, SenseReason>) -> Outcome {
+    match r {
+        Ok(Some(io)) => Outcome::Io(io),
+        Ok(None) => Outcome::Done(Completion::good(0)),
+        Err(reason) => Outcome::Done(Completion::check(reason)),
+    }
+}
+
+/// A request that moves no blocks itself: only `kind` and `data_out_len` matter.
+fn control_request(kind: IoKind, data_out_len: usize) -> IoRequest {
+    IoRequest {
+        kind,
+        lba: Lba(0),
+        blocks: Blocks(0),
+        byte_offset: 0,
+        byte_len: 0,
+        data_out_len,
+        fua: false,
+        dpo: false,
+    }
+}
+
+/// The decoded WRITE SAME fields.
+#[derive(Clone, Copy, Debug)]
+struct WriteSameCdb {
+    lba: Lba,
+    blocks: Blocks,
+    unmap: bool,
+    anchor: bool,
+    ndob: bool,
+    length_field: u16,
+}
+
+fn write_same(lun: &LunInfo, c: WriteSameCdb) -> Result<Option<IoRequest>, SenseReason> {
+    if c.anchor {
+        return Err(SenseReason::InvalidFieldInCdb(FieldPointer::bit(1, 4)));
+    }
+    let ten = c.length_field == 7;
+    let p = &lun.provisioning;
+    if c.unmap && !(if ten { p.lbpws10 } else { p.lbpws }) {
+        return Err(SenseReason::InvalidFieldInCdb(FieldPointer::bit(1, 3)));
+    }
+    if lun.read_only {
+        return Err(SenseReason::WriteProtected);
+    }
+    check_range(lun, c.lba, c.blocks)?;
+    // WSNZ = 1: a zero NUMBER OF LOGICAL BLOCKS is refused (after the range check: a zero
+    // length past the end is LBA OUT OF RANGE).
+    if c.blocks.0 == 0 || c.blocks.0 > sbc::MAX_WRITE_SAME_BLOCKS {
+        return Err(SenseReason::InvalidFieldInCdb(FieldPointer::byte(
+            c.length_field,
+        )));
+    }
+    let bs = u64::from(lun.block_size);
+    let byte_len = usize::try_from(u64::from(c.blocks.0) * bs)
+        .map_err(|_| SenseReason::InvalidFieldInCdb(FieldPointer::byte(c.length_field)))?;
+    Ok(Some(IoRequest {
+        kind: IoKind::WriteSame {
+            unmap: c.unmap,
+            ndob: c.ndob,
+        },
+        lba: c.lba,
+        blocks: c.blocks,
+        byte_offset: c.lba.0.checked_mul(bs).ok_or(SenseReason::LbaOutOfRange)?,
+        byte_len,
+        data_out_len: if c.ndob { 0 } else { lun.block_size as usize },
+        fua: !lun.write_cache_enabled,
+        dpo: false,
+    }))
+}
+
+fn unmap(lun: &LunInfo, anchor: bool, param_len: u16) -> Result<Option<IoRequest>, SenseReason> {
+    if !lun.provisioning.lbpu {
+        return Err(SenseReason::InvalidOpcode);
+    }
+    if anchor {
+        return Err(SenseReason::InvalidFieldInCdb(FieldPointer::bit(1, 0)));
+    }
+    if lun.read_only {
+        return Err(SenseReason::WriteProtected);
+    }
+    match param_len {
+        0 => Ok(None),
+        1..8 => Err(SenseReason::ParameterListLengthError),
+        n => Ok(Some(control_request(IoKind::Unmap, usize::from(n)))),
+    }
+}
+
+/// EXTENDED COPY: the parameter list is parsed once it has arrived ([`xcopy::parse`]).
+fn extended_copy(param_len: u32) -> Result<Option<IoRequest>, SenseReason> {
+    match param_len {
+        0 => Ok(None),
+        n if n > xcopy::MAX_PARAM_LEN || n < xcopy::HEADER_LEN as u32 => {
+            Err(SenseReason::ParameterListLengthError)
+        }
+        n => Ok(Some(control_request(IoKind::ExtendedCopy, n as usize))),
+    }
+}
+
+/// GET LBA STATUS: a fully provisioned LUN is answered here (one mapped run to the end);
+/// a thin one needs the backing store ([`IoKind::GetLbaStatus`]).
+fn get_lba_status(lun: &LunInfo, lba: Lba, alloc_len: u32, data_in: &mut [u8]) -> Outcome {
+    if lba.0 >= lun.num_blocks {
+        return Outcome::Done(Completion::check(SenseReason::LbaOutOfRange));
+    }
+    if !lun.provisioning.lbpme {
+        let mut probe = |_: u64, max: u64| -> Result<_, ()> { Ok((sbc::LbaState::Mapped, max)) };
+        return Outcome::Done(
+            sbc::get_lba_status(lun, lba, alloc_len, data_in, &mut probe)
+                .unwrap_or_else(|()| Completion::check(SenseReason::InternalTargetFailure)),
+        );
+    }
+    let byte_len = alloc(alloc_len).min(8 + 16 * sbc::MAX_LBA_STATUS_DESCRIPTORS);
+    Outcome::Io(IoRequest {
+        lba,
+        byte_len,
+        ..control_request(IoKind::GetLbaStatus { alloc_len }, 0)
+    })
+}
+
+/// PERSISTENT RESERVE IN/OUT and SPC-2 RESERVE/RELEASE against the LUN's state.
+fn reservation_command(
+    pr: &mut PrState,
+    it: &ItNexusId,
+    cmd: Command,
+    data_out: &[u8],
+    data_in: &mut [u8],
+) -> Completion {
+    match cmd {
+        Command::PersistentReserveIn {
+            service_action,
+            alloc_len,
+        } => {
+            let mut w = DataIn::new(data_in, usize::from(alloc_len));
+            match pr::persistent_reserve_in(pr, service_action, &mut w) {
+                Ok(()) => Completion::good(w.stored()),
+                Err(reason) => Completion::check(reason),
+            }
+        }
+        Command::PersistentReserveOut {
+            service_action,
+            scope,
+            rtype,
+            param_len,
+        } => {
+            let cdb = ProutCdb {
+                service_action,
+                scope,
+                rtype,
+                param_len,
+            };
+            match pr::persistent_reserve_out(pr, it, cdb, data_out) {
+                Ok(()) => Completion::good(0),
+                Err(PrFailure::Conflict) => Completion::conflict(),
+                Err(PrFailure::Check(reason)) => Completion::check(reason),
+            }
+        }
+        Command::Reserve => {
+            pr::reserve_spc2(pr, it);
+            Completion::good(0)
+        }
+        Command::Release => {
+            pr::release_spc2(pr, it);
+            Completion::good(0)
+        }
+        _ => Completion::check(SenseReason::InternalTargetFailure),
     }
 }
 
@@ -680,10 +1110,22 @@ fn media_request(lun: &LunInfo, m: MediaCommand) -> Result<Option<IoRequest>, Se
         return Err(SenseReason::WriteProtected);
     }
     check_range(lun, m.lba, m.blocks)?;
-    if m.blocks.0 > lun.max_transfer_blocks {
-        return Err(SenseReason::InvalidFieldInCdb(FieldPointer::byte(
-            m.length_field,
-        )));
+    let length_error = SenseReason::InvalidFieldInCdb(FieldPointer::byte(m.length_field));
+    let max = match m.op {
+        MediaOp::CompareAndWrite => u32::from(sbc::MAX_COMPARE_AND_WRITE_BLOCKS),
+        MediaOp::WriteAtomic => sbc::max_atomic_blocks(lun),
+        _ => lun.max_transfer_blocks,
+    };
+    if m.blocks.0 > max {
+        return Err(length_error);
+    }
+    if m.op == MediaOp::WriteAtomic {
+        if !m.lba.0.is_multiple_of(u64::from(sbc::ATOMIC_ALIGNMENT)) {
+            return Err(SenseReason::InvalidFieldInCdb(FieldPointer::byte(2)));
+        }
+        if !m.blocks.0.is_multiple_of(sbc::ATOMIC_GRANULARITY) {
+            return Err(length_error);
+        }
     }
     if m.blocks.0 == 0 {
         return Ok(None);
@@ -704,6 +1146,9 @@ fn media_request(lun: &LunInfo, m: MediaCommand) -> Result<Option<IoRequest>, Se
         MediaOp::Write => (IoKind::Write, bytes),
         MediaOp::Verify { bytchk } => (IoKind::Verify { bytchk }, if bytchk { bytes } else { 0 }),
         MediaOp::WriteVerify { bytchk } => (IoKind::WriteVerify { bytchk }, bytes),
+        MediaOp::OrWrite => (IoKind::OrWrite, bytes),
+        MediaOp::WriteAtomic => (IoKind::WriteAtomic, bytes),
+        MediaOp::CompareAndWrite => (IoKind::CompareAndWrite, bytes.saturating_mul(2)),
     };
     Ok(Some(IoRequest {
         kind,

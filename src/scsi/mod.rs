@@ -39,16 +39,23 @@ pub mod inquiry;
 pub mod lun;
 pub mod mode;
 pub mod opcodes;
+pub mod pr;
 pub mod report;
+pub mod sbc;
 pub mod sense;
 pub mod ua;
+pub mod xcopy;
 
 pub use cdb::{Blocks, Command, Lba};
 pub use lun::{
     Completion, DeviceServer, IoKind, IoRequest, IoResult, LunConfigError, LunInfo, Nexus, Outcome,
-    Request, Status, TargetPort, complete_io, decode_lun, encode_lun, execute, first_mismatch,
+    Provisioning, Request, Status, TargetPort, complete_io, decode_lun, encode_lun, execute,
+    execute_with_pr, first_mismatch, needs_pr_state,
 };
+pub use pr::{ItNexusId, PrEffects, PrState};
 pub use sense::{Sense, SenseData, SenseFormat, SenseReason};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sbc;

@@ -99,8 +99,54 @@ pub mod op {
     pub const WRITE_VERIFY_12: u8 = 0xAE;
     /// VERIFY (12).
     pub const VERIFY_12: u8 = 0xAF;
+    /// RESERVE (6).
+    pub const RESERVE_6: u8 = 0x16;
+    /// RELEASE (6).
+    pub const RELEASE_6: u8 = 0x17;
+    /// PRE-FETCH (10).
+    pub const PRE_FETCH_10: u8 = 0x34;
+    /// READ DEFECT DATA (10).
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
+    /// WRITE SAME (10).
+    pub const WRITE_SAME_10: u8 = 0x41;
+    /// UNMAP.
+    pub const UNMAP: u8 = 0x42;
+    /// RESERVE (10).
+    pub const RESERVE_10: u8 = 0x56;
+    /// RELEASE (10).
+    pub const RELEASE_10: u8 = 0x57;
+    /// PERSISTENT RESERVE IN.
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
+    /// PERSISTENT RESERVE OUT.
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
+    /// EXTENDED COPY (service action 00h: LID1).
+    pub const EXTENDED_COPY: u8 = 0x83;
+    /// RECEIVE COPY RESULTS.
+    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
+    /// COMPARE AND WRITE.
+    pub const COMPARE_AND_WRITE: u8 = 0x89;
+    /// ORWRITE (16).
+    pub const ORWRITE_16: u8 = 0x8B;
+    /// PRE-FETCH (16).
+    pub const PRE_FETCH_16: u8 = 0x90;
+    /// WRITE SAME (16).
+    pub const WRITE_SAME_16: u8 = 0x93;
+    /// WRITE ATOMIC (16).
+    pub const WRITE_ATOMIC_16: u8 = 0x9C;
+    /// READ DEFECT DATA (12).
+    pub const READ_DEFECT_DATA_12: u8 = 0xB7;
     /// SERVICE ACTION IN (16) / READ CAPACITY (16).
     pub const SA_READ_CAPACITY_16: u8 = 0x10;
+    /// SERVICE ACTION IN (16) / GET LBA STATUS.
+    pub const SA_GET_LBA_STATUS: u8 = 0x12;
+    /// MAINTENANCE IN / REPORT TARGET PORT GROUPS.
+    pub const SA_REPORT_TARGET_PORT_GROUPS: u8 = 0x0A;
+    /// EXTENDED COPY (LID1) service action.
+    pub const SA_EXTENDED_COPY_LID1: u8 = 0x00;
+    /// RECEIVE COPY RESULTS / COPY STATUS (LID1).
+    pub const SA_COPY_STATUS: u8 = 0x00;
+    /// RECEIVE COPY RESULTS / OPERATING PARAMETERS.
+    pub const SA_OPERATING_PARAMETERS: u8 = 0x03;
     /// MAINTENANCE IN / REPORT SUPPORTED OPERATION CODES.
     pub const SA_REPORT_SUPPORTED_OPCODES: u8 = 0x0C;
 }
@@ -167,6 +213,37 @@ const fn rw16(opcode: u8, byte1: u8) -> [u8; 16] {
     out[14] = 0x1F;
     out[15] = 0x00;
     out
+}
+
+/// PERSISTENT RESERVE IN: service action, allocation length.
+const fn pr_in(sa: u8, name: &'static str) -> OpcodeInfo {
+    row(
+        0x5E,
+        Some(sa),
+        name,
+        10,
+        u([0x5E, sa, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
+        NoMedia,
+    )
+}
+
+/// PERSISTENT RESERVE OUT: service action, scope and type, parameter list length.
+const fn pr_out(sa: u8, name: &'static str) -> OpcodeInfo {
+    row(
+        0x5F,
+        Some(sa),
+        name,
+        10,
+        u([0x5F, sa, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0]),
+        NoMedia,
+    )
+}
+
+/// RECEIVE COPY RESULTS: service action, list identifier, allocation length.
+const fn rcr(sa: u8) -> [u8; 16] {
+    u([
+        0x84, sa, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+    ])
 }
 
 /// Every supported command, sorted by (opcode, service action).
@@ -249,6 +326,22 @@ const TABLE: &[OpcodeInfo] = &[
         NoMedia,
     ),
     row(
+        0x16,
+        None,
+        "RESERVE(6)",
+        6,
+        u([0x16, 0, 0, 0, 0, 0]),
+        NoMedia,
+    ),
+    row(
+        0x17,
+        None,
+        "RELEASE(6)",
+        6,
+        u([0x17, 0, 0, 0, 0, 0]),
+        NoMedia,
+    ),
+    row(
         0x1A,
         None,
         "MODE SENSE(6)",
@@ -292,12 +385,44 @@ const TABLE: &[OpcodeInfo] = &[
     ),
     row(0x2F, None, "VERIFY(10)", 10, with_op(0x2F, VFY10), MRead),
     row(
+        0x34,
+        None,
+        "PRE-FETCH(10)",
+        10,
+        u([0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0]),
+        MRead,
+    ),
+    row(
         0x35,
         None,
         "SYNCHRONIZE CACHE(10)",
         10,
         u([0x35, 0x06, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0]),
         NoMedia,
+    ),
+    row(
+        0x37,
+        None,
+        "READ DEFECT DATA(10)",
+        10,
+        u([0x37, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
+        NoMedia,
+    ),
+    row(
+        0x41,
+        None,
+        "WRITE SAME(10)",
+        10,
+        u([0x41, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0]),
+        MWrite,
+    ),
+    row(
+        0x42,
+        None,
+        "UNMAP",
+        10,
+        u([0x42, 0x01, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, 0]),
+        MWrite,
     ),
     row(
         0x55,
@@ -308,6 +433,22 @@ const TABLE: &[OpcodeInfo] = &[
         NoMedia,
     ),
     row(
+        0x56,
+        None,
+        "RESERVE(10)",
+        10,
+        u([0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        NoMedia,
+    ),
+    row(
+        0x57,
+        None,
+        "RELEASE(10)",
+        10,
+        u([0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        NoMedia,
+    ),
+    row(
         0x5A,
         None,
         "MODE SENSE(10)",
@@ -315,8 +456,60 @@ const TABLE: &[OpcodeInfo] = &[
         u([0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0]),
         NoMedia,
     ),
+    pr_in(0x00, "PERSISTENT RESERVE IN / READ KEYS"),
+    pr_in(0x01, "PERSISTENT RESERVE IN / READ RESERVATION"),
+    pr_in(0x02, "PERSISTENT RESERVE IN / REPORT CAPABILITIES"),
+    pr_in(0x03, "PERSISTENT RESERVE IN / READ FULL STATUS"),
+    pr_out(0x00, "PERSISTENT RESERVE OUT / REGISTER"),
+    pr_out(0x01, "PERSISTENT RESERVE OUT / RESERVE"),
+    pr_out(0x02, "PERSISTENT RESERVE OUT / RELEASE"),
+    pr_out(0x03, "PERSISTENT RESERVE OUT / CLEAR"),
+    pr_out(0x04, "PERSISTENT RESERVE OUT / PREEMPT"),
+    pr_out(0x05, "PERSISTENT RESERVE OUT / PREEMPT AND ABORT"),
+    pr_out(
+        0x06,
+        "PERSISTENT RESERVE OUT / REGISTER AND IGNORE EXISTING KEY",
+    ),
+    pr_out(0x07, "PERSISTENT RESERVE OUT / REGISTER AND MOVE"),
+    row(
+        0x83,
+        Some(0x00),
+        "EXTENDED COPY(LID1)",
+        16,
+        u([
+            0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+        ]),
+        MWrite,
+    ),
+    row(
+        0x84,
+        Some(0x00),
+        "RECEIVE COPY RESULTS / COPY STATUS",
+        16,
+        rcr(0x00),
+        NoMedia,
+    ),
+    row(
+        0x84,
+        Some(0x03),
+        "RECEIVE COPY RESULTS / OPERATING PARAMETERS",
+        16,
+        rcr(0x03),
+        NoMedia,
+    ),
     row(0x88, None, "READ(16)", 16, rw16(0x88, 0x1A), MRead),
+    row(
+        0x89,
+        None,
+        "COMPARE AND WRITE",
+        16,
+        u([
+            0x89, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0x1F, 0,
+        ]),
+        MWrite,
+    ),
     row(0x8A, None, "WRITE(16)", 16, rw16(0x8A, 0x1A), MWrite),
+    row(0x8B, None, "ORWRITE(16)", 16, rw16(0x8B, 0x1A), MWrite),
     row(
         0x8E,
         None,
@@ -326,6 +519,7 @@ const TABLE: &[OpcodeInfo] = &[
         MWrite,
     ),
     row(0x8F, None, "VERIFY(16)", 16, rw16(0x8F, 0x12), MRead),
+    row(0x90, None, "PRE-FETCH(16)", 16, rw16(0x90, 0x02), MRead),
     row(
         0x91,
         None,
@@ -333,6 +527,17 @@ const TABLE: &[OpcodeInfo] = &[
         16,
         rw16(0x91, 0x06),
         NoMedia,
+    ),
+    row(0x93, None, "WRITE SAME(16)", 16, rw16(0x93, 0x19), MWrite),
+    row(
+        0x9C,
+        None,
+        "WRITE ATOMIC(16)",
+        16,
+        u([
+            0x9C, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0xFF, 0xFF, 0x1F, 0,
+        ]),
+        MWrite,
     ),
     row(
         0x9E,
@@ -346,11 +551,30 @@ const TABLE: &[OpcodeInfo] = &[
         NoMedia,
     ),
     row(
+        0x9E,
+        Some(0x12),
+        "GET LBA STATUS",
+        16,
+        u([
+            0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
+            0,
+        ]),
+        NoMedia,
+    ),
+    row(
         0xA0,
         None,
         "REPORT LUNS",
         12,
         u([0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
+        NoMedia,
+    ),
+    row(
+        0xA3,
+        Some(0x0A),
+        "REPORT TARGET PORT GROUPS",
+        12,
+        u([0xA3, 0xEA, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
         NoMedia,
     ),
     row(
@@ -374,6 +598,16 @@ const TABLE: &[OpcodeInfo] = &[
         MWrite,
     ),
     row(0xAF, None, "VERIFY(12)", 12, with_op(0xAF, VFY12), MRead),
+    row(
+        0xB7,
+        None,
+        "READ DEFECT DATA(12)",
+        12,
+        u([
+            0xB7, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+        ]),
+        NoMedia,
+    ),
 ];
 
 /// Bits of the CONTROL byte that SPC reserves for the vendor and lets a device server ignore.

@@ -1,7 +1,7 @@
 //! READ CAPACITY (10/16), REPORT LUNS and REPORT SUPPORTED OPERATION CODES data.
 
 use super::datain::DataIn;
-use super::lun::{LunInfo, encode_lun};
+use super::lun::{LunInfo, TargetPort, encode_lun};
 use super::opcodes::{self, OPCODES, OpcodeInfo};
 use super::sense::{FieldPointer, SenseReason};
 
@@ -139,4 +139,43 @@ pub fn report_supported_opcodes(
         }
     }
     Ok(())
+}
+
+/// The one target port group every port belongs to.
+pub const TARGET_PORT_GROUP: u16 = 1;
+
+/// REPORT TARGET PORT GROUPS parameter data (SPC-4 6.37): one group, active/optimized,
+/// holding the relative target port of the nexus; `extended` selects the extended header.
+pub fn report_target_port_groups(port: &TargetPort, extended: bool, w: &mut DataIn<'_>) {
+    w.u32(0); // RETURN DATA LENGTH, back-filled
+    if extended {
+        w.u8(0x10); // FORMAT TYPE 001b
+        w.u8(0); // IMPLICIT TRANSITION TIME
+        w.u16(0);
+    }
+    w.u8(0x80); // PREF, ASYMMETRIC ACCESS STATE 0h: active/optimized
+    w.u8(0x01); // AO_SUP
+    w.u16(TARGET_PORT_GROUP);
+    w.u8(0);
+    w.u8(0); // STATUS CODE
+    w.u8(0);
+    w.u8(1); // TARGET PORT COUNT
+    w.u16(0);
+    w.u16(port.relative_port_id);
+    let len = w.len_since_u32(4);
+    w.patch_u32(0, len);
+}
+
+/// READ DEFECT DATA (10)/(12) (SBC-3 5.12, 5.13): the requested lists, both empty, in the
+/// requested format.
+pub fn read_defect_data(twelve: bool, plist: bool, glist: bool, format: u8, w: &mut DataIn<'_>) {
+    let flags = (u8::from(plist) << 4) | (u8::from(glist) << 3) | (format & 0x07);
+    w.u8(0);
+    w.u8(flags);
+    if twelve {
+        w.u16(0); // GENERATION CODE
+        w.u32(0); // DEFECT LIST LENGTH
+    } else {
+        w.u16(0);
+    }
 }

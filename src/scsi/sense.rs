@@ -21,6 +21,8 @@ pub enum SenseKey {
     UnitAttention = 0x6,
     /// DATA PROTECT.
     DataProtect = 0x7,
+    /// COPY ABORTED.
+    CopyAborted = 0xA,
     /// ABORTED COMMAND.
     AbortedCommand = 0xB,
     /// MISCOMPARE.
@@ -83,6 +85,23 @@ pub enum SenseReason {
     InvalidFieldInParameterList(FieldPointer),
     /// ILLEGAL REQUEST, SAVING PARAMETERS NOT SUPPORTED (5h/39h/00h).
     SavingParametersNotSupported,
+    /// ILLEGAL REQUEST, INVALID RELEASE OF PERSISTENT RESERVATION (5h/26h/04h).
+    InvalidReleaseOfPersistentReservation,
+    /// ILLEGAL REQUEST, TOO MANY TARGET DESCRIPTORS (5h/26h/06h).
+    TooManyTargetDescriptors,
+    /// ILLEGAL REQUEST, UNSUPPORTED TARGET DESCRIPTOR TYPE CODE (5h/26h/07h), with pointer.
+    UnsupportedTargetDescriptorType(FieldPointer),
+    /// ILLEGAL REQUEST, TOO MANY SEGMENT DESCRIPTORS (5h/26h/08h).
+    TooManySegmentDescriptors,
+    /// ILLEGAL REQUEST, UNSUPPORTED SEGMENT DESCRIPTOR TYPE CODE (5h/26h/09h), with pointer.
+    UnsupportedSegmentDescriptorType(FieldPointer),
+    /// ILLEGAL REQUEST, INSUFFICIENT REGISTRATION RESOURCES (5h/55h/04h).
+    InsufficientRegistrationResources,
+    /// COPY ABORTED, COPY TARGET DEVICE NOT REACHABLE (Ah/0Dh/02h).
+    CopyTargetDeviceNotReachable,
+    /// COPY ABORTED, no additional sense information (Ah/00h/00h): a segment that cannot be
+    /// copied (past the end of a copy target, a medium error on one).
+    CopyAborted,
     /// UNIT ATTENTION, POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (6h/29h/00h).
     PowerOnReset,
     /// UNIT ATTENTION, POWER ON OCCURRED (6h/29h/01h).
@@ -97,6 +116,12 @@ pub enum SenseReason {
     ItNexusLoss,
     /// UNIT ATTENTION, MODE PARAMETERS CHANGED (6h/2Ah/01h).
     ModeParametersChanged,
+    /// UNIT ATTENTION, RESERVATIONS PREEMPTED (6h/2Ah/03h).
+    ReservationsPreempted,
+    /// UNIT ATTENTION, RESERVATIONS RELEASED (6h/2Ah/04h).
+    ReservationsReleased,
+    /// UNIT ATTENTION, REGISTRATIONS PREEMPTED (6h/2Ah/05h).
+    RegistrationsPreempted,
     /// UNIT ATTENTION, CAPACITY DATA HAS CHANGED (6h/2Ah/09h).
     CapacityDataChanged,
     /// UNIT ATTENTION, REPORTED LUNS DATA HAS CHANGED (6h/3Fh/0Eh).
@@ -126,6 +151,14 @@ impl SenseReason {
             Self::LunNotSupported => (K::IllegalRequest, 0x25, 0x00),
             Self::InvalidFieldInParameterList(_) => (K::IllegalRequest, 0x26, 0x00),
             Self::SavingParametersNotSupported => (K::IllegalRequest, 0x39, 0x00),
+            Self::InvalidReleaseOfPersistentReservation => (K::IllegalRequest, 0x26, 0x04),
+            Self::TooManyTargetDescriptors => (K::IllegalRequest, 0x26, 0x06),
+            Self::UnsupportedTargetDescriptorType(_) => (K::IllegalRequest, 0x26, 0x07),
+            Self::TooManySegmentDescriptors => (K::IllegalRequest, 0x26, 0x08),
+            Self::UnsupportedSegmentDescriptorType(_) => (K::IllegalRequest, 0x26, 0x09),
+            Self::InsufficientRegistrationResources => (K::IllegalRequest, 0x55, 0x04),
+            Self::CopyTargetDeviceNotReachable => (K::CopyAborted, 0x0D, 0x02),
+            Self::CopyAborted => (K::CopyAborted, 0x00, 0x00),
             Self::PowerOnReset => (K::UnitAttention, 0x29, 0x00),
             Self::PowerOnOccurred => (K::UnitAttention, 0x29, 0x01),
             Self::BusReset => (K::UnitAttention, 0x29, 0x02),
@@ -133,6 +166,9 @@ impl SenseReason {
             Self::DeviceInternalReset => (K::UnitAttention, 0x29, 0x04),
             Self::ItNexusLoss => (K::UnitAttention, 0x29, 0x07),
             Self::ModeParametersChanged => (K::UnitAttention, 0x2A, 0x01),
+            Self::ReservationsPreempted => (K::UnitAttention, 0x2A, 0x03),
+            Self::ReservationsReleased => (K::UnitAttention, 0x2A, 0x04),
+            Self::RegistrationsPreempted => (K::UnitAttention, 0x2A, 0x05),
             Self::CapacityDataChanged => (K::UnitAttention, 0x2A, 0x09),
             Self::ReportedLunsDataChanged => (K::UnitAttention, 0x3F, 0x0E),
             Self::WriteProtected => (K::DataProtect, 0x27, 0x00),
@@ -155,7 +191,9 @@ impl SenseReason {
     const fn field_pointer(self) -> Option<(bool, FieldPointer)> {
         match self {
             Self::InvalidFieldInCdb(p) => Some((true, p)),
-            Self::InvalidFieldInParameterList(p) => Some((false, p)),
+            Self::InvalidFieldInParameterList(p)
+            | Self::UnsupportedTargetDescriptorType(p)
+            | Self::UnsupportedSegmentDescriptorType(p) => Some((false, p)),
             _ => None,
         }
     }
@@ -322,6 +360,37 @@ mod tests {
             (SenseReason::LunNotSupported, 0x5, 0x25, 0x00),
             (SenseReason::InvalidFieldInParameterList(p), 0x5, 0x26, 0x00),
             (SenseReason::SavingParametersNotSupported, 0x5, 0x39, 0x00),
+            (
+                SenseReason::InvalidReleaseOfPersistentReservation,
+                0x5,
+                0x26,
+                0x04,
+            ),
+            (SenseReason::TooManyTargetDescriptors, 0x5, 0x26, 0x06),
+            (
+                SenseReason::UnsupportedTargetDescriptorType(p),
+                0x5,
+                0x26,
+                0x07,
+            ),
+            (SenseReason::TooManySegmentDescriptors, 0x5, 0x26, 0x08),
+            (
+                SenseReason::UnsupportedSegmentDescriptorType(p),
+                0x5,
+                0x26,
+                0x09,
+            ),
+            (
+                SenseReason::InsufficientRegistrationResources,
+                0x5,
+                0x55,
+                0x04,
+            ),
+            (SenseReason::CopyTargetDeviceNotReachable, 0xA, 0x0D, 0x02),
+            (SenseReason::CopyAborted, 0xA, 0x00, 0x00),
+            (SenseReason::ReservationsPreempted, 0x6, 0x2A, 0x03),
+            (SenseReason::ReservationsReleased, 0x6, 0x2A, 0x04),
+            (SenseReason::RegistrationsPreempted, 0x6, 0x2A, 0x05),
             (SenseReason::PowerOnReset, 0x6, 0x29, 0x00),
             (SenseReason::PowerOnOccurred, 0x6, 0x29, 0x01),
             (SenseReason::BusReset, 0x6, 0x29, 0x02),

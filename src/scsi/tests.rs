@@ -293,7 +293,8 @@ fn standard_inquiry_layout() {
     good(&r);
     let d = &r.data;
     assert_eq!(d.len(), 96);
-    assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x00, 0x00, 0x02]);
+    // TPGS 01b (implicit ALUA) and 3PC in byte 5.
+    assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x18, 0x00, 0x02]);
     assert_eq!(&d[8..16], b"VIT     ");
     assert_eq!(&d[16..32], b"VIRTUAL DISK    ");
     assert_eq!(&d[32..36], b"0001");
@@ -321,7 +322,7 @@ fn vpd_supported_pages_and_serial() {
     good(&r);
     assert_eq!(
         r.data,
-        vec![0, 0, 0, 7, 0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2]
+        vec![0, 0, 0, 8, 0x00, 0x80, 0x83, 0x86, 0x8F, 0xB0, 0xB1, 0xB2]
     );
     let r = run(0, &[0x12, 1, 0x80, 0, 255, 0]);
     good(&r);
@@ -344,6 +345,8 @@ fn vpd_device_identification_layout() {
     want.extend(b"VIT     SER0");
     // Relative target port.
     want.extend([0x51, 0x94, 0, 4, 0, 0, 0, 1]);
+    // Target port group 1.
+    want.extend([0x01, 0x15, 0, 4, 0, 0, 0, 1]);
     // Target port name, null terminated and padded to 4.
     let port = format!("{NAME},t,0x0001");
     let plen = (port.len() + 1).next_multiple_of(4);
