@@ -105,6 +105,22 @@ pub struct IoWork {
     pub req: IoRequest,
 }
 
+/// Executes a command, taking the LUN's reservation lock when reservations are involved (a
+/// reservation command, or a LUN that has registrations): otherwise one atomic load.
+fn exec(target: &TargetRt, nexus: &mut Nexus, req: &Request<'_>, data_in: &mut [u8]) -> Outcome {
+    let rt =
+        scsi::decode_lun(req.lun).and_then(|id| target.luns.iter().find(|l| l.id == u64::from(id)));
+    match rt {
+        Some(rt) if scsi::needs_pr_state(req.cdb) || rt.shared.pr_active() => {
+            let mut pr = rt.shared.lock_pr();
+            let out = scsi::execute_with_pr(&target.server, nexus, req, data_in, Some(&mut pr));
+            rt.shared.settle(&mut pr);
+            out
+        }
+        _ => scsi::execute_with_pr(&target.server, nexus, req, data_in, None),
+    }
+}
+
 /// Whether a CDB is a media write (its data-out is collected after the CDB is validated).
 fn is_media_write(cdb: &[u8]) -> bool {
     opcodes::find(cdb).is_ok_and(|info| info.media == MediaAccess::Write)
@@ -183,6 +199,8 @@ pub struct Conn {
     logging_out: bool,
     /// Task slots in use.
     busy: u32,
+    /// Per LUN (index in the target's list): the last reservation effects looked at.
+    mail_seen: Vec<u64>,
     /// The task a write command's header created (its immediate data is arriving).
     header_task: Option<usize>,
     /// A text response longer than the initiator's MaxRecvDataSegmentLength: what is left, and
@@ -205,6 +223,9 @@ impl Conn {
     ) -> Self {
         let depth = depth.max(1);
         let inline_cap = params.target_max_recv_data_segment_length.min(1 << 20) as usize;
+        let mail_seen = target.as_ref().map_or_else(Vec::new, |t| {
+            t.luns.iter().map(|l| l.shared.mail_seq()).collect()
+        });
         Conn {
             params,
             target,
@@ -221,6 +242,7 @@ impl Conn {
             text: Vec::new(),
             logging_out: false,
             busy: 0,
+            mail_seen,
             header_task: None,
             text_out: None,
             local_addr: None,
@@ -422,6 +444,7 @@ impl Conn {
             }
             return;
         }
+        self.check_mail(cmd.lun, pool);
         let i = match existing {
             Some(i) => i,
             None => {
@@ -471,7 +494,7 @@ impl Conn {
             let Some(target) = self.target.as_ref() else {
                 return;
             };
-            match scsi::execute(&target.server, &mut self.nexus, &req, &mut []) {
+            match exec(target, &mut self.nexus, &req, &mut []) {
                 Outcome::Done(c) => {
                     let (itt, edtl) = (t.itt, t.edtl);
                     self.free_task(i, pool);
@@ -593,22 +616,48 @@ impl Conn {
         }
         match t.io {
             Some(mut io) => {
-                // A media write: write what arrived. When the initiator sends less than the CDB
-                // asks for (EDTL < transfer length), only the whole blocks received are written
-                // and the response reports the overflow.
-                if (t.want as usize) < io.data_out_len {
-                    let block = io
-                        .byte_len
-                        .checked_div(io.blocks.0 as usize)
-                        .unwrap_or(512)
-                        .max(1);
-                    io.byte_len = t.want as usize / block * block;
+                let plain = matches!(io.kind, IoKind::Write | IoKind::WriteVerify { .. });
+                let (itt, edtl, want, buf) = (t.itt, t.edtl, t.want as usize, t.buf);
+                // COMPARE AND WRITE and WRITE ATOMIC take their data-out whole or not at all.
+                if let Some(reason) = io.data_out_mismatch(edtl as usize) {
+                    self.free_task(i, pool);
+                    return self.queue_completion(
+                        itt,
+                        edtl,
+                        &Completion::check(reason),
+                        None,
+                        0,
+                        edtl as usize,
+                    );
                 }
-                let buf = t.buf;
+                if want < io.data_out_len {
+                    if plain {
+                        // Write what arrived: when the initiator sends less than the CDB asks
+                        // for (EDTL < transfer length), the whole blocks received are written
+                        // and the response reports the overflow.
+                        let block = io
+                            .byte_len
+                            .checked_div(io.blocks.0 as usize)
+                            .unwrap_or(512)
+                            .max(1);
+                        io.byte_len = want / block * block;
+                    } else {
+                        // Parameter lists (UNMAP, EXTENDED COPY) are parsed as far as they came;
+                        // a short WRITE SAME or ORWRITE pattern is refused.
+                        if !matches!(io.kind, IoKind::Unmap | IoKind::ExtendedCopy) {
+                            self.free_task(i, pool);
+                            let c = Completion::check(SenseReason::InvalidFieldInCdb(
+                                FieldPointer::byte(0),
+                            ));
+                            return self.queue_completion(itt, edtl, &c, None, 0, edtl as usize);
+                        }
+                        io.data_out_len = want;
+                    }
+                }
                 if let Some(t) = self.tasks[i].as_mut() {
                     t.state = TaskState::Io;
                 }
-                if io.byte_len == 0 {
+                if plain && io.byte_len == 0 {
                     return self.io_done(i as u16, IoResult::Ok, pool);
                 }
                 if let Some(t) = self.tasks[i].as_mut() {
@@ -645,8 +694,8 @@ impl Conn {
             data_out,
         };
         let outcome = match t.buf {
-            Some(b) => scsi::execute(&target.server, &mut self.nexus, &req, pool.slice(b)),
-            None => scsi::execute(&target.server, &mut self.nexus, &req, &mut []),
+            Some(b) => exec(target, &mut self.nexus, &req, pool.slice(b)),
+            None => exec(target, &mut self.nexus, &req, &mut []),
         };
         match outcome {
             Outcome::Done(c) => self.finish(i, &c, pool),
@@ -693,6 +742,17 @@ impl Conn {
         }
         let c = scsi::complete_io(&io, result);
         self.finish(i, &c, pool);
+    }
+
+    /// The data thread finished a task with a completion of its own (multi-step commands:
+    /// EXTENDED COPY, GET LBA STATUS, ...).
+    pub fn finish_with(&mut self, task: u16, c: &Completion, pool: &mut BufferPool) {
+        let i = usize::from(task);
+        match self.tasks.get(i).and_then(Option::as_ref) {
+            Some(t) if t.aborted => self.free_task(i, pool),
+            Some(_) => self.finish(i, c, pool),
+            None => {}
+        }
     }
 
     /// Queues the response of a finished task: Data-In from its buffer, then status.
@@ -873,6 +933,61 @@ impl Conn {
         }
     }
 
+    /// Picks up reservation effects other sessions posted for this LUN: unit attentions for
+    /// this nexus, and PREEMPT AND ABORT of its tasks.
+    fn check_mail(&mut self, lun: u64, pool: &mut BufferPool) {
+        let Some(target) = self.target.as_ref() else {
+            return;
+        };
+        let Some(id) = scsi::decode_lun(lun.to_be_bytes()) else {
+            return;
+        };
+        let Some(i) = target.luns.iter().position(|l| l.id == u64::from(id)) else {
+            return;
+        };
+        let (shared, seen) = (
+            &target.luns[i].shared,
+            self.mail_seen.get(i).copied().unwrap_or(0),
+        );
+        let seq = shared.mail_seq();
+        if seq == seen {
+            return;
+        }
+        let mail = shared.mail_since(seen);
+        if let Some(s) = self.mail_seen.get_mut(i) {
+            *s = seq;
+        }
+        let mut abort = false;
+        for effects in &mail {
+            let reasons: Vec<SenseReason> = effects.unit_attentions_for(self.nexus.id()).collect();
+            for r in reasons {
+                self.nexus.post(id, r);
+            }
+            abort |= effects.aborts(self.nexus.id());
+        }
+        if abort {
+            for t in 0..self.tasks.len() {
+                if self.tasks[t].as_ref().is_some_and(|x| x.lun == lun) {
+                    self.abort(t, pool);
+                }
+            }
+        }
+    }
+
+    /// The I_T nexus ends (logout, drop, reinstatement): reservations drop what SPC says.
+    pub fn nexus_lost(&mut self) {
+        let Some(target) = self.target.as_ref() else {
+            return;
+        };
+        for l in &target.luns {
+            if l.shared.pr_active() {
+                let mut pr = l.shared.lock_pr();
+                pr.nexus_lost(self.nexus.id());
+                l.shared.settle(&mut pr);
+            }
+        }
+    }
+
     /// The LUN field of a task.
     pub fn task_lun(&self, task: u16) -> u64 {
         self.tasks
@@ -989,6 +1104,7 @@ impl Conn {
                             .is_some_and(|t| t.server.lun(id).is_some()) =>
                     {
                         self.nexus.post(id, SenseReason::BusDeviceResetFunction);
+                        self.reset_reservations(Some(id));
                         0
                     }
                     (true, _) => 2, // LUN does not exist
@@ -997,6 +1113,7 @@ impl Conn {
                             self.nexus
                                 .post_all(&target.server, SenseReason::PowerOnReset);
                         }
+                        self.reset_reservations(None);
                         0
                     }
                 }
@@ -1015,6 +1132,22 @@ impl Conn {
         let mut bhs = [0u8; BHS_LEN];
         r.encode(&mut bhs);
         self.push(bhs, OutData::None, None, false);
+    }
+
+    /// A LUN reset (`Some`) or target reset (`None`) releases RESERVE(6/10) reservations.
+    fn reset_reservations(&mut self, lun: Option<u16>) {
+        let Some(target) = self.target.as_ref() else {
+            return;
+        };
+        for l in target
+            .luns
+            .iter()
+            .filter(|l| lun.is_none_or(|id| l.id == u64::from(id)))
+        {
+            let mut pr = l.shared.lock_pr();
+            pr.reset();
+            l.shared.settle(&mut pr);
+        }
     }
 
     /// Aborts a task: no response will be sent for it.

@@ -362,7 +362,7 @@ impl Control {
                 let initiator = params.initiator_name.clone();
                 let phase = match target {
                     Some(t) => {
-                        let nexus = Nexus::new(port, &t.server);
+                        let nexus = Nexus::new(port, &t.server).with_initiator(&initiator, isid);
                         let mut conn =
                             Conn::new(params, Some(t.clone()), nexus, seq, login::QUEUE_DEPTH);
                         conn.session_id = self.next_session;

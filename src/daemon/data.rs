@@ -6,6 +6,10 @@
 //! buffer, except a large data segment whose destination is a task's registered buffer: that is
 //! received straight into the buffer the file write will use. Sends gather (sendmsg) the header,
 //! the data from the registered buffer the file read filled, and the padding/digest trailer.
+//! Commands that take several steps (COMPARE AND WRITE, WRITE SAME, UNMAP, EXTENDED COPY, ...)
+//! run as jobs (`jobs.rs`).
+
+mod jobs;
 
 use super::conn::{Conn, DataDest, IoWork, OutData, OutPdu};
 use super::runtime::{Backing, LunRt};
@@ -149,6 +153,8 @@ struct FileOp {
     /// For VERIFY with BYTCHK: the buffer the media was read into.
     verify_buf: Option<BufId>,
     work: Option<IoWork>,
+    /// A multi-step command between two of its steps.
+    job: Option<Box<jobs::Job>>,
 }
 
 struct Slot {
@@ -197,6 +203,8 @@ struct Worker {
     cqes: Vec<(u64, i32)>,
     /// The SQEs of one request's segments, reused (no allocation per I/O).
     sqe_scratch: Vec<squeue::Entry>,
+    /// Requests waiting for a range held by an atomic operation.
+    deferred: Vec<(usize, IoWork)>,
 }
 
 impl Worker {
@@ -226,6 +234,7 @@ impl Worker {
             shutdown_deadline: None,
             cqes: Vec::with_capacity(1024),
             sqe_scratch: Vec::with_capacity(16),
+            deferred: Vec::new(),
         };
         w.arm_wake();
         Ok(w)
@@ -254,13 +263,22 @@ impl Worker {
 
     fn run(&mut self) {
         let ts = types::Timespec::new().sec(1);
+        // While requests wait for another thread's atomic operation, look again soon.
+        let short = types::Timespec::new().nsec(200_000);
         let mut last_tick = Instant::now();
         loop {
+            if !self.deferred.is_empty() {
+                self.retry_deferred();
+            }
             self.flush_dirty();
             if self.shutting_down && self.slots.iter().all(Option::is_none) {
                 break;
             }
-            let args = types::SubmitArgs::new().timespec(&ts);
+            let args = types::SubmitArgs::new().timespec(if self.deferred.is_empty() {
+                &ts
+            } else {
+                &short
+            });
             match self.ring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
                 Err(e)
@@ -696,11 +714,72 @@ impl Worker {
                 s.conn.io_done(work.task, IoResult::Failed, &mut self.pool);
                 continue;
             };
-            self.submit_io(idx, &lun, work);
+            if !self.submit_io(idx, &lun, work) {
+                self.deferred.push((idx, work));
+            }
         }
     }
 
-    fn submit_io(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork) {
+    /// Retries requests that waited for an atomic operation's range.
+    fn retry_deferred(&mut self) {
+        for (idx, work) in std::mem::take(&mut self.deferred) {
+            let lun = self
+                .slots
+                .get(idx)
+                .and_then(Option::as_ref)
+                .filter(|s| !s.closing)
+                .and_then(|s| {
+                    let id = scsi::decode_lun(lun_of(&s.conn, work.task))?;
+                    s.conn
+                        .target
+                        .as_ref()?
+                        .luns
+                        .iter()
+                        .find(|l| l.id == u64::from(id))
+                        .cloned()
+                });
+            match lun {
+                Some(lun) => {
+                    if !self.submit_io(idx, &lun, work) {
+                        self.deferred.push((idx, work));
+                    }
+                }
+                None => {
+                    if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
+                        s.conn.io_done(work.task, IoResult::Failed, &mut self.pool);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a request's backing-store work; false when it must wait for an atomic operation
+    /// on its blocks (the caller keeps it and retries).
+    fn submit_io(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork) -> bool {
+        let req = work.req;
+        let plain = matches!(
+            req.kind,
+            IoKind::Read
+                | IoKind::Write
+                | IoKind::WriteVerify { .. }
+                | IoKind::Verify { .. }
+                | IoKind::Sync { .. }
+        );
+        if !plain {
+            return self.start_job(idx, lun, work);
+        }
+        if req.kind.writes()
+            && lun
+                .shared
+                .write_blocked(req.byte_offset, req.byte_offset + req.byte_len as u64)
+        {
+            return false;
+        }
+        self.submit_plain(idx, lun, work);
+        true
+    }
+
+    fn submit_plain(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork) {
         let req = work.req;
         let mut op = FileOp {
             work: Some(work),
@@ -837,6 +916,12 @@ impl Worker {
             op.failed = true;
         }
         op.pending = op.pending.saturating_sub(1);
+        if op.pending == 0
+            && let Some(job) = op.job.take()
+        {
+            let failed = op.failed;
+            return self.advance(idx, job, failed);
+        }
         if op.pending == 0 {
             let result = if op.failed {
                 IoResult::Failed
@@ -907,6 +992,7 @@ impl Worker {
         let Some(mut s) = self.slots[idx].take() else {
             return;
         };
+        s.conn.nexus_lost();
         s.conn.release_all(&mut self.pool);
         for p in s.sending.drain(..) {
             s.conn.sent(&p, &mut self.pool);

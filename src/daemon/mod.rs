@@ -10,6 +10,7 @@ pub mod login;
 pub mod portal;
 pub mod ramdisk;
 pub mod runtime;
+pub mod shared;
 pub mod uring;
 
 use crate::config::AuthType;

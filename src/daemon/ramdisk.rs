@@ -80,3 +80,19 @@ pub fn transfer(lun: &LunRt, offset: u64, buf: &mut [u8], len: usize, op: Op) ->
     }
     IoResult::Ok
 }
+
+/// Zeroes `len` bytes of the LUN's memory at `offset` (UNMAP and WRITE SAME with UNMAP).
+pub fn zero(lun: &LunRt, offset: u64, len: usize) -> IoResult {
+    let Backing::Ramdisk { mem } = &lun.backing else {
+        return IoResult::Failed;
+    };
+    let Ok(off) = usize::try_from(offset) else {
+        return IoResult::Failed;
+    };
+    if off.checked_add(len).is_none_or(|end| end > mem.size) {
+        return IoResult::Failed;
+    }
+    // SAFETY: off + len <= size (checked), inside the mapping.
+    unsafe { std::ptr::write_bytes(mem.base.add(off), 0, len) };
+    IoResult::Ok
+}

@@ -111,6 +111,10 @@ pub struct LunRt {
     /// A stable 64-bit identity for the NAA designator, derived from the LUN's path or name.
     pub identity: u64,
     pub backing: Backing,
+    /// State shared by every data thread: reservations, atomic-operation ranges.
+    pub shared: super::shared::LunShared,
+    /// Thin provisioning: deallocated blocks are holes that read as zeros.
+    pub thin: bool,
 }
 
 /// A target as served.
@@ -367,7 +371,7 @@ fn open_lun(
             Backend::Ramdisk
         });
     let alias = body.lun_alias().map(str::to_string);
-    let (backing, bytes, read_only, key) = match backend {
+    let (backing, bytes, read_only, key, pr_file) = match backend {
         Backend::Ramdisk => {
             let size = body
                 .size
@@ -379,6 +383,7 @@ fn open_lun(
                 size,
                 false,
                 format!("{target}/{id}"),
+                None,
             )
         }
         Backend::Vmdk | Backend::Block => {
@@ -430,11 +435,14 @@ fn open_lun(
                 files.push(Some(file));
             }
             let map = ExtentMap::new(&desc);
+            // Reservations with APTPL are kept beside the descriptor.
+            let pr_file = descriptor.with_extension("pr");
             (
                 Backing::Vmdk { map, files, direct },
                 capacity,
                 read_only,
                 path.name.clone(),
+                Some(pr_file),
             )
         }
     };
@@ -448,6 +456,12 @@ fn open_lun(
         .serial
         .as_ref()
         .map_or_else(|| format!("{identity:016x}"), |s| s.name.clone());
+    // ctl.conf's `option readonly on` makes a LUN read-only whatever its extents allow.
+    let read_only = read_only
+        || body
+            .option("readonly")
+            .is_some_and(|v| v.eq_ignore_ascii_case("on"));
+    let thin = !read_only;
     Ok(LunRt {
         id,
         block_size,
@@ -457,6 +471,8 @@ fn open_lun(
         alias,
         identity,
         backing,
+        shared: super::shared::LunShared::new(pr_file),
+        thin,
     })
 }
 
@@ -490,6 +506,9 @@ fn lun_info(l: &LunRt) -> Result<LunInfo, RuntimeError> {
         .map_err(|_| RuntimeError::Other(format!("LUN id {} too large", l.id)))?;
     let mut info = LunInfo::new(id, l.block_size, l.num_blocks, l.identity, &l.serial);
     info.read_only = l.read_only;
+    if l.thin {
+        info.provisioning = crate::scsi::lun::Provisioning::thin();
+    }
     // Honest write cache reporting: buffered extents have a cache that SYNCHRONIZE CACHE flushes.
     info.write_cache_enabled = !matches!(l.backing, Backing::Vmdk { direct: true, .. });
     info.max_transfer_blocks = (MAX_IO_BYTES as u32 / l.block_size).max(1);

@@ -1,0 +1,613 @@
+//! Multi-step backing-store work: everything but plain READ/WRITE/VERIFY/SYNCHRONIZE CACHE.
+//! A job is a short sequence of range operations (read, write or punch a byte range of a LUN,
+//! split over its extents like any I/O) with a decision between steps: COMPARE AND WRITE
+//! (read, compare, write), ORWRITE (read, OR, write), WRITE ATOMIC, WRITE SAME (a pattern
+//! written chunk by chunk, or the range deallocated), UNMAP (holes punched), EXTENDED COPY
+//! (chunks read from one LUN and written to another) and GET LBA STATUS (holes probed with
+//! SEEK_DATA/SEEK_HOLE). COMPARE AND WRITE, ORWRITE and WRITE ATOMIC hold their range in the
+//! LUN's shared range lock, so no other atomic operation and no plain write that starts
+//! meanwhile touches those blocks.
+
+use super::{Backing, BufId, Kind, LunRt, Worker, user_data};
+use crate::daemon::conn::IoWork;
+use crate::scsi::sbc::{self, LbaState};
+use crate::scsi::xcopy::{self, CopyResult};
+use crate::scsi::{self, Completion, IoKind, IoResult, SenseReason};
+use crate::vmdk::{Op, SegmentKind};
+use io_uring::{opcode, types};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+/// Bytes moved per step of WRITE SAME and EXTENDED COPY.
+const CHUNK: usize = 1 << 20;
+
+/// What a range operation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RangeOp {
+    Read,
+    Write,
+    /// Deallocate (punch a hole; it reads back as zeros).
+    Punch,
+}
+
+/// One EXTENDED COPY segment, resolved to LUNs and bytes.
+struct CopyStep {
+    src: Arc<LunRt>,
+    src_off: u64,
+    dst: Arc<LunRt>,
+    dst_off: u64,
+    len: u64,
+}
+
+enum JobKind {
+    CompareAndWrite {
+        tmp: BufId,
+    },
+    OrWrite {
+        tmp: BufId,
+    },
+    Atomic,
+    WriteSame {
+        chunk: BufId,
+        chunk_len: usize,
+        next: u64,
+        end: u64,
+        punch: bool,
+    },
+    Unmap {
+        ranges: Vec<(u64, u64)>,
+        next: usize,
+    },
+    Copy {
+        steps: Vec<CopyStep>,
+        next: usize,
+        done_in_step: u64,
+        buf: BufId,
+        wrote: bool,
+        list_id: u8,
+        bytes: u64,
+    },
+}
+
+/// A job in flight, kept in the task's file-op slot between steps.
+pub(super) struct Job {
+    lun: Arc<LunRt>,
+    work: IoWork,
+    kind: JobKind,
+    phase: u8,
+    held: Option<(u64, u64)>,
+}
+
+/// How a job ended.
+enum Next {
+    /// Done with this result (or this completion of its own).
+    Finish(Result<IoResult, Completion>),
+}
+
+impl Worker {
+    /// Starts the job for a request that is not plain I/O. Returns false when the request must
+    /// wait (its range is held by another atomic operation): the caller retries it later.
+    pub(super) fn start_job(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork) -> bool {
+        let req = work.req;
+        let range = (req.byte_offset, req.byte_offset + req.byte_len as u64);
+        let atomic = matches!(
+            req.kind,
+            IoKind::CompareAndWrite | IoKind::OrWrite | IoKind::WriteAtomic
+        );
+        if atomic && !lun.shared.try_hold(range.0, range.1) {
+            return false;
+        }
+        let held = atomic.then_some(range);
+        let fail = |w: &mut Worker, c: Completion| {
+            if let Some((s, e)) = held {
+                lun.shared.release(s, e);
+            }
+            w.job_finish_completion(idx, work, c);
+            true
+        };
+        let data_out = |w: &mut Worker| -> Vec<u8> {
+            work.buf
+                .map(|b| {
+                    w.pool
+                        .slice(b)
+                        .get(..req.data_out_len)
+                        .unwrap_or(&[])
+                        .to_vec()
+                })
+                .unwrap_or_default()
+        };
+        let kind = match req.kind {
+            IoKind::CompareAndWrite | IoKind::OrWrite => {
+                let Some(tmp) = self.pool.alloc(req.byte_len) else {
+                    return fail(self, Completion::check(SenseReason::InternalTargetFailure));
+                };
+                if req.kind == IoKind::OrWrite {
+                    JobKind::OrWrite { tmp }
+                } else {
+                    JobKind::CompareAndWrite { tmp }
+                }
+            }
+            IoKind::WriteAtomic => JobKind::Atomic,
+            IoKind::WriteSame { ndob, .. } => {
+                let bs = lun.block_size as usize;
+                let pattern = if ndob { vec![0u8; bs] } else { data_out(self) };
+                let info = self.lun_info(idx, lun);
+                let punch = info
+                    .as_ref()
+                    .is_some_and(|i| sbc::write_same_deallocates(i, &req, &pattern));
+                let Some(chunk) = self.pool.alloc(CHUNK.min(req.byte_len.max(bs))) else {
+                    return fail(self, Completion::check(SenseReason::InternalTargetFailure));
+                };
+                let len = self.pool.len_of(chunk).min(req.byte_len.max(bs)) / bs * bs;
+                if pattern.len() >= bs {
+                    for blk in self.pool.slice(chunk)[..len].chunks_mut(bs) {
+                        blk.copy_from_slice(&pattern[..bs]);
+                    }
+                }
+                JobKind::WriteSame {
+                    chunk,
+                    chunk_len: len.max(bs),
+                    next: range.0,
+                    end: range.1,
+                    punch,
+                }
+            }
+            IoKind::Unmap => {
+                let data = data_out(self);
+                let Some(info) = self.lun_info(idx, lun) else {
+                    return fail(self, Completion::check(SenseReason::InternalTargetFailure));
+                };
+                match sbc::unmap_ranges(&info, &data) {
+                    Ok(r) => JobKind::Unmap {
+                        ranges: r.iter().filter_map(|x| x.bytes(lun.block_size)).collect(),
+                        next: 0,
+                    },
+                    Err(reason) => return fail(self, Completion::check(reason)),
+                }
+            }
+            IoKind::ExtendedCopy => match {
+                let data = data_out(self);
+                self.copy_steps(idx, &data)
+            } {
+                Ok((steps, list_id)) => {
+                    let Some(buf) = self.pool.alloc(CHUNK) else {
+                        return fail(self, Completion::check(SenseReason::InternalTargetFailure));
+                    };
+                    JobKind::Copy {
+                        steps,
+                        next: 0,
+                        done_in_step: 0,
+                        buf,
+                        wrote: false,
+                        list_id,
+                        bytes: 0,
+                    }
+                }
+                Err(reason) => return fail(self, Completion::check(reason)),
+            },
+            IoKind::GetLbaStatus { alloc_len } => {
+                let c = self.get_lba_status(idx, lun, &work, alloc_len);
+                return fail(self, c);
+            }
+            _ => return fail(self, Completion::check(SenseReason::InternalTargetFailure)),
+        };
+        let job = Box::new(Job {
+            lun: lun.clone(),
+            work,
+            kind,
+            phase: 0,
+            held,
+        });
+        self.advance(idx, job, false);
+        true
+    }
+
+    /// The SCSI view of a LUN (for the pure helpers' limits).
+    fn lun_info(&self, idx: usize, lun: &LunRt) -> Option<scsi::LunInfo> {
+        let s = self.slots.get(idx)?.as_ref()?;
+        let t = s.conn.target.as_ref()?;
+        t.server.lun(u16::try_from(lun.id).ok()?).cloned()
+    }
+
+    /// Resolves an EXTENDED COPY parameter list to byte ranges of this target's LUNs.
+    fn copy_steps(&self, idx: usize, data: &[u8]) -> Result<(Vec<CopyStep>, u8), SenseReason> {
+        let plan = xcopy::parse(data)?;
+        let target = self
+            .slots
+            .get(idx)
+            .and_then(|s| s.as_ref())
+            .and_then(|s| s.conn.target.clone());
+        let Some(target) = target else {
+            return Err(SenseReason::CopyTargetDeviceNotReachable);
+        };
+        let mut steps = Vec::with_capacity(plan.segments.len());
+        for seg in &plan.segments {
+            let (Some(src), Some(dst)) = (
+                xcopy::resolve(&target.server, &seg.src),
+                xcopy::resolve(&target.server, &seg.dst),
+            ) else {
+                return Err(SenseReason::CopyTargetDeviceNotReachable);
+            };
+            xcopy::check_segment(src, dst, seg)?;
+            let find = |id: u16| target.luns.iter().find(|l| l.id == u64::from(id)).cloned();
+            let (Some(s), Some(d)) = (find(src.id), find(dst.id)) else {
+                return Err(SenseReason::CopyTargetDeviceNotReachable);
+            };
+            let bs = u64::from(s.block_size);
+            steps.push(CopyStep {
+                src_off: seg.src_lba * bs,
+                dst_off: seg.dst_lba * u64::from(d.block_size),
+                len: u64::from(seg.blocks) * bs,
+                src: s,
+                dst: d,
+            });
+        }
+        Ok((steps, plan.list_id))
+    }
+
+    /// GET LBA STATUS: runs of data and holes of the extent files (SEEK_DATA / SEEK_HOLE).
+    fn get_lba_status(
+        &mut self,
+        idx: usize,
+        lun: &Arc<LunRt>,
+        work: &IoWork,
+        alloc_len: u32,
+    ) -> Completion {
+        let Some(info) = self.lun_info(idx, lun) else {
+            return Completion::check(SenseReason::InternalTargetFailure);
+        };
+        let Some(buf) = work.buf else {
+            return Completion::check(SenseReason::InternalTargetFailure);
+        };
+        let bs = u64::from(lun.block_size);
+        let mut probe = |lba: u64, max: u64| -> Result<(LbaState, u64), ()> {
+            let Backing::Vmdk { map, files, .. } = &lun.backing else {
+                return Ok((LbaState::Mapped, max));
+            };
+            let off = lba * bs;
+            let Some(seg) = map.map(off, bs, Op::Read).ok().and_then(|mut s| s.next()) else {
+                return Err(());
+            };
+            let Some((ext_start, ext_len)) = map.extent_range(seg.extent) else {
+                return Err(());
+            };
+            // Bytes left in this extent from `off`, in blocks, at most `max`.
+            let left = ((ext_start + ext_len - off) / bs).clamp(1, max);
+            let Some(Some(file)) = files.get(seg.extent) else {
+                return Ok((LbaState::Deallocated, left));
+            };
+            let fd = file.as_raw_fd();
+            let at = seg.file_offset as i64;
+            // SAFETY: lseek on an extent file we hold open.
+            let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+            let run_end = |to: i64| (((to - at).max(0) as u64) / bs).clamp(1, left);
+            if data < 0 || data > at {
+                // A hole from `at` up to the next data (or the end of the extent).
+                let next = if data < 0 {
+                    at + (left * bs) as i64
+                } else {
+                    data
+                };
+                return Ok((LbaState::Deallocated, run_end(next)));
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, at, libc::SEEK_HOLE) };
+            Ok((
+                LbaState::Mapped,
+                if hole < 0 { left } else { run_end(hole) },
+            ))
+        };
+        let len = self.pool.len_of(buf);
+        let data_in = &mut self.pool.slice(buf)[..len];
+        sbc::get_lba_status(&info, work.req.lba, alloc_len, data_in, &mut probe)
+            .unwrap_or_else(|()| Completion::check(SenseReason::UnrecoveredReadError))
+    }
+
+    /// A step of `job` completed (`failed`: one of its operations failed): run the next one.
+    pub(super) fn advance(&mut self, idx: usize, mut job: Box<Job>, failed: bool) {
+        loop {
+            if failed {
+                let r = if job.phase == 0 && !matches!(job.kind, JobKind::Atomic) {
+                    IoResult::ReadError(Some(job.work.req.lba))
+                } else {
+                    IoResult::WriteError(Some(job.work.req.lba))
+                };
+                return self.end_job(idx, job, Ok(r));
+            }
+            match self.step(idx, &mut job) {
+                Ok(0) => continue,
+                Ok(n) => {
+                    if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
+                        let op = &mut s.file_ops[usize::from(job.work.task)];
+                        op.pending = n;
+                        op.failed = false;
+                        op.job = Some(job);
+                    }
+                    return;
+                }
+                Err(Next::Finish(r)) => return self.end_job(idx, job, r),
+            }
+        }
+    }
+
+    /// Issues the job's next step: `Ok(n)` with n SQEs submitted (0: the step completed at once),
+    /// or `Err` when the job is over.
+    fn step(&mut self, idx: usize, job: &mut Job) -> Result<u16, Next> {
+        let req = job.work.req;
+        let (off, len) = (req.byte_offset, req.byte_len);
+        let data = job.work.buf;
+        let lun = job.lun.clone();
+        let phase = job.phase;
+        job.phase = phase.saturating_add(1);
+        let task = job.work.task;
+        let run = move |w: &mut Worker,
+                        op: RangeOp,
+                        at: u64,
+                        n: usize,
+                        buf: Option<BufId>,
+                        buf_at: usize,
+                        lun: &Arc<LunRt>| {
+            w.submit_range(idx, task, lun, op, at, n, buf, buf_at)
+                .map_err(|()| Next::Finish(Ok(IoResult::Failed)))
+        };
+        match &mut job.kind {
+            JobKind::CompareAndWrite { tmp } => match phase {
+                0 => run(self, RangeOp::Read, off, len, Some(*tmp), 0, &lun),
+                1 => {
+                    let (t, d) = (*tmp, data.ok_or(Next::Finish(Ok(IoResult::Failed)))?);
+                    let media = self.pool.slice(t)[..len].to_vec();
+                    if let Some(at) = scsi::first_mismatch(&media, &self.pool.slice(d)[..len]) {
+                        return Err(Next::Finish(Ok(IoResult::Miscompare(at as u64))));
+                    }
+                    run(self, RangeOp::Write, off, len, Some(d), len, &lun)
+                }
+                _ => Err(Next::Finish(Ok(IoResult::Ok))),
+            },
+            JobKind::OrWrite { tmp } => match phase {
+                0 => run(self, RangeOp::Read, off, len, Some(*tmp), 0, &lun),
+                1 => {
+                    let (t, d) = (*tmp, data.ok_or(Next::Finish(Ok(IoResult::Failed)))?);
+                    let src = self.pool.slice(d)[..len].to_vec();
+                    sbc::or_into(&mut self.pool.slice(t)[..len], &src);
+                    run(self, RangeOp::Write, off, len, Some(t), 0, &lun)
+                }
+                _ => Err(Next::Finish(Ok(IoResult::Ok))),
+            },
+            JobKind::Atomic => match phase {
+                0 => run(self, RangeOp::Write, off, len, data, 0, &lun),
+                _ => Err(Next::Finish(Ok(IoResult::Ok))),
+            },
+            JobKind::WriteSame {
+                chunk,
+                chunk_len,
+                next,
+                end,
+                punch,
+            } => {
+                if *next >= *end {
+                    return Err(Next::Finish(Ok(IoResult::Ok)));
+                }
+                if *punch {
+                    let n = (*end - *next) as usize;
+                    *next = *end;
+                    return run(self, RangeOp::Punch, off, n, None, 0, &lun);
+                }
+                let n = ((*end - *next) as usize).min(*chunk_len);
+                let at = *next;
+                *next += n as u64;
+                let c = *chunk;
+                run(self, RangeOp::Write, at, n, Some(c), 0, &lun)
+            }
+            JobKind::Unmap { ranges, next } => {
+                let Some(&(at, n)) = ranges.get(*next) else {
+                    return Err(Next::Finish(Ok(IoResult::Ok)));
+                };
+                *next += 1;
+                run(self, RangeOp::Punch, at, n as usize, None, 0, &lun)
+            }
+            JobKind::Copy {
+                steps,
+                next,
+                done_in_step,
+                buf,
+                wrote,
+                list_id,
+                bytes,
+            } => {
+                let Some(s) = steps.get(*next) else {
+                    let result = CopyResult {
+                        list_id: *list_id,
+                        ok: true,
+                        segments_processed: *next as u16,
+                        bytes: *bytes,
+                    };
+                    self.record_copy(idx, task, result);
+                    return Err(Next::Finish(Ok(IoResult::Ok)));
+                };
+                let n = ((s.len - *done_in_step) as usize).min(CHUNK);
+                if n == 0 {
+                    *next += 1;
+                    *done_in_step = 0;
+                    return Ok(0);
+                }
+                let (src, dst, so, dof, b) =
+                    (s.src.clone(), s.dst.clone(), s.src_off, s.dst_off, *buf);
+                if !*wrote {
+                    *wrote = true;
+                    run(self, RangeOp::Read, so + *done_in_step, n, Some(b), 0, &src)
+                } else {
+                    *wrote = false;
+                    let at = dof + *done_in_step;
+                    *done_in_step += n as u64;
+                    *bytes += n as u64;
+                    run(self, RangeOp::Write, at, n, Some(b), 0, &dst)
+                }
+            }
+        }
+    }
+
+    /// Keeps a finished copy's outcome for RECEIVE COPY RESULTS (per nexus and LUN).
+    fn record_copy(&mut self, idx: usize, task: u16, result: CopyResult) {
+        if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut)
+            && let Some(lun) = scsi::decode_lun(s.conn.task_lun(task).to_be_bytes())
+        {
+            s.conn.nexus.record_copy(lun, result);
+        }
+    }
+
+    /// Ends a job: releases its buffers and range, then lets the connection respond.
+    fn end_job(&mut self, idx: usize, job: Box<Job>, result: Result<IoResult, Completion>) {
+        if let Some((s, e)) = job.held {
+            job.lun.shared.release(s, e);
+        }
+        let mut result = result;
+        match job.kind {
+            JobKind::CompareAndWrite { tmp } | JobKind::OrWrite { tmp } => self.pool.release(tmp),
+            JobKind::WriteSame { chunk, .. } => self.pool.release(chunk),
+            JobKind::Copy {
+                buf,
+                next,
+                list_id,
+                bytes,
+                ..
+            } => {
+                self.pool.release(buf);
+                if !matches!(result, Ok(IoResult::Ok)) {
+                    let r = CopyResult {
+                        list_id,
+                        ok: false,
+                        segments_processed: next as u16,
+                        bytes,
+                    };
+                    self.record_copy(idx, job.work.task, r);
+                    result = Err(Completion::check(SenseReason::CopyAborted));
+                }
+            }
+            JobKind::Atomic | JobKind::Unmap { .. } => {}
+        }
+        match result {
+            Ok(r) => {
+                if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
+                    s.conn.io_done(job.work.task, r, &mut self.pool);
+                }
+            }
+            Err(c) => self.job_finish_completion(idx, job.work, c),
+        }
+    }
+
+    fn job_finish_completion(&mut self, idx: usize, work: IoWork, c: Completion) {
+        if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
+            s.conn.finish_with(work.task, &c, &mut self.pool);
+        }
+    }
+
+    /// Reads, writes or punches `len` bytes at `offset` of `lun`, split over its extents;
+    /// `buf`/`buf_at` is the registered buffer the data comes from or goes to. Returns the SQEs
+    /// submitted (0 when it completed at once: memory LUNs, zero extents).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn submit_range(
+        &mut self,
+        idx: usize,
+        task: u16,
+        lun: &Arc<LunRt>,
+        op: RangeOp,
+        offset: u64,
+        len: usize,
+        buf: Option<BufId>,
+        buf_at: usize,
+    ) -> Result<u16, ()> {
+        if let Some(b) = buf
+            && buf_at + len > self.pool.len_of(b)
+        {
+            return Err(());
+        }
+        let map = match &lun.backing {
+            Backing::Ramdisk { .. } => {
+                let r = match (op, buf) {
+                    (RangeOp::Punch, _) => crate::daemon::ramdisk::zero(lun, offset, len),
+                    (RangeOp::Read, Some(b)) => crate::daemon::ramdisk::transfer(
+                        lun,
+                        offset,
+                        &mut self.pool.slice(b)[buf_at..],
+                        len,
+                        Op::Read,
+                    ),
+                    (RangeOp::Write, Some(b)) => crate::daemon::ramdisk::transfer(
+                        lun,
+                        offset,
+                        &mut self.pool.slice(b)[buf_at..],
+                        len,
+                        Op::Write,
+                    ),
+                    _ => IoResult::Failed,
+                };
+                return if r == IoResult::Ok { Ok(0) } else { Err(()) };
+            }
+            Backing::Vmdk { map, .. } => map,
+        };
+        let mode = if op == RangeOp::Read {
+            Op::Read
+        } else {
+            Op::Write
+        };
+        let segments = map.map(offset, len as u64, mode).map_err(|_| ())?;
+        let mut sqes = std::mem::take(&mut self.sqe_scratch);
+        sqes.clear();
+        let mut at = buf_at;
+        let mut failed = false;
+        for seg in segments {
+            let n = seg.len as usize;
+            if seg.kind == SegmentKind::Zero {
+                if op == RangeOp::Read
+                    && let Some(b) = buf
+                {
+                    self.pool.slice(b)[at..at + n].fill(0);
+                }
+                at += n;
+                continue;
+            }
+            let Some(fi) = self.fixed_file(lun, seg.extent) else {
+                failed = true;
+                break;
+            };
+            let sqe = match (op, buf) {
+                (RangeOp::Punch, _) => opcode::Fallocate::new(types::Fixed(fi), seg.len)
+                    .offset(seg.file_offset)
+                    .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+                    .build(),
+                (_, Some(b)) => {
+                    // SAFETY: at + n <= buf_at + len <= the slot's length (checked above).
+                    let ptr = unsafe { self.pool.ptr(b).add(at) };
+                    if op == RangeOp::Read {
+                        opcode::ReadFixed::new(types::Fixed(fi), ptr, n as u32, b.0)
+                            .offset(seg.file_offset)
+                            .build()
+                    } else {
+                        opcode::WriteFixed::new(types::Fixed(fi), ptr, n as u32, b.0)
+                            .offset(seg.file_offset)
+                            .build()
+                    }
+                }
+                _ => {
+                    failed = true;
+                    break;
+                }
+            };
+            sqes.push(sqe.user_data(user_data(idx, Kind::File, task)));
+            at += n;
+        }
+        if failed {
+            self.sqe_scratch = sqes;
+            return Err(());
+        }
+        let count = sqes.len() as u16;
+        if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
+            s.inflight += u32::from(count);
+        }
+        for sqe in sqes.drain(..) {
+            self.push(sqe);
+        }
+        self.sqe_scratch = sqes;
+        Ok(count)
+    }
+}
