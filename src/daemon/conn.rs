@@ -495,8 +495,15 @@ impl Conn {
                 return;
             };
             match exec(target, &mut self.nexus, &req, &mut []) {
-                Outcome::Done(c) => {
+                Outcome::Done(mut c) => {
                     let (itt, edtl) = (t.itt, t.edtl);
+                    // A zero-length COMPARE AND WRITE or WRITE ATOMIC that still carries data-out:
+                    // the data cannot be taken whole, as those commands require.
+                    if c.status == Status::Good && edtl > 0 && matches!(t.cdb[0], 0x89 | 0x9C) {
+                        c = Completion::check(SenseReason::InvalidFieldInCdb(FieldPointer::byte(
+                            0,
+                        )));
+                    }
                     self.free_task(i, pool);
                     self.queue_completion(itt, edtl, &c, None, 0, edtl as usize);
                     return;
@@ -1360,6 +1367,8 @@ mod tests {
             backing: Backing::Ramdisk {
                 mem: crate::daemon::ramdisk::RamDisk::new(1 << 20).unwrap(),
             },
+            shared: crate::daemon::shared::LunShared::new(None),
+            thin: false,
         };
         let server = DeviceServer::new(vec![LunInfo::new(0, 512, 2048, 7, "s")]).unwrap();
         let target = Arc::new(TargetRt {

@@ -10,11 +10,11 @@ use super::sense::{FieldPointer, SenseReason};
 /// MAXIMUM COMPARE AND WRITE LENGTH, in blocks (the data-out is twice this).
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 32;
 /// MAXIMUM UNMAP LBA COUNT: most blocks one UNMAP descriptor (and one command) may name.
-pub const MAX_UNMAP_LBA_COUNT: u32 = 1 << 22;
+pub const MAX_UNMAP_LBA_COUNT: u32 = 1 << 20;
 /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// MAXIMUM WRITE SAME LENGTH, in blocks.
-pub const MAX_WRITE_SAME_BLOCKS: u32 = 1 << 22;
+pub const MAX_WRITE_SAME_BLOCKS: u32 = 1 << 15;
 /// MAXIMUM ATOMIC TRANSFER LENGTH, in blocks (further capped by the LUN's maximum transfer).
 pub const MAX_ATOMIC_TRANSFER_BLOCKS: u32 = 256;
 /// ATOMIC ALIGNMENT, in blocks (1: any LBA).

@@ -101,6 +101,12 @@ pub fn parse(data: &[u8]) -> Result<CopyPlan, SenseReason> {
     let seg_len =
         usize::try_from(u32::from_be_bytes([h[8], h[9], h[10], h[11]])).unwrap_or(usize::MAX);
     let inline_len = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
+    // Descriptor lists longer than MAXIMUM DESCRIPTOR LIST LENGTH, or running past the
+    // parameter list, are a PARAMETER LIST LENGTH ERROR, checked before the descriptor counts.
+    let lists = cscd_len.saturating_add(seg_len);
+    if lists > MAX_DESCRIPTOR_LIST_LEN as usize || HEADER_LEN.saturating_add(lists) > data.len() {
+        return Err(SenseReason::ParameterListLengthError);
+    }
     if cscd_len / CSCD_LEN > usize::from(MAX_CSCD_DESCRIPTORS) {
         return Err(SenseReason::TooManyTargetDescriptors);
     }
@@ -136,13 +142,9 @@ fn parse_cscds(data: &[u8], len: usize) -> Result<Vec<Option<[u8; 16]>>, SenseRe
         if d[0] != CSCD_IDENTIFICATION {
             return Err(SenseReason::UnsupportedTargetDescriptorType(field(at)));
         }
-        // LU ID TYPE 00b only; block devices only.
-        if d[1] & 0xC0 != 0 {
-            return Err(SenseReason::InvalidFieldInParameterList(FieldPointer::bit(
-                field(at + 1).byte,
-                7,
-            )));
-        }
+        // The LU ID TYPE is not used: the designation descriptor names the LUN (LIO does the
+        // same, and libiscsi 1.19 expects a copy with a reserved LU ID TYPE to succeed).
+        // Block devices only.
         if d[1] & 0x1F != 0 {
             return Err(SenseReason::UnsupportedTargetDescriptorType(field(at + 1)));
         }
@@ -390,15 +392,10 @@ mod tests {
             parse(&list(&[nul], &[segment(0, 0, 1, 0, 0)])),
             Err(SenseReason::CopyTargetDeviceNotReachable)
         );
-        // Reserved LU ID TYPE.
+        // A reserved LU ID TYPE is ignored: the designator names the LUN.
         let mut luid = cscd(&NAA_A);
         luid[1] = 0xC0;
-        assert_eq!(
-            parse(&list(&[luid], &[])),
-            Err(SenseReason::InvalidFieldInParameterList(FieldPointer::bit(
-                17, 7
-            )))
-        );
+        assert!(parse(&list(&[luid], &[])).is_ok());
         let many: Vec<_> = (0..=MAX_CSCD_DESCRIPTORS).map(|_| cscd(&NAA_A)).collect();
         assert_eq!(
             parse(&list(&many, &[])),

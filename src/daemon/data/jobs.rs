@@ -165,10 +165,7 @@ impl Worker {
                     Err(reason) => return fail(self, Completion::check(reason)),
                 }
             }
-            IoKind::ExtendedCopy => match {
-                let data = data_out(self);
-                self.copy_steps(idx, &data)
-            } {
+            IoKind::ExtendedCopy => match self.copy_steps_from_data_out(idx, &work) {
                 Ok((steps, list_id)) => {
                     let Some(buf) = self.pool.alloc(CHUNK) else {
                         return fail(self, Completion::check(SenseReason::InternalTargetFailure));
@@ -207,6 +204,19 @@ impl Worker {
         let s = self.slots.get(idx)?.as_ref()?;
         let t = s.conn.target.as_ref()?;
         t.server.lun(u16::try_from(lun.id).ok()?).cloned()
+    }
+
+    fn copy_steps_from_data_out(
+        &mut self,
+        idx: usize,
+        work: &IoWork,
+    ) -> Result<(Vec<CopyStep>, u8), SenseReason> {
+        let n = work.req.data_out_len;
+        let data = work
+            .buf
+            .map(|b| self.pool.slice(b).get(..n).unwrap_or(&[]).to_vec())
+            .unwrap_or_default();
+        self.copy_steps(idx, &data)
     }
 
     /// Resolves an EXTENDED COPY parameter list to byte ranges of this target's LUNs.
@@ -312,7 +322,7 @@ impl Worker {
                 } else {
                     IoResult::WriteError(Some(job.work.req.lba))
                 };
-                return self.end_job(idx, job, Ok(r));
+                return self.end_job(idx, *job, Ok(r));
             }
             match self.step(idx, &mut job) {
                 Ok(0) => continue,
@@ -325,7 +335,7 @@ impl Worker {
                     }
                     return;
                 }
-                Err(Next::Finish(r)) => return self.end_job(idx, job, r),
+                Err(Next::Finish(r)) => return self.end_job(idx, *job, r),
             }
         }
     }
@@ -456,7 +466,7 @@ impl Worker {
     }
 
     /// Ends a job: releases its buffers and range, then lets the connection respond.
-    fn end_job(&mut self, idx: usize, job: Box<Job>, result: Result<IoResult, Completion>) {
+    fn end_job(&mut self, idx: usize, job: Job, result: Result<IoResult, Completion>) {
         if let Some((s, e)) = job.held {
             job.lun.shared.release(s, e);
         }
