@@ -15,6 +15,7 @@
 //! Data-In of a task, R2TSN per R2T of a task.
 
 use super::runtime::TargetRt;
+use super::shared::Mail;
 use super::uring::{BufId, BufferPool};
 use crate::iscsi::digest::{Crc32c, DIGEST_LEN, padding_for};
 use crate::iscsi::params::SessionParams;
@@ -965,12 +966,22 @@ impl Conn {
             *s = seq;
         }
         let mut abort = false;
-        for effects in &mail {
-            let reasons: Vec<SenseReason> = effects.unit_attentions_for(self.nexus.id()).collect();
-            for r in reasons {
-                self.nexus.post(id, r);
+        for m in &mail {
+            match &**m {
+                Mail::Reservation(effects) => {
+                    let reasons: Vec<SenseReason> =
+                        effects.unit_attentions_for(self.nexus.id()).collect();
+                    for r in reasons {
+                        self.nexus.post(id, r);
+                    }
+                    abort |= effects.aborts(self.nexus.id());
+                }
+                Mail::Reset { reason, from } => {
+                    self.nexus.post(id, *reason);
+                    // The resetting session already aborted its own tasks.
+                    abort |= from != self.nexus.id();
+                }
             }
-            abort |= effects.aborts(self.nexus.id());
         }
         if abort {
             for t in 0..self.tasks.len() {
@@ -1110,17 +1121,12 @@ impl Conn {
                             .as_ref()
                             .is_some_and(|t| t.server.lun(id).is_some()) =>
                     {
-                        self.nexus.post(id, SenseReason::BusDeviceResetFunction);
-                        self.reset_reservations(Some(id));
+                        self.reset_lun(Some(id), SenseReason::BusDeviceResetFunction);
                         0
                     }
                     (true, _) => 2, // LUN does not exist
                     (false, _) => {
-                        if let Some(target) = self.target.as_ref() {
-                            self.nexus
-                                .post_all(&target.server, SenseReason::PowerOnReset);
-                        }
-                        self.reset_reservations(None);
+                        self.reset_lun(None, SenseReason::PowerOnReset);
                         0
                     }
                 }
@@ -1141,8 +1147,10 @@ impl Conn {
         self.push(bhs, OutData::None, None, false);
     }
 
-    /// A LUN reset (`Some`) or target reset (`None`) releases RESERVE(6/10) reservations.
-    fn reset_reservations(&mut self, lun: Option<u16>) {
+    /// A LUN reset (`Some`) or target reset (`None`): RESERVE(6/10) reservations are released
+    /// and every session of the LUN(s), on any thread, gets the unit attention and loses its
+    /// tasks there.
+    fn reset_lun(&mut self, lun: Option<u16>, reason: SenseReason) {
         let Some(target) = self.target.as_ref() else {
             return;
         };
@@ -1154,6 +1162,14 @@ impl Conn {
             let mut pr = l.shared.lock_pr();
             pr.reset();
             l.shared.settle(&mut pr);
+            drop(pr);
+            l.shared.post(Mail::Reset {
+                reason,
+                from: self.nexus.id().clone(),
+            });
+            if let Ok(id) = u16::try_from(l.id) {
+                self.nexus.post(id, reason);
+            }
         }
     }
 

@@ -4,7 +4,8 @@
 //! one thread. The READ/WRITE fast path touches only two atomics (`pr_active`, `ranges_held`).
 
 use crate::datastore::write_atomic;
-use crate::scsi::pr::{PrEffects, PrState};
+use crate::scsi::SenseReason;
+use crate::scsi::pr::{ItNexusId, PrEffects, PrState};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,6 +13,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How many reservation effects the mailbox keeps for sessions that have not looked yet.
 const MAILBOX: usize = 256;
+
+/// What one session posts for every other session of a LUN.
+#[derive(Debug)]
+pub enum Mail {
+    /// A reservation command's effects (unit attentions, PREEMPT AND ABORT).
+    Reservation(PrEffects),
+    /// A LUN or target reset by `from`: every nexus gets `reason` and loses its tasks here.
+    Reset {
+        reason: SenseReason,
+        from: ItNexusId,
+    },
+}
 
 /// Shared state of one LUN.
 #[derive(Debug, Default)]
@@ -21,7 +34,7 @@ pub struct LunShared {
     pr_active: AtomicBool,
     /// Where the reservation state is kept when APTPL is set (beside the descriptor).
     pr_file: Option<PathBuf>,
-    mail: Mutex<VecDeque<(u64, Arc<PrEffects>)>>,
+    mail: Mutex<VecDeque<(u64, Arc<Mail>)>>,
     mail_seq: AtomicU64,
     ranges: Mutex<Vec<(u64, u64)>>,
     ranges_held: AtomicUsize,
@@ -83,9 +96,14 @@ impl LunShared {
         if effects.unit_attentions.is_empty() && effects.abort.is_empty() {
             return;
         }
+        self.post(Mail::Reservation(effects));
+    }
+
+    /// Posts mail for every session of the LUN (on any thread) to pick up.
+    pub fn post(&self, m: Mail) {
         let mut mail = self.mail.lock().unwrap_or_else(|p| p.into_inner());
         let seq = self.mail_seq.load(Ordering::Relaxed) + 1;
-        mail.push_back((seq, Arc::new(effects)));
+        mail.push_back((seq, Arc::new(m)));
         while mail.len() > MAILBOX {
             mail.pop_front();
         }
@@ -97,8 +115,8 @@ impl LunShared {
         self.mail_seq.load(Ordering::Acquire)
     }
 
-    /// Effects posted after `seen`, oldest first.
-    pub fn mail_since(&self, seen: u64) -> Vec<Arc<PrEffects>> {
+    /// Mail posted after `seen`, oldest first.
+    pub fn mail_since(&self, seen: u64) -> Vec<Arc<Mail>> {
         let mail = self.mail.lock().unwrap_or_else(|p| p.into_inner());
         mail.iter()
             .filter(|(s, _)| *s > seen)
