@@ -470,3 +470,38 @@ fn embedded_default_datastore_works_with_no_setup() {
             .is_file()
     );
 }
+
+#[test]
+fn read_only_luns_refuse_writes() {
+    if !have("iscsi-test-cu") {
+        return;
+    }
+    let ds = Datastore::new();
+    ds.target("ro", &[]);
+    ds.lun("ro", 0, "16M");
+    let v = ds.json(&[
+        "target",
+        "lun",
+        "set",
+        "--target",
+        "ro",
+        "--id",
+        "0",
+        "--read-only",
+        "on",
+    ]);
+    assert_eq!(v["read_only"], true);
+    assert!(
+        std::fs::read_to_string(ds.conf())
+            .unwrap()
+            .contains("option readonly on")
+    );
+    let _vitd = ds.start();
+    let (_, out) = client(
+        "iscsi-test-cu",
+        &["-d", "-v", "-t", "SCSI.ReadOnly", &ds.url("ro", 0)],
+    );
+    let (tests, failed) = cu_summary(&out);
+    let (_, _, skipped) = cu_counts(&out);
+    assert!(tests >= 1 && failed == 0 && skipped == 0, "{out}");
+}

@@ -189,7 +189,18 @@ enum LunCmd {
         size: Option<String>,
         #[arg(long)]
         alias: Option<String>,
+        /// Serve the LUN read-only (on) or read-write (off)
+        #[arg(long, value_parser = parse_on_off)]
+        read_only: Option<bool>,
     },
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{s:?} is not on or off")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -394,13 +405,15 @@ fn lun(ctl: &mut Ctl, cmd: LunCmd, format: Format) -> Result<(), CtlError> {
             id,
             size,
             alias,
+            read_only,
         } => {
-            let size = size.as_deref().map(ctl::parse_size_arg).transpose()?;
-            show(
-                format,
-                &[ctl.lun_set(&target, id, size, alias.as_deref())?],
-                true,
-            )
+            let size_bytes = size.as_deref().map(ctl::parse_size_arg).transpose()?;
+            let change = ctl::LunChange {
+                size_bytes,
+                alias,
+                read_only,
+            };
+            show(format, &[ctl.lun_set(&target, id, &change)?], true)
         }
     }
 }

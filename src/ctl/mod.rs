@@ -69,6 +69,16 @@ pub struct TargetChange {
     pub initiator_group: Option<Option<String>>,
 }
 
+/// `vitctl target lun set`: every field left `None` stays as it is.
+#[derive(Clone, Debug, Default)]
+pub struct LunChange {
+    /// Grow to this size (a shrink is refused).
+    pub size_bytes: Option<u64>,
+    pub alias: Option<String>,
+    /// Serve the LUN read-only (`option readonly on`).
+    pub read_only: Option<bool>,
+}
+
 /// `vitctl target lun add`.
 #[derive(Clone, Debug, Default)]
 pub struct LunSpec {
@@ -648,13 +658,8 @@ impl Ctl {
     }
 
     /// `vitctl target lun set`: grows (never shrinks) and renames.
-    pub fn lun_set(
-        &mut self,
-        target: &str,
-        id: u64,
-        size: Option<u64>,
-        alias: Option<&str>,
-    ) -> Result<LunView> {
+    pub fn lun_set(&mut self, target: &str, id: u64, change: &LunChange) -> Result<LunView> {
+        let (size, alias) = (change.size_bytes, change.alias.as_deref());
         if let Some(a) = alias {
             check_value("--alias", a)?;
         }
@@ -682,6 +687,13 @@ impl Ctl {
             if let Some(a) = alias {
                 body.options.retain(|o| o.name != "lun-alias");
                 body.options.push(opt("lun-alias", a));
+            }
+            if let Some(ro) = change.read_only {
+                // ctl.conf's LUN option: `option readonly on`.
+                body.options.retain(|o| o.name != "readonly");
+                if ro {
+                    body.options.push(opt("readonly", "on"));
+                }
             }
             Ok(cfg.targets[i].name.clone())
         })?;

@@ -111,6 +111,7 @@ pub struct LunView {
     pub path: Option<String>,
     pub descriptor: Option<String>,
     pub size_bytes: Option<u64>,
+    pub read_only: bool,
 }
 
 impl LunView {
@@ -137,6 +138,9 @@ impl LunView {
                 .map(|p| p.display().to_string()),
             path,
             size_bytes: body.and_then(|b| b.size).map(|(s, _)| s),
+            read_only: body
+                .and_then(|b| b.option("readonly"))
+                .is_some_and(|v| v.eq_ignore_ascii_case("on")),
         }
     }
 }

@@ -461,7 +461,8 @@ fn open_lun(
         || body
             .option("readonly")
             .is_some_and(|v| v.eq_ignore_ascii_case("on"));
-    let thin = !read_only;
+    // Flat extents are sparse files: holes read as zeros, hole punching deallocates.
+    let thin = true;
     Ok(LunRt {
         id,
         block_size,
