@@ -8,6 +8,15 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+/// What a SCSI command returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandResult {
+    pub status: u8,
+    pub data_in: Vec<u8>,
+    /// Sense data (fixed format) when the status is CHECK CONDITION.
+    pub sense: Vec<u8>,
+}
+
 pub struct Session {
     pub stream: TcpStream,
     pub cmd_sn: u32,
@@ -121,6 +130,70 @@ impl Session {
             let (pdu, _) = read_pdu(&mut self.stream)?;
             if !matches!(pdu, TargetPdu::NopIn(_)) {
                 return Ok(pdu);
+            }
+        }
+    }
+
+    /// Sends a SCSI command (to LUN 0..255) with its data-out as immediate data (keep it at
+    /// most 8 KiB) and collects the answer: (status, data-in, sense). Skips NOP-In pings.
+    pub fn command(
+        &mut self,
+        lun: u8,
+        cdb: &[u8],
+        data_out: &[u8],
+        read_len: u32,
+    ) -> std::io::Result<CommandResult> {
+        self.itt += 1;
+        let mut c = [0u8; 16];
+        c[..cdb.len().min(16)].copy_from_slice(&cdb[..cdb.len().min(16)]);
+        let cmd = ScsiCommand {
+            final_bit: true,
+            read: read_len > 0,
+            write: !data_out.is_empty(),
+            attr: 1,
+            lun: u64::from(lun) << 48,
+            itt: self.itt,
+            expected_data_length: if data_out.is_empty() {
+                read_len
+            } else {
+                data_out.len() as u32
+            },
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            cdb: c,
+            data_segment_length: data_out.len() as u32,
+            ..Default::default()
+        };
+        self.cmd_sn += 1;
+        let mut bhs = [0u8; BHS_LEN];
+        cmd.encode(&mut bhs);
+        send(&mut self.stream, &bhs, data_out)?;
+        let mut data_in = Vec::new();
+        loop {
+            let (pdu, data) = read_pdu(&mut self.stream)?;
+            match pdu {
+                TargetPdu::NopIn(_) => {}
+                TargetPdu::DataIn(d) => {
+                    data_in.extend_from_slice(&data);
+                    if d.status_present {
+                        self.exp_stat_sn = d.stat_sn.wrapping_add(1);
+                        return Ok(CommandResult {
+                            status: d.status,
+                            data_in,
+                            sense: Vec::new(),
+                        });
+                    }
+                }
+                TargetPdu::ScsiResponse(r) => {
+                    self.exp_stat_sn = r.stat_sn.wrapping_add(1);
+                    let sense = data.get(2..).unwrap_or(&[]).to_vec();
+                    return Ok(CommandResult {
+                        status: r.status,
+                        data_in,
+                        sense,
+                    });
+                }
+                other => return Err(std::io::Error::other(format!("unexpected {other:?}"))),
             }
         }
     }
