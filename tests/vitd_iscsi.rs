@@ -294,8 +294,13 @@ fn cu_counts(out: &str) -> (u32, u32, u32) {
         let body = end.map_or(block, |e| &block[..e]);
         if block.contains("\nFAILED") && end == block.find("\nFAILED") {
             failed += 1;
-        } else if body.contains("[SKIPPED]") {
+        } else if let Some(at) = body.find("[SKIPPED]") {
             skipped += 1;
+            let reason = body[at..].lines().next().unwrap_or_default();
+            eprintln!(
+                "  skipped {}: {reason}",
+                block.split(" ...").next().unwrap_or_default()
+            );
         }
     }
     (run, failed, skipped)
