@@ -109,8 +109,14 @@ impl Login {
         match self.step(req, data) {
             Ok(bytes) => bytes,
             Err((status, reason)) => {
+                // A redirection carries where to go; `reason` is the TargetAddress then.
+                let text = if status == LoginStatus::TargetMovedTemporarily {
+                    format!("TargetAddress={reason}\0").into_bytes()
+                } else {
+                    Vec::new()
+                };
                 self.outcome = Some(LoginOutcome::Failed { status, reason });
-                self.response(req, status, false, 0, 0, &[])
+                self.response(req, status, false, 0, 0, &text)
             }
         }
     }
@@ -220,6 +226,10 @@ impl Login {
             req.csg
         };
         if transit && nsg == Some(Stage::FullFeature) {
+            // ctld's `redirect` in a target: sent once authentication succeeded.
+            if let Some(to) = self.target.as_ref().and_then(|t| t.redirect.clone()) {
+                return Err((LoginStatus::TargetMovedTemporarily, to));
+            }
             if let Some(alias) = self.target.as_ref().and_then(|t| t.alias.clone()) {
                 let _ = out.push("TargetAlias", &alias);
             }
@@ -276,6 +286,11 @@ impl Login {
             .portal_groups
             .get(self.pg)
             .ok_or_else(|| fail(LoginStatus::TargetError, "no portal group".into()))?;
+        // ctld's `redirect` in a portal group: every login there goes elsewhere, before any
+        // authentication.
+        if let Some(to) = &pg.redirect {
+            return Err((LoginStatus::TargetMovedTemporarily, to.clone()));
+        }
         let policy = if discovery {
             pg.discovery_auth.clone()
         } else {
@@ -604,5 +619,38 @@ mod tests {
             u16::from_be_bytes([r.status_class, r.status_detail]),
             LoginStatus::AuthenticationFailure as u16
         );
+    }
+
+    #[test]
+    fn redirects_answer_0101_with_the_target_address() {
+        // A portal group redirect comes before authentication.
+        let run = running(AuthPolicy::deny());
+        let mut r = Arc::try_unwrap(run).unwrap();
+        r.portal_groups[0].redirect = Some("10.0.0.9:3260".into());
+        let mut l = Login::new(Arc::new(r), 0, "127.0.0.1:5000".parse().unwrap(), 1);
+        let (req, data) = request(Stage::Security, Stage::Operational, true, FIRST);
+        let (resp, text) = response(&l.on_request(&req, &data));
+        assert_eq!(
+            u16::from_be_bytes([resp.status_class, resp.status_detail]),
+            0x0101
+        );
+        assert_eq!(text, "TargetAddress=10.0.0.9:3260;");
+        // A target redirect comes once the login would have succeeded.
+        let run = running(AuthPolicy::none());
+        let mut r = Arc::try_unwrap(run).unwrap();
+        let mut t = Arc::try_unwrap(r.targets.remove(0)).unwrap();
+        t.redirect = Some("owner.example:3261".into());
+        r.targets.push(Arc::new(t));
+        let mut l = Login::new(Arc::new(r), 0, "127.0.0.1:5000".parse().unwrap(), 1);
+        let (req, data) = request(Stage::Security, Stage::Operational, true, FIRST);
+        let (resp, _) = response(&l.on_request(&req, &data));
+        assert_eq!(resp.status_class, 0);
+        let (req, data) = request(Stage::Operational, Stage::FullFeature, true, "");
+        let (resp, text) = response(&l.on_request(&req, &data));
+        assert_eq!(
+            u16::from_be_bytes([resp.status_class, resp.status_detail]),
+            0x0101
+        );
+        assert_eq!(text, "TargetAddress=owner.example:3261;");
     }
 }
