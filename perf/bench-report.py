@@ -27,6 +27,7 @@ FIGURES = [
     ("cpu_us_per_io", "target CPU µs/IO", "{:,.2f}", "lo"),
     ("target_cpu_pct", "target CPU %", "{:,.0f}", "lo"),
     ("fio_cpu_pct", "fio CPU %", "{:,.0f}", "lo"),
+    ("other_cpu_pct", "other CPU %", "{:,.0f}", "lo"),
 ]
 
 
@@ -61,6 +62,7 @@ def figures(rec):
         "fio_cpu_pct": sum(j.get("usr_cpu", 0) + j.get("sys_cpu", 0) for j in jobs),
         "cpu_us_per_io": None,
         "target_cpu_pct": None,
+        "other_cpu_pct": None,
     }
     t0, t1 = rec.get("cpu_ticks_start"), rec.get("cpu_ticks_end")
     n0, n1 = rec.get("cpu_sample_ns_start"), rec.get("cpu_sample_ns_end")
@@ -69,6 +71,10 @@ def figures(rec):
         rate = (t1 - t0) / CLK_TCK / ((n1 - n0) / 1e9)
         out["cpu_us_per_io"] = rate * 1e6 / out["iops"]
         out["target_cpu_pct"] = 100.0 * rate
+        b0, b1 = rec.get("machine_busy_ticks_start"), rec.get("machine_busy_ticks_end")
+        if b0 is not None and b1 is not None and b1 >= b0:
+            busy = 100.0 * (b1 - b0) / CLK_TCK / ((n1 - n0) / 1e9)
+            out["other_cpu_pct"] = max(0.0, busy - out["target_cpu_pct"] - out["fio_cpu_pct"])
     return out, rec.get("error")
 
 
@@ -266,6 +272,9 @@ def main():
           "user+system time of the whole target process (all threads) from /proc/PID/stat, "
           "as a rate over a window from just after the ramp to fio's end, divided by fio's "
           "IOPS (so µs of target CPU per I/O; clock-tick resolution).  ",
+          "CPU % is of one CPU; \"other CPU %\" is what the rest of the machine used during the "
+          "run (busy time of all CPUs minus target and fio): high values mean the figures are "
+          "disturbed by other load.  ",
           "⚠ marks a figure where some round failed (see Errors).", ""]
     titles = {"disk": "File LUNs, O_DIRECT (vit vmdk preallocated vs tgt rdwr --bsoflags direct)",
               "mem": "In-memory LUNs (vit backend ramdisk vs tgt --bstype null)"}

@@ -102,15 +102,18 @@ wait_port() {
     return 1
 }
 
-# "TICKS NANOSECONDS": user+system CPU ticks of a whole process (all threads) and the
-# time they were read at, or nothing when the process is gone.
+# "TICKS NANOSECONDS BUSY": user+system CPU ticks of a whole process (all threads), the
+# time they were read at, and the busy ticks of the whole machine (all CPUs, to see what
+# else ran), or nothing when the process is gone.
 cpu_sample() {
-    local stat now
+    local stat now busy
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
     now=$(date +%s%N)
+    # The first line of /proc/stat: cpu user nice system idle iowait irq softirq steal.
+    busy=$(awk 'NR == 1 {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat)
     # Fields after the ")" that closes the command name: utime is the 12th, stime the 13th.
     stat=${stat##*) }
-    awk -v now="$now" '{print $12 + $13, now}' <<<"$stat"
+    awk -v now="$now" -v busy="$busy" '{print $12 + $13, now, busy}' <<<"$stat"
 }
 
 rss_kib() {
@@ -187,7 +190,7 @@ start_vit() {
     stop_pid "$vit_pid"
     vit_pid=""
     local cpus=$1 cores=$2
-    RUST_LOG=warn taskset -c "$cpus" "$VITD" --datastore "$work/ds" --cores "$cores" \
+    RUST_LOG=${VIT_LOG:-info} taskset -c "$cpus" "$VITD" --datastore "$work/ds" --cores "$cores" \
         >>"$work/vitd.log" 2>&1 &
     vit_pid=$!
     vit_cpus=$cpus vit_cores=$cores
@@ -220,18 +223,30 @@ start_tgt() {
     log "tgtd pid $tgt_pid on CPU $cpus"
 }
 
+# How a child process that is gone ended.
+exit_status() {
+    [[ -n $1 ]] || { echo "never started"; return 0; }
+    local st=0
+    wait "$1" 2>/dev/null || st=$?
+    if [[ $st -gt 128 ]]; then
+        echo "killed by signal $((st - 128)) ($(kill -l $((st - 128)) 2>/dev/null))"
+    else
+        echo "exit status $st"
+    fi
+}
+
 # Restarts a target that died since the last run (and records that it died).
 ensure_alive() {
     case $1 in
     vit)
         if [[ -z $vit_pid ]] || ! kill -0 "$vit_pid" 2>/dev/null; then
-            record_error "vitd was not running (died?) before a run; restarting: $(tail -n 3 "$work/vitd.log" | tr '\n' ' ')"
+            record_error "vitd exited ($(exit_status "$vit_pid")) before a run; restarting; its last log lines: $(tail -n 3 "$work/vitd.log" | tr '\n' ' ')"
             start_vit "$vit_cpus" "$vit_cores"
         fi
         ;;
     tgt)
         if [[ -z $tgt_pid ]] || ! kill -0 "$tgt_pid" 2>/dev/null; then
-            record_error "tgtd was not running (died?) before a run; restarting"
+            record_error "tgtd exited ($(exit_status "$tgt_pid")) before a run; restarting"
             start_tgt "$tgt_cpus"
         fi
         ;;
@@ -257,7 +272,9 @@ run_fio() {
     local url="iscsi://127.0.0.1:$port/$iqn/$lun"
     url=${url//:/\\:} # fio splits file names at unescaped colons
     local base="$work/$matrix-$name-$target-$rep"
-    local args=(--name="$name" --ioengine=libiscsi --filename="$url" --size="$SIZE"
+    # --thread: one fio process, so that the timeout below ends all of it (a forked job
+    # left behind spins in libiscsi's reconnect loop once the target is gone).
+    local args=(--thread --name="$name" --ioengine=libiscsi --filename="$url" --size="$SIZE"
         --rw="$rw" --bs="$bs" --iodepth="$qd" --numjobs="$numjobs" --group_reporting
         --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --randrepeat=0 --norandommap
         --output-format=json --output="$base.json")
@@ -272,14 +289,19 @@ run_fio() {
         cpu_sample "$pid" >"$base.t0") &
     local sampler=$!
     timeout -k 5 $((RAMP + RUNTIME + 60)) taskset -c "$fcpus" "$FIO" "${args[@]}" \
-        2>"$base.err" || rc=$?
+        >"$base.out" 2>"$base.err" </dev/null || rc=$?
     t1=$(cpu_sample "$pid")
     wait "$sampler" 2>/dev/null
     t0=$(cat "$base.t0" 2>/dev/null)
     rss1=$(rss_kib "$pid")
     local err=""
+    if [[ $rc -ge 124 ]]; then
+        # A hang: keep what the sockets held (bytes queued each way) for the report.
+        log "fio timed out; sockets on port $port: $(ss -tnH "( sport = :$port or dport = :$port )" | tr -s ' ' | tr '\n' ';')"
+        ss -tnH "( sport = :$port or dport = :$port )" >"$base.ss" 2>&1
+    fi
     if [[ $rc -ne 0 ]]; then
-        err="fio exit status $rc: $(tail -n 5 "$base.err" | tr '\n' ' ')"
+        err="fio exit status $rc$([[ $rc -ge 124 ]] && echo " (timed out after $((RAMP + RUNTIME + 60)) s)"): $(tail -n 5 "$base.err" | tr '\n' ' ')"
     elif ! kill -0 "$pid" 2>/dev/null; then
         err="target process exited during the run"
     fi
@@ -296,12 +318,13 @@ except Exception:
 num = lambda v: int(v) if v.strip().isdigit() else None
 def sample(v):
     parts = [num(p) for p in v.split()]
-    return parts if len(parts) == 2 and None not in parts else [None, None]
-(ticks0, ns0), (ticks1, ns1) = sample(t0), sample(t1)
+    return parts if len(parts) == 3 and None not in parts else [None, None, None]
+(ticks0, ns0, busy0), (ticks1, ns1, busy1) = sample(t0), sample(t1)
 rec = {"matrix": matrix, "job": job, "target": target, "round": int(rnd), "rw": rw,
        "bs": bs, "iodepth": int(qd), "numjobs": int(numjobs),
        "cpu_ticks_start": ticks0, "cpu_ticks_end": ticks1,
        "cpu_sample_ns_start": ns0, "cpu_sample_ns_end": ns1,
+       "machine_busy_ticks_start": busy0, "machine_busy_ticks_end": busy1,
        "rss_kib_start": num(rss0), "rss_kib_end": num(rss1),
        "error": err or None, "fio": fio}
 with open(out, "a") as f:
