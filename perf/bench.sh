@@ -88,7 +88,14 @@ cleanup() {
     stop_pid "$vit_pid"
     stop_pid "$tgt_pid"
     vit_pid="" tgt_pid=""
-    if [[ -n $work && -d $work ]]; then rm -rf "$work"; fi
+    if [[ -n $work && -d $work ]]; then
+        # Keep the targets' logs and fio's stderr of the last run for a look after errors.
+        if [[ -n $OUT && -d $OUT ]]; then
+            rm -rf "$OUT/logs" && mkdir -p "$OUT/logs" &&
+                cp "$work"/*.log "$work"/*.err "$work"/*.ss "$OUT/logs/" 2>/dev/null
+        fi
+        rm -rf "$work"
+    fi
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 0' INT TERM
@@ -190,7 +197,7 @@ start_vit() {
     stop_pid "$vit_pid"
     vit_pid=""
     local cpus=$1 cores=$2
-    RUST_LOG=${VIT_LOG:-info} taskset -c "$cpus" "$VITD" --datastore "$work/ds" --cores "$cores" \
+    RUST_LOG=${VIT_LOG:-info} taskset -c "$cpus" "$vit_bin" --datastore "$work/ds" --cores "$cores" \
         >>"$work/vitd.log" 2>&1 &
     vit_pid=$!
     vit_cpus=$cpus vit_cores=$cores
@@ -205,7 +212,7 @@ start_tgt() {
     stop_pid "$tgt_pid"
     tgt_pid=""
     local cpus=$1 c=(-C "$TGT_CONTROL_PORT" --lld iscsi)
-    taskset -c "$cpus" tgtd -f -C "$TGT_CONTROL_PORT" --iscsi "portal=127.0.0.1:$TGT_PORT" \
+    taskset -c "$cpus" "$tgt_bin" -f -C "$TGT_CONTROL_PORT" --iscsi "portal=127.0.0.1:$TGT_PORT" \
         >>"$work/tgtd.log" 2>&1 &
     tgt_pid=$!
     tgt_cpus=$cpus
@@ -368,6 +375,11 @@ main() {
     FIO=${FIO:-$("$here/build-fio.sh")} || { log "no fio with libiscsi; giving up"; exit 0; }
     ensure_binaries || { log "no vitd/vitctl binaries; giving up"; exit 0; }
     make_backing || { log "could not create the backing files; giving up"; exit 0; }
+    # Run copies of the targets under names of their own: on a shared machine a
+    # `pkill vitd` or `killall tgtd` by someone else would otherwise stop them mid-run.
+    vit_bin=$work/bench-target-vit tgt_bin=$work/bench-target-tgt
+    cp "$VITD" "$vit_bin" && cp "$(command -v tgtd)" "$tgt_bin" ||
+        { log "could not copy the target binaries; giving up"; exit 0; }
     local m
     for m in $MATRICES; do
         case $m in
