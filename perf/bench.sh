@@ -92,7 +92,8 @@ cleanup() {
         # Keep the targets' logs and fio's stderr of the last run for a look after errors.
         if [[ -n $OUT && -d $OUT ]]; then
             rm -rf "$OUT/logs" && mkdir -p "$OUT/logs" &&
-                cp "$work"/*.log "$work"/*.err "$work"/*.ss "$OUT/logs/" 2>/dev/null
+                cp "$work"/*.log "$work"/*.err "$work"/*.ss "$work"/*.jsonl "$work"/*.txt \
+                    "$OUT/logs/" 2>/dev/null
         fi
         rm -rf "$work"
     fi
@@ -319,7 +320,9 @@ import json, sys
 (path, out, matrix, job, target, rnd, rw, bs, qd, numjobs,
  t0, t1, rss0, rss1, err) = sys.argv[1:]
 try:
-    fio = json.load(open(path))
+    text = open(path).read()
+    # fio may print notes (e.g. about iodepth with this engine) before the JSON document.
+    fio = json.loads(text[text.index("{"):])
 except Exception:
     fio = None
 num = lambda v: int(v) if v.strip().isdigit() else None
