@@ -232,6 +232,11 @@ def main():
     with open(a.errors) as f:
         errors = [line.rstrip("\n") for line in f if line.strip()]
     groups = aggregate(records)
+    # Runs that gave no figures without the harness noticing (e.g. unreadable fio output).
+    for g in groups.values():
+        for r in g["runs"]:
+            if r["figures"] is None and r["error"] and not any(r["error"] in e for e in errors):
+                errors.append(f"{g['matrix']} {g['job']} {g['target']} round {r['round']}: {r['error']}")
     host = machine()
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     job_order = []
@@ -295,11 +300,6 @@ def main():
     md += [f"- {m}: {fmt(r['start'], '{:,}')} → {fmt(r['end'], '{:,}')}"
            for m, r in vit_rss(records).items()]
     md.append("")
-    # Runs that gave no figures without the harness noticing (e.g. unreadable fio output).
-    for g in groups.values():
-        for r in g["runs"]:
-            if r["figures"] is None and r["error"] and not any(r["error"] in e for e in errors):
-                errors.append(f"{g['matrix']} {g['job']} {g['target']} round {r['round']}: {r['error']}")
     md += ["## Errors", ""] + ([f"- {e}" for e in errors] or ["none"]) + [""]
     with open(os.path.join(a.out, "latest.md"), "w") as f:
         f.write("\n".join(md))
