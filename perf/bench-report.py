@@ -269,7 +269,7 @@ def main():
     md = [f"# vit vs tgt — {now}", "",
           f"Machine: {host['cpu_model']}, {host['cpus']} CPUs, {host['memory_gib']} GiB, "
           f"kernel {host['kernel']}.  ",
-          f"vitd {a.vit_version}; {a.tgt_version}; {a.fio_version} (libiscsi engine).  ",
+          f"vit: {a.vit_version}; tgt: {a.tgt_version}; {a.fio_version} (libiscsi engine).  ",
           f"fio on CPU {a.client_cpu}, targets on CPU {a.target_cpu} (vitd --cores 1); "
           f"{a.ramp:g} s ramp + {a.runtime:g} s measured per run, runs alternate vit, tgt, "
           f"vit, tgt; figures are the mean of the rounds. LUNs of {a.size}.  ",
@@ -280,6 +280,10 @@ def main():
           "CPU % is of one CPU; \"other CPU %\" is what the rest of the machine used during the "
           "run (busy time of all CPUs minus target and fio): high values mean the figures are "
           "disturbed by other load.  ",
+          "Over loopback a target's send runs the client's TCP receive and wakes the client "
+          "in the target's own context (softirq), so the target CPU per I/O includes that "
+          "kernel work, for both targets alike; at QD 1 it dominates (one wakeup each way per "
+          "I/O).  ",
           "⚠ marks a figure where some round failed (see Errors).", ""]
     titles = {"disk": "File LUNs, O_DIRECT (vit vmdk preallocated vs tgt rdwr --bsoflags direct)",
               "mem": "In-memory LUNs (vit backend ramdisk vs tgt --bstype null)"}

@@ -398,7 +398,7 @@ main() {
         --out "$OUT" --runtime "$RUNTIME" --ramp "$RAMP" --size "$SIZE" \
         --client-cpu "$CLIENT_CPU" --target-cpu "$TARGET_CPU" \
         --tgt-version "$(tgtd --version 2>&1 | head -n 1)" \
-        --vit-version "$("$VITD" --version 2>&1 | head -n 1) ($(git -C "$repo" rev-parse --short HEAD 2>/dev/null))" \
+        --vit-version "$("$VITD" --version 2>&1 | head -n 1) (source at $(git -C "$repo" log -1 --format=%h -- src 2>/dev/null))" \
         --fio-version "$("$FIO" --version 2>&1)" ||
         log "report generation failed (records kept in $records)"
     log "report: $OUT/latest.md"
