@@ -46,17 +46,22 @@ ensure_deb_src() {
     $SUDO apt-get update -qq >&2
 }
 
+# apt-get install, with an `apt-get update` first when the package lists are stale or absent.
+apt_install() {
+    $SUDO apt-get install -y -qq --no-install-recommends "$@" >&2 ||
+        { $SUDO apt-get update -qq >&2 && $SUDO apt-get install -y -qq --no-install-recommends "$@" >&2; }
+}
+
 ensure_deb_src
 log "installing build dependencies"
-$SUDO apt-get install -y -qq --no-install-recommends dpkg-dev build-essential pkg-config \
-    libiscsi-dev libaio-dev zlib1g-dev >&2
+apt_install dpkg-dev build-essential pkg-config libiscsi-dev libaio-dev zlib1g-dev
 
 mkdir -p "$CACHE/src"
 cd "$CACHE/src"
 srcdir=$(find . -maxdepth 1 -type d -name 'fio-*' | sort | tail -n 1)
 if [[ -z $srcdir ]]; then
     log "fetching Debian's fio source package"
-    apt-get source -qq fio >&2
+    apt-get source -qq fio >&2 || { $SUDO apt-get update -qq >&2 && apt-get source -qq fio >&2; }
     srcdir=$(find . -maxdepth 1 -type d -name 'fio-*' | sort | tail -n 1)
 fi
 [[ -n $srcdir ]] || { log "apt-get source fio produced no fio-* directory"; exit 1; }

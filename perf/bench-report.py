@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""Turns perf/bench.sh's per-run records into latest.json and latest.md.
+
+Each record is one fio run against one target; this script derives the figures (IOPS,
+MiB/s, completion latency percentiles, the target's CPU time per I/O), averages the
+rounds of each (matrix, job, target), and writes the vit/tgt ratios and issue 4's goals.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+READS = {"read", "randread", "randrw", "rw"}
+FIGURES = [
+    # key, heading, format, better ("hi" or "lo")
+    ("iops", "IOPS", "{:,.0f}", "hi"),
+    ("mib_s", "MiB/s", "{:,.1f}", "hi"),
+    ("p50_us", "clat p50 µs", "{:,.1f}", "lo"),
+    ("p99_us", "clat p99 µs", "{:,.1f}", "lo"),
+    ("p999_us", "clat p99.9 µs", "{:,.1f}", "lo"),
+    ("cpu_us_per_io", "target CPU µs/IO", "{:,.2f}", "lo"),
+    ("target_cpu_pct", "target CPU %", "{:,.0f}", "lo"),
+    ("fio_cpu_pct", "fio CPU %", "{:,.0f}", "lo"),
+    ("other_cpu_pct", "other CPU %", "{:,.0f}", "lo"),
+]
+
+
+def percentile_us(side, pct):
+    """A completion latency percentile of one direction of a fio job, in µs."""
+    table = side.get("clat_ns", {}).get("percentile") or {}
+    value = table.get(pct)
+    return None if value is None else value / 1000.0
+
+
+def figures(rec):
+    """The figures of one run, or (None, reason) when the run gave none."""
+    fio = rec.get("fio")
+    if not fio or not fio.get("jobs"):
+        return None, rec.get("error") or "fio wrote no JSON"
+    jobs = fio["jobs"]
+    bad = [j.get("error") for j in jobs if j.get("error")]
+    if bad:
+        return None, f"fio job error {bad[0]}"
+    ios = sum(j["read"]["total_ios"] + j["write"]["total_ios"] for j in jobs)
+    if ios == 0:
+        return None, "no I/O completed"
+    job = jobs[0]
+    side = job["read"] if rec["rw"] in READS else job["write"]
+    out = {
+        "ios": ios,
+        "iops": sum(j["read"]["iops"] + j["write"]["iops"] for j in jobs),
+        "mib_s": sum(j["read"]["bw_bytes"] + j["write"]["bw_bytes"] for j in jobs) / 2**20,
+        "p50_us": percentile_us(side, "50.000000"),
+        "p99_us": percentile_us(side, "99.000000"),
+        "p999_us": percentile_us(side, "99.900000"),
+        "fio_cpu_pct": sum(j.get("usr_cpu", 0) + j.get("sys_cpu", 0) for j in jobs),
+        "cpu_us_per_io": None,
+        "target_cpu_pct": None,
+        "other_cpu_pct": None,
+    }
+    t0, t1 = rec.get("cpu_ticks_start"), rec.get("cpu_ticks_end")
+    n0, n1 = rec.get("cpu_sample_ns_start"), rec.get("cpu_sample_ns_end")
+    if None not in (t0, t1, n0, n1) and t1 >= t0 and n1 > n0 and out["iops"] > 0:
+        # CPU seconds per second over the sampled window, over the I/Os per second.
+        rate = (t1 - t0) / CLK_TCK / ((n1 - n0) / 1e9)
+        out["cpu_us_per_io"] = rate * 1e6 / out["iops"]
+        out["target_cpu_pct"] = 100.0 * rate
+        b0, b1 = rec.get("machine_busy_ticks_start"), rec.get("machine_busy_ticks_end")
+        if b0 is not None and b1 is not None and b1 >= b0:
+            busy = 100.0 * (b1 - b0) / CLK_TCK / ((n1 - n0) / 1e9)
+            out["other_cpu_pct"] = max(0.0, busy - out["target_cpu_pct"] - out["fio_cpu_pct"])
+    return out, rec.get("error")
+
+
+def mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def aggregate(records):
+    """Groups runs by (matrix, job, target) and averages their figures."""
+    groups = {}
+    for rec in records:
+        figs, err = figures(rec)
+        key = (rec["matrix"], rec["job"], rec["target"])
+        g = groups.setdefault(
+            key,
+            {"matrix": rec["matrix"], "job": rec["job"], "target": rec["target"],
+             "rw": rec["rw"], "bs": rec["bs"], "iodepth": rec["iodepth"],
+             "numjobs": rec["numjobs"], "runs": [], "errors": []},
+        )
+        g["runs"].append({"round": rec["round"], "figures": figs, "error": err,
+                          "rss_kib_start": rec.get("rss_kib_start"),
+                          "rss_kib_end": rec.get("rss_kib_end")})
+        if err:
+            g["errors"].append(f"round {rec['round']}: {err}")
+    for g in groups.values():
+        ok = [r["figures"] for r in g["runs"] if r["figures"]]
+        g["valid_runs"] = len(ok)
+        g["mean"] = {k: mean([f[k] for f in ok]) for k, *_ in FIGURES} if ok else None
+    return groups
+
+
+def group_mean(groups, key, figure):
+    """The mean of one figure of one (matrix, job, target), or None."""
+    g = groups.get(key)
+    return g["mean"][figure] if g and g["mean"] else None
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def fmt(value, spec):
+    return "–" if value is None else spec.format(value)
+
+
+def machine():
+    model = "?"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu_model": model, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def matrix_table(groups, matrix, jobs):
+    lines = ["| job | target | " + " | ".join(h for _, h, _, _ in FIGURES) + " |",
+             "|---|---|" + "---:|" * len(FIGURES)]
+    for job in jobs:
+        vit, tgt = groups.get((matrix, job, "vit")), groups.get((matrix, job, "tgt"))
+        for name, g in (("vit", vit), ("tgt", tgt)):
+            m = g["mean"] if g else None
+            cells = [fmt(m[k] if m else None, spec) for k, _, spec, _ in FIGURES]
+            note = "" if g and g["valid_runs"] == len(g["runs"]) else " ⚠"
+            lines.append(f"| {job} | {name}{note} | " + " | ".join(cells) + " |")
+        cells = []
+        for k, _, _, _ in FIGURES:
+            r = ratio(group_mean(groups, (matrix, job, "vit"), k),
+                      group_mean(groups, (matrix, job, "tgt"), k))
+            cells.append(fmt(r, "{:.2f}×"))
+        lines.append(f"| {job} | **vit/tgt** | " + " | ".join(cells) + " |")
+    return lines
+
+
+def goals(groups, matrix, job_order):
+    """Issue 4's figures on one matrix: (goal, measured, met) rows."""
+    def m(job, target, key):
+        return group_mean(groups, (matrix, job, target), key)
+
+    rows = []
+    for job in (j for j in job_order if (matrix, j, "vit") in groups):
+        r = ratio(m(job, "vit", "cpu_us_per_io"), m(job, "tgt", "cpu_us_per_io"))
+        rows.append((f"{job}: target CPU/IO ≤ 0.25× tgt", r, r is not None and r <= 0.25))
+    for job, key, goal, op in [
+        ("4k-randread-qd32", "iops", 2.0, "≥"),
+        ("128k-seqread-qd8", "mib_s", 1.5, "≥"),
+        ("128k-seqwrite-qd8", "mib_s", 1.5, "≥"),
+        ("4k-randread-qd1", "p50_us", 0.7, "≤"),
+        ("4k-randwrite-qd1", "p50_us", 0.7, "≤"),
+        ("4k-randread-qd1", "p999_us", 1.0, "≤"),
+        ("4k-randwrite-qd1", "p999_us", 1.0, "≤"),
+    ]:
+        r = ratio(m(job, "vit", key), m(job, "tgt", key))
+        met = r is not None and (r >= goal if op == "≥" else r <= goal)
+        rows.append((f"{job}: {key} {op} {goal}× tgt", r, met))
+    return rows
+
+
+def scale_table(groups):
+    keys = sorted(k for k in groups if k[0].startswith("scale-"))
+    if not keys:
+        return []
+    lines = ["| vitd | fio jobs | IOPS | MiB/s | clat p50 µs | clat p99 µs | target CPU µs/IO | target CPU % | fio CPU % |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key in keys:
+        g = groups[key]
+        m = g["mean"] or {}
+        cores = key[0].removeprefix("scale-cores")
+        lines.append(
+            f"| --cores {cores} | {g['numjobs']} | {fmt(m.get('iops'), '{:,.0f}')} | "
+            f"{fmt(m.get('mib_s'), '{:,.1f}')} | {fmt(m.get('p50_us'), '{:,.1f}')} | "
+            f"{fmt(m.get('p99_us'), '{:,.1f}')} | {fmt(m.get('cpu_us_per_io'), '{:,.2f}')} | "
+            f"{fmt(m.get('target_cpu_pct'), '{:,.0f}')} | {fmt(m.get('fio_cpu_pct'), '{:,.0f}')} |")
+    return lines
+
+
+def vit_rss(records):
+    """vitd's resident memory (KiB) at the first and last run of each matrix."""
+    out = {}
+    for rec in records:
+        if rec["target"] != "vit":
+            continue
+        m = out.setdefault(rec["matrix"], {"start": None, "end": None})
+        if m["start"] is None:
+            m["start"] = rec.get("rss_kib_start")
+        m["end"] = rec.get("rss_kib_end") or m["end"]
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--records", required=True)
+    ap.add_argument("--errors", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--runtime", type=float, required=True)
+    ap.add_argument("--ramp", type=float, required=True)
+    ap.add_argument("--size", required=True)
+    ap.add_argument("--client-cpu", required=True)
+    ap.add_argument("--target-cpu", required=True)
+    ap.add_argument("--vit-version", default="?")
+    ap.add_argument("--tgt-version", default="?")
+    ap.add_argument("--fio-version", default="?")
+    a = ap.parse_args()
+
+    records = []
+    with open(a.records) as f:
+        for line in f:
+            if line.strip():
+                records.append(json.loads(line))
+    with open(a.errors) as f:
+        errors = [line.rstrip("\n") for line in f if line.strip()]
+    groups = aggregate(records)
+    # Runs that gave no figures without the harness noticing (e.g. unreadable fio output).
+    for g in groups.values():
+        for r in g["runs"]:
+            if r["figures"] is None and r["error"] and not any(r["error"] in e for e in errors):
+                errors.append(f"{g['matrix']} {g['job']} {g['target']} round {r['round']}: {r['error']}")
+    host = machine()
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    job_order = []
+    for rec in records:
+        if rec["job"] not in job_order:
+            job_order.append(rec["job"])
+    matrices = [m for m in ("disk", "mem") if any(k[0] == m for k in groups)]
+
+    summary = {
+        "date": now, "machine": host,
+        "setup": {"runtime_s": a.runtime, "ramp_s": a.ramp, "lun_size": a.size,
+                  "client_cpu": a.client_cpu, "target_cpu": a.target_cpu,
+                  "vit": a.vit_version, "tgt": a.tgt_version, "fio": a.fio_version},
+        "results": list(groups.values()),
+        "ratios": {m: {job: {k: ratio(group_mean(groups, (m, job, "vit"), k),
+                                       group_mean(groups, (m, job, "tgt"), k))
+                                 for k, *_ in FIGURES}
+                           for job in job_order if (m, job, "vit") in groups}
+                   for m in matrices},
+        "goals": {m: [{"goal": g, "ratio": r, "met": met} for g, r, met in goals(groups, m, job_order)]
+                  for m in matrices},
+        "vitd_rss_kib": vit_rss(records),
+        "errors": errors,
+    }
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "latest.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+        f.write("\n")
+
+    md = [f"# vit vs tgt — {now}", "",
+          f"Machine: {host['cpu_model']}, {host['cpus']} CPUs, {host['memory_gib']} GiB, "
+          f"kernel {host['kernel']}.  ",
+          f"vit: {a.vit_version}; tgt: {a.tgt_version}; {a.fio_version} (libiscsi engine).  ",
+          f"fio on CPU {a.client_cpu}, targets on CPU {a.target_cpu} (vitd --cores 1); "
+          f"{a.ramp:g} s ramp + {a.runtime:g} s measured per run, runs alternate vit, tgt, "
+          f"vit, tgt; figures are the mean of the rounds. LUNs of {a.size}.  ",
+          "Latency is fio's completion latency (read side for the mixed job). Target CPU is "
+          "user+system time of the whole target process (all threads) from /proc/PID/stat, "
+          "as a rate over a window from just after the ramp to fio's end, divided by fio's "
+          "IOPS (so µs of target CPU per I/O; clock-tick resolution).  ",
+          "CPU % is of one CPU; \"other CPU %\" is what the rest of the machine used during the "
+          "run (busy time of all CPUs minus target and fio): high values mean the figures are "
+          "disturbed by other load.  ",
+          "Over loopback a target's send runs the client's TCP receive and wakes the client "
+          "in the target's own context (softirq), so the target CPU per I/O includes that "
+          "kernel work, for both targets alike; at QD 1 it dominates (one wakeup each way per "
+          "I/O).  ",
+          "⚠ marks a figure where some round failed (see Errors).", ""]
+    titles = {"disk": "File LUNs, O_DIRECT (vit vmdk preallocated vs tgt rdwr --bsoflags direct)",
+              "mem": "In-memory LUNs (vit backend ramdisk vs tgt --bstype null)"}
+    for m in matrices:
+        md += [f"## {titles[m]}", ""] + matrix_table(groups, m, job_order) + [""]
+    for m in matrices:
+        md += [f"### Issue 4 goals, {m}", "", "| goal | vit/tgt | met |", "|---|---:|---|"]
+        md += [f"| {g} | {fmt(r, '{:.2f}×')} | {'yes' if met else 'no'} |"
+               for g, r, met in goals(groups, m, job_order)]
+        md.append("")
+    st = scale_table(groups)
+    if st:
+        md += ["## Scaling (report only)", "",
+               "vitd unpinned on both CPUs, in-memory LUN, fio 4 KiB random read QD 32 with two "
+               "jobs (two sessions) also on both CPUs.", ""] + st + [""]
+    md += ["vitd resident memory (KiB) at the first and last run of each matrix (vitd "
+           "restarts for each; the ramdisk LUN's pages count once written):", ""]
+    md += [f"- {m}: {fmt(r['start'], '{:,}')} → {fmt(r['end'], '{:,}')}"
+           for m, r in vit_rss(records).items()]
+    md.append("")
+    md += ["## Errors", ""] + ([f"- {e}" for e in errors] or ["none"]) + [""]
+    with open(os.path.join(a.out, "latest.md"), "w") as f:
+        f.write("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+#!/usr/bin/env bash
+# Side-by-side iSCSI benchmark: vitd against tgt (issue 4), over loopback with fio's
+# libiscsi engine.
+#
+# Usage: perf/bench.sh        (as root on Debian 12; a few minutes with the defaults)
+#
+# Environment (all optional):
+#   RUNTIME=5 RAMP=2     seconds measured / seconds of ramp per fio run
+#   REPS=2               rounds of the A B alternation per job (A B A B with 2)
+#   SIZE=1G              size of each LUN (and the fio region)
+#   VIT_PORT=32600 TGT_PORT=32610 TGT_CONTROL_PORT=7
+#   CLIENT_CPU=0 TARGET_CPU=1
+#   MATRICES="disk mem scale"   which parts to run
+#   BENCH_DIR=/var/tmp   where the work directory (both backing files) is made
+#   VITD, VITCTL         binaries to use [default: cargo build --release into
+#                        ${CARGO_TARGET_DIR:-target}]
+#   FIO                  fio with the libiscsi engine [default: perf/build-fio.sh]
+#   OUT=perf/results     where latest.json and latest.md are written
+#
+# Matrices: "disk" is a preallocated, fully written file on the same file system for
+# both, opened with O_DIRECT (vit's default; tgt --bsoflags direct); "mem" is vit's
+# ctl.conf `backend ramdisk` LUN against tgt's `--bstype null`; "scale" runs vitd
+# unpinned with --cores 1 and --cores 2 under two fio jobs (two sessions), report only.
+#
+# It is a benchmark: it always exits 0. Errors (a fio run failing, a target dying) are
+# recorded in the report, the target is restarted, and the run goes on.
+
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+
+RUNTIME=${RUNTIME:-5}
+RAMP=${RAMP:-2}
+REPS=${REPS:-2}
+SIZE=${SIZE:-1G}
+VIT_PORT=${VIT_PORT:-32600}
+TGT_PORT=${TGT_PORT:-32610}
+TGT_CONTROL_PORT=${TGT_CONTROL_PORT:-7}
+CLIENT_CPU=${CLIENT_CPU:-0}
+TARGET_CPU=${TARGET_CPU:-1}
+MATRICES=${MATRICES:-disk mem scale}
+BENCH_DIR=${BENCH_DIR:-/var/tmp}
+OUT=${OUT:-$here/results}
+
+VIT_IQN=iqn.2026-11.io.vit:bench
+TGT_IQN=iqn.2026-11.io.tgt:bench
+VIT_DISK_LUN=0 VIT_MEM_LUN=1 TGT_DISK_LUN=1 TGT_MEM_LUN=2
+
+# name rw bs iodepth rwmixread
+JOBS=(
+    "4k-randread-qd1 randread 4k 1 -"
+    "4k-randread-qd32 randread 4k 32 -"
+    "4k-randwrite-qd1 randwrite 4k 1 -"
+    "4k-randwrite-qd32 randwrite 4k 32 -"
+    "128k-seqread-qd8 read 128k 8 -"
+    "128k-seqwrite-qd8 write 128k 8 -"
+    "16k-randrw70-qd16 randrw 16k 16 70"
+)
+
+log() { echo "bench: $(date -u +%H:%M:%S) $*" >&2; }
+
+work=""
+vit_pid=""
+tgt_pid=""
+records=""
+errors=""
+
+# Records an error for the report (and the log).
+record_error() {
+    log "ERROR: $*"
+    printf '%s\n' "$*" >>"$errors"
+}
+
+stop_pid() {
+    local pid=$1
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 1 20); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+cleanup() {
+    stop_pid "$vit_pid"
+    stop_pid "$tgt_pid"
+    vit_pid="" tgt_pid=""
+    if [[ -n $work && -d $work ]]; then
+        # Keep the targets' logs and fio's stderr of the last run for a look after errors.
+        if [[ -n $OUT && -d $OUT ]]; then
+            rm -rf "$OUT/logs" && mkdir -p "$OUT/logs" &&
+                cp "$work"/*.log "$work"/*.err "$work"/*.ss "$work"/*.jsonl "$work"/*.txt \
+                    "$OUT/logs/" 2>/dev/null
+        fi
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 0' INT TERM
+
+wait_port() {
+    local port=$1
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# "TICKS NANOSECONDS BUSY": user+system CPU ticks of a whole process (all threads), the
+# time they were read at, and the busy ticks of the whole machine (all CPUs, to see what
+# else ran), or nothing when the process is gone.
+cpu_sample() {
+    local stat now busy
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    now=$(date +%s%N)
+    # The first line of /proc/stat: cpu user nice system idle iowait irq softirq steal.
+    busy=$(awk 'NR == 1 {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat)
+    # Fields after the ")" that closes the command name: utime is the 12th, stime the 13th.
+    stat=${stat##*) }
+    awk -v now="$now" -v busy="$busy" '{print $12 + $13, now, busy}' <<<"$stat"
+}
+
+rss_kib() {
+    awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null
+}
+
+# ---------------------------------------------------------------- setup
+
+ensure_tools() {
+    export DEBIAN_FRONTEND=noninteractive
+    local need=()
+    command -v tgtd >/dev/null || need+=(tgt)
+    command -v python3 >/dev/null || need+=(python3)
+    command -v taskset >/dev/null || need+=(util-linux)
+    if [[ ${#need[@]} -gt 0 ]]; then
+        log "installing ${need[*]}"
+        apt-get install -y -qq "${need[@]}" >&2 ||
+            { apt-get update -qq >&2 && apt-get install -y -qq "${need[@]}" >&2; }
+    fi
+    command -v tgtd >/dev/null && command -v python3 >/dev/null
+}
+
+ensure_binaries() {
+    if [[ -z ${VITD:-} || -z ${VITCTL:-} ]]; then
+        local tdir=${CARGO_TARGET_DIR:-$repo/target}
+        log "building vitd and vitctl (release) into $tdir"
+        (cd "$repo" && CARGO_TARGET_DIR=$tdir cargo build --release -q --bin vitd --bin vitctl) >&2 ||
+            return 1
+        VITD=${VITD:-$tdir/release/vitd}
+        VITCTL=${VITCTL:-$tdir/release/vitctl}
+    fi
+    [[ -x $VITD && -x $VITCTL ]]
+}
+
+# Writes the whole of a file once so that neither target reads unwritten extents.
+fill_file() {
+    dd if=/dev/zero of="$1" bs=1M count="$2" conv=notrunc,fsync oflag=direct status=none
+}
+
+make_backing() {
+    local mib
+    mib=$(numfmt --from=iec "$SIZE") || return 1
+    mib=$((mib / 1048576))
+    local ds=$work/ds
+    "$VITCTL" --datastore "$ds" homeobject create --listen "127.0.0.1:$VIT_PORT" >&2 &&
+        "$VITCTL" --datastore "$ds" target add --alias bench --iqn "$VIT_IQN" >&2 &&
+        "$VITCTL" --datastore "$ds" target lun add --target bench --id "$VIT_DISK_LUN" \
+            --size "$SIZE" --preallocate >&2 || return 1
+    vit_flat=$(find "$ds" -name '*-flat.vmdk' | head -n 1)
+    [[ -n $vit_flat ]] || return 1
+    # The in-memory LUN: hand-written ctl.conf `backend ramdisk` in the same target.
+    python3 - "$ds/.iSCSI-Config/etc/vit.conf" "$VIT_IQN" "$VIT_MEM_LUN" "$((mib * 1048576))" <<'EOF' || return 1
+import sys
+path, iqn, lun, size = sys.argv[1:]
+text = open(path).read()
+head = f"target {iqn} {{\n"
+if head not in text:
+    sys.exit(f"no target block for {iqn} in {path}")
+block = f"\tlun {lun} {{\n\t\tbackend ramdisk\n\t\tsize {size}\n\t}}\n"
+open(path, "w").write(text.replace(head, head + block, 1))
+EOF
+    tgt_file=$work/tgt-lun.img
+    fallocate -l "$((mib * 1048576))" "$tgt_file" || return 1
+    log "writing both ${mib} MiB backing files once"
+    fill_file "$vit_flat" "$mib" && fill_file "$tgt_file" "$mib" || return 1
+    sync
+    log "backing files: $(stat -c '%n %s bytes' "$vit_flat" "$tgt_file" | tr '\n' ';')"
+}
+
+# ---------------------------------------------------------------- targets
+
+# start_vit CPULIST CORES
+start_vit() {
+    stop_pid "$vit_pid"
+    vit_pid=""
+    local cpus=$1 cores=$2
+    RUST_LOG=${VIT_LOG:-info} taskset -c "$cpus" "$vit_bin" --datastore "$work/ds" --cores "$cores" \
+        >>"$work/vitd.log" 2>&1 &
+    vit_pid=$!
+    vit_cpus=$cpus vit_cores=$cores
+    if ! wait_port "$VIT_PORT"; then
+        record_error "vitd (--cores $cores on CPU $cpus) did not listen on $VIT_PORT: $(tail -n 3 "$work/vitd.log" | tr '\n' ' ')"
+        return 1
+    fi
+    log "vitd pid $vit_pid on CPU $cpus, --cores $cores"
+}
+
+start_tgt() {
+    stop_pid "$tgt_pid"
+    tgt_pid=""
+    local cpus=$1 c=(-C "$TGT_CONTROL_PORT" --lld iscsi)
+    taskset -c "$cpus" "$tgt_bin" -f -C "$TGT_CONTROL_PORT" --iscsi "portal=127.0.0.1:$TGT_PORT" \
+        >>"$work/tgtd.log" 2>&1 &
+    tgt_pid=$!
+    tgt_cpus=$cpus
+    if ! wait_port "$TGT_PORT"; then
+        record_error "tgtd did not listen on $TGT_PORT: $(tail -n 3 "$work/tgtd.log" | tr '\n' ' ')"
+        return 1
+    fi
+    tgtadm "${c[@]}" --mode target --op new --tid 1 --targetname "$TGT_IQN" &&
+        tgtadm "${c[@]}" --mode logicalunit --op new --tid 1 --lun "$TGT_DISK_LUN" \
+            --backing-store "$tgt_file" --bsoflags direct &&
+        tgtadm "${c[@]}" --mode logicalunit --op new --tid 1 --lun "$TGT_MEM_LUN" \
+            --bstype null --backing-store /dev/null &&
+        tgtadm "${c[@]}" --mode target --op bind --tid 1 --initiator-address ALL ||
+        { record_error "tgtadm could not set up the target"; return 1; }
+    log "tgtd pid $tgt_pid on CPU $cpus"
+}
+
+# How a child process that is gone ended.
+exit_status() {
+    [[ -n $1 ]] || { echo "never started"; return 0; }
+    local st=0
+    wait "$1" 2>/dev/null || st=$?
+    if [[ $st -gt 128 ]]; then
+        echo "killed by signal $((st - 128)) ($(kill -l $((st - 128)) 2>/dev/null))"
+    else
+        echo "exit status $st"
+    fi
+}
+
+# Restarts a target that died since the last run (and records that it died).
+ensure_alive() {
+    case $1 in
+    vit)
+        if [[ -z $vit_pid ]] || ! kill -0 "$vit_pid" 2>/dev/null; then
+            record_error "vitd exited ($(exit_status "$vit_pid")) before a run; restarting; its last log lines: $(tail -n 3 "$work/vitd.log" | tr '\n' ' ')"
+            start_vit "$vit_cpus" "$vit_cores"
+        fi
+        ;;
+    tgt)
+        if [[ -z $tgt_pid ]] || ! kill -0 "$tgt_pid" 2>/dev/null; then
+            record_error "tgtd exited ($(exit_status "$tgt_pid")) before a run; restarting"
+            start_tgt "$tgt_cpus"
+        fi
+        ;;
+    esac
+}
+
+# ---------------------------------------------------------------- runs
+
+# run_fio MATRIX TARGET JOBSPEC REP FIO_CPUS NUMJOBS
+run_fio() {
+    local matrix=$1 target=$2 rep=$4 fcpus=$5 numjobs=$6
+    local name rw bs qd mix
+    read -r name rw bs qd mix <<<"$3"
+    ensure_alive "$target"
+    local pid port iqn lun
+    if [[ $target == vit ]]; then
+        pid=$vit_pid port=$VIT_PORT iqn=$VIT_IQN
+        [[ $matrix == disk ]] && lun=$VIT_DISK_LUN || lun=$VIT_MEM_LUN
+    else
+        pid=$tgt_pid port=$TGT_PORT iqn=$TGT_IQN
+        [[ $matrix == disk ]] && lun=$TGT_DISK_LUN || lun=$TGT_MEM_LUN
+    fi
+    local url="iscsi://127.0.0.1:$port/$iqn/$lun"
+    url=${url//:/\\:} # fio splits file names at unescaped colons
+    local base="$work/$matrix-$name-$target-$rep"
+    # --thread: one fio process, so that the timeout below ends all of it (a forked job
+    # left behind spins in libiscsi's reconnect loop once the target is gone).
+    local args=(--thread --name="$name" --ioengine=libiscsi --filename="$url" --size="$SIZE"
+        --rw="$rw" --bs="$bs" --iodepth="$qd" --numjobs="$numjobs" --group_reporting
+        --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --randrepeat=0 --norandommap
+        --output-format=json --output="$base.json")
+    [[ $mix != - ]] && args+=(--rwmixread="$mix")
+    log "$matrix $name $target (round $rep)"
+    local rss0 t0 t1 rss1 rc=0
+    rss0=$(rss_kib "$pid")
+    # Sample the target's CPU (in the background) a little after the ramp (fio's login
+    # comes first), and again when fio ends: the report divides the CPU rate over that
+    # window by fio's IOPS.
+    (sleep "$(awk -v r="$RAMP" -v t="$RUNTIME" 'BEGIN {print r + (t >= 2 ? 0.5 : 0)}')"
+        cpu_sample "$pid" >"$base.t0") &
+    local sampler=$!
+    timeout -k 5 $((RAMP + RUNTIME + 60)) taskset -c "$fcpus" "$FIO" "${args[@]}" \
+        >"$base.out" 2>"$base.err" </dev/null || rc=$?
+    t1=$(cpu_sample "$pid")
+    wait "$sampler" 2>/dev/null
+    t0=$(cat "$base.t0" 2>/dev/null)
+    rss1=$(rss_kib "$pid")
+    local err=""
+    if [[ $rc -ge 124 ]]; then
+        # A hang: keep what the sockets held (bytes queued each way) for the report.
+        log "fio timed out; sockets on port $port: $(ss -tnH "( sport = :$port or dport = :$port )" | tr -s ' ' | tr '\n' ';')"
+        ss -tnH "( sport = :$port or dport = :$port )" >"$base.ss" 2>&1
+    fi
+    if [[ $rc -ne 0 ]]; then
+        err="fio exit status $rc$([[ $rc -ge 124 ]] && echo " (timed out after $((RAMP + RUNTIME + 60)) s)"): $(tail -n 5 "$base.err" | tr '\n' ' ')"
+    elif ! kill -0 "$pid" 2>/dev/null; then
+        err="target process exited during the run"
+    fi
+    [[ -n $err ]] && record_error "$matrix $name $target round $rep: $err"
+    python3 - "$base.json" "$records" "$matrix" "$name" "$target" "$rep" "$rw" "$bs" "$qd" \
+        "$numjobs" "$t0" "$t1" "$rss0" "$rss1" "$err" <<'EOF'
+import json, sys
+(path, out, matrix, job, target, rnd, rw, bs, qd, numjobs,
+ t0, t1, rss0, rss1, err) = sys.argv[1:]
+try:
+    text = open(path).read()
+    # fio may print notes (e.g. about iodepth with this engine) before the JSON document.
+    fio = json.loads(text[text.index("{"):])
+except Exception:
+    fio = None
+num = lambda v: int(v) if v.strip().isdigit() else None
+def sample(v):
+    parts = [num(p) for p in v.split()]
+    return parts if len(parts) == 3 and None not in parts else [None, None, None]
+(ticks0, ns0, busy0), (ticks1, ns1, busy1) = sample(t0), sample(t1)
+rec = {"matrix": matrix, "job": job, "target": target, "round": int(rnd), "rw": rw,
+       "bs": bs, "iodepth": int(qd), "numjobs": int(numjobs),
+       "cpu_ticks_start": ticks0, "cpu_ticks_end": ticks1,
+       "cpu_sample_ns_start": ns0, "cpu_sample_ns_end": ns1,
+       "machine_busy_ticks_start": busy0, "machine_busy_ticks_end": busy1,
+       "rss_kib_start": num(rss0), "rss_kib_end": num(rss1),
+       "error": err or None, "fio": fio}
+with open(out, "a") as f:
+    f.write(json.dumps(rec) + "\n")
+EOF
+}
+
+run_matrix() {
+    local matrix=$1
+    log "matrix $matrix: fio on CPU $CLIENT_CPU, targets on CPU $TARGET_CPU"
+    start_vit "$TARGET_CPU" 1
+    start_tgt "$TARGET_CPU"
+    local job rep
+    for job in "${JOBS[@]}"; do
+        for rep in $(seq 1 "$REPS"); do
+            run_fio "$matrix" vit "$job" "$rep" "$CLIENT_CPU" 1
+            run_fio "$matrix" tgt "$job" "$rep" "$CLIENT_CPU" 1
+        done
+    done
+}
+
+# vitd unpinned with --cores 1 then 2, two fio jobs (two sessions), in-memory LUN.
+run_scale() {
+    local all="$CLIENT_CPU,$TARGET_CPU" job="4k-randread-qd32 randread 4k 32 -" cores rep
+    log "scale: vitd --cores 1 and 2 on CPUs $all, two fio jobs on CPUs $all"
+    for rep in $(seq 1 "$REPS"); do
+        for cores in 1 2; do
+            start_vit "$all" "$cores"
+            run_fio scale-cores$cores vit "$job" "$rep" "$all" 2
+        done
+    done
+}
+
+main() {
+    mkdir -p "$BENCH_DIR" "$OUT" || exit 0
+    work=$(mktemp -d "$BENCH_DIR/vit-bench.XXXXXX") || exit 0
+    records=$work/records.jsonl errors=$work/errors.txt
+    : >"$records"
+    : >"$errors"
+    ensure_tools || { log "cannot install tgt/python3; giving up"; exit 0; }
+    FIO=${FIO:-$("$here/build-fio.sh")} || { log "no fio with libiscsi; giving up"; exit 0; }
+    ensure_binaries || { log "no vitd/vitctl binaries; giving up"; exit 0; }
+    make_backing || { log "could not create the backing files; giving up"; exit 0; }
+    # Run copies of the targets under names of their own: on a shared machine a
+    # `pkill vitd` or `killall tgtd` by someone else would otherwise stop them mid-run.
+    vit_bin=$work/bench-target-vit tgt_bin=$work/bench-target-tgt
+    cp "$VITD" "$vit_bin" && cp "$(command -v tgtd)" "$tgt_bin" ||
+        { log "could not copy the target binaries; giving up"; exit 0; }
+    local m
+    for m in $MATRICES; do
+        case $m in
+        disk | mem) run_matrix "$m" ;;
+        scale) run_scale ;;
+        *) record_error "unknown matrix $m" ;;
+        esac
+    done
+    stop_pid "$vit_pid"
+    stop_pid "$tgt_pid"
+    vit_pid="" tgt_pid=""
+    python3 "$here/bench-report.py" --records "$records" --errors "$errors" \
+        --out "$OUT" --runtime "$RUNTIME" --ramp "$RAMP" --size "$SIZE" \
+        --client-cpu "$CLIENT_CPU" --target-cpu "$TARGET_CPU" \
+        --tgt-version "$(tgtd --version 2>&1 | head -n 1)" \
+        --vit-version "$("$VITD" --version 2>&1 | head -n 1) (source at $(git -C "$repo" log -1 --format=%h -- src 2>/dev/null))" \
+        --fio-version "$("$FIO" --version 2>&1)" ||
+        log "report generation failed (records kept in $records)"
+    log "report: $OUT/latest.md"
+}
+
+main
+exit 0
