@@ -1385,6 +1385,7 @@ mod tests {
             },
             shared: crate::daemon::shared::LunShared::new(None),
             thin: false,
+            write_cache: None,
         };
         let server = DeviceServer::new(vec![LunInfo::new(0, 512, 2048, 7, "s")]).unwrap();
         let target = Arc::new(TargetRt {

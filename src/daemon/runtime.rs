@@ -115,6 +115,8 @@ pub struct LunRt {
     pub shared: super::shared::LunShared,
     /// Thin provisioning: deallocated blocks are holes that read as zeros.
     pub thin: bool,
+    /// ctl.conf's `option writecache on|off`, when given.
+    pub write_cache: Option<bool>,
 }
 
 /// A target as served.
@@ -474,6 +476,9 @@ fn open_lun(
         backing,
         shared: super::shared::LunShared::new(pr_file),
         thin,
+        write_cache: body
+            .option("writecache")
+            .map(|v| v.eq_ignore_ascii_case("on")),
     })
 }
 
@@ -510,8 +515,13 @@ fn lun_info(l: &LunRt) -> Result<LunInfo, RuntimeError> {
     if l.thin {
         info.provisioning = crate::scsi::lun::Provisioning::thin();
     }
-    // Honest write cache reporting: buffered extents have a cache that SYNCHRONIZE CACHE flushes.
-    info.write_cache_enabled = !matches!(l.backing, Backing::Vmdk { direct: true, .. });
+    // Honest write cache reporting. By default O_DIRECT extents are write-through (WCE=0: every
+    // write is made durable, RWF_DSYNC, before it is acknowledged) and buffered ones write-back
+    // (WCE=1: SYNCHRONIZE CACHE and FUA flush). `option writecache on|off` (ctl.conf's LUN option)
+    // chooses explicitly; "off" on a buffered extent makes every write durable too.
+    info.write_cache_enabled = l
+        .write_cache
+        .unwrap_or(!matches!(l.backing, Backing::Vmdk { direct: true, .. }));
     info.max_transfer_blocks = (MAX_IO_BYTES as u32 / l.block_size).max(1);
     info.optimal_transfer_blocks = info.max_transfer_blocks;
     Ok(info)
@@ -540,4 +550,55 @@ pub fn describe(r: &Running) -> String {
         luns,
         r.portal_groups.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramdisk_lun(write_cache: Option<bool>) -> LunRt {
+        LunRt {
+            id: 0,
+            block_size: 512,
+            num_blocks: 2048,
+            read_only: false,
+            serial: "s".into(),
+            alias: None,
+            identity: 1,
+            backing: Backing::Ramdisk {
+                mem: super::super::ramdisk::RamDisk::new(1 << 20).unwrap(),
+            },
+            shared: super::super::shared::LunShared::new(None),
+            thin: true,
+            write_cache,
+        }
+    }
+
+    #[test]
+    fn write_cache_follows_the_option_and_the_backing() {
+        assert!(
+            lun_info(&ramdisk_lun(None)).unwrap().write_cache_enabled,
+            "memory is write-back"
+        );
+        assert!(
+            !lun_info(&ramdisk_lun(Some(false)))
+                .unwrap()
+                .write_cache_enabled
+        );
+        assert!(
+            lun_info(&ramdisk_lun(Some(true)))
+                .unwrap()
+                .write_cache_enabled
+        );
+        let info = lun_info(&ramdisk_lun(None)).unwrap();
+        assert_eq!(info.max_transfer_blocks, (MAX_IO_BYTES / 512) as u32);
+        assert!(info.provisioning.lbpme);
+    }
+
+    #[test]
+    fn stable_hash_does_not_change() {
+        // LUN identities (NAA designators, serials) must survive restarts and rebuilds.
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+    }
 }
