@@ -16,6 +16,8 @@
 #                        ${CARGO_TARGET_DIR:-target}]
 #   FIO                  fio with the libiscsi engine [default: perf/build-fio.sh]
 #   OUT=perf/results     where latest.json and latest.md are written
+#   VIT_WRITECACHE=on    the vit disk LUN's `option writecache` (on: write-back like tgt; off: vit's
+#                        O_DIRECT default, write-through)
 #
 # Matrices: "disk" is a preallocated, fully written file on the same file system for
 # both, opened with O_DIRECT (vit's default; tgt --bsoflags direct); "mem" is vit's
@@ -173,15 +175,19 @@ make_backing() {
     vit_flat=$(find "$ds" -name '*-flat.vmdk' | head -n 1)
     [[ -n $vit_flat ]] || return 1
     # The in-memory LUN: hand-written ctl.conf `backend ramdisk` in the same target.
-    python3 - "$ds/.iSCSI-Config/etc/vit.conf" "$VIT_IQN" "$VIT_MEM_LUN" "$((mib * 1048576))" <<'EOF' || return 1
+    # The disk LUN's write cache: "on" (write-back, as tgt's default) unless VIT_WRITECACHE=off
+    # (vit's O_DIRECT default: write-through, every write made durable before it is acknowledged).
+    python3 - "$ds/.iSCSI-Config/etc/vit.conf" "$VIT_IQN" "$VIT_MEM_LUN" "$((mib * 1048576))" "${VIT_WRITECACHE:-on}" <<'EOF' || return 1
 import sys
-path, iqn, lun, size = sys.argv[1:]
+path, iqn, lun, size, writecache = sys.argv[1:]
 text = open(path).read()
 head = f"target {iqn} {{\n"
 if head not in text:
     sys.exit(f"no target block for {iqn} in {path}")
 block = f"\tlun {lun} {{\n\t\tbackend ramdisk\n\t\tsize {size}\n\t}}\n"
-open(path, "w").write(text.replace(head, head + block, 1))
+text = text.replace(head, head + block, 1)
+text = text.replace("\t\tbackend vmdk\n", f"\t\tbackend vmdk\n\t\toption writecache {writecache}\n", 1)
+open(path, "w").write(text)
 EOF
     tgt_file=$work/tgt-lun.img
     fallocate -l "$((mib * 1048576))" "$tgt_file" || return 1
