@@ -255,10 +255,7 @@ fn header_digest_session_moves_data() {
     if !have("iscsi-ls") {
         return;
     }
-    let ds = Datastore::new();
-    ds.target("h", &[]);
-    ds.lun("h", 0, "16M");
-    let _vitd = ds.start();
+    let (ds, _vitd) = serve_one("h", "16M");
     let url = format!("{}?header_digest=crc32c", ds.url("h", 0));
     let (ok, out) = client(RC16, &[&url]);
     assert!(ok && out.contains("Total size:16777216"), "{out}");
@@ -332,10 +329,7 @@ fn hostile_pdus_close_only_their_connection() {
     if !have("iscsi-ls") {
         return;
     }
-    let ds = Datastore::new();
-    ds.target("x", &[]);
-    ds.lun("x", 0, "8M");
-    let _vitd = ds.start();
+    let (ds, _vitd) = serve_one("x", "8M");
     let addr = format!("127.0.0.1:{}", ds.port);
     let hostile: Vec<Vec<u8>> = vec![
         vec![0x3f; 48], // not an initiator opcode
@@ -383,10 +377,7 @@ fn stops_cleanly_on_sigterm() {
     if !have("iscsi-ls") {
         return;
     }
-    let ds = Datastore::new();
-    ds.target("s", &[]);
-    ds.lun("s", 0, "8M");
-    let mut vitd = ds.start();
+    let (ds, mut vitd) = serve_one("s", "8M");
     let (ok, _) = client(RC16, &[&ds.url("s", 0)]);
     assert!(ok);
     let status = vitd.stop();

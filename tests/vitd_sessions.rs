@@ -10,11 +10,7 @@ use vit::iscsi::pdu::TargetPdu;
 const INITIATOR: &str = "iqn.2026-11.io.vit:test-initiator";
 
 fn setup() -> (Datastore, Vitd) {
-    let ds = Datastore::new();
-    ds.target("s", &[]);
-    ds.lun("s", 0, "8M");
-    let vitd = ds.start();
-    (ds, vitd)
+    serve_one("s", "8M")
 }
 
 fn good(s: &mut Session) {

@@ -115,6 +115,15 @@ impl Datastore {
     }
 }
 
+/// A datastore with one target `alias` (IQN `iqn(alias)`) and LUN 0 of `size`, served by vitd.
+pub fn serve_one(alias: &str, size: &str) -> (Datastore, Vitd) {
+    let ds = Datastore::new();
+    ds.target(alias, &[]);
+    ds.lun(alias, 0, size);
+    let vitd = ds.start();
+    (ds, vitd)
+}
+
 pub fn iqn(alias: &str) -> String {
     format!("iqn.2026-11.io.vit:{alias}")
 }
