@@ -446,9 +446,7 @@ fn embedded_default_datastore_works_with_no_setup() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (ok, cap) = client(RC16, &["iscsi://127.0.0.1/iqn.2026-11.io.vit:default/0"]);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    sigterm(&child);
     let status = child.wait().unwrap();
     assert!(
         listed.contains("Target:iqn.2026-11.io.vit:default Portal:127.0.0.1:3260,1"),

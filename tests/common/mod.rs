@@ -178,9 +178,7 @@ impl Vitd {
     /// SIGTERM, then wait (bounded); returns the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        sigterm(&child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(s) = child.try_wait().unwrap() {
@@ -202,6 +200,13 @@ impl Drop for Vitd {
             let _ = c.wait();
         }
     }
+}
+
+/// Sends SIGTERM to a child process.
+pub fn sigterm(child: &Child) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
 }
 
 /// Runs a client with a time limit; returns (success, stdout + stderr).
