@@ -312,10 +312,9 @@ fn conformance_suite_passes() {
     ds.target("cu", &[]);
     ds.lun("cu", 0, "128M");
     let _vitd = ds.start();
-    let (_, out) = client(
-        "iscsi-test-cu",
-        &["-d", "-v", "-t", "ALL", &ds.url("cu", 0)],
-    );
+    // The second URL (a second session to the same LUN) enables the multipath suites.
+    let url = ds.url("cu", 0);
+    let (_, out) = client("iscsi-test-cu", &["-d", "-v", "-t", "ALL", &url, &url]);
     let (tests, failed) = cu_summary(&out);
     let (run, _, skipped) = cu_counts(&out);
     eprintln!("iscsi-test-cu ALL: {tests} run, {failed} failed, {skipped} skipped");
