@@ -884,15 +884,16 @@ impl Conn {
         residual: u32,
         flow: u8,
     ) {
+        let (stat_sn, exp_cmd_sn, max_cmd_sn) = self.status_sns();
         let mut r = ScsiResponse {
             status: status as u8,
             itt,
             underflow: flow == 1,
             overflow: flow == 2,
             residual_count: if flow == 0 { 0 } else { residual },
-            stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.seq.exp_cmd_sn,
-            max_cmd_sn: self.max_cmd_sn(),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
             ..Default::default()
         };
         let data = match sense {
@@ -909,6 +910,13 @@ impl Conn {
         let mut bhs = [0u8; BHS_LEN];
         r.encode(&mut bhs);
         self.push(bhs, data, None, false);
+    }
+
+    /// StatSN (taken: the next status PDU gets the next one), ExpCmdSN and MaxCmdSN for a
+    /// status-bearing PDU.
+    fn status_sns(&mut self) -> (u32, u32, u32) {
+        let stat_sn = self.next_stat_sn();
+        (stat_sn, self.seq.exp_cmd_sn, self.max_cmd_sn())
     }
 
     fn next_stat_sn(&mut self) -> u32 {
@@ -1031,13 +1039,14 @@ impl Conn {
             return; // an answer to our ping
         }
         let data = std::mem::take(&mut self.inline);
+        let (stat_sn, exp_cmd_sn, max_cmd_sn) = self.status_sns();
         let nop = NopIn {
             lun: n.lun,
             itt: n.itt,
             ttt: RESERVED_TAG,
-            stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.seq.exp_cmd_sn,
-            max_cmd_sn: self.max_cmd_sn(),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
             data_segment_length: data.len() as u32,
             ..Default::default()
         };
@@ -1051,12 +1060,13 @@ impl Conn {
 
     /// Asks the initiator to log out within `seconds` (Async Message, AsyncEvent 1).
     pub fn request_logout(&mut self, seconds: u16) {
+        let (stat_sn, exp_cmd_sn, max_cmd_sn) = self.status_sns();
         let m = AsyncMessage {
             lun: 0,
             itt: RESERVED_TAG,
-            stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.seq.exp_cmd_sn,
-            max_cmd_sn: self.max_cmd_sn(),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
             async_event: 1,
             parameter3: seconds,
             ..Default::default()
@@ -1134,12 +1144,13 @@ impl Conn {
             Some(F::TargetColdReset) | Some(F::TaskReassign) => 3, // not supported (ERL0)
             _ => 5,                                                // function rejected
         };
+        let (stat_sn, exp_cmd_sn, max_cmd_sn) = self.status_sns();
         let r = TaskMgmtResponse {
             response,
             itt: t.itt,
-            stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.seq.exp_cmd_sn,
-            max_cmd_sn: self.max_cmd_sn(),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
             ..Default::default()
         };
         let mut bhs = [0u8; BHS_LEN];
@@ -1270,12 +1281,13 @@ impl Conn {
             return;
         }
         self.logging_out = true;
+        let (stat_sn, exp_cmd_sn, max_cmd_sn) = self.status_sns();
         let r = LogoutResponse {
             response: 0,
             itt: l.itt,
-            stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.seq.exp_cmd_sn,
-            max_cmd_sn: self.max_cmd_sn(),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
             ..Default::default()
         };
         let mut bhs = [0u8; BHS_LEN];
