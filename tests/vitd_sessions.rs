@@ -90,6 +90,7 @@ fn a_connection_that_never_logs_in_is_closed() {
         cmd_sn: 0,
         exp_stat_sn: 0,
         itt: 0,
+        digests: false,
     };
     s.closed_within(Duration::from_secs(25)).unwrap();
 }
@@ -115,4 +116,55 @@ fn malformed_pdus_in_full_feature_phase() {
     s.raw(&bhs).unwrap();
     s.closed_within(Duration::from_secs(10)).unwrap();
     good(&mut other);
+}
+
+#[test]
+fn header_and_data_digests_move_data() {
+    // libiscsi has no data digests: this session negotiates CRC32C for both and checks every
+    // digest the target sends (a wrong one fails the read).
+    let (ds, vitd) = setup();
+    let mut s = vit::iscsi::initiator::try_login_with(
+        ds.port,
+        INITIATOR,
+        &iqn("s"),
+        [0x80, 0, 0, 0, 0, 5],
+        true,
+    )
+    .unwrap();
+    assert!(s.digests);
+    s.test_unit_ready().unwrap(); // the power-on unit attention
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    let write10 = [0x2a, 0, 0, 0, 0, 16, 0, 0, 8, 0];
+    let r = s.command(0, &write10, &data, 0).unwrap();
+    assert_eq!(r.status, 0, "{r:?}");
+    let read10 = [0x28, 0, 0, 0, 0, 16, 0, 0, 8, 0];
+    let r = s.command(0, &read10, &[], 4096).unwrap();
+    assert_eq!(r.status, 0, "{r:?}");
+    assert_eq!(r.data_in, data);
+    // A corrupted data digest is caught by the target: Reject, and the command does not complete.
+    let mut bhs = [0u8; 48];
+    let cmd = vit::iscsi::pdu::ScsiCommand {
+        final_bit: true,
+        write: true,
+        attr: 1,
+        itt: 0x77,
+        expected_data_length: 512,
+        cmd_sn: s.cmd_sn,
+        exp_stat_sn: s.exp_stat_sn,
+        cdb: [0x2a, 0, 0, 0, 0, 32, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+        data_segment_length: 512,
+        ..Default::default()
+    };
+    cmd.encode(&mut bhs);
+    let mut wire = bhs.to_vec();
+    wire.extend_from_slice(&vit::iscsi::digest::header_digest(&bhs, &[]));
+    wire.extend_from_slice(&[0x5a; 512]);
+    wire.extend_from_slice(&[0, 0, 0, 0]); // not the CRC32C of the data
+    s.raw(&wire).unwrap();
+    let (pdu, _) = initiator::read_pdu_with(&mut s.stream, true).unwrap();
+    assert!(
+        matches!(pdu, TargetPdu::Reject(ref r) if r.reason == 0x02),
+        "{pdu:?}: {}",
+        vitd.log_text()
+    );
 }

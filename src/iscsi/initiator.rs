@@ -3,6 +3,7 @@
 //! session reinstatement, malformed PDUs) and tools that hold many sessions open (the memory
 //! figures in `perf/`). Real clients (libiscsi) test everything else.
 
+use super::digest::{DIGEST_LEN, data_digest, header_digest};
 use super::pdu::{BHS_LEN, LoginRequest, NopOut, ScsiCommand, Stage, TargetPdu};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -22,6 +23,8 @@ pub struct Session {
     pub cmd_sn: u32,
     pub exp_stat_sn: u32,
     pub itt: u32,
+    /// CRC32C header and data digests negotiated.
+    pub digests: bool,
 }
 
 fn padded(n: usize) -> usize {
@@ -30,20 +33,63 @@ fn padded(n: usize) -> usize {
 
 /// Reads one target PDU (no digests): header and data segment.
 pub fn read_pdu(stream: &mut TcpStream) -> std::io::Result<(TargetPdu, Vec<u8>)> {
+    read_pdu_with(stream, false)
+}
+
+/// Reads one target PDU, checking CRC32C header and data digests when `digests`.
+pub fn read_pdu_with(
+    stream: &mut TcpStream,
+    digests: bool,
+) -> std::io::Result<(TargetPdu, Vec<u8>)> {
+    let bad = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{what} digest mismatch"),
+        )
+    };
     let mut bhs = [0u8; BHS_LEN];
     stream.read_exact(&mut bhs)?;
+    if digests {
+        let mut d = [0u8; DIGEST_LEN];
+        stream.read_exact(&mut d)?;
+        if d != header_digest(&bhs, &[]) {
+            return Err(bad("header"));
+        }
+    }
     let len = u32::from_be_bytes([0, bhs[5], bhs[6], bhs[7]]) as usize;
     let mut data = vec![0u8; padded(len)];
     stream.read_exact(&mut data)?;
     data.truncate(len);
+    if digests && len > 0 {
+        let mut d = [0u8; DIGEST_LEN];
+        stream.read_exact(&mut d)?;
+        if d != data_digest(&[&data]) {
+            return Err(bad("data"));
+        }
+    }
     let pdu = TargetPdu::decode(&bhs).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
     Ok((pdu, data))
 }
 
 fn send(stream: &mut TcpStream, bhs: &[u8; BHS_LEN], data: &[u8]) -> std::io::Result<()> {
+    send_with(stream, bhs, data, false)
+}
+
+fn send_with(
+    stream: &mut TcpStream,
+    bhs: &[u8; BHS_LEN],
+    data: &[u8],
+    digests: bool,
+) -> std::io::Result<()> {
     let mut wire = bhs.to_vec();
+    if digests {
+        wire.extend_from_slice(&header_digest(bhs, &[]));
+    }
     wire.extend_from_slice(data);
-    wire.resize(BHS_LEN + padded(data.len()), 0);
+    wire.resize(wire.len() + padded(data.len()) - data.len(), 0);
+    if digests && !data.is_empty() {
+        wire.extend_from_slice(&data_digest(&[data]));
+    }
     stream.write_all(&wire)
 }
 
@@ -60,12 +106,24 @@ pub fn try_login(
     target: &str,
     isid: [u8; 6],
 ) -> std::io::Result<Session> {
+    try_login_with(port, initiator, target, isid, false)
+}
+
+/// [`try_login`], asking for CRC32C header and data digests when `digests`.
+pub fn try_login_with(
+    port: u16,
+    initiator: &str,
+    target: &str,
+    isid: [u8; 6],
+    digests: bool,
+) -> std::io::Result<Session> {
     let refused = |what: String| std::io::Error::other(what);
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let digest = if digests { "CRC32C" } else { "None" };
     let text = format!(
         "InitiatorName={initiator}\0TargetName={target}\0SessionType=Normal\0AuthMethod=None\0\
-         HeaderDigest=None\0DataDigest=None\0MaxRecvDataSegmentLength=65536\0"
+         HeaderDigest={digest}\0DataDigest={digest}\0MaxRecvDataSegmentLength=65536\0"
     );
     let mut req = LoginRequest {
         immediate: true,
@@ -102,11 +160,13 @@ pub fn try_login(
     if (r.status_class, r.transit) != (0, true) {
         return Err(refused("login did not reach full feature phase".into()));
     }
+    // The digests apply from the first PDU after the final login response.
     Ok(Session {
         stream,
         cmd_sn: 1,
         exp_stat_sn: r.stat_sn.wrapping_add(1),
         itt: 10,
+        digests,
     })
 }
 
@@ -125,9 +185,9 @@ impl Session {
         self.cmd_sn += 1;
         let mut bhs = [0u8; BHS_LEN];
         cmd.encode(&mut bhs);
-        send(&mut self.stream, &bhs, &[])?;
+        send_with(&mut self.stream, &bhs, &[], self.digests)?;
         loop {
-            let (pdu, _) = read_pdu(&mut self.stream)?;
+            let (pdu, _) = read_pdu_with(&mut self.stream, self.digests)?;
             if !matches!(pdu, TargetPdu::NopIn(_)) {
                 return Ok(pdu);
             }
@@ -167,10 +227,10 @@ impl Session {
         self.cmd_sn += 1;
         let mut bhs = [0u8; BHS_LEN];
         cmd.encode(&mut bhs);
-        send(&mut self.stream, &bhs, data_out)?;
+        send_with(&mut self.stream, &bhs, data_out, self.digests)?;
         let mut data_in = Vec::new();
         loop {
-            let (pdu, data) = read_pdu(&mut self.stream)?;
+            let (pdu, data) = read_pdu_with(&mut self.stream, self.digests)?;
             match pdu {
                 TargetPdu::NopIn(_) => {}
                 TargetPdu::DataIn(d) => {
@@ -209,7 +269,7 @@ impl Session {
         };
         let mut bhs = [0u8; BHS_LEN];
         nop.encode(&mut bhs);
-        send(&mut self.stream, &bhs, &[])
+        send_with(&mut self.stream, &bhs, &[], self.digests)
     }
 
     /// Sends raw bytes.
@@ -224,7 +284,7 @@ impl Session {
             .map_err(|e| e.to_string())?;
         let mut seen = Vec::new();
         loop {
-            match read_pdu(&mut self.stream) {
+            match read_pdu_with(&mut self.stream, self.digests) {
                 Ok((pdu, _)) => seen.push(pdu),
                 Err(e)
                     if e.kind() == std::io::ErrorKind::WouldBlock
