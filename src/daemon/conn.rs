@@ -259,13 +259,6 @@ impl Conn {
             .wrapping_sub(1)
     }
 
-    /// Whether any task still holds a buffer or awaits I/O (the connection can't be freed yet).
-    pub fn busy(&self) -> bool {
-        self.tasks
-            .iter()
-            .any(|t| t.as_ref().is_some_and(|t| t.state != TaskState::Receiving))
-    }
-
     // ---------------------------------------------------------------- receiving
 
     /// Called when a PDU's header (and AHS) has been read and its data segment follows: chooses
