@@ -40,6 +40,7 @@ fn fio_pass(
     filename: &str,
     offset: u64,
     size: u64,
+    depth: u32,
     verify_only: bool,
 ) -> (bool, String) {
     let mut cmd = Command::new("timeout");
@@ -51,7 +52,7 @@ fn fio_pass(
         &format!("--size={size}"),
         "--rw=randwrite",
         "--bssplit=4k/40:16k/30:64k/20:256k/10",
-        "--iodepth=8",
+        &format!("--iodepth={depth}"),
         "--randrepeat=1",
         "--randseed=20261125",
         "--verify=crc32c",
@@ -96,16 +97,35 @@ fn written_data_is_in_the_flat_extent_and_survives_a_restart() {
     let url = escaped(&ds.url("d", 0));
     let (offset, size) = (4 << 20, 32 << 20);
     let mut vitd = ds.start();
-    let (ok, out) = fio_pass(&fio, "libiscsi", &url, offset, size, false);
+    let (ok, out) = fio_pass(&fio, "libiscsi", &url, offset, size, 8, false);
     assert!(ok, "write pass: {out}");
     assert!(vitd.stop().success(), "{}", vitd.log_text());
     // The extent file holds exactly what the initiator wrote.
-    let (ok, out) = fio_pass(&fio, "psync", flat.to_str().unwrap(), offset, size, true);
+    let (ok, out) = fio_pass(&fio, "psync", flat.to_str().unwrap(), offset, size, 8, true);
     assert!(ok, "verify of the flat extent file: {out}");
     // And after a restart the target serves it back.
     let _vitd = ds.start();
-    let (ok, out) = fio_pass(&fio, "libiscsi", &url, offset, size, true);
+    let (ok, out) = fio_pass(&fio, "libiscsi", &url, offset, size, 8, true);
     assert!(ok, "verify through iSCSI after restart: {out}");
+}
+
+#[test]
+fn polling_data_threads_keep_data_intact() {
+    // `--poll-us`: at queue depth 1 the data thread busy-polls its ring between commands instead
+    // of sleeping; what is written must still land and read back exactly.
+    let Some(fio) = fio() else { return };
+    let ds = Datastore::new();
+    ds.target("p", &[]);
+    ds.lun("p", 0, "16M");
+    let url = escaped(&ds.url("p", 0));
+    let mut vitd = Vitd::start(ds.root(), ds.port, &["--poll-us", "200"]);
+    let (ok, out) = fio_pass(&fio, "libiscsi", &url, 0, 8 << 20, 1, false);
+    assert!(ok, "write pass at QD 1: {out}");
+    let (ok, out) = fio_pass(&fio, "libiscsi", &url, 0, 8 << 20, 1, true);
+    assert!(ok, "verify pass at QD 1: {out}");
+    let (ok, out) = fio_pass(&fio, "libiscsi", &url, 8 << 20, 8 << 20, 8, false);
+    assert!(ok, "write pass at QD 8: {out}");
+    assert!(vitd.stop().success(), "{}", vitd.log_text());
 }
 
 #[test]
@@ -121,7 +141,7 @@ fn corruption_is_detected() {
     ));
     let url = escaped(&ds.url("c", 0));
     let mut vitd = ds.start();
-    let (ok, out) = fio_pass(&fio, "libiscsi", &url, 0, 8 << 20, false);
+    let (ok, out) = fio_pass(&fio, "libiscsi", &url, 0, 8 << 20, 8, false);
     assert!(ok, "{out}");
     assert!(vitd.stop().success());
     let mut bytes = std::fs::read(&flat).unwrap();
@@ -130,7 +150,7 @@ fn corruption_is_detected() {
     }
     std::fs::write(&flat, bytes).unwrap();
     let _vitd = ds.start();
-    let (ok, _) = fio_pass(&fio, "libiscsi", &url, 0, 8 << 20, true);
+    let (ok, _) = fio_pass(&fio, "libiscsi", &url, 0, 8 << 20, 8, true);
     assert!(!ok, "a corrupted extent must fail verification");
 }
 
@@ -175,9 +195,9 @@ fn io_across_two_extents_of_a_split_lun() {
     let (offset, size) = ((2u64 << 30) - (8 << 20), 16 << 20);
     let url = escaped(&ds.url("s", 0));
     let mut vitd = ds.start();
-    let (ok, out) = fio_pass(&fio, "libiscsi", &url, offset, size, false);
+    let (ok, out) = fio_pass(&fio, "libiscsi", &url, offset, size, 8, false);
     assert!(ok, "{out}");
-    let (ok, out) = fio_pass(&fio, "libiscsi", &url, offset, size, true);
+    let (ok, out) = fio_pass(&fio, "libiscsi", &url, offset, size, 8, true);
     assert!(ok, "{out}");
     assert!(vitd.stop().success());
     // qemu-img reads the two extents as one disk: the blocks are where the initiator put them.
@@ -189,6 +209,6 @@ fn io_across_two_extents_of_a_split_lun() {
         .status()
         .unwrap();
     assert!(st.success());
-    let (ok, out) = fio_pass(&fio, "psync", raw.to_str().unwrap(), offset, size, true);
+    let (ok, out) = fio_pass(&fio, "psync", raw.to_str().unwrap(), offset, size, 8, true);
     assert!(ok, "verify of qemu-img's raw image: {out}");
 }

@@ -418,6 +418,30 @@ fn bad_config_is_a_clear_startup_error() {
 }
 
 #[test]
+fn bad_command_line_is_refused() {
+    let ds = Datastore::new();
+    for args in [
+        &["--cores", "0"][..],
+        &["--poll-us", "20000"],
+        &["--poll-us", "-1"],
+        &["--cores", "two"],
+        &["--no-such-flag"],
+    ] {
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(env!("CARGO_BIN_EXE_vitd"))
+            .arg("--datastore")
+            .arg(ds.root())
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("error"), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn embedded_default_datastore_works_with_no_setup() {
     if !have("iscsi-ls") {
         return;

@@ -25,6 +25,12 @@ struct Cli {
     /// Open extents without O_DIRECT (buffered, write-back made honest by flushes)
     #[arg(long)]
     buffered: bool,
+    /// Busy-poll for up to this many microseconds before a data thread sleeps, while its
+    /// connections have at most one command in flight each: lower latency at queue depth 1
+    /// for more CPU (0: never poll)
+    #[arg(long, default_value_t = 0, value_name = "US",
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    poll_us: u32,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +50,7 @@ fn main() -> ExitCode {
         cores: cli.cores,
         host_id: cli.host_id,
         direct: !cli.buffered,
+        poll_us: cli.poll_us,
     };
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1008,6 +1008,11 @@ impl Conn {
     }
 
     /// The LUN field of a task.
+    /// SCSI commands received and not yet answered.
+    pub fn tasks_in_flight(&self) -> u32 {
+        self.busy
+    }
+
     pub fn task_lun(&self, task: u16) -> u64 {
         self.tasks
             .get(usize::from(task))

@@ -29,6 +29,8 @@ pub struct DaemonOptions {
     pub host_id: Option<String>,
     /// Open extents with O_DIRECT.
     pub direct: bool,
+    /// Busy-poll budget of a data thread before it sleeps, in µs (0: never poll).
+    pub poll_us: u32,
 }
 
 /// Why vitd could not start or stopped with an error.
@@ -231,7 +233,12 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         } else {
             Some(cores[i % cores.len()])
         };
-        threads.push(data::DataThread::spawn(i, core, BUFFERS_PER_THREAD)?);
+        threads.push(data::DataThread::spawn(
+            i,
+            core,
+            BUFFERS_PER_THREAD,
+            std::time::Duration::from_micros(opts.poll_us.into()),
+        )?);
     }
     tracing::info!("{n} data threads ready");
     let running = std::sync::Arc::new(running);

@@ -29,6 +29,8 @@ pub fn build_ring(entries: u32) -> io::Result<(IoUring, RingFeatures)> {
         if single_issuer {
             b.setup_single_issuer();
         }
+        // The TASKRUN flag lets a polling thread see pending completions without a syscall.
+        b.setup_taskrun_flag();
         if defer_taskrun {
             b.setup_defer_taskrun();
         } else {
