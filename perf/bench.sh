@@ -10,7 +10,9 @@
 #   SIZE=1G              size of each LUN (and the fio region)
 #   VIT_PORT=32600 TGT_PORT=32610 TGT_CONTROL_PORT=7
 #   CLIENT_CPU=0 TARGET_CPU=1
-#   MATRICES="disk mem scale"   which parts to run
+#   MATRICES="disk mem poll device scale"   which parts to run
+#   JOB_FILTER=REGEX     run only the jobs whose name matches (e.g. 'qd1$')
+#   POLL_US=50           vitd --poll-us for the "poll" matrix
 #   BENCH_DIR=/var/tmp   where the work directory (both backing files) is made
 #   VITD, VITCTL         binaries to use [default: cargo build --release into
 #                        ${CARGO_TARGET_DIR:-target}]
@@ -21,7 +23,10 @@
 #
 # Matrices: "disk" is a preallocated, fully written file on the same file system for
 # both, opened with O_DIRECT (vit's default; tgt --bsoflags direct); "mem" is vit's
-# ctl.conf `backend ramdisk` LUN against tgt's `--bstype null`; "scale" runs vitd
+# ctl.conf `backend ramdisk` LUN against tgt's `--bstype null`; "poll" runs the QD 1 jobs
+# on both LUNs again with vitd --poll-us (latency traded for CPU) against the same tgt;
+# "device" measures the backing file system locally (fio's io_uring engine, O_DIRECT, on
+# the targets' CPU): the floor under any target's file-LUN figures; "scale" runs vitd
 # unpinned with --cores 1 and --cores 2 under two fio jobs (two sessions), report only.
 #
 # It is a benchmark: it always exits 0. Errors (a fio run failing, a target dying) are
@@ -40,7 +45,9 @@ TGT_PORT=${TGT_PORT:-32610}
 TGT_CONTROL_PORT=${TGT_CONTROL_PORT:-7}
 CLIENT_CPU=${CLIENT_CPU:-0}
 TARGET_CPU=${TARGET_CPU:-1}
-MATRICES=${MATRICES:-disk mem scale}
+MATRICES=${MATRICES:-disk mem poll device scale}
+JOB_FILTER=${JOB_FILTER:-}
+POLL_US=${POLL_US:-50}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 OUT=${OUT:-$here/results}
 
@@ -64,6 +71,7 @@ log() { echo "bench: $(date -u +%H:%M:%S) $*" >&2; }
 work=""
 vit_pid=""
 tgt_pid=""
+vit_extra=()
 records=""
 errors=""
 
@@ -112,9 +120,9 @@ wait_port() {
     return 1
 }
 
-# "TICKS NANOSECONDS BUSY": user+system CPU ticks of a whole process (all threads), the
-# time they were read at, and the busy ticks of the whole machine (all CPUs, to see what
-# else ran), or nothing when the process is gone.
+# "TICKS NANOSECONDS BUSY USER": user+system CPU ticks of a whole process (all threads),
+# the time they were read at, the busy ticks of the whole machine (all CPUs, to see what
+# else ran), and the process's user ticks alone, or nothing when the process is gone.
 cpu_sample() {
     local stat now busy
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
@@ -123,7 +131,7 @@ cpu_sample() {
     busy=$(awk 'NR == 1 {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat)
     # Fields after the ")" that closes the command name: utime is the 12th, stime the 13th.
     stat=${stat##*) }
-    awk -v now="$now" -v busy="$busy" '{print $12 + $13, now, busy}' <<<"$stat"
+    awk -v now="$now" -v busy="$busy" '{print $12 + $13, now, busy, $12}' <<<"$stat"
 }
 
 rss_kib() {
@@ -199,15 +207,16 @@ EOF
 
 # ---------------------------------------------------------------- targets
 
-# start_vit CPULIST CORES
+# start_vit CPULIST CORES [EXTRA ARGS...]
 start_vit() {
     stop_pid "$vit_pid"
     vit_pid=""
     local cpus=$1 cores=$2
+    shift 2
     RUST_LOG=${VIT_LOG:-info} taskset -c "$cpus" "$vit_bin" --datastore "$work/ds" --cores "$cores" \
-        >>"$work/vitd.log" 2>&1 &
+        "$@" >>"$work/vitd.log" 2>&1 &
     vit_pid=$!
-    vit_cpus=$cpus vit_cores=$cores
+    vit_cpus=$cpus vit_cores=$cores vit_extra=("$@")
     if ! wait_port "$VIT_PORT"; then
         record_error "vitd (--cores $cores on CPU $cpus) did not listen on $VIT_PORT: $(tail -n 3 "$work/vitd.log" | tr '\n' ' ')"
         return 1
@@ -255,7 +264,7 @@ ensure_alive() {
     vit)
         if [[ -z $vit_pid ]] || ! kill -0 "$vit_pid" 2>/dev/null; then
             record_error "vitd exited ($(exit_status "$vit_pid")) before a run; restarting; its last log lines: $(tail -n 3 "$work/vitd.log" | tr '\n' ' ')"
-            start_vit "$vit_cpus" "$vit_cores"
+            start_vit "$vit_cpus" "$vit_cores" "${vit_extra[@]}"
         fi
         ;;
     tgt)
@@ -278,10 +287,10 @@ run_fio() {
     local pid port iqn lun
     if [[ $target == vit ]]; then
         pid=$vit_pid port=$VIT_PORT iqn=$VIT_IQN
-        [[ $matrix == disk ]] && lun=$VIT_DISK_LUN || lun=$VIT_MEM_LUN
+        [[ $matrix == *disk ]] && lun=$VIT_DISK_LUN || lun=$VIT_MEM_LUN
     else
         pid=$tgt_pid port=$TGT_PORT iqn=$TGT_IQN
-        [[ $matrix == disk ]] && lun=$TGT_DISK_LUN || lun=$TGT_MEM_LUN
+        [[ $matrix == *disk ]] && lun=$TGT_DISK_LUN || lun=$TGT_MEM_LUN
     fi
     local url="iscsi://127.0.0.1:$port/$iqn/$lun"
     url=${url//:/\\:} # fio splits file names at unescaped colons
@@ -334,11 +343,12 @@ except Exception:
 num = lambda v: int(v) if v.strip().isdigit() else None
 def sample(v):
     parts = [num(p) for p in v.split()]
-    return parts if len(parts) == 3 and None not in parts else [None, None, None]
-(ticks0, ns0, busy0), (ticks1, ns1, busy1) = sample(t0), sample(t1)
+    return parts if len(parts) == 4 and None not in parts else [None] * 4
+(ticks0, ns0, busy0, user0), (ticks1, ns1, busy1, user1) = sample(t0), sample(t1)
 rec = {"matrix": matrix, "job": job, "target": target, "round": int(rnd), "rw": rw,
        "bs": bs, "iodepth": int(qd), "numjobs": int(numjobs),
        "cpu_ticks_start": ticks0, "cpu_ticks_end": ticks1,
+       "cpu_user_ticks_start": user0, "cpu_user_ticks_end": user1,
        "cpu_sample_ns_start": ns0, "cpu_sample_ns_end": ns1,
        "machine_busy_ticks_start": busy0, "machine_busy_ticks_end": busy1,
        "rss_kib_start": num(rss0), "rss_kib_end": num(rss1),
@@ -348,13 +358,18 @@ with open(out, "a") as f:
 EOF
 }
 
+# run_matrix MATRIX [VITD ARGS...]
 run_matrix() {
     local matrix=$1
+    shift
     log "matrix $matrix: fio on CPU $CLIENT_CPU, targets on CPU $TARGET_CPU"
-    start_vit "$TARGET_CPU" 1
+    start_vit "$TARGET_CPU" 1 "$@"
     start_tgt "$TARGET_CPU"
     local job rep
     for job in "${JOBS[@]}"; do
+        [[ -z $JOB_FILTER || ${job%% *} =~ $JOB_FILTER ]] || continue
+        # The polling matrices are about queue depth 1 only.
+        [[ $matrix != poll-* || ${job%% *} == *-qd1 ]] || continue
         for rep in $(seq 1 "$REPS"); do
             run_fio "$matrix" vit "$job" "$rep" "$CLIENT_CPU" 1
             run_fio "$matrix" tgt "$job" "$rep" "$CLIENT_CPU" 1
@@ -371,6 +386,39 @@ run_scale() {
             start_vit "$all" "$cores"
             run_fio scale-cores$cores vit "$job" "$rep" "$all" 2
         done
+    done
+}
+
+# The backing file system alone: fio's io_uring engine with O_DIRECT on tgt's backing file,
+# pinned to the targets' CPU, for the 4 KiB jobs (what no target over iSCSI can beat).
+run_device() {
+    local job name rw bs qd mix
+    log "device: fio io_uring O_DIRECT on $tgt_file, CPU $TARGET_CPU"
+    for job in "${JOBS[@]}"; do
+        read -r name rw bs qd mix <<<"$job"
+        [[ $bs == 4k ]] || continue
+        [[ -z $JOB_FILTER || $name =~ $JOB_FILTER ]] || continue
+        local base="$work/device-$name"
+        timeout -k 5 $((RAMP + RUNTIME + 60)) taskset -c "$TARGET_CPU" "$FIO" --name="$name" \
+            --ioengine=io_uring --direct=1 --filename="$tgt_file" --size="$SIZE" --rw="$rw" \
+            --bs="$bs" --iodepth="$qd" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
+            --randrepeat=0 --norandommap --output-format=json --output="$base.json" \
+            >"$base.out" 2>"$base.err" </dev/null ||
+            record_error "device $name: fio exit status $?: $(tail -n 3 "$base.err" | tr '\n' ' ')"
+        python3 - "$base.json" "$records" "$name" "$rw" "$bs" "$qd" <<'EOF'
+import json, sys
+path, out, job, rw, bs, qd = sys.argv[1:]
+try:
+    text = open(path).read()
+    fio = json.loads(text[text.index("{"):])
+except Exception:
+    fio = None
+rec = {"matrix": "device", "job": job, "target": "local", "round": 1, "rw": rw, "bs": bs,
+       "iodepth": int(qd), "numjobs": 1, "error": None if fio else "fio wrote no JSON",
+       "fio": fio}
+with open(out, "a") as f:
+    f.write(json.dumps(rec) + "\n")
+EOF
     done
 }
 
@@ -393,6 +441,11 @@ main() {
     for m in $MATRICES; do
         case $m in
         disk | mem) run_matrix "$m" ;;
+        poll)
+            run_matrix poll-disk --poll-us "$POLL_US"
+            run_matrix poll-mem --poll-us "$POLL_US"
+            ;;
+        device) run_device ;;
         scale) run_scale ;;
         *) record_error "unknown matrix $m" ;;
         esac
