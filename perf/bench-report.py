@@ -25,6 +25,7 @@ FIGURES = [
     ("p99_us", "clat p99 µs", "{:,.1f}", "lo"),
     ("p999_us", "clat p99.9 µs", "{:,.1f}", "lo"),
     ("cpu_us_per_io", "target CPU µs/IO", "{:,.2f}", "lo"),
+    ("user_us_per_io", "of which user µs/IO", "{:,.2f}", "lo"),
     ("target_cpu_pct", "target CPU %", "{:,.0f}", "lo"),
     ("fio_cpu_pct", "fio CPU %", "{:,.0f}", "lo"),
     ("other_cpu_pct", "other CPU %", "{:,.0f}", "lo"),
@@ -61,6 +62,7 @@ def figures(rec):
         "p999_us": percentile_us(side, "99.900000"),
         "fio_cpu_pct": sum(j.get("usr_cpu", 0) + j.get("sys_cpu", 0) for j in jobs),
         "cpu_us_per_io": None,
+        "user_us_per_io": None,
         "target_cpu_pct": None,
         "other_cpu_pct": None,
     }
@@ -71,6 +73,10 @@ def figures(rec):
         rate = (t1 - t0) / CLK_TCK / ((n1 - n0) / 1e9)
         out["cpu_us_per_io"] = rate * 1e6 / out["iops"]
         out["target_cpu_pct"] = 100.0 * rate
+        u0, u1 = rec.get("cpu_user_ticks_start"), rec.get("cpu_user_ticks_end")
+        if u0 is not None and u1 is not None and u1 >= u0:
+            user = (u1 - u0) / CLK_TCK / ((n1 - n0) / 1e9)
+            out["user_us_per_io"] = user * 1e6 / out["iops"]
         b0, b1 = rec.get("machine_busy_ticks_start"), rec.get("machine_busy_ticks_end")
         if b0 is not None and b1 is not None and b1 >= b0:
             busy = 100.0 * (b1 - b0) / CLK_TCK / ((n1 - n0) / 1e9)
@@ -160,7 +166,8 @@ def goals(groups, matrix, job_order):
         return group_mean(groups, (matrix, job, target), key)
 
     rows = []
-    for job in (j for j in job_order if (matrix, j, "vit") in groups):
+    present = [j for j in job_order if (matrix, j, "vit") in groups]
+    for job in present:
         r = ratio(m(job, "vit", "cpu_us_per_io"), m(job, "tgt", "cpu_us_per_io"))
         rows.append((f"{job}: target CPU/IO ≤ 0.25× tgt", r, r is not None and r <= 0.25))
     for job, key, goal, op in [
@@ -172,10 +179,50 @@ def goals(groups, matrix, job_order):
         ("4k-randread-qd1", "p999_us", 1.0, "≤"),
         ("4k-randwrite-qd1", "p999_us", 1.0, "≤"),
     ]:
+        if job not in present:
+            continue
         r = ratio(m(job, "vit", key), m(job, "tgt", key))
         met = r is not None and (r >= goal if op == "≥" else r <= goal)
         rows.append((f"{job}: {key} {op} {goal}× tgt", r, met))
     return rows
+
+
+def device_table(groups, job_order):
+    rows = [j for j in job_order if ("device", j, "local") in groups]
+    if not rows:
+        return []
+    lines = ["| job | IOPS | MiB/s | clat p50 µs | clat p99 µs | clat p99.9 µs |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for job in rows:
+        m = groups[("device", job, "local")]["mean"] or {}
+        lines.append(f"| {job} | {fmt(m.get('iops'), '{:,.0f}')} | {fmt(m.get('mib_s'), '{:,.1f}')} | "
+                     f"{fmt(m.get('p50_us'), '{:,.1f}')} | {fmt(m.get('p99_us'), '{:,.1f}')} | "
+                     f"{fmt(m.get('p999_us'), '{:,.1f}')} |")
+    return lines
+
+
+def floor_table(groups):
+    """QD 1 p50: the device's own latency plus the protocol round trip (the in-memory LUN's
+    latency) next to what the file LUNs did, for vit sleeping and polling."""
+    def p50(matrix, job, target):
+        return group_mean(groups, (matrix, job, target), "p50_us")
+
+    def add(a, b):
+        return None if a is None or b is None else a + b
+
+    f = lambda v: fmt(v, "{:,.1f}")
+    lines = ["| QD 1 job, p50 µs | device | vit memory LUN | device + memory | vit file LUN | "
+             "vit --poll-us memory LUN | device + memory | vit --poll-us file LUN | tgt file LUN | "
+             "0.7× tgt |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for job in ("4k-randread-qd1", "4k-randwrite-qd1"):
+        dev, tgt = p50("device", job, "local"), p50("disk", job, "tgt")
+        mem, pmem = p50("mem", job, "vit"), p50("poll-mem", job, "vit")
+        lines.append(f"| {job} | {f(dev)} | {f(mem)} | {f(add(dev, mem))} | "
+                     f"{f(p50('disk', job, 'vit'))} | {f(pmem)} | {f(add(dev, pmem))} | "
+                     f"{f(p50('poll-disk', job, 'vit'))} | {f(tgt)} | "
+                     f"{f(None if tgt is None else 0.7 * tgt)} |")
+    return lines
 
 
 def scale_table(groups):
@@ -243,7 +290,8 @@ def main():
     for rec in records:
         if rec["job"] not in job_order:
             job_order.append(rec["job"])
-    matrices = [m for m in ("disk", "mem") if any(k[0] == m for k in groups)]
+    matrices = [m for m in ("disk", "mem", "poll-disk", "poll-mem")
+                if any(k[0] == m for k in groups)]
 
     summary = {
         "date": now, "machine": host,
@@ -284,11 +332,22 @@ def main():
           "in the target's own context (softirq), so the target CPU per I/O includes that "
           "kernel work, for both targets alike; at QD 1 it dominates (one wakeup each way per "
           "I/O).  ",
+          "\"of which user\" is the part of the target's CPU time spent outside the kernel: "
+          "the target's own code (clock-tick resolution, coarse at QD 1).  ",
           "⚠ marks a figure where some round failed (see Errors).", ""]
     titles = {"disk": "File LUNs, O_DIRECT (vit vmdk preallocated vs tgt rdwr --bsoflags direct)",
-              "mem": "In-memory LUNs (vit backend ramdisk vs tgt --bstype null)"}
+              "mem": "In-memory LUNs (vit backend ramdisk vs tgt --bstype null)",
+              "poll-disk": "QD 1 with vitd --poll-us, file LUNs (latency traded for CPU)",
+              "poll-mem": "QD 1 with vitd --poll-us, in-memory LUNs (latency traded for CPU)"}
     for m in matrices:
         md += [f"## {titles[m]}", ""] + matrix_table(groups, m, job_order) + [""]
+    dt = device_table(groups, job_order)
+    if dt:
+        md += ["## The device alone (fio io_uring, O_DIRECT, on the targets' CPU)", "",
+               "The backing file system without any target. At QD 1 a file LUN's latency is the "
+               "device's plus the protocol's round trip (what the in-memory LUN shows); the second "
+               "table puts them side by side.", ""]
+        md += dt + [""] + floor_table(groups) + [""]
     for m in matrices:
         md += [f"### Issue 4 goals, {m}", "", "| goal | vit/tgt | met |", "|---|---:|---|"]
         md += [f"| {g} | {fmt(r, '{:.2f}×')} | {'yes' if met else 'no'} |"
