@@ -185,7 +185,7 @@ make_backing() {
     # The in-memory LUN: hand-written ctl.conf `backend ramdisk` in the same target.
     # The disk LUN's write cache: "on" (write-back, as tgt's default) unless VIT_WRITECACHE=off
     # (vit's O_DIRECT default: write-through, every write made durable before it is acknowledged).
-    python3 - "$ds/.iSCSI-Config/etc/vit.conf" "$VIT_IQN" "$VIT_MEM_LUN" "$((mib * 1048576))" "${VIT_WRITECACHE:-on}" <<'EOF' || return 1
+    python3 - "$ds/.iSCSI-Config/etc/vit.conf" "$VIT_IQN" "$VIT_MEM_LUN" "${mib}M" "${VIT_WRITECACHE:-on}" <<'EOF' || return 1
 import sys
 path, iqn, lun, size, writecache = sys.argv[1:]
 text = open(path).read()
