@@ -146,6 +146,8 @@ def matrix_table(groups, matrix, jobs):
              "|---|---|" + "---:|" * len(FIGURES)]
     for job in jobs:
         vit, tgt = groups.get((matrix, job, "vit")), groups.get((matrix, job, "tgt"))
+        if vit is None and tgt is None:
+            continue  # not run in this matrix (the polling ones run QD 1 only)
         for name, g in (("vit", vit), ("tgt", tgt)):
             m = g["mean"] if g else None
             cells = [fmt(m[k] if m else None, spec) for k, _, spec, _ in FIGURES]
