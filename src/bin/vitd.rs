@@ -19,9 +19,6 @@ struct Cli {
     /// Data threads (one per core by default)
     #[arg(long)]
     cores: Option<usize>,
-    /// This host's id (for target ownership on a shared datastore)
-    #[arg(long)]
-    host_id: Option<String>,
     /// Open extents without O_DIRECT (buffered, write-back made honest by flushes)
     #[arg(long)]
     buffered: bool,
@@ -48,7 +45,6 @@ fn main() -> ExitCode {
     let opts = DaemonOptions {
         datastore: cli.datastore,
         cores: cli.cores,
-        host_id: cli.host_id,
         direct: !cli.buffered,
         poll_us: cli.poll_us,
     };

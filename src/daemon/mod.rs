@@ -26,7 +26,6 @@ pub struct DaemonOptions {
     pub datastore: Option<PathBuf>,
     /// Data threads; `None`: one per available core.
     pub cores: Option<usize>,
-    pub host_id: Option<String>,
     /// Open extents with O_DIRECT.
     pub direct: bool,
     /// Busy-poll budget of a data thread before it sleeps, in µs (0: never poll).
