@@ -83,7 +83,7 @@ impl DataThread {
                 {
                     tracing::warn!("data thread {index}: could not pin to core {}", c.id);
                 }
-                match Worker::new(rx, w, l, buffers, poll) {
+                match Worker::new(rx, w, l, buffers, poll, index) {
                     Ok(mut worker) => {
                         let _ = ready_tx.send(Ok(()));
                         worker.run();
@@ -183,6 +183,9 @@ struct Slot {
     send_total: usize,
     /// Backing-store work in flight, by task slot.
     file_ops: Vec<FileOp>,
+    /// Per task: the index (in the target's LUN list) of the LUN a plain write in flight is
+    /// counted on ([`LunShared::write_start`]), so that its end is counted out.
+    counted_write: Vec<Option<usize>>,
     inflight: u32,
     closing: bool,
     close_after_send: bool,
@@ -213,6 +216,19 @@ struct Worker {
     poll: Duration,
     /// No polling before this (a deeper queue was seen lately).
     no_poll_until: Instant,
+    /// This thread's counter of plain writes in flight in each LUN's shared state.
+    shard: usize,
+    /// Atomic operations (connection, task) holding their range while the plain writes in
+    /// flight finish, with what they hold.
+    draining: Vec<Drain>,
+}
+
+/// An atomic operation waiting for the plain writes in flight ([`LunShared::begin_drain`]).
+struct Drain {
+    idx: usize,
+    task: u16,
+    lun: Arc<LunRt>,
+    range: (u64, u64),
 }
 
 impl Worker {
@@ -222,6 +238,7 @@ impl Worker {
         load: Arc<AtomicUsize>,
         buffers: &[(usize, usize)],
         poll: Duration,
+        shard: usize,
     ) -> std::io::Result<Self> {
         let (ring, features) = uring::build_ring(256)?;
         tracing::debug!(?features, "data ring ready");
@@ -246,6 +263,8 @@ impl Worker {
             deferred: Vec::new(),
             poll,
             no_poll_until: Instant::now(),
+            shard,
+            draining: Vec::new(),
         };
         w.arm_wake();
         Ok(w)
@@ -434,6 +453,7 @@ impl Worker {
             file_ops: (0..usize::from(super::login::QUEUE_DEPTH))
                 .map(|_| FileOp::default())
                 .collect(),
+            counted_write: vec![None; usize::from(super::login::QUEUE_DEPTH)],
             inflight: 0,
             closing: false,
             close_after_send: false,
@@ -795,6 +815,7 @@ impl Worker {
                     }
                 }
                 None => {
+                    self.abandon_drain(idx, work.task);
                     if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
                         s.conn.io_done(work.task, IoResult::Failed, &mut self.pool);
                     }
@@ -818,12 +839,28 @@ impl Worker {
         if !plain {
             return self.start_job(idx, lun, work);
         }
-        if req.kind.writes()
-            && lun
-                .shared
-                .write_blocked(req.byte_offset, req.byte_offset + req.byte_len as u64)
-        {
-            return false;
+        if req.kind.writes() {
+            let end = req.byte_offset + req.byte_len as u64;
+            if !lun.shared.write_start(self.shard, req.byte_offset, end) {
+                return false;
+            }
+            let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+                lun.shared.write_done(self.shard);
+                return false;
+            };
+            let at = s
+                .conn
+                .target
+                .as_ref()
+                .and_then(|t| t.luns.iter().position(|l| Arc::ptr_eq(l, lun)));
+            match (at, s.counted_write.get_mut(usize::from(work.task))) {
+                (Some(at), Some(c)) => *c = Some(at),
+                _ => {
+                    lun.shared.write_done(self.shard);
+                    s.conn.io_done(work.task, IoResult::Failed, &mut self.pool);
+                    return true;
+                }
+            }
         }
         self.submit_plain(idx, lun, work);
         true
@@ -987,6 +1024,14 @@ impl Worker {
         let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
+        if let Some(at) = s
+            .counted_write
+            .get_mut(usize::from(task))
+            .and_then(Option::take)
+            && let Some(lun) = s.conn.target.as_ref().and_then(|t| t.luns.get(at))
+        {
+            lun.shared.write_done(self.shard);
+        }
         let op = s
             .file_ops
             .get_mut(usize::from(task))

@@ -1,7 +1,9 @@
 //! The little state a LUN shares between data threads: its persistent reservations (with the
 //! unit attentions and aborts they cause for sessions on any thread) and the block ranges held
-//! by COMPARE AND WRITE, ORWRITE and WRITE ATOMIC. Everything else on the data path is owned by
-//! one thread. The READ/WRITE fast path touches only two atomics (`pr_active`, `ranges_held`).
+//! by COMPARE AND WRITE, ORWRITE and WRITE ATOMIC, with the count of plain writes in flight those
+//! wait for. Everything else on the data path is owned by one thread. The READ fast path touches
+//! two atomics (`pr_active`, `ranges_held`); a plain WRITE also counts itself in and out on its
+//! data thread's own cache line.
 
 use crate::datastore::write_atomic;
 use crate::scsi::SenseReason;
@@ -38,7 +40,20 @@ pub struct LunShared {
     mail_seq: AtomicU64,
     ranges: Mutex<Vec<(u64, u64)>>,
     ranges_held: AtomicUsize,
+    /// Atomic operations waiting for the plain writes in flight to finish: while one waits,
+    /// every new plain write waits (so the wait ends within one write's time).
+    drains: AtomicUsize,
+    /// Plain writes in flight, one counter per data thread (modulo [`WRITE_SHARDS`]).
+    writes: [Shard; WRITE_SHARDS],
 }
+
+/// Counters of plain writes in flight; a data thread uses shard `index % WRITE_SHARDS`.
+pub const WRITE_SHARDS: usize = 16;
+
+/// A counter alone on its cache line, so data threads do not share lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(AtomicUsize);
 
 impl LunShared {
     /// State for a LUN whose saved reservations (if any) live in `pr_file`; a file that
@@ -125,14 +140,59 @@ impl LunShared {
     }
 
     /// Takes byte range [start, end) for an atomic operation; false when it overlaps one held.
+    /// The caller then waits for the plain writes already in flight ([`Self::begin_drain`]).
     pub fn try_hold(&self, start: u64, end: u64) -> bool {
         let mut r = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
         if r.iter().any(|&(s, e)| s < end && start < e) {
             return false;
         }
         r.push((start, end));
-        self.ranges_held.fetch_add(1, Ordering::AcqRel);
+        self.ranges_held.fetch_add(1, Ordering::SeqCst);
         true
+    }
+
+    /// An atomic operation holding its range starts waiting for the plain writes in flight:
+    /// from now on new plain writes wait too. Returns whether it may go on at once (none in
+    /// flight; then the drain is already over).
+    pub fn begin_drain(&self) -> bool {
+        self.drains.fetch_add(1, Ordering::SeqCst);
+        self.drained()
+    }
+
+    /// For an operation that began a drain: whether the plain writes in flight are done; if so,
+    /// its drain ends (only writes to its range still wait, for the range).
+    pub fn drained(&self) -> bool {
+        if self.writes.iter().any(|c| c.0.load(Ordering::SeqCst) > 0) {
+            return false;
+        }
+        self.drains.fetch_sub(1, Ordering::SeqCst);
+        true
+    }
+
+    /// Gives up a drain that did not finish (the command is gone).
+    pub fn abandon_drain(&self) {
+        self.drains.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A plain write to [start, end) on data thread `shard` wants to start: true when it may (it
+    /// is then counted until [`Self::write_done`]), false when it must wait for an atomic
+    /// operation. Counting in before looking (and the atomic operation announcing its drain
+    /// before counting) means that of two racing, at least one sees the other.
+    pub fn write_start(&self, shard: usize, start: u64, end: u64) -> bool {
+        let c = &self.writes[shard % WRITE_SHARDS].0;
+        c.fetch_add(1, Ordering::SeqCst);
+        if self.write_blocked(start, end) {
+            c.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// A plain write counted by [`Self::write_start`] is finished.
+    pub fn write_done(&self, shard: usize) {
+        self.writes[shard % WRITE_SHARDS]
+            .0
+            .fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Gives a range back.
@@ -144,10 +204,14 @@ impl LunShared {
         }
     }
 
-    /// Whether a plain write to [start, end) must wait for an atomic operation on its blocks.
-    pub fn write_blocked(&self, start: u64, end: u64) -> bool {
-        if self.ranges_held.load(Ordering::Acquire) == 0 {
+    /// Whether a plain write to [start, end) must wait for an atomic operation: one holding
+    /// its blocks, or one waiting for the writes in flight.
+    fn write_blocked(&self, start: u64, end: u64) -> bool {
+        if self.ranges_held.load(Ordering::SeqCst) == 0 {
             return false;
+        }
+        if self.drains.load(Ordering::SeqCst) > 0 {
+            return true;
         }
         let r = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
         r.iter().any(|&(s, e)| s < end && start < e)
@@ -170,5 +234,41 @@ mod tests {
         s.release(4096, 8192);
         s.release(8192, 9000);
         assert!(!s.write_blocked(0, 1 << 20));
+    }
+
+    #[test]
+    fn atomic_operations_wait_for_writes_in_flight() {
+        let s = LunShared::new(None);
+        // Two plain writes in flight on two data threads.
+        assert!(s.write_start(0, 0, 4096));
+        assert!(s.write_start(1, 1 << 20, (1 << 20) + 4096));
+        // COMPARE AND WRITE takes its range, then must wait for both.
+        assert!(s.try_hold(0, 512));
+        assert!(!s.begin_drain());
+        // Meanwhile every new plain write waits, even one far from the range.
+        assert!(!s.write_start(1, 1 << 30, (1 << 30) + 4096));
+        s.write_done(0);
+        assert!(!s.drained(), "one write still in flight");
+        s.write_done(1);
+        assert!(s.drained());
+        // Drain over: writes elsewhere go on, writes to the range still wait for it.
+        assert!(s.write_start(1, 1 << 30, (1 << 30) + 4096));
+        assert!(!s.write_start(0, 0, 4096));
+        s.release(0, 512);
+        assert!(s.write_start(0, 0, 4096));
+        s.write_done(0);
+        s.write_done(1);
+        // With nothing in flight the drain is over at once.
+        assert!(s.try_hold(0, 512));
+        assert!(s.begin_drain());
+        s.release(0, 512);
+        // A drain given up lets writes go again.
+        assert!(s.write_start(3, 0, 4096));
+        assert!(s.try_hold(8192, 9000));
+        assert!(!s.begin_drain());
+        s.abandon_drain();
+        s.release(8192, 9000);
+        s.write_done(3);
+        assert!(s.write_start(2, 0, 4096));
     }
 }

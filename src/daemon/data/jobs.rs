@@ -8,7 +8,7 @@
 //! LUN's shared range lock, so no other atomic operation and no plain write that starts
 //! meanwhile touches those blocks.
 
-use super::{Backing, BufId, Kind, LunRt, Worker, user_data};
+use super::{Backing, BufId, Drain, Kind, LunRt, Worker, user_data};
 use crate::daemon::conn::IoWork;
 use crate::scsi::sbc::{self, LbaState};
 use crate::scsi::xcopy::{self, CopyResult};
@@ -85,6 +85,55 @@ enum Next {
 }
 
 impl Worker {
+    /// For an atomic operation: takes its range, then waits (the caller retries) until the plain
+    /// writes already in flight on any thread are done, so none of them lands between its read
+    /// and its write. True when it may go on, holding its range.
+    fn hold_and_drain(
+        &mut self,
+        idx: usize,
+        task: u16,
+        lun: &Arc<LunRt>,
+        range: (u64, u64),
+    ) -> bool {
+        if let Some(i) = self
+            .draining
+            .iter()
+            .position(|d| d.idx == idx && d.task == task)
+        {
+            if !lun.shared.drained() {
+                return false;
+            }
+            self.draining.swap_remove(i);
+            return true;
+        }
+        if !lun.shared.try_hold(range.0, range.1) {
+            return false;
+        }
+        if lun.shared.begin_drain() {
+            return true;
+        }
+        self.draining.push(Drain {
+            idx,
+            task,
+            lun: lun.clone(),
+            range,
+        });
+        false
+    }
+
+    /// A request that waited for a drain will not run: its range and its drain are given back.
+    pub(super) fn abandon_drain(&mut self, idx: usize, task: u16) {
+        if let Some(i) = self
+            .draining
+            .iter()
+            .position(|d| d.idx == idx && d.task == task)
+        {
+            let d = self.draining.swap_remove(i);
+            d.lun.shared.abandon_drain();
+            d.lun.shared.release(d.range.0, d.range.1);
+        }
+    }
+
     /// Starts the job for a request that is not plain I/O. Returns false when the request must
     /// wait (its range is held by another atomic operation): the caller retries it later.
     pub(super) fn start_job(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork) -> bool {
@@ -94,7 +143,7 @@ impl Worker {
             req.kind,
             IoKind::CompareAndWrite | IoKind::OrWrite | IoKind::WriteAtomic
         );
-        if atomic && !lun.shared.try_hold(range.0, range.1) {
+        if atomic && !self.hold_and_drain(idx, work.task, lun, range) {
             return false;
         }
         let held = atomic.then_some(range);
