@@ -14,7 +14,7 @@ mod jobs;
 use super::conn::{Conn, DataDest, IoWork, OutData, OutPdu};
 use super::runtime::{Backing, LunRt};
 use super::uring::{self, BufId, BufferPool, Waker};
-use crate::iscsi::pdu::RejectReason;
+use crate::iscsi::pdu::{BHS_LEN, RejectReason};
 use crate::iscsi::reader::{Event, PduReader, ReadError, Want};
 use crate::scsi::{self, IoKind, IoResult};
 use crate::vmdk::{Op, SegmentKind};
@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 
 /// Staging receive buffer per connection.
 const RX_BYTES: usize = 64 << 10;
+/// A data segment this large makes the next receive a header alone ([`Slot::header_only`]):
+/// a second receive costs less than copying up to `RX_BYTES` of data out of the staging buffer.
+const LARGE_SEGMENT: usize = 32 << 10;
 /// PDUs gathered into one sendmsg.
 const SEND_BATCH: usize = 32;
 /// A data segment at least this long, with nothing of it staged yet, is received straight into
@@ -172,6 +175,10 @@ struct Slot {
     /// Bytes of the current PDU's data segment delivered so far.
     data_off: usize,
     saw_header: bool,
+    /// The last PDU carried a large data segment: receive only a header next, so that the data
+    /// segment after it lands straight in its registered buffer instead of being copied there
+    /// from the staging buffer.
+    header_only: bool,
     recv_inflight: bool,
     /// A receive straight into a registered buffer: (buffer, offset, length).
     recv_direct: Option<(BufId, usize, usize)>,
@@ -441,6 +448,7 @@ impl Worker {
             rx_len: 0,
             data_off: 0,
             saw_header: false,
+            header_only: false,
             recv_inflight: false,
             recv_direct: None,
             sending: Vec::with_capacity(SEND_BATCH),
@@ -533,7 +541,12 @@ impl Worker {
                 s.rx_len -= s.rx_pos;
                 s.rx_pos = 0;
             }
-            let free = &mut s.rx[s.rx_len..];
+            let end = if s.header_only {
+                (s.rx_len + BHS_LEN).min(s.rx.len())
+            } else {
+                s.rx.len()
+            };
+            let free = &mut s.rx[s.rx_len..end];
             opcode::Recv::new(types::Fd(s.fd), free.as_mut_ptr(), free.len() as u32).build()
         };
         s.recv_inflight = true;
@@ -629,12 +642,15 @@ impl Worker {
                 s.data_off = 0;
                 s.saw_header = true;
                 s.conn.on_header(&bhs, data_len, &mut self.pool);
+                s.header_only = data_len as usize >= LARGE_SEGMENT
+                    && matches!(s.conn.dest, DataDest::Slot { .. });
                 Ok(())
             }
             Ok(Some(Event::Complete)) => {
                 let bhs = *s.reader.bhs();
                 if !s.saw_header {
                     s.conn.on_header(&bhs, 0, &mut self.pool);
+                    s.header_only = false;
                 }
                 s.saw_header = false;
                 s.data_off = 0;
