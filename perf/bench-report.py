@@ -162,6 +162,20 @@ def matrix_table(groups, matrix, jobs):
     return lines
 
 
+def spread(groups, matrix):
+    """How far apart the rounds of one matrix were: for each job and target, the largest IOPS of
+    its rounds over the smallest, minus one; returns (median, largest, where) or None."""
+    rows = []
+    for (m, job, target), g in groups.items():
+        iops = [r["figures"]["iops"] for r in g["runs"] if r["figures"]]
+        if m == matrix and len(iops) > 1 and min(iops) > 0:
+            rows.append((max(iops) / min(iops) - 1, f"{job} {target}"))
+    if not rows:
+        return None
+    rows.sort()
+    return statistics.median(r[0] for r in rows), rows[-1][0], rows[-1][1]
+
+
 def goals(groups, matrix, job_order):
     """Issue 4's figures on one matrix: (goal, measured, met) rows."""
     def m(job, target, key):
@@ -343,6 +357,11 @@ def main():
               "poll-mem": "QD 1 with vitd --poll-us, in-memory LUNs (latency traded for CPU)"}
     for m in matrices:
         md += [f"## {titles[m]}", ""] + matrix_table(groups, m, job_order) + [""]
+        sp = spread(groups, m)
+        if sp:
+            md += [f"Round-to-round spread of IOPS (largest over smallest round, minus one): median "
+                   f"{100 * sp[0]:.0f}%, largest {100 * sp[1]:.0f}% ({sp[2]}); a vit/tgt ratio within "
+                   f"about {100 * sp[0]:.0f}% of 1 is within this machine's run-to-run noise.", ""]
     dt = device_table(groups, job_order)
     if dt:
         md += ["## The device alone (fio io_uring, O_DIRECT, on the targets' CPU)", "",
