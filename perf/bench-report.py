@@ -306,6 +306,7 @@ def main():
     for rec in records:
         if rec["job"] not in job_order:
             job_order.append(rec["job"])
+    rounds = max((r["round"] for r in records), default=0)
     matrices = [m for m in ("disk", "mem", "poll-disk", "poll-mem")
                 if any(k[0] == m for k in groups)]
 
@@ -335,8 +336,8 @@ def main():
           f"kernel {host['kernel']}.  ",
           f"vit: {a.vit_version}; tgt: {a.tgt_version}; {a.fio_version} (libiscsi engine).  ",
           f"fio on CPU {a.client_cpu}, targets on CPU {a.target_cpu} (vitd --cores 1); "
-          f"{a.ramp:g} s ramp + {a.runtime:g} s measured per run, runs alternate vit, tgt, "
-          f"vit, tgt; figures are the mean of the rounds. LUNs of {a.size}.  ",
+          f"{a.ramp:g} s ramp + {a.runtime:g} s measured per run, runs alternate vit, tgt "
+          f"for {rounds} round(s); figures are the mean of the rounds. LUNs of {a.size}.  ",
           "Latency is fio's completion latency (read side for the mixed job). Target CPU is "
           "user+system time of the whole target process (all threads) from /proc/PID/stat, "
           "as a rate over a window from just after the ramp to fio's end, divided by fio's "
