@@ -137,6 +137,14 @@ enum Kind {
     Wake = 4,
 }
 
+/// The LUN a task addresses: its index in the session's target and the LUN itself.
+fn task_lun(s: &Slot, task: u16) -> Option<(usize, Arc<LunRt>)> {
+    let id = u64::from(scsi::decode_lun(lun_of(&s.conn, task))?);
+    let luns = &s.conn.target.as_ref()?.luns;
+    let at = luns.iter().position(|l| l.id == id)?;
+    Some((at, luns[at].clone()))
+}
+
 /// How long a deeper queue than one command per connection turns polling off.
 const DEEP_QUEUE_HOLDOFF: Duration = Duration::from_millis(20);
 
@@ -788,19 +796,11 @@ impl Worker {
             let Some(work) = s.conn.io.pop_front() else {
                 return;
             };
-            let lun_id = scsi::decode_lun(lun_of(&s.conn, work.task));
-            let luns = s
-                .conn
-                .target
-                .as_ref()
-                .map(|t| t.luns.as_slice())
-                .unwrap_or(&[]);
-            let lun = lun_id.and_then(|id| luns.iter().find(|l| l.id == u64::from(id)).cloned());
-            let Some(lun) = lun else {
+            let Some((at, lun)) = task_lun(s, work.task) else {
                 s.conn.io_done(work.task, IoResult::Failed, &mut self.pool);
                 continue;
             };
-            if !self.submit_io(idx, &lun, work) {
+            if !self.submit_io(idx, at, &lun, work) {
                 self.deferred.push((idx, work));
             }
         }
@@ -814,19 +814,10 @@ impl Worker {
                 .get(idx)
                 .and_then(Option::as_ref)
                 .filter(|s| !s.closing)
-                .and_then(|s| {
-                    let id = scsi::decode_lun(lun_of(&s.conn, work.task))?;
-                    s.conn
-                        .target
-                        .as_ref()?
-                        .luns
-                        .iter()
-                        .find(|l| l.id == u64::from(id))
-                        .cloned()
-                });
+                .and_then(|s| task_lun(s, work.task));
             match lun {
-                Some(lun) => {
-                    if !self.submit_io(idx, &lun, work) {
+                Some((at, lun)) => {
+                    if !self.submit_io(idx, at, &lun, work) {
                         self.deferred.push((idx, work));
                     }
                 }
@@ -840,9 +831,9 @@ impl Worker {
         }
     }
 
-    /// Starts a request's backing-store work; false when it must wait for an atomic operation
-    /// on its blocks (the caller keeps it and retries).
-    fn submit_io(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork) -> bool {
+    /// Starts a request's backing-store work on `lun` (at index `at` in the target's list);
+    /// false when it must wait for an atomic operation (the caller keeps it and retries).
+    fn submit_io(&mut self, idx: usize, at: usize, lun: &Arc<LunRt>, work: IoWork) -> bool {
         let req = work.req;
         let plain = matches!(
             req.kind,
@@ -864,14 +855,9 @@ impl Worker {
                 lun.shared.write_done(self.shard);
                 return false;
             };
-            let at = s
-                .conn
-                .target
-                .as_ref()
-                .and_then(|t| t.luns.iter().position(|l| Arc::ptr_eq(l, lun)));
-            match (at, s.counted_write.get_mut(usize::from(work.task))) {
-                (Some(at), Some(c)) => *c = Some(at),
-                _ => {
+            match s.counted_write.get_mut(usize::from(work.task)) {
+                Some(c) => *c = Some(at),
+                None => {
                     lun.shared.write_done(self.shard);
                     s.conn.io_done(work.task, IoResult::Failed, &mut self.pool);
                     return true;
