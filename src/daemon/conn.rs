@@ -1007,12 +1007,12 @@ impl Conn {
         }
     }
 
-    /// The LUN field of a task.
     /// SCSI commands received and not yet answered.
     pub fn tasks_in_flight(&self) -> u32 {
         self.busy
     }
 
+    /// The LUN field of a task.
     pub fn task_lun(&self, task: u16) -> u64 {
         self.tasks
             .get(usize::from(task))

@@ -5,8 +5,8 @@
 //! written chunk by chunk, or the range deallocated), UNMAP (holes punched), EXTENDED COPY
 //! (chunks read from one LUN and written to another) and GET LBA STATUS (holes probed with
 //! SEEK_DATA/SEEK_HOLE). COMPARE AND WRITE, ORWRITE and WRITE ATOMIC hold their range in the
-//! LUN's shared range lock, so no other atomic operation and no plain write that starts
-//! meanwhile touches those blocks.
+//! LUN's shared range lock and first wait for the plain writes already in flight, so no other
+//! atomic operation and no plain write touches those blocks between their read and their write.
 
 use super::{Backing, BufId, Drain, Kind, LunRt, Worker, user_data};
 use crate::daemon::conn::IoWork;
@@ -95,11 +95,7 @@ impl Worker {
         lun: &Arc<LunRt>,
         range: (u64, u64),
     ) -> bool {
-        if let Some(i) = self
-            .draining
-            .iter()
-            .position(|d| d.idx == idx && d.task == task)
-        {
+        if let Some(i) = self.drain_of(idx, task) {
             if !lun.shared.drained() {
                 return false;
             }
@@ -121,13 +117,16 @@ impl Worker {
         false
     }
 
-    /// A request that waited for a drain will not run: its range and its drain are given back.
-    pub(super) fn abandon_drain(&mut self, idx: usize, task: u16) {
-        if let Some(i) = self
-            .draining
+    /// Where request `task` of connection `idx` is in the list of those waiting for a drain.
+    fn drain_of(&self, idx: usize, task: u16) -> Option<usize> {
+        self.draining
             .iter()
             .position(|d| d.idx == idx && d.task == task)
-        {
+    }
+
+    /// A request that waited for a drain will not run: its range and its drain are given back.
+    pub(super) fn abandon_drain(&mut self, idx: usize, task: u16) {
+        if let Some(i) = self.drain_of(idx, task) {
             let d = self.draining.swap_remove(i);
             d.lun.shared.abandon_drain();
             d.lun.shared.release(d.range.0, d.range.1);
