@@ -307,7 +307,7 @@ def main():
         if rec["job"] not in job_order:
             job_order.append(rec["job"])
     rounds = max((r["round"] for r in records), default=0)
-    matrices = [m for m in ("disk", "mem", "poll-disk", "poll-mem")
+    matrices = [m for m in ("disk", "mem", "memstore", "poll-disk", "poll-mem")
                 if any(k[0] == m for k in groups)]
 
     summary = {
@@ -353,7 +353,10 @@ def main():
           "the target's own code (clock-tick resolution, coarse at QD 1).  ",
           "⚠ marks a figure where some round failed (see Errors).", ""]
     titles = {"disk": "File LUNs, O_DIRECT (vit vmdk preallocated vs tgt rdwr --bsoflags direct)",
-              "mem": "In-memory LUNs (vit backend ramdisk vs tgt --bstype null)",
+              "mem": "In-memory LUNs without backing store (vit backend ramdisk, no capacity, "
+                     "vs tgt --bstype null: reads return zeroes, writes are discarded)",
+              "memstore": "In-memory LUNs that keep the data (vit backend ramdisk with option "
+                          "capacity vs tgt rdwr on a tmpfs file)",
               "poll-disk": "QD 1 with vitd --poll-us, file LUNs (latency traded for CPU)",
               "poll-mem": "QD 1 with vitd --poll-us, in-memory LUNs (latency traded for CPU)"}
     for m in matrices:

@@ -10,7 +10,7 @@
 #   SIZE=1G              size of each LUN (and the fio region)
 #   VIT_PORT=32600 TGT_PORT=32610 TGT_CONTROL_PORT=7
 #   CLIENT_CPU=0 TARGET_CPU=1
-#   MATRICES="disk mem poll device scale"   which parts to run
+#   MATRICES="disk mem memstore poll device scale"   which parts to run
 #   JOB_FILTER=REGEX     run only the jobs whose name matches (e.g. 'qd1$')
 #   POLL_US=50           vitd --poll-us for the "poll" matrix
 #   BENCH_DIR=/var/tmp   where the work directory (both backing files) is made
@@ -23,7 +23,10 @@
 #
 # Matrices: "disk" is a preallocated, fully written file on the same file system for
 # both, opened with O_DIRECT (vit's default; tgt --bsoflags direct); "mem" is vit's
-# ctl.conf `backend ramdisk` LUN against tgt's `--bstype null`; "poll" runs the QD 1 jobs
+# ctl.conf `backend ramdisk` LUN without backing store (no `option capacity`: reads return
+# zeroes, writes are discarded) against tgt's `--bstype null` (the same); "memstore" keeps
+# the data in memory on both sides: vit's ramdisk with `option capacity` against tgt's rdwr
+# backing store on a tmpfs file (/dev/shm, page cache); "poll" runs the QD 1 jobs
 # on both LUNs again with vitd --poll-us (latency traded for CPU) against the same tgt;
 # "device" measures the backing file system locally (fio's io_uring engine, O_DIRECT, on
 # the targets' CPU): the floor under any target's file-LUN figures; "scale" runs vitd
@@ -45,7 +48,7 @@ TGT_PORT=${TGT_PORT:-32610}
 TGT_CONTROL_PORT=${TGT_CONTROL_PORT:-7}
 CLIENT_CPU=${CLIENT_CPU:-0}
 TARGET_CPU=${TARGET_CPU:-1}
-MATRICES=${MATRICES:-disk mem poll device scale}
+MATRICES=${MATRICES:-disk mem memstore poll device scale}
 JOB_FILTER=${JOB_FILTER:-}
 POLL_US=${POLL_US:-50}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
@@ -53,7 +56,7 @@ OUT=${OUT:-$here/results}
 
 VIT_IQN=iqn.2026-11.io.vit:bench
 TGT_IQN=iqn.2026-11.io.tgt:bench
-VIT_DISK_LUN=0 VIT_MEM_LUN=1 TGT_DISK_LUN=1 TGT_MEM_LUN=2
+VIT_DISK_LUN=0 VIT_MEM_LUN=1 VIT_STORE_LUN=2 TGT_DISK_LUN=1 TGT_MEM_LUN=2 TGT_STORE_LUN=3
 
 # name rw bs iodepth rwmixread
 JOBS=(
@@ -68,7 +71,7 @@ JOBS=(
 
 log() { echo "bench: $(date -u +%H:%M:%S) $*" >&2; }
 
-work=""
+work="" tgt_shm=""
 vit_pid=""
 tgt_pid=""
 vit_extra=()
@@ -107,6 +110,7 @@ cleanup() {
         fi
         rm -rf "$work"
     fi
+    [[ -n ${tgt_shm:-} ]] && rm -f "$tgt_shm"
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 0' INT TERM
@@ -182,23 +186,29 @@ make_backing() {
             --size "$SIZE" --preallocate >&2 || return 1
     vit_flat=$(find "$ds" -name '*-flat.vmdk' | head -n 1)
     [[ -n $vit_flat ]] || return 1
-    # The in-memory LUN: hand-written ctl.conf `backend ramdisk` in the same target.
+    # The in-memory LUNs: hand-written ctl.conf `backend ramdisk` in the same target, one
+    # without backing store and one kept in memory (`option capacity`).
     # The disk LUN's write cache: "on" (write-back, as tgt's default) unless VIT_WRITECACHE=off
     # (vit's O_DIRECT default: write-through, every write made durable before it is acknowledged).
-    python3 - "$ds/.iSCSI-Config/etc/vit.conf" "$VIT_IQN" "$VIT_MEM_LUN" "${mib}M" "${VIT_WRITECACHE:-on}" <<'EOF' || return 1
+    python3 - "$ds/.iSCSI-Config/etc/vit.conf" "$VIT_IQN" "$VIT_MEM_LUN" "$VIT_STORE_LUN" "${mib}M" "${VIT_WRITECACHE:-on}" <<'EOF' || return 1
 import sys
-path, iqn, lun, size, writecache = sys.argv[1:]
+path, iqn, lun, store_lun, size, writecache = sys.argv[1:]
 text = open(path).read()
 head = f"target {iqn} {{\n"
 if head not in text:
     sys.exit(f"no target block for {iqn} in {path}")
-block = f"\tlun {lun} {{\n\t\tbackend ramdisk\n\t\tsize {size}\n\t}}\n"
+block = (f"\tlun {lun} {{\n\t\tbackend ramdisk\n\t\tsize {size}\n\t}}\n"
+         f"\tlun {store_lun} {{\n\t\tbackend ramdisk\n\t\tsize {size}\n"
+         f"\t\toption capacity {size}\n\t}}\n")
 text = text.replace(head, head + block, 1)
 text = text.replace("\t\tbackend vmdk\n", f"\t\tbackend vmdk\n\t\toption writecache {writecache}\n", 1)
 open(path, "w").write(text)
 EOF
     tgt_file=$work/tgt-lun.img
     fallocate -l "$((mib * 1048576))" "$tgt_file" || return 1
+    # tgt's memory-kept LUN: a file on tmpfs, served by its rdwr backing store (page cache).
+    tgt_shm=$(mktemp /dev/shm/vit-bench-tgt.XXXXXX) && truncate -s "$((mib * 1048576))" "$tgt_shm" ||
+        return 1
     log "writing both ${mib} MiB backing files once"
     fill_file "$vit_flat" "$mib" && fill_file "$tgt_file" "$mib" || return 1
     sync
@@ -241,6 +251,8 @@ start_tgt() {
             --backing-store "$tgt_file" --bsoflags direct &&
         tgtadm "${c[@]}" --mode logicalunit --op new --tid 1 --lun "$TGT_MEM_LUN" \
             --bstype null --backing-store /dev/null &&
+        tgtadm "${c[@]}" --mode logicalunit --op new --tid 1 --lun "$TGT_STORE_LUN" \
+            --backing-store "$tgt_shm" &&
         tgtadm "${c[@]}" --mode target --op bind --tid 1 --initiator-address ALL ||
         { record_error "tgtadm could not set up the target"; return 1; }
     log "tgtd pid $tgt_pid on CPU $cpus"
@@ -287,10 +299,18 @@ run_fio() {
     local pid port iqn lun
     if [[ $target == vit ]]; then
         pid=$vit_pid port=$VIT_PORT iqn=$VIT_IQN
-        [[ $matrix == *disk ]] && lun=$VIT_DISK_LUN || lun=$VIT_MEM_LUN
+        case $matrix in
+        *disk) lun=$VIT_DISK_LUN ;;
+        *memstore) lun=$VIT_STORE_LUN ;;
+        *) lun=$VIT_MEM_LUN ;;
+        esac
     else
         pid=$tgt_pid port=$TGT_PORT iqn=$TGT_IQN
-        [[ $matrix == *disk ]] && lun=$TGT_DISK_LUN || lun=$TGT_MEM_LUN
+        case $matrix in
+        *disk) lun=$TGT_DISK_LUN ;;
+        *memstore) lun=$TGT_STORE_LUN ;;
+        *) lun=$TGT_MEM_LUN ;;
+        esac
     fi
     local url="iscsi://127.0.0.1:$port/$iqn/$lun"
     url=${url//:/\\:} # fio splits file names at unescaped colons
@@ -440,7 +460,7 @@ main() {
     local m
     for m in $MATRICES; do
         case $m in
-        disk | mem) run_matrix "$m" ;;
+        disk | mem | memstore) run_matrix "$m" ;;
         poll)
             run_matrix poll-disk --poll-us "$POLL_US"
             run_matrix poll-mem --poll-us "$POLL_US"

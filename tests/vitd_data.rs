@@ -212,3 +212,59 @@ fn io_across_two_extents_of_a_split_lun() {
     let (ok, out) = fio_pass(&fio, "psync", raw.to_str().unwrap(), offset, size, 8, true);
     assert!(ok, "verify of qemu-img's raw image: {out}");
 }
+
+/// Adds `backend ramdisk` LUN `id` of `size` bytes to target `alias`, with `option capacity` when
+/// given.
+fn add_memory_lun(ds: &Datastore, alias: &str, id: u64, size: u64, capacity: Option<&str>) {
+    let iqn = iqn(alias);
+    ds.edit(|cfg| {
+        let t = cfg.targets.iter_mut().find(|t| t.name == iqn).unwrap();
+        t.luns.push(vit::config::TargetLun {
+            id,
+            pos: Default::default(),
+            lun: vit::config::LunRef::Inline(vit::config::LunBody {
+                backend: Some((vit::config::Backend::Ramdisk, Default::default())),
+                size: Some((size, Default::default())),
+                options: capacity
+                    .map(|c| vit::config::Opt {
+                        name: "capacity".into(),
+                        value: c.into(),
+                        pos: Default::default(),
+                    })
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }),
+        });
+    });
+}
+
+#[test]
+fn memory_luns_keep_data_only_with_a_capacity() {
+    // ctl.conf's `backend ramdisk`: with `option capacity` (at least the size) the data is kept
+    // in memory; without one there is no backing store (as in ctld): writes succeed and are
+    // discarded, reads return zeroes, so the read-back check finds no data.
+    let Some(fio) = fio() else { return };
+    let ds = Datastore::new();
+    ds.target("m", &[]);
+    add_memory_lun(&ds, "m", 0, 64 << 20, Some("64M"));
+    add_memory_lun(&ds, "m", 1, 64 << 20, None);
+    ds.vitctl(&["config", "validate"]);
+    let mut vitd = ds.start();
+    let kept = escaped(&ds.url("m", 0));
+    let (ok, out) = fio_pass(&fio, "libiscsi", &kept, 0, 32 << 20, 8, false);
+    assert!(ok, "write pass: {out}");
+    let (ok, out) = fio_pass(&fio, "libiscsi", &kept, 0, 32 << 20, 8, true);
+    assert!(ok, "verify pass: {out}");
+    let discarded = escaped(&ds.url("m", 1));
+    let (ok, out) = fio_pass(&fio, "libiscsi", &discarded, 0, 8 << 20, 8, false);
+    assert!(ok, "write pass: {out}");
+    let (ok, out) = fio_pass(&fio, "libiscsi", &discarded, 0, 8 << 20, 8, true);
+    assert!(!ok && out.contains("bad magic"), "zeroes read back: {out}");
+    assert!(
+        vitd.log_text().contains("no backing store"),
+        "{}",
+        vitd.log_text()
+    );
+    assert!(vitd.stop().success(), "{}", vitd.log_text());
+}

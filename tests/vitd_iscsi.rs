@@ -312,9 +312,44 @@ fn conformance_suite_passes() {
     ds.target("cu", &[]);
     ds.lun("cu", 0, "128M");
     let _vitd = ds.start();
+    whole_suite_passes(&ds.url("cu", 0));
+}
+
+#[test]
+fn conformance_suite_passes_on_a_memory_lun() {
+    // A ctl.conf `backend ramdisk` LUN backed by memory (`option capacity`): the data path
+    // without a disk (the one the in-memory benchmarks measure) passes the same suite.
+    if !have("iscsi-test-cu") {
+        return;
+    }
+    let ds = Datastore::new();
+    ds.target("mem", &[]);
+    let iqn = iqn("mem");
+    ds.edit(|cfg| {
+        let t = cfg.targets.iter_mut().find(|t| t.name == iqn).unwrap();
+        t.luns.push(TargetLun {
+            id: 0,
+            pos: Pos::default(),
+            lun: LunRef::Inline(LunBody {
+                backend: Some((Backend::Ramdisk, Pos::default())),
+                size: Some((128 << 20, Pos::default())),
+                options: vec![vit::config::Opt {
+                    name: "capacity".into(),
+                    value: "128M".into(),
+                    pos: Pos::default(),
+                }],
+                ..Default::default()
+            }),
+        });
+    });
+    let _vitd = ds.start();
+    whole_suite_passes(&ds.url("mem", 0));
+}
+
+/// Runs every test of iscsi-test-cu on `url`; none may fail.
+fn whole_suite_passes(url: &str) {
     // The second URL (a second session to the same LUN) enables the multipath suites.
-    let url = ds.url("cu", 0);
-    let (_, out) = client("iscsi-test-cu", &["-d", "-v", "-t", "ALL", &url, &url]);
+    let (_, out) = client("iscsi-test-cu", &["-d", "-v", "-t", "ALL", url, url]);
     let (tests, failed) = cu_summary(&out);
     let (run, _, skipped) = cu_counts(&out);
     eprintln!("iscsi-test-cu ALL: {tests} run, {failed} failed, {skipped} skipped");

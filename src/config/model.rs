@@ -314,6 +314,13 @@ impl LunBody {
     pub fn lun_alias(&self) -> Option<&str> {
         self.option("lun-alias")
     }
+    /// ctl.conf's `option capacity SIZE` of a ramdisk LUN: how much memory may back it (same
+    /// units as `size`). `None` when not given; absent or 0 means no backing store (as in ctld:
+    /// reads return zeroes, writes are discarded).
+    pub fn capacity(&self) -> Option<(Result<u64, String>, Pos)> {
+        let o = self.options.iter().rev().find(|o| o.name == "capacity")?;
+        Some((super::parser::size_bytes(&o.value), o.pos))
+    }
 }
 
 /// Where a `listen` statement asks to listen.

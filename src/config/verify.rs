@@ -320,6 +320,26 @@ impl Checker<'_> {
         {
             self.report(pos, "backend vmdk needs a `path`");
         }
+        if let Some((Backend::Ramdisk, pos)) = b.backend
+            && b.size.is_none()
+        {
+            self.report(pos, "backend ramdisk needs a `size`");
+        }
+        if let Some((capacity, pos)) = b.capacity() {
+            match (capacity, b.size) {
+                (Err(e), _) => self.report(pos, format!("option capacity: {e}")),
+                // Thin provisioning within a ramdisk (ctld's capacity between 0 and the size,
+                // with SPACE ALLOCATION FAILED once it is used up) is not implemented.
+                (Ok(c), Some((size, _))) if c != 0 && c < size => self.report(
+                    pos,
+                    format!(
+                        "option capacity {c} bytes is less than the size ({size} bytes): \
+                         a ramdisk is backed whole (capacity at least the size) or not at all (0)"
+                    ),
+                ),
+                _ => {}
+            }
+        }
         if let Some(p) = &b.path {
             if p.name.starts_with('/') {
                 self.report(
@@ -505,7 +525,11 @@ mod tests {
         let text = format!(
             "lun a {{ blocksize 1024 }}\nlun b {{ backend vmdk }}\nlun c {{ path /etc/passwd }}\n\
              lun d {{ path x/../../y }}\nlun e {{ path ..foo/x..y }}\n\
-             target {T} {{ lun 256 {{ path .. }} }}"
+             target {T} {{ lun 256 {{ path .. }} }}\n\
+             lun f {{ backend ramdisk }}\nlun g {{ backend ramdisk\n size 1G\n option capacity 512M }}\n\
+             lun h {{ backend ramdisk\n size 1G\n option capacity lots }}\n\
+             lun i {{ backend ramdisk\n size 1G\n option capacity 0 }}\n\
+             lun j {{ backend ramdisk\n size 1G\n option capacity 2G }}"
         );
         assert_eq!(
             errs(&text),
@@ -516,6 +540,10 @@ mod tests {
                 "4:14: path \"x/../../y\" must not contain a `..` component",
                 "6:40: LUN id 256 is out of range 0..=255",
                 "6:51: path \"..\" must not contain a `..` component",
+                "7:17: backend ramdisk needs a `size`",
+                "10:2: option capacity 536870912 bytes is less than the size (1073741824 bytes): \
+                 a ramdisk is backed whole (capacity at least the size) or not at all (0)",
+                "13:2: option capacity: size \"lots\": expected a number with optional suffix K, M, G, T or B",
             ]
         );
     }

@@ -1383,19 +1383,11 @@ mod tests {
 
     fn conn(initial_r2t: bool) -> (Conn, BufferPool) {
         let lun = LunRt {
-            id: 0,
-            block_size: 512,
-            num_blocks: 2048,
-            read_only: false,
-            serial: "s".into(),
-            alias: None,
             identity: 7,
-            backing: Backing::Ramdisk {
-                mem: crate::daemon::ramdisk::RamDisk::new(1 << 20).unwrap(),
-            },
-            shared: crate::daemon::shared::LunShared::new(None),
             thin: false,
-            write_cache: None,
+            ..crate::daemon::runtime::test_memory_lun(
+                crate::daemon::ramdisk::RamDisk::new(1 << 20).unwrap(),
+            )
         };
         let server = DeviceServer::new(vec![LunInfo::new(0, 512, 2048, 7, "s")]).unwrap();
         let target = Arc::new(TargetRt {

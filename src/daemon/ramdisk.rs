@@ -1,16 +1,22 @@
 //! Memory-backed LUNs (ctl.conf `backend ramdisk`): the protocol path without a disk, for
-//! benchmarks. The memory is a private anonymous mapping of the process (its data threads share
-//! it); like a disk, concurrent writes to the same blocks from different initiators are the
-//! initiators' business.
+//! benchmarks. As in ctld, `option capacity` says whether memory backs the LUN: with a capacity
+//! of at least `size` the data is kept in a private anonymous mapping of the process (its data
+//! threads share it; like a disk, concurrent writes to the same blocks from different initiators
+//! are the initiators' business); without one (or 0) there is no backing store: reads return
+//! zeroes and writes are discarded, which is what a benchmark of the protocol alone wants (and
+//! what tgt's `null` backing store does).
+
+use std::ptr::NonNull;
 
 use super::runtime::{Backing, LunRt};
 use crate::scsi::IoResult;
 use crate::vmdk::Op;
 
-/// A mapping of `size` bytes, reserved lazily (pages appear on first write).
+/// `size` bytes, in a mapping reserved lazily (pages appear on first write), or none at all.
 #[derive(Debug)]
 pub struct RamDisk {
-    base: *mut u8,
+    /// The mapping; `None` for a LUN without backing store.
+    base: Option<NonNull<u8>>,
     size: usize,
 }
 
@@ -22,16 +28,15 @@ unsafe impl Send for RamDisk {}
 unsafe impl Sync for RamDisk {}
 
 impl RamDisk {
+    /// A LUN whose data is kept in memory.
+    ///
     /// Private rather than shared anonymous memory: reading a range never written maps the
     /// kernel's zero page instead of allocating and clearing a shmem page, which was a fifth of
     /// the CPU time of a 4 KiB random read at QD 1. (Transparent huge pages were tried too: fewer
     /// faults for reads, but a first write then compacts memory for a 2 MiB page, and random
     /// writes lost a fifth of their IOPS.)
     pub fn new(size: u64) -> std::io::Result<Self> {
-        let size = usize::try_from(size).map_err(|_| std::io::Error::other("ramdisk too large"))?;
-        if size == 0 {
-            return Err(std::io::Error::other("ramdisk of size 0"));
-        }
+        let size = Self::checked_size(size)?;
         // SAFETY: an anonymous mapping with no address hint; the result is checked.
         let base = unsafe {
             libc::mmap(
@@ -47,20 +52,54 @@ impl RamDisk {
             return Err(std::io::Error::last_os_error());
         }
         Ok(RamDisk {
-            base: base.cast(),
+            base: NonNull::new(base.cast()),
             size,
         })
+    }
+
+    /// A LUN without backing store: reads return zeroes, writes are discarded.
+    pub fn discarding(size: u64) -> std::io::Result<Self> {
+        Ok(RamDisk {
+            base: None,
+            size: Self::checked_size(size)?,
+        })
+    }
+
+    fn checked_size(size: u64) -> std::io::Result<usize> {
+        match usize::try_from(size) {
+            Ok(0) => Err(std::io::Error::other("ramdisk of size 0")),
+            Ok(s) => Ok(s),
+            Err(_) => Err(std::io::Error::other("ramdisk too large")),
+        }
     }
 
     pub fn size(&self) -> u64 {
         self.size as u64
     }
+
+    /// Whether memory backs the LUN (writes are kept).
+    pub fn stores(&self) -> bool {
+        self.base.is_some()
+    }
+
+    /// The LUN's memory at [off, off+len), or `Err` when the range is outside the LUN;
+    /// `Ok(None)` for a LUN without backing store.
+    fn range(&self, offset: u64, len: usize) -> Result<Option<*mut u8>, ()> {
+        let off = usize::try_from(offset).map_err(|_| ())?;
+        if off.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(());
+        }
+        // SAFETY: off + len <= size (checked), so the pointer stays inside the mapping.
+        Ok(self.base.map(|b| unsafe { b.as_ptr().add(off) }))
+    }
 }
 
 impl Drop for RamDisk {
     fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.base.cast(), self.size) };
+        if let Some(base) = self.base {
+            // SAFETY: exactly the mapping made in `new`, unmapped once.
+            unsafe { libc::munmap(base.as_ptr().cast(), self.size) };
+        }
     }
 }
 
@@ -69,20 +108,20 @@ pub fn transfer(lun: &LunRt, offset: u64, buf: &mut [u8], len: usize, op: Op) ->
     let Backing::Ramdisk { mem } = &lun.backing else {
         return IoResult::Failed;
     };
-    let Ok(off) = usize::try_from(offset) else {
+    let Some(buf) = buf.get_mut(..len) else {
         return IoResult::Failed;
     };
-    if len > buf.len() || off.checked_add(len).is_none_or(|end| end > mem.size) {
-        return IoResult::Failed;
-    }
-    // SAFETY: off + len <= size (checked), so the range lies inside the mapping; `buf` holds at
-    // least len bytes (checked); the two never overlap (the mapping is ours alone).
-    unsafe {
-        let p = mem.base.add(off);
-        match op {
-            Op::Read => std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), len),
-            Op::Write => std::ptr::copy_nonoverlapping(buf.as_ptr(), p, len),
-        }
+    match (mem.range(offset, len), op) {
+        (Err(()), _) => return IoResult::Failed,
+        (Ok(None), Op::Read) => buf.fill(0),
+        (Ok(None), Op::Write) => {}
+        // SAFETY: `range` checked that [p, p+len) lies inside the mapping; `buf` holds len bytes;
+        // the two never overlap (the mapping is ours alone).
+        (Ok(Some(p)), Op::Read) => unsafe {
+            std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), len)
+        },
+        // SAFETY: as above.
+        (Ok(Some(p)), Op::Write) => unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), p, len) },
     }
     IoResult::Ok
 }
@@ -92,13 +131,74 @@ pub fn zero(lun: &LunRt, offset: u64, len: usize) -> IoResult {
     let Backing::Ramdisk { mem } = &lun.backing else {
         return IoResult::Failed;
     };
-    let Ok(off) = usize::try_from(offset) else {
-        return IoResult::Failed;
-    };
-    if off.checked_add(len).is_none_or(|end| end > mem.size) {
-        return IoResult::Failed;
+    match mem.range(offset, len) {
+        Err(()) => IoResult::Failed,
+        Ok(None) => IoResult::Ok,
+        Ok(Some(p)) => {
+            // SAFETY: `range` checked that [p, p+len) lies inside the mapping.
+            unsafe { std::ptr::write_bytes(p, 0, len) };
+            IoResult::Ok
+        }
     }
-    // SAFETY: off + len <= size (checked), inside the mapping.
-    unsafe { std::ptr::write_bytes(mem.base.add(off), 0, len) };
-    IoResult::Ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::runtime::test_memory_lun;
+
+    #[test]
+    fn a_stored_ramdisk_keeps_what_is_written() {
+        let lun = test_memory_lun(RamDisk::new(1 << 20).unwrap());
+        let mut buf = vec![0xa5u8; 8192];
+        assert_eq!(
+            transfer(&lun, 4096, &mut buf, 8192, Op::Write),
+            IoResult::Ok
+        );
+        let mut back = vec![0u8; 8192];
+        assert_eq!(
+            transfer(&lun, 4096, &mut back, 8192, Op::Read),
+            IoResult::Ok
+        );
+        assert_eq!(back, buf);
+        assert_eq!(zero(&lun, 4096, 4096), IoResult::Ok);
+        assert_eq!(
+            transfer(&lun, 4096, &mut back, 8192, Op::Read),
+            IoResult::Ok
+        );
+        assert!(back[..4096].iter().all(|&b| b == 0) && back[4096..].iter().all(|&b| b == 0xa5));
+    }
+
+    #[test]
+    fn without_backing_store_reads_are_zero_and_writes_are_discarded() {
+        let lun = test_memory_lun(RamDisk::discarding(1 << 20).unwrap());
+        let mut buf = vec![0xa5u8; 4096];
+        assert_eq!(transfer(&lun, 0, &mut buf, 4096, Op::Write), IoResult::Ok);
+        assert_eq!(transfer(&lun, 0, &mut buf, 4096, Op::Read), IoResult::Ok);
+        assert!(buf.iter().all(|&b| b == 0));
+        assert_eq!(zero(&lun, 0, 4096), IoResult::Ok);
+    }
+
+    #[test]
+    fn ranges_outside_the_lun_fail() {
+        for mem in [RamDisk::new(1 << 20), RamDisk::discarding(1 << 20)] {
+            let lun = test_memory_lun(mem.unwrap());
+            let mut buf = vec![0u8; 8192];
+            let end = 1u64 << 20;
+            assert_eq!(
+                transfer(&lun, end - 4096, &mut buf, 8192, Op::Read),
+                IoResult::Failed
+            );
+            assert_eq!(
+                transfer(&lun, u64::MAX, &mut buf, 1, Op::Write),
+                IoResult::Failed
+            );
+            assert_eq!(
+                transfer(&lun, 0, &mut buf, 8193, Op::Read),
+                IoResult::Failed
+            );
+            assert_eq!(zero(&lun, end, 1), IoResult::Failed);
+        }
+        assert!(RamDisk::new(0).is_err() && RamDisk::discarding(0).is_err());
+    }
 }

@@ -379,7 +379,24 @@ fn open_lun(
                 .size
                 .map(|(s, _)| s)
                 .ok_or("a ramdisk LUN needs a size")?;
-            let mem = super::ramdisk::RamDisk::new(size).map_err(|e| e.to_string())?;
+            let capacity = match body.capacity() {
+                None => 0,
+                Some((c, _)) => c.map_err(|e| format!("option capacity: {e}"))?,
+            };
+            let mem = if capacity == 0 {
+                tracing::warn!(
+                    "target {target} LUN {id}: a ramdisk without `option capacity` has no backing \
+                     store: reads return zeroes, writes are discarded"
+                );
+                super::ramdisk::RamDisk::discarding(size)
+            } else if capacity >= size {
+                super::ramdisk::RamDisk::new(size)
+            } else {
+                return Err(format!(
+                    "option capacity {capacity} bytes is less than the size ({size} bytes)"
+                ));
+            }
+            .map_err(|e| e.to_string())?;
             (
                 Backing::Ramdisk { mem },
                 size,
@@ -552,25 +569,32 @@ pub fn describe(r: &Running) -> String {
     )
 }
 
+/// A 1 MiB memory LUN 0 (512-byte blocks) for unit tests.
+#[cfg(test)]
+pub(crate) fn test_memory_lun(mem: super::ramdisk::RamDisk) -> LunRt {
+    LunRt {
+        id: 0,
+        block_size: 512,
+        num_blocks: mem.size() / 512,
+        read_only: false,
+        serial: "s".into(),
+        alias: None,
+        identity: 1,
+        backing: Backing::Ramdisk { mem },
+        shared: super::shared::LunShared::new(None),
+        thin: true,
+        write_cache: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ramdisk_lun(write_cache: Option<bool>) -> LunRt {
         LunRt {
-            id: 0,
-            block_size: 512,
-            num_blocks: 2048,
-            read_only: false,
-            serial: "s".into(),
-            alias: None,
-            identity: 1,
-            backing: Backing::Ramdisk {
-                mem: super::super::ramdisk::RamDisk::new(1 << 20).unwrap(),
-            },
-            shared: super::super::shared::LunShared::new(None),
-            thin: true,
             write_cache,
+            ..test_memory_lun(super::super::ramdisk::RamDisk::new(1 << 20).unwrap())
         }
     }
 
