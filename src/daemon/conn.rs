@@ -1356,7 +1356,7 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::runtime::{AuthPolicy, Backing, LunRt};
+    use crate::daemon::runtime::{AuthPolicy, LunRt};
     use crate::iscsi::params::{Negotiator, TargetLimits};
     use crate::iscsi::pdu::{DataOut, NopOut, TargetPdu};
     use crate::iscsi::text::{OutgoingText, TextList};
