@@ -49,13 +49,13 @@ ds=$work/ds
     "$VITCTL" --datastore "$ds" target add --alias soak --iqn "$IQN" >/dev/null &&
     "$VITCTL" --datastore "$ds" target lun add --target soak --id 0 --size 512M --preallocate >/dev/null ||
     { log "could not make the datastore; giving up"; exit 0; }
-# LUN 1: 64 MiB in memory (ctl.conf `backend ramdisk`).
+# LUN 1: 64 MiB kept in memory (ctl.conf `backend ramdisk` with `option capacity`).
 python3 - "$ds/.iSCSI-Config/etc/vit.conf" "$IQN" <<'EOF' || exit 0
 import sys
 path, iqn = sys.argv[1:]
 text = open(path).read()
 head = f"target {iqn} {{\n"
-text = text.replace(head, head + "\tlun 1 {\n\t\tbackend ramdisk\n\t\tsize 64M\n\t}\n", 1)
+text = text.replace(head, head + "\tlun 1 {\n\t\tbackend ramdisk\n\t\tsize 64M\n\t\toption capacity 64M\n\t}\n", 1)
 open(path, "w").write(text)
 EOF
 
@@ -129,7 +129,7 @@ print(f"# vitd over a {int(duration) // 60}-minute mixed run — "
       f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
 print()
 print(f"Machine: {model}, {os.cpu_count()} CPUs. {version}, default `--cores`. One target: LUN 0 a "
-      "512 MiB preallocated VMDK (O_DIRECT, write-through), LUN 1 64 MiB `backend ramdisk`.")
+      "512 MiB preallocated VMDK (O_DIRECT, write-through), LUN 1 64 MiB `backend ramdisk` kept in memory (`option capacity 64M`).")
 print()
 for name, what in (("disk", "fio libiscsi, 16 KiB 70/30 random mix, QD 16, LUN 0"),
                    ("mem", "fio libiscsi, 4 KiB 50/50 random mix, QD 4, LUN 1")):
