@@ -13,6 +13,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod datastore;
+pub mod fsutil;
 pub mod iscsi;
 pub mod names;
 pub mod scsi;

@@ -109,9 +109,7 @@ pub struct IoWork {
 /// Executes a command, taking the LUN's reservation lock when reservations are involved (a
 /// reservation command, or a LUN that has registrations): otherwise one atomic load.
 fn exec(target: &TargetRt, nexus: &mut Nexus, req: &Request<'_>, data_in: &mut [u8]) -> Outcome {
-    let rt =
-        scsi::decode_lun(req.lun).and_then(|id| target.luns.iter().find(|l| l.id == u64::from(id)));
-    match rt {
+    match target.lun_index(req.lun).map(|i| &target.luns[i]) {
         Some(rt) if scsi::needs_pr_state(req.cdb) || rt.shared.pr_active() => {
             let mut pr = rt.shared.lock_pr();
             let out = scsi::execute_with_pr(&target.server, nexus, req, data_in, Some(&mut pr));

@@ -139,10 +139,9 @@ enum Kind {
 
 /// The LUN a task addresses: its index in the session's target and the LUN itself.
 fn task_lun(s: &Slot, task: u16) -> Option<(usize, Arc<LunRt>)> {
-    let id = u64::from(scsi::decode_lun(lun_of(&s.conn, task))?);
-    let luns = &s.conn.target.as_ref()?.luns;
-    let at = luns.iter().position(|l| l.id == id)?;
-    Some((at, luns[at].clone()))
+    let target = s.conn.target.as_ref()?;
+    let at = target.lun_index(lun_of(&s.conn, task))?;
+    Some((at, target.luns[at].clone()))
 }
 
 /// How long a deeper queue than one command per connection turns polling off.

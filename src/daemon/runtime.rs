@@ -136,6 +136,14 @@ pub struct TargetRt {
     pub server: DeviceServer,
 }
 
+impl TargetRt {
+    /// The index in `luns` of the LUN an 8-byte LUN field addresses.
+    pub fn lun_index(&self, lun: [u8; 8]) -> Option<usize> {
+        let id = u64::from(crate::scsi::decode_lun(lun)?);
+        self.luns.iter().position(|l| l.id == id)
+    }
+}
+
 /// The whole running configuration.
 #[derive(Debug)]
 pub struct Running {

@@ -12,10 +12,8 @@
 //! `generation` incremented by exactly one. Paths from the config never leave the datastore
 //! ([`Datastore::resolve_lun_path`]).
 
-mod fsutil;
 mod validate;
 
-pub use fsutil::write_atomic;
 pub use validate::Problem;
 pub use validate::lun_body;
 
@@ -54,6 +52,22 @@ fn join_errors(errors: &[ConfigError]) -> String {
 }
 
 pub type Result<T, E = DatastoreError> = std::result::Result<T, E>;
+
+impl From<crate::fsutil::FsError> for DatastoreError {
+    fn from(e: crate::fsutil::FsError) -> Self {
+        DatastoreError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content (see
+/// [`crate::fsutil::write_atomic`]); a new file is created readable by all (less the umask).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use crate::fsutil::{Existing, write_atomic};
+    Ok(write_atomic(path, bytes, Existing::Replace, 0o666)?)
+}
 
 /// Attaches a path to an I/O error.
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatastoreError + '_ {
@@ -263,8 +277,8 @@ impl Datastore {
                 source: e,
             });
         }
-        fsutil::sync_dir(&self.targets_dir())?;
-        fsutil::sync_dir(&self.root)?;
+        crate::fsutil::sync_dir(&self.targets_dir())?;
+        crate::fsutil::sync_dir(&self.root)?;
         Ok(dir)
     }
 

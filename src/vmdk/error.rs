@@ -229,6 +229,16 @@ fn origin(path: &Path) -> std::path::Display<'_> {
     }
 }
 
+impl From<crate::fsutil::FsError> for VmdkError {
+    fn from(e: crate::fsutil::FsError) -> Self {
+        if e.op == "link" && e.source.kind() == io::ErrorKind::AlreadyExists {
+            VmdkError::AlreadyExists { path: e.path }
+        } else {
+            VmdkError::io(&e.path, e.op, e.source)
+        }
+    }
+}
+
 impl VmdkError {
     /// An I/O error with its path and operation.
     pub(crate) fn io(path: &Path, op: &'static str, source: io::Error) -> Self {

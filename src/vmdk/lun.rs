@@ -6,14 +6,15 @@
 //! written, and the descriptor is always replaced atomically (temp file, fsync, rename, fsync dir).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::descriptor::{CreateType, Descriptor, Extent, validate_file_name};
 use super::error::{ParseErrorKind, VmdkError};
 use super::{MAX_DESCRIPTOR_BYTES, MAX_EXTENTS, SECTOR_SIZE};
+use crate::fsutil::{self, Existing, parent_dir};
 
 /// The largest extent of a twoGbMaxExtentFlat LUN, in bytes: exactly 2 GiB, as qemu-img writes.
 pub const TWO_GB_EXTENT_BYTES: u64 = 2 << 30;
@@ -339,13 +340,6 @@ fn describe(ft: fs::FileType) -> &'static str {
     }
 }
 
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 /// Opens an existing regular file without following a final symlink. `O_NONBLOCK` keeps a FIFO
 /// from blocking the open; it is cleared again once the file is known to be regular (io_uring
 /// would otherwise return EAGAIN instead of waiting).
@@ -471,63 +465,30 @@ fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
-/// Writes the descriptor atomically: a temp file in the same directory, fsync, then rename
-/// (`replace`) or link (refusing an existing file), then fsync of the directory.
+/// Writes the descriptor atomically (see [`crate::fsutil::write_atomic`]): `replace` an existing
+/// descriptor, or refuse one.
 fn write_descriptor(path: &Path, descriptor: &Descriptor, replace: bool) -> Result<(), VmdkError> {
-    let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| VmdkError::InvalidName {
+    if path.file_name().and_then(|n| n.to_str()).is_none() {
+        return Err(VmdkError::InvalidName {
             name: path.display().to_string(),
             reason: "descriptor path has no UTF-8 file name",
-        })?;
-    let tmp = dir.join(format!(".{name}.tmp-{:08x}", rand::random::<u32>()));
-    let result = write_temp(&tmp, path, descriptor, replace).and_then(|()| {
-        if replace {
-            fs::rename(&tmp, path).map_err(|e| VmdkError::io(path, "rename", e))
-        } else {
-            fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => VmdkError::AlreadyExists {
-                    path: path.to_path_buf(),
-                },
-                _ => VmdkError::io(path, "link", e),
-            })
-        }
-    });
-    // After a rename the temp name is gone; after a link or a failure it must go.
-    if !replace || result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        });
     }
-    result?;
-    sync_dir(dir)
-}
-
-/// Writes and fsyncs the temp file, with the mode of the file it will replace.
-fn write_temp(
-    tmp: &Path,
-    target: &Path,
-    descriptor: &Descriptor,
-    replace: bool,
-) -> Result<(), VmdkError> {
-    let mut file = create_new_file(tmp)?;
-    if replace {
-        let mode = fs::metadata(target)
-            .map_err(|e| VmdkError::io(target, "stat", e))?
-            .permissions()
-            .mode();
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| VmdkError::io(tmp, "chmod", e))?;
-    }
-    file.write_all(descriptor.to_string().as_bytes())
-        .map_err(|e| VmdkError::io(tmp, "write", e))?;
-    file.sync_all().map_err(|e| VmdkError::io(tmp, "fsync", e))
+    let existing = if replace {
+        Existing::Replace
+    } else {
+        Existing::Refuse
+    };
+    Ok(fsutil::write_atomic(
+        path,
+        descriptor.to_string().as_bytes(),
+        existing,
+        FILE_MODE,
+    )?)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), VmdkError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| VmdkError::io(dir, "fsync directory", e))
+    Ok(fsutil::sync_dir(dir)?)
 }
 
 /// Files created so far; removed on drop unless [`CreatedFiles::keep`] is called.
@@ -554,7 +515,7 @@ impl Drop for CreatedFiles {
 mod tests {
     use super::*;
     use crate::vmdk::{ExtentMap, Op};
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, PermissionsExt};
 
     const MIB: u64 = 1 << 20;
 
