@@ -26,6 +26,7 @@ FIGURES = [
     ("p999_us", "clat p99.9 µs", "{:,.1f}", "lo"),
     ("cpu_us_per_io", "target CPU µs/IO", "{:,.2f}", "lo"),
     ("user_us_per_io", "of which user µs/IO", "{:,.2f}", "lo"),
+    ("sleeps_per_io", "target sleeps /IO", "{:,.2f}", "lo"),
     ("target_cpu_pct", "target CPU %", "{:,.0f}", "lo"),
     ("fio_cpu_pct", "fio CPU %", "{:,.0f}", "lo"),
     ("other_cpu_pct", "other CPU %", "{:,.0f}", "lo"),
@@ -63,6 +64,7 @@ def figures(rec):
         "fio_cpu_pct": sum(j.get("usr_cpu", 0) + j.get("sys_cpu", 0) for j in jobs),
         "cpu_us_per_io": None,
         "user_us_per_io": None,
+        "sleeps_per_io": None,
         "target_cpu_pct": None,
         "other_cpu_pct": None,
     }
@@ -77,6 +79,9 @@ def figures(rec):
         if u0 is not None and u1 is not None and u1 >= u0:
             user = (u1 - u0) / CLK_TCK / ((n1 - n0) / 1e9)
             out["user_us_per_io"] = user * 1e6 / out["iops"]
+        s0, s1 = rec.get("sleeps_start"), rec.get("sleeps_end")
+        if s0 is not None and s1 is not None and s1 >= s0:
+            out["sleeps_per_io"] = (s1 - s0) / ((n1 - n0) / 1e9) / out["iops"]
         b0, b1 = rec.get("machine_busy_ticks_start"), rec.get("machine_busy_ticks_end")
         if b0 is not None and b1 is not None and b1 >= b0:
             busy = 100.0 * (b1 - b0) / CLK_TCK / ((n1 - n0) / 1e9)
@@ -207,13 +212,17 @@ def device_table(groups, job_order):
     rows = [j for j in job_order if ("device", j, "local") in groups]
     if not rows:
         return []
-    lines = ["| job | IOPS | MiB/s | clat p50 µs | clat p99 µs | clat p99.9 µs |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| job | IOPS | MiB/s | clat p50 µs | clat p99 µs | clat p99.9 µs | "
+             "vit file LUN / device, IOPS | tgt file LUN / device, IOPS |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for job in rows:
         m = groups[("device", job, "local")]["mean"] or {}
+        share = {t: ratio(group_mean(groups, ("disk", job, t), "iops"), m.get("iops"))
+                 for t in ("vit", "tgt")}
         lines.append(f"| {job} | {fmt(m.get('iops'), '{:,.0f}')} | {fmt(m.get('mib_s'), '{:,.1f}')} | "
                      f"{fmt(m.get('p50_us'), '{:,.1f}')} | {fmt(m.get('p99_us'), '{:,.1f}')} | "
-                     f"{fmt(m.get('p999_us'), '{:,.1f}')} |")
+                     f"{fmt(m.get('p999_us'), '{:,.1f}')} | {fmt(share['vit'], '{:.2f}')} | "
+                     f"{fmt(share['tgt'], '{:.2f}')} |")
     return lines
 
 
@@ -351,6 +360,10 @@ def main():
           "I/O).  ",
           "\"of which user\" is the part of the target's CPU time spent outside the kernel: "
           "the target's own code (clock-tick resolution, coarse at QD 1).  ",
+          "\"target sleeps /IO\" counts the target's voluntary context switches (all threads) "
+          "per I/O: each is a wait for work that ended in a wakeup, the kernel's most expensive "
+          "per-I/O cost on this VM; a target that is the bottleneck finds work queued and sleeps "
+          "less per I/O than one that waits on its client.  ",
           "⚠ marks a figure where some round failed (see Errors).", ""]
     titles = {"disk": "File LUNs, O_DIRECT (vit vmdk preallocated vs tgt rdwr --bsoflags direct)",
               "mem": "In-memory LUNs without backing store (vit backend ramdisk, no capacity, "
@@ -369,9 +382,10 @@ def main():
     dt = device_table(groups, job_order)
     if dt:
         md += ["## The device alone (fio io_uring, O_DIRECT, on the targets' CPU)", "",
-               "The backing file system without any target. At QD 1 a file LUN's latency is the "
-               "device's plus the protocol's round trip (what the in-memory LUN shows); the second "
-               "table puts them side by side.", ""]
+               "The backing file system without any target, every job; the last two columns say "
+               "how close each target's file LUN comes to it (near 1: the device is the limit). At "
+               "QD 1 a file LUN's latency is the device's plus the protocol's round trip (what the "
+               "in-memory LUN shows); the second table puts them side by side.", ""]
         md += dt + [""] + floor_table(groups) + [""]
     for m in matrices:
         md += [f"### Issue 4 goals, {m}", "", "| goal | vit/tgt | met |", "|---|---:|---|"]

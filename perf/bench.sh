@@ -10,7 +10,7 @@
 #   SIZE=1G              size of each LUN (and the fio region)
 #   VIT_PORT=32600 TGT_PORT=32610 TGT_CONTROL_PORT=7
 #   CLIENT_CPU=0 TARGET_CPU=1
-#   MATRICES="disk mem memstore poll device scale"   which parts to run
+#   MATRICES="disk device mem memstore poll scale"   which parts to run
 #   JOB_FILTER=REGEX     run only the jobs whose name matches (e.g. 'qd1$')
 #   POLL_US=50           vitd --poll-us for the "poll" matrix
 #   BENCH_DIR=/var/tmp   where the work directory (both backing files) is made
@@ -48,7 +48,7 @@ TGT_PORT=${TGT_PORT:-32610}
 TGT_CONTROL_PORT=${TGT_CONTROL_PORT:-7}
 CLIENT_CPU=${CLIENT_CPU:-0}
 TARGET_CPU=${TARGET_CPU:-1}
-MATRICES=${MATRICES:-disk mem memstore poll device scale}
+MATRICES=${MATRICES:-disk device mem memstore poll scale}
 JOB_FILTER=${JOB_FILTER:-}
 POLL_US=${POLL_US:-50}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
@@ -124,18 +124,22 @@ wait_port() {
     return 1
 }
 
-# "TICKS NANOSECONDS BUSY USER": user+system CPU ticks of a whole process (all threads),
-# the time they were read at, the busy ticks of the whole machine (all CPUs, to see what
-# else ran), and the process's user ticks alone, or nothing when the process is gone.
+# "TICKS NANOSECONDS BUSY USER SLEEPS": user+system CPU ticks of a whole process (all
+# threads), the time they were read at, the busy ticks of the whole machine (all CPUs, to see
+# what else ran), the process's user ticks alone, and its voluntary context switches (all
+# threads: each a sleep that a wakeup ended), or nothing when the process is gone.
 cpu_sample() {
-    local stat now busy
+    local stat now busy sleeps
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
     now=$(date +%s%N)
     # The first line of /proc/stat: cpu user nice system idle iowait irq softirq steal.
     busy=$(awk 'NR == 1 {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat)
     # Fields after the ")" that closes the command name: utime is the 12th, stime the 13th.
+    sleeps=$(cat /proc/"$1"/task/*/status 2>/dev/null |
+        awk '/^voluntary_ctxt_switches:/ {s += $2} END {print s + 0}')
     stat=${stat##*) }
-    awk -v now="$now" -v busy="$busy" '{print $12 + $13, now, busy, $12}' <<<"$stat"
+    awk -v now="$now" -v busy="$busy" -v sleeps="$sleeps" \
+        '{print $12 + $13, now, busy, $12, sleeps}' <<<"$stat"
 }
 
 rss_kib() {
@@ -363,14 +367,15 @@ except Exception:
 num = lambda v: int(v) if v.strip().isdigit() else None
 def sample(v):
     parts = [num(p) for p in v.split()]
-    return parts if len(parts) == 4 and None not in parts else [None] * 4
-(ticks0, ns0, busy0, user0), (ticks1, ns1, busy1, user1) = sample(t0), sample(t1)
+    return parts if len(parts) == 5 and None not in parts else [None] * 5
+(ticks0, ns0, busy0, user0, sleeps0), (ticks1, ns1, busy1, user1, sleeps1) = sample(t0), sample(t1)
 rec = {"matrix": matrix, "job": job, "target": target, "round": int(rnd), "rw": rw,
        "bs": bs, "iodepth": int(qd), "numjobs": int(numjobs),
        "cpu_ticks_start": ticks0, "cpu_ticks_end": ticks1,
        "cpu_user_ticks_start": user0, "cpu_user_ticks_end": user1,
        "cpu_sample_ns_start": ns0, "cpu_sample_ns_end": ns1,
        "machine_busy_ticks_start": busy0, "machine_busy_ticks_end": busy1,
+       "sleeps_start": sleeps0, "sleeps_end": sleeps1,
        "rss_kib_start": num(rss0), "rss_kib_end": num(rss1),
        "error": err or None, "fio": fio}
 with open(out, "a") as f:
@@ -410,19 +415,19 @@ run_scale() {
 }
 
 # The backing file system alone: fio's io_uring engine with O_DIRECT on tgt's backing file,
-# pinned to the targets' CPU, for the 4 KiB jobs (what no target over iSCSI can beat).
+# pinned to the targets' CPU, for every job (what no target over iSCSI can beat).
 run_device() {
     local job name rw bs qd mix
     log "device: fio io_uring O_DIRECT on $tgt_file, CPU $TARGET_CPU"
     for job in "${JOBS[@]}"; do
         read -r name rw bs qd mix <<<"$job"
-        [[ $bs == 4k ]] || continue
         [[ -z $JOB_FILTER || $name =~ $JOB_FILTER ]] || continue
         local base="$work/device-$name"
         timeout -k 5 $((RAMP + RUNTIME + 60)) taskset -c "$TARGET_CPU" "$FIO" --name="$name" \
             --ioengine=io_uring --direct=1 --filename="$tgt_file" --size="$SIZE" --rw="$rw" \
             --bs="$bs" --iodepth="$qd" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
-            --randrepeat=0 --norandommap --output-format=json --output="$base.json" \
+            --randrepeat=0 --norandommap $([[ $mix != - ]] && echo "--rwmixread=$mix") \
+            --output-format=json --output="$base.json" \
             >"$base.out" 2>"$base.err" </dev/null ||
             record_error "device $name: fio exit status $?: $(tail -n 3 "$base.err" | tr '\n' ' ')"
         python3 - "$base.json" "$records" "$name" "$rw" "$bs" "$qd" <<'EOF'
