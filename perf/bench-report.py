@@ -160,9 +160,11 @@ def matrix_table(groups, matrix, jobs):
             lines.append(f"| {job} | {name}{note} | " + " | ".join(cells) + " |")
         cells = []
         for k, _, _, _ in FIGURES:
-            r = ratio(group_mean(groups, (matrix, job, "vit"), k),
-                      group_mean(groups, (matrix, job, "tgt"), k))
-            cells.append(fmt(r, "{:.2f}×"))
+            a, b = group_mean(groups, (matrix, job, "vit"), k), group_mean(groups, (matrix, job, "tgt"), k)
+            # A ratio of two counts near zero (sleeps per I/O of a target that never waits)
+            # says nothing.
+            near_zero = k == "sleeps_per_io" and (b or 0) < 0.05
+            cells.append(fmt(None if near_zero else ratio(a, b), "{:.2f}×"))
         lines.append(f"| {job} | **vit/tgt** | " + " | ".join(cells) + " |")
     return lines
 
@@ -294,6 +296,8 @@ def main():
     ap.add_argument("--vit-version", default="?")
     ap.add_argument("--tgt-version", default="?")
     ap.add_argument("--fio-version", default="?")
+    ap.add_argument("--date", help="the date of the runs (when the report is made again from "
+                    "kept records); default: now")
     a = ap.parse_args()
 
     records = []
@@ -310,7 +314,7 @@ def main():
             if r["figures"] is None and r["error"] and not any(r["error"] in e for e in errors):
                 errors.append(f"{g['matrix']} {g['job']} {g['target']} round {r['round']}: {r['error']}")
     host = machine()
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = a.date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     job_order = []
     for rec in records:
         if rec["job"] not in job_order:
