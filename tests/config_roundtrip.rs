@@ -135,6 +135,11 @@ fn lun_body() -> impl Strategy<Value = LunBody> {
                     (Some(Backend::Vmdk), None) => Some(Named::new("t/l.vmdk")),
                     (_, path) => path.map(Named::new),
                 };
+                // A ramdisk LUN needs a size.
+                let size = match (backend, size) {
+                    (Some(Backend::Ramdisk), None) => Some(1 << 30),
+                    (_, size) => size,
+                };
                 LunBody {
                     pos: p(),
                     backend: backend.map(|b| (b, p())),
