@@ -177,20 +177,7 @@ fn io_across_two_extents_of_a_split_lun() {
         .status()
         .unwrap();
     assert!(st.success());
-    let iqn = iqn("s");
-    ds.edit(|cfg| {
-        let t = cfg.targets.iter_mut().find(|t| t.name == iqn).unwrap();
-        t.luns.push(vit::config::TargetLun {
-            id: 0,
-            pos: Default::default(),
-            lun: vit::config::LunRef::Inline(vit::config::LunBody {
-                backend: Some((vit::config::Backend::Vmdk, Default::default())),
-                path: Some(vit::config::Named::new(format!("{uuid}/split.vmdk"))),
-                size: Some((3 << 30, Default::default())),
-                ..Default::default()
-            }),
-        });
-    });
+    ds.add_lun_body("s", 0, vmdk_lun(format!("{uuid}/split.vmdk"), 3 << 30));
     // 16 MiB straddling the 2 GiB extent boundary.
     let (offset, size) = ((2u64 << 30) - (8 << 20), 16 << 20);
     let url = escaped(&ds.url("s", 0));
@@ -213,32 +200,6 @@ fn io_across_two_extents_of_a_split_lun() {
     assert!(ok, "verify of qemu-img's raw image: {out}");
 }
 
-/// Adds `backend ramdisk` LUN `id` of `size` bytes to target `alias`, with `option capacity` when
-/// given.
-fn add_memory_lun(ds: &Datastore, alias: &str, id: u64, size: u64, capacity: Option<&str>) {
-    let iqn = iqn(alias);
-    ds.edit(|cfg| {
-        let t = cfg.targets.iter_mut().find(|t| t.name == iqn).unwrap();
-        t.luns.push(vit::config::TargetLun {
-            id,
-            pos: Default::default(),
-            lun: vit::config::LunRef::Inline(vit::config::LunBody {
-                backend: Some((vit::config::Backend::Ramdisk, Default::default())),
-                size: Some((size, Default::default())),
-                options: capacity
-                    .map(|c| vit::config::Opt {
-                        name: "capacity".into(),
-                        value: c.into(),
-                        pos: Default::default(),
-                    })
-                    .into_iter()
-                    .collect(),
-                ..Default::default()
-            }),
-        });
-    });
-}
-
 #[test]
 fn memory_luns_keep_data_only_with_a_capacity() {
     // ctl.conf's `backend ramdisk`: with `option capacity` (at least the size) the data is kept
@@ -247,8 +208,8 @@ fn memory_luns_keep_data_only_with_a_capacity() {
     let Some(fio) = fio() else { return };
     let ds = Datastore::new();
     ds.target("m", &[]);
-    add_memory_lun(&ds, "m", 0, 64 << 20, Some("64M"));
-    add_memory_lun(&ds, "m", 1, 64 << 20, None);
+    ds.add_lun_body("m", 0, memory_lun(64 << 20, Some("64M")));
+    ds.add_lun_body("m", 1, memory_lun(64 << 20, None));
     ds.vitctl(&["config", "validate"]);
     let mut vitd = ds.start();
     let kept = escaped(&ds.url("m", 0));

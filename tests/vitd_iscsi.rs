@@ -7,27 +7,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
-use vit::config::{Backend, LunBody, LunRef, Named, Pos, TargetLun};
+use vit::config::{Named, Pos};
 
 const RC16: &str = "iscsi-readcapacity16";
-
-/// Adds an existing descriptor `<uuid>/<file>` as LUN `id` of target `alias`.
-fn add_lun_path(ds: &Datastore, alias: &str, id: u64, path: String, size: u64) {
-    let iqn = iqn(alias);
-    ds.edit(|cfg| {
-        let t = cfg.targets.iter_mut().find(|t| t.name == iqn).unwrap();
-        t.luns.push(TargetLun {
-            id,
-            pos: Pos::default(),
-            lun: LunRef::Inline(LunBody {
-                backend: Some((Backend::Vmdk, Pos::default())),
-                path: Some(Named::new(path)),
-                size: Some((size, Pos::default())),
-                ..Default::default()
-            }),
-        });
-    });
-}
 
 #[test]
 fn discovery_inquiry_and_capacity() {
@@ -97,8 +79,8 @@ fn luns_made_by_qemu_img() {
             .unwrap();
         assert!(st.success());
     }
-    add_lun_path(&ds, "q", 0, format!("{uuid}/mono.vmdk"), 32 << 20);
-    add_lun_path(&ds, "q", 1, format!("{uuid}/split.vmdk"), 5 << 30);
+    ds.add_lun_body("q", 0, vmdk_lun(format!("{uuid}/mono.vmdk"), 32 << 20));
+    ds.add_lun_body("q", 1, vmdk_lun(format!("{uuid}/split.vmdk"), 5 << 30));
     ds.vitctl(&["config", "validate"]);
     let _vitd = ds.start();
     let (ok, out) = client(RC16, &[&ds.url("q", 0)]);
@@ -324,24 +306,7 @@ fn conformance_suite_passes_on_a_memory_lun() {
     }
     let ds = Datastore::new();
     ds.target("mem", &[]);
-    let iqn = iqn("mem");
-    ds.edit(|cfg| {
-        let t = cfg.targets.iter_mut().find(|t| t.name == iqn).unwrap();
-        t.luns.push(TargetLun {
-            id: 0,
-            pos: Pos::default(),
-            lun: LunRef::Inline(LunBody {
-                backend: Some((Backend::Ramdisk, Pos::default())),
-                size: Some((128 << 20, Pos::default())),
-                options: vec![vit::config::Opt {
-                    name: "capacity".into(),
-                    value: "128M".into(),
-                    pos: Pos::default(),
-                }],
-                ..Default::default()
-            }),
-        });
-    });
+    ds.add_lun_body("mem", 0, memory_lun(128 << 20, Some("128M")));
     let _vitd = ds.start();
     whole_suite_passes(&ds.url("mem", 0));
 }

@@ -103,6 +103,19 @@ impl Datastore {
         change(&mut cfg);
         ds.commit(&lock, &mut cfg).unwrap();
     }
+    /// Adds LUN `id` with this body to target `alias` (for LUNs vitctl does not make: other
+    /// VMDK formats, memory LUNs).
+    pub fn add_lun_body(&self, alias: &str, id: u64, body: vit::config::LunBody) {
+        let iqn = iqn(alias);
+        self.edit(|cfg| {
+            let t = cfg.targets.iter_mut().find(|t| t.name == iqn).unwrap();
+            t.luns.push(vit::config::TargetLun {
+                id,
+                pos: Default::default(),
+                lun: vit::config::LunRef::Inline(body),
+            });
+        });
+    }
     pub fn url(&self, alias: &str, lun: u32) -> String {
         format!("iscsi://127.0.0.1:{}/{}/{lun}", self.port, iqn(alias))
     }
@@ -220,4 +233,31 @@ pub fn client(program: &str, args: &[&str]) -> (bool, String) {
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
+}
+
+/// A LUN body for an existing descriptor `path` (relative to `.iSCSI-Config/targets/`).
+pub fn vmdk_lun(path: String, size: u64) -> vit::config::LunBody {
+    vit::config::LunBody {
+        backend: Some((vit::config::Backend::Vmdk, Default::default())),
+        path: Some(vit::config::Named::new(path)),
+        size: Some((size, Default::default())),
+        ..Default::default()
+    }
+}
+
+/// A `backend ramdisk` LUN body of `size` bytes, with `option capacity` when given.
+pub fn memory_lun(size: u64, capacity: Option<&str>) -> vit::config::LunBody {
+    vit::config::LunBody {
+        backend: Some((vit::config::Backend::Ramdisk, Default::default())),
+        size: Some((size, Default::default())),
+        options: capacity
+            .map(|c| vit::config::Opt {
+                name: "capacity".into(),
+                value: c.into(),
+                pos: Default::default(),
+            })
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    }
 }
