@@ -57,6 +57,8 @@ fn fio_pass(
         "--randseed=20261125",
         "--verify=crc32c",
         "--do_verify=1",
+        // No verify state file left in the working directory.
+        "--verify_state_save=0",
     ]);
     if verify_only {
         cmd.arg("--verify_only");
@@ -227,5 +229,71 @@ fn memory_luns_keep_data_only_with_a_capacity() {
         "{}",
         vitd.log_text()
     );
+    assert!(vitd.stop().success(), "{}", vitd.log_text());
+}
+
+#[test]
+fn a_full_file_system_gives_space_allocation_failed() {
+    // A sparse LUN on a file system that fills up: the write that finds no space (or only part
+    // of what it needs) fails with DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT (the
+    // thin-provisioning condition VMware and Linux act on), never as a success, and the writes
+    // acknowledged before are intact. The small file system is a tmpfs mounted over the target's
+    // directory in a mount namespace of vitd's own (root only).
+    let Some(fio) = fio() else { return };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !have("unshare") {
+        eprintln!("note: needs root and unshare(1) to mount a small tmpfs; skipping");
+        return;
+    }
+    let ds = Datastore::new();
+    let uuid = ds.target("full", &[]);
+    ds.lun("full", 0, "64M");
+    let dir = ds.root().join(&uuid);
+    let save = ds.root().join("saved-lun");
+    let script = format!(
+        "set -e; cp -a '{d}' '{s}'; mount -t tmpfs -o size=8m tmpfs '{d}'; cp -a '{s}'/. '{d}'/; \
+         exec '{vitd}' --datastore '{root}' --cores 1",
+        d = dir.display(),
+        s = save.display(),
+        vitd = env!("CARGO_BIN_EXE_vitd"),
+        root = ds.root().display(),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    let mut vitd = Vitd::spawn(cmd, ds.port);
+    let url = escaped(&ds.url("full", 0));
+    let (ok, out) = fio_pass(&fio, "libiscsi", &url, 0, 4 << 20, 4, false);
+    assert!(ok, "write pass within the space: {out}");
+    let fill = Command::new("timeout")
+        .arg("120")
+        .arg(&fio)
+        .args([
+            "--name=fill",
+            "--ioengine=libiscsi",
+            &format!("--filename={url}"),
+            "--offset=8M",
+            "--size=32M",
+            "--rw=write",
+            "--bs=64k",
+            "--iodepth=4",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&fill.stdout),
+        String::from_utf8_lossy(&fill.stderr)
+    );
+    assert!(!fill.status.success(), "32 MiB fit in an 8 MiB file system? {text}");
+    let failures: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("request failed"))
+        .collect();
+    assert!(
+        !failures.is_empty() && failures.iter().all(|l| l.contains("(0x2707)")),
+        "every failed write is SPACE ALLOCATION FAILED WRITE PROTECT: {text}"
+    );
+    let (ok, out) = fio_pass(&fio, "libiscsi", &url, 0, 4 << 20, 4, true);
+    assert!(ok, "what was acknowledged before is intact: {out}");
     assert!(vitd.stop().success(), "{}", vitd.log_text());
 }

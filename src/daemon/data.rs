@@ -164,6 +164,15 @@ fn split_user_data(ud: u64) -> (usize, u8, u16) {
 struct FileOp {
     pending: u16,
     failed: bool,
+    /// Some operation failed for want of space (ENOSPC, EDQUOT: a thin LUN on a full file
+    /// system), which the initiator is told as SPACE ALLOCATION FAILED.
+    no_space: bool,
+    /// Bytes the read and write operations in flight asked for, and the bytes they moved: a
+    /// short transfer is a failure, never a success with bytes missing.
+    expect: u64,
+    done: u64,
+    /// Some of them write (a short write is the file system running out of space).
+    writes: bool,
     /// For VERIFY with BYTCHK: the buffer the media was read into.
     verify_buf: Option<BufId>,
     work: Option<IoWork>,
@@ -940,6 +949,8 @@ impl Worker {
                                 .build()
                         };
                         sqes.push(sqe.user_data(user_data(idx, Kind::File, work.task)));
+                        op.expect += len as u64;
+                        op.writes |= op_kind == Op::Write;
                     }
                     at += len;
                 }
@@ -1002,22 +1013,28 @@ impl Worker {
                 std::io::Error::from_raw_os_error(-res)
             );
             op.failed = true;
+            op.no_space |= -res == libc::ENOSPC || -res == libc::EDQUOT;
+        } else {
+            op.done += res as u64;
         }
         op.pending = op.pending.saturating_sub(1);
-        if op.pending == 0
-            && let Some(job) = op.job.take()
-        {
-            let failed = op.failed;
-            return self.advance(idx, job, failed);
+        if op.pending != 0 {
+            return;
         }
-        if op.pending == 0 {
-            let result = if op.failed {
-                IoResult::Failed
-            } else {
-                IoResult::Ok
-            };
-            self.finish_io(idx, task, result);
+        if !op.failed && op.done != op.expect {
+            tracing::warn!("backing-store I/O moved {} of {} bytes", op.done, op.expect);
+            op.failed = true;
+            op.no_space |= op.writes;
         }
+        let result = match (op.failed, op.no_space) {
+            (false, _) => IoResult::Ok,
+            (true, true) => IoResult::NoSpace,
+            (true, false) => IoResult::Failed,
+        };
+        if let Some(job) = op.job.take() {
+            return self.advance(idx, job, result);
+        }
+        self.finish_io(idx, task, result);
     }
 
     /// A task's backing-store work is over: compare for VERIFY, then let the connection respond.

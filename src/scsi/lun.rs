@@ -583,6 +583,8 @@ pub enum IoResult {
     WriteError(Option<Lba>),
     /// VERIFY/WRITE AND VERIFY compare failed at this byte offset of the data-out.
     Miscompare(u64),
+    /// The backing store had no space left for a write (a thin LUN on a full file system).
+    NoSpace,
     /// Anything else went wrong.
     Failed,
 }
@@ -1198,6 +1200,7 @@ pub fn complete_io(req: &IoRequest, result: IoResult) -> Completion {
             SenseReason::MiscompareDuringVerify,
             offset,
         )),
+        IoResult::NoSpace => Completion::check(SenseReason::SpaceAllocationFailed),
         IoResult::Failed => Completion::check(SenseReason::InternalTargetFailure),
     }
 }

@@ -128,6 +128,9 @@ pub enum SenseReason {
     ReportedLunsDataChanged,
     /// DATA PROTECT, WRITE PROTECTED (7h/27h/00h).
     WriteProtected,
+    /// DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT (7h/27h/07h): a thin-provisioned LUN
+    /// could not get the space a write needs (SBC-3 4.7.3.6).
+    SpaceAllocationFailed,
     /// MISCOMPARE, MISCOMPARE DURING VERIFY OPERATION (Eh/1Dh/00h).
     MiscompareDuringVerify,
 }
@@ -172,6 +175,7 @@ impl SenseReason {
             Self::CapacityDataChanged => (K::UnitAttention, 0x2A, 0x09),
             Self::ReportedLunsDataChanged => (K::UnitAttention, 0x3F, 0x0E),
             Self::WriteProtected => (K::DataProtect, 0x27, 0x00),
+            Self::SpaceAllocationFailed => (K::DataProtect, 0x27, 0x07),
             Self::MiscompareDuringVerify => (K::Miscompare, 0x1D, 0x00),
         }
     }
@@ -401,6 +405,7 @@ mod tests {
             (SenseReason::CapacityDataChanged, 0x6, 0x2A, 0x09),
             (SenseReason::ReportedLunsDataChanged, 0x6, 0x3F, 0x0E),
             (SenseReason::WriteProtected, 0x7, 0x27, 0x00),
+            (SenseReason::SpaceAllocationFailed, 0x7, 0x27, 0x07),
             (SenseReason::MiscompareDuringVerify, 0xE, 0x1D, 0x00),
         ];
         for &(reason, key, asc, ascq) in cases {

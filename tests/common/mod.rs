@@ -150,14 +150,20 @@ pub struct Vitd {
 
 impl Vitd {
     pub fn start(root: &Path, port: u16, extra: &[&str]) -> Vitd {
-        let logdir = tempfile::tempdir().unwrap();
-        let log = logdir.path().join("vitd.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_vitd"))
-            .arg("--datastore")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitd"));
+        cmd.arg("--datastore")
             .arg(root)
             .arg("--cores")
             .arg("2")
-            .args(extra)
+            .args(extra);
+        Vitd::spawn(cmd, port)
+    }
+
+    /// Runs `cmd` (which ends up exec'ing vitd) and waits until it accepts connections on `port`.
+    pub fn spawn(mut cmd: Command, port: u16) -> Vitd {
+        let logdir = tempfile::tempdir().unwrap();
+        let log = logdir.path().join("vitd.log");
+        let child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -243,7 +243,7 @@ impl Worker {
             phase: 0,
             held,
         });
-        self.advance(idx, job, false);
+        self.advance(idx, job, IoResult::Ok);
         true
     }
 
@@ -361,16 +361,30 @@ impl Worker {
             .unwrap_or_else(|()| Completion::check(SenseReason::UnrecoveredReadError))
     }
 
-    /// A step of `job` completed (`failed`: one of its operations failed): run the next one.
-    pub(super) fn advance(&mut self, idx: usize, mut job: Box<Job>, failed: bool) {
+    /// A step of `job` completed (`result`: how its operations ended): run the next one.
+    pub(super) fn advance(&mut self, idx: usize, mut job: Box<Job>, result: IoResult) {
         loop {
-            if failed {
-                let r = if job.phase == 0 && !matches!(job.kind, JobKind::Atomic) {
-                    IoResult::ReadError(Some(job.work.req.lba))
-                } else {
-                    IoResult::WriteError(Some(job.work.req.lba))
-                };
-                return self.end_job(idx, *job, Ok(r));
+            match result {
+                IoResult::Ok => {}
+                IoResult::NoSpace => return self.end_job(idx, *job, Ok(IoResult::NoSpace)),
+                _ => {
+                    let r = if job.phase == 0 && !matches!(job.kind, JobKind::Atomic) {
+                        IoResult::ReadError(Some(job.work.req.lba))
+                    } else {
+                        IoResult::WriteError(Some(job.work.req.lba))
+                    };
+                    return self.end_job(idx, *job, Ok(r));
+                }
+            }
+            // The step's operations count their bytes afresh (`submit_range` adds to `expect`).
+            if let Some(op) = self
+                .slots
+                .get_mut(idx)
+                .and_then(Option::as_mut)
+                .and_then(|s| s.file_ops.get_mut(usize::from(job.work.task)))
+            {
+                (op.expect, op.done, op.writes) = (0, 0, false);
+                (op.failed, op.no_space) = (false, false);
             }
             match self.step(idx, &mut job) {
                 Ok(0) => continue,
@@ -378,7 +392,6 @@ impl Worker {
                     if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
                         let op = &mut s.file_ops[usize::from(job.work.task)];
                         op.pending = n;
-                        op.failed = false;
                         op.job = Some(job);
                     }
                     return;
@@ -613,6 +626,7 @@ impl Worker {
         sqes.clear();
         let mut at = buf_at;
         let mut failed = false;
+        let mut expect = 0u64;
         for seg in segments {
             let n = seg.len as usize;
             if seg.kind == SegmentKind::Zero {
@@ -651,6 +665,9 @@ impl Worker {
                     break;
                 }
             };
+            if op != RangeOp::Punch {
+                expect += n as u64;
+            }
             sqes.push(sqe.user_data(user_data(idx, Kind::File, task)));
             at += n;
         }
@@ -661,6 +678,10 @@ impl Worker {
         let count = sqes.len() as u16;
         if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
             s.inflight += u32::from(count);
+            if let Some(f) = s.file_ops.get_mut(usize::from(task)) {
+                f.expect += expect;
+                f.writes |= op == RangeOp::Write;
+            }
         }
         for sqe in sqes.drain(..) {
             self.push(sqe);
