@@ -284,7 +284,10 @@ fn a_full_file_system_gives_space_allocation_failed() {
         String::from_utf8_lossy(&fill.stdout),
         String::from_utf8_lossy(&fill.stderr)
     );
-    assert!(!fill.status.success(), "32 MiB fit in an 8 MiB file system? {text}");
+    assert!(
+        !fill.status.success(),
+        "32 MiB fit in an 8 MiB file system? {text}"
+    );
     let failures: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("request failed"))

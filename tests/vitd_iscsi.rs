@@ -442,6 +442,33 @@ fn bad_command_line_is_refused() {
 }
 
 #[test]
+fn too_little_locked_memory_is_explained() {
+    // Registered I/O buffers are pinned memory: without CAP_IPC_LOCK (here: in a user namespace)
+    // and with a small RLIMIT_MEMLOCK, vitd stops at start with a message that says what to raise.
+    let probe = Command::new("unshare").args(["-r", "true"]).status();
+    if !have("prlimit") || !probe.is_ok_and(|s| s.success()) {
+        eprintln!("note: needs prlimit and user namespaces (unshare -r); skipping");
+        return;
+    }
+    let ds = Datastore::new();
+    let out = Command::new("timeout")
+        .arg("20")
+        .args(["prlimit", "--memlock=65536:65536", "unshare", "-r"])
+        .arg(env!("CARGO_BIN_EXE_vitd"))
+        .arg("--datastore")
+        .arg(ds.root())
+        .args(["--cores", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("locked-memory limit") && err.contains("KiB of I/O buffers"),
+        "{err}"
+    );
+}
+
+#[test]
 fn embedded_default_datastore_works_with_no_setup() {
     if !have("iscsi-ls") {
         return;

@@ -166,7 +166,28 @@ impl BufferPool {
             .collect();
         // SAFETY: every iovec points into our mapping, which stays mapped until `self` is dropped;
         // the data thread drops its ring (unregistering the buffers) before the pool.
-        unsafe { ring.submitter().register_buffers(&iovecs) }
+        unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(|e| {
+            // Registered buffers are pinned memory, charged to RLIMIT_MEMLOCK unless the process
+            // has CAP_IPC_LOCK (root outside a user namespace has it): say so, with the figure.
+            if e.raw_os_error() == Some(libc::ENOMEM) {
+                let kib: usize = self
+                    .classes
+                    .iter()
+                    .map(|c| c.size * usize::from(c.count))
+                    .sum::<usize>()
+                    >> 10;
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "registering {kib} KiB of I/O buffers per data thread: {e} (pinned memory: \
+                         raise the locked-memory limit, `ulimit -l` or systemd's LimitMEMLOCK, to \
+                         at least that per data thread, or run with CAP_IPC_LOCK)"
+                    ),
+                )
+            } else {
+                e
+            }
+        })
     }
 
     /// A free slot of at least `len` bytes: the smallest class that fits and has one.
