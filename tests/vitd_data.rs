@@ -264,15 +264,25 @@ fn a_full_file_system_gives_space_allocation_failed() {
     let url = escaped(&ds.url("full", 0));
     let (ok, out) = fio_pass(&fio, "libiscsi", &url, 0, 4 << 20, 4, false);
     assert!(ok, "write pass within the space: {out}");
+    runs_out_of_space(&fio, &url, "8M", "32M");
+    let (ok, out) = fio_pass(&fio, "libiscsi", &url, 0, 4 << 20, 4, true);
+    assert!(ok, "what was acknowledged before is intact: {out}");
+    assert!(vitd.stop().success(), "{}", vitd.log_text());
+}
+
+/// Writes `size` sequentially from `offset` (fio sizes) where there is less space than that: fio
+/// must fail, and every write that failed must have failed with SPACE ALLOCATION FAILED WRITE
+/// PROTECT (libiscsi prints the ASC/ASCQ as 0x2707).
+fn runs_out_of_space(fio: &Path, url: &str, offset: &str, size: &str) {
     let fill = Command::new("timeout")
         .arg("120")
-        .arg(&fio)
+        .arg(fio)
         .args([
             "--name=fill",
             "--ioengine=libiscsi",
             &format!("--filename={url}"),
-            "--offset=8M",
-            "--size=32M",
+            &format!("--offset={offset}"),
+            &format!("--size={size}"),
             "--rw=write",
             "--bs=64k",
             "--iodepth=4",
@@ -284,10 +294,7 @@ fn a_full_file_system_gives_space_allocation_failed() {
         String::from_utf8_lossy(&fill.stdout),
         String::from_utf8_lossy(&fill.stderr)
     );
-    assert!(
-        !fill.status.success(),
-        "32 MiB fit in an 8 MiB file system? {text}"
-    );
+    assert!(!fill.status.success(), "{size} fit? {text}");
     let failures: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("request failed"))
@@ -296,7 +303,22 @@ fn a_full_file_system_gives_space_allocation_failed() {
         !failures.is_empty() && failures.iter().all(|l| l.contains("(0x2707)")),
         "every failed write is SPACE ALLOCATION FAILED WRITE PROTECT: {text}"
     );
+}
+
+#[test]
+fn a_thin_memory_lun_takes_memory_up_to_its_capacity() {
+    // ctld's thin ramdisk: `option capacity` below the size. Writes take memory up to the
+    // capacity; past it they fail with SPACE ALLOCATION FAILED; what was written stays.
+    let Some(fio) = fio() else { return };
+    let ds = Datastore::new();
+    ds.target("thin", &[]);
+    ds.add_lun_body("thin", 0, memory_lun(64 << 20, Some("8M")));
+    let mut vitd = ds.start();
+    let url = escaped(&ds.url("thin", 0));
+    let (ok, out) = fio_pass(&fio, "libiscsi", &url, 0, 4 << 20, 4, false);
+    assert!(ok, "write pass within the capacity: {out}");
+    runs_out_of_space(&fio, &url, "8M", "32M");
     let (ok, out) = fio_pass(&fio, "libiscsi", &url, 0, 4 << 20, 4, true);
-    assert!(ok, "what was acknowledged before is intact: {out}");
+    assert!(ok, "what was acknowledged is intact: {out}");
     assert!(vitd.stop().success(), "{}", vitd.log_text());
 }

@@ -325,20 +325,8 @@ impl Checker<'_> {
         {
             self.report(pos, "backend ramdisk needs a `size`");
         }
-        if let Some((capacity, pos)) = b.capacity() {
-            match (capacity, b.size) {
-                (Err(e), _) => self.report(pos, format!("option capacity: {e}")),
-                // Thin provisioning within a ramdisk (ctld's capacity between 0 and the size,
-                // with SPACE ALLOCATION FAILED once it is used up) is not implemented.
-                (Ok(c), Some((size, _))) if c != 0 && c < size => self.report(
-                    pos,
-                    format!(
-                        "option capacity {c} bytes is less than the size ({size} bytes): \
-                         a ramdisk is backed whole (capacity at least the size) or not at all (0)"
-                    ),
-                ),
-                _ => {}
-            }
+        if let Some((Err(e), pos)) = b.capacity() {
+            self.report(pos, format!("option capacity: {e}"));
         }
         if let Some(p) = &b.path {
             if p.name.starts_with('/') {
@@ -541,8 +529,6 @@ mod tests {
                 "6:40: LUN id 256 is out of range 0..=255",
                 "6:51: path \"..\" must not contain a `..` component",
                 "7:17: backend ramdisk needs a `size`",
-                "10:2: option capacity 536870912 bytes is less than the size (1073741824 bytes): \
-                 a ramdisk is backed whole (capacity at least the size) or not at all (0)",
                 "13:2: option capacity: size \"lots\": expected a number with optional suffix K, M, G, T or B",
             ]
         );

@@ -1384,7 +1384,7 @@ mod tests {
             identity: 7,
             thin: false,
             ..crate::daemon::runtime::test_memory_lun(
-                crate::daemon::ramdisk::RamDisk::new(1 << 20).unwrap(),
+                crate::daemon::ramdisk::RamDisk::new(1 << 20, 1 << 20).unwrap(),
             )
         };
         let server = DeviceServer::new(vec![LunInfo::new(0, 512, 2048, 7, "s")]).unwrap();

@@ -4,9 +4,12 @@
 //! threads share it; like a disk, concurrent writes to the same blocks from different initiators
 //! are the initiators' business); without one (or 0) there is no backing store: reads return
 //! zeroes and writes are discarded, which is what a benchmark of the protocol alone wants (and
-//! what tgt's `null` backing store does).
+//! what tgt's `null` backing store does). A capacity between 0 and the size makes a thin
+//! ramdisk, as in ctld: memory is taken as blocks are first written, up to the capacity; a write
+//! that needs more fails with SPACE ALLOCATION FAILED, and UNMAP gives memory back.
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::runtime::{Backing, LunRt};
 use crate::scsi::IoResult;
@@ -18,6 +21,55 @@ pub struct RamDisk {
     /// The mapping; `None` for a LUN without backing store.
     base: Option<NonNull<u8>>,
     size: usize,
+    /// For a capacity below the size: which chunks hold memory, and how much.
+    thin: Option<Thin>,
+}
+
+/// The accounting granule of a thin ramdisk (the bitmap of a 1 TiB LUN is 2 MiB).
+const CHUNK: usize = 64 << 10;
+
+/// Memory taken by a thin ramdisk: a bit per [`CHUNK`] written since it was last unmapped, and
+/// their total, which never exceeds `capacity`.
+#[derive(Debug)]
+struct Thin {
+    capacity: u64,
+    used: AtomicU64,
+    chunks: Box<[AtomicU64]>,
+}
+
+impl Thin {
+    fn bit(&self, chunk: usize) -> (&AtomicU64, u64) {
+        (&self.chunks[chunk / 64], 1u64 << (chunk % 64))
+    }
+
+    /// Takes memory for every chunk of [off, off+len) that has none: false (taking nothing more)
+    /// when the capacity runs out. Chunks taken stay taken (their content reads as zeroes).
+    fn take(&self, off: usize, len: usize) -> bool {
+        for chunk in off / CHUNK..(off + len).div_ceil(CHUNK) {
+            let (word, bit) = self.bit(chunk);
+            if word.load(Ordering::Acquire) & bit != 0 {
+                continue;
+            }
+            let grant = CHUNK as u64;
+            if self.used.fetch_add(grant, Ordering::AcqRel) + grant > self.capacity {
+                self.used.fetch_sub(grant, Ordering::AcqRel);
+                return false;
+            }
+            // Another thread may have taken the same chunk meanwhile: then give this grant back.
+            if word.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+                self.used.fetch_sub(grant, Ordering::AcqRel);
+            }
+        }
+        true
+    }
+
+    /// Gives the memory of one whole chunk back.
+    fn give(&self, chunk: usize) {
+        let (word, bit) = self.bit(chunk);
+        if word.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
+            self.used.fetch_sub(CHUNK as u64, Ordering::AcqRel);
+        }
+    }
 }
 
 // SAFETY: the mapping is plain memory owned by this value; access goes through `transfer`, which
@@ -35,8 +87,18 @@ impl RamDisk {
     /// the CPU time of a 4 KiB random read at QD 1. (Transparent huge pages were tried too: fewer
     /// faults for reads, but a first write then compacts memory for a 2 MiB page, and random
     /// writes lost a fifth of their IOPS.)
-    pub fn new(size: u64) -> std::io::Result<Self> {
+    ///
+    /// `capacity` below `size` makes it thin: memory is taken as chunks are first written, up to
+    /// the capacity.
+    pub fn new(size: u64, capacity: u64) -> std::io::Result<Self> {
         let size = Self::checked_size(size)?;
+        let thin = (capacity < size as u64).then(|| Thin {
+            capacity,
+            used: AtomicU64::new(0),
+            chunks: (0..size.div_ceil(CHUNK).div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        });
         // SAFETY: an anonymous mapping with no address hint; the result is checked.
         let base = unsafe {
             libc::mmap(
@@ -54,6 +116,7 @@ impl RamDisk {
         Ok(RamDisk {
             base: NonNull::new(base.cast()),
             size,
+            thin,
         })
     }
 
@@ -62,6 +125,7 @@ impl RamDisk {
         Ok(RamDisk {
             base: None,
             size: Self::checked_size(size)?,
+            thin: None,
         })
     }
 
@@ -80,6 +144,11 @@ impl RamDisk {
     /// Whether memory backs the LUN (writes are kept).
     pub fn stores(&self) -> bool {
         self.base.is_some()
+    }
+
+    /// Bytes of memory a thin LUN has taken (`None`: not thin).
+    pub fn used(&self) -> Option<u64> {
+        self.thin.as_ref().map(|t| t.used.load(Ordering::Acquire))
     }
 
     /// The LUN's memory at [off, off+len), or `Err` when the range is outside the LUN;
@@ -120,8 +189,15 @@ pub fn transfer(lun: &LunRt, offset: u64, buf: &mut [u8], len: usize, op: Op) ->
         (Ok(Some(p)), Op::Read) => unsafe {
             std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), len)
         },
-        // SAFETY: as above.
-        (Ok(Some(p)), Op::Write) => unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), p, len) },
+        (Ok(Some(p)), Op::Write) => {
+            if let Some(thin) = &mem.thin
+                && !thin.take(offset as usize, len)
+            {
+                return IoResult::NoSpace;
+            }
+            // SAFETY: as above.
+            unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), p, len) }
+        }
     }
     IoResult::Ok
 }
@@ -135,8 +211,37 @@ pub fn zero(lun: &LunRt, offset: u64, len: usize) -> IoResult {
         Err(()) => IoResult::Failed,
         Ok(None) => IoResult::Ok,
         Ok(Some(p)) => {
-            // SAFETY: `range` checked that [p, p+len) lies inside the mapping.
-            unsafe { std::ptr::write_bytes(p, 0, len) };
+            let Some(thin) = &mem.thin else {
+                // SAFETY: `range` checked that [p, p+len) lies inside the mapping.
+                unsafe { std::ptr::write_bytes(p, 0, len) };
+                return IoResult::Ok;
+            };
+            // A thin LUN gives the memory of whole chunks back and clears the parts of chunks it
+            // holds (a chunk it does not hold reads as zeroes already; writing zeroes there would
+            // take memory unaccounted). An UNMAP racing a write to the same chunk may leave that
+            // chunk's memory uncounted: the initiators' race, as on a disk, costs only accounting.
+            let (off, end) = (offset as usize, offset as usize + len);
+            let mut at = off;
+            while at < end {
+                let chunk = at / CHUNK;
+                let chunk_end = ((chunk + 1) * CHUNK).min(mem.size);
+                let stop = end.min(chunk_end);
+                // SAFETY: off <= at < end, and [off, end) lies inside the mapping (`range`).
+                let q = unsafe { p.add(at - off) };
+                if at == chunk * CHUNK && stop == chunk_end {
+                    // SAFETY: a whole chunk of our private anonymous mapping (chunk starts are
+                    // page-aligned); MADV_DONTNEED makes it read as zeroes and frees its pages.
+                    unsafe { libc::madvise(q.cast(), stop - at, libc::MADV_DONTNEED) };
+                    thin.give(chunk);
+                } else {
+                    let (word, bit) = thin.bit(chunk);
+                    if word.load(Ordering::Acquire) & bit != 0 {
+                        // SAFETY: [at, stop) lies inside [off, end), inside the mapping.
+                        unsafe { std::ptr::write_bytes(q, 0, stop - at) };
+                    }
+                }
+                at = stop;
+            }
             IoResult::Ok
         }
     }
@@ -149,7 +254,7 @@ mod tests {
 
     #[test]
     fn a_stored_ramdisk_keeps_what_is_written() {
-        let lun = test_memory_lun(RamDisk::new(1 << 20).unwrap());
+        let lun = test_memory_lun(RamDisk::new(1 << 20, 1 << 20).unwrap());
         let mut buf = vec![0xa5u8; 8192];
         assert_eq!(
             transfer(&lun, 4096, &mut buf, 8192, Op::Write),
@@ -180,8 +285,71 @@ mod tests {
     }
 
     #[test]
+    fn a_thin_ramdisk_takes_memory_up_to_its_capacity_and_unmap_gives_it_back() {
+        // 1 MiB LUN, capacity 128 KiB: two chunks of 64 KiB.
+        let lun = test_memory_lun(RamDisk::new(1 << 20, 128 << 10).unwrap());
+        let Backing::Ramdisk { mem } = &lun.backing else {
+            unreachable!()
+        };
+        let mut buf = vec![0x5au8; 4096];
+        assert_eq!(transfer(&lun, 0, &mut buf, 4096, Op::Write), IoResult::Ok);
+        // The same chunk again takes nothing more.
+        assert_eq!(
+            transfer(&lun, 8192, &mut buf, 4096, Op::Write),
+            IoResult::Ok
+        );
+        assert_eq!(mem.used(), Some(64 << 10));
+        assert_eq!(
+            transfer(&lun, 512 << 10, &mut buf, 4096, Op::Write),
+            IoResult::Ok
+        );
+        assert_eq!(mem.used(), Some(128 << 10));
+        // A third chunk: no space, and nothing written.
+        assert_eq!(
+            transfer(&lun, 256 << 10, &mut buf, 4096, Op::Write),
+            IoResult::NoSpace
+        );
+        let mut back = vec![1u8; 4096];
+        assert_eq!(
+            transfer(&lun, 256 << 10, &mut back, 4096, Op::Read),
+            IoResult::Ok
+        );
+        assert!(back.iter().all(|&b| b == 0));
+        // Unmapping part of a chunk keeps it (and clears that part); the whole chunk gives it back.
+        assert_eq!(zero(&lun, 0, 4096), IoResult::Ok);
+        assert_eq!(mem.used(), Some(128 << 10));
+        assert_eq!(transfer(&lun, 0, &mut back, 4096, Op::Read), IoResult::Ok);
+        assert!(back.iter().all(|&b| b == 0));
+        assert_eq!(zero(&lun, 0, 64 << 10), IoResult::Ok);
+        assert_eq!(mem.used(), Some(64 << 10));
+        assert_eq!(
+            transfer(&lun, 8192, &mut back, 4096, Op::Read),
+            IoResult::Ok
+        );
+        assert!(back.iter().all(|&b| b == 0), "the data went with the chunk");
+        assert_eq!(
+            transfer(&lun, 256 << 10, &mut buf, 4096, Op::Write),
+            IoResult::Ok
+        );
+        assert_eq!(
+            transfer(&lun, 256 << 10, &mut back, 4096, Op::Read),
+            IoResult::Ok
+        );
+        assert_eq!(back, buf);
+        // A write spanning a held and a new chunk when no space is left fails whole.
+        assert_eq!(
+            transfer(&lun, (512 << 10) + (62 << 10), &mut buf, 4096, Op::Write),
+            IoResult::NoSpace
+        );
+    }
+
+    #[test]
     fn ranges_outside_the_lun_fail() {
-        for mem in [RamDisk::new(1 << 20), RamDisk::discarding(1 << 20)] {
+        for mem in [
+            RamDisk::new(1 << 20, 1 << 20),
+            RamDisk::new(1 << 20, 1 << 16),
+            RamDisk::discarding(1 << 20),
+        ] {
             let lun = test_memory_lun(mem.unwrap());
             let mut buf = vec![0u8; 8192];
             let end = 1u64 << 20;
@@ -199,6 +367,6 @@ mod tests {
             );
             assert_eq!(zero(&lun, end, 1), IoResult::Failed);
         }
-        assert!(RamDisk::new(0).is_err() && RamDisk::discarding(0).is_err());
+        assert!(RamDisk::new(0, 0).is_err() && RamDisk::discarding(0).is_err());
     }
 }

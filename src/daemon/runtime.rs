@@ -397,12 +397,8 @@ fn open_lun(
                      store: reads return zeroes, writes are discarded"
                 );
                 super::ramdisk::RamDisk::discarding(size)
-            } else if capacity >= size {
-                super::ramdisk::RamDisk::new(size)
             } else {
-                return Err(format!(
-                    "option capacity {capacity} bytes is less than the size ({size} bytes)"
-                ));
+                super::ramdisk::RamDisk::new(size, capacity)
             }
             .map_err(|e| e.to_string())?;
             (
@@ -602,7 +598,7 @@ mod tests {
     fn ramdisk_lun(write_cache: Option<bool>) -> LunRt {
         LunRt {
             write_cache,
-            ..test_memory_lun(super::super::ramdisk::RamDisk::new(1 << 20).unwrap())
+            ..test_memory_lun(super::super::ramdisk::RamDisk::new(1 << 20, 1 << 20).unwrap())
         }
     }
 
