@@ -68,8 +68,7 @@ pub struct Control {
     sessions: Vec<SessionRec>,
     next_tsih: u16,
     next_session: u64,
-    log_budget: u32,
-    log_window: Instant,
+    log_budget: super::logbudget::LogBudget,
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later) and returns a
@@ -113,8 +112,7 @@ impl Control {
             sessions: Vec::new(),
             next_tsih: 1,
             next_session: 1,
-            log_budget: LOG_BURST,
-            log_window: Instant::now(),
+            log_budget: super::logbudget::LogBudget::new(LOG_BURST),
         })
     }
 
@@ -493,12 +491,7 @@ impl Control {
 
     /// Logs a failure line, at most LOG_BURST a second (a flood of bad logins can't flood the log).
     fn log_failure(&mut self, line: &str) {
-        if self.log_window.elapsed() >= Duration::from_secs(1) {
-            self.log_window = Instant::now();
-            self.log_budget = LOG_BURST;
-        }
-        if self.log_budget > 0 {
-            self.log_budget -= 1;
+        if self.log_budget.allow() {
             tracing::warn!("{line}");
         }
     }

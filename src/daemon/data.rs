@@ -239,6 +239,8 @@ struct Worker {
     poll: Duration,
     /// No polling before this (a deeper queue was seen lately).
     no_poll_until: Instant,
+    /// Backing-store failures can come at the rate of the traffic: a few log lines a second.
+    log_budget: super::logbudget::LogBudget,
     /// This thread's counter of plain writes in flight in each LUN's shared state.
     shard: usize,
     /// Atomic operations (connection, task) holding their range while the plain writes in
@@ -286,6 +288,7 @@ impl Worker {
             deferred: Vec::new(),
             poll,
             no_poll_until: Instant::now(),
+            log_budget: super::logbudget::LogBudget::new(10),
             shard,
             draining: Vec::new(),
         };
@@ -1008,10 +1011,12 @@ impl Worker {
             return;
         };
         if res < 0 {
-            tracing::warn!(
-                "backing-store I/O failed: {}",
-                std::io::Error::from_raw_os_error(-res)
-            );
+            if self.log_budget.allow() {
+                tracing::warn!(
+                    "backing-store I/O failed: {}",
+                    std::io::Error::from_raw_os_error(-res)
+                );
+            }
             op.failed = true;
             op.no_space |= -res == libc::ENOSPC || -res == libc::EDQUOT;
         } else {
@@ -1022,7 +1027,9 @@ impl Worker {
             return;
         }
         if !op.failed && op.done != op.expect {
-            tracing::warn!("backing-store I/O moved {} of {} bytes", op.done, op.expect);
+            if self.log_budget.allow() {
+                tracing::warn!("backing-store I/O moved {} of {} bytes", op.done, op.expect);
+            }
             op.failed = true;
             op.no_space |= op.writes;
         }

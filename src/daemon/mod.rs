@@ -6,6 +6,7 @@ pub mod conn;
 pub mod control;
 pub mod data;
 pub mod discovery;
+pub mod logbudget;
 pub mod login;
 pub mod portal;
 pub mod ramdisk;

@@ -42,6 +42,30 @@ impl Thin {
         (&self.chunks[chunk / 64], 1u64 << (chunk % 64))
     }
 
+    fn holds(&self, chunk: usize) -> bool {
+        let (word, bit) = self.bit(chunk);
+        word.load(Ordering::Acquire) & bit != 0
+    }
+
+    /// The first chunk from `chunk` on (before `end`) whose state differs from `held`, skipping
+    /// whole words of the bitmap where it can (a 1 TiB LUN has 16 million chunks).
+    fn run_end(&self, mut chunk: usize, end: usize, held: bool) -> usize {
+        let same = if held { u64::MAX } else { 0 };
+        while chunk < end {
+            if chunk.is_multiple_of(64)
+                && chunk + 64 <= end
+                && self.chunks[chunk / 64].load(Ordering::Acquire) == same
+            {
+                chunk += 64;
+            } else if self.holds(chunk) == held {
+                chunk += 1;
+            } else {
+                break;
+            }
+        }
+        chunk.min(end)
+    }
+
     /// Takes memory for every chunk of [off, off+len) that has none: false (taking nothing more)
     /// when the capacity runs out. Chunks taken stay taken (their content reads as zeroes).
     fn take(&self, off: usize, len: usize) -> bool {
@@ -144,6 +168,21 @@ impl RamDisk {
     /// Whether memory backs the LUN (writes are kept).
     pub fn stores(&self) -> bool {
         self.base.is_some()
+    }
+
+    /// GET LBA STATUS: whether the bytes at `off` hold data (a LUN without backing store holds
+    /// none; a LUN kept whole counts as holding all), and for how many bytes from `off` (at most
+    /// `max`, at least one chunk's worth or `max`) that stays so.
+    pub fn allocation(&self, off: u64, max: u64) -> (bool, u64) {
+        let (Some(_), Some(thin)) = (self.base, &self.thin) else {
+            return (self.base.is_some(), max);
+        };
+        let off = (off as usize).min(self.size);
+        let first = off / CHUNK;
+        let held = thin.holds(first);
+        let end = thin.run_end(first + 1, self.size.div_ceil(CHUNK), held);
+        let bytes = (end * CHUNK).min(self.size).saturating_sub(off) as u64;
+        (held, bytes.clamp(1, max.max(1)))
     }
 
     /// Bytes of memory a thin LUN has taken (`None`: not thin).
@@ -341,6 +380,29 @@ mod tests {
             transfer(&lun, (512 << 10) + (62 << 10), &mut buf, 4096, Op::Write),
             IoResult::NoSpace
         );
+    }
+
+    #[test]
+    fn allocation_follows_the_chunks_taken() {
+        let mem = RamDisk::new(1 << 20, 512 << 10).unwrap();
+        let lun = test_memory_lun(mem);
+        let Backing::Ramdisk { mem } = &lun.backing else {
+            unreachable!()
+        };
+        assert_eq!(mem.allocation(0, 1 << 20), (false, 1 << 20));
+        let mut buf = vec![1u8; 4096];
+        assert_eq!(
+            transfer(&lun, 128 << 10, &mut buf, 4096, Op::Write),
+            IoResult::Ok
+        );
+        assert_eq!(mem.allocation(0, 1 << 20), (false, 128 << 10));
+        assert_eq!(mem.allocation(130 << 10, 1 << 20), (true, 62 << 10));
+        assert_eq!(mem.allocation(192 << 10, 1 << 20), (false, 832 << 10));
+        assert_eq!(mem.allocation(192 << 10, 4096), (false, 4096));
+        let kept = RamDisk::new(1 << 20, 1 << 20).unwrap();
+        assert_eq!(kept.allocation(0, 1 << 20), (true, 1 << 20));
+        let none = RamDisk::discarding(1 << 20).unwrap();
+        assert_eq!(none.allocation(0, 1 << 20), (false, 1 << 20));
     }
 
     #[test]

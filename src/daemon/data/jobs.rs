@@ -303,7 +303,8 @@ impl Worker {
         Ok((steps, plan.list_id))
     }
 
-    /// GET LBA STATUS: runs of data and holes of the extent files (SEEK_DATA / SEEK_HOLE).
+    /// GET LBA STATUS: runs of data and holes of the extent files (SEEK_DATA / SEEK_HOLE), or of
+    /// the chunks a memory LUN holds.
     fn get_lba_status(
         &mut self,
         idx: usize,
@@ -319,8 +320,17 @@ impl Worker {
         };
         let bs = u64::from(lun.block_size);
         let mut probe = |lba: u64, max: u64| -> Result<(LbaState, u64), ()> {
-            let Backing::Vmdk { map, files, .. } = &lun.backing else {
-                return Ok((LbaState::Mapped, max));
+            let (map, files) = match &lun.backing {
+                Backing::Vmdk { map, files, .. } => (map, files),
+                Backing::Ramdisk { mem } => {
+                    let (held, bytes) = mem.allocation(lba * bs, max * bs);
+                    let state = if held {
+                        LbaState::Mapped
+                    } else {
+                        LbaState::Deallocated
+                    };
+                    return Ok((state, (bytes / bs).clamp(1, max)));
+                }
             };
             let off = lba * bs;
             let Some(seg) = map.map(off, bs, Op::Read).ok().and_then(|mut s| s.next()) else {
@@ -419,7 +429,7 @@ impl Worker {
                         buf_at: usize,
                         lun: &Arc<LunRt>| {
             w.submit_range(idx, task, lun, op, at, n, buf, buf_at)
-                .map_err(|()| Next::Finish(Ok(IoResult::Failed)))
+                .map_err(|r| Next::Finish(Ok(r)))
         };
         match &mut job.kind {
             JobKind::CompareAndWrite { tmp } => match phase {
@@ -574,7 +584,7 @@ impl Worker {
 
     /// Reads, writes or punches `len` bytes at `offset` of `lun`, split over its extents;
     /// `buf`/`buf_at` is the registered buffer the data comes from or goes to. Returns the SQEs
-    /// submitted (0 when it completed at once: memory LUNs, zero extents).
+    /// submitted (0 when it completed at once: memory LUNs, zero extents), or how it failed at once.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn submit_range(
         &mut self,
@@ -586,11 +596,11 @@ impl Worker {
         len: usize,
         buf: Option<BufId>,
         buf_at: usize,
-    ) -> Result<u16, ()> {
+    ) -> Result<u16, IoResult> {
         if let Some(b) = buf
             && buf_at + len > self.pool.len_of(b)
         {
-            return Err(());
+            return Err(IoResult::Failed);
         }
         let map = match &lun.backing {
             Backing::Ramdisk { .. } => {
@@ -612,7 +622,7 @@ impl Worker {
                     ),
                     _ => IoResult::Failed,
                 };
-                return if r == IoResult::Ok { Ok(0) } else { Err(()) };
+                return if r == IoResult::Ok { Ok(0) } else { Err(r) };
             }
             Backing::Vmdk { map, .. } => map,
         };
@@ -621,7 +631,9 @@ impl Worker {
         } else {
             Op::Write
         };
-        let segments = map.map(offset, len as u64, mode).map_err(|_| ())?;
+        let segments = map
+            .map(offset, len as u64, mode)
+            .map_err(|_| IoResult::Failed)?;
         let mut sqes = std::mem::take(&mut self.sqe_scratch);
         sqes.clear();
         let mut at = buf_at;
@@ -673,7 +685,7 @@ impl Worker {
         }
         if failed {
             self.sqe_scratch = sqes;
-            return Err(());
+            return Err(IoResult::Failed);
         }
         let count = sqes.len() as u16;
         if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {

@@ -1,0 +1,60 @@
+//! A budget of log lines per second for failures that can repeat at the rate of the traffic (bad
+//! logins, a full or failing backing store): a flood of them must not flood the log.
+
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub struct LogBudget {
+    burst: u32,
+    left: u32,
+    window: Instant,
+    dropped: u64,
+}
+
+impl LogBudget {
+    /// At most `burst` lines a second.
+    pub fn new(burst: u32) -> Self {
+        LogBudget {
+            burst,
+            left: burst,
+            window: Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    /// Whether a line may be logged now; when a new second opens after lines were left out, says
+    /// how many.
+    pub fn allow(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            if self.dropped > 0 {
+                tracing::warn!("{} similar log lines left out", self.dropped);
+            }
+            self.window = Instant::now();
+            self.left = self.burst;
+            self.dropped = 0;
+        }
+        if self.left > 0 {
+            self.left -= 1;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_burst_lines_a_second() {
+        let mut b = LogBudget::new(3);
+        let allowed = (0..100).filter(|_| b.allow()).count();
+        assert_eq!(allowed, 3);
+        assert_eq!(b.dropped, 97);
+        b.window -= Duration::from_secs(2);
+        assert!(b.allow());
+        assert_eq!(b.dropped, 0);
+    }
+}
