@@ -245,6 +245,24 @@ fn a_full_file_system_gives_space_allocation_failed() {
         eprintln!("note: needs root and unshare(1) to mount a small tmpfs; skipping");
         return;
     }
+    // A container may refuse mount namespaces or mounts even to root.
+    let probe_dir = tempfile::tempdir().unwrap();
+    let probe = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "mount",
+            "-t",
+            "tmpfs",
+            "tmpfs",
+        ])
+        .arg(probe_dir.path())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("note: cannot mount a tmpfs in a mount namespace here; skipping");
+        return;
+    }
     let ds = Datastore::new();
     let uuid = ds.target("full", &[]);
     ds.lun("full", 0, "64M");
