@@ -24,8 +24,6 @@ pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DISCOVERY_IDLE: Duration = Duration::from_secs(60);
 /// Login connections held at once (beyond this, new ones are refused).
 const MAX_LOGINS: usize = 1024;
-/// Failure log lines per second.
-const LOG_BURST: u32 = 10;
 
 enum Phase {
     Login(Box<Login>),
@@ -112,7 +110,7 @@ impl Control {
             sessions: Vec::new(),
             next_tsih: 1,
             next_session: 1,
-            log_budget: super::logbudget::LogBudget::new(LOG_BURST),
+            log_budget: super::logbudget::LogBudget::new(super::logbudget::LINES_PER_SECOND),
         })
     }
 
@@ -489,7 +487,7 @@ impl Control {
         self.conns[idx] = None;
     }
 
-    /// Logs a failure line, at most LOG_BURST a second (a flood of bad logins can't flood the log).
+    /// Logs a failure line, at most a few a second (a flood of bad logins can't flood the log).
     fn log_failure(&mut self, line: &str) {
         if self.log_budget.allow() {
             tracing::warn!("{line}");

@@ -180,6 +180,14 @@ struct FileOp {
     job: Option<Box<jobs::Job>>,
 }
 
+impl FileOp {
+    /// Starts counting a new step of a multi-step command: nothing asked, moved or failed yet.
+    fn new_step(&mut self) {
+        (self.expect, self.done, self.writes) = (0, 0, false);
+        (self.failed, self.no_space) = (false, false);
+    }
+}
+
 struct Slot {
     stream: TcpStream,
     fd: RawFd,
@@ -288,7 +296,7 @@ impl Worker {
             deferred: Vec::new(),
             poll,
             no_poll_until: Instant::now(),
-            log_budget: super::logbudget::LogBudget::new(10),
+            log_budget: super::logbudget::LogBudget::new(super::logbudget::LINES_PER_SECOND),
             shard,
             draining: Vec::new(),
         };

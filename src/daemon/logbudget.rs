@@ -3,6 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+/// Lines a second for one kind of failure.
+pub const LINES_PER_SECOND: u32 = 10;
+
 #[derive(Debug)]
 pub struct LogBudget {
     burst: u32,

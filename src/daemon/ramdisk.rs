@@ -70,10 +70,10 @@ impl Thin {
     /// when the capacity runs out. Chunks taken stay taken (their content reads as zeroes).
     fn take(&self, off: usize, len: usize) -> bool {
         for chunk in off / CHUNK..(off + len).div_ceil(CHUNK) {
-            let (word, bit) = self.bit(chunk);
-            if word.load(Ordering::Acquire) & bit != 0 {
+            if self.holds(chunk) {
                 continue;
             }
+            let (word, bit) = self.bit(chunk);
             let grant = CHUNK as u64;
             if self.used.fetch_add(grant, Ordering::AcqRel) + grant > self.capacity {
                 self.used.fetch_sub(grant, Ordering::AcqRel);
@@ -273,8 +273,7 @@ pub fn zero(lun: &LunRt, offset: u64, len: usize) -> IoResult {
                     unsafe { libc::madvise(q.cast(), stop - at, libc::MADV_DONTNEED) };
                     thin.give(chunk);
                 } else {
-                    let (word, bit) = thin.bit(chunk);
-                    if word.load(Ordering::Acquire) & bit != 0 {
+                    if thin.holds(chunk) {
                         // SAFETY: [at, stop) lies inside [off, end), inside the mapping.
                         unsafe { std::ptr::write_bytes(q, 0, stop - at) };
                     }

@@ -393,8 +393,7 @@ impl Worker {
                 .and_then(Option::as_mut)
                 .and_then(|s| s.file_ops.get_mut(usize::from(job.work.task)))
             {
-                (op.expect, op.done, op.writes) = (0, 0, false);
-                (op.failed, op.no_space) = (false, false);
+                op.new_step();
             }
             match self.step(idx, &mut job) {
                 Ok(0) => continue,
