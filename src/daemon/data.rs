@@ -204,8 +204,12 @@ struct Slot {
     /// from the staging buffer.
     header_only: bool,
     recv_inflight: bool,
-    /// A receive straight into a registered buffer: (buffer, offset, length).
+    /// A receive straight into a registered buffer: (buffer, offset, length). The same receive
+    /// goes on into the staging buffer for what follows the data segment.
     recv_direct: Option<(BufId, usize, usize)>,
+    /// The two parts of a direct receive: the data segment's rest, then the staging buffer.
+    rx_iov: [libc::iovec; 2],
+    rx_msg: libc::msghdr,
     sending: Vec<OutPdu>,
     iov: Vec<libc::iovec>,
     msg: libc::msghdr,
@@ -478,6 +482,12 @@ impl Worker {
             header_only: false,
             recv_inflight: false,
             recv_direct: None,
+            rx_iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; 2],
+            // SAFETY: msghdr is plain data for which all-zero bytes are valid.
+            rx_msg: unsafe { std::mem::zeroed() },
             sending: Vec::with_capacity(SEND_BATCH),
             iov: Vec::with_capacity(SEND_BATCH * 3),
             // SAFETY: msghdr is plain data for which all-zero bytes are valid.
@@ -558,7 +568,26 @@ impl Worker {
             // SAFETY: `at + len` stays inside the slot (checked above); the task owning the buffer
             // is not freed while a receive into it is in flight (the slot's in-flight count).
             let ptr = unsafe { self.pool.ptr(buf).add(at) };
-            opcode::Recv::new(types::Fd(s.fd), ptr, len as u32).build()
+            // What follows the data segment (its digest, the next header, more PDUs) arrives in
+            // the same receive, into the emptied staging buffer: one receive per data segment
+            // instead of one for the data and another for the next header.
+            s.rx_pos = 0;
+            s.rx_len = 0;
+            let tail = if s.header_only { BHS_LEN } else { s.rx.len() };
+            s.rx_iov = [
+                libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: len,
+                },
+                libc::iovec {
+                    iov_base: s.rx.as_mut_ptr().cast(),
+                    iov_len: tail,
+                },
+            ];
+            s.rx_msg.msg_iov = s.rx_iov.as_mut_ptr();
+            s.rx_msg.msg_iovlen = s.rx_iov.len();
+            // The slot is boxed: the msghdr and its iovecs stay put until the receive completes.
+            opcode::RecvMsg::new(types::Fd(s.fd), &mut s.rx_msg).build()
         } else {
             if s.rx_pos == s.rx_len {
                 s.rx_pos = 0;
@@ -595,10 +624,13 @@ impl Worker {
         s.last_rx = Instant::now();
         s.ping_at = None;
         let n = res as usize;
-        if let Some((buf, at, _len)) = s.recv_direct.take() {
-            s.data_off += n;
-            // SAFETY: the kernel wrote `n` bytes at `at` of this buffer, which the task owns.
-            let data = unsafe { std::slice::from_raw_parts(self.pool.ptr(buf).add(at), n) };
+        if let Some((buf, at, len)) = s.recv_direct.take() {
+            let direct = n.min(len);
+            s.data_off += direct;
+            // The rest went to the staging buffer, emptied when the receive was started.
+            s.rx_len = n - direct;
+            // SAFETY: the kernel wrote `direct` bytes at `at` of this buffer, which the task owns.
+            let data = unsafe { std::slice::from_raw_parts(self.pool.ptr(buf).add(at), direct) };
             let r = self.slots[idx]
                 .as_mut()
                 .map(|s| s.reader.data_received(data));
