@@ -30,6 +30,29 @@ fn qemu_img(dir: &Path, args: &[&str]) -> Output {
         .expect("run qemu-img")
 }
 
+/// `qemu-img create -f vmdk -o subformat=SUBFORMAT NAME SIZE` in `dir`; the descriptor's path.
+fn qemu_create(dir: &Path, subformat: &str, name: &str, size: &str) -> PathBuf {
+    let out = qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            &format!("subformat={subformat}"),
+            name,
+            size,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "qemu-img create {subformat} {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join(name)
+}
+
 fn qemu_info(descriptor: &Path) -> serde_json::Value {
     let out = qemu_img(
         descriptor.parent().unwrap(),
@@ -135,21 +158,8 @@ fn qemu_monolithic_flat_loads() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = qemu_img(
-        dir.path(),
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "subformat=monolithicFlat",
-            "x.vmdk",
-            "64M",
-        ],
-    );
-    assert!(out.status.success());
-    let d = vmdk::check(&dir.path().join("x.vmdk")).unwrap();
+    let path = qemu_create(dir.path(), "monolithicFlat", "x.vmdk", "64M");
+    let d = vmdk::check(&path).unwrap();
     assert_eq!(d.capacity_bytes(), 64 * MIB);
     assert_eq!(d.create_type(), &vmdk::CreateType::MonolithicFlat);
     assert_eq!(d.extents().len(), 1);
@@ -165,21 +175,8 @@ fn qemu_twogb_flat_loads_and_splits_at_the_extent_boundary() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = qemu_img(
-        dir.path(),
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "subformat=twoGbMaxExtentFlat",
-            "y.vmdk",
-            "5G",
-        ],
-    );
-    assert!(out.status.success());
-    let d = vmdk::check(&dir.path().join("y.vmdk")).unwrap();
+    let path = qemu_create(dir.path(), "twoGbMaxExtentFlat", "y.vmdk", "5G");
+    let d = vmdk::check(&path).unwrap();
     assert_eq!(d.capacity_bytes(), 5 * GIB);
     assert_eq!(d.create_type(), &vmdk::CreateType::TwoGbMaxExtentFlat);
     let sizes: Vec<u64> = d.extents().iter().map(|e| e.sectors * 512).collect();
@@ -350,22 +347,8 @@ fn qemu_sparse_vmdk_is_refused_with_a_clear_error() {
         ("twoGbMaxExtentSparse", "twoGbMaxExtentSparse"),
     ];
     for (subformat, expect) in cases {
-        let name = format!("{subformat}.vmdk");
-        let out = qemu_img(
-            dir.path(),
-            &[
-                "create",
-                "-q",
-                "-f",
-                "vmdk",
-                "-o",
-                &format!("subformat={subformat}"),
-                &name,
-                "64M",
-            ],
-        );
-        assert!(out.status.success());
-        let err = vmdk::load(&dir.path().join(&name)).unwrap_err();
+        let path = qemu_create(dir.path(), subformat, &format!("{subformat}.vmdk"), "64M");
+        let err = vmdk::load(&path).unwrap_err();
         assert!(err.is_unsupported_format(), "{subformat}: {err}");
         assert!(err.to_string().contains(expect), "{subformat}: {err}");
     }
@@ -378,21 +361,7 @@ fn descriptor_we_print_for_qemu_luns_is_read_back_by_qemu() {
     }
     // Parse qemu's descriptor, print it, and let qemu read the printed one.
     let dir = tempfile::tempdir().unwrap();
-    let out = qemu_img(
-        dir.path(),
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "subformat=twoGbMaxExtentFlat",
-            "q.vmdk",
-            "3G",
-        ],
-    );
-    assert!(out.status.success());
-    let path: PathBuf = dir.path().join("q.vmdk");
+    let path = qemu_create(dir.path(), "twoGbMaxExtentFlat", "q.vmdk", "3G");
     let d: Descriptor = vmdk::load(&path).unwrap();
     fs::write(&path, d.to_string()).unwrap();
     assert_eq!(qemu_info(&path)["virtual-size"], 3 * GIB);
