@@ -209,8 +209,6 @@ pub struct Conn {
     pub local_addr: Option<std::net::SocketAddr>,
     /// Identifies the session for reinstatement.
     pub session_id: u64,
-    /// The highest ExpStatSN the initiator has sent: the statuses it has taken in.
-    acked_stat_sn: u32,
 }
 
 impl Conn {
@@ -248,7 +246,6 @@ impl Conn {
             text_out: None,
             local_addr: None,
             session_id: 0,
-            acked_stat_sn: seq.stat_sn,
         }
     }
 
@@ -360,12 +357,6 @@ impl Conn {
                 return Ok(());
             }
         };
-        match &pdu {
-            InitiatorPdu::ScsiCommand(c) => self.note_exp_stat_sn(c.exp_stat_sn),
-            InitiatorPdu::DataOut(d) => self.note_exp_stat_sn(d.exp_stat_sn),
-            InitiatorPdu::NopOut(n) => self.note_exp_stat_sn(n.exp_stat_sn),
-            _ => {}
-        }
         match pdu {
             InitiatorPdu::ScsiCommand(_) | InitiatorPdu::TaskMgmt(_) | InitiatorPdu::DataOut(_)
                 if self.target.is_none() =>
@@ -1019,24 +1010,6 @@ impl Conn {
         self.busy
     }
 
-    /// Records an initiator's ExpStatSN; one not ahead of the last recorded (serial number
-    /// arithmetic, RFC 1982) changes nothing.
-    fn note_exp_stat_sn(&mut self, exp: u32) {
-        let ahead = exp.wrapping_sub(self.acked_stat_sn);
-        if ahead != 0 && ahead < 1 << 31 {
-            self.acked_stat_sn = exp;
-        }
-    }
-
-    /// Statuses sent (or queued) that the initiator has not yet acknowledged with its ExpStatSN:
-    /// how far behind the target the initiator is. An initiator with many commands in flight
-    /// that is slower than the target shows a backlog; one that waits for each command's status
-    /// before it sends the next (queue depth 1) shows at most one.
-    pub fn initiator_backlog(&self) -> u32 {
-        let gap = self.seq.stat_sn.wrapping_sub(self.acked_stat_sn);
-        if gap < 1 << 31 { gap } else { 0 }
-    }
-
     /// The LUN field of a task.
     pub fn task_lun(&self, task: u16) -> u64 {
         self.tasks
@@ -1490,50 +1463,6 @@ mod tests {
             DataDest::Discard => {}
         }
         c.on_pdu(bhs, pool).unwrap();
-    }
-
-    #[test]
-    fn initiator_backlog_follows_exp_stat_sn() {
-        let (mut c, mut pool) = conn(true);
-        assert_eq!(c.initiator_backlog(), 0);
-        // Three TEST UNIT READYs: three statuses (StatSN 10, 11, 12), none acknowledged yet.
-        for sn in 100..103 {
-            feed(
-                &mut c,
-                &mut pool,
-                &command(&[0; 6], 0, false, false, sn, 0),
-                &[],
-            );
-        }
-        assert_eq!(sent(&mut c).len(), 3);
-        assert_eq!(c.initiator_backlog(), 3);
-        // A NOP-Out saying the initiator took in StatSN 10 and 11.
-        let nop = |exp_stat_sn| {
-            let mut b = [0u8; BHS_LEN];
-            NopOut {
-                immediate: true,
-                itt: 0x77,
-                ttt: RESERVED_TAG,
-                cmd_sn: 103,
-                exp_stat_sn,
-                ..Default::default()
-            }
-            .encode(&mut b);
-            b
-        };
-        feed(&mut c, &mut pool, &nop(12), &[]);
-        // The NOP-In answering it carries StatSN 13: two unacknowledged.
-        assert_eq!(sent(&mut c).len(), 1);
-        assert_eq!(c.initiator_backlog(), 2);
-        // An older ExpStatSN (reordered, or stale) does not move it back.
-        feed(&mut c, &mut pool, &nop(11), &[]);
-        assert_eq!(c.initiator_backlog(), 3);
-        // All acknowledged, across the 2^32 wrap too.
-        c.seq.stat_sn = 5;
-        c.acked_stat_sn = u32::MAX - 1;
-        assert_eq!(c.initiator_backlog(), 7);
-        feed(&mut c, &mut pool, &nop(5), &[]);
-        assert_eq!(c.initiator_backlog(), 1);
     }
 
     #[test]

@@ -144,14 +144,6 @@ fn task_lun(s: &Slot, task: u16) -> Option<(usize, Arc<LunRt>)> {
     Some((at, target.luns[at].clone()))
 }
 
-/// Batching waits while an initiator is the slower side (see [`Worker::wait_batch`]): a
-/// connection whose initiator is at least this many statuses behind ...
-const BATCH_BACKLOG: u32 = 4;
-/// ... lets the thread wait for as many completions as statuses are unacknowledged, up to this
-/// many ...
-const BATCH_WANT: usize = 16;
-/// ... but not past this many µs from the start of the wait once one completion is there.
-const BATCH_WAIT_US: u32 = 50;
 /// How long a deeper queue than one command per connection turns polling off.
 const DEEP_QUEUE_HOLDOFF: Duration = Duration::from_millis(20);
 
@@ -257,8 +249,6 @@ struct Worker {
     deferred: Vec<(usize, IoWork)>,
     /// How long to busy-poll the ring before sleeping (zero: never), see [`Worker::should_poll`].
     poll: Duration,
-    /// The kernel can batch a wait (see [`Worker::wait_batch`]).
-    min_timeout: bool,
     /// No polling before this (a deeper queue was seen lately).
     no_poll_until: Instant,
     /// Backing-store failures can come at the rate of the traffic: a few log lines a second.
@@ -309,7 +299,6 @@ impl Worker {
             sqe_scratch: Vec::with_capacity(16),
             deferred: Vec::new(),
             poll,
-            min_timeout: features.min_timeout,
             no_poll_until: Instant::now(),
             log_budget: super::logbudget::LogBudget::new(super::logbudget::LINES_PER_SECOND),
             shard,
@@ -361,11 +350,7 @@ impl Worker {
             } else {
                 &short
             });
-            let (want, args) = match self.wait_batch() {
-                Some(n) => (n, args.min_wait_usec(BATCH_WAIT_US)),
-                None => (1, args),
-            };
-            match self.ring.submitter().submit_with_args(want, &args) {
+            match self.ring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
                 Err(e)
                     if e.raw_os_error() == Some(libc::ETIME)
@@ -409,44 +394,6 @@ impl Worker {
             return false;
         }
         conns > 0 && now >= self.no_poll_until
-    }
-
-    /// How many completions the next wait should gather before it returns, when it should
-    /// gather more than the first. An initiator with a deep queue that is slower than this
-    /// thread (fio at 100% of its CPU against a memory LUN, say) sends its commands one at a
-    /// time; answering each the moment it arrives costs this thread a wakeup, a receive and a
-    /// send per command, and the initiator a wakeup IPI per command too. When such an initiator
-    /// is [`BATCH_BACKLOG`] or more statuses behind (it will send about as many commands as it
-    /// takes statuses in) and every command this thread received is answered (nothing in flight
-    /// on the backing store or queued to send, which a later wakeup would leave idle), the wait
-    /// asks for as many completions as statuses are unacknowledged (at most [`BATCH_WANT`]), but
-    /// returns [`BATCH_WAIT_US`] µs after it began once at least one is there. One wakeup then
-    /// receives several commands and sends their statuses together, and the initiator's
-    /// deliveries stop waking this thread one by one. An initiator that waits for each status
-    /// (queue depth 1 or 2) is never behind enough, so its latency is untouched; a session that
-    /// shares the thread with a batching one can wait up to [`BATCH_WAIT_US`] longer.
-    /// Needs IORING_FEAT_MIN_TIMEOUT (Linux 6.12); without it every wait returns at the first
-    /// completion.
-    fn wait_batch(&mut self) -> Option<usize> {
-        if !self.min_timeout || self.shutting_down || !self.deferred.is_empty() {
-            return None;
-        }
-        // Something is ready already (a completion, or task work the kernel has flagged): no
-        // reason to sleep.
-        if self.ring.submission().taskrun() || !self.ring.completion().is_empty() {
-            return None;
-        }
-        let mut behind = 0u32;
-        for s in self.slots.iter().flatten() {
-            if s.conn.tasks_in_flight() > 0 || !s.conn.out.is_empty() {
-                return None;
-            }
-            let b = s.conn.initiator_backlog();
-            if b >= BATCH_BACKLOG {
-                behind = behind.saturating_add(b);
-            }
-        }
-        (behind > 0).then(|| (behind as usize).min(BATCH_WANT))
     }
 
     /// Submits what is queued, then watches the ring for up to `poll` without sleeping: a

@@ -14,8 +14,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 pub struct RingFeatures {
     pub single_issuer: bool,
     pub defer_taskrun: bool,
-    /// The wait can ask for a batch with a minimum timeout (IORING_FEAT_MIN_TIMEOUT, 6.12).
-    pub min_timeout: bool,
 }
 
 /// Builds a ring of `entries` submission entries, asking for SINGLE_ISSUER and DEFER_TASKRUN (one
@@ -40,13 +38,11 @@ pub fn build_ring(entries: u32) -> io::Result<(IoUring, RingFeatures)> {
         }
         match b.build(entries) {
             Ok(ring) => {
-                let min_timeout = ring.params().is_feature_min_timeout();
                 return Ok((
                     ring,
                     RingFeatures {
                         single_issuer,
                         defer_taskrun,
-                        min_timeout,
                     },
                 ));
             }
