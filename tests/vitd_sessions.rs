@@ -141,6 +141,31 @@ fn header_and_data_digests_move_data() {
     let r = s.command(0, &read10, &[], 4096).unwrap();
     assert_eq!(r.status, 0, "{r:?}");
     assert_eq!(r.data_in, data);
+    // 64 KiB segments, back to back: each large enough that vitd receives the rest of it
+    // straight into a registered buffer, its data digest and the next header in the same
+    // receive; every byte must come back.
+    let big: Vec<Vec<u8>> = (0..6u32)
+        .map(|k| {
+            (0..65536u32)
+                .map(|i| (i * 13 + k * 101 + i / 4096) as u8)
+                .collect()
+        })
+        .collect();
+    for (k, d) in big.iter().enumerate() {
+        let lba = 64 + 128 * k as u32;
+        let mut write10 = [0x2a, 0, 0, 0, 0, 0, 0, 0, 128, 0];
+        write10[2..6].copy_from_slice(&lba.to_be_bytes());
+        let r = s.command(0, &write10, d, 0).unwrap();
+        assert_eq!(r.status, 0, "{r:?}");
+    }
+    for (k, d) in big.iter().enumerate() {
+        let lba = 64 + 128 * k as u32;
+        let mut read10 = [0x28, 0, 0, 0, 0, 0, 0, 0, 128, 0];
+        read10[2..6].copy_from_slice(&lba.to_be_bytes());
+        let r = s.command(0, &read10, &[], 65536).unwrap();
+        assert_eq!(r.status, 0, "{r:?}");
+        assert!(r.data_in == *d, "64 KiB segment {k} came back different");
+    }
     // A corrupted data digest is caught by the target: Reject, and the command does not complete.
     let mut bhs = [0u8; 48];
     let cmd = vit::iscsi::pdu::ScsiCommand {
