@@ -946,10 +946,7 @@ impl Conn {
         let Some(target) = self.target.as_ref() else {
             return;
         };
-        let Some(id) = scsi::decode_lun(lun.to_be_bytes()) else {
-            return;
-        };
-        let Some(i) = target.luns.iter().position(|l| l.id == u64::from(id)) else {
+        let Some((i, id)) = target.lun_at(lun.to_be_bytes()) else {
             return;
         };
         let (shared, seen) = (

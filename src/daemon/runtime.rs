@@ -139,8 +139,14 @@ pub struct TargetRt {
 impl TargetRt {
     /// The index in `luns` of the LUN an 8-byte LUN field addresses.
     pub fn lun_index(&self, lun: [u8; 8]) -> Option<usize> {
-        let id = u64::from(crate::scsi::decode_lun(lun)?);
-        self.luns.iter().position(|l| l.id == id)
+        self.lun_at(lun).map(|(i, _)| i)
+    }
+
+    /// The index in `luns` and the LUN number of the LUN an 8-byte LUN field addresses.
+    pub fn lun_at(&self, lun: [u8; 8]) -> Option<(usize, u16)> {
+        let id = crate::scsi::decode_lun(lun)?;
+        let i = self.luns.iter().position(|l| l.id == u64::from(id))?;
+        Some((i, id))
     }
 }
 
