@@ -10,13 +10,15 @@
 #   SIZE=1G              size of each LUN (and the fio region)
 #   VIT_PORT=32600 TGT_PORT=32610 TGT_CONTROL_PORT=7
 #   CLIENT_CPU=0 TARGET_CPU=1
-#   MATRICES="disk device mem memstore poll scale"   which parts to run
+#   MATRICES="disk device floor mem memstore poll scale"   which parts to run
 #   JOB_FILTER=REGEX     run only the jobs whose name matches (e.g. 'qd1$')
 #   POLL_US=50           vitd --poll-us for the "poll" matrix
 #   BENCH_DIR=/var/tmp   where the work directory (both backing files) is made
 #   VITD, VITCTL         binaries to use [default: cargo build --release into
 #                        ${CARGO_TARGET_DIR:-target}]
 #   FIO                  fio with the libiscsi engine [default: perf/build-fio.sh]
+#   QD1_FLOOR            the "floor" matrix's server [default: cargo build --release
+#                        --example qd1_floor]
 #   OUT=perf/results     where latest.json and latest.md are written
 #   VIT_WRITECACHE=on    the vit disk LUN's `option writecache` (on: write-back like tgt; off: vit's
 #                        O_DIRECT default, write-through)
@@ -29,7 +31,10 @@
 # backing store on a tmpfs file (/dev/shm, page cache); "poll" runs the QD 1 jobs
 # on both LUNs again with vitd --poll-us (latency traded for CPU) against the same tgt;
 # "device" measures the backing file system locally (fio's io_uring engine, O_DIRECT, on
-# the targets' CPU): the floor under any target's file-LUN figures; "scale" runs vitd
+# the targets' CPU): the floor under any target's file-LUN figures; "floor" runs
+# examples/qd1_floor.rs, a minimal server doing only a QD 1 I/O's unavoidable kernel work
+# (TCP receive and send over loopback, and the O_DIRECT read or write for a file LUN): the floor
+# under any target's QD 1 CPU per I/O on this machine; "scale" runs vitd
 # unpinned with --cores 1 and --cores 2 under two fio jobs (two sessions), report only.
 #
 # It is a benchmark: it always exits 0. Errors (a fio run failing, a target dying) are
@@ -48,7 +53,7 @@ TGT_PORT=${TGT_PORT:-32610}
 TGT_CONTROL_PORT=${TGT_CONTROL_PORT:-7}
 CLIENT_CPU=${CLIENT_CPU:-0}
 TARGET_CPU=${TARGET_CPU:-1}
-MATRICES=${MATRICES:-disk device mem memstore poll scale}
+MATRICES=${MATRICES:-disk device floor mem memstore poll scale}
 JOB_FILTER=${JOB_FILTER:-}
 POLL_US=${POLL_US:-50}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
@@ -170,6 +175,12 @@ ensure_binaries() {
             return 1
         VITD=${VITD:-$tdir/release/vitd}
         VITCTL=${VITCTL:-$tdir/release/vitctl}
+    fi
+    if [[ -z ${QD1_FLOOR:-} && " $MATRICES " == *" floor "* ]]; then
+        local tdir=${CARGO_TARGET_DIR:-$repo/target}
+        (cd "$repo" && CARGO_TARGET_DIR=$tdir cargo build --release -q --example qd1_floor) >&2 ||
+            return 1
+        QD1_FLOOR=$tdir/release/examples/qd1_floor
     fi
     [[ -x $VITD && -x $VITCTL ]]
 }
@@ -447,6 +458,40 @@ EOF
     done
 }
 
+# The QD 1 floor: examples/qd1_floor.rs, a minimal blocking server that does only what no target
+# can skip (receive the command, read or write 4 KiB of tgt's backing file with O_DIRECT or
+# nothing, send the answer), with a minimal client, pinned like fio and the targets.
+run_floor() {
+    local job name rw bs qd mix lun rep
+    log "floor: qd1_floor, client CPU $CLIENT_CPU, server CPU $TARGET_CPU"
+    for job in "${JOBS[@]}"; do
+        read -r name rw bs qd mix <<<"$job"
+        [[ $qd == 1 && $bs == 4k && ( -z $JOB_FILTER || $name =~ $JOB_FILTER ) ]] || continue
+        for rep in $(seq 1 "$REPS"); do
+            for lun in mem disk; do
+                local base="$work/floor-$lun-$name-$rep"
+                timeout -k 5 $((RUNTIME + 60)) "$QD1_FLOOR" "${rw#rand}" "$RUNTIME" "$CLIENT_CPU" \
+                    "$TARGET_CPU" $([[ $lun == disk ]] && echo "$tgt_file") \
+                    >"$base.json" 2>"$base.err" </dev/null ||
+                    record_error "floor $lun $name: exit status $?: $(tail -n 3 "$base.err" | tr '\n' ' ')"
+                python3 - "$base.json" "$records" "floor-$lun" "$name" "$rw" "$rep" <<'EOF'
+import json, sys
+path, out, matrix, job, rw, rep = sys.argv[1:]
+try:
+    floor = json.load(open(path))
+except Exception:
+    floor = None
+rec = {"matrix": matrix, "job": job, "target": "minimal", "round": int(rep), "rw": rw,
+       "bs": "4k", "iodepth": 1, "numjobs": 1, "error": None if floor else "qd1_floor wrote no JSON",
+       "floor": floor}
+with open(out, "a") as f:
+    f.write(json.dumps(rec) + "\n")
+EOF
+            done
+        done
+    done
+}
+
 main() {
     mkdir -p "$BENCH_DIR" "$OUT" || exit 0
     work=$(mktemp -d "$BENCH_DIR/vit-bench.XXXXXX") || exit 0
@@ -471,6 +516,7 @@ main() {
             run_matrix poll-mem --poll-us "$POLL_US"
             ;;
         device) run_device ;;
+        floor) run_floor ;;
         scale) run_scale ;;
         *) record_error "unknown matrix $m" ;;
         esac
