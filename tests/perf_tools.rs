@@ -1,0 +1,230 @@
+//! The benchmark harness's own pieces: `examples/qd1_floor.rs` (the QD 1 floor) measures real
+//! round trips, and `perf/bench-report.py` turns run records into the ratios, goals and tables the
+//! README quotes. Neither is timed here: these check that the numbers are computed from what was
+//! measured.
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The qd1_floor example beside this test: `cargo test` builds examples, `cargo test --test
+/// perf_tools` does not, so build it then (the build lock is free while tests run).
+fn qd1_floor() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            let dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target profile directory");
+            let p = dir.join("examples").join("qd1_floor");
+            if !p.exists() {
+                let mut c = Command::new(env!("CARGO"));
+                c.args(["build", "--quiet", "--example", "qd1_floor"])
+                    .current_dir(repo());
+                if dir.ends_with("release") {
+                    c.arg("--release");
+                }
+                let st = c.status().expect("run cargo");
+                assert!(
+                    st.success() && p.exists(),
+                    "could not build {}",
+                    p.display()
+                );
+            }
+            p
+        })
+        .clone()
+}
+
+fn floor_run(args: &[&str]) -> (bool, Value, String) {
+    let out = Command::new(qd1_floor())
+        .args(args)
+        .output()
+        .expect("run qd1_floor");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let v = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    (
+        out.status.success(),
+        v,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn qd1_floor_measures_round_trips_with_and_without_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backing");
+    std::fs::write(&file, vec![0u8; 1 << 20]).unwrap();
+    let file = file.to_str().unwrap();
+    for args in [
+        vec!["read", "1", "0", "0"],
+        vec!["write", "1", "0", "0"],
+        vec!["read", "1", "0", "0", file],
+        vec!["write", "1", "0", "0", file],
+    ] {
+        let (ok, v, err) = floor_run(&args);
+        // O_DIRECT is refused by some file systems (tmpfs): that is the tool saying so, not a
+        // measurement; the runs without a file must work everywhere.
+        if !ok && args.len() == 5 && err.contains("Invalid argument") {
+            eprintln!("{args:?}: O_DIRECT refused here: {err}");
+            continue;
+        }
+        assert!(ok, "{args:?} failed: {err}");
+        let n = v["round_trips"].as_u64().unwrap_or(0);
+        assert!(n > 0, "{args:?}: no round trip measured: {v}");
+        let (p50, p999) = (
+            v["p50_us"].as_f64().unwrap(),
+            v["p999_us"].as_f64().unwrap(),
+        );
+        assert!(
+            p50 > 0.0 && p999 >= p50,
+            "{args:?}: percentiles out of order: {v}"
+        );
+        let per_s = v["per_s"].as_f64().unwrap();
+        assert!(
+            (n as f64 / per_s - 1.0).abs() < 0.5,
+            "{args:?}: rate does not match a 1 s run: {v}"
+        );
+        assert!(
+            v["server_cpu_us_per_rt"].as_f64().unwrap() > 0.0,
+            "{args:?}: the server's CPU was not measured: {v}"
+        );
+    }
+}
+
+#[test]
+fn qd1_floor_refuses_bad_arguments() {
+    for args in [
+        vec![],
+        vec!["sideways", "1", "0", "0"],
+        vec!["read", "x", "0", "0"],
+        vec!["read", "1", "0", "0", "/nonexistent/backing"],
+    ] {
+        let (ok, _, err) = floor_run(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(!err.trim().is_empty(), "{args:?}: no message");
+    }
+}
+
+/// fio's JSON for one read job: `iops` I/Os per second for one second, latencies in µs.
+fn fio_json(iops: f64, p50_us: f64) -> Value {
+    let side = |ios: f64, lat: f64| {
+        json!({"total_ios": ios as u64, "iops": ios, "bw_bytes": ios * 4096.0,
+               "clat_ns": {"percentile": {"50.000000": lat * 1000.0, "99.000000": lat * 2000.0,
+                                          "99.900000": lat * 3000.0}}})
+    };
+    json!({"jobs": [{"error": 0, "read": side(iops, p50_us), "write": side(0.0, 0.0),
+                     "usr_cpu": 10.0, "sys_cpu": 20.0}]})
+}
+
+/// One record as perf/bench.sh writes it: the target used `ticks` clock ticks over one second.
+fn record(matrix: &str, job: &str, target: &str, round: u32, iops: f64, p50: f64) -> Value {
+    json!({"matrix": matrix, "job": job, "target": target, "round": round, "rw": "randread",
+           "bs": "4k", "iodepth": 1, "numjobs": 1, "error": null, "fio": fio_json(iops, p50),
+           "cpu_ticks_start": 0, "cpu_ticks_end": 50, "cpu_user_ticks_start": 0,
+           "cpu_user_ticks_end": 5, "cpu_sample_ns_start": 0, "cpu_sample_ns_end": 1_000_000_000u64,
+           "sleeps_start": 0, "sleeps_end": 1000})
+}
+
+#[test]
+fn bench_report_computes_ratios_goals_and_the_floor_table() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        panic!("python3 is needed for perf/bench-report.py (scripts/test installs it)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let qd1 = "4k-randread-qd1";
+    let qd32 = "4k-randread-qd32";
+    let mut recs = vec![
+        // Two rounds each: the report averages them.
+        record("disk", qd1, "vit", 1, 9000.0, 100.0),
+        record("disk", qd1, "tgt", 1, 6000.0, 160.0),
+        record("disk", qd1, "vit", 2, 11000.0, 100.0),
+        record("disk", qd1, "tgt", 2, 6000.0, 160.0),
+        record("disk", qd32, "vit", 1, 50000.0, 500.0),
+        record("disk", qd32, "tgt", 1, 20000.0, 1500.0),
+        record("mem", qd1, "vit", 1, 14000.0, 60.0),
+        record("mem", qd1, "tgt", 1, 14000.0, 62.0),
+    ];
+    for (matrix, cpu) in [("floor-mem", 24.5), ("floor-disk", 56.25)] {
+        recs.push(
+            json!({"matrix": matrix, "job": qd1, "target": "minimal", "round": 1,
+            "rw": "randread", "bs": "4k", "iodepth": 1, "numjobs": 1, "error": null,
+            "floor": {"round_trips": 10000, "per_s": 10000.0, "p50_us": 61.5, "p999_us": 200.0,
+                      "server_cpu_us_per_rt": cpu}}),
+        );
+    }
+    let records = dir.path().join("records.jsonl");
+    let lines: Vec<String> = recs.iter().map(Value::to_string).collect();
+    std::fs::write(&records, lines.join("\n") + "\n").unwrap();
+    let errors = dir.path().join("errors.txt");
+    std::fs::write(&errors, "").unwrap();
+    let out = dir.path().join("out");
+    let st = Command::new("python3")
+        .arg(repo().join("perf/bench-report.py"))
+        .args(["--records", records.to_str().unwrap()])
+        .args(["--errors", errors.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap()])
+        .args(["--runtime", "1", "--ramp", "0", "--size", "1G"])
+        .args(["--client-cpu", "0", "--target-cpu", "1"])
+        .output()
+        .expect("run bench-report.py");
+    assert!(
+        st.status.success(),
+        "bench-report.py failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("latest.json")).unwrap()).unwrap();
+    let r = &summary["ratios"]["disk"];
+    let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-9;
+    // IOPS: mean of 9000 and 11000 over 6000.
+    assert!(close(&r[qd1]["iops"], 10000.0 / 6000.0), "{}", r[qd1]);
+    assert!(close(&r[qd1]["p50_us"], 100.0 / 160.0), "{}", r[qd1]);
+    // The same CPU time over more I/Os: CPU/IO in inverse proportion to IOPS.
+    assert!(
+        close(&r[qd32]["cpu_us_per_io"], 20000.0 / 50000.0),
+        "{}",
+        r[qd32]
+    );
+    let goals = summary["goals"]["disk"].as_array().unwrap();
+    let goal = |name: &str| {
+        goals
+            .iter()
+            .find(|g| g["goal"].as_str().unwrap().starts_with(name))
+            .unwrap_or_else(|| panic!("no goal {name}: {goals:?}"))["met"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(goal("4k-randread-qd32: iops"), "2.5x is at least 2x");
+    assert!(
+        !goal("4k-randread-qd32: target CPU/IO"),
+        "0.4x is not 0.25x"
+    );
+    assert!(goal("4k-randread-qd1: p50_us"), "0.625x is at most 0.7x");
+    let md = std::fs::read_to_string(out.join("latest.md")).unwrap();
+    assert!(md.contains("## QD 1: the floor"), "no floor section:\n{md}");
+    // The floor's CPU beside vit's and tgt's (5e6 / IOPS µs each) and a quarter of tgt's.
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| 4k-randread-qd1 | file |"))
+        .unwrap_or_else(|| panic!("no file row in the floor table:\n{md}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    let tick = 1e6 / clk_tck() as f64;
+    let tgt_cpu = 50.0 * tick / 6000.0;
+    assert_eq!(cells[3], "56.25", "{row}");
+    assert_eq!(cells[5], format!("{tgt_cpu:.2}"), "{row}");
+    assert_eq!(cells[6], format!("{:.2}", tgt_cpu / 4.0), "{row}");
+    assert_eq!(cells[7], "61.5", "{row}");
+}
+
+/// The kernel's clock ticks per second, as the report reads /proc/PID/stat with.
+fn clk_tck() -> i64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }
+}
