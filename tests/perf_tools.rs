@@ -62,11 +62,18 @@ fn qd1_floor_measures_round_trips_with_and_without_a_file() {
     let file = dir.path().join("backing");
     std::fs::write(&file, vec![0u8; 1 << 20]).unwrap();
     let file = file.to_str().unwrap();
+    // Client and server on the first CPU this process may use (a CI runner's cpuset may not
+    // hold CPU 0).
+    let cpu = core_affinity::get_core_ids()
+        .and_then(|ids| ids.first().map(|c| c.id))
+        .unwrap_or(0)
+        .to_string();
+    let cpu = cpu.as_str();
     for args in [
-        vec!["read", "1", "0", "0"],
-        vec!["write", "1", "0", "0"],
-        vec!["read", "1", "0", "0", file],
-        vec!["write", "1", "0", "0", file],
+        vec!["read", "1", cpu, cpu],
+        vec!["write", "1", cpu, cpu],
+        vec!["read", "1", cpu, cpu, file],
+        vec!["write", "1", cpu, cpu, file],
     ] {
         let (ok, v, err) = floor_run(&args);
         // O_DIRECT is refused by some file systems (tmpfs): that is the tool saying so, not a
