@@ -24,7 +24,7 @@ const BLOCK: usize = 4096;
 const MAX_SAMPLES: usize = 2_000_000;
 
 fn usage() -> ! {
-    eprintln!("usage: qd1_floor read|write SECONDS CLIENT-CPU SERVER-CPU [FILE]");
+    eprintln!("usage: qd1_floor read|write SECONDS(1-3600) CLIENT-CPU SERVER-CPU [FILE]");
     std::process::exit(2)
 }
 
@@ -33,6 +33,8 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     std::process::exit(1)
 }
 
+/// Pins this thread to `cpu`, which `main` checked is one this process may run on (core_affinity
+/// takes any other number for an index into a fixed-size CPU set).
 fn pin(cpu: usize) {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
         fail("pinning", format!("cannot pin to CPU {cpu}"));
@@ -117,9 +119,26 @@ fn main() {
         "write" => true,
         _ => usage(),
     };
-    let secs: u64 = args[2].parse().unwrap_or_else(|_| usage());
+    let secs: u64 = args[2]
+        .parse()
+        .ok()
+        .filter(|s| (1..=3600).contains(s))
+        .unwrap_or_else(|| usage());
     let client_cpu: usize = args[3].parse().unwrap_or_else(|_| usage());
     let server_cpu: usize = args[4].parse().unwrap_or_else(|_| usage());
+    let allowed: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    for cpu in [client_cpu, server_cpu] {
+        if !allowed.contains(&cpu) {
+            fail(
+                "CPU",
+                format!("{cpu} is not one this process may use: {allowed:?}"),
+            );
+        }
+    }
     let file = args.get(5).map(|p| {
         OpenOptions::new()
             .read(true)

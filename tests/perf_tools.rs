@@ -11,8 +11,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The qd1_floor example beside this test: `cargo test` builds examples, `cargo test --test
-/// perf_tools` does not, so build it then (the build lock is free while tests run).
+/// The qd1_floor example beside this test, built (or found up to date) once: `cargo test --test
+/// perf_tools` does not build examples, and a stale one would test old code (the build lock is
+/// free while tests run).
 fn qd1_floor() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
@@ -23,26 +24,25 @@ fn qd1_floor() -> PathBuf {
                 .and_then(Path::parent)
                 .expect("target profile directory");
             let p = dir.join("examples").join("qd1_floor");
-            if !p.exists() {
-                let mut c = Command::new(env!("CARGO"));
-                c.args(["build", "--quiet", "--example", "qd1_floor"])
-                    .current_dir(repo());
-                if dir.ends_with("release") {
-                    c.arg("--release");
-                }
-                let st = c.status().expect("run cargo");
-                assert!(
-                    st.success() && p.exists(),
-                    "could not build {}",
-                    p.display()
-                );
+            let mut c = Command::new(env!("CARGO"));
+            c.args(["build", "--quiet", "--example", "qd1_floor"])
+                .current_dir(repo());
+            if dir.ends_with("release") {
+                c.arg("--release");
             }
+            let st = c.status().expect("run cargo");
+            assert!(
+                st.success() && p.exists(),
+                "could not build {}",
+                p.display()
+            );
             p
         })
         .clone()
 }
 
-fn floor_run(args: &[&str]) -> (bool, Value, String) {
+/// Runs qd1_floor: (exit code, None when killed by a signal; its JSON; its stderr).
+fn floor_run(args: &[&str]) -> (Option<i32>, Value, String) {
     let out = Command::new(qd1_floor())
         .args(args)
         .output()
@@ -50,7 +50,7 @@ fn floor_run(args: &[&str]) -> (bool, Value, String) {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let v = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
     (
-        out.status.success(),
+        out.status.code(),
         v,
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
@@ -75,7 +75,8 @@ fn qd1_floor_measures_round_trips_with_and_without_a_file() {
         vec!["read", "1", cpu, cpu, file],
         vec!["write", "1", cpu, cpu, file],
     ] {
-        let (ok, v, err) = floor_run(&args);
+        let (code, v, err) = floor_run(&args);
+        let ok = code == Some(0);
         // O_DIRECT is refused by some file systems (tmpfs): that is the tool saying so, not a
         // measurement; the runs without a file must work everywhere.
         if !ok && args.len() == 5 && err.contains("Invalid argument") {
@@ -111,10 +112,17 @@ fn qd1_floor_refuses_bad_arguments() {
         vec![],
         vec!["sideways", "1", "0", "0"],
         vec!["read", "x", "0", "0"],
+        vec!["read", "0", "0", "0"],
+        vec!["read", "99999999999999999", "0", "0"],
+        vec!["read", "1", "0", "100000"],
         vec!["read", "1", "0", "0", "/nonexistent/backing"],
     ] {
-        let (ok, _, err) = floor_run(&args);
-        assert!(!ok, "{args:?} succeeded");
+        let (code, _, err) = floor_run(&args);
+        // Refused with a message and exit status 1 or 2: not run, not a crash (a signal).
+        assert!(
+            matches!(code, Some(1 | 2)),
+            "{args:?}: exit {code:?}: {err}"
+        );
         assert!(!err.trim().is_empty(), "{args:?}: no message");
     }
 }
