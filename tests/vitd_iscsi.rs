@@ -426,6 +426,8 @@ fn bad_command_line_is_refused() {
         &["--poll-us", "20000"],
         &["--poll-us", "-1"],
         &["--cores", "two"],
+        // Far more data threads than CPUs: refused before any buffer is pinned.
+        &["--cores", "100000"],
         &["--no-such-flag"],
     ] {
         let out = Command::new("timeout")

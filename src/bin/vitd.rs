@@ -30,6 +30,9 @@ struct Cli {
     poll_us: u32,
 }
 
+/// `--cores` may ask for at most this many data threads per CPU the process may use.
+const CORES_PER_CPU: usize = 4;
+
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -40,6 +43,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.cores == Some(0) {
         eprintln!("vitd: error: --cores must be at least 1");
+        return ExitCode::from(2);
+    }
+    // Each data thread pins its own registered buffers at start: a mistyped count must not take
+    // the host's memory. More threads than a few per CPU buys nothing.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let max = (CORES_PER_CPU * cpus).max(CORES_PER_CPU);
+    if let Some(n) = cli.cores
+        && n > max
+    {
+        let pinned: usize = daemon::BUFFERS_PER_THREAD.iter().map(|(s, c)| s * c).sum();
+        eprintln!(
+            "vitd: error: --cores {n} is more than {CORES_PER_CPU} data threads per CPU this \
+             process may use ({cpus} CPUs: at most {max}); each pins {} MiB of I/O buffers",
+            pinned >> 20
+        );
         return ExitCode::from(2);
     }
     let opts = DaemonOptions {
