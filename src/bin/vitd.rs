@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     // Each data thread pins its own registered buffers at start: a mistyped count must not take
     // the host's memory. More threads than a few per CPU buys nothing.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let max = (CORES_PER_CPU * cpus).max(CORES_PER_CPU);
+    let max = CORES_PER_CPU * cpus;
     if let Some(n) = cli.cores
         && n > max
     {
