@@ -222,6 +222,26 @@ fn bench_report_computes_ratios_goals_and_the_floor_table() {
         "0.4x is not 0.25x"
     );
     assert!(goal("4k-randread-qd1: p50_us"), "0.625x is at most 0.7x");
+    // Round by round: the same CPU time each round, so CPU/IO goes as 1/IOPS: 6000/9000 in
+    // round 1, 6000/11000 in round 2, neither within a quarter; p50 0.625x in both rounds.
+    let rounds = |name: &str| {
+        let g = goals
+            .iter()
+            .find(|g| g["goal"].as_str().unwrap().starts_with(name))
+            .unwrap();
+        (
+            g["rounds_met"].as_u64().unwrap(),
+            g["rounds"].as_u64().unwrap(),
+            g["round_min"].as_f64().unwrap(),
+            g["round_max"].as_f64().unwrap(),
+        )
+    };
+    let (met, of, lo, hi) = rounds("4k-randread-qd1: target CPU/IO");
+    assert_eq!((met, of), (0, 2));
+    assert!((lo - 6000.0 / 11000.0).abs() < 1e-9 && (hi - 6000.0 / 9000.0).abs() < 1e-9);
+    assert_eq!(rounds("4k-randread-qd1: p50_us").0, 2);
+    // One round of each target: one pair.
+    assert_eq!(rounds("4k-randread-qd32: iops").1, 1);
     let md = std::fs::read_to_string(out.join("latest.md")).unwrap();
     assert!(md.contains("## QD 1: the floor"), "no floor section:\n{md}");
     // The floor's CPU beside vit's and tgt's (5e6 / IOPS µs each) and a quarter of tgt's.
