@@ -166,6 +166,10 @@ fn bench_report_computes_ratios_goals_and_the_floor_table() {
         record("mem", qd1, "vit", 1, 14000.0, 60.0),
         record("mem", qd1, "tgt", 1, 14000.0, 62.0),
     ];
+    // The device alone: fio's 30% of a CPU (usr 10 + sys 20) over 40000 IOPS is 7.5 µs per I/O.
+    let mut device = record("device", qd32, "local", 1, 40000.0, 400.0);
+    device["iodepth"] = json!(32);
+    recs.push(device);
     for (matrix, cpu) in [("floor-mem", 24.5), ("floor-disk", 56.25)] {
         recs.push(
             json!({"matrix": matrix, "job": qd1, "target": "minimal", "round": 1,
@@ -256,6 +260,17 @@ fn bench_report_computes_ratios_goals_and_the_floor_table() {
     assert_eq!(cells[5], format!("{tgt_cpu:.2}"), "{row}");
     assert_eq!(cells[6], format!("{:.2}", tgt_cpu / 4.0), "{row}");
     assert_eq!(cells[7], "61.5", "{row}");
+    // The storage stack's share: fio alone 7.5 µs/IO beside vit's and tgt's on the file LUN.
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| 4k-randread-qd32 | 7.50 |"))
+        .unwrap_or_else(|| panic!("no storage cost row:\n{md}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    let (vit_cpu, tgt_cpu) = (50.0 * tick / 50000.0, 50.0 * tick / 20000.0);
+    assert_eq!(cells[3], format!("{vit_cpu:.2}"), "{row}");
+    assert_eq!(cells[4], format!("{:.2}", vit_cpu - 7.5), "{row}");
+    assert_eq!(cells[6], format!("{:.2}", tgt_cpu / 4.0), "{row}");
+    assert_eq!(cells[7], format!("{:.2}", 7.5 / (tgt_cpu / 4.0)), "{row}");
 }
 
 /// The kernel's clock ticks per second, as the report reads /proc/PID/stat with.
