@@ -127,7 +127,7 @@ impl BufferPool {
         // 4 KiB pages that copy spent most of its time in TLB misses (nested page walks in a VM);
         // with 2 MiB pages it took 8% of vitd's CPU instead of 19% in a 16 KiB mix, and the device
         // gets one segment per I/O instead of one per page (10-16% more IOPS there, and 128 KiB
-        // reads a third more, in alternating runs). Advice only: a kernel without THP leaves the
+        // reads 47% more, in eight alternating pairs). Advice only: a kernel without THP leaves the
         // pool as it was.
         // SAFETY: advice on the mapping made just above, which nothing else uses yet.
         unsafe { libc::madvise(base, offset, libc::MADV_HUGEPAGE) };
