@@ -1349,6 +1349,9 @@ impl Conn {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::daemon::runtime::{AuthPolicy, LunRt};
@@ -1376,7 +1379,7 @@ mod tests {
     }
     use crate::iscsi::pdu::Stage;
 
-    fn conn(initial_r2t: bool) -> (Conn, BufferPool) {
+    pub(super) fn conn(initial_r2t: bool) -> (Conn, BufferPool) {
         let lun = LunRt {
             identity: 7,
             thin: false,
@@ -1451,15 +1454,28 @@ mod tests {
 
     /// Feeds one PDU as the data thread would (header event, data into its destination, complete).
     fn feed(c: &mut Conn, pool: &mut BufferPool, bhs: &[u8; BHS_LEN], data: &[u8]) {
-        let dest = c.on_header(bhs, data.len() as u32, pool);
-        match dest {
-            DataDest::Slot { buf, offset } => {
-                pool.slice(buf)[offset..offset + data.len()].copy_from_slice(data)
-            }
+        feed_with(c, pool, bhs, data).unwrap().unwrap();
+    }
+
+    /// [`feed`], returning what `on_pdu` said; `Err(())` when the destination `on_header` chose
+    /// cannot hold the data segment.
+    pub(super) fn feed_with(
+        c: &mut Conn,
+        pool: &mut BufferPool,
+        bhs: &[u8; BHS_LEN],
+        data: &[u8],
+    ) -> Result<Result<(), Fatal>, ()> {
+        match c.on_header(bhs, data.len() as u32, pool) {
+            DataDest::Slot { buf, offset } => pool
+                .slice(buf)
+                .get_mut(offset..offset + data.len())
+                .ok_or(())?
+                .copy_from_slice(data),
+            DataDest::Inline if data.len() > c.inline.capacity() => return Err(()),
             DataDest::Inline => c.inline.extend_from_slice(data),
             DataDest::Discard => {}
         }
-        c.on_pdu(bhs, pool).unwrap();
+        Ok(c.on_pdu(bhs, pool))
     }
 
     #[test]

@@ -461,13 +461,16 @@ pub fn is_discovery(params: &SessionParams) -> bool {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::daemon::runtime::{PortalGroupRt, TargetRt};
     use crate::iscsi::pdu::{LoginResponse, TargetPdu};
     use crate::scsi::DeviceServer;
 
-    fn running(auth: AuthPolicy) -> Arc<Running> {
+    pub(super) fn running(auth: AuthPolicy) -> Arc<Running> {
         let pg = PortalGroupRt {
             name: "default".into(),
             tag: 7,
