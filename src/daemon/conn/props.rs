@@ -320,9 +320,14 @@ proptest! {
     #[test]
     fn any_peer_leaves_the_connection_sound(
         initial_r2t in any::<bool>(),
+        discovery in prop::bool::weighted(0.2),
         ops in prop::collection::vec(op(), 1..120),
     ) {
         let (mut c, mut pool) = conn(initial_r2t);
+        if discovery {
+            // A discovery session: the same state machine with no target behind it.
+            c.target = None;
+        }
         let all = pool.available();
         let mut pending: Vec<IoWork> = Vec::new();
         for op in ops {
