@@ -81,6 +81,12 @@ fn send_with(
     data: &[u8],
     digests: bool,
 ) -> std::io::Result<()> {
+    stream.write_all(&frame(bhs, data, digests))
+}
+
+/// One PDU as it goes on the wire: header, its digest when `digests`, data, padding, the data's
+/// digest when `digests` and there is data.
+pub fn frame(bhs: &[u8; BHS_LEN], data: &[u8], digests: bool) -> Vec<u8> {
     let mut wire = bhs.to_vec();
     if digests {
         wire.extend_from_slice(&header_digest(bhs, &[]));
@@ -90,7 +96,7 @@ fn send_with(
     if digests && !data.is_empty() {
         wire.extend_from_slice(&data_digest(&[data]));
     }
-    stream.write_all(&wire)
+    wire
 }
 
 /// Logs in to `target` on 127.0.0.1:`port` (no authentication), through the security and

@@ -1,0 +1,360 @@
+//! TCP may cut an initiator's PDU stream anywhere, and real networks do; libiscsi and fio on
+//! loopback hand vitd whole PDUs nearly always. These tests send pipelined commands (writes with
+//! immediate data from 512 bytes to 64 KiB, reads, TEST UNIT READY, NOP-Out with data) and
+//! solicited Data-Out, cut into pieces of random sizes with random pauses, with and without
+//! CRC32C digests, so that headers, digests and data segments straddle receives at every kind of
+//! place vitd's receive path treats apart (the staging buffer, receives straight into a task's
+//! buffer, the header-only receive after a large segment). Every command must succeed and every
+//! byte written must read back. The seed is printed; `VIT_SEGMENT_SEED=N` replays a run.
+
+mod common;
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use vit::iscsi::initiator::{Session, frame, read_pdu_with, try_login_with};
+use vit::iscsi::pdu::{BHS_LEN, DataOut, NopOut, ScsiCommand, TargetPdu};
+
+const INITIATOR: &str = "iqn.2026-11.io.vit:segments";
+/// Each write or read uses its own 128 KiB region (256 blocks) of the LUN.
+const REGION_BLOCKS: u32 = 256;
+const REGIONS: u32 = 120;
+
+fn seed() -> u64 {
+    let s = std::env::var("VIT_SEGMENT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("VIT_SEGMENT_SEED={s}");
+    s
+}
+
+/// Writes `wire` in pieces: mostly small ones around PDU-sized boundaries, now and then a pause
+/// long enough for vitd to take what arrived so far in a receive of its own.
+fn send_cut(stream: &mut TcpStream, wire: &[u8], rng: &mut StdRng) {
+    let mut at = 0;
+    while at < wire.len() {
+        let n = match rng.random_range(0..4) {
+            0 => rng.random_range(1..8),
+            1 => rng.random_range(1..100),
+            2 => rng.random_range(1..5000),
+            _ => rng.random_range(1..70_000),
+        }
+        .min(wire.len() - at);
+        stream.write_all(&wire[at..at + n]).unwrap();
+        at += n;
+        if rng.random_bool(0.3) {
+            std::thread::sleep(Duration::from_micros(rng.random_range(50..400)));
+        }
+    }
+}
+
+fn command_bhs(s: &mut Session, cdb: [u8; 16], write: u32, read: u32, immediate: u32) -> [u8; 48] {
+    s.itt += 1;
+    let cmd = ScsiCommand {
+        final_bit: true,
+        read: read > 0,
+        write: write > 0,
+        attr: 1,
+        itt: s.itt,
+        expected_data_length: write.max(read),
+        cmd_sn: s.cmd_sn,
+        exp_stat_sn: s.exp_stat_sn,
+        cdb,
+        data_segment_length: immediate,
+        ..Default::default()
+    };
+    s.cmd_sn += 1;
+    let mut bhs = [0u8; BHS_LEN];
+    cmd.encode(&mut bhs);
+    bhs
+}
+
+fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+fn random_bytes(rng: &mut StdRng, n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rng.fill(&mut v[..]);
+    v
+}
+
+/// What each command of a batch must come back with.
+enum Expect {
+    Good,
+    Data(Vec<u8>),
+    Echo(Vec<u8>),
+}
+
+/// Pipelines batches of commands, each batch sent as one cut-up byte stream, and checks every
+/// answer; the regions written are then read back one by one.
+fn pipelined_batches(
+    s: &mut Session,
+    rng: &mut StdRng,
+    model: &mut HashMap<u32, Vec<u8>>,
+    log: &dyn Fn() -> String,
+) {
+    for batch in 0..6 {
+        let mut wire = Vec::new();
+        let mut expect: HashMap<u32, Expect> = HashMap::new();
+        let mut used = std::collections::HashSet::new();
+        for _ in 0..32 {
+            let region = rng.random_range(0..REGIONS);
+            if !used.insert(region) {
+                continue; // one command per region in a batch: no ordering to assume
+            }
+            let lba = region * REGION_BLOCKS;
+            match rng.random_range(0..20) {
+                0..=11 => {
+                    let blocks = rng.random_range(1..=128u16);
+                    let data = random_bytes(rng, usize::from(blocks) * 512);
+                    let bhs = command_bhs(
+                        s,
+                        rw10(0x2a, lba, blocks),
+                        data.len() as u32,
+                        0,
+                        data.len() as u32,
+                    );
+                    wire.extend_from_slice(&frame(&bhs, &data, s.digests));
+                    let m = model
+                        .entry(region)
+                        .or_insert_with(|| vec![0; REGION_BLOCKS as usize * 512]);
+                    m[..data.len()].copy_from_slice(&data);
+                    expect.insert(s.itt, Expect::Good);
+                }
+                12..=16 => {
+                    let blocks = rng.random_range(1..=128u16);
+                    let len = usize::from(blocks) * 512;
+                    let want = model
+                        .get(&region)
+                        .map_or_else(|| vec![0; len], |m| m[..len].to_vec());
+                    let bhs = command_bhs(s, rw10(0x28, lba, blocks), 0, len as u32, 0);
+                    wire.extend_from_slice(&frame(&bhs, &[], s.digests));
+                    expect.insert(s.itt, Expect::Data(want));
+                }
+                17..=18 => {
+                    let bhs = command_bhs(s, [0u8; 16], 0, 0, 0);
+                    wire.extend_from_slice(&frame(&bhs, &[], s.digests));
+                    expect.insert(s.itt, Expect::Good);
+                }
+                _ => {
+                    s.itt += 1;
+                    let n = rng.random_range(1..3000);
+                    let data = random_bytes(rng, n);
+                    let nop = NopOut {
+                        immediate: true,
+                        itt: s.itt,
+                        ttt: 0xffff_ffff,
+                        cmd_sn: s.cmd_sn,
+                        exp_stat_sn: s.exp_stat_sn,
+                        data_segment_length: data.len() as u32,
+                        ..Default::default()
+                    };
+                    let mut bhs = [0u8; BHS_LEN];
+                    nop.encode(&mut bhs);
+                    wire.extend_from_slice(&frame(&bhs, &data, s.digests));
+                    expect.insert(s.itt, Expect::Echo(data));
+                }
+            }
+        }
+        // Answers are read on another thread while the batch goes out, as an initiator would.
+        let mut reader = s.stream.try_clone().unwrap();
+        let digests = s.digests;
+        let want = expect.len();
+        let answers = std::thread::spawn(move || {
+            let mut got: HashMap<u32, (u8, Vec<u8>, u32)> = HashMap::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while got.len() < want && Instant::now() < deadline {
+                let (pdu, data) = match read_pdu_with(&mut reader, digests) {
+                    Ok(p) => p,
+                    Err(e) => return Err(format!("reading answers: {e}")),
+                };
+                match pdu {
+                    TargetPdu::DataIn(d) => {
+                        let e = got.entry(d.itt).or_insert((0xff, Vec::new(), 0));
+                        if d.buffer_offset as usize != e.1.len() {
+                            return Err(format!(
+                                "Data-In at offset {} after {}",
+                                d.buffer_offset,
+                                e.1.len()
+                            ));
+                        }
+                        e.1.extend_from_slice(&data);
+                        if d.status_present {
+                            e.0 = d.status;
+                            e.2 = d.stat_sn;
+                        } else {
+                            continue;
+                        }
+                    }
+                    TargetPdu::ScsiResponse(r) => {
+                        let e = got.entry(r.itt).or_insert((0xff, Vec::new(), 0));
+                        e.0 = if r.response == 0 { r.status } else { 0xfe };
+                        e.2 = r.stat_sn;
+                    }
+                    TargetPdu::NopIn(n) if n.itt != 0xffff_ffff => {
+                        got.insert(n.itt, (0, data, n.stat_sn));
+                    }
+                    TargetPdu::NopIn(_) => {}
+                    other => return Err(format!("unexpected {other:?}")),
+                }
+            }
+            Ok(got)
+        });
+        send_cut(&mut s.stream, &wire, rng);
+        let got = answers
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("batch {batch}: {e}\n{}", log()));
+        assert_eq!(
+            got.len(),
+            expect.len(),
+            "batch {batch}: answers missing\n{}",
+            log()
+        );
+        let mut top = s.exp_stat_sn;
+        for (itt, e) in &expect {
+            let (status, data, stat_sn) = &got[itt];
+            top = top.max(stat_sn.wrapping_add(1));
+            match e {
+                Expect::Good => assert_eq!(*status, 0, "batch {batch}: task {itt:#x} status"),
+                Expect::Data(want) => {
+                    assert_eq!(*status, 0, "batch {batch}: read {itt:#x} status");
+                    assert!(
+                        data == want,
+                        "batch {batch}: read {itt:#x} returned other bytes"
+                    );
+                }
+                Expect::Echo(want) => assert!(data == want, "batch {batch}: NOP-In {itt:#x} echo"),
+            }
+        }
+        s.exp_stat_sn = top;
+    }
+    for (region, data) in model.iter() {
+        let blocks = REGION_BLOCKS as u16;
+        let r = s
+            .command(
+                0,
+                &rw10(0x28, region * REGION_BLOCKS, blocks),
+                &[],
+                data.len() as u32,
+            )
+            .unwrap();
+        assert_eq!(r.status, 0);
+        assert!(r.data_in == *data, "region {region} read back different");
+    }
+}
+
+/// Writes larger than the first burst: immediate data (or none), then the rest as Data-Out in
+/// answer to R2Ts, in segments of random sizes, each PDU cut up on the wire.
+fn solicited_writes(s: &mut Session, rng: &mut StdRng, log: &dyn Fn() -> String) {
+    for k in 0..8u32 {
+        let blocks = rng.random_range(129..=512u16);
+        let len = usize::from(blocks) * 512;
+        let data = random_bytes(rng, len);
+        let lba = REGIONS * REGION_BLOCKS + k * 512;
+        let immediate = if rng.random_bool(0.5) {
+            rng.random_range(1..=128usize) * 512
+        } else {
+            0
+        };
+        let bhs = command_bhs(s, rw10(0x2a, lba, blocks), len as u32, 0, immediate as u32);
+        let mut wire = frame(&bhs, &data[..immediate], s.digests);
+        send_cut(&mut s.stream, &wire, rng);
+        let itt = s.itt;
+        let status = loop {
+            let (pdu, _) = read_pdu_with(&mut s.stream, s.digests)
+                .unwrap_or_else(|e| panic!("write {k}: {e}\n{}", log()));
+            match pdu {
+                TargetPdu::R2t(r) => {
+                    let (mut off, end) = (
+                        r.buffer_offset as usize,
+                        (r.buffer_offset + r.desired_length) as usize,
+                    );
+                    wire.clear();
+                    let mut sn = 0;
+                    while off < end {
+                        let n =
+                            rng.random_range(1..=(end - off).min(256 * 1024).div_ceil(512)) * 512;
+                        let n = n.min(end - off);
+                        let d = DataOut {
+                            final_bit: off + n == end,
+                            itt,
+                            ttt: r.ttt,
+                            exp_stat_sn: s.exp_stat_sn,
+                            data_sn: sn,
+                            buffer_offset: off as u32,
+                            data_segment_length: n as u32,
+                            ..Default::default()
+                        };
+                        let mut b = [0u8; BHS_LEN];
+                        d.encode(&mut b);
+                        wire.extend_from_slice(&frame(&b, &data[off..off + n], s.digests));
+                        off += n;
+                        sn += 1;
+                    }
+                    send_cut(&mut s.stream, &wire, rng);
+                }
+                TargetPdu::ScsiResponse(r) => {
+                    s.exp_stat_sn = r.stat_sn.wrapping_add(1);
+                    break r.status;
+                }
+                TargetPdu::NopIn(_) => {}
+                other => panic!("write {k}: unexpected {other:?}\n{}", log()),
+            }
+        };
+        assert_eq!(
+            status, 0,
+            "write {k} of {len} bytes ({immediate} immediate)"
+        );
+        let r = s
+            .command(0, &rw10(0x28, lba, blocks), &[], len as u32)
+            .unwrap();
+        assert_eq!(r.status, 0);
+        assert!(
+            r.data_in == data,
+            "write {k} of {len} bytes read back different"
+        );
+    }
+}
+
+fn session(port: u16, isid: u8, digests: bool) -> Session {
+    let mut s = try_login_with(
+        port,
+        INITIATOR,
+        &iqn("seg"),
+        [0x80, 0, 0, 0, 0, isid],
+        digests,
+    )
+    .unwrap();
+    s.stream.set_nodelay(true).unwrap();
+    s.test_unit_ready().unwrap(); // the power-on unit attention
+    s
+}
+
+#[test]
+fn pdus_cut_anywhere_move_every_byte() {
+    // 120 regions of 128 KiB for the pipelined batches, then 8 of 256 KiB for the large writes.
+    let (ds, vitd) = serve_one("seg", "20M");
+    let log = || vitd.log_text();
+    let mut rng = StdRng::seed_from_u64(seed());
+    let mut model = HashMap::new();
+    for (isid, digests) in [(1, false), (2, true)] {
+        let mut s = session(ds.port, isid, digests);
+        pipelined_batches(&mut s, &mut rng, &mut model, &log);
+        solicited_writes(&mut s, &mut rng, &log);
+    }
+}
