@@ -15,8 +15,11 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use vit::iscsi::initiator::{Session, frame, read_pdu_with, try_login_with};
-use vit::iscsi::pdu::{BHS_LEN, DataOut, NopOut, ScsiCommand, TargetPdu};
+use vit::iscsi::initiator::{Session, frame, read_pdu_with};
+use vit::iscsi::pdu::{
+    BHS_LEN, DataOut, LoginRequest, LoginResponse, NopOut, ScsiCommand, Stage, TargetPdu,
+    TextRequest,
+};
 
 const INITIATOR: &str = "iqn.2026-11.io.vit:segments";
 /// Each write or read uses its own 128 KiB region (256 blocks) of the LUN.
@@ -331,18 +334,114 @@ fn solicited_writes(s: &mut Session, rng: &mut StdRng, log: &dyn Fn() -> String)
     }
 }
 
-fn session(port: u16, isid: u8, digests: bool) -> Session {
-    let mut s = try_login_with(
-        port,
-        INITIATOR,
-        &iqn("seg"),
-        [0x80, 0, 0, 0, 0, isid],
+fn login_request(stage: (Stage, Stage), isid: u8, exp_stat_sn: u32, text: &str) -> Vec<u8> {
+    let req = LoginRequest {
+        immediate: true,
+        transit: true,
+        csg: stage.0 as u8,
+        nsg: stage.1 as u8,
+        isid: [0x80, 0, 0, 0, 0, isid],
+        itt: 1,
+        cmd_sn: 1,
+        exp_stat_sn,
+        data_segment_length: text.len() as u32,
+        ..Default::default()
+    };
+    let mut bhs = [0u8; BHS_LEN];
+    req.encode(&mut bhs);
+    frame(&bhs, text.as_bytes(), false)
+}
+
+fn login_response(stream: &mut TcpStream) -> LoginResponse {
+    match read_pdu_with(stream, false).unwrap() {
+        (TargetPdu::Login(r), _) if (r.status_class, r.status_detail) == (0, 0) => r,
+        other => panic!("login: {other:?}"),
+    }
+}
+
+/// Logs in with both Login Requests cut up on the wire, the second followed at once (before its
+/// answer, as an eager initiator might) by a first command: vitd's control thread must hand the
+/// bytes it already read to the data thread that takes the session over.
+fn session(port: u16, isid: u8, digests: bool, rng: &mut StdRng) -> Session {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let d = if digests { "CRC32C" } else { "None" };
+    let text = format!(
+        "InitiatorName={INITIATOR}\0TargetName={}\0SessionType=Normal\0AuthMethod=None\0\
+         HeaderDigest={d}\0DataDigest={d}\0MaxRecvDataSegmentLength=65536\0",
+        iqn("seg")
+    );
+    let first = login_request((Stage::Security, Stage::Operational), isid, 0, &text);
+    send_cut(&mut stream, &first, rng);
+    let r = login_response(&mut stream);
+    let mut s = Session {
+        stream,
+        cmd_sn: 1,
+        exp_stat_sn: r.stat_sn.wrapping_add(1),
+        itt: 10,
         digests,
-    )
-    .unwrap();
-    s.stream.set_nodelay(true).unwrap();
-    s.test_unit_ready().unwrap(); // the power-on unit attention
+    };
+    let mut wire = login_request(
+        (Stage::Operational, Stage::FullFeature),
+        isid,
+        s.exp_stat_sn,
+        "",
+    );
+    let tur = command_bhs(&mut s, [0u8; 16], 0, 0, 0);
+    wire.extend_from_slice(&frame(&tur, &[], digests));
+    send_cut(&mut s.stream, &wire, rng);
+    let r = login_response(&mut s.stream);
+    assert!(r.transit, "login did not reach full feature phase");
+    match read_pdu_with(&mut s.stream, digests).unwrap() {
+        // The power-on unit attention.
+        (TargetPdu::ScsiResponse(r), _) => {
+            assert_eq!((r.itt, r.status), (s.itt, 2));
+            s.exp_stat_sn = r.stat_sn.wrapping_add(1);
+        }
+        other => panic!("first command: {other:?}"),
+    }
     s
+}
+
+/// A discovery session, its login and SendTargets request cut up on the wire.
+fn discovery(port: u16, rng: &mut StdRng) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let text = format!("InitiatorName={INITIATOR}\0SessionType=Discovery\0AuthMethod=None\0");
+    let wire = login_request((Stage::Security, Stage::FullFeature), 9, 0, &text);
+    send_cut(&mut stream, &wire, rng);
+    let r = login_response(&mut stream);
+    assert!(r.transit);
+    let ask = b"SendTargets=All\0";
+    let req = TextRequest {
+        immediate: true,
+        final_bit: true,
+        itt: 2,
+        ttt: 0xffff_ffff,
+        cmd_sn: 1,
+        exp_stat_sn: r.stat_sn.wrapping_add(1),
+        data_segment_length: ask.len() as u32,
+        ..Default::default()
+    };
+    let mut bhs = [0u8; BHS_LEN];
+    req.encode(&mut bhs);
+    send_cut(&mut stream, &frame(&bhs, ask, false), rng);
+    match read_pdu_with(&mut stream, false).unwrap() {
+        (TargetPdu::Text(_), data) => {
+            let text = String::from_utf8_lossy(&data);
+            assert!(
+                text.contains(&format!("TargetName={}", iqn("seg"))),
+                "{text}"
+            );
+        }
+        other => panic!("SendTargets: {other:?}"),
+    }
 }
 
 #[test]
@@ -352,8 +451,9 @@ fn pdus_cut_anywhere_move_every_byte() {
     let log = || vitd.log_text();
     let mut rng = StdRng::seed_from_u64(seed());
     let mut model = HashMap::new();
+    discovery(ds.port, &mut rng);
     for (isid, digests) in [(1, false), (2, true)] {
-        let mut s = session(ds.port, isid, digests);
+        let mut s = session(ds.port, isid, digests, &mut rng);
         pipelined_batches(&mut s, &mut rng, &mut model, &log);
         solicited_writes(&mut s, &mut rng, &log);
     }

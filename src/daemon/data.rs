@@ -507,6 +507,7 @@ impl Worker {
             ping_at: None,
         });
         slot.conn.local_addr = slot.stream.local_addr().ok();
+        // What the control thread read past the last login PDU (at most its 16 KiB buffer).
         let n = prefix.len().min(RX_BYTES);
         slot.rx[..n].copy_from_slice(&prefix[..n]);
         slot.rx_len = n;
@@ -521,6 +522,13 @@ impl Worker {
             }
         };
         self.dirty.push(idx);
+        // Those bytes are acted on now: no receive may ever complete if the initiator, having
+        // sent a command early, waits for its answer.
+        if n > 0
+            && let Err(e) = self.process_rx(idx)
+        {
+            self.close(idx, &e);
+        }
     }
 
     /// Starts whatever each touched connection can start: receive, file I/O, send; frees closed ones.
