@@ -193,3 +193,110 @@ fn header_and_data_digests_move_data() {
         vitd.log_text()
     );
 }
+
+#[test]
+fn a_long_sendtargets_answer_comes_in_continued_pieces() {
+    use std::io::Write;
+    use vit::iscsi::pdu::{LoginRequest, Stage, TextRequest};
+    let ds = Datastore::new();
+    let names: Vec<String> = (0..60)
+        .map(|i| format!("t{i:02}-{}", "long-alias-".repeat(4)))
+        .collect();
+    for n in &names {
+        ds.target(n, &[]);
+    }
+    let vitd = ds.start();
+    // libiscsi takes the whole answer in one PDU: every target listed.
+    if have("iscsi-ls") {
+        let (ok, out) = client("iscsi-ls", &[&ds.portal()]);
+        assert!(ok, "{out}");
+        for n in &names {
+            assert!(out.contains(&iqn(n)), "{n} missing: {out}");
+        }
+    }
+    // An initiator taking at most 512 bytes a PDU gets the answer in pieces (C bit), asking for
+    // each next one with the TTT it was given (RFC 7143 §11.11.2); key=value pairs may straddle
+    // pieces, and joined they make the whole list.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", ds.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let text = format!(
+        "InitiatorName={INITIATOR}\0SessionType=Discovery\0AuthMethod=None\0\
+         MaxRecvDataSegmentLength=512\0"
+    );
+    let login = LoginRequest {
+        immediate: true,
+        transit: true,
+        csg: Stage::Security as u8,
+        nsg: Stage::FullFeature as u8,
+        isid: [0x80, 0, 0, 0, 0, 7],
+        itt: 1,
+        cmd_sn: 1,
+        data_segment_length: text.len() as u32,
+        ..Default::default()
+    };
+    let mut bhs = [0u8; 48];
+    login.encode(&mut bhs);
+    stream
+        .write_all(&initiator::frame(&bhs, text.as_bytes(), false))
+        .unwrap();
+    let (TargetPdu::Login(r), _) = initiator::read_pdu(&mut stream).unwrap() else {
+        panic!("no login response")
+    };
+    assert_eq!((r.status_class, r.transit), (0, true));
+    let mut exp_stat_sn = r.stat_sn.wrapping_add(1);
+    let (mut answer, mut ttt, mut pieces) = (Vec::new(), 0xffff_ffff, 0);
+    loop {
+        let ask: &[u8] = if pieces == 0 {
+            b"SendTargets=All\0"
+        } else {
+            b""
+        };
+        let req = TextRequest {
+            immediate: true,
+            final_bit: true,
+            itt: 2,
+            ttt,
+            cmd_sn: 1,
+            exp_stat_sn,
+            data_segment_length: ask.len() as u32,
+            ..Default::default()
+        };
+        req.encode(&mut bhs);
+        stream
+            .write_all(&initiator::frame(&bhs, ask, false))
+            .unwrap();
+        let (pdu, data) = initiator::read_pdu(&mut stream)
+            .unwrap_or_else(|e| panic!("piece {pieces}: {e}: {}", vitd.log_text()));
+        let TargetPdu::Text(t) = pdu else {
+            panic!("piece {pieces}: {pdu:?}")
+        };
+        assert!(data.len() <= 512, "a piece of {} bytes", data.len());
+        assert_eq!(t.itt, 2);
+        answer.extend_from_slice(&data);
+        exp_stat_sn = t.stat_sn.wrapping_add(1);
+        pieces += 1;
+        if !t.cont {
+            assert!(t.final_bit, "the last piece has the F bit");
+            break;
+        }
+        assert!(!t.final_bit, "a piece with C has no F");
+        ttt = t.ttt;
+        assert!(pieces < 1000, "no end to the answer");
+    }
+    assert!(
+        pieces > 3,
+        "{pieces} pieces: the answer did not need continuing"
+    );
+    let text = String::from_utf8(answer).unwrap();
+    let listed: Vec<&str> = text
+        .split('\0')
+        .filter_map(|p| p.strip_prefix("TargetName="))
+        .collect();
+    let mut want: Vec<String> = names.iter().map(|n| iqn(n)).collect();
+    want.sort();
+    let mut got: Vec<String> = listed.iter().map(|s| s.to_string()).collect();
+    got.sort();
+    assert_eq!(got, want, "{text}");
+}
