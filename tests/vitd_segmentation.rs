@@ -263,6 +263,39 @@ fn pipelined_batches(
 
 /// Writes larger than the first burst: immediate data (or none), then the rest as Data-Out in
 /// answer to R2Ts, in segments of random sizes, each PDU cut up on the wire.
+/// Data-Out PDUs carrying `range` of `data`, in segments of random sizes (whole blocks).
+fn data_outs(
+    s: &Session,
+    itt: u32,
+    ttt: u32,
+    data: &[u8],
+    range: std::ops::Range<usize>,
+    rng: &mut StdRng,
+) -> Vec<u8> {
+    let (mut off, end) = (range.start, range.end);
+    let (mut wire, mut sn) = (Vec::new(), 0);
+    while off < end {
+        let n =
+            (rng.random_range(1..=(end - off).min(256 * 1024).div_ceil(512)) * 512).min(end - off);
+        let d = DataOut {
+            final_bit: off + n == end,
+            itt,
+            ttt,
+            exp_stat_sn: s.exp_stat_sn,
+            data_sn: sn,
+            buffer_offset: off as u32,
+            data_segment_length: n as u32,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        d.encode(&mut b);
+        wire.extend_from_slice(&frame(&b, &data[off..off + n], s.digests));
+        off += n;
+        sn += 1;
+    }
+    wire
+}
+
 fn solicited_writes(s: &mut Session, rng: &mut StdRng, log: &dyn Fn() -> String) {
     for k in 0..8u32 {
         let blocks = rng.random_range(129..=512u16);
@@ -274,8 +307,10 @@ fn solicited_writes(s: &mut Session, rng: &mut StdRng, log: &dyn Fn() -> String)
         } else {
             0
         };
+        // vitd asks for InitialR2T=Yes, and a Yes on either side wins (RFC 7143 §13.10): no
+        // unsolicited Data-Out, the rest of the data goes when an R2T asks for it.
         let bhs = command_bhs(s, rw10(0x2a, lba, blocks), len as u32, 0, immediate as u32);
-        let mut wire = frame(&bhs, &data[..immediate], s.digests);
+        let wire = frame(&bhs, &data[..immediate], s.digests);
         send_cut(&mut s.stream, &wire, rng);
         let itt = s.itt;
         let status = loop {
@@ -283,32 +318,11 @@ fn solicited_writes(s: &mut Session, rng: &mut StdRng, log: &dyn Fn() -> String)
                 .unwrap_or_else(|e| panic!("write {k}: {e}\n{}", log()));
             match pdu {
                 TargetPdu::R2t(r) => {
-                    let (mut off, end) = (
+                    let (off, end) = (
                         r.buffer_offset as usize,
                         (r.buffer_offset + r.desired_length) as usize,
                     );
-                    wire.clear();
-                    let mut sn = 0;
-                    while off < end {
-                        let n =
-                            rng.random_range(1..=(end - off).min(256 * 1024).div_ceil(512)) * 512;
-                        let n = n.min(end - off);
-                        let d = DataOut {
-                            final_bit: off + n == end,
-                            itt,
-                            ttt: r.ttt,
-                            exp_stat_sn: s.exp_stat_sn,
-                            data_sn: sn,
-                            buffer_offset: off as u32,
-                            data_segment_length: n as u32,
-                            ..Default::default()
-                        };
-                        let mut b = [0u8; BHS_LEN];
-                        d.encode(&mut b);
-                        wire.extend_from_slice(&frame(&b, &data[off..off + n], s.digests));
-                        off += n;
-                        sn += 1;
-                    }
+                    let wire = data_outs(s, itt, r.ttt, &data, off..end, rng);
                     send_cut(&mut s.stream, &wire, rng);
                 }
                 TargetPdu::ScsiResponse(r) => {
