@@ -546,3 +546,164 @@ fn a_connection_dropped_mid_stream_loses_no_acknowledged_write() {
     }
     assert!(!log().contains("panicked"), "{}", log());
 }
+
+/// Task management in the middle of a cut-up stream of reads and writes: ABORT TASK for tasks
+/// that may be queued, in flight or already answered, now and then ABORT TASK SET or LOGICAL
+/// UNIT RESET. Every TMF is answered once; no task is answered twice; no task is answered after
+/// a TMF that reported it aborted; every task nothing aborted is answered; the session goes on.
+#[test]
+fn task_management_in_a_busy_stream_keeps_its_promises() {
+    use vit::iscsi::pdu::TaskMgmtRequest;
+    let (ds, vitd) = serve_one("seg", "20M");
+    let log = || vitd.log_text();
+    let mut rng = StdRng::seed_from_u64(seed());
+    let mut s = session(ds.port, 50, false, &mut rng);
+    for round in 0..8 {
+        let mut wire = Vec::new();
+        // (itt, cmd_sn) of the commands in stream order; TMFs: (itt, function, referenced itt,
+        // the number of commands sent before it).
+        let mut commands: Vec<(u32, u32)> = Vec::new();
+        let mut tmfs: Vec<(u32, u8, Option<u32>, usize)> = Vec::new();
+        for k in 0..24u32 {
+            let region = (round * 24 + k) % REGIONS;
+            let cmd_sn = s.cmd_sn;
+            if rng.random_bool(0.5) {
+                let data = random_bytes(&mut rng, 65536);
+                let bhs = command_bhs(
+                    &mut s,
+                    rw10(0x2a, region * REGION_BLOCKS, 128),
+                    65536,
+                    0,
+                    65536,
+                );
+                wire.extend_from_slice(&frame(&bhs, &data, s.digests));
+            } else {
+                let bhs = command_bhs(&mut s, rw10(0x28, region * REGION_BLOCKS, 128), 0, 65536, 0);
+                wire.extend_from_slice(&frame(&bhs, &[], s.digests));
+            }
+            commands.push((s.itt, cmd_sn));
+            if rng.random_bool(0.3) {
+                let (function, target) = match rng.random_range(0..10) {
+                    0 => (2, None),
+                    1 => (5, None),
+                    _ => {
+                        let (itt, _) = commands[rng.random_range(0..commands.len())];
+                        (1, Some(itt))
+                    }
+                };
+                let ref_cmd_sn =
+                    target.map_or(0, |t| commands.iter().find(|c| c.0 == t).map_or(0, |c| c.1));
+                let itt = 0x10_0000 + round * 100 + tmfs.len() as u32;
+                let tmf = TaskMgmtRequest {
+                    immediate: true,
+                    function,
+                    itt,
+                    referenced_task_tag: target.unwrap_or(0xffff_ffff),
+                    cmd_sn: s.cmd_sn,
+                    exp_stat_sn: s.exp_stat_sn,
+                    ref_cmd_sn,
+                    ..Default::default()
+                };
+                let mut b = [0u8; BHS_LEN];
+                tmf.encode(&mut b);
+                wire.extend_from_slice(&frame(&b, &[], s.digests));
+                tmfs.push((itt, function, target, commands.len()));
+            }
+        }
+        // Everything that arrives, in order, until the stream has been quiet for a while.
+        let mut reader = s.stream.try_clone().unwrap();
+        reader
+            .set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let digests = s.digests;
+        let collect = std::thread::spawn(move || {
+            let mut seen: Vec<(u32, Option<u8>, u32)> = Vec::new(); // itt, TMF response, StatSN
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                match read_pdu_with(&mut reader, digests) {
+                    Ok((TargetPdu::ScsiResponse(r), _)) => seen.push((r.itt, None, r.stat_sn)),
+                    Ok((TargetPdu::DataIn(d), _)) if d.status_present => {
+                        seen.push((d.itt, None, d.stat_sn))
+                    }
+                    Ok((TargetPdu::TaskMgmt(t), _)) => {
+                        seen.push((t.itt, Some(t.response), t.stat_sn))
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        return Ok(seen);
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(seen)
+        });
+        send_cut(&mut s.stream, &wire, &mut rng);
+        let seen = collect
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", log()));
+        s.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let at = |itt: u32| seen.iter().position(|x| x.0 == itt);
+        for &(itt, function, target, before) in &tmfs {
+            let n = seen.iter().filter(|x| x.0 == itt).count();
+            assert_eq!(
+                n, 1,
+                "round {round}: TMF {itt:#x} (function {function}) answered {n} times"
+            );
+            let i = at(itt).unwrap();
+            let response = seen[i].1.unwrap();
+            assert!(
+                response <= 1,
+                "round {round}: TMF {function} response {response}"
+            );
+            if response != 0 {
+                continue;
+            }
+            // Reported aborted: no answer for what it aborted may follow it.
+            let aborted: Vec<u32> = match target {
+                Some(t) => vec![t],
+                None => commands[..before].iter().map(|c| c.0).collect(),
+            };
+            for t in aborted {
+                if let Some(j) = seen.iter().rposition(|x| x.0 == t && x.1.is_none()) {
+                    assert!(
+                        j < i,
+                        "round {round}: task {t:#x} answered after TMF {function} aborted it"
+                    );
+                }
+            }
+        }
+        for (k, &(itt, _)) in commands.iter().enumerate() {
+            let n = seen.iter().filter(|x| x.0 == itt).count();
+            assert!(n <= 1, "round {round}: task {itt:#x} answered {n} times");
+            let touched = tmfs.iter().any(|&(_, _, target, before)| {
+                target == Some(itt) || (target.is_none() && k < before)
+            });
+            assert!(
+                n == 1 || touched,
+                "round {round}: task {itt:#x} never answered\n{}",
+                log()
+            );
+        }
+        if let Some(top) = seen.iter().map(|x| x.2).max() {
+            s.exp_stat_sn = top.wrapping_add(1);
+        }
+        // The session goes on (a unit attention after a reset is a fine answer).
+        match s
+            .test_unit_ready()
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", log()))
+        {
+            TargetPdu::ScsiResponse(r) => {
+                assert_eq!(r.response, 0);
+                s.exp_stat_sn = r.stat_sn.wrapping_add(1);
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    assert!(!log().contains("panicked"), "{}", log());
+}
