@@ -300,3 +300,98 @@ fn a_long_sendtargets_answer_comes_in_continued_pieces() {
     got.sort();
     assert_eq!(got, want, "{text}");
 }
+
+#[test]
+fn a_small_open_files_limit_costs_neither_io_nor_the_control_thread() {
+    use std::process::Command;
+    if !have("qemu-img") || !have("prlimit") {
+        return;
+    }
+    // A LUN of 100 extents (qemu-img's twoGbMaxExtentFlat, sparse), served by a vitd whose
+    // open-files limit is 64, hard 200: it raises it to 200, so its fixed-file table holds 50
+    // of them and the other 50 are used through their descriptors.
+    let ds = Datastore::new();
+    let uuid = ds.target("f", &[]);
+    let dir = ds.root().join(&uuid);
+    let st = Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=twoGbMaxExtentFlat",
+        ])
+        .arg(dir.join("big.vmdk"))
+        .arg("200G")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    ds.add_lun_body("f", 0, vmdk_lun(format!("{uuid}/big.vmdk"), 200 << 30));
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=64:200")
+        .arg(env!("CARGO_BIN_EXE_vitd"))
+        .arg("--datastore")
+        .arg(ds.root())
+        .args(["--cores", "1"]);
+    let mut vitd = Vitd::spawn(cmd, ds.port);
+    assert!(
+        vitd.log_text().contains("open files limit 200"),
+        "{}",
+        vitd.log_text()
+    );
+    let mut s = login(ds.port, INITIATOR, &iqn("f"), [0x80, 0, 0, 0, 0, 8]);
+    s.test_unit_ready().unwrap(); // the power-on unit attention
+    let block = |k: u32| -> Vec<u8> { (0..4096u32).map(|i| (i * 31 + k * 7) as u8).collect() };
+    let extent_blocks = (2u64 << 30) / 512;
+    for k in 0..100u32 {
+        let lba = (u64::from(k) * extent_blocks) as u32;
+        let mut write10 = [0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+        write10[2..6].copy_from_slice(&lba.to_be_bytes());
+        let r = s.command(0, &write10, &block(k), 0).unwrap();
+        assert_eq!(r.status, 0, "write to extent {k}: {r:?}");
+    }
+    for k in 0..100u32 {
+        let lba = (u64::from(k) * extent_blocks) as u32;
+        let mut read10 = [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+        read10[2..6].copy_from_slice(&lba.to_be_bytes());
+        let r = s.command(0, &read10, &[], 4096).unwrap();
+        assert_eq!(r.status, 0, "read of extent {k}: {r:?}");
+        assert!(r.data_in == block(k), "extent {k} read back different");
+    }
+    let r = s
+        .command(0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0)
+        .unwrap();
+    assert_eq!(r.status, 0, "SYNCHRONIZE CACHE: {r:?}");
+    // A flood of connections past the limit: accepting rests instead of spinning, the log says
+    // so a few times, not thousands, and sessions already in full feature phase carry on.
+    let flood: Vec<std::net::TcpStream> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", ds.port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    good(&mut s);
+    let failures = vitd.log_text().matches("accept failed").count();
+    assert!(
+        (1..=40).contains(&failures),
+        "{failures} accept failures logged ({} connections)",
+        flood.len()
+    );
+    drop(flood);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut later = login(ds.port, INITIATOR, &iqn("f"), [0x80, 0, 0, 0, 0, 9]);
+    good(&mut later);
+    drop((s, later));
+    assert!(vitd.stop().success());
+    // Every block is in its extent file (qemu-img names them big-f001.vmdk ... big-f100.vmdk).
+    for k in 0..100u32 {
+        let path = dir.join(format!("big-f{:03}.vmdk", k + 1));
+        let mut f = std::fs::File::open(&path).unwrap();
+        let mut got = vec![0u8; 4096];
+        std::io::Read::read_exact(&mut f, &mut got).unwrap();
+        assert!(
+            got == block(k),
+            "{} does not hold what was written",
+            path.display()
+        );
+    }
+}

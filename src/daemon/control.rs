@@ -24,6 +24,10 @@ pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DISCOVERY_IDLE: Duration = Duration::from_secs(60);
 /// Login connections held at once (beyond this, new ones are refused).
 const MAX_LOGINS: usize = 1024;
+/// How long the listeners rest after an accept failed for want of descriptors or memory: the
+/// pending connection stays in the listen queue, and polling the listener at once would only
+/// fail again (a busy loop and a flood of log lines).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 enum Phase {
     Login(Box<Login>),
@@ -67,6 +71,8 @@ pub struct Control {
     next_tsih: u16,
     next_session: u64,
     log_budget: super::logbudget::LogBudget,
+    /// No accepting until then (see [`ACCEPT_BACKOFF`]).
+    accept_paused: Option<Instant>,
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later) and returns a
@@ -111,6 +117,7 @@ impl Control {
             next_tsih: 1,
             next_session: 1,
             log_budget: super::logbudget::LogBudget::new(super::logbudget::LINES_PER_SECOND),
+            accept_paused: None,
         })
     }
 
@@ -119,8 +126,14 @@ impl Control {
         loop {
             let mut fds = Vec::with_capacity(1 + self.listeners.len() + self.conns.len());
             fds.push(pollfd(self.signals.as_raw_fd(), libc::POLLIN));
+            let now = Instant::now();
+            let rest = self
+                .accept_paused
+                .filter(|&until| until > now)
+                .map(|until| until - now);
+            let listen = if rest.is_some() { 0 } else { libc::POLLIN };
             for (l, _) in &self.listeners {
-                fds.push(pollfd(l.as_raw_fd(), libc::POLLIN));
+                fds.push(pollfd(l.as_raw_fd(), listen));
             }
             let mut owners = Vec::with_capacity(self.conns.len());
             for (i, c) in self.conns.iter().enumerate() {
@@ -134,8 +147,9 @@ impl Control {
                     owners.push(i);
                 }
             }
+            let timeout = rest.map_or(1000, |d| d.as_millis().clamp(1, 1000) as libc::c_int);
             // SAFETY: fds is a live array of fds.len() pollfd structures.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -175,8 +189,24 @@ impl Control {
             let (stream, peer) = match self.listeners[li].0.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // The peer gave up before we took it: take the next one.
+                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
                 Err(e) => {
-                    tracing::warn!("accept failed: {e}");
+                    let out_of = matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    );
+                    if out_of {
+                        self.accept_paused = Some(Instant::now() + ACCEPT_BACKOFF);
+                    }
+                    self.log_failure(&format!(
+                        "accept failed: {e}{}",
+                        if out_of {
+                            "; new connections wait in the listen queue"
+                        } else {
+                            ""
+                        }
+                    ));
                     return;
                 }
             };

@@ -9,6 +9,31 @@
 //! Commands that take several steps (COMPARE AND WRITE, WRITE SAME, UNMAP, EXTENDED COPY, ...)
 //! run as jobs (`jobs.rs`).
 
+/// An extent as the ring names it: a registered (fixed) file, or, once the thread's table is
+/// full, its plain descriptor (a little slower per I/O, never a failed one).
+#[derive(Clone, Copy, Debug)]
+enum FileRef {
+    Fixed(u32),
+    Raw(RawFd),
+}
+
+/// Builds an SQE on an extent whichever way the ring names it: io-uring's file-target type is
+/// sealed, so the opcode is written once and built for each kind.
+macro_rules! on_file {
+    ($file:expr, |$t:ident| $build:expr) => {
+        match $file {
+            FileRef::Fixed(i) => {
+                let $t = types::Fixed(i);
+                $build
+            }
+            FileRef::Raw(fd) => {
+                let $t = types::Fd(fd);
+                $build
+            }
+        }
+    };
+}
+
 mod jobs;
 
 use super::conn::{Conn, DataDest, IoWork, OutData, OutPdu};
@@ -41,8 +66,23 @@ const DIRECT_RECV_MIN: u32 = 4096;
 /// Idle time before a NOP-In ping, and how long the peer has to answer.
 const PING_IDLE: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
-/// Fixed-file table size.
+/// Fixed-file table size at most (a quarter of the open-files limit when that is lower: the
+/// kernel counts the table against it); extents past it are used through their descriptors.
 const FIXED_FILES: u32 = 1024;
+/// The fixed-file table's size: [`FIXED_FILES`], or a quarter of the open-files limit when
+/// that is lower (the kernel refuses a table larger than the limit).
+fn fixed_table_size() -> u32 {
+    // SAFETY: an all-zero rlimit is a valid value of this plain C struct.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit for the kernel to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 16;
+    }
+    u32::try_from(lim.rlim_cur / 4)
+        .unwrap_or(u32::MAX)
+        .clamp(16, FIXED_FILES)
+}
+
 /// How long initiators have to log out when vitd stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -236,8 +276,10 @@ struct Worker {
     load: Arc<AtomicUsize>,
     pool: BufferPool,
     slots: Vec<Option<Box<Slot>>>,
-    files: HashMap<(usize, usize), u32>,
+    files: HashMap<(usize, usize), FileRef>,
     next_file: u32,
+    /// Size of the fixed-file table.
+    fixed_files: u32,
     wake_buf: Box<u64>,
     dirty: Vec<usize>,
     shutting_down: bool,
@@ -282,7 +324,8 @@ impl Worker {
         tracing::debug!(?features, "data ring ready");
         let pool = BufferPool::new(buffers)?;
         pool.register(&ring)?;
-        ring.submitter().register_files_sparse(FIXED_FILES)?;
+        let fixed_files = fixed_table_size();
+        ring.submitter().register_files_sparse(fixed_files)?;
         let mut w = Worker {
             ring,
             rx,
@@ -292,6 +335,7 @@ impl Worker {
             slots: Vec::new(),
             files: HashMap::new(),
             next_file: 0,
+            fixed_files,
             wake_buf: Box::new(0),
             dirty: Vec::new(),
             shutting_down: false,
@@ -829,7 +873,7 @@ impl Worker {
     // ------------------------------------------------------------------ file I/O
 
     /// The fixed-file index of extent `extent` of a LUN, registering it on first use.
-    fn fixed_file(&mut self, lun: &Arc<LunRt>, extent: usize) -> Option<u32> {
+    fn file(&mut self, lun: &Arc<LunRt>, extent: usize) -> Option<FileRef> {
         let key = (Arc::as_ptr(lun) as usize, extent);
         if let Some(&i) = self.files.get(&key) {
             return Some(i);
@@ -838,14 +882,23 @@ impl Worker {
             return None;
         };
         let fd = files.get(extent)?.as_ref()?.as_raw_fd();
-        if self.next_file >= FIXED_FILES {
-            return None;
-        }
         let i = self.next_file;
-        self.ring.submitter().register_files_update(i, &[fd]).ok()?;
-        self.next_file += 1;
-        self.files.insert(key, i);
-        Some(i)
+        let f = if i < self.fixed_files
+            && self
+                .ring
+                .submitter()
+                .register_files_update(i, &[fd])
+                .is_ok()
+        {
+            self.next_file += 1;
+            FileRef::Fixed(i)
+        } else {
+            FileRef::Raw(fd)
+        };
+        // LUNs (their descriptors open) live as long as the running configuration, which is
+        // never replaced while vitd runs: a key never outlives its LUN.
+        self.files.insert(key, f);
+        Some(f)
     }
 
     fn start_file_io(&mut self, idx: usize) {
@@ -984,21 +1037,31 @@ impl Worker {
                             d.fill(0);
                         }
                     } else {
-                        let Some(fi) = self.fixed_file(lun, seg.extent) else {
+                        let Some(file) = self.file(lun, seg.extent) else {
                             self.sqe_scratch = sqes;
                             return self.finish_io(idx, work.task, IoResult::Failed);
                         };
                         // SAFETY: at + len <= byte_len <= slot size (checked by the connection).
                         let ptr = unsafe { self.pool.ptr(target_buf).add(at) };
                         let sqe = if op_kind == Op::Read {
-                            opcode::ReadFixed::new(types::Fixed(fi), ptr, len as u32, target_buf.0)
-                                .offset(seg.file_offset)
-                                .build()
+                            on_file!(file, |f| opcode::ReadFixed::new(
+                                f,
+                                ptr,
+                                len as u32,
+                                target_buf.0
+                            )
+                            .offset(seg.file_offset)
+                            .build())
                         } else {
-                            opcode::WriteFixed::new(types::Fixed(fi), ptr, len as u32, target_buf.0)
-                                .offset(seg.file_offset)
-                                .rw_flags(flags)
-                                .build()
+                            on_file!(file, |f| opcode::WriteFixed::new(
+                                f,
+                                ptr,
+                                len as u32,
+                                target_buf.0
+                            )
+                            .offset(seg.file_offset)
+                            .rw_flags(flags)
+                            .build())
                         };
                         sqes.push(sqe.user_data(user_data(idx, Kind::File, work.task)));
                         op.expect += len as u64;
@@ -1030,12 +1093,10 @@ impl Worker {
         };
         let mut sqes = Vec::new();
         for e in 0..n {
-            if let Some(fi) = self.fixed_file(lun, e) {
-                sqes.push(
-                    opcode::Fsync::new(types::Fixed(fi))
-                        .flags(types::FsyncFlags::DATASYNC)
-                        .build(),
-                );
+            if let Some(file) = self.file(lun, e) {
+                sqes.push(on_file!(file, |f| opcode::Fsync::new(f)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()));
             }
         }
         op.pending = sqes.len() as u16;

@@ -196,10 +196,35 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 /// not by load: when a thread's buffers are all in use, commands get TASK SET FULL.
 pub const BUFFERS_PER_THREAD: &[(usize, usize)] = &[(64 << 10, 256), (runtime::MAX_IO_BYTES, 32)];
 
+/// Raises the soft limit on open files to the hard one, as servers do: every session is a
+/// socket, every extent an open file, and a service manager's default soft limit (1024) would
+/// cap the sessions well below what the machine can serve. Returns the limit in force.
+fn raise_open_files_limit() -> u64 {
+    // SAFETY: an all-zero rlimit is a valid value of this plain C struct.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit for the kernel to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; lowering nothing, raising only to the hard limit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    lim.rlim_cur
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // Block the stop signals before any thread starts, so that only the control thread sees them.
     let signals = control::signal_fd()?;
+    let open_files = raise_open_files_limit();
+    tracing::info!("open files limit {open_files}");
     let ds = open_datastore(&opts)?;
     let cfg = ds.load_config()?;
     let interfaces = portal::interface_addrs()?;

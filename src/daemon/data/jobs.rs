@@ -8,7 +8,7 @@
 //! LUN's shared range lock and first wait for the plain writes already in flight, so no other
 //! atomic operation and no plain write touches those blocks between their read and their write.
 
-use super::{Backing, BufId, Drain, Kind, LunRt, Worker, user_data};
+use super::{Backing, BufId, Drain, FileRef, Kind, LunRt, Worker, user_data};
 use crate::daemon::conn::IoWork;
 use crate::scsi::sbc::{self, LbaState};
 use crate::scsi::xcopy::{self, CopyResult};
@@ -649,26 +649,26 @@ impl Worker {
                 at += n;
                 continue;
             }
-            let Some(fi) = self.fixed_file(lun, seg.extent) else {
+            let Some(file) = self.file(lun, seg.extent) else {
                 failed = true;
                 break;
             };
             let sqe = match (op, buf) {
-                (RangeOp::Punch, _) => opcode::Fallocate::new(types::Fixed(fi), seg.len)
+                (RangeOp::Punch, _) => on_file!(file, |f| opcode::Fallocate::new(f, seg.len)
                     .offset(seg.file_offset)
                     .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
-                    .build(),
+                    .build()),
                 (_, Some(b)) => {
                     // SAFETY: at + n <= buf_at + len <= the slot's length (checked above).
                     let ptr = unsafe { self.pool.ptr(b).add(at) };
                     if op == RangeOp::Read {
-                        opcode::ReadFixed::new(types::Fixed(fi), ptr, n as u32, b.0)
+                        on_file!(file, |f| opcode::ReadFixed::new(f, ptr, n as u32, b.0)
                             .offset(seg.file_offset)
-                            .build()
+                            .build())
                     } else {
-                        opcode::WriteFixed::new(types::Fixed(fi), ptr, n as u32, b.0)
+                        on_file!(file, |f| opcode::WriteFixed::new(f, ptr, n as u32, b.0)
                             .offset(seg.file_offset)
-                            .build()
+                            .build())
                     }
                 }
                 _ => {
