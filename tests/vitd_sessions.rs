@@ -395,3 +395,92 @@ fn a_small_open_files_limit_costs_neither_io_nor_the_control_thread() {
         );
     }
 }
+
+#[test]
+fn a_peer_that_never_reads_cannot_grow_vitd_without_bound() {
+    use std::io::Write;
+    use vit::iscsi::pdu::{LoginRequest, NopOut, Stage};
+    let (ds, vitd) = setup();
+    let pid = vitd.child.as_ref().unwrap().id();
+    let rss = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    // NOP-Outs with 8 KiB of ping data each, answered by NOP-Ins carrying it back, which the
+    // peer never reads: 160 MiB of answers vitd cannot send. Once it has a little queued it
+    // stops reading, and the peer's writes stall.
+    let flood = |stream: &mut std::net::TcpStream, exp_stat_sn: u32| -> u32 {
+        stream
+            .set_write_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let data = vec![0x5au8; 8192];
+        let mut sent = 0;
+        for i in 0..20_000u32 {
+            let nop = NopOut {
+                immediate: true,
+                itt: 0x1000 + i,
+                ttt: 0xffff_ffff,
+                cmd_sn: 2,
+                exp_stat_sn,
+                data_segment_length: data.len() as u32,
+                ..Default::default()
+            };
+            let mut bhs = [0u8; 48];
+            nop.encode(&mut bhs);
+            if stream
+                .write_all(&initiator::frame(&bhs, &data, false))
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    };
+    // A normal session (a data thread).
+    let mut s = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 11]);
+    good(&mut s);
+    let before = rss();
+    let sent = flood(&mut s.stream, s.exp_stat_sn);
+    let after = rss();
+    assert!(
+        after < before + 32 * 1024,
+        "VmRSS {before} KiB -> {after} KiB after {sent} unread pings in a normal session"
+    );
+    // A discovery session (the control thread).
+    let mut d = std::net::TcpStream::connect(("127.0.0.1", ds.port)).unwrap();
+    d.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let text = format!("InitiatorName={INITIATOR}\0SessionType=Discovery\0AuthMethod=None\0");
+    let req = LoginRequest {
+        immediate: true,
+        transit: true,
+        csg: Stage::Security as u8,
+        nsg: Stage::FullFeature as u8,
+        isid: [0x80, 0, 0, 0, 0, 12],
+        itt: 1,
+        cmd_sn: 1,
+        data_segment_length: text.len() as u32,
+        ..Default::default()
+    };
+    let mut bhs = [0u8; 48];
+    req.encode(&mut bhs);
+    d.write_all(&initiator::frame(&bhs, text.as_bytes(), false))
+        .unwrap();
+    let (TargetPdu::Login(r), _) = initiator::read_pdu(&mut d).unwrap() else {
+        panic!("no login response")
+    };
+    assert_eq!((r.status_class, r.transit), (0, true));
+    let sent = flood(&mut d, r.stat_sn.wrapping_add(1));
+    let end = rss();
+    assert!(
+        end < before + 32 * 1024,
+        "VmRSS {before} KiB -> {end} KiB after {sent} unread pings in a discovery session"
+    );
+    // Others are served meanwhile.
+    let mut other = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 13]);
+    good(&mut other);
+}

@@ -71,6 +71,17 @@ pub enum OutData {
     Bytes(Vec<u8>),
 }
 
+impl OutPdu {
+    /// Memory this PDU holds: itself and any bytes of its own.
+    fn held(&self) -> usize {
+        std::mem::size_of::<OutPdu>()
+            + match &self.data {
+                OutData::Bytes(v) => v.capacity(),
+                _ => 0,
+            }
+    }
+}
+
 impl OutData {
     /// A data segment of `v`, or none when `v` is empty.
     pub fn bytes(v: Vec<u8>) -> Self {
@@ -187,6 +198,8 @@ pub struct Conn {
     tasks: Vec<Option<Task>>,
     next_ttt: u32,
     pub out: VecDeque<OutPdu>,
+    /// Memory the PDUs in `out` hold (see [`Conn::out_bytes`]).
+    out_bytes: usize,
     pub io: VecDeque<IoWork>,
     /// Data segment of the PDU being received when [`DataDest::Inline`].
     pub inline: Vec<u8>,
@@ -235,6 +248,7 @@ impl Conn {
             tasks: (0..depth).map(|_| None).collect(),
             next_ttt: 1,
             out: VecDeque::with_capacity(usize::from(depth) * 2),
+            out_bytes: 0,
             io: VecDeque::with_capacity(usize::from(depth)),
             inline: Vec::with_capacity(inline_cap),
             dest: DataDest::Discard,
@@ -1312,7 +1326,7 @@ impl Conn {
             header[BHS_LEN..].copy_from_slice(&crc.to_wire());
             header_len += DIGEST_LEN;
         }
-        self.out.push_back(OutPdu {
+        let pdu = OutPdu {
             header,
             header_len,
             data,
@@ -1320,7 +1334,23 @@ impl Conn {
             trailer_len: 0,
             task,
             close_after,
-        });
+        };
+        self.out_bytes += pdu.held();
+        self.out.push_back(pdu);
+    }
+
+    /// The next PDU to send, taken off the queue.
+    pub fn pop_out(&mut self) -> Option<OutPdu> {
+        let pdu = self.out.pop_front()?;
+        self.out_bytes = self.out_bytes.saturating_sub(pdu.held());
+        Some(pdu)
+    }
+
+    /// Memory held by PDUs queued and not yet taken to be sent (registered-buffer data is not
+    /// counted: the pool bounds it). A peer that sends and never reads makes this grow: the
+    /// caller stops receiving from it while it is large.
+    pub fn out_bytes(&self) -> usize {
+        self.out_bytes
     }
 
     /// Fills in padding and the data digest of a queued PDU (the data thread calls this right

@@ -24,6 +24,9 @@ pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DISCOVERY_IDLE: Duration = Duration::from_secs(60);
 /// Login connections held at once (beyond this, new ones are refused).
 const MAX_LOGINS: usize = 1024;
+/// Bytes of answers a login or discovery connection may have waiting before it is no longer
+/// read from (each read takes at most 16 KiB of requests, so this bounds what it holds).
+const TX_HELD_MAX: usize = 256 << 10;
 /// How long the listeners rest after an accept failed for want of descriptors or memory: the
 /// pending connection stays in the listen queue, and polling the listener at once would only
 /// fail again (a busy loop and a flood of log lines).
@@ -138,8 +141,11 @@ impl Control {
             let mut owners = Vec::with_capacity(self.conns.len());
             for (i, c) in self.conns.iter().enumerate() {
                 if let Some(c) = c {
+                    // A peer that does not read its answers is not read from either.
                     let events = if c.tx.is_empty() {
                         libc::POLLIN
+                    } else if c.tx.len() > TX_HELD_MAX {
+                        libc::POLLOUT
                     } else {
                         libc::POLLIN | libc::POLLOUT
                     };
@@ -334,7 +340,7 @@ impl Control {
                 conn.on_pdu(&bhs, &mut self.pool)
                     .map_err(|e| e.to_string())?;
                 c.deadline = Instant::now() + DISCOVERY_IDLE;
-                while let Some(mut pdu) = conn.out.pop_front() {
+                while let Some(mut pdu) = conn.pop_out() {
                     conn.seal(&mut pdu, &mut self.pool);
                     c.tx.extend_from_slice(&pdu.header[..pdu.header_len]);
                     match &pdu.data {

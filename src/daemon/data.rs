@@ -83,6 +83,9 @@ fn fixed_table_size() -> u32 {
         .clamp(16, FIXED_FILES)
 }
 
+/// Answers a connection may have queued (heap memory, see `Conn::out_bytes`) before vitd stops
+/// receiving from it: one receive's worth of small requests can add a few hundred KiB more.
+const OUT_QUEUE_BYTES: usize = 1 << 20;
 /// How long initiators have to log out when vitd stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -604,7 +607,9 @@ impl Worker {
         let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
-        if s.recv_inflight || s.closing {
+        // A peer that sends and does not read would have its answers pile up without end:
+        // stop taking its input until they drain (TCP then holds it back).
+        if s.recv_inflight || s.closing || s.conn.out_bytes() > OUT_QUEUE_BYTES {
             return;
         }
         let sqe = if let (Want::Data { remaining, total }, DataDest::Slot { buf, offset }) =
@@ -793,7 +798,7 @@ impl Worker {
         }
         if s.sending.is_empty() {
             while s.sending.len() < SEND_BATCH {
-                let Some(mut pdu) = s.conn.out.pop_front() else {
+                let Some(mut pdu) = s.conn.pop_out() else {
                     break;
                 };
                 s.conn.seal(&mut pdu, &mut self.pool);

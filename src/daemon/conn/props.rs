@@ -289,7 +289,7 @@ fn result_of(r: u8) -> IoResult {
 /// Sends (as the data thread does: seal, then `sent`) up to `n` queued PDUs, checking each.
 fn send(c: &mut Conn, pool: &mut BufferPool, n: usize) -> Result<(), TestCaseError> {
     for _ in 0..n {
-        let Some(mut p) = c.out.pop_front() else {
+        let Some(mut p) = c.pop_out() else {
             break;
         };
         c.seal(&mut p, pool);
@@ -360,6 +360,7 @@ proptest! {
             pending.extend(c.io.drain(..));
         }
         send(&mut c, &mut pool, usize::MAX)?;
+        prop_assert_eq!(c.out_bytes(), 0, "queued bytes miscounted");
         c.release_all(&mut pool);
         prop_assert_eq!(pool.available(), all, "registered buffers leaked");
     }
