@@ -428,6 +428,8 @@ fn bad_command_line_is_refused() {
         &["--cores", "two"],
         // Far more data threads than CPUs: refused before any buffer is pinned.
         &["--cores", "100000"],
+        &["--max-sessions", "0"],
+        &["--max-sessions", "many"],
         &["--no-such-flag"],
     ] {
         let out = Command::new("timeout")

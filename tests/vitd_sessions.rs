@@ -484,3 +484,49 @@ fn a_peer_that_never_reads_cannot_grow_vitd_without_bound() {
     let mut other = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 13]);
     good(&mut other);
 }
+
+#[test]
+fn sessions_past_the_limit_are_refused_and_ended_ones_make_room() {
+    let ds = Datastore::new();
+    ds.target("s", &[]);
+    ds.lun("s", 0, "8M");
+    let _vitd = Vitd::start(ds.root(), ds.port, &["--max-sessions", "3"]);
+    let isid = |n: u8| [0x80, 0, 0, 0, 0x40, n];
+    let mut a = login(ds.port, INITIATOR, &iqn("s"), isid(1));
+    let mut b = login(ds.port, INITIATOR, &iqn("s"), isid(2));
+    let mut c = login(ds.port, INITIATOR, &iqn("s"), isid(3));
+    for s in [&mut a, &mut b, &mut c] {
+        good(s);
+    }
+    // A fourth is refused: Out of resources (0x0302).
+    let e = initiator::try_login(ds.port, INITIATOR, &iqn("s"), isid(4)).err();
+    assert!(
+        e.as_ref().is_some_and(|e| e.to_string().contains("0x0302")),
+        "{e:?}"
+    );
+    // Reinstating one's own session is not a new one: let in, the old one closed.
+    let mut a2 = login(ds.port, INITIATOR, &iqn("s"), isid(1));
+    good(&mut a2);
+    a.closed_within(Duration::from_secs(10)).unwrap();
+    // Sessions that end make room, again and again (their records must go, not pile up).
+    let retry = |n: u8| -> Session {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match initiator::try_login(ds.port, INITIATOR, &iqn("s"), isid(n)) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("0x0302"), "{e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("session {n}: still refused: {e}"),
+            }
+        }
+    };
+    drop(c);
+    for n in 10..30u8 {
+        let mut s = retry(n);
+        good(&mut s);
+    }
+    good(&mut b);
+    good(&mut a2);
+}

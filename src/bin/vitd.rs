@@ -28,6 +28,11 @@ struct Cli {
     #[arg(long, default_value_t = 0, value_name = "US",
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     poll_us: u32,
+    /// Normal sessions served at once; a login past it is refused with "out of resources"
+    /// (a session reinstating its own old one is always let in)
+    #[arg(long, default_value_t = 4096, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_sessions: u32,
 }
 
 /// `--cores` may ask for at most this many data threads per CPU the process may use.
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
         cores: cli.cores,
         direct: !cli.buffered,
         poll_us: cli.poll_us,
+        max_sessions: cli.max_sessions as usize,
     };
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -76,6 +76,10 @@ pub struct Control {
     log_budget: super::logbudget::LogBudget,
     /// No accepting until then (see [`ACCEPT_BACKOFF`]).
     accept_paused: Option<Instant>,
+    /// Sessions the data threads ended (their records go).
+    ended: crossbeam_channel::Receiver<u64>,
+    /// Normal sessions served at once.
+    max_sessions: usize,
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later) and returns a
@@ -105,6 +109,8 @@ impl Control {
         listeners: Vec<(TcpListener, usize)>,
         threads: Vec<DataThread>,
         signals: OwnedFd,
+        ended: crossbeam_channel::Receiver<u64>,
+        max_sessions: usize,
     ) -> std::io::Result<Self> {
         for (l, _) in &listeners {
             l.set_nonblocking(true)?;
@@ -121,12 +127,18 @@ impl Control {
             next_session: 1,
             log_budget: super::logbudget::LogBudget::new(super::logbudget::LINES_PER_SECOND),
             accept_paused: None,
+            ended,
+            max_sessions,
         })
     }
 
     /// Serves until SIGINT or SIGTERM, then stops every data thread.
     pub fn run(mut self) {
         loop {
+            let gone: Vec<u64> = self.ended.try_iter().collect();
+            if !gone.is_empty() {
+                self.sessions.retain(|s| !gone.contains(&s.id));
+            }
             let mut fds = Vec::with_capacity(1 + self.listeners.len() + self.conns.len());
             fds.push(pollfd(self.signals.as_raw_fd(), libc::POLLIN));
             let now = Instant::now();
@@ -324,6 +336,13 @@ impl Control {
                     return Err("a PDU other than Login Request during login".into());
                 };
                 let data = std::mem::take(&mut c.data);
+                // At the session limit, only an initiator reinstating its own session gets in.
+                let full = self.sessions.len() >= self.max_sessions
+                    && !self.sessions.iter().any(|s| {
+                        s.isid == login.isid()
+                            && s.initiator.eq_ignore_ascii_case(login.initiator())
+                    });
+                login.set_full(full);
                 let response = login.on_request(&req, &data);
                 c.tx.extend_from_slice(&response);
                 if let Some(outcome) = login.take_outcome() {

@@ -116,6 +116,7 @@ impl DataThread {
         core: Option<core_affinity::CoreId>,
         buffers: &'static [(usize, usize)],
         poll: Duration,
+        ended: Sender<u64>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let waker = Arc::new(Waker::new()?);
@@ -130,7 +131,7 @@ impl DataThread {
                 {
                     tracing::warn!("data thread {index}: could not pin to core {}", c.id);
                 }
-                match Worker::new(rx, w, l, buffers, poll, index) {
+                match Worker::new(rx, w, l, buffers, poll, index, ended) {
                     Ok(mut worker) => {
                         let _ = ready_tx.send(Ok(()));
                         worker.run();
@@ -283,6 +284,8 @@ struct Worker {
     next_file: u32,
     /// Size of the fixed-file table.
     fixed_files: u32,
+    /// Where the ids of sessions that ended go (the control thread's records).
+    ended: Sender<u64>,
     wake_buf: Box<u64>,
     dirty: Vec<usize>,
     shutting_down: bool,
@@ -322,6 +325,7 @@ impl Worker {
         buffers: &[(usize, usize)],
         poll: Duration,
         shard: usize,
+        ended: Sender<u64>,
     ) -> std::io::Result<Self> {
         let (ring, features) = uring::build_ring(256)?;
         tracing::debug!(?features, "data ring ready");
@@ -339,6 +343,7 @@ impl Worker {
             files: HashMap::new(),
             next_file: 0,
             fixed_files,
+            ended,
             wake_buf: Box::new(0),
             dirty: Vec::new(),
             shutting_down: false,
@@ -1229,6 +1234,7 @@ impl Worker {
         };
         s.conn.nexus_lost();
         s.conn.release_all(&mut self.pool);
+        let _ = self.ended.send(s.conn.session_id);
         for p in s.sending.drain(..) {
             s.conn.sent(&p, &mut self.pool);
         }

@@ -66,6 +66,8 @@ pub struct Login {
     initiator: Option<String>,
     /// Negotiated parameters waiting for the last chunk of a long final response.
     deferred: Option<SessionParams>,
+    /// vitd serves as many normal sessions as it may: this one is refused at the end.
+    full: bool,
 }
 
 impl Login {
@@ -90,7 +92,19 @@ impl Login {
             outcome: None,
             initiator: None,
             deferred: None,
+            full: false,
         }
+    }
+
+    /// Whether vitd is at its session limit (a normal session's login then fails with "out of
+    /// resources" where it would have succeeded).
+    pub fn set_full(&mut self, full: bool) {
+        self.full = full;
+    }
+
+    /// The ISID the first request gave.
+    pub fn isid(&self) -> [u8; 6] {
+        self.isid
     }
 
     /// The initiator's name, once known (for log lines).
@@ -229,6 +243,12 @@ impl Login {
             // ctld's `redirect` in a target: sent once authentication succeeded.
             if let Some(to) = self.target.as_ref().and_then(|t| t.redirect.clone()) {
                 return Err((LoginStatus::TargetMovedTemporarily, to));
+            }
+            if self.full && self.target.is_some() {
+                return Err(fail(
+                    LoginStatus::OutOfResources,
+                    "vitd serves as many sessions as --max-sessions allows",
+                ));
             }
             if let Some(alias) = self.target.as_ref().and_then(|t| t.alias.clone()) {
                 let _ = out.push("TargetAlias", &alias);

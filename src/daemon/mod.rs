@@ -31,6 +31,8 @@ pub struct DaemonOptions {
     pub direct: bool,
     /// Busy-poll budget of a data thread before it sleeps, in µs (0: never poll).
     pub poll_us: u32,
+    /// Normal sessions served at once.
+    pub max_sessions: usize,
 }
 
 /// Why vitd could not start or stopped with an error.
@@ -252,6 +254,8 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n = opts.cores.unwrap_or_else(|| cores.len().max(1));
     let mut threads = Vec::with_capacity(n);
+    // Data threads say here which sessions ended, so the control thread forgets them.
+    let (ended_tx, ended_rx) = crossbeam_channel::unbounded();
     for i in 0..n {
         let core = if cores.is_empty() {
             None
@@ -263,11 +267,19 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             core,
             BUFFERS_PER_THREAD,
             std::time::Duration::from_micros(opts.poll_us.into()),
+            ended_tx.clone(),
         )?);
     }
     tracing::info!("{n} data threads ready");
     let running = std::sync::Arc::new(running);
-    let control = control::Control::new(running.clone(), listeners, threads, signals)?;
+    let control = control::Control::new(
+        running.clone(),
+        listeners,
+        threads,
+        signals,
+        ended_rx,
+        opts.max_sessions,
+    )?;
     control.run();
     runtime::sync_all(&running);
     tracing::info!("stopped");

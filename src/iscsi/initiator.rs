@@ -163,7 +163,13 @@ pub fn try_login_with(
     let (TargetPdu::Login(r), _) = read_pdu(&mut stream)? else {
         return Err(refused("no login response".into()));
     };
-    if (r.status_class, r.transit) != (0, true) {
+    if (r.status_class, r.status_detail) != (0, 0) {
+        return Err(refused(format!(
+            "login refused: 0x{:02x}{:02x}",
+            r.status_class, r.status_detail
+        )));
+    }
+    if !r.transit {
         return Err(refused("login did not reach full feature phase".into()));
     }
     // The digests apply from the first PDU after the final login response.
