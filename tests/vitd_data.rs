@@ -165,20 +165,7 @@ fn io_across_two_extents_of_a_split_lun() {
     let ds = Datastore::new();
     let uuid = ds.target("s", &[]);
     let vmdk = ds.root().join(&uuid).join("split.vmdk");
-    let st = Command::new("qemu-img")
-        .args([
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "subformat=twoGbMaxExtentFlat",
-        ])
-        .arg(&vmdk)
-        .arg("3G")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_vmdk(&vmdk, "twoGbMaxExtentFlat", "3G");
     ds.add_lun_body("s", 0, vmdk_lun(format!("{uuid}/split.vmdk"), 3 << 30));
     // 16 MiB straddling the 2 GiB extent boundary.
     let (offset, size) = ((2u64 << 30) - (8 << 20), 16 << 20);

@@ -64,20 +64,7 @@ fn luns_made_by_qemu_img() {
         ("mono.vmdk", "monolithicFlat", "32M"),
         ("split.vmdk", "twoGbMaxExtentFlat", "5G"),
     ] {
-        let st = Command::new("qemu-img")
-            .args([
-                "create",
-                "-q",
-                "-f",
-                "vmdk",
-                "-o",
-                &format!("subformat={fmt}"),
-            ])
-            .arg(dir.join(file))
-            .arg(size)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        qemu_vmdk(&dir.join(file), fmt, size);
     }
     ds.add_lun_body("q", 0, vmdk_lun(format!("{uuid}/mono.vmdk"), 32 << 20));
     ds.add_lun_body("q", 1, vmdk_lun(format!("{uuid}/split.vmdk"), 5 << 30));

@@ -15,10 +15,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use vit::iscsi::initiator::{Session, frame, read_pdu_with};
+use vit::iscsi::initiator::{Session, frame, login_bhs, read_pdu_with};
 use vit::iscsi::pdu::{
-    BHS_LEN, DataOut, LoginRequest, LoginResponse, NopOut, ScsiCommand, Stage, TargetPdu,
-    TextRequest,
+    BHS_LEN, DataOut, LoginResponse, NopOut, ScsiCommand, Stage, TargetPdu, TextRequest,
 };
 
 const INITIATOR: &str = "iqn.2026-11.io.vit:segments";
@@ -349,20 +348,7 @@ fn solicited_writes(s: &mut Session, rng: &mut StdRng, log: &dyn Fn() -> String)
 }
 
 fn login_request(stage: (Stage, Stage), isid: u8, exp_stat_sn: u32, text: &str) -> Vec<u8> {
-    let req = LoginRequest {
-        immediate: true,
-        transit: true,
-        csg: stage.0 as u8,
-        nsg: stage.1 as u8,
-        isid: [0x80, 0, 0, 0, 0, isid],
-        itt: 1,
-        cmd_sn: 1,
-        exp_stat_sn,
-        data_segment_length: text.len() as u32,
-        ..Default::default()
-    };
-    let mut bhs = [0u8; BHS_LEN];
-    req.encode(&mut bhs);
+    let bhs = login_bhs(stage, [0x80, 0, 0, 0, 0, isid], exp_stat_sn, text.len());
     frame(&bhs, text.as_bytes(), false)
 }
 
@@ -474,6 +460,12 @@ fn pdus_cut_anywhere_move_every_byte() {
     assert!(!log().contains("panicked"), "{}", log());
 }
 
+/// A WRITE(10) of 64 KiB of immediate data at the start of `region`, framed.
+fn region_write(s: &mut Session, region: u32, data: &[u8]) -> Vec<u8> {
+    let bhs = command_bhs(s, rw10(0x2a, region * REGION_BLOCKS, 128), 65536, 0, 65536);
+    frame(&bhs, data, s.digests)
+}
+
 /// Connections that end in the middle of a stream of writes: some answered, others in flight
 /// or still in the socket, the last PDU perhaps cut short. vitd must go on serving, every write
 /// it acknowledged must be there, and every other write must have happened whole or not at all.
@@ -491,14 +483,7 @@ fn a_connection_dropped_mid_stream_loses_no_acknowledged_write() {
         for region in 0..32 {
             // Whole regions, so that "whole or not at all" can be told apart from a mix.
             let data = random_bytes(&mut rng, 64 * 1024);
-            let bhs = command_bhs(
-                &mut s,
-                rw10(0x2a, region * REGION_BLOCKS, 128),
-                65536,
-                0,
-                65536,
-            );
-            wire.extend_from_slice(&frame(&bhs, &data, s.digests));
+            wire.extend_from_slice(&region_write(&mut s, region, &data));
             sent.insert(s.itt, (region, data));
         }
         // Cut the stream short (maybe inside a PDU), send it, take a few answers, and go.
@@ -569,14 +554,7 @@ fn task_management_in_a_busy_stream_keeps_its_promises() {
             let cmd_sn = s.cmd_sn;
             if rng.random_bool(0.5) {
                 let data = random_bytes(&mut rng, 65536);
-                let bhs = command_bhs(
-                    &mut s,
-                    rw10(0x2a, region * REGION_BLOCKS, 128),
-                    65536,
-                    0,
-                    65536,
-                );
-                wire.extend_from_slice(&frame(&bhs, &data, s.digests));
+                wire.extend_from_slice(&region_write(&mut s, region, &data));
             } else {
                 let bhs = command_bhs(&mut s, rw10(0x28, region * REGION_BLOCKS, 128), 0, 65536, 0);
                 wire.extend_from_slice(&frame(&bhs, &[], s.digests));
@@ -706,4 +684,125 @@ fn task_management_in_a_busy_stream_keeps_its_promises() {
         }
     }
     assert!(!log().contains("panicked"), "{}", log());
+}
+
+/// More large commands at once than a data thread has large buffers: the ones that find none
+/// get TASK SET FULL (the initiator retries), every command is answered, those that ran return
+/// the right bytes, a session doing small I/O meanwhile is not starved, and once the burst is
+/// over a large command runs again.
+#[test]
+fn large_commands_past_the_buffers_get_task_set_full_and_nothing_hangs() {
+    let ds = Datastore::new();
+    ds.target("seg", &[]);
+    ds.lun("seg", 0, "80M");
+    // One data thread, so that both sessions share its buffers.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitd"));
+    cmd.arg("--datastore").arg(ds.root()).args(["--cores", "1"]);
+    let vitd = Vitd::spawn(cmd, ds.port);
+    let log = || vitd.log_text();
+    let mut rng = StdRng::seed_from_u64(seed());
+    let mut s = session(ds.port, 60, false, &mut rng);
+    // 64 MiB of known data, in 1 MiB writes.
+    let pattern =
+        |k: u32| -> Vec<u8> { (0..1u32 << 20).map(|i| (i / 512 + k * 3) as u8).collect() };
+    for k in 0..64u32 {
+        let (status, _) = one(&mut s, &mut rng, rw10(0x2a, k * 2048, 2048), &pattern(k), 0);
+        assert_eq!(status, 0, "write {k}");
+    }
+    let mut small = session(ds.port, 61, false, &mut rng);
+    // 64 reads of 1 MiB at once: a data thread has 32 buffers of 1 MiB.
+    let mut wire = Vec::new();
+    let mut itts = HashMap::new();
+    for k in 0..64u32 {
+        let bhs = command_bhs(&mut s, rw10(0x28, k * 2048, 2048), 0, 1 << 20, 0);
+        wire.extend_from_slice(&frame(&bhs, &[], false));
+        itts.insert(s.itt, k);
+    }
+    s.stream.write_all(&wire).unwrap();
+    // Meanwhile small reads on the other session go through.
+    for k in 0..16u32 {
+        let (status, data) = one(&mut small, &mut rng, rw10(0x28, k * 2048, 8), &[], 4096);
+        assert_eq!(status, 0, "small read {k}\n{}", log());
+        assert!(
+            data == pattern(k)[..4096],
+            "small read {k} returned other bytes"
+        );
+    }
+    let (mut good, mut full) = (0, 0);
+    let mut data: HashMap<u32, Vec<u8>> = HashMap::new();
+    while good + full < 64 {
+        let (pdu, bytes) = read_pdu_with(&mut s.stream, false)
+            .unwrap_or_else(|e| panic!("{e} after {good} good, {full} full\n{}", log()));
+        match pdu {
+            TargetPdu::DataIn(d) => {
+                data.entry(d.itt).or_default().extend_from_slice(&bytes);
+                if d.status_present {
+                    assert_eq!(d.status, 0);
+                    good += 1;
+                    s.exp_stat_sn = d.stat_sn.wrapping_add(1);
+                }
+            }
+            TargetPdu::ScsiResponse(r) => {
+                assert_eq!(r.status, 0x28, "task {:#x}: status {:#x}", r.itt, r.status);
+                full += 1;
+                s.exp_stat_sn = r.stat_sn.wrapping_add(1);
+            }
+            TargetPdu::NopIn(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(good >= 32 && full >= 1, "{good} good, {full} TASK SET FULL");
+    for (itt, bytes) in &data {
+        if bytes.len() == 1 << 20 {
+            assert!(
+                *bytes == pattern(itts[itt]),
+                "read {itt:#x} returned other bytes"
+            );
+        }
+    }
+    // The burst is over: large commands run again.
+    let (status, bytes) = one(&mut s, &mut rng, rw10(0x28, 5 * 2048, 2048), &[], 1 << 20);
+    assert_eq!(status, 0);
+    assert!(bytes == pattern(5));
+}
+
+/// One command, its data-out sent whole (Data-Out on R2T past the immediate part), its answer
+/// read: (status, data-in).
+fn one(
+    s: &mut Session,
+    rng: &mut StdRng,
+    cdb: [u8; 16],
+    data_out: &[u8],
+    read: u32,
+) -> (u8, Vec<u8>) {
+    let immediate = data_out.len().min(65536);
+    let bhs = command_bhs(s, cdb, data_out.len() as u32, read, immediate as u32);
+    s.stream
+        .write_all(&frame(&bhs, &data_out[..immediate], false))
+        .unwrap();
+    let itt = s.itt;
+    let mut data_in = Vec::new();
+    loop {
+        let (pdu, bytes) = read_pdu_with(&mut s.stream, false).unwrap();
+        match pdu {
+            TargetPdu::R2t(r) => {
+                let range = r.buffer_offset as usize..(r.buffer_offset + r.desired_length) as usize;
+                let wire = data_outs(s, itt, r.ttt, data_out, range, rng);
+                s.stream.write_all(&wire).unwrap();
+            }
+            TargetPdu::DataIn(d) => {
+                data_in.extend_from_slice(&bytes);
+                if d.status_present {
+                    s.exp_stat_sn = d.stat_sn.wrapping_add(1);
+                    return (d.status, data_in);
+                }
+            }
+            TargetPdu::ScsiResponse(r) => {
+                s.exp_stat_sn = r.stat_sn.wrapping_add(1);
+                return (r.status, data_in);
+            }
+            TargetPdu::NopIn(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }

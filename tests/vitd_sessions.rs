@@ -197,7 +197,7 @@ fn header_and_data_digests_move_data() {
 #[test]
 fn a_long_sendtargets_answer_comes_in_continued_pieces() {
     use std::io::Write;
-    use vit::iscsi::pdu::{LoginRequest, Stage, TextRequest};
+    use vit::iscsi::pdu::TextRequest;
     let ds = Datastore::new();
     let names: Vec<String> = (0..60)
         .map(|i| format!("t{i:02}-{}", "long-alias-".repeat(4)))
@@ -221,31 +221,14 @@ fn a_long_sendtargets_answer_comes_in_continued_pieces() {
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let text = format!(
-        "InitiatorName={INITIATOR}\0SessionType=Discovery\0AuthMethod=None\0\
-         MaxRecvDataSegmentLength=512\0"
-    );
-    let login = LoginRequest {
-        immediate: true,
-        transit: true,
-        csg: Stage::Security as u8,
-        nsg: Stage::FullFeature as u8,
-        isid: [0x80, 0, 0, 0, 0, 7],
-        itt: 1,
-        cmd_sn: 1,
-        data_segment_length: text.len() as u32,
-        ..Default::default()
-    };
+    let mut exp_stat_sn = initiator::discovery_login(
+        &mut stream,
+        INITIATOR,
+        "MaxRecvDataSegmentLength=512\0",
+        [0x80, 0, 0, 0, 0, 7],
+    )
+    .unwrap();
     let mut bhs = [0u8; 48];
-    login.encode(&mut bhs);
-    stream
-        .write_all(&initiator::frame(&bhs, text.as_bytes(), false))
-        .unwrap();
-    let (TargetPdu::Login(r), _) = initiator::read_pdu(&mut stream).unwrap() else {
-        panic!("no login response")
-    };
-    assert_eq!((r.status_class, r.transit), (0, true));
-    let mut exp_stat_sn = r.stat_sn.wrapping_add(1);
     let (mut answer, mut ttt, mut pieces) = (Vec::new(), 0xffff_ffff, 0);
     loop {
         let ask: &[u8] = if pieces == 0 {
@@ -313,20 +296,7 @@ fn a_small_open_files_limit_costs_neither_io_nor_the_control_thread() {
     let ds = Datastore::new();
     let uuid = ds.target("f", &[]);
     let dir = ds.root().join(&uuid);
-    let st = Command::new("qemu-img")
-        .args([
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "subformat=twoGbMaxExtentFlat",
-        ])
-        .arg(dir.join("big.vmdk"))
-        .arg("200G")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_vmdk(&dir.join("big.vmdk"), "twoGbMaxExtentFlat", "200G");
     ds.add_lun_body("f", 0, vmdk_lun(format!("{uuid}/big.vmdk"), 200 << 30));
     let mut cmd = Command::new("prlimit");
     cmd.arg("--nofile=64:200")
@@ -399,7 +369,7 @@ fn a_small_open_files_limit_costs_neither_io_nor_the_control_thread() {
 #[test]
 fn a_peer_that_never_reads_cannot_grow_vitd_without_bound() {
     use std::io::Write;
-    use vit::iscsi::pdu::{LoginRequest, NopOut, Stage};
+    use vit::iscsi::pdu::NopOut;
     let (ds, vitd) = setup();
     let pid = vitd.child.as_ref().unwrap().id();
     let rss = || -> u64 {
@@ -454,27 +424,9 @@ fn a_peer_that_never_reads_cannot_grow_vitd_without_bound() {
     // A discovery session (the control thread).
     let mut d = std::net::TcpStream::connect(("127.0.0.1", ds.port)).unwrap();
     d.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let text = format!("InitiatorName={INITIATOR}\0SessionType=Discovery\0AuthMethod=None\0");
-    let req = LoginRequest {
-        immediate: true,
-        transit: true,
-        csg: Stage::Security as u8,
-        nsg: Stage::FullFeature as u8,
-        isid: [0x80, 0, 0, 0, 0, 12],
-        itt: 1,
-        cmd_sn: 1,
-        data_segment_length: text.len() as u32,
-        ..Default::default()
-    };
-    let mut bhs = [0u8; 48];
-    req.encode(&mut bhs);
-    d.write_all(&initiator::frame(&bhs, text.as_bytes(), false))
-        .unwrap();
-    let (TargetPdu::Login(r), _) = initiator::read_pdu(&mut d).unwrap() else {
-        panic!("no login response")
-    };
-    assert_eq!((r.status_class, r.transit), (0, true));
-    let sent = flood(&mut d, r.stat_sn.wrapping_add(1));
+    let exp_stat_sn =
+        initiator::discovery_login(&mut d, INITIATOR, "", [0x80, 0, 0, 0, 0, 12]).unwrap();
+    let sent = flood(&mut d, exp_stat_sn);
     let end = rss();
     assert!(
         end < before + 32 * 1024,

@@ -131,19 +131,7 @@ pub fn try_login_with(
         "InitiatorName={initiator}\0TargetName={target}\0SessionType=Normal\0AuthMethod=None\0\
          HeaderDigest={digest}\0DataDigest={digest}\0MaxRecvDataSegmentLength=65536\0"
     );
-    let mut req = LoginRequest {
-        immediate: true,
-        transit: true,
-        csg: Stage::Security as u8,
-        nsg: Stage::Operational as u8,
-        isid,
-        itt: 1,
-        cmd_sn: 1,
-        data_segment_length: text.len() as u32,
-        ..Default::default()
-    };
-    let mut bhs = [0u8; BHS_LEN];
-    req.encode(&mut bhs);
+    let bhs = login_bhs((Stage::Security, Stage::Operational), isid, 0, text.len());
     send(&mut stream, &bhs, text.as_bytes())?;
     let (TargetPdu::Login(r), _) = read_pdu(&mut stream)? else {
         return Err(refused("no login response".into()));
@@ -154,11 +142,12 @@ pub fn try_login_with(
             r.status_class, r.status_detail
         )));
     }
-    req.csg = Stage::Operational as u8;
-    req.nsg = Stage::FullFeature as u8;
-    req.data_segment_length = 0;
-    req.exp_stat_sn = r.stat_sn.wrapping_add(1);
-    req.encode(&mut bhs);
+    let bhs = login_bhs(
+        (Stage::Operational, Stage::FullFeature),
+        isid,
+        r.stat_sn.wrapping_add(1),
+        0,
+    );
     send(&mut stream, &bhs, &[])?;
     let (TargetPdu::Login(r), _) = read_pdu(&mut stream)? else {
         return Err(refused("no login response".into()));
@@ -180,6 +169,54 @@ pub fn try_login_with(
         itt: 10,
         digests,
     })
+}
+
+/// A Login Request header moving from stage `stages.0` to `stages.1` (T bit set), ITT 1,
+/// CmdSN 1, for a data segment of `data_len` bytes.
+pub fn login_bhs(
+    stages: (Stage, Stage),
+    isid: [u8; 6],
+    exp_stat_sn: u32,
+    data_len: usize,
+) -> [u8; BHS_LEN] {
+    let req = LoginRequest {
+        immediate: true,
+        transit: true,
+        csg: stages.0 as u8,
+        nsg: stages.1 as u8,
+        isid,
+        itt: 1,
+        cmd_sn: 1,
+        exp_stat_sn,
+        data_segment_length: data_len as u32,
+        ..Default::default()
+    };
+    let mut bhs = [0u8; BHS_LEN];
+    req.encode(&mut bhs);
+    bhs
+}
+
+/// Logs in to a discovery session on `stream` in one step (security straight to full feature
+/// phase, no authentication), with `extra` keys (each `Key=Value\0`) after the required ones;
+/// returns the ExpStatSN to use next.
+pub fn discovery_login(
+    stream: &mut TcpStream,
+    initiator: &str,
+    extra: &str,
+    isid: [u8; 6],
+) -> std::io::Result<u32> {
+    let text =
+        format!("InitiatorName={initiator}\0SessionType=Discovery\0AuthMethod=None\0{extra}");
+    let bhs = login_bhs((Stage::Security, Stage::FullFeature), isid, 0, text.len());
+    send(stream, &bhs, text.as_bytes())?;
+    match read_pdu(stream)? {
+        (TargetPdu::Login(r), _) if (r.status_class, r.transit) == (0, true) => {
+            Ok(r.stat_sn.wrapping_add(1))
+        }
+        (other, _) => Err(std::io::Error::other(format!(
+            "discovery login refused: {other:?}"
+        ))),
+    }
 }
 
 impl Session {

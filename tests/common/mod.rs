@@ -267,3 +267,16 @@ pub fn memory_lun(size: u64, capacity: Option<&str>) -> vit::config::LunBody {
         ..Default::default()
     }
 }
+
+/// `qemu-img create -f vmdk -o subformat=SUBFORMAT PATH SIZE` (sparse extents), asserted.
+#[allow(dead_code)]
+pub fn qemu_vmdk(path: &Path, subformat: &str, size: &str) {
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "vmdk", "-o"])
+        .arg(format!("subformat={subformat}"))
+        .arg(path)
+        .arg(size)
+        .status()
+        .unwrap();
+    assert!(st.success(), "qemu-img create {subformat} {size}");
+}
