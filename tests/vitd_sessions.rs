@@ -370,7 +370,7 @@ fn a_small_open_files_limit_costs_neither_io_nor_the_control_thread() {
 fn a_peer_that_never_reads_cannot_grow_vitd_without_bound() {
     use std::io::Write;
     use vit::iscsi::pdu::NopOut;
-    let (ds, vitd) = setup();
+    let (ds, mut vitd) = setup();
     let pid = vitd.child.as_ref().unwrap().id();
     let rss = || -> u64 {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -435,6 +435,9 @@ fn a_peer_that_never_reads_cannot_grow_vitd_without_bound() {
     // Others are served meanwhile.
     let mut other = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 13]);
     good(&mut other);
+    // And vitd still stops on SIGTERM with those peers stuck (within the helper's 20 s).
+    assert!(vitd.stop().success(), "{}", vitd.log_text());
+    drop((s, d));
 }
 
 #[test]
