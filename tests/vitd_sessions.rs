@@ -336,7 +336,11 @@ fn a_small_open_files_limit_costs_neither_io_nor_the_control_thread() {
     // A flood of connections past the limit: accepting rests instead of spinning, the log says
     // so a few times, not thousands, and sessions already in full feature phase carry on.
     let flood: Vec<std::net::TcpStream> = (0..300)
-        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", ds.port)).ok())
+        .filter_map(|_| {
+            // A bounded connect: once vitd's listen queue is full, more would wait on SYN retries.
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ds.port));
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
+        })
         .collect();
     std::thread::sleep(Duration::from_secs(1));
     good(&mut s);
