@@ -489,3 +489,38 @@ fn sessions_past_the_limit_are_refused_and_ended_ones_make_room() {
     good(&mut b);
     good(&mut a2);
 }
+
+#[test]
+fn command_numbers_wrap_around() {
+    // CmdSN is serial arithmetic (RFC 7143 §4.2.2.1, RFC 1982): a session whose numbers start
+    // just below 2^32 goes on past the wrap, and its window moves with it.
+    let (ds, _vitd) = setup();
+    let mut s = initiator::try_login_from(
+        ds.port,
+        INITIATOR,
+        &iqn("s"),
+        [0x80, 0, 0, 0, 0, 14],
+        false,
+        u32::MAX - 20,
+    )
+    .unwrap();
+    s.test_unit_ready().unwrap(); // the power-on unit attention
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 5 + 1) as u8).collect();
+    for k in 0..50u32 {
+        let mut write10 = [0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+        write10[2..6].copy_from_slice(&(k * 8).to_be_bytes());
+        let r = s.command(0, &write10, &data, 0).unwrap();
+        assert_eq!(
+            r.status,
+            0,
+            "write {k} at CmdSN {:#x}",
+            s.cmd_sn.wrapping_sub(1)
+        );
+        let mut read10 = [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+        read10[2..6].copy_from_slice(&(k * 8).to_be_bytes());
+        let r = s.command(0, &read10, &[], 4096).unwrap();
+        assert_eq!(r.status, 0, "read {k}");
+        assert_eq!(r.data_in, data);
+    }
+    assert!(s.cmd_sn < 100, "the numbers wrapped: {:#x}", s.cmd_sn);
+}

@@ -123,6 +123,18 @@ pub fn try_login_with(
     isid: [u8; 6],
     digests: bool,
 ) -> std::io::Result<Session> {
+    try_login_from(port, initiator, target, isid, digests, 1)
+}
+
+/// [`try_login_with`], numbering commands from `cmd_sn` (the login requests carry it).
+pub fn try_login_from(
+    port: u16,
+    initiator: &str,
+    target: &str,
+    isid: [u8; 6],
+    digests: bool,
+    cmd_sn: u32,
+) -> std::io::Result<Session> {
     let refused = |what: String| std::io::Error::other(what);
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -131,7 +143,13 @@ pub fn try_login_with(
         "InitiatorName={initiator}\0TargetName={target}\0SessionType=Normal\0AuthMethod=None\0\
          HeaderDigest={digest}\0DataDigest={digest}\0MaxRecvDataSegmentLength=65536\0"
     );
-    let bhs = login_bhs((Stage::Security, Stage::Operational), isid, 0, text.len());
+    let bhs = login_bhs_at(
+        (Stage::Security, Stage::Operational),
+        isid,
+        0,
+        text.len(),
+        cmd_sn,
+    );
     send(&mut stream, &bhs, text.as_bytes())?;
     let (TargetPdu::Login(r), _) = read_pdu(&mut stream)? else {
         return Err(refused("no login response".into()));
@@ -142,11 +160,12 @@ pub fn try_login_with(
             r.status_class, r.status_detail
         )));
     }
-    let bhs = login_bhs(
+    let bhs = login_bhs_at(
         (Stage::Operational, Stage::FullFeature),
         isid,
         r.stat_sn.wrapping_add(1),
         0,
+        cmd_sn,
     );
     send(&mut stream, &bhs, &[])?;
     let (TargetPdu::Login(r), _) = read_pdu(&mut stream)? else {
@@ -164,7 +183,7 @@ pub fn try_login_with(
     // The digests apply from the first PDU after the final login response.
     Ok(Session {
         stream,
-        cmd_sn: 1,
+        cmd_sn,
         exp_stat_sn: r.stat_sn.wrapping_add(1),
         itt: 10,
         digests,
@@ -179,6 +198,17 @@ pub fn login_bhs(
     exp_stat_sn: u32,
     data_len: usize,
 ) -> [u8; BHS_LEN] {
+    login_bhs_at(stages, isid, exp_stat_sn, data_len, 1)
+}
+
+/// [`login_bhs`] with CmdSN `cmd_sn`.
+pub fn login_bhs_at(
+    stages: (Stage, Stage),
+    isid: [u8; 6],
+    exp_stat_sn: u32,
+    data_len: usize,
+    cmd_sn: u32,
+) -> [u8; BHS_LEN] {
     let req = LoginRequest {
         immediate: true,
         transit: true,
@@ -186,7 +216,7 @@ pub fn login_bhs(
         nsg: stages.1 as u8,
         isid,
         itt: 1,
-        cmd_sn: 1,
+        cmd_sn,
         exp_stat_sn,
         data_segment_length: data_len as u32,
         ..Default::default()
@@ -231,7 +261,7 @@ impl Session {
             exp_stat_sn: self.exp_stat_sn,
             ..Default::default()
         };
-        self.cmd_sn += 1;
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
         let mut bhs = [0u8; BHS_LEN];
         cmd.encode(&mut bhs);
         send_with(&mut self.stream, &bhs, &[], self.digests)?;
@@ -273,7 +303,7 @@ impl Session {
             data_segment_length: data_out.len() as u32,
             ..Default::default()
         };
-        self.cmd_sn += 1;
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
         let mut bhs = [0u8; BHS_LEN];
         cmd.encode(&mut bhs);
         send_with(&mut self.stream, &bhs, data_out, self.digests)?;
