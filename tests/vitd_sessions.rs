@@ -192,6 +192,25 @@ fn header_and_data_digests_move_data() {
         "{pdu:?}: {}",
         vitd.log_text()
     );
+    // The session goes on after a data digest error; a header digest error leaves nothing to
+    // trust about where the next PDU starts: that connection, and only it, is closed.
+    good(&mut s);
+    let mut other =
+        initiator::try_login_with(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 15], true)
+            .unwrap();
+    other.test_unit_ready().unwrap();
+    let mut bhs = [0u8; 48];
+    bhs[0] = 0x00; // NOP-Out
+    bhs[1] = 0x80;
+    bhs[16..20].copy_from_slice(&[0, 0, 0, 0x99]);
+    let mut wire = bhs.to_vec();
+    let mut bad = vit::iscsi::digest::header_digest(&bhs, &[]);
+    bad[0] ^= 0xff;
+    wire.extend_from_slice(&bad);
+    s.raw(&wire).unwrap();
+    s.closed_within(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
+    good(&mut other);
 }
 
 #[test]
