@@ -227,6 +227,13 @@ fn bad_input_changes_nothing() {
     );
     ds.refused(&["target", "get", "nope"], "no target");
     ds.refused(&["target", "add", "--alias", "t1"], "exists");
+    // An alias is sent as TargetAlias: a login text value has at most 255 bytes.
+    let long = "a".repeat(256);
+    ds.refused(&["target", "add", "--alias", &long], "at most 255");
+    ds.refused(
+        &["target", "set", "t1", "--new-alias", &long],
+        "at most 255",
+    );
     ds.refused(
         &["target", "add", "--alias", "t2", "--iqn", "not-an-iqn"],
         "not an iSCSI name",

@@ -11,6 +11,7 @@ mod verify;
 
 pub use model::*;
 pub use printer::{is_printable_value, print};
+pub use verify::MAX_ALIAS_BYTES;
 
 /// The largest vit.conf accepted, in bytes. It bounds every allocation the parser makes.
 pub const MAX_CONFIG_BYTES: usize = 16 << 20;

@@ -17,6 +17,9 @@ pub(crate) const MAX_PCP: u8 = 7;
 pub(crate) const MAX_LUN_ID: u64 = 255;
 
 /// See [`super::verify`].
+/// Longest target alias: a login text value (RFC 7143 §6.1).
+pub const MAX_ALIAS_BYTES: usize = 255;
+
 pub(crate) fn verify(cfg: &Config, file: &str) -> Vec<ConfigError> {
     let mut c = Checker {
         file,
@@ -351,6 +354,16 @@ impl Checker<'_> {
         let mut uuids: HashMap<String, Pos> = HashMap::new();
         for t in targets {
             self.iscsi_name("target name", &t.name, t.pos);
+            // Sent as TargetAlias at login, where a value may have 255 bytes (RFC 7143 §6.1).
+            if let Some(a) = t.alias.as_ref().filter(|a| a.name.len() > MAX_ALIAS_BYTES) {
+                self.report(
+                    a.pos,
+                    format!(
+                        "alias has {} bytes; at most {MAX_ALIAS_BYTES} (it is sent as TargetAlias)",
+                        a.name.len()
+                    ),
+                );
+            }
             match names.get(&t.name.to_ascii_lowercase()) {
                 Some(first) => self.report(
                     t.pos,
@@ -455,6 +468,17 @@ mod tests {
         );
         assert_eq!(errs(&text), Vec::<String>::new());
         assert!(load(&text, "v.conf").is_ok());
+    }
+
+    #[test]
+    fn an_alias_too_long_to_send_is_refused_where_it_stands() {
+        let ok = format!("target {T} {{\n alias \"{}\"\n}}", "a".repeat(255));
+        assert!(errs(&ok).is_empty(), "{:?}", errs(&ok));
+        let long = format!("target {T} {{\n alias \"{}\"\n}}", "a".repeat(256));
+        assert_eq!(
+            errs(&long),
+            ["2:8: alias has 256 bytes; at most 255 (it is sent as TargetAlias)"]
+        );
     }
 
     #[test]

@@ -197,6 +197,19 @@ fn check_value(what: &str, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// A target alias: storable, and short enough to be sent as TargetAlias.
+fn check_alias(what: &str, s: &str) -> Result<()> {
+    check_value(what, s)?;
+    if s.len() > config::MAX_ALIAS_BYTES {
+        return input(format!(
+            "{what} has {} bytes; at most {} (it is sent to initiators as TargetAlias)",
+            s.len(),
+            config::MAX_ALIAS_BYTES
+        ));
+    }
+    Ok(())
+}
+
 fn check_iqn(s: &str) -> Result<()> {
     names::validate_iscsi_name(s)
         .map_err(|why| CtlError::Input(format!("{s:?} is not an iSCSI name: {why}")))
@@ -408,7 +421,7 @@ impl Ctl {
     /// `vitctl target add`: a target with its own auth-group (named by its uuid, as vSAN does) and
     /// its directory and link on the datastore.
     pub fn target_add(&mut self, spec: &TargetSpec) -> Result<TargetView> {
-        check_value("--alias", &spec.alias)?;
+        check_alias("--alias", &spec.alias)?;
         if let Some(iqn) = &spec.iqn {
             check_iqn(iqn)?;
         }
@@ -463,7 +476,7 @@ impl Ctl {
     /// `vitctl target set`.
     pub fn target_set(&mut self, name: &str, change: &TargetChange) -> Result<TargetView> {
         if let Some(a) = &change.new_alias {
-            check_value("--new-alias", a)?;
+            check_alias("--new-alias", a)?;
         }
         if let Some(iqn) = &change.iqn {
             check_iqn(iqn)?;
