@@ -543,3 +543,56 @@ fn command_numbers_wrap_around() {
     }
     assert!(s.cmd_sn < 100, "the numbers wrapped: {:#x}", s.cmd_sn);
 }
+
+#[test]
+fn garbage_from_the_first_byte_costs_only_that_connection() {
+    use rand::{Rng, SeedableRng};
+    use std::io::{Read, Write};
+    let (ds, vitd) = setup();
+    let seed: u64 = std::env::var("VIT_GARBAGE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut s = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 16]);
+    good(&mut s);
+    for k in 0..60 {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", ds.port)).unwrap();
+        // Junk that reads as the start of a longer PDU leaves vitd waiting for the rest (until
+        // the login timeout): a short wait here, the session above kept busy meanwhile.
+        c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let n = rng.random_range(48..3000);
+        let mut junk = vec![0u8; n];
+        rng.fill(&mut junk[..]);
+        if k % 3 == 0 {
+            // A Login Request opcode in front, so the junk gets as far as the header checks.
+            junk[0] = 0x43;
+        }
+        let _ = c.write_all(&junk);
+        good(&mut s);
+        if k % 2 == 0 {
+            // Wait for vitd to answer (a Login Response or Reject) or to close; never a hang.
+            let mut buf = [0u8; 512];
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    // Closed with junk still unread: the kernel resets instead of closing.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        break;
+                    }
+                    Err(e) => panic!("connection {k}: {e} (seed {seed})"),
+                }
+            }
+        }
+    }
+    good(&mut s);
+    let mut later = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 17]);
+    good(&mut later);
+    assert!(!vitd.log_text().contains("panicked"), "{}", vitd.log_text());
+}
