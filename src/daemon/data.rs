@@ -72,12 +72,9 @@ const FIXED_FILES: u32 = 1024;
 /// The fixed-file table's size: [`FIXED_FILES`], or a quarter of the open-files limit when
 /// that is lower (the kernel refuses a table larger than the limit).
 fn fixed_table_size() -> u32 {
-    // SAFETY: an all-zero rlimit is a valid value of this plain C struct.
-    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `lim` is a valid, writable rlimit for the kernel to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+    let Some(lim) = super::open_files_limit() else {
         return 16;
-    }
+    };
     u32::try_from(lim.rlim_cur / 4)
         .unwrap_or(u32::MAX)
         .clamp(16, FIXED_FILES)

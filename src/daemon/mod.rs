@@ -198,16 +198,21 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 /// not by load: when a thread's buffers are all in use, commands get TASK SET FULL.
 pub const BUFFERS_PER_THREAD: &[(usize, usize)] = &[(64 << 10, 256), (runtime::MAX_IO_BYTES, 32)];
 
+/// This process's RLIMIT_NOFILE (soft and hard), if the kernel tells.
+pub(crate) fn open_files_limit() -> Option<libc::rlimit> {
+    // SAFETY: an all-zero rlimit is a valid value of this plain C struct.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit for the kernel to fill.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim)
+}
+
 /// Raises the soft limit on open files to the hard one, as servers do: every session is a
 /// socket, every extent an open file, and a service manager's default soft limit (1024) would
 /// cap the sessions well below what the machine can serve. Returns the limit in force.
 fn raise_open_files_limit() -> u64 {
-    // SAFETY: an all-zero rlimit is a valid value of this plain C struct.
-    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `lim` is a valid, writable rlimit for the kernel to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+    let Some(mut lim) = open_files_limit() else {
         return 1024;
-    }
+    };
     if lim.rlim_cur < lim.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: lim.rlim_max,
