@@ -66,11 +66,11 @@ const DIRECT_RECV_MIN: u32 = 4096;
 /// Idle time before a NOP-In ping, and how long the peer has to answer.
 const PING_IDLE: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
-/// Fixed-file table size at most (a quarter of the open-files limit when that is lower: the
-/// kernel counts the table against it); extents past it are used through their descriptors.
+/// Largest fixed-file table (see [`fixed_table_size`]).
 const FIXED_FILES: u32 = 1024;
 /// The fixed-file table's size: [`FIXED_FILES`], or a quarter of the open-files limit when
-/// that is lower (the kernel refuses a table larger than the limit).
+/// that is lower (the kernel refuses a table larger than the limit); extents past the table are
+/// used through their descriptors.
 fn fixed_table_size() -> u32 {
     let Some(lim) = super::open_files_limit() else {
         return 16;
