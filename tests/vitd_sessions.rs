@@ -596,3 +596,76 @@ fn garbage_from_the_first_byte_costs_only_that_connection() {
     good(&mut later);
     assert!(!vitd.log_text().contains("panicked"), "{}", vitd.log_text());
 }
+
+/// An initiator offering a 256 KiB first burst (libiscsi and open-iscsi do) sends writes of up
+/// to 256 KiB whole as immediate data: vitd takes them without an R2T (`command` fails on one),
+/// and the data is all there. One that does not offer it keeps RFC 7143's 64 KiB: more immediate
+/// data than that is a protocol error (Reject), and a longer write is asked for the rest.
+#[test]
+fn a_first_burst_of_256_kib_comes_whole_without_an_r2t() {
+    let (ds, _vitd) = setup();
+    let mut s = initiator::try_login_offering(
+        ds.port,
+        INITIATOR,
+        &iqn("s"),
+        [0x80, 0, 0, 0, 0, 0x42],
+        "FirstBurstLength=262144\0MaxBurstLength=262144\0",
+    )
+    .unwrap();
+    good(&mut s); // takes the power-on unit attention
+    let data: Vec<u8> = (0..262_144u32).map(|i| (i ^ (i >> 9)) as u8).collect();
+    let cdb = |op: u8, bytes: usize| {
+        let [hi, lo] = ((bytes / 512) as u16).to_be_bytes();
+        [op, 0, 0, 0, 0, 16, 0, hi, lo, 0]
+    };
+    let r = s.command(0, &cdb(0x2a, data.len()), &data, 0).unwrap();
+    assert_eq!(r.status, 0, "sense {:02x?}", r.sense);
+    let r = s
+        .command(0, &cdb(0x28, data.len()), &[], data.len() as u32)
+        .unwrap();
+    assert_eq!(r.status, 0);
+    assert!(
+        r.data_in == data,
+        "256 KiB of immediate data read back different"
+    );
+
+    let mut plain = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 0x43]);
+    good(&mut plain);
+    let r = plain
+        .command(0, &cdb(0x2a, 65_536), &data[..65_536], 0)
+        .unwrap();
+    assert_eq!(
+        r.status, 0,
+        "64 KiB of immediate data, the default first burst"
+    );
+    let e = plain
+        .command(0, &cdb(0x2a, 131_072), &data[..131_072], 0)
+        .unwrap_err();
+    assert!(e.to_string().contains("Reject"), "{e}");
+    let pdu = plain.test_unit_ready().unwrap();
+    assert!(matches!(pdu, TargetPdu::ScsiResponse(_)), "{pdu:?}");
+    let mut bhs = [0u8; 48];
+    vit::iscsi::pdu::ScsiCommand {
+        final_bit: true,
+        write: true,
+        attr: 1,
+        itt: 99,
+        expected_data_length: 131_072,
+        cmd_sn: plain.cmd_sn,
+        exp_stat_sn: plain.exp_stat_sn,
+        cdb: [0x2a, 0, 0, 0, 2, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        data_segment_length: 65_536,
+        ..Default::default()
+    }
+    .encode(&mut bhs);
+    plain
+        .raw(&initiator::frame(&bhs, &data[..65_536], false))
+        .unwrap();
+    match initiator::read_pdu_with(&mut plain.stream, false)
+        .unwrap()
+        .0
+    {
+        TargetPdu::R2t(r) => assert_eq!((r.buffer_offset, r.desired_length), (65_536, 65_536)),
+        other => panic!("expected an R2T for the rest past 64 KiB, got {other:?}"),
+    }
+}

@@ -450,6 +450,26 @@ impl Conn {
             }
             return;
         }
+        // Immediate data is unsolicited: at most FirstBurstLength of it, none when the session
+        // negotiated ImmediateData=No (RFC 7143 §13.11, §13.14).
+        let immediate_max = if self.params.immediate_data {
+            self.params.first_burst_length
+        } else {
+            0
+        };
+        if cmd.data_segment_length > immediate_max {
+            if let Some(i) = existing {
+                self.free_task(i, pool);
+            }
+            tracing::debug!(
+                itt = cmd.itt,
+                len = cmd.data_segment_length,
+                max = immediate_max,
+                "immediate data past the first burst: rejected"
+            );
+            self.reject(RejectReason::ProtocolError, bhs);
+            return;
+        }
         self.check_mail(cmd.lun, pool);
         let i = match existing {
             Some(i) => i,

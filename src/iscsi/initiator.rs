@@ -135,13 +135,35 @@ pub fn try_login_from(
     digests: bool,
     cmd_sn: u32,
 ) -> std::io::Result<Session> {
+    login_offering(port, (initiator, target), isid, digests, cmd_sn, "")
+}
+
+/// [`try_login`], offering `extra` operational keys (each `Key=Value\0`) besides the usual ones.
+pub fn try_login_offering(
+    port: u16,
+    initiator: &str,
+    target: &str,
+    isid: [u8; 6],
+    extra: &str,
+) -> std::io::Result<Session> {
+    login_offering(port, (initiator, target), isid, false, 1, extra)
+}
+
+fn login_offering(
+    port: u16,
+    (initiator, target): (&str, &str),
+    isid: [u8; 6],
+    digests: bool,
+    cmd_sn: u32,
+    extra: &str,
+) -> std::io::Result<Session> {
     let refused = |what: String| std::io::Error::other(what);
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let digest = if digests { "CRC32C" } else { "None" };
     let text = format!(
         "InitiatorName={initiator}\0TargetName={target}\0SessionType=Normal\0AuthMethod=None\0\
-         HeaderDigest={digest}\0DataDigest={digest}\0MaxRecvDataSegmentLength=65536\0"
+         HeaderDigest={digest}\0DataDigest={digest}\0MaxRecvDataSegmentLength=65536\0{extra}"
     );
     let bhs = login_bhs_at(
         (Stage::Security, Stage::Operational),
@@ -273,8 +295,9 @@ impl Session {
         }
     }
 
-    /// Sends a SCSI command (to LUN 0..255) with its data-out as immediate data (keep it at
-    /// most 8 KiB) and collects the answer: (status, data-in, sense). Skips NOP-In pings.
+    /// Sends a SCSI command (to LUN 0..255) with its data-out as immediate data (keep it within
+    /// the negotiated FirstBurstLength: 64 KiB unless the login offered more) and collects the
+    /// answer; an R2T is an error: (status, data-in, sense). Skips NOP-In pings.
     pub fn command(
         &mut self,
         lun: u8,
