@@ -669,3 +669,32 @@ fn a_first_burst_of_256_kib_comes_whole_without_an_r2t() {
         other => panic!("expected an R2T for the rest past 64 KiB, got {other:?}"),
     }
 }
+
+/// A session's connection gets a fixed 4 MiB receive buffer (src/daemon/sockbuf.rs: autotuning
+/// stalls large unsolicited writes on short round trips), or vitd says at start why it cannot.
+#[test]
+fn session_connections_get_a_fixed_receive_buffer() {
+    if !have("ss") {
+        return;
+    }
+    let (ds, vitd) = setup();
+    let mut s = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 0x44]);
+    good(&mut s);
+    let log = vitd.log_text();
+    if !log.contains("session receive buffers 4 MiB") {
+        assert!(log.contains("sysctl -w net.core.rmem_max=4194304"), "{log}");
+        return;
+    }
+    let filter = format!("( sport = :{} )", ds.port);
+    let out = std::process::Command::new("ss")
+        .args(["-tmnH", "state", "established", &filter])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rb: Vec<&str> = text
+        .split(|c: char| c == ',' || c == '(' || c.is_whitespace())
+        .filter_map(|f| f.strip_prefix("rb"))
+        .collect();
+    // The kernel reports twice what was asked, for its own bookkeeping.
+    assert_eq!(rb, ["8388608"], "{text}");
+}
