@@ -597,53 +597,47 @@ fn garbage_from_the_first_byte_costs_only_that_connection() {
     assert!(!vitd.log_text().contains("panicked"), "{}", vitd.log_text());
 }
 
-/// An initiator offering a 256 KiB first burst (libiscsi and open-iscsi do) sends writes of up
-/// to 256 KiB whole as immediate data: vitd takes them without an R2T (`command` fails on one),
-/// and the data is all there. One that does not offer it keeps RFC 7143's 64 KiB: more immediate
-/// data than that is a protocol error (Reject), and a longer write is asked for the rest.
+/// Immediate data is unsolicited: at most the negotiated FirstBurstLength of it (64 KiB, vitd's
+/// value, whatever the initiator offers above it; less if it offers less) and none after
+/// ImmediateData=No. More is a protocol error answered with Reject, and the session goes on; a
+/// write longer than the first burst is asked for the rest with an R2T.
 #[test]
-fn a_first_burst_of_256_kib_comes_whole_without_an_r2t() {
+fn immediate_data_past_the_first_burst_is_rejected() {
     let (ds, _vitd) = setup();
-    let mut s = initiator::try_login_offering(
-        ds.port,
-        INITIATOR,
-        &iqn("s"),
-        [0x80, 0, 0, 0, 0, 0x42],
-        "FirstBurstLength=262144\0MaxBurstLength=262144\0",
-    )
-    .unwrap();
-    good(&mut s); // takes the power-on unit attention
-    let data: Vec<u8> = (0..262_144u32).map(|i| (i ^ (i >> 9)) as u8).collect();
+    let data: Vec<u8> = (0..131_072u32).map(|i| (i ^ (i >> 9)) as u8).collect();
     let cdb = |op: u8, bytes: usize| {
         let [hi, lo] = ((bytes / 512) as u16).to_be_bytes();
         [op, 0, 0, 0, 0, 16, 0, hi, lo, 0]
     };
-    let r = s.command(0, &cdb(0x2a, data.len()), &data, 0).unwrap();
-    assert_eq!(r.status, 0, "sense {:02x?}", r.sense);
-    let r = s
-        .command(0, &cdb(0x28, data.len()), &[], data.len() as u32)
+    let offering = |isid: u8, keys: &str| {
+        let mut s = initiator::try_login_offering(
+            ds.port,
+            INITIATOR,
+            &iqn("s"),
+            [0x80, 0, 0, 0, 0, isid],
+            keys,
+        )
         .unwrap();
-    assert_eq!(r.status, 0);
-    assert!(
-        r.data_in == data,
-        "256 KiB of immediate data read back different"
-    );
+        good(&mut s); // takes the power-on unit attention
+        s
+    };
+    let rejected = |s: &mut Session, len: usize| {
+        let e = s.command(0, &cdb(0x2a, len), &data[..len], 0).unwrap_err();
+        assert!(e.to_string().contains("Reject"), "{len} bytes: {e}");
+        let pdu = s.test_unit_ready().unwrap();
+        assert!(matches!(pdu, TargetPdu::ScsiResponse(_)), "{pdu:?}");
+    };
 
-    let mut plain = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 0x43]);
-    good(&mut plain);
-    let r = plain
+    let mut s = offering(0x42, "FirstBurstLength=262144\0MaxBurstLength=262144\0");
+    let r = s
         .command(0, &cdb(0x2a, 65_536), &data[..65_536], 0)
         .unwrap();
     assert_eq!(
         r.status, 0,
-        "64 KiB of immediate data, the default first burst"
+        "64 KiB of immediate data, within the first burst"
     );
-    let e = plain
-        .command(0, &cdb(0x2a, 131_072), &data[..131_072], 0)
-        .unwrap_err();
-    assert!(e.to_string().contains("Reject"), "{e}");
-    let pdu = plain.test_unit_ready().unwrap();
-    assert!(matches!(pdu, TargetPdu::ScsiResponse(_)), "{pdu:?}");
+    rejected(&mut s, 131_072);
+    // 128 KiB with the first 64 KiB immediate: an R2T for the rest, then the whole write lands.
     let mut bhs = [0u8; 48];
     vit::iscsi::pdu::ScsiCommand {
         final_bit: true,
@@ -651,50 +645,58 @@ fn a_first_burst_of_256_kib_comes_whole_without_an_r2t() {
         attr: 1,
         itt: 99,
         expected_data_length: 131_072,
-        cmd_sn: plain.cmd_sn,
-        exp_stat_sn: plain.exp_stat_sn,
-        cdb: [0x2a, 0, 0, 0, 2, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        cmd_sn: s.cmd_sn,
+        exp_stat_sn: s.exp_stat_sn,
+        cdb: [0x2a, 0, 0, 0, 0, 16, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
         data_segment_length: 65_536,
         ..Default::default()
     }
     .encode(&mut bhs);
-    plain
-        .raw(&initiator::frame(&bhs, &data[..65_536], false))
+    s.cmd_sn += 1;
+    s.raw(&initiator::frame(&bhs, &data[..65_536], false))
         .unwrap();
-    match initiator::read_pdu_with(&mut plain.stream, false)
-        .unwrap()
-        .0
-    {
-        TargetPdu::R2t(r) => assert_eq!((r.buffer_offset, r.desired_length), (65_536, 65_536)),
+    let r2t = match initiator::read_pdu_with(&mut s.stream, false).unwrap().0 {
+        TargetPdu::R2t(r) => r,
         other => panic!("expected an R2T for the rest past 64 KiB, got {other:?}"),
+    };
+    assert_eq!((r2t.buffer_offset, r2t.desired_length), (65_536, 65_536));
+    let mut bhs = [0u8; 48];
+    vit::iscsi::pdu::DataOut {
+        final_bit: true,
+        itt: 99,
+        ttt: r2t.ttt,
+        exp_stat_sn: s.exp_stat_sn,
+        buffer_offset: 65_536,
+        data_segment_length: 65_536,
+        ..Default::default()
     }
-}
-
-/// A session's connection gets a fixed 4 MiB receive buffer (src/daemon/sockbuf.rs: autotuning
-/// stalls large unsolicited writes on short round trips), or vitd says at start why it cannot.
-#[test]
-fn session_connections_get_a_fixed_receive_buffer() {
-    if !have("ss") {
-        return;
-    }
-    let (ds, vitd) = setup();
-    let mut s = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 0x44]);
-    good(&mut s);
-    let log = vitd.log_text();
-    if !log.contains("session receive buffers 4 MiB") {
-        assert!(log.contains("sysctl -w net.core.rmem_max=4194304"), "{log}");
-        return;
-    }
-    let filter = format!("( sport = :{} )", ds.port);
-    let out = std::process::Command::new("ss")
-        .args(["-tmnH", "state", "established", &filter])
-        .output()
+    .encode(&mut bhs);
+    s.raw(&initiator::frame(&bhs, &data[65_536..], false))
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rb: Vec<&str> = text
-        .split(|c: char| c == ',' || c == '(' || c.is_whitespace())
-        .filter_map(|f| f.strip_prefix("rb"))
-        .collect();
-    // The kernel reports twice what was asked, for its own bookkeeping.
-    assert_eq!(rb, ["8388608"], "{text}");
+    match initiator::read_pdu_with(&mut s.stream, false).unwrap().0 {
+        TargetPdu::ScsiResponse(r) => {
+            assert_eq!(r.status, 0);
+            s.exp_stat_sn = r.stat_sn.wrapping_add(1);
+        }
+        other => panic!("expected the write's response, got {other:?}"),
+    }
+    let r = s
+        .command(0, &cdb(0x28, data.len()), &[], data.len() as u32)
+        .unwrap();
+    assert_eq!(r.status, 0);
+    assert!(
+        r.data_in == data,
+        "128 KiB written in two bursts read back different"
+    );
+
+    // An initiator offering less gets less.
+    let mut s = offering(0x43, "FirstBurstLength=16384\0");
+    let r = s
+        .command(0, &cdb(0x2a, 16_384), &data[..16_384], 0)
+        .unwrap();
+    assert_eq!(r.status, 0);
+    rejected(&mut s, 32_768);
+    // ImmediateData=No: none at all.
+    let mut s = offering(0x44, "ImmediateData=No\0");
+    rejected(&mut s, 4096);
 }

@@ -8,7 +8,6 @@ use super::data::{DataThread, Msg};
 use super::discovery::TargetEntry;
 use super::login::{self, Login, LoginOutcome};
 use super::runtime::Running;
-use super::sockbuf::RcvBuf;
 use super::uring::BufferPool;
 use crate::iscsi::pdu::{InitiatorPdu, LoginStatus};
 use crate::iscsi::reader::{Event, PduReader, ReaderLimits};
@@ -64,14 +63,6 @@ struct SessionRec {
     id: u64,
 }
 
-/// How the control thread admits sessions.
-pub struct SessionPolicy {
-    /// Normal sessions served at once (`--max-sessions`); past it a login is refused.
-    pub max_sessions: usize,
-    /// How a session's connection gets its receive buffer, set at handoff.
-    pub rcvbuf: RcvBuf,
-}
-
 pub struct Control {
     running: Arc<Running>,
     listeners: Vec<(TcpListener, usize)>,
@@ -89,7 +80,6 @@ pub struct Control {
     ended: crossbeam_channel::Receiver<u64>,
     /// Normal sessions served at once.
     max_sessions: usize,
-    rcvbuf: RcvBuf,
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later) and returns a
@@ -120,7 +110,7 @@ impl Control {
         threads: Vec<DataThread>,
         signals: OwnedFd,
         ended: crossbeam_channel::Receiver<u64>,
-        sessions: SessionPolicy,
+        max_sessions: usize,
     ) -> std::io::Result<Self> {
         for (l, _) in &listeners {
             l.set_nonblocking(true)?;
@@ -138,8 +128,7 @@ impl Control {
             log_budget: super::logbudget::LogBudget::new(super::logbudget::LINES_PER_SECOND),
             accept_paused: None,
             ended,
-            max_sessions: sessions.max_sessions,
-            rcvbuf: sessions.rcvbuf,
+            max_sessions,
         })
     }
 
@@ -526,9 +515,6 @@ impl Control {
         };
         if c.stream.set_nonblocking(false).is_err() {
             return;
-        }
-        if let Err(e) = self.rcvbuf.apply(c.stream.as_raw_fd()) {
-            tracing::debug!("receive buffer of the connection from {}: {e}", c.peer);
         }
         if let Some(rec) = self.sessions.iter_mut().find(|s| s.id == conn.session_id) {
             rec.thread = ti;

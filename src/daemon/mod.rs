@@ -12,7 +12,6 @@ pub mod portal;
 pub mod ramdisk;
 pub mod runtime;
 pub mod shared;
-pub mod sockbuf;
 pub mod uring;
 
 use crate::config::AuthType;
@@ -278,21 +277,13 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     }
     tracing::info!("{n} data threads ready");
     let running = std::sync::Arc::new(running);
-    let rcvbuf = sockbuf::policy();
-    match rcvbuf {
-        sockbuf::RcvBuf::Autotune { .. } => tracing::warn!("{}", rcvbuf.describe()),
-        _ => tracing::info!("{}", rcvbuf.describe()),
-    }
     let control = control::Control::new(
         running.clone(),
         listeners,
         threads,
         signals,
         ended_rx,
-        control::SessionPolicy {
-            max_sessions: opts.max_sessions,
-            rcvbuf,
-        },
+        opts.max_sessions,
     )?;
     control.run();
     runtime::sync_all(&running);
