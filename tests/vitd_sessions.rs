@@ -13,6 +13,26 @@ fn setup() -> (Datastore, Vitd) {
     serve_one("s", "8M")
 }
 
+/// The header of a write command on `s` with ITT `itt`: `lengths` is (expected data transfer
+/// length, immediate data in this PDU).
+fn write_bhs(s: &Session, itt: u32, cdb: [u8; 16], lengths: (u32, u32)) -> [u8; 48] {
+    let mut bhs = [0u8; 48];
+    vit::iscsi::pdu::ScsiCommand {
+        final_bit: true,
+        write: true,
+        attr: 1,
+        itt,
+        expected_data_length: lengths.0,
+        cmd_sn: s.cmd_sn,
+        exp_stat_sn: s.exp_stat_sn,
+        cdb,
+        data_segment_length: lengths.1,
+        ..Default::default()
+    }
+    .encode(&mut bhs);
+    bhs
+}
+
 fn good(s: &mut Session) {
     match s.test_unit_ready().unwrap() {
         TargetPdu::ScsiResponse(r) => assert_eq!(r.response, 0),
@@ -167,20 +187,12 @@ fn header_and_data_digests_move_data() {
         assert!(r.data_in == *d, "64 KiB segment {k} came back different");
     }
     // A corrupted data digest is caught by the target: Reject, and the command does not complete.
-    let mut bhs = [0u8; 48];
-    let cmd = vit::iscsi::pdu::ScsiCommand {
-        final_bit: true,
-        write: true,
-        attr: 1,
-        itt: 0x77,
-        expected_data_length: 512,
-        cmd_sn: s.cmd_sn,
-        exp_stat_sn: s.exp_stat_sn,
-        cdb: [0x2a, 0, 0, 0, 0, 32, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
-        data_segment_length: 512,
-        ..Default::default()
-    };
-    cmd.encode(&mut bhs);
+    let bhs = write_bhs(
+        &s,
+        0x77,
+        [0x2a, 0, 0, 0, 0, 32, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+        (512, 512),
+    );
     let mut wire = bhs.to_vec();
     wire.extend_from_slice(&vit::iscsi::digest::header_digest(&bhs, &[]));
     wire.extend_from_slice(&[0x5a; 512]);
@@ -638,20 +650,12 @@ fn immediate_data_past_the_first_burst_is_rejected() {
     );
     rejected(&mut s, 131_072);
     // 128 KiB with the first 64 KiB immediate: an R2T for the rest, then the whole write lands.
-    let mut bhs = [0u8; 48];
-    vit::iscsi::pdu::ScsiCommand {
-        final_bit: true,
-        write: true,
-        attr: 1,
-        itt: 99,
-        expected_data_length: 131_072,
-        cmd_sn: s.cmd_sn,
-        exp_stat_sn: s.exp_stat_sn,
-        cdb: [0x2a, 0, 0, 0, 0, 16, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
-        data_segment_length: 65_536,
-        ..Default::default()
-    }
-    .encode(&mut bhs);
+    let bhs = write_bhs(
+        &s,
+        99,
+        [0x2a, 0, 0, 0, 0, 16, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        (131_072, 65_536),
+    );
     s.cmd_sn += 1;
     s.raw(&initiator::frame(&bhs, &data[..65_536], false))
         .unwrap();
