@@ -296,8 +296,8 @@ impl Session {
     }
 
     /// Sends a SCSI command (to LUN 0..255) with its data-out as immediate data (keep it within
-    /// the negotiated FirstBurstLength: 64 KiB unless the login offered more) and collects the
-    /// answer; an R2T is an error: (status, data-in, sense). Skips NOP-In pings.
+    /// the negotiated FirstBurstLength: vitd's 64 KiB, less if the login offered less) and
+    /// collects the answer; an R2T is an error: (status, data-in, sense). Skips NOP-In pings.
     pub fn command(
         &mut self,
         lun: u8,
