@@ -166,6 +166,10 @@ fn bench_report_computes_ratios_goals_and_the_floor_table() {
         record("mem", qd1, "vit", 1, 14000.0, 60.0),
         record("mem", qd1, "tgt", 1, 14000.0, 62.0),
     ];
+    // On the memory LUN fio is at its limit with vit (99% of a CPU), tgt with itself (99%).
+    recs[6]["fio"]["jobs"][0]["usr_cpu"] = json!(49.0);
+    recs[6]["fio"]["jobs"][0]["sys_cpu"] = json!(50.0);
+    recs[7]["cpu_ticks_end"] = json!(clk_tck() * 99 / 100);
     // The device alone: fio's 30% of a CPU (usr 10 + sys 20) over 40000 IOPS is 7.5 µs per I/O.
     let mut device = record("device", qd32, "local", 1, 40000.0, 400.0);
     device["iodepth"] = json!(32);
@@ -246,6 +250,20 @@ fn bench_report_computes_ratios_goals_and_the_floor_table() {
     assert_eq!(rounds("4k-randread-qd1: p50_us").0, 2);
     // One round of each target: one pair.
     assert_eq!(rounds("4k-randread-qd32: iops").1, 1);
+    // Who was at its limit: nobody on the disk (fio 30%, targets 50%); on the memory LUN fio
+    // in vit's runs and tgt in its own.
+    let limits = |matrix: &str| {
+        let g = &summary["goals"][matrix].as_array().unwrap()[0];
+        (
+            g["at_limit_vit_runs"].to_string(),
+            g["at_limit_tgt_runs"].to_string(),
+        )
+    };
+    assert_eq!(limits("disk"), ("[]".to_string(), "[]".to_string()));
+    assert_eq!(
+        limits("mem"),
+        (r#"["fio 99%"]"#.to_string(), r#"["tgt 99%"]"#.to_string())
+    );
     let md = std::fs::read_to_string(out.join("latest.md")).unwrap();
     assert!(md.contains("## QD 1: the floor"), "no floor section:\n{md}");
     // The floor's CPU beside vit's and tgt's (5e6 / IOPS µs each) and a quarter of tgt's.

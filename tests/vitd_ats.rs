@@ -26,18 +26,6 @@ fn claim(r: u64, t: usize) -> Vec<u8> {
     b
 }
 
-fn cdb16(op: u8, lba: u64, blocks: u32) -> Vec<u8> {
-    let mut c = vec![0u8; 16];
-    c[0] = op;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    if op == 0x89 {
-        c[13] = blocks as u8;
-    } else {
-        c[10..14].copy_from_slice(&blocks.to_be_bytes());
-    }
-    c
-}
-
 #[test]
 fn compare_and_write_has_one_winner_per_round() {
     let ds = Datastore::new();

@@ -704,3 +704,37 @@ fn immediate_data_past_the_first_burst_is_rejected() {
     let mut s = offering(0x44, "ImmediateData=No\0");
     rejected(&mut s, 4096);
 }
+
+#[test]
+fn reads_of_a_memory_lun_without_store_are_zeroes_whatever_the_buffers_held() {
+    // A LUN without backing store answers reads from memory nothing writes, not from the task's
+    // buffer: what another LUN's writes and reads left in the session's buffers must never show
+    // through, at any buffer size, and the data digests must cover the zeroes actually sent.
+    let ds = Datastore::new();
+    ds.target("z", &[]);
+    ds.add_lun_body("z", 0, memory_lun(8 << 20, Some("8M")));
+    ds.add_lun_body("z", 1, memory_lun(8 << 20, None));
+    let vitd = ds.start();
+    let isid = [0x80, 0, 0, 0, 0x2e, 0x01];
+    let mut s = initiator::try_login_with(ds.port, INITIATOR, &iqn("z"), isid, true)
+        .unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
+    for lun in [0, 1] {
+        // The power-on unit attention, once per LUN.
+        s.command(lun, &[0u8; 6], &[], 0).unwrap();
+    }
+    let fill = vec![0xa5u8; 64 << 10];
+    for i in 0..16 {
+        let r = s.command(0, &cdb16(0x8a, i * 128, 128), &fill, 0).unwrap();
+        assert_eq!(r.status, 0, "write {i}: {:?}", r.sense);
+    }
+    for len in [4096u32, 64 << 10, 1 << 20] {
+        // LUN 0 first: its data fills a buffer of this size, free again once sent.
+        let r = s.command(0, &cdb16(0x88, 0, len / 512), &[], len).unwrap();
+        assert_eq!((r.status, r.data_in.len()), (0, len as usize));
+        assert!(r.data_in.iter().all(|&b| b == 0xa5), "LUN 0, {len} bytes");
+        let r = s.command(1, &cdb16(0x88, 0, len / 512), &[], len).unwrap();
+        assert_eq!((r.status, r.data_in.len()), (0, len as usize));
+        let stale = r.data_in.iter().filter(|&&b| b != 0).count();
+        assert_eq!(stale, 0, "LUN 1, {len} bytes: {stale} bytes not zero");
+    }
+}

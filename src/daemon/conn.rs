@@ -62,6 +62,11 @@ pub enum OutData {
         offset: usize,
         len: usize,
     },
+    /// `len` zero bytes, sent from the pool's zero mapping: Data-In of a read that needed no
+    /// data (a LUN without backing store), whose buffer was never filled.
+    Zeroes {
+        len: usize,
+    },
     /// Sense data (with its 2-byte length), inline.
     Sense {
         bytes: [u8; MAX_SENSE_SEGMENT],
@@ -175,6 +180,9 @@ struct Task {
     data_out_sn: u32,
     sends_pending: u16,
     aborted: bool,
+    /// Its data is all zeroes ([`Conn::zero_data`]): Data-In comes from the pool's zero
+    /// mapping, not from its buffer.
+    zeroes: bool,
 }
 
 /// Sequence numbers of the session (one connection per session: MaxConnections=1).
@@ -435,6 +443,7 @@ impl Conn {
             data_out_sn: 0,
             sends_pending: 0,
             aborted: false,
+            zeroes: false,
         });
         Some(i)
     }
@@ -777,6 +786,18 @@ impl Conn {
         self.finish(i, &c, pool);
     }
 
+    /// The data thread says a task's read data is all zeroes without having written its buffer
+    /// (a LUN without backing store); [`Self::io_done`] follows.
+    pub fn zero_data(&mut self, task: u16) {
+        if let Some(t) = self
+            .tasks
+            .get_mut(usize::from(task))
+            .and_then(Option::as_mut)
+        {
+            t.zeroes = true;
+        }
+    }
+
     /// The data thread finished a task with a completion of its own (multi-step commands:
     /// EXTENDED COPY, GET LBA STATUS, ...).
     pub fn finish_with(&mut self, task: u16, c: &Completion, pool: &mut BufferPool) {
@@ -860,23 +881,25 @@ impl Conn {
                 d.data_segment_length = len as u32;
                 let mut bhs = [0u8; BHS_LEN];
                 d.encode(&mut bhs);
+                let mut zeroes = false;
                 if let Some(t) = self
                     .tasks
                     .get_mut(usize::from(task))
                     .and_then(Option::as_mut)
                 {
                     t.sends_pending += 1;
+                    zeroes = t.zeroes;
                 }
-                self.push(
-                    bhs,
+                let data = if zeroes {
+                    OutData::Zeroes { len }
+                } else {
                     OutData::Slot {
                         buf: b,
                         offset,
                         len,
-                    },
-                    Some(task),
-                    false,
-                );
+                    }
+                };
+                self.push(bhs, data, Some(task), false);
                 data_sn = data_sn.wrapping_add(1);
                 offset += len;
             }
@@ -1381,6 +1404,7 @@ impl Conn {
             OutData::Slot { buf, offset, len } => {
                 pool.slice(*buf).get(*offset..offset + len).unwrap_or(&[])
             }
+            OutData::Zeroes { len } => pool.zeroes(*len),
             OutData::Sense { bytes, len } => &bytes[..*len],
             OutData::Bytes(v) => v,
         };

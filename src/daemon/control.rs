@@ -365,7 +365,7 @@ impl Control {
                     match &pdu.data {
                         OutData::Bytes(v) => c.tx.extend_from_slice(v),
                         OutData::Sense { bytes, len } => c.tx.extend_from_slice(&bytes[..*len]),
-                        OutData::None | OutData::Slot { .. } => {}
+                        OutData::None | OutData::Slot { .. } | OutData::Zeroes { .. } => {}
                     }
                     c.tx.extend_from_slice(&pdu.trailer[..pdu.trailer_len]);
                     c.close_after_flush |= pdu.close_after;

@@ -1010,15 +1010,26 @@ impl Worker {
         };
         match &lun.backing {
             Backing::Ramdisk { .. } => {
-                let r = super::ramdisk::transfer(
-                    lun,
-                    req.byte_offset,
-                    self.pool.slice(target_buf),
-                    req.byte_len,
-                    op_kind,
-                );
+                // A LUN without backing store reads as zeroes: its Data-In is sent from the
+                // pool's zero mapping, and the buffer is left as it is.
+                let zeroes = matches!(req.kind, IoKind::Read)
+                    && super::ramdisk::reads_as_zeroes(lun, req.byte_offset, req.byte_len);
+                let r = if zeroes {
+                    IoResult::Ok
+                } else {
+                    super::ramdisk::transfer(
+                        lun,
+                        req.byte_offset,
+                        self.pool.slice(target_buf),
+                        req.byte_len,
+                        op_kind,
+                    )
+                };
                 if let Some(s) = self.slots[idx].as_mut() {
                     s.file_ops[usize::from(work.task)] = op;
+                    if zeroes {
+                        s.conn.zero_data(work.task);
+                    }
                 }
                 self.finish_io(idx, work.task, r);
             }
@@ -1275,7 +1286,7 @@ fn lun_of(conn: &Conn, task: u16) -> [u8; 8] {
 fn data_len(d: &OutData) -> usize {
     match d {
         OutData::None => 0,
-        OutData::Slot { len, .. } => *len,
+        OutData::Slot { len, .. } | OutData::Zeroes { len } => *len,
         OutData::Sense { len, .. } => *len,
         OutData::Bytes(v) => v.len(),
     }
@@ -1286,6 +1297,10 @@ fn data_ptr(d: &OutData, pool: &BufferPool) -> (*const u8, usize) {
         OutData::None => (std::ptr::null(), 0),
         // SAFETY: offset + len lies inside the slot (the connection built it from a completed read).
         OutData::Slot { buf, offset, len } => (unsafe { pool.ptr(*buf).add(*offset) }, *len),
+        OutData::Zeroes { len } => {
+            let z = pool.zeroes(*len);
+            (z.as_ptr(), z.len())
+        }
         OutData::Sense { bytes, len } => (bytes.as_ptr(), *len),
         OutData::Bytes(v) => (v.as_ptr(), v.len()),
     }

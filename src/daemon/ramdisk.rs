@@ -211,6 +211,13 @@ impl Drop for RamDisk {
     }
 }
 
+/// Whether a read of `len` bytes at `offset` is all zeroes without looking: a LUN without
+/// backing store, the range inside it. (The data thread then sends zeroes from memory nothing
+/// writes instead of clearing the task's buffer: `transfer` would.)
+pub fn reads_as_zeroes(lun: &LunRt, offset: u64, len: usize) -> bool {
+    matches!(&lun.backing, Backing::Ramdisk { mem } if matches!(mem.range(offset, len), Ok(None)))
+}
+
 /// Copies `len` bytes between the LUN's memory at `offset` and `buf`.
 pub fn transfer(lun: &LunRt, offset: u64, buf: &mut [u8], len: usize, op: Op) -> IoResult {
     let Backing::Ramdisk { mem } = &lun.backing else {
@@ -320,6 +327,13 @@ mod tests {
         assert_eq!(transfer(&lun, 0, &mut buf, 4096, Op::Read), IoResult::Ok);
         assert!(buf.iter().all(|&b| b == 0));
         assert_eq!(zero(&lun, 0, 4096), IoResult::Ok);
+        // Reads the data thread may answer from the zero mapping: inside the LUN only, and only
+        // on a LUN without backing store.
+        assert!(reads_as_zeroes(&lun, 0, 1 << 20));
+        assert!(!reads_as_zeroes(&lun, 4096, 1 << 20));
+        assert!(!reads_as_zeroes(&lun, u64::MAX, 1));
+        let kept = test_memory_lun(RamDisk::new(1 << 20, 1 << 20).unwrap());
+        assert!(!reads_as_zeroes(&kept, 0, 4096));
     }
 
     #[test]

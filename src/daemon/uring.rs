@@ -72,7 +72,17 @@ pub struct BufferPool {
     base: *mut u8,
     len: usize,
     classes: Vec<Class>,
+    /// A read-only mapping of the largest slot's size that is never written, so it reads as
+    /// zeroes (every page the kernel's zero page): Data-In of a LUN without backing store is sent
+    /// from it instead of clearing the task's buffer, a memset per read that took 15% of vitd's
+    /// CPU on 128 KiB reads. Being read-only, no stale data can ever be sent from it.
+    zeroes: *const u8,
+    /// The whole zero mapping (`zeroes` is its first 2 MiB boundary), for munmap.
+    zeroes_map: (*mut libc::c_void, usize),
 }
+
+/// A transparent huge page.
+const HUGE_PAGE: usize = 2 << 20;
 
 impl BufferPool {
     /// Maps the classes `(slot size, count)` (sizes rounded up to whole pages), smallest first.
@@ -131,10 +141,41 @@ impl BufferPool {
         // pool as it was.
         // SAFETY: advice on the mapping made just above, which nothing else uses yet.
         unsafe { libc::madvise(base, offset, libc::MADV_HUGEPAGE) };
+        // The zero mapping: whole huge pages from a huge-page boundary (a 4 KiB page per TLB
+        // entry made copying out of it dearer than the memset it replaces: nested page walks in a
+        // VM), so one more huge page for the alignment. Read faults map the kernel's huge zero
+        // page: it costs no memory.
+        let zeroes_len = out.last().map_or(0, |c| c.size).div_ceil(HUGE_PAGE) * HUGE_PAGE;
+        let map_len = zeroes_len + HUGE_PAGE;
+        // SAFETY: an anonymous private read-only mapping with no address hint; checked below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            // SAFETY: exactly the pool mapping made above, which nothing uses yet.
+            unsafe { libc::munmap(base, offset) };
+            return Err(e);
+        }
+        let skip = (map as usize).next_multiple_of(HUGE_PAGE) - map as usize;
+        // SAFETY: skip < HUGE_PAGE, so the aligned start and zeroes_len bytes after it lie inside
+        // the map_len bytes just mapped.
+        let zeroes = unsafe { map.cast::<u8>().add(skip) };
+        // SAFETY: advice on part of the mapping made just above; advice only.
+        unsafe { libc::madvise(zeroes.cast(), zeroes_len, libc::MADV_HUGEPAGE) };
         Ok(BufferPool {
             base: base.cast(),
             len: offset,
             classes: out,
+            zeroes: zeroes.cast_const(),
+            zeroes_map: (map, map_len),
         })
     }
 
@@ -227,6 +268,13 @@ impl BufferPool {
         unsafe { self.base.add(c.offset + i * c.size) }
     }
 
+    /// `len` zero bytes (at most [`Self::max_len`]), from memory nothing can write.
+    pub fn zeroes(&self, len: usize) -> &[u8] {
+        // SAFETY: the zero mapping has at least `max_len()` bytes from `zeroes`, readable and
+        // never written, and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.zeroes, len.min(self.max_len())) }
+    }
+
     /// A slot as bytes. The caller must not hold this across an in-flight operation on the slot.
     pub fn slice(&mut self, id: BufId) -> &mut [u8] {
         let (ptr, len) = (self.ptr(id), self.len_of(id));
@@ -240,6 +288,8 @@ impl Drop for BufferPool {
     fn drop(&mut self) {
         // SAFETY: base/len are exactly the mapping made in `new`, unmapped once.
         unsafe { libc::munmap(self.base.cast(), self.len) };
+        // SAFETY: likewise the whole zero mapping.
+        unsafe { libc::munmap(self.zeroes_map.0, self.zeroes_map.1) };
     }
 }
 
@@ -298,6 +348,10 @@ mod tests {
         pool.slice(c)[65535] = 7;
         pool.release(a);
         assert_eq!(pool.available(), 1);
+        // Zeroes up to the largest slot, whatever the slots hold.
+        assert_eq!(pool.zeroes(100).len(), 100);
+        assert_eq!(pool.zeroes(1 << 20).len(), 65536);
+        assert!(pool.zeroes(65536).iter().all(|&b| b == 0));
         assert!(BufferPool::new(&[(4096, 0)]).is_err());
     }
 

@@ -280,3 +280,17 @@ pub fn qemu_vmdk(path: &Path, subformat: &str, size: &str) {
         .unwrap();
     assert!(st.success(), "qemu-img create {subformat} {size}");
 }
+
+/// A 16-byte CDB of the READ(16)/WRITE(16) family (`op`), at `lba` for `blocks` blocks
+/// (COMPARE AND WRITE, 0x89, takes its count in one byte).
+pub fn cdb16(op: u8, lba: u64, blocks: u32) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = op;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    if op == 0x89 {
+        c[13] = blocks as u8;
+    } else {
+        c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    }
+    c
+}

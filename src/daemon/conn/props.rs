@@ -305,6 +305,10 @@ fn send(c: &mut Conn, pool: &mut BufferPool, n: usize) -> Result<(), TestCaseErr
                 );
                 *len
             }
+            OutData::Zeroes { len } => {
+                prop_assert!(*len <= pool.max_len(), "zeroes beyond the zero mapping");
+                *len
+            }
             OutData::Sense { len, .. } => *len,
             OutData::Bytes(v) => v.len(),
         };
