@@ -23,7 +23,7 @@ use crate::iscsi::pdu::{
     self, AsyncMessage, BHS_LEN, DataIn, InitiatorPdu, LogoutResponse, NopIn, R2t, Reject,
     RejectReason, ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse, TextResponse,
 };
-use crate::scsi::opcodes::{self, MediaAccess};
+use crate::scsi::opcodes::{self, MediaAccess, op};
 use crate::scsi::sense::FieldPointer;
 use crate::scsi::{
     self, Completion, IoKind, IoRequest, IoResult, Nexus, Outcome, Request, SenseReason, Status,
@@ -40,8 +40,13 @@ const MAX_SENSE_SEGMENT: usize = 2 + 252;
 /// Where the data segment of the PDU being received goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataDest {
-    /// Into a task's registered buffer at this offset.
-    Slot { buf: BufId, offset: usize },
+    /// Into a task's registered buffer at this offset; `device`: the data goes from there to
+    /// a device and nothing on the CPU reads it ([`super::uring::copy_for_device`]).
+    Slot {
+        buf: BufId,
+        offset: usize,
+        device: bool,
+    },
     /// Into the connection's small inline buffer (Text, NOP-Out).
     Inline,
     /// Nowhere (data we must absorb but do not use).
@@ -183,6 +188,8 @@ struct Task {
     /// Its data is all zeroes ([`Conn::zero_data`]): Data-In comes from the pool's zero
     /// mapping, not from its buffer.
     zeroes: bool,
+    /// Its data-out goes from its buffer to a device ([`Conn::data_for_device`]).
+    device: bool,
 }
 
 /// Sequence numbers of the session (one connection per session: MaxConnections=1).
@@ -317,10 +324,15 @@ impl Conn {
         let i = self.new_task(cmd, pool);
         self.header_task = i;
         match i {
-            Some(i) => match self.tasks[i].as_ref().and_then(|t| t.buf) {
-                Some(buf) if (data_len as usize) <= pool.len_of(buf) => {
-                    DataDest::Slot { buf, offset: 0 }
-                }
+            Some(i) => match self.tasks[i]
+                .as_ref()
+                .and_then(|t| Some((t.buf?, t.device)))
+            {
+                Some((buf, device)) if (data_len as usize) <= pool.len_of(buf) => DataDest::Slot {
+                    buf,
+                    offset: 0,
+                    device,
+                },
                 _ => DataDest::Discard,
             },
             None => DataDest::Discard,
@@ -340,6 +352,7 @@ impl Conn {
                 DataDest::Slot {
                     buf,
                     offset: d.buffer_offset as usize,
+                    device: t.device,
                 }
             }
             _ => DataDest::Discard,
@@ -424,6 +437,7 @@ impl Conn {
             None
         };
         let ttt = self.fresh_ttt();
+        let device = self.data_for_device(cmd);
         self.busy += 1;
         self.tasks[i] = Some(Task {
             itt: cmd.itt,
@@ -444,8 +458,24 @@ impl Conn {
             sends_pending: 0,
             aborted: false,
             zeroes: false,
+            device,
         });
         Some(i)
+    }
+
+    /// Whether a command's data-out goes from its buffer straight to a device: a plain WRITE to
+    /// a LUN whose extents are opened O_DIRECT. Other commands' data is read by the CPU
+    /// (compared, parsed, or copied into memory or the page cache).
+    fn data_for_device(&self, cmd: &ScsiCommand) -> bool {
+        cmd.write
+            && matches!(
+                cmd.cdb[0],
+                op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16
+            )
+            && self.target.as_ref().is_some_and(|t| {
+                t.lun_at(cmd.lun.to_be_bytes())
+                    .is_some_and(|(i, _)| t.luns[i].direct_io())
+            })
     }
 
     fn on_command(&mut self, cmd: &ScsiCommand, bhs: &[u8; BHS_LEN], pool: &mut BufferPool) {
@@ -1540,7 +1570,7 @@ mod tests {
         data: &[u8],
     ) -> Result<Result<(), Fatal>, ()> {
         match c.on_header(bhs, data.len() as u32, pool) {
-            DataDest::Slot { buf, offset } => pool
+            DataDest::Slot { buf, offset, .. } => pool
                 .slice(buf)
                 .get_mut(offset..offset + data.len())
                 .ok_or(())?

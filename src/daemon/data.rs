@@ -614,7 +614,7 @@ impl Worker {
         if s.recv_inflight || s.closing || s.conn.out_bytes() > OUT_QUEUE_BYTES {
             return;
         }
-        let sqe = if let (Want::Data { remaining, total }, DataDest::Slot { buf, offset }) =
+        let sqe = if let (Want::Data { remaining, total }, DataDest::Slot { buf, offset, .. }) =
             (s.reader.want(), s.conn.dest)
             && s.rx_pos == s.rx_len
             && remaining >= DIRECT_RECV_MIN
@@ -723,11 +723,19 @@ impl Worker {
             if let Some(range) = fed.data.clone() {
                 let (a, b) = (s.rx_pos + range.start, s.rx_pos + range.end);
                 match s.conn.dest {
-                    DataDest::Slot { buf, offset } => {
+                    DataDest::Slot {
+                        buf,
+                        offset,
+                        device,
+                    } => {
                         let at = offset + s.data_off;
                         let dst = self.pool.slice(buf);
                         if let Some(d) = dst.get_mut(at..at + (b - a)) {
-                            d.copy_from_slice(&s.rx[a..b]);
+                            if device {
+                                uring::copy_for_device(d, &s.rx[a..b]);
+                            } else {
+                                d.copy_from_slice(&s.rx[a..b]);
+                            }
                         }
                     }
                     DataDest::Inline => {

@@ -119,6 +119,14 @@ pub struct LunRt {
     pub write_cache: Option<bool>,
 }
 
+impl LunRt {
+    /// Its extents are opened O_DIRECT: reads and writes go between the device and the task's
+    /// buffer without passing through the CPU.
+    pub fn direct_io(&self) -> bool {
+        matches!(self.backing, Backing::Vmdk { direct: true, .. })
+    }
+}
+
 /// A target as served.
 #[derive(Debug)]
 pub struct TargetRt {
@@ -546,9 +554,7 @@ fn lun_info(l: &LunRt) -> Result<LunInfo, RuntimeError> {
     // write is made durable, RWF_DSYNC, before it is acknowledged) and buffered ones write-back
     // (WCE=1: SYNCHRONIZE CACHE and FUA flush). `option writecache on|off` (ctl.conf's LUN option)
     // chooses explicitly; "off" on a buffered extent makes every write durable too.
-    info.write_cache_enabled = l
-        .write_cache
-        .unwrap_or(!matches!(l.backing, Backing::Vmdk { direct: true, .. }));
+    info.write_cache_enabled = l.write_cache.unwrap_or(!l.direct_io());
     info.max_transfer_blocks = (MAX_IO_BYTES as u32 / l.block_size).max(1);
     info.optimal_transfer_blocks = info.max_transfer_blocks;
     Ok(info)

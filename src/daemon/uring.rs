@@ -285,6 +285,54 @@ impl BufferPool {
     }
 }
 
+/// Copies data bound for a device (an O_DIRECT write from a registered buffer that nothing on
+/// the CPU reads again) with non-temporal stores: the destination's cache lines are neither
+/// fetched before being overwritten nor left to evict hotter ones. The buffer usually comes back
+/// cold from the pool (the device last wrote it, for a read), and an ordinary copy into it
+/// (`rep movsb`) fetched each line first: on the file-LUN 16 KiB mix this copy was 20-31% of
+/// vitd's user time, and 6% with these stores (`perf`, three alternating pairs). Written by
+/// hand: the standard library and the usual crates offer no non-temporal copy.
+pub fn copy_for_device(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len(), "copy_for_device: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        const LINE: usize = 64;
+        let n = dst.len();
+        let head = dst.as_ptr().align_offset(16).min(n);
+        let body = (n - head) / LINE * LINE;
+        if body >= 4 * LINE {
+            dst[..head].copy_from_slice(&src[..head]);
+            // SAFETY: `head + body <= n` for both slices (equal lengths); the destination from
+            // `head` is 16-byte aligned, as MOVNTDQ requires; the loads are unaligned (MOVDQU).
+            // SSE2 is part of every x86_64 CPU. The fence orders the streamed stores before
+            // whatever follows (the submission that hands the buffer to the device).
+            unsafe {
+                let mut d = dst.as_mut_ptr().add(head).cast::<__m128i>();
+                let mut s = src.as_ptr().add(head).cast::<__m128i>();
+                for _ in 0..body / LINE {
+                    let v = [
+                        _mm_loadu_si128(s),
+                        _mm_loadu_si128(s.add(1)),
+                        _mm_loadu_si128(s.add(2)),
+                        _mm_loadu_si128(s.add(3)),
+                    ];
+                    for (k, v) in v.into_iter().enumerate() {
+                        _mm_stream_si128(d.add(k), v);
+                    }
+                    d = d.add(4);
+                    s = s.add(4);
+                }
+                _mm_sfence();
+            }
+            let done = head + body;
+            dst[done..].copy_from_slice(&src[done..]);
+            return;
+        }
+    }
+    dst.copy_from_slice(src);
+}
+
 impl Drop for BufferPool {
     fn drop(&mut self) {
         // SAFETY: base/len are exactly the mapping made in `new`, unmapped once.
@@ -329,6 +377,37 @@ mod tests {
     use super::*;
     use io_uring::{opcode, types};
     use std::io::Write;
+
+    #[test]
+    fn a_copy_for_a_device_is_exact_at_every_alignment_and_length() {
+        // Head, streamed body and tail: each destination offset 0..64 against source offsets
+        // that differ, lengths around the streaming threshold and a 16 KiB write's.
+        let src: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut dst = vec![0u8; 20_100];
+        for len in [
+            0, 1, 15, 63, 255, 256, 257, 320, 1000, 4096, 16_384, 16_433, 19_000,
+        ] {
+            for d_off in [0, 1, 3, 8, 15, 16, 17, 48, 63] {
+                for s_off in [0, 5, 48] {
+                    dst.fill(0xEE);
+                    copy_for_device(&mut dst[d_off..d_off + len], &src[s_off..s_off + len]);
+                    assert_eq!(
+                        &dst[d_off..d_off + len],
+                        &src[s_off..s_off + len],
+                        "len {len} at {d_off} from {s_off}"
+                    );
+                    assert!(
+                        dst[..d_off].iter().all(|&b| b == 0xEE),
+                        "wrote before the range"
+                    );
+                    assert!(
+                        dst[d_off + len..].iter().all(|&b| b == 0xEE),
+                        "wrote past the range"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn pool_slots_are_aligned_and_reused() {
