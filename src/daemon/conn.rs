@@ -211,6 +211,9 @@ pub struct Conn {
     /// Commands allowed in flight: MaxCmdSN = ExpCmdSN + depth - 1.
     depth: u32,
     tasks: Vec<Option<Task>>,
+    /// Each task slot's ITT ([`RESERVED_TAG`] when free; check the slot, an initiator may use
+    /// that value too): the searches by ITT read 4 bytes per slot instead of a whole task.
+    itts: Vec<u32>,
     next_ttt: u32,
     pub out: VecDeque<OutPdu>,
     /// Memory the PDUs in `out` hold (see [`Conn::out_bytes`]).
@@ -261,6 +264,7 @@ impl Conn {
             seq,
             depth: u32::from(depth),
             tasks: (0..depth).map(|_| None).collect(),
+            itts: vec![RESERVED_TAG; usize::from(depth)],
             next_ttt: 1,
             out: VecDeque::with_capacity(usize::from(depth) * 2),
             out_bytes: 0,
@@ -360,9 +364,10 @@ impl Conn {
     }
 
     fn find_itt(&self, itt: u32) -> Option<usize> {
-        self.tasks
+        self.itts
             .iter()
-            .position(|t| t.as_ref().is_some_and(|t| t.itt == itt))
+            .zip(&self.tasks)
+            .position(|(&x, t)| x == itt && t.is_some())
     }
 
     fn find_data_out_task(&self, d: &pdu::DataOut) -> Option<usize> {
@@ -430,7 +435,11 @@ impl Conn {
     }
 
     fn new_task(&mut self, cmd: &ScsiCommand, pool: &mut BufferPool) -> Option<usize> {
-        let i = self.tasks.iter().position(Option::is_none)?;
+        let i = self
+            .itts
+            .iter()
+            .zip(&self.tasks)
+            .position(|(&x, t)| x == RESERVED_TAG && t.is_none())?;
         let buf = if cmd.expected_data_length > 0 || cmd.read {
             Some(pool.alloc((cmd.expected_data_length as usize).min(pool.max_len()))?)
         } else {
@@ -439,6 +448,7 @@ impl Conn {
         let ttt = self.fresh_ttt();
         let device = self.data_for_device(cmd);
         self.busy += 1;
+        self.itts[i] = cmd.itt;
         self.tasks[i] = Some(Task {
             itt: cmd.itt,
             lun: cmd.lun,
@@ -1008,6 +1018,7 @@ impl Conn {
         let Some(t) = self.tasks.get_mut(i).and_then(Option::take) else {
             return;
         };
+        self.itts[i] = RESERVED_TAG;
         self.busy -= 1;
         if let Some(b) = t.buf {
             pool.release(b);

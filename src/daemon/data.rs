@@ -45,7 +45,6 @@ use crate::scsi::{self, IoKind, IoResult};
 use crate::vmdk::{Op, SegmentKind};
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::{IoUring, opcode, squeue, types};
-use std::collections::HashMap;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -277,7 +276,9 @@ struct Worker {
     load: Arc<AtomicUsize>,
     pool: BufferPool,
     slots: Vec<Option<Box<Slot>>>,
-    files: HashMap<(usize, usize), FileRef>,
+    /// By (LUN, extent): looked up for every I/O, so hashed with FxHash, not SipHash (the keys
+    /// are our own pointers, nothing a peer chooses).
+    files: rustc_hash::FxHashMap<(usize, usize), FileRef>,
     next_file: u32,
     /// Size of the fixed-file table.
     fixed_files: u32,
@@ -287,6 +288,8 @@ struct Worker {
     dirty: Vec<usize>,
     shutting_down: bool,
     shutdown_deadline: Option<Instant>,
+    /// When the last ring wait returned: one clock read per wakeup serves all its completions.
+    now: Instant,
     /// Completions of one wait, reused (no allocation per wakeup).
     cqes: Vec<(u64, i32)>,
     /// The SQEs of one request's segments, reused (no allocation per I/O).
@@ -337,7 +340,7 @@ impl Worker {
             load,
             pool,
             slots: Vec::new(),
-            files: HashMap::new(),
+            files: rustc_hash::FxHashMap::default(),
             next_file: 0,
             fixed_files,
             ended,
@@ -350,6 +353,7 @@ impl Worker {
             deferred: Vec::new(),
             poll,
             no_poll_until: Instant::now(),
+            now: Instant::now(),
             log_budget: super::logbudget::LogBudget::new(super::logbudget::LINES_PER_SECOND),
             shard,
             draining: Vec::new(),
@@ -411,6 +415,7 @@ impl Worker {
                     break;
                 }
             }
+            self.now = Instant::now();
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             for &(ud, res) in &cqes {
@@ -418,8 +423,8 @@ impl Worker {
             }
             cqes.clear();
             self.cqes = cqes;
-            if last_tick.elapsed() >= Duration::from_secs(1) {
-                last_tick = Instant::now();
+            if self.now.duration_since(last_tick) >= Duration::from_secs(1) {
+                last_tick = self.now;
                 self.tick();
             }
         }
@@ -671,6 +676,7 @@ impl Worker {
     }
 
     fn on_recv(&mut self, idx: usize, res: i32) {
+        let now = self.now;
         let Some(s) = self.slot(idx) else { return };
         s.recv_inflight = false;
         if res <= 0 {
@@ -681,7 +687,7 @@ impl Worker {
             };
             return self.close(idx, &why);
         }
-        s.last_rx = Instant::now();
+        s.last_rx = now;
         s.ping_at = None;
         let n = res as usize;
         if let Some((buf, at, len)) = s.recv_direct.take() {
