@@ -163,7 +163,6 @@ enum TaskState {
 
 #[derive(Debug)]
 struct Task {
-    itt: u32,
     lun: u64,
     cdb: [u8; 16],
     edtl: u32,
@@ -211,8 +210,9 @@ pub struct Conn {
     /// Commands allowed in flight: MaxCmdSN = ExpCmdSN + depth - 1.
     depth: u32,
     tasks: Vec<Option<Task>>,
-    /// Each task slot's ITT ([`RESERVED_TAG`] when free; check the slot, an initiator may use
-    /// that value too): the searches by ITT read 4 bytes per slot instead of a whole task.
+    /// Each task slot's ITT, kept apart from its task ([`RESERVED_TAG`] when free; check the
+    /// slot, an initiator may use that value too): the searches by ITT read 4 bytes per slot
+    /// instead of a whole task.
     itts: Vec<u32>,
     next_ttt: u32,
     pub out: VecDeque<OutPdu>,
@@ -374,9 +374,10 @@ impl Conn {
         if d.ttt == RESERVED_TAG {
             self.find_itt(d.itt)
         } else {
-            self.tasks
+            self.itts
                 .iter()
-                .position(|t| t.as_ref().is_some_and(|t| t.ttt == d.ttt && t.itt == d.itt))
+                .zip(&self.tasks)
+                .position(|(&x, t)| x == d.itt && t.as_ref().is_some_and(|t| t.ttt == d.ttt))
         }
     }
 
@@ -450,7 +451,6 @@ impl Conn {
         self.busy += 1;
         self.itts[i] = cmd.itt;
         self.tasks[i] = Some(Task {
-            itt: cmd.itt,
             lun: cmd.lun,
             cdb: cmd.cdb,
             edtl: cmd.expected_data_length,
@@ -571,7 +571,7 @@ impl Conn {
             };
             match exec(target, &mut self.nexus, &req, &mut []) {
                 Outcome::Done(mut c) => {
-                    let (itt, edtl) = (t.itt, t.edtl);
+                    let (itt, edtl) = (self.itts[i], t.edtl);
                     // A zero-length COMPARE AND WRITE or WRITE ATOMIC that still carries data-out:
                     // the data cannot be taken whole, as those commands require.
                     if c.status == Status::Good && edtl > 0 && matches!(t.cdb[0], 0x89 | 0x9C) {
@@ -595,7 +595,7 @@ impl Conn {
         }
         if t.buf.is_some_and(|b| t.want as usize > pool.len_of(b)) || t.want > 0 && t.buf.is_none()
         {
-            let (itt, edtl) = (t.itt, t.edtl);
+            let (itt, edtl) = (self.itts[i], t.edtl);
             self.free_task(i, pool);
             let c = Completion::check(SenseReason::InvalidFieldInCdb(FieldPointer::byte(0)));
             self.queue_completion(itt, edtl, &c, None, 0, edtl as usize);
@@ -629,7 +629,7 @@ impl Conn {
             let len = (t.want - t.next_r2t).min(max_burst);
             let r2t = R2t {
                 lun: t.lun,
-                itt: t.itt,
+                itt: self.itts[i],
                 ttt: t.ttt,
                 r2t_sn: t.r2t_sn,
                 buffer_offset: t.next_r2t,
@@ -668,7 +668,7 @@ impl Conn {
         }
         if d.data_sn != t.data_out_sn {
             tracing::debug!(
-                itt = t.itt,
+                itt = self.itts[i],
                 got = d.data_sn,
                 want = t.data_out_sn,
                 "Data-Out DataSN out of order"
@@ -699,7 +699,7 @@ impl Conn {
         match t.io {
             Some(mut io) => {
                 let plain = matches!(io.kind, IoKind::Write | IoKind::WriteVerify { .. });
-                let (itt, edtl, want, buf) = (t.itt, t.edtl, t.want as usize, t.buf);
+                let (itt, edtl, want, buf) = (self.itts[i], t.edtl, t.want as usize, t.buf);
                 // COMPARE AND WRITE and WRITE ATOMIC take their data-out whole or not at all.
                 if let Some(reason) = io.data_out_mismatch(edtl as usize) {
                     self.free_task(i, pool);
@@ -855,7 +855,7 @@ impl Conn {
             return;
         };
         t.state = TaskState::Sending;
-        let (itt, edtl, buf) = (t.itt, t.edtl, t.buf);
+        let (itt, edtl, buf) = (self.itts[i], t.edtl, t.buf);
         let writes = t.transfer > 0 || is_media_write(&t.cdb);
         let (data_in, transfer) = if writes {
             (0, t.transfer as usize)

@@ -380,8 +380,9 @@ mod tests {
 
     #[test]
     fn a_copy_for_a_device_is_exact_at_every_alignment_and_length() {
-        // Head, streamed body and tail: each destination offset 0..64 against source offsets
-        // that differ, lengths around the streaming threshold and a 16 KiB write's.
+        // Head, streamed body and tail: destination offsets across a 64-byte line against
+        // source offsets that differ, lengths around the streaming threshold and a 16 KiB
+        // write's.
         let src: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
         let mut dst = vec![0u8; 20_100];
         for len in [
