@@ -331,11 +331,12 @@ run_fio() {
     url=${url//:/\\:} # fio splits file names at unescaped colons
     local base="$work/$matrix-$name-$target-$rep"
     # --thread: one fio process, so that the timeout below ends all of it (a forked job
-    # left behind spins in libiscsi's reconnect loop once the target is gone).
+    # left behind spins in libiscsi's reconnect loop once the target is gone). json+ adds
+    # the buckets of fio's latency histogram, which the report adds up over the rounds.
     local args=(--thread --name="$name" --ioengine=libiscsi --filename="$url" --size="$SIZE"
         --rw="$rw" --bs="$bs" --iodepth="$qd" --numjobs="$numjobs" --group_reporting
         --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --randrepeat=0 --norandommap
-        --output-format=json --output="$base.json")
+        --output-format=json+ --output="$base.json")
     [[ $mix != - ]] && args+=(--rwmixread="$mix")
     log "$matrix $name $target (round $rep)"
     local rss0 t0 t1 rss1 rc=0
@@ -438,7 +439,7 @@ run_device() {
             --ioengine=io_uring --direct=1 --filename="$tgt_file" --size="$SIZE" --rw="$rw" \
             --bs="$bs" --iodepth="$qd" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
             --randrepeat=0 --norandommap $([[ $mix != - ]] && echo "--rwmixread=$mix") \
-            --output-format=json --output="$base.json" \
+            --output-format=json+ --output="$base.json" \
             >"$base.out" 2>"$base.err" </dev/null ||
             record_error "device $name: fio exit status $?: $(tail -n 3 "$base.err" | tr '\n' ' ')"
         python3 - "$base.json" "$records" "$name" "$rw" "$bs" "$qd" <<'EOF'
