@@ -466,8 +466,10 @@ def vit_rss(records):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--records", required=True)
-    ap.add_argument("--errors", required=True)
+    ap.add_argument("--records", required=True, action="append",
+                    help="records.jsonl of a run; given more than once, the runs are pooled "
+                    "(their rounds numbered on after one another)")
+    ap.add_argument("--errors", required=True, action="append")
     ap.add_argument("--out", required=True)
     ap.add_argument("--runtime", type=float, required=True)
     ap.add_argument("--ramp", type=float, required=True)
@@ -481,13 +483,21 @@ def main():
                     "kept records); default: now")
     a = ap.parse_args()
 
-    records = []
-    with open(a.records) as f:
-        for line in f:
-            if line.strip():
-                records.append(json.loads(line))
-    with open(a.errors) as f:
-        errors = [line.rstrip("\n") for line in f if line.strip()]
+    records, errors = [], []
+    for path in a.records:
+        run = []
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    run.append(json.loads(line))
+        # Rounds of a later run are numbered after those of the runs before it.
+        offset = max((r["round"] for r in records), default=0)
+        for rec in run:
+            rec["round"] += offset
+        records += run
+    for path in a.errors:
+        with open(path) as f:
+            errors += [line.rstrip("\n") for line in f if line.strip()]
     groups = aggregate(records)
     # Runs that gave no figures without the harness noticing (e.g. unreadable fio output).
     for g in groups.values():
@@ -531,7 +541,9 @@ def main():
           f"vit: {a.vit_version}; tgt: {a.tgt_version}; {a.fio_version} (libiscsi engine).  ",
           f"fio on CPU {a.client_cpu}, targets on CPU {a.target_cpu} (vitd --cores 1); "
           f"{a.ramp:g} s ramp + {a.runtime:g} s measured per run, runs alternate vit, tgt "
-          f"for {rounds} round(s); figures are the mean of the rounds. LUNs of {a.size}.  ",
+          f"for {rounds} round(s)"
+          + (f" (the rounds of {len(a.records)} runs pooled)" if len(a.records) > 1 else "")
+          + f"; figures are the mean of the rounds. LUNs of {a.size}.  ",
           "Latency is fio's completion latency (read side for the mixed job). Target CPU is "
           "user+system time of the whole target process (all threads) from /proc/PID/stat, "
           "as a rate over a window from just after the ramp to fio's end, divided by fio's "
