@@ -143,8 +143,35 @@ cpu_sample() {
     sleeps=$(cat /proc/"$1"/task/*/status 2>/dev/null |
         awk '/^voluntary_ctxt_switches:/ {s += $2} END {print s + 0}')
     stat=${stat##*) }
-    awk -v now="$now" -v busy="$busy" -v sleeps="$sleeps" \
-        '{print $12 + $13, now, busy, $12, sleeps}' <<<"$stat"
+    awk -v now="$now" -v busy="$busy" -v sleeps="$sleeps" -v kw="$(kworker_ticks "$TARGET_CPU")" \
+        '{print $12 + $13, now, busy, $12, sleeps, kw}' <<<"$stat"
+}
+
+# kworker_ticks CPUS: user+system clock ticks of the kernel's per-CPU workers on those CPUs
+# ("1", "0,1", "0-3"): work the kernel does there for a target outside its process, which
+# /proc/PID/stat does not count. The one that matters here: an O_DIRECT write issued through
+# io_uring completes in the kernel's dio workqueue (io_uring does not take a file system's
+# completion into the caller's context), while a blocking pwrite, tgt's, completes in the
+# thread that waits for it.
+kworker_ticks() {
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v cpus="$1" '
+        BEGIN {
+            n = split(cpus, parts, ",")
+            for (i = 1; i <= n; i++) {
+                m = split(parts[i], r, "-")
+                for (c = r[1]; c <= (m > 1 ? r[2] : r[1]); c++) want["kworker/" c ":"] = 1
+            }
+        }
+        {
+            lp = index($0, "("); rp = length($0)
+            while (rp > lp && substr($0, rp, 1) != ")") rp--
+            comm = substr($0, lp + 1, rp - lp - 1)
+            prefix = comm; sub(/:.*/, ":", prefix)
+            if (!(prefix in want)) next
+            split(substr($0, rp + 2), f, " ")
+            ticks += f[12] + f[13]
+        }
+        END { print ticks + 0 }'
 }
 
 rss_kib() {
@@ -379,8 +406,9 @@ except Exception:
 num = lambda v: int(v) if v.strip().isdigit() else None
 def sample(v):
     parts = [num(p) for p in v.split()]
-    return parts if len(parts) == 5 and None not in parts else [None] * 5
-(ticks0, ns0, busy0, user0, sleeps0), (ticks1, ns1, busy1, user1, sleeps1) = sample(t0), sample(t1)
+    return parts if len(parts) == 6 and None not in parts else [None] * 6
+((ticks0, ns0, busy0, user0, sleeps0, kw0),
+ (ticks1, ns1, busy1, user1, sleeps1, kw1)) = sample(t0), sample(t1)
 rec = {"matrix": matrix, "job": job, "target": target, "round": int(rnd), "rw": rw,
        "bs": bs, "iodepth": int(qd), "numjobs": int(numjobs),
        "cpu_ticks_start": ticks0, "cpu_ticks_end": ticks1,
@@ -388,6 +416,7 @@ rec = {"matrix": matrix, "job": job, "target": target, "round": int(rnd), "rw": 
        "cpu_sample_ns_start": ns0, "cpu_sample_ns_end": ns1,
        "machine_busy_ticks_start": busy0, "machine_busy_ticks_end": busy1,
        "sleeps_start": sleeps0, "sleeps_end": sleeps1,
+       "kworker_ticks_start": kw0, "kworker_ticks_end": kw1,
        "rss_kib_start": num(rss0), "rss_kib_end": num(rss1),
        "error": err or None, "fio": fio}
 with open(out, "a") as f:
