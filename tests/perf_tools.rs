@@ -296,3 +296,114 @@ fn clk_tck() -> i64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) }
 }
+
+/// Runs perf/bench-report.py over one records file per run (pooled when more than one) and
+/// returns latest.json and latest.md.
+fn report_of_runs(runs: &[Vec<Value>]) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = dir.path().join("errors.txt");
+    std::fs::write(&errors, "").unwrap();
+    let out = dir.path().join("out");
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo().join("perf/bench-report.py"));
+    for (i, recs) in runs.iter().enumerate() {
+        let path = dir.path().join(format!("records-{i}.jsonl"));
+        let lines: Vec<String> = recs.iter().map(Value::to_string).collect();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        cmd.args(["--records", path.to_str().unwrap()])
+            .args(["--errors", errors.to_str().unwrap()]);
+    }
+    let st = cmd
+        .args(["--out", out.to_str().unwrap()])
+        .args(["--runtime", "1", "--ramp", "0", "--size", "1G"])
+        .args(["--client-cpu", "0", "--target-cpu", "1"])
+        .output()
+        .expect("run bench-report.py");
+    assert!(
+        st.status.success(),
+        "bench-report.py failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let summary = serde_json::from_str(&std::fs::read_to_string(out.join("latest.json")).unwrap());
+    let md = std::fs::read_to_string(out.join("latest.md")).unwrap();
+    (summary.unwrap(), md)
+}
+
+#[test]
+fn bench_report_pools_runs_and_latency_histograms_and_counts_kernel_workers() {
+    let qd1 = "4k-randread-qd1";
+    // A run of one round per target, with fio's json+ latency buckets ({ns: count}) and the
+    // kernel workers' ticks on the target CPU.
+    let run = |vit_bins: Value, tgt_bins: Value| {
+        let mut recs = Vec::new();
+        for (target, bins, workers) in [("vit", vit_bins, 50), ("tgt", tgt_bins, 0)] {
+            let mut r = record("disk", qd1, target, 1, 1000.0, 100.0);
+            r["fio"]["jobs"][0]["read"]["clat_ns"]["bins"] = bins;
+            r["kworker_ticks_start"] = json!(7);
+            r["kworker_ticks_end"] = json!(7 + workers);
+            recs.push(r);
+        }
+        recs
+    };
+    // vit: 1999 I/Os at 100 µs and one at 4 ms over both runs; tgt: 1980 at 200 µs, 20 at 1 ms.
+    // Each round's own percentiles (the "percentile" table of fio_json) say p99.9 300 µs for
+    // vit and 300 µs for tgt, so the mean of the rounds gives 1x where all I/Os give 0.1x.
+    let a = run(
+        json!({"100000": 999, "4000000": 1}),
+        json!({"200000": 990, "1000000": 10}),
+    );
+    let b = run(
+        json!({"100000": 1000}),
+        json!({"200000": 990, "1000000": 10}),
+    );
+    let (summary, md) = report_of_runs(&[a, b]);
+    let group = |target: &str| {
+        summary["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["matrix"] == "disk" && g["target"] == target)
+            .unwrap()
+            .clone()
+    };
+    let (vit, tgt) = (group("vit"), group("tgt"));
+    assert_eq!(vit["pooled"]["ios"], 2000, "{vit}");
+    assert_eq!(vit["pooled"]["p50_us"], 100.0, "{vit}");
+    assert_eq!(
+        vit["pooled"]["p999_us"], 100.0,
+        "one slow I/O in 2000 is under 0.1%"
+    );
+    assert_eq!(tgt["pooled"]["p999_us"], 1000.0, "{tgt}");
+    // The rounds of the second run are numbered after the first's: two pairs.
+    assert_eq!(vit["runs"].as_array().unwrap().len(), 2);
+    let goals = summary["goals"]["disk"].as_array().unwrap();
+    let goal = |name: &str| {
+        goals
+            .iter()
+            .find(|g| g["goal"].as_str().unwrap().starts_with(name))
+            .unwrap_or_else(|| panic!("no goal {name}: {goals:?}"))
+            .clone()
+    };
+    let tail = goal("4k-randread-qd1: p999_us");
+    let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-9;
+    assert!(close(&tail["ratio"], 0.1), "{tail}");
+    assert!(close(&tail["ratio_of_means"], 1.0), "{tail}");
+    assert_eq!(tail["statistic"], "all rounds' I/Os pooled");
+    assert!(tail["met"].as_bool().unwrap());
+    assert_eq!(tail["rounds"], 2, "{tail}");
+    // CPU: both targets 50 ticks a second for 1000 IOPS; vit's kernel workers as much again.
+    let tick_us = 1e6 / clk_tck() as f64;
+    assert!(close(
+        &vit["mean"]["kworker_us_per_io"],
+        50.0 * tick_us / 1000.0
+    ));
+    assert!(close(&tgt["mean"]["kworker_us_per_io"], 0.0));
+    let cpu = goal("4k-randread-qd1: target CPU/IO");
+    assert!(close(&cpu["ratio"], 1.0), "{cpu}");
+    assert!(close(&cpu["ratio_with_kworkers"], 2.0), "{cpu}");
+    assert!(md.contains("(the rounds of 2 runs pooled)"), "{md}");
+    assert!(
+        md.contains("| 4k-randread-qd1 | 2,000 / 2,000 | 100.0 | 200.0 | 0.50× |"),
+        "no pooled latency row:\n{md}"
+    );
+}
