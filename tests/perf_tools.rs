@@ -152,7 +152,6 @@ fn bench_report_computes_ratios_goals_and_the_floor_table() {
     if Command::new("python3").arg("--version").output().is_err() {
         panic!("python3 is needed for perf/bench-report.py (scripts/test installs it)");
     }
-    let dir = tempfile::tempdir().unwrap();
     let qd1 = "4k-randread-qd1";
     let qd32 = "4k-randread-qd32";
     let mut recs = vec![
@@ -182,28 +181,7 @@ fn bench_report_computes_ratios_goals_and_the_floor_table() {
                       "server_cpu_us_per_rt": cpu}}),
         );
     }
-    let records = dir.path().join("records.jsonl");
-    let lines: Vec<String> = recs.iter().map(Value::to_string).collect();
-    std::fs::write(&records, lines.join("\n") + "\n").unwrap();
-    let errors = dir.path().join("errors.txt");
-    std::fs::write(&errors, "").unwrap();
-    let out = dir.path().join("out");
-    let st = Command::new("python3")
-        .arg(repo().join("perf/bench-report.py"))
-        .args(["--records", records.to_str().unwrap()])
-        .args(["--errors", errors.to_str().unwrap()])
-        .args(["--out", out.to_str().unwrap()])
-        .args(["--runtime", "1", "--ramp", "0", "--size", "1G"])
-        .args(["--client-cpu", "0", "--target-cpu", "1"])
-        .output()
-        .expect("run bench-report.py");
-    assert!(
-        st.status.success(),
-        "bench-report.py failed: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("latest.json")).unwrap()).unwrap();
+    let (summary, md) = report_of_runs(&[recs]);
     let r = &summary["ratios"]["disk"];
     let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-9;
     // IOPS: mean of 9000 and 11000 over 6000.
@@ -264,7 +242,6 @@ fn bench_report_computes_ratios_goals_and_the_floor_table() {
         limits("mem"),
         (r#"["fio 99%"]"#.to_string(), r#"["tgt 99%"]"#.to_string())
     );
-    let md = std::fs::read_to_string(out.join("latest.md")).unwrap();
     assert!(md.contains("## QD 1: the floor"), "no floor section:\n{md}");
     // The floor's CPU beside vit's and tgt's (5e6 / IOPS µs each) and a quarter of tgt's.
     let row = md
