@@ -165,9 +165,9 @@ def aggregate(records):
     groups, good = {}, {}
     for rec in records:
         figs, err = figures(rec)
-        if figs:
-            good.setdefault((rec["matrix"], rec["job"], rec["target"]), []).append(rec)
         key = (rec["matrix"], rec["job"], rec["target"])
+        if figs:
+            good.setdefault(key, []).append(rec)
         g = groups.setdefault(
             key,
             {"matrix": rec["matrix"], "job": rec["job"], "target": rec["target"],
@@ -329,7 +329,7 @@ def goals(groups, matrix, job_order):
     return rows
 
 
-def pooled_note(goal):
+def goal_note(goal):
     """A goal row's mark when its ratio is of the pooled percentiles, or when the kernel's
     workers on the target CPU change a CPU ratio."""
     if goal.get("ratio_with_kworkers") is not None:
@@ -646,7 +646,7 @@ def main():
                "what the client could ask for.", "",
                "| goal | vit/tgt | met | rounds met | per round | at its limit: vit's runs / tgt's |",
                "|---|---:|---|---:|---:|---|"]
-        md += [f"| {g['goal']}{pooled_note(g)} | {fmt(g['ratio'], '{:.2f}×')} | {'yes' if g['met'] else 'no'} | "
+        md += [f"| {g['goal']}{goal_note(g)} | {fmt(g['ratio'], '{:.2f}×')} | {'yes' if g['met'] else 'no'} | "
                f"{g['rounds_met']} of {g['rounds']} | "
                f"{fmt(g['round_min'], '{:.2f}')}–{fmt(g['round_max'], '{:.2f}×')} | "
                f"{', '.join(g['at_limit_vit_runs']) or '–'} / "
