@@ -210,16 +210,62 @@ def fmt(value, spec):
     return "–" if value is None else spec.format(value)
 
 
+def read_text(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def machine():
-    model = "?"
+    """This machine, as the report's Machine line gives it. On a virtual machine the hypervisor
+    and how an idle CPU waits (whether it polls before it halts) are part of what a wakeup
+    costs, so they are named too."""
+    model, hypervisor = "?", None
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
             if line.startswith("Model name:"):
                 model = line.split(":", 1)[1].strip()
+            elif line.startswith("Hypervisor vendor:"):
+                hypervisor = line.split(":", 1)[1].strip()
     except OSError:
         pass
+    idle = read_text("/sys/devices/system/cpu/cpuidle/current_driver")
+    poll_ns = read_text("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    if idle and poll_ns is not None:
+        idle += f", guest_halt_poll_ns {poll_ns}"
     return {"cpu_model": model, "cpus": os.cpu_count(), "kernel": platform.release(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "hypervisor": hypervisor, "cpuidle": idle}
+
+
+def describe(host):
+    text = (f"{host.get('cpu_model', '?')}, {host.get('cpus', '?')} CPUs, "
+            f"{host.get('memory_gib', '?')} GiB, kernel {host.get('kernel', '?')}")
+    if host.get("hypervisor"):
+        text += f", {host['hypervisor']} guest"
+    if host.get("cpuidle"):
+        text += f" (cpuidle {host['cpuidle']})"
+    return text
+
+
+def machine_line(hosts):
+    """The Machine line: one machine, or each distinct one with the runs made on it (pooled runs
+    may come from different machines)."""
+    distinct = []
+    for i, h in enumerate(hosts, 1):
+        for d in distinct:
+            if d[0] == h:
+                d[1].append(i)
+                break
+        else:
+            distinct.append((h, [i]))
+    if len(distinct) == 1:
+        return f"Machine: {describe(distinct[0][0])}."
+    parts = [f"{describe(h)} (run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))})"
+             for h, runs in distinct]
+    return "Machines: " + "; ".join(parts) + "."
 
 
 def matrix_table(groups, matrix, jobs):
@@ -480,11 +526,20 @@ def vit_rss(records):
 
 
 def main():
+    if sys.argv[1:] == ["--print-machine"]:
+        # perf/bench.sh keeps this beside a run's records, so a report made later (or pooled
+        # with runs from elsewhere) names the machine each run was made on.
+        print(json.dumps(machine()))
+        return
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--records", required=True, action="append",
                     help="records.jsonl of a run; given more than once, the runs are pooled "
                     "(their rounds numbered on after one another)")
     ap.add_argument("--errors", required=True, action="append")
+    ap.add_argument("--machine", action="append", default=[],
+                    help="the machine a run was made on (`bench-report.py --print-machine`, kept "
+                    "by perf/bench.sh in its logs as machine.jsonl), once per --records in the "
+                    "same order; default: the machine making the report")
     ap.add_argument("--out", required=True)
     ap.add_argument("--runtime", type=float, required=True)
     ap.add_argument("--ramp", type=float, required=True)
@@ -519,7 +574,13 @@ def main():
         for r in g["runs"]:
             if r["figures"] is None and r["error"] and not any(r["error"] in e for e in errors):
                 errors.append(f"{g['matrix']} {g['job']} {g['target']} round {r['round']}: {r['error']}")
-    host = machine()
+    if a.machine and len(a.machine) != len(a.records):
+        ap.error(f"--machine given {len(a.machine)} time(s) for {len(a.records)} --records")
+    hosts = []
+    for path in a.machine:
+        with open(path) as f:
+            hosts.append(json.loads(f.read()))
+    hosts = hosts or [machine()]
     now = a.date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     job_order = []
     for rec in records:
@@ -530,7 +591,7 @@ def main():
                 if any(k[0] == m for k in groups)]
 
     summary = {
-        "date": now, "machine": host,
+        "date": now, "machine": hosts[0], "machines": hosts,
         "setup": {"runtime_s": a.runtime, "ramp_s": a.ramp, "lun_size": a.size,
                   "client_cpu": a.client_cpu, "target_cpu": a.target_cpu,
                   "vit": a.vit_version, "tgt": a.tgt_version, "fio": a.fio_version},
@@ -551,8 +612,7 @@ def main():
         f.write("\n")
 
     md = [f"# vit vs tgt — {now}", "",
-          f"Machine: {host['cpu_model']}, {host['cpus']} CPUs, {host['memory_gib']} GiB, "
-          f"kernel {host['kernel']}.  ",
+          machine_line(hosts) + "  ",
           f"vit: {a.vit_version}; tgt: {a.tgt_version}; {a.fio_version} (libiscsi engine).  ",
           f"fio on CPU {a.client_cpu}, targets on CPU {a.target_cpu} (vitd --cores 1); "
           f"{a.ramp:g} s ramp + {a.runtime:g} s measured per run, runs alternate vit, tgt "

@@ -529,6 +529,10 @@ main() {
     : >"$records"
     : >"$errors"
     ensure_tools || { log "cannot install tgt/python3; giving up"; exit 0; }
+    # The machine the runs are made on, kept with the records (logs/machine.jsonl) so that a
+    # report made again from them, or pooled with runs from another machine, names it.
+    python3 "$here/bench-report.py" --print-machine >"$work/machine.jsonl" 2>/dev/null ||
+        rm -f "$work/machine.jsonl"
     FIO=${FIO:-$("$here/build-fio.sh")} || { log "no fio with libiscsi; giving up"; exit 0; }
     ensure_binaries || { log "no vitd/vitctl binaries; giving up"; exit 0; }
     make_backing || { log "could not create the backing files; giving up"; exit 0; }
@@ -554,7 +558,9 @@ main() {
     stop_pid "$vit_pid"
     stop_pid "$tgt_pid"
     vit_pid="" tgt_pid=""
-    python3 "$here/bench-report.py" --records "$records" --errors "$errors" \
+    local machine_arg=()
+    [[ -s $work/machine.jsonl ]] && machine_arg=(--machine "$work/machine.jsonl")
+    python3 "$here/bench-report.py" --records "$records" --errors "$errors" "${machine_arg[@]}" \
         --out "$OUT" --runtime "$RUNTIME" --ramp "$RAMP" --size "$SIZE" \
         --client-cpu "$CLIENT_CPU" --target-cpu "$TARGET_CPU" \
         --tgt-version "$(tgtd --version 2>&1 | head -n 1)" \

@@ -277,6 +277,24 @@ fn clk_tck() -> i64 {
 /// Runs perf/bench-report.py over one records file per run (pooled when more than one) and
 /// returns latest.json and latest.md.
 fn report_of_runs(runs: &[Vec<Value>]) -> (Value, String) {
+    let (st, out) = run_report(runs, &[]);
+    assert!(
+        st.status.success(),
+        "bench-report.py failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let summary =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("out/latest.json")).unwrap());
+    let md = std::fs::read_to_string(out.path().join("out/latest.md")).unwrap();
+    (summary.unwrap(), md)
+}
+
+/// Runs perf/bench-report.py over one records file per run, with `--machine` files for the
+/// given machine descriptions; the report is in `out/` of the returned directory.
+fn run_report(
+    runs: &[Vec<Value>],
+    machines: &[Value],
+) -> (std::process::Output, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let errors = dir.path().join("errors.txt");
     std::fs::write(&errors, "").unwrap();
@@ -290,20 +308,73 @@ fn report_of_runs(runs: &[Vec<Value>]) -> (Value, String) {
         cmd.args(["--records", path.to_str().unwrap()])
             .args(["--errors", errors.to_str().unwrap()]);
     }
+    for (i, m) in machines.iter().enumerate() {
+        let path = dir.path().join(format!("machine-{i}.jsonl"));
+        std::fs::write(&path, m.to_string() + "\n").unwrap();
+        cmd.args(["--machine", path.to_str().unwrap()]);
+    }
     let st = cmd
         .args(["--out", out.to_str().unwrap()])
         .args(["--runtime", "1", "--ramp", "0", "--size", "1G"])
         .args(["--client-cpu", "0", "--target-cpu", "1"])
         .output()
         .expect("run bench-report.py");
+    (st, dir)
+}
+
+#[test]
+fn bench_report_names_the_machine_each_run_was_made_on() {
+    let job = "4k-randread-qd32";
+    let run = || {
+        vec![
+            record("disk", job, "vit", 1, 2000.0, 100.0),
+            record("disk", job, "tgt", 1, 1000.0, 200.0),
+        ]
+    };
+    let host = |model: &str| {
+        json!({"cpu_model": model, "cpus": 2, "kernel": "6.18.44", "memory_gib": 23.5,
+               "hypervisor": "KVM", "cpuidle": "haltpoll, guest_halt_poll_ns 0"})
+    };
+    let (amd, intel) = (host("AMD EPYC"), host("Intel Xeon"));
+    // Pooled runs from two machines: each named, with the runs made on it.
+    let (st, dir) = run_report(&[run(), run(), run()], &[amd.clone(), intel.clone(), amd]);
     assert!(
         st.status.success(),
-        "bench-report.py failed: {}",
+        "{}",
         String::from_utf8_lossy(&st.stderr)
     );
-    let summary = serde_json::from_str(&std::fs::read_to_string(out.join("latest.json")).unwrap());
-    let md = std::fs::read_to_string(out.join("latest.md")).unwrap();
-    (summary.unwrap(), md)
+    let md = std::fs::read_to_string(dir.path().join("out/latest.md")).unwrap();
+    let tail =
+        "2 CPUs, 23.5 GiB, kernel 6.18.44, KVM guest (cpuidle haltpoll, guest_halt_poll_ns 0)";
+    assert!(
+        md.contains(&format!(
+            "Machines: AMD EPYC, {tail} (runs 1, 3); Intel Xeon, {tail} (run 2)."
+        )),
+        "{md}"
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/latest.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["machines"].as_array().map(Vec::len), Some(3));
+    assert_eq!(summary["machines"][1]["cpu_model"], "Intel Xeon");
+    // One run, one machine: the usual line, from the file rather than the machine reporting.
+    let (st, dir) = run_report(&[run()], &[intel]);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let md = std::fs::read_to_string(dir.path().join("out/latest.md")).unwrap();
+    assert!(
+        md.contains(&format!("Machine: Intel Xeon, {tail}.")),
+        "{md}"
+    );
+    // A machine file for each run or none: a count that matches neither is refused.
+    let (st, _dir) = run_report(&[run(), run()], &[host("AMD EPYC")]);
+    assert!(!st.status.success(), "two runs, one machine file: accepted");
+    assert!(
+        String::from_utf8_lossy(&st.stderr).contains("--machine given 1 time(s) for 2 --records")
+    );
 }
 
 #[test]
