@@ -277,7 +277,12 @@ fn clk_tck() -> i64 {
 /// Runs perf/bench-report.py over one records file per run (pooled when more than one) and
 /// returns latest.json and latest.md.
 fn report_of_runs(runs: &[Vec<Value>]) -> (Value, String) {
-    let (st, out) = run_report(runs, &[]);
+    report_of_runs_on(runs, &[])
+}
+
+/// As [`report_of_runs`], with a `--machine` file for each of `machines`.
+fn report_of_runs_on(runs: &[Vec<Value>], machines: &[Value]) -> (Value, String) {
+    let (st, out) = run_report(runs, machines);
     assert!(
         st.status.success(),
         "bench-report.py failed: {}",
@@ -337,13 +342,8 @@ fn bench_report_names_the_machine_each_run_was_made_on() {
     };
     let (amd, intel) = (host("AMD EPYC"), host("Intel Xeon"));
     // Pooled runs from two machines: each named, with the runs made on it.
-    let (st, dir) = run_report(&[run(), run(), run()], &[amd.clone(), intel.clone(), amd]);
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let md = std::fs::read_to_string(dir.path().join("out/latest.md")).unwrap();
+    let (summary, md) =
+        report_of_runs_on(&[run(), run(), run()], &[amd.clone(), intel.clone(), amd]);
     let tail =
         "2 CPUs, 23.5 GiB, kernel 6.18.44, KVM guest (cpuidle haltpoll, guest_halt_poll_ns 0)";
     assert!(
@@ -352,19 +352,10 @@ fn bench_report_names_the_machine_each_run_was_made_on() {
         )),
         "{md}"
     );
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/latest.json")).unwrap())
-            .unwrap();
     assert_eq!(summary["machines"].as_array().map(Vec::len), Some(3));
     assert_eq!(summary["machines"][1]["cpu_model"], "Intel Xeon");
     // One run, one machine: the usual line, from the file rather than the machine reporting.
-    let (st, dir) = run_report(&[run()], &[intel]);
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let md = std::fs::read_to_string(dir.path().join("out/latest.md")).unwrap();
+    let (_, md) = report_of_runs_on(&[run()], &[intel]);
     assert!(
         md.contains(&format!("Machine: Intel Xeon, {tail}.")),
         "{md}"
