@@ -221,7 +221,8 @@ def read_text(path):
 def machine():
     """This machine, as the report's Machine line gives it. On a virtual machine the hypervisor
     and how an idle CPU waits (whether it polls before it halts) are part of what a wakeup
-    costs, so they are named too."""
+    costs, so they are named too; and the TCP congestion control every socket gets unless it
+    asks for another (targets and fio alike), since some pace their sends."""
     model, hypervisor = "?", None
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
@@ -237,7 +238,8 @@ def machine():
         idle += f", guest_halt_poll_ns {poll_ns}"
     return {"cpu_model": model, "cpus": os.cpu_count(), "kernel": platform.release(),
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "hypervisor": hypervisor, "cpuidle": idle}
+            "hypervisor": hypervisor, "cpuidle": idle,
+            "tcp_congestion": read_text("/proc/sys/net/ipv4/tcp_congestion_control")}
 
 
 def describe(host):
@@ -247,6 +249,8 @@ def describe(host):
         text += f", {host['hypervisor']} guest"
     if host.get("cpuidle"):
         text += f" (cpuidle {host['cpuidle']})"
+    if host.get("tcp_congestion"):
+        text += f", TCP congestion control {host['tcp_congestion']}"
     return text
 
 
