@@ -345,8 +345,7 @@ fn bench_report_names_the_machine_each_run_was_made_on() {
     // Pooled runs from two machines: each named, with the runs made on it.
     let (summary, md) =
         report_of_runs_on(&[run(), run(), run()], &[amd.clone(), intel.clone(), amd]);
-    let tail =
-        "2 CPUs, 23.5 GiB, kernel 6.18.44, KVM guest (cpuidle haltpoll, guest_halt_poll_ns 0), \
+    let tail = "2 CPUs, 23.5 GiB, kernel 6.18.44, KVM guest (cpuidle haltpoll, guest_halt_poll_ns 0), \
          TCP congestion control bbr";
     assert!(
         md.contains(&format!(

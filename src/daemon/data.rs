@@ -418,7 +418,7 @@ impl Worker {
             // After sleeping, the kernel posts only the one deferred completion this wait asked
             // for; the rest of a burst come with the next entry, so a burst's first answer goes
             // out alone. Taking the rest first (one send per burst) was measured and dropped:
-            // perf/HISTORY.md, round "19:50-20:30 UTC".
+            // perf/HISTORY.md, round "19:50-20:45 UTC".
             self.now = Instant::now();
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
