@@ -175,6 +175,7 @@ def aggregate(records):
              "numjobs": rec["numjobs"], "runs": [], "errors": []},
         )
         g["runs"].append({"round": rec["round"], "figures": figs, "error": err,
+                          "paired": bool(rec.get("paired")),
                           "rss_kib_start": rec.get("rss_kib_start"),
                           "rss_kib_end": rec.get("rss_kib_end")})
         if err:
@@ -309,15 +310,26 @@ def spread(groups, matrix):
     return statistics.median(r[0] for r in rows), rows[-1][0], rows[-1][1]
 
 
+def by_round(groups, key, figure, paired_only=False):
+    """One figure of one (matrix, job, target), round by round: {round: value}; with
+    `paired_only`, only the runs made within a round of another matrix (the device's within the
+    file-LUN matrix's rounds; a device measured once after a whole matrix has no round of its own)."""
+    g = groups.get(key)
+    runs = g["runs"] if g else []
+    return {r["round"]: r["figures"][figure] for r in runs
+            if r["figures"] and (r["paired"] or not paired_only)}
+
+
+def paired_ratios(groups, a, b, figure, paired_only=False):
+    """a/b of one figure for each round in which both ran."""
+    x, y = by_round(groups, a, figure), by_round(groups, b, figure, paired_only)
+    return [v for v in (ratio(x[n], y[n]) for n in sorted(x) if n in y) if v is not None]
+
+
 def round_ratios(groups, matrix, job, key):
     """vit/tgt of one figure round by round: each round ran vit then tgt back to back, so a pair
     shares the machine's drift better than the means of all rounds do."""
-    def by_round(target):
-        g = groups.get((matrix, job, target))
-        runs = g["runs"] if g else []
-        return {r["round"]: r["figures"][key] for r in runs if r["figures"]}
-    vit, tgt = by_round("vit"), by_round("tgt")
-    return [x for x in (ratio(vit[n], tgt[n]) for n in sorted(vit) if n in tgt) if x is not None]
+    return paired_ratios(groups, (matrix, job, "vit"), (matrix, job, "tgt"), key)
 
 
 def goals(groups, matrix, job_order):
@@ -423,6 +435,41 @@ def device_table(groups, job_order):
                      f"{fmt(m.get('p50_us'), '{:,.1f}')} | {fmt(m.get('p99_us'), '{:,.1f}')} | "
                      f"{fmt(m.get('p999_us'), '{:,.1f}')} | {fmt(share['vit'], '{:.2f}')} | "
                      f"{fmt(share['tgt'], '{:.2f}')} |")
+    return lines
+
+
+def device_rounds(groups, job_order):
+    """Each file-LUN job's rounds set against the device alone measured in the same round (the
+    "disk" matrix runs it right after vit and tgt): how far the device's speed moved between
+    rounds, and each target's IOPS over the device's of its own round (median and range)."""
+    out = {}
+    for job in job_order:
+        dev = by_round(groups, ("device", job, "local"), "iops", paired_only=True)
+        share = {t: paired_ratios(groups, ("disk", job, t), ("device", job, "local"), "iops",
+                                  paired_only=True)
+                 for t in ("vit", "tgt")}
+        if len(dev) < 2 or not share["vit"] or not share["tgt"]:
+            continue
+        out[job] = {"rounds": len(dev), "device_iops_min": min(dev.values()),
+                    "device_iops_max": max(dev.values())}
+        for t, v in share.items():
+            out[job] |= {f"{t}_share_median": statistics.median(v), f"{t}_share_min": min(v),
+                         f"{t}_share_max": max(v)}
+    return out
+
+
+def device_rounds_table(rows):
+    if not rows:
+        return []
+    lines = ["| job | rounds | device IOPS, slowest–fastest round | vit / device, median (range) | "
+             "tgt / device, median (range) | vit/tgt of the medians |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for job, r in rows.items():
+        cell = lambda t: (f"{r[t + '_share_median']:.2f} ({r[t + '_share_min']:.2f}–"
+                          f"{r[t + '_share_max']:.2f})")
+        lines.append(f"| {job} | {r['rounds']} | {r['device_iops_min']:,.0f}–{r['device_iops_max']:,.0f} | "
+                     f"{cell('vit')} | {cell('tgt')} | "
+                     f"{fmt(ratio(r['vit_share_median'], r['tgt_share_median']), '{:.2f}×')} |")
     return lines
 
 
@@ -607,6 +654,7 @@ def main():
                    for m in matrices},
         "goals": {m: goals(groups, m, job_order)
                   for m in matrices},
+        "device_rounds": device_rounds(groups, job_order),
         "vitd_rss_kib": vit_rss(records),
         "errors": errors,
     }
@@ -672,7 +720,14 @@ def main():
                "how close each target's file LUN comes to it (near 1: the device is the limit). At "
                "QD 1 a file LUN's latency is the device's plus the protocol's round trip (what the "
                "in-memory LUN shows); the second table puts them side by side.", ""]
-        md += dt + [""] + floor_table(groups) + [""]
+        md += dt + [""]
+        dr = device_rounds_table(device_rounds(groups, job_order))
+        if dr:
+            md += ["Round by round: the device alone ran right after vit and tgt in each round, so "
+                   "each target's IOPS can be set against the device's speed of that moment (the "
+                   "host's disk may change speed from one minute to the next; the table above "
+                   "compares means over all rounds).", ""] + dr + [""]
+        md += floor_table(groups) + [""]
         sc = storage_cost_table(groups, job_order)
         if sc:
             md += ["The storage stack's own CPU per I/O: fio's io_uring engine alone on the device "

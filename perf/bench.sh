@@ -31,7 +31,9 @@
 # backing store on a tmpfs file (/dev/shm, page cache); "poll" runs the QD 1 jobs
 # on both LUNs again with vitd --poll-us (latency traded for CPU) against the same tgt;
 # "device" measures the backing file system locally (fio's io_uring engine, O_DIRECT, on
-# the targets' CPU): the floor under any target's file-LUN figures; "floor" runs
+# the targets' CPU): the floor under any target's file-LUN figures; with "disk" it runs in
+# every round of that matrix, right after vit and tgt (the device's speed of that round), and
+# alone once per job otherwise; "floor" runs
 # examples/qd1_floor.rs, a minimal server doing only a QD 1 I/O's unavoidable kernel work
 # (TCP receive and send over loopback, and the O_DIRECT read or write for a file LUN): the floor
 # under any target's QD 1 CPU per I/O on this machine; "scale" runs vitd
@@ -439,6 +441,7 @@ run_matrix() {
         for rep in $(seq 1 "$REPS"); do
             run_fio "$matrix" vit "$job" "$rep" "$CLIENT_CPU" 1
             run_fio "$matrix" tgt "$job" "$rep" "$CLIENT_CPU" 1
+            [[ $matrix == disk ]] && run_device_job "$job" "$rep" 1
         done
     done
 }
@@ -456,35 +459,46 @@ run_scale() {
 }
 
 # The backing file system alone: fio's io_uring engine with O_DIRECT on tgt's backing file,
-# pinned to the targets' CPU, for every job (what no target over iSCSI can beat).
-run_device() {
-    local job name rw bs qd mix
-    log "device: fio io_uring O_DIRECT on $tgt_file, CPU $TARGET_CPU"
-    for job in "${JOBS[@]}"; do
-        read -r name rw bs qd mix <<<"$job"
-        [[ -z $JOB_FILTER || $name =~ $JOB_FILTER ]] || continue
-        local base="$work/device-$name"
-        timeout -k 5 $((RAMP + RUNTIME + 60)) taskset -c "$TARGET_CPU" "$FIO" --name="$name" \
-            --ioengine=io_uring --direct=1 --filename="$tgt_file" --size="$SIZE" --rw="$rw" \
-            --bs="$bs" --iodepth="$qd" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
-            --randrepeat=0 --norandommap $([[ $mix != - ]] && echo "--rwmixread=$mix") \
-            --output-format=json+ --output="$base.json" \
-            >"$base.out" 2>"$base.err" </dev/null ||
-            record_error "device $name: fio exit status $?: $(tail -n 3 "$base.err" | tr '\n' ' ')"
-        python3 - "$base.json" "$records" "$name" "$rw" "$bs" "$qd" <<'EOF'
+# pinned to the targets' CPU (what no target over iSCSI can beat).
+# run_device_job JOBSPEC ROUND PAIRED (PAIRED: 1 when run within a round of the disk matrix)
+run_device_job() {
+    local name rw bs qd mix rep=$2 paired=$3
+    read -r name rw bs qd mix <<<"$1"
+    local base="$work/device-$name-$rep"
+    log "device $name (round $rep)"
+    timeout -k 5 $((RAMP + RUNTIME + 60)) taskset -c "$TARGET_CPU" "$FIO" --name="$name" \
+        --ioengine=io_uring --direct=1 --filename="$tgt_file" --size="$SIZE" --rw="$rw" \
+        --bs="$bs" --iodepth="$qd" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
+        --randrepeat=0 --norandommap $([[ $mix != - ]] && echo "--rwmixread=$mix") \
+        --output-format=json+ --output="$base.json" \
+        >"$base.out" 2>"$base.err" </dev/null ||
+        record_error "device $name round $rep: fio exit status $?: $(tail -n 3 "$base.err" | tr '\n' ' ')"
+    python3 - "$base.json" "$records" "$name" "$rw" "$bs" "$qd" "$rep" "$paired" <<'EOF'
 import json, sys
-path, out, job, rw, bs, qd = sys.argv[1:]
+path, out, job, rw, bs, qd, rep, paired = sys.argv[1:]
 try:
     text = open(path).read()
     fio = json.loads(text[text.index("{"):])
 except Exception:
     fio = None
-rec = {"matrix": "device", "job": job, "target": "local", "round": 1, "rw": rw, "bs": bs,
-       "iodepth": int(qd), "numjobs": 1, "error": None if fio else "fio wrote no JSON",
-       "fio": fio}
+rec = {"matrix": "device", "job": job, "target": "local", "round": int(rep), "rw": rw, "bs": bs,
+       "iodepth": int(qd), "numjobs": 1, "paired": paired == "1",
+       "error": None if fio else "fio wrote no JSON", "fio": fio}
 with open(out, "a") as f:
     f.write(json.dumps(rec) + "\n")
 EOF
+}
+
+# The device alone once per job, for a run without the "disk" matrix (which measures the device in
+# every round, right after vit and tgt, so that each round's targets can be set against the
+# device's speed at that time: a shared host's disk can change speed from one minute to the next).
+run_device() {
+    local job
+    [[ " $MATRICES " == *" disk "* ]] && return 0
+    log "device: fio io_uring O_DIRECT on $tgt_file, CPU $TARGET_CPU"
+    for job in "${JOBS[@]}"; do
+        [[ -z $JOB_FILTER || ${job%% *} =~ $JOB_FILTER ]] || continue
+        run_device_job "$job" 1 0
     done
 }
 

@@ -447,3 +447,65 @@ fn bench_report_pools_runs_and_latency_histograms_and_counts_kernel_workers() {
         "no pooled latency row:\n{md}"
     );
 }
+
+#[test]
+fn bench_report_sets_each_round_against_the_device_of_that_round() {
+    let qd32 = "4k-randread-qd32";
+    let rec = |matrix: &str, target: &str, round: u32, iops: f64| {
+        let mut r = record(matrix, qd32, target, round, iops, 500.0);
+        r["iodepth"] = json!(32);
+        r
+    };
+    // The device as perf/bench.sh measures it within a round of the file-LUN matrix.
+    let dev = |round: u32, iops: f64| {
+        let mut r = rec("device", "local", round, iops);
+        r["paired"] = json!(true);
+        r
+    };
+    // The device was twice as fast in round 1 as in round 2; each target reached a larger share
+    // of it in round 2.
+    let recs = vec![
+        rec("disk", "vit", 1, 50000.0),
+        rec("disk", "tgt", 1, 20000.0),
+        dev(1, 80000.0),
+        rec("disk", "vit", 2, 30000.0),
+        rec("disk", "tgt", 2, 15000.0),
+        dev(2, 40000.0),
+    ];
+    let (summary, md) = report_of_runs(&[recs.clone()]);
+    let r = &summary["device_rounds"][qd32];
+    let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-9;
+    assert_eq!(r["rounds"], json!(2), "{r}");
+    assert!(close(&r["device_iops_min"], 40000.0), "{r}");
+    assert!(close(&r["device_iops_max"], 80000.0), "{r}");
+    // vit: 50000/80000 and 30000/40000; tgt: 20000/80000 and 15000/40000.
+    assert!(close(&r["vit_share_min"], 0.625), "{r}");
+    assert!(close(&r["vit_share_max"], 0.75), "{r}");
+    assert!(close(&r["vit_share_median"], 0.6875), "{r}");
+    assert!(close(&r["tgt_share_median"], 0.3125), "{r}");
+    let row = md
+        .lines()
+        .find(|l| l.starts_with(&format!("| {qd32} | 2 |")))
+        .unwrap_or_else(|| panic!("no round-by-round device row:\n{md}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells[3], "40,000–80,000", "{row}");
+    assert_eq!(cells[4], "0.69 (0.62–0.75)", "{row}");
+    assert_eq!(cells[5], "0.31 (0.25–0.38)", "{row}");
+    assert_eq!(cells[6], "2.20×", "{row}");
+    // A device measured once per job after a whole matrix (no "paired": older runs, or a run
+    // without the file-LUN matrix) belongs to no round, even when pooled runs number it 1, 2.
+    let unpaired: Vec<Value> = recs
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            r.as_object_mut().unwrap().remove("paired");
+            r
+        })
+        .collect();
+    let (summary, md) = report_of_runs(&[unpaired]);
+    assert_eq!(summary["device_rounds"], json!({}));
+    assert!(!md.contains("Round by round: the device"), "{md}");
+    // One round alone says nothing of how the device moved between rounds.
+    let (summary, _) = report_of_runs(&[recs[..3].to_vec()]);
+    assert_eq!(summary["device_rounds"], json!({}));
+}
