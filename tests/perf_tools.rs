@@ -472,7 +472,7 @@ fn bench_report_sets_each_round_against_the_device_of_that_round() {
         rec("disk", "tgt", 2, 15000.0),
         dev(2, 40000.0),
     ];
-    let (summary, md) = report_of_runs(&[recs.clone()]);
+    let (summary, md) = report_of_runs(std::slice::from_ref(&recs));
     let r = &summary["device_rounds"][qd32];
     let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-9;
     assert_eq!(r["rounds"], json!(2), "{r}");
