@@ -473,6 +473,16 @@ def device_rounds_table(rows):
     return lines
 
 
+def device_note(records, rounds):
+    """The header's word on the device runs made within the rounds (none in older runs)."""
+    paired = len({r["round"] for r in records if r.get("paired")})
+    if not paired:
+        return ""
+    if paired == rounds:
+        return "(then, on file LUNs, the device alone) "
+    return f"(then, on file LUNs in {paired} of the rounds, the device alone) "
+
+
 def storage_cost_table(groups, job_order):
     """CPU per I/O of the storage stack alone (fio's io_uring engine on the backing file system,
     every bit of its CPU) beside each target's on the file LUN: what is left of vit's is the network
@@ -668,7 +678,8 @@ def main():
           f"vit: {a.vit_version}; tgt: {a.tgt_version}; {a.fio_version} (libiscsi engine).  ",
           f"fio on CPU {a.client_cpu}, targets on CPU {a.target_cpu} (vitd --cores 1); "
           f"{a.ramp:g} s ramp + {a.runtime:g} s measured per run, runs alternate vit, tgt "
-          f"for {rounds} round(s)"
+          + device_note(records, rounds)
+          + f"for {rounds} round(s)"
           + (f" (the rounds of {len(a.records)} runs pooled)" if len(a.records) > 1 else "")
           + f"; figures are the mean of the rounds. LUNs of {a.size}.  ",
           "Latency is fio's completion latency (read side for the mixed job). Target CPU is "

@@ -492,6 +492,12 @@ fn bench_report_sets_each_round_against_the_device_of_that_round() {
     assert_eq!(cells[4], "0.69 (0.62–0.75)", "{row}");
     assert_eq!(cells[5], "0.31 (0.25–0.38)", "{row}");
     assert_eq!(cells[6], "2.20×", "{row}");
+    assert!(
+        md.contains(
+            "runs alternate vit, tgt (then, on file LUNs, the device alone) for 2 round(s)"
+        ),
+        "the header does not say the device ran in each round:\n{md}"
+    );
     // A device measured once per job after a whole matrix (no "paired": older runs, or a run
     // without the file-LUN matrix) belongs to no round, even when pooled runs number it 1, 2.
     let unpaired: Vec<Value> = recs
@@ -505,6 +511,10 @@ fn bench_report_sets_each_round_against_the_device_of_that_round() {
     let (summary, md) = report_of_runs(&[unpaired]);
     assert_eq!(summary["device_rounds"], json!({}));
     assert!(!md.contains("Round by round: the device"), "{md}");
+    assert!(
+        !md.contains("(then, on file LUNs, the device alone)"),
+        "{md}"
+    );
     // One round alone says nothing of how the device moved between rounds.
     let (summary, _) = report_of_runs(&[recs[..3].to_vec()]);
     assert_eq!(summary["device_rounds"], json!({}));
