@@ -321,7 +321,8 @@ def by_round(groups, key, figure, paired_only=False):
 
 
 def paired_ratios(groups, a, b, figure, paired_only=False):
-    """a/b of one figure for each round in which both ran."""
+    """a/b of one figure for each round in which both ran (with `paired_only`, b's runs made
+    within a round only, see by_round)."""
     x, y = by_round(groups, a, figure), by_round(groups, b, figure, paired_only)
     return [v for v in (ratio(x[n], y[n]) for n in sorted(x) if n in y) if v is not None]
 
@@ -651,6 +652,7 @@ def main():
     matrices = [m for m in ("disk", "mem", "memstore", "poll-disk", "poll-mem")
                 if any(k[0] == m for k in groups)]
 
+    dev_rounds = device_rounds(groups, job_order)
     summary = {
         "date": now, "machine": hosts[0], "machines": hosts,
         "setup": {"runtime_s": a.runtime, "ramp_s": a.ramp, "lun_size": a.size,
@@ -664,7 +666,7 @@ def main():
                    for m in matrices},
         "goals": {m: goals(groups, m, job_order)
                   for m in matrices},
-        "device_rounds": device_rounds(groups, job_order),
+        "device_rounds": dev_rounds,
         "vitd_rss_kib": vit_rss(records),
         "errors": errors,
     }
@@ -732,7 +734,7 @@ def main():
                "QD 1 a file LUN's latency is the device's plus the protocol's round trip (what the "
                "in-memory LUN shows); the second table puts them side by side.", ""]
         md += dt + [""]
-        dr = device_rounds_table(device_rounds(groups, job_order))
+        dr = device_rounds_table(dev_rounds)
         if dr:
             md += ["Round by round: the device alone ran right after vit and tgt in each round, so "
                    "each target's IOPS can be set against the device's speed of that moment (the "
