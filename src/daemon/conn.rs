@@ -301,7 +301,11 @@ impl Conn {
         pool: &mut BufferPool,
     ) -> DataDest {
         self.inline.clear();
-        self.header_task = None;
+        // A task made for a command header whose PDU never completed (its data digest failed)
+        // is not left holding its slot and buffer.
+        if let Some(i) = self.header_task.take() {
+            self.free_task(i, pool);
+        }
         self.dest = match InitiatorPdu::decode(bhs) {
             Ok(InitiatorPdu::ScsiCommand(cmd)) if cmd.write => {
                 self.begin_write(&cmd, data_len, pool)
@@ -350,9 +354,8 @@ impl Conn {
         let Some(t) = self.tasks[i].as_ref() else {
             return DataDest::Discard;
         };
-        let end = u64::from(d.buffer_offset) + u64::from(data_len);
         match t.buf {
-            Some(buf) if t.state == TaskState::Receiving && end <= u64::from(t.want) => {
+            Some(buf) if d.data_sn == t.data_out_sn && self.data_out_fits(t, d, data_len) => {
                 DataDest::Slot {
                     buf,
                     offset: d.buffer_offset as usize,
@@ -361,6 +364,26 @@ impl Conn {
             }
             _ => DataDest::Discard,
         }
+    }
+
+    /// Whether a Data-Out continues its task's data where it stands. vit negotiates
+    /// DataPDUInOrder=Yes, DataSequenceInOrder=Yes and MaxOutstandingR2T=1 (RFC 7143 §13.19,
+    /// §13.20, §13.17), so a task's data comes contiguous and in order: each PDU starts where the
+    /// data so far ends, solicited data stays within what the R2Ts asked for, unsolicited data
+    /// (only with InitialR2T=No) within the first burst. Anything else would land over data
+    /// already taken, or leave a gap that counting bytes would paper over with whatever the
+    /// buffer held before.
+    fn data_out_fits(&self, t: &Task, d: &pdu::DataOut, data_len: u32) -> bool {
+        let limit = if d.ttt != RESERVED_TAG {
+            t.next_r2t
+        } else if self.params.initial_r2t {
+            0
+        } else {
+            self.params.first_burst_length.min(t.want)
+        };
+        t.state == TaskState::Receiving
+            && d.buffer_offset == t.received
+            && u64::from(d.buffer_offset) + u64::from(data_len) <= u64::from(limit)
     }
 
     fn find_itt(&self, itt: u32) -> Option<usize> {
@@ -391,6 +414,14 @@ impl Conn {
 
     /// Called when a whole PDU has been read (data, if any, already at `self.dest`).
     pub fn on_pdu(&mut self, bhs: &[u8; BHS_LEN], pool: &mut BufferPool) -> Result<(), Fatal> {
+        // The task `on_header` made for a write command's data goes to that command; any other
+        // end of the PDU (a discovery session, a logout under way) frees it.
+        let header_task = self.header_task.take();
+        if let Some(i) = header_task
+            && (self.target.is_none() || self.logging_out)
+        {
+            self.free_task(i, pool);
+        }
         let pdu = match InitiatorPdu::decode(bhs) {
             Ok(p) => p,
             Err(_) => {
@@ -404,7 +435,7 @@ impl Conn {
             {
                 self.reject(RejectReason::ProtocolError, bhs)
             }
-            InitiatorPdu::ScsiCommand(cmd) => self.on_command(&cmd, bhs, pool),
+            InitiatorPdu::ScsiCommand(cmd) => self.on_command(&cmd, bhs, header_task, pool),
             InitiatorPdu::DataOut(d) => self.on_data_out(&d, bhs, pool),
             InitiatorPdu::NopOut(n) => self.on_nop_out(&n),
             InitiatorPdu::TaskMgmt(t) => self.on_tmf(&t, pool),
@@ -488,11 +519,17 @@ impl Conn {
             })
     }
 
-    fn on_command(&mut self, cmd: &ScsiCommand, bhs: &[u8; BHS_LEN], pool: &mut BufferPool) {
+    /// A SCSI command; `existing` is the task `on_header` already made for its data, if any.
+    fn on_command(
+        &mut self,
+        cmd: &ScsiCommand,
+        bhs: &[u8; BHS_LEN],
+        existing: Option<usize>,
+        pool: &mut BufferPool,
+    ) {
         if self.logging_out {
             return;
         }
-        let existing = self.header_task.take();
         if !self.take_cmd_sn(cmd.immediate, cmd.cmd_sn) {
             if let Some(i) = existing {
                 self.free_task(i, pool);
@@ -500,8 +537,9 @@ impl Conn {
             return;
         }
         // Immediate data is unsolicited: at most FirstBurstLength of it, none when the session
-        // negotiated ImmediateData=No (RFC 7143 §13.11, §13.14).
-        let immediate_max = if self.params.immediate_data {
+        // negotiated ImmediateData=No (RFC 7143 §13.11, §13.14), and none on a command without
+        // the W bit (its data would have nowhere to go).
+        let immediate_max = if self.params.immediate_data && cmd.write {
             self.params.first_burst_length
         } else {
             0
@@ -514,12 +552,12 @@ impl Conn {
                 itt = cmd.itt,
                 len = cmd.data_segment_length,
                 max = immediate_max,
-                "immediate data past the first burst: rejected"
+                "immediate data past the first burst or without the W bit: rejected"
             );
             self.reject(RejectReason::ProtocolError, bhs);
             return;
         }
-        self.check_mail(cmd.lun, pool);
+        self.check_mail(cmd.lun, existing, pool);
         let i = match existing {
             Some(i) => i,
             None => {
@@ -586,7 +624,12 @@ impl Conn {
                 Outcome::Io(io) => {
                     t.io = Some(io);
                     t.transfer = io.data_out_len.min(u32::MAX as usize) as u32;
-                    t.want = t.transfer.min(cmd.expected_data_length);
+                    // Without the W bit the initiator sends no data-out, whatever the CDB says.
+                    t.want = if cmd.write {
+                        t.transfer.min(cmd.expected_data_length)
+                    } else {
+                        0
+                    };
                 }
             }
         } else {
@@ -657,15 +700,9 @@ impl Conn {
             // Data for a task that already ended (e.g. failed before its data): absorbed.
             return;
         };
-        let Some(t) = self.tasks[i].as_mut() else {
+        let Some(t) = self.tasks[i].as_ref() else {
             return;
         };
-        if t.state != TaskState::Receiving
-            || self.dest == DataDest::Discard && d.data_segment_length > 0
-        {
-            self.reject(RejectReason::ProtocolError, bhs);
-            return;
-        }
         if d.data_sn != t.data_out_sn {
             tracing::debug!(
                 itt = self.itts[i],
@@ -676,8 +713,25 @@ impl Conn {
             self.reject(RejectReason::ProtocolError, bhs);
             return;
         }
+        // `on_header` let the data land only where it fits (`data_out_fits`, the same test).
+        if !self.data_out_fits(t, d, d.data_segment_length)
+            || self.dest == DataDest::Discard && d.data_segment_length > 0
+        {
+            tracing::debug!(
+                itt = self.itts[i],
+                offset = d.buffer_offset,
+                len = d.data_segment_length,
+                "Data-Out outside the data asked for"
+            );
+            self.reject(RejectReason::ProtocolError, bhs);
+            return;
+        }
+        let Some(t) = self.tasks[i].as_mut() else {
+            return;
+        };
         t.data_out_sn = t.data_out_sn.wrapping_add(1);
-        t.received = t.received.saturating_add(d.data_segment_length).min(t.want);
+        // In order and within `want` (`data_out_fits`): these bytes are new.
+        t.received += d.data_segment_length;
         if d.final_bit {
             t.data_out_sn = 0;
             if d.ttt != RESERVED_TAG {
@@ -1040,7 +1094,10 @@ impl Conn {
 
     /// Picks up reservation effects other sessions posted for this LUN: unit attentions for
     /// this nexus, and PREEMPT AND ABORT of its tasks.
-    fn check_mail(&mut self, lun: u64, pool: &mut BufferPool) {
+    /// `arriving` is the task of the command being taken now, made for its data before the mail
+    /// was read: the command came after the reset or preemption, so it is not aborted by it (it
+    /// meets the unit attention instead).
+    fn check_mail(&mut self, lun: u64, arriving: Option<usize>, pool: &mut BufferPool) {
         let Some(target) = self.target.as_ref() else {
             return;
         };
@@ -1079,7 +1136,7 @@ impl Conn {
         }
         if abort {
             for t in 0..self.tasks.len() {
-                if self.tasks[t].as_ref().is_some_and(|x| x.lun == lun) {
+                if Some(t) != arriving && self.tasks[t].as_ref().is_some_and(|x| x.lun == lun) {
                     self.abort(t, pool);
                 }
             }
@@ -1384,6 +1441,16 @@ impl Conn {
         let mut bhs = [0u8; BHS_LEN];
         r.encode(&mut bhs);
         self.push(bhs, OutData::None, None, true);
+    }
+
+    /// A PDU's data segment failed its digest (ERL 0): the PDU is rejected and discarded
+    /// (RFC 7143 §7.8); a write command's task made for its data goes with it, and the
+    /// initiator's task times out or is aborted.
+    pub fn data_digest_error(&mut self, bhs: &[u8; BHS_LEN], pool: &mut BufferPool) {
+        if let Some(i) = self.header_task.take() {
+            self.free_task(i, pool);
+        }
+        self.reject(RejectReason::DataDigestError, bhs);
     }
 
     /// Queues a Reject carrying the offending header.
@@ -1716,6 +1783,191 @@ mod tests {
         };
         assert_eq!((r.status, r.itt, r.exp_cmd_sn), (0, 0x42, 101));
         assert_eq!(pool.available(), 8, "the buffer came back");
+    }
+
+    fn data_out(ttt: u32, data_sn: u32, offset: u32, len: u32, final_bit: bool) -> [u8; BHS_LEN] {
+        let d = DataOut {
+            final_bit,
+            itt: 0x42,
+            ttt,
+            data_sn,
+            buffer_offset: offset,
+            data_segment_length: len,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        d.encode(&mut b);
+        b
+    }
+
+    /// Fills every buffer of the pool with `byte`, as earlier commands would leave them.
+    fn soil(pool: &mut BufferPool, byte: u8) {
+        let ids: Vec<_> = std::iter::from_fn(|| pool.alloc(1)).collect();
+        for &b in &ids {
+            pool.slice(b).fill(byte);
+        }
+        for b in ids {
+            pool.release(b);
+        }
+    }
+
+    fn rejected(pdus: &[TargetPdu], reason: RejectReason) -> bool {
+        matches!(pdus, [TargetPdu::Reject(r)] if r.reason == reason as u8)
+    }
+
+    #[test]
+    fn data_out_must_continue_where_the_data_stands() {
+        let (mut c, mut pool) = conn(true);
+        soil(&mut pool, 0xee);
+        // WRITE(10) of 8 blocks, no immediate data: one R2T for all 4096 bytes.
+        let bhs = command(
+            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0],
+            4096,
+            false,
+            true,
+            100,
+            0,
+        );
+        feed(&mut c, &mut pool, &bhs, &[]);
+        let pdus = sent(&mut c);
+        let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        let ttt = r2t.ttt;
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out(ttt, 0, 0, 512, false),
+            &[1; 512],
+        );
+        assert!(sent(&mut c).is_empty());
+        // The same 512 bytes again, then a PDU past a gap, then unsolicited data (InitialR2T=Yes):
+        // each rejected, none counted, none landing in the task's buffer.
+        for (bhs, fill) in [
+            (data_out(ttt, 1, 0, 512, false), 2),
+            (data_out(ttt, 1, 1024, 512, false), 3),
+            (data_out(RESERVED_TAG, 1, 512, 512, false), 4),
+        ] {
+            feed(&mut c, &mut pool, &bhs, &[fill; 512]);
+            assert!(rejected(&sent(&mut c), RejectReason::ProtocolError));
+            assert!(c.io.is_empty(), "no write before all its data is in");
+        }
+        // The rest, in order: the write carries exactly what was sent.
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out(ttt, 1, 512, 3584, true),
+            &[5; 3584],
+        );
+        let work = c.io.pop_front().expect("backing-store write");
+        let data = &pool.slice(work.buf.unwrap())[..work.req.byte_len];
+        assert_eq!(work.req.byte_len, 4096);
+        assert!(data[..512].iter().all(|&b| b == 1), "{:?}", &data[..16]);
+        assert!(data[512..].iter().all(|&b| b == 5));
+    }
+
+    #[test]
+    fn immediate_data_without_the_w_bit_is_rejected_and_no_data_is_assumed() {
+        let (mut c, mut pool) = conn(true);
+        soil(&mut pool, 0xee);
+        // WRITE(10) of 8 blocks with its data as immediate data but the W bit clear.
+        let bhs = command(
+            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0],
+            4096,
+            false,
+            false,
+            100,
+            4096,
+        );
+        feed(&mut c, &mut pool, &bhs, &[0x33; 4096]);
+        assert!(rejected(&sent(&mut c), RejectReason::ProtocolError));
+        assert!(c.io.is_empty(), "nothing written");
+        assert_eq!(c.tasks_in_flight(), 0);
+        // Without immediate data and without the W bit: no R2T and no data written, whatever
+        // the CDB says (the initiator sends none); the response reports the overflow.
+        let bhs = command(
+            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0],
+            4096,
+            false,
+            false,
+            101,
+            0,
+        );
+        feed(&mut c, &mut pool, &bhs, &[]);
+        assert!(c.io.is_empty(), "nothing written");
+        let pdus = sent(&mut c);
+        let [TargetPdu::ScsiResponse(r)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        assert_eq!((r.itt, r.exp_cmd_sn), (0x42, 102));
+        assert_eq!(pool.available(), 8, "every buffer came back");
+    }
+
+    #[test]
+    fn a_data_digest_error_frees_the_commands_task() {
+        let (mut c, mut pool) = conn(true);
+        let bhs = command(
+            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0],
+            4096,
+            false,
+            true,
+            100,
+            512,
+        );
+        assert!(matches!(
+            c.on_header(&bhs, 512, &mut pool),
+            DataDest::Slot { .. }
+        ));
+        c.data_digest_error(&bhs, &mut pool);
+        assert!(rejected(&sent(&mut c), RejectReason::DataDigestError));
+        assert_eq!(c.tasks_in_flight(), 0);
+        assert_eq!(pool.available(), 8, "its buffer came back");
+        // Nothing answers to its tag: an empty Data-Out for it runs nothing.
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out(RESERVED_TAG, 0, 512, 0, true),
+            &[],
+        );
+        assert!(c.io.is_empty());
+        // The command sent again (its CmdSN was not taken) is served.
+        feed(&mut c, &mut pool, &bhs, &[7; 512]);
+        let pdus = sent(&mut c);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::R2t(r)] if r.buffer_offset == 512),
+            "{pdus:?}"
+        );
+    }
+
+    #[test]
+    fn a_write_after_another_sessions_reset_meets_the_unit_attention() {
+        let (mut c, mut pool) = conn(true);
+        let other = crate::scsi::pr::ItNexusId {
+            initiator: "iqn.2026-11.io.vit:other".into(),
+            ..Default::default()
+        };
+        c.target.as_ref().unwrap().luns[0]
+            .shared
+            .post(crate::daemon::shared::Mail::Reset {
+                reason: SenseReason::BusDeviceResetFunction,
+                from: other,
+            });
+        let bhs = command(
+            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0],
+            4096,
+            false,
+            true,
+            100,
+            512,
+        );
+        feed(&mut c, &mut pool, &bhs, &[7; 512]);
+        let pdus = sent(&mut c);
+        let [TargetPdu::ScsiResponse(r)] = pdus.as_slice() else {
+            panic!("answered: {pdus:?}")
+        };
+        assert_eq!((r.status, r.itt, r.exp_cmd_sn), (2, 0x42, 101));
+        assert!(c.io.is_empty());
+        assert_eq!(pool.available(), 8);
     }
 
     #[test]

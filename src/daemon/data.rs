@@ -39,7 +39,7 @@ mod jobs;
 use super::conn::{Conn, DataDest, IoWork, OutData, OutPdu};
 use super::runtime::{Backing, LunRt};
 use super::uring::{self, BufId, BufferPool, Waker};
-use crate::iscsi::pdu::{BHS_LEN, RejectReason};
+use crate::iscsi::pdu::BHS_LEN;
 use crate::iscsi::reader::{Event, PduReader, ReadError, Want};
 use crate::scsi::{self, IoKind, IoResult};
 use crate::vmdk::{Op, SegmentKind};
@@ -797,10 +797,9 @@ impl Worker {
                 Ok(())
             }
             Err(ReadError::DataDigest { .. }) => {
-                // ERL 0: reject the PDU, the initiator's task will time out or be aborted.
                 let bhs = *s.reader.bhs();
                 s.saw_header = false;
-                s.conn.reject(RejectReason::DataDigestError, &bhs);
+                s.conn.data_digest_error(&bhs, &mut self.pool);
                 Ok(())
             }
             Err(e) => Err(format!("protocol error: {e}")),
