@@ -115,3 +115,79 @@ fn compare_and_write_has_one_winner_per_round() {
     }
     drop(vitd);
 }
+
+/// COMPARE AND WRITE is atomic against a WRITE SAME of the same block from another session: the
+/// WRITE SAME lands before the compare (which then fails) or after the write, never between
+/// them, so the block always ends with the WRITE SAME's pattern.
+#[test]
+fn compare_and_write_is_atomic_against_write_same() {
+    const ROUNDS: u64 = 150;
+    let ds = Datastore::new();
+    ds.target("ws", &[]);
+    ds.lun("ws", 0, "8M");
+    let vitd = ds.start();
+    let port = ds.port;
+    let session = |name: &str, isid: u8| {
+        let mut s = login(
+            port,
+            &format!("iqn.2026-11.io.vit:{name}"),
+            &iqn("ws"),
+            [0x80, 0, 0, 0, 2, isid],
+        );
+        s.test_unit_ready().unwrap();
+        s
+    };
+    let mut admin = session("ws-admin", 0);
+    let pattern = |r: u64| {
+        let mut b = vec![0x55; BS];
+        b[..8].copy_from_slice(&(r + 1000).to_le_bytes());
+        b
+    };
+    let barrier = Arc::new(Barrier::new(3));
+    let racers: Vec<_> = (0..2u8)
+        .map(|t| {
+            let barrier = barrier.clone();
+            let mut s = session(&format!("ws-{t}"), t + 1);
+            std::thread::spawn(move || {
+                for round in 0..ROUNDS {
+                    barrier.wait();
+                    let r = if t == 0 {
+                        let mut data = state(round);
+                        data.extend_from_slice(&claim(round, 0));
+                        s.command(0, &cdb16(0x89, LBA, 1), &data, 0).unwrap()
+                    } else {
+                        s.command(0, &cdb16(0x93, LBA, 1), &pattern(round), 0)
+                            .unwrap()
+                    };
+                    // WRITE SAME succeeds; COMPARE AND WRITE succeeds or miscompares.
+                    assert!(
+                        r.status == 0 || t == 0 && r.sense.get(2).map(|k| k & 0x0f) == Some(0x0e),
+                        "{r:?}"
+                    );
+                    barrier.wait();
+                }
+            })
+        })
+        .collect();
+    for round in 0..ROUNDS {
+        let w = admin
+            .command(0, &cdb16(0x8a, LBA, 1), &state(round), 0)
+            .unwrap();
+        assert_eq!(w.status, 0);
+        barrier.wait(); // go
+        barrier.wait(); // both answered
+        let r = admin
+            .command(0, &cdb16(0x88, LBA, 1), &[], BS as u32)
+            .unwrap();
+        assert_eq!(r.status, 0);
+        assert!(
+            r.data_in == pattern(round),
+            "round {round}: the WRITE SAME landed inside the COMPARE AND WRITE: {:?}",
+            &r.data_in[..16]
+        );
+    }
+    for r in racers {
+        r.join().unwrap();
+    }
+    drop(vitd);
+}

@@ -77,3 +77,104 @@ fn aptpl_registrations_survive_a_restart() {
     let mut s = session(&ds, 4);
     assert!(!read_keys(&mut s).contains(&0x99));
 }
+
+/// PERSISTENT RESERVE OUT on `lun`: service action `sa`, reservation type `rtype`, the
+/// reservation key `key` and service action key `sa_key`.
+fn prout(s: &mut Session, lun: u8, sa: u8, rtype: u8, key: u64, sa_key: u64) -> u8 {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x5f;
+    cdb[1] = sa;
+    cdb[2] = rtype;
+    cdb[8] = 24;
+    let mut params = vec![0u8; 24];
+    params[..8].copy_from_slice(&key.to_be_bytes());
+    params[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    s.command(lun, &cdb, &params, 0).unwrap().status
+}
+
+/// The NAA designator of `lun` (INQUIRY, Device Identification VPD page).
+fn naa(s: &mut Session, lun: u8) -> [u8; 16] {
+    let r = s
+        .command(lun, &[0x12, 0x01, 0x83, 0, 0xff, 0], &[], 255)
+        .unwrap();
+    assert_eq!(r.status, 0, "{r:?}");
+    let mut at = 4;
+    while at + 4 <= r.data_in.len() {
+        let d = &r.data_in[at..];
+        let len = usize::from(d[3]);
+        if d[0] & 0x0f == 1 && d[1] & 0x3f == 0x03 && len == 16 {
+            return d[4..20].try_into().unwrap();
+        }
+        at += 4 + len;
+    }
+    panic!("no NAA designator: {:?}", r.data_in)
+}
+
+/// EXTENDED COPY (LID1), sent to LUN 0: `blocks` blocks from LBA 0 of `src` to LBA 0 of `dst`.
+/// Returns the status and the sense key.
+fn xcopy(s: &mut Session, src: [u8; 16], dst: [u8; 16], blocks: u16) -> (u8, Option<u8>) {
+    let mut list = vec![0u8; 16];
+    list[3] = 64; // two CSCD descriptors
+    list[11] = 28; // one segment descriptor
+    for naa in [src, dst] {
+        let mut d = [0u8; 32];
+        d[0] = 0xe4; // identification descriptor, block device
+        d[4] = 0x01; // binary
+        d[5] = 0x03; // logical unit, NAA
+        d[7] = 16;
+        d[8..24].copy_from_slice(&naa);
+        d[29..32].copy_from_slice(&[0, 2, 0]); // 512-byte blocks
+        list.extend_from_slice(&d);
+    }
+    let mut seg = [0u8; 28];
+    seg[0] = 0x02; // block to block
+    seg[3] = 24;
+    seg[6..8].copy_from_slice(&1u16.to_be_bytes()); // source CSCD 0, destination CSCD 1
+    seg[10..12].copy_from_slice(&blocks.to_be_bytes());
+    list.extend_from_slice(&seg);
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x83;
+    cdb[10..14].copy_from_slice(&(list.len() as u32).to_be_bytes());
+    let r = s.command(0, &cdb, &list, 0).unwrap();
+    (r.status, r.sense.get(2).map(|k| k & 0x0f))
+}
+
+/// EXTENDED COPY moves blocks for the initiator that sends it: a persistent reservation that
+/// keeps that initiator from writing the destination (or reading the source) keeps the copy
+/// from it too, whichever LUN the command was sent to.
+#[test]
+fn extended_copy_honours_reservations_on_its_source_and_destination() {
+    let ds = Datastore::new();
+    ds.target("pr", &[]);
+    ds.lun("pr", 0, "8M");
+    ds.lun("pr", 1, "8M");
+    let _vitd = ds.start();
+    let mut holder = session(&ds, 1);
+    let mut other = session(&ds, 2);
+    holder.test_unit_ready().ok();
+    let _ = holder.command(1, &[0; 6], &[], 0); // LUN 1's power-on unit attention
+    let _ = other.command(1, &[0; 6], &[], 0);
+    let (lun0, lun1) = (naa(&mut other, 0), naa(&mut other, 1));
+    let marked = vec![0x5a; 4096];
+    let w = other
+        .command(0, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0], &marked, 0)
+        .unwrap();
+    assert_eq!(w.status, 0);
+    // The holder takes LUN 1 WRITE EXCLUSIVE.
+    assert_eq!(prout(&mut holder, 1, 0x00, 0, 0, 0xab), 0, "REGISTER");
+    assert_eq!(prout(&mut holder, 1, 0x01, 1, 0xab, 0), 0, "RESERVE");
+    // Another initiator may not copy onto LUN 1: COPY ABORTED, LUN 1 untouched.
+    assert_eq!(xcopy(&mut other, lun0, lun1, 8), (2, Some(0x0a)));
+    let r = other
+        .command(1, &[0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0], &[], 4096)
+        .unwrap();
+    assert_eq!(r.status, 0);
+    assert!(r.data_in.iter().all(|&b| b == 0), "LUN 1 was written");
+    // The holder may copy onto it, and reading from it stays open to others (WRITE EXCLUSIVE).
+    assert_eq!(xcopy(&mut holder, lun0, lun1, 8), (0, None));
+    let r = other
+        .command(1, &[0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0], &[], 4096)
+        .unwrap();
+    assert_eq!(r.data_in, marked, "the holder's copy landed");
+    assert_eq!(xcopy(&mut other, lun1, lun0, 8), (0, None));
+}

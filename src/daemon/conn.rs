@@ -835,6 +835,16 @@ impl Conn {
         };
         match outcome {
             Outcome::Done(c) => self.finish(i, &c, pool),
+            // VERIFY with BYTCHK compares its data-out whole: a shorter one (EDTL below the
+            // transfer length) is refused, as a short WRITE SAME or ORWRITE pattern is, so no
+            // block is compared with what the buffer held before.
+            Outcome::Io(io)
+                if io.kind == (IoKind::Verify { bytchk: true })
+                    && data_out.len() < io.data_out_len =>
+            {
+                let c = Completion::check(SenseReason::InvalidFieldInCdb(FieldPointer::byte(0)));
+                self.finish(i, &c, pool)
+            }
             Outcome::Io(io) => {
                 let needs_buf = matches!(
                     io.kind,
@@ -1968,6 +1978,40 @@ mod tests {
         assert_eq!((r.status, r.itt, r.exp_cmd_sn), (2, 0x42, 101));
         assert!(c.io.is_empty());
         assert_eq!(pool.available(), 8);
+    }
+
+    #[test]
+    fn a_verify_with_less_data_out_than_it_compares_is_refused() {
+        let (mut c, mut pool) = conn(true);
+        soil(&mut pool, 0xee);
+        // VERIFY(10) BYTCHK=1 of 4 blocks (2048 bytes to compare), EDTL and immediate data 512.
+        let bhs = command(
+            &[0x2f, 0x02, 0, 0, 0, 0, 0, 0, 4, 0],
+            512,
+            false,
+            true,
+            100,
+            512,
+        );
+        feed(&mut c, &mut pool, &bhs, &[0; 512]);
+        assert!(c.io.is_empty(), "nothing compared");
+        let pdus = sent(&mut c);
+        let [TargetPdu::ScsiResponse(r)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        assert_eq!((r.status, r.itt), (2, 0x42));
+        // With all its data it is compared.
+        let bhs = command(
+            &[0x2f, 0x02, 0, 0, 0, 0, 0, 0, 4, 0],
+            2048,
+            false,
+            true,
+            101,
+            2048,
+        );
+        feed(&mut c, &mut pool, &bhs, &[0; 2048]);
+        let work = c.io.pop_front().expect("verify");
+        assert_eq!(work.req.data_out_len, 2048);
     }
 
     #[test]

@@ -1122,30 +1122,37 @@ impl Worker {
     }
 
     fn submit_sync(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork, mut op: FileOp) {
-        let n = match &lun.backing {
-            Backing::Vmdk { files, .. } => files.len(),
-            Backing::Ramdisk { .. } => 0,
-        };
-        let mut sqes = Vec::new();
-        for e in 0..n {
-            if let Some(file) = self.file(lun, e) {
-                sqes.push(on_file!(file, |f| opcode::Fsync::new(f)
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build()));
-            }
-        }
-        op.pending = sqes.len() as u16;
-        let empty = sqes.is_empty();
+        op.pending = self.submit_datasync(idx, work.task, lun);
+        let empty = op.pending == 0;
         if let Some(s) = self.slots[idx].as_mut() {
-            s.inflight += sqes.len() as u32;
             s.file_ops[usize::from(work.task)] = op;
-        }
-        for sqe in sqes {
-            self.push(sqe.user_data(user_data(idx, Kind::File, work.task)));
         }
         if empty {
             self.finish_io(idx, work.task, IoResult::Ok);
         }
+    }
+
+    /// Queues an fdatasync of every extent file of `lun` for request `task` of connection
+    /// `idx`; returns how many (0 for a LUN without files).
+    fn submit_datasync(&mut self, idx: usize, task: u16, lun: &Arc<LunRt>) -> u16 {
+        let n = match &lun.backing {
+            Backing::Vmdk { files, .. } => files.len(),
+            Backing::Ramdisk { .. } => 0,
+        };
+        let mut count = 0u16;
+        for e in 0..n {
+            if let Some(file) = self.file(lun, e) {
+                let sqe = on_file!(file, |f| opcode::Fsync::new(f)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build());
+                self.push(sqe.user_data(user_data(idx, Kind::File, task)));
+                count += 1;
+            }
+        }
+        if let Some(s) = self.slots[idx].as_mut() {
+            s.inflight += u32::from(count);
+        }
+        count
     }
 
     fn on_file(&mut self, idx: usize, task: u16, res: i32) {

@@ -444,6 +444,15 @@ impl Completion {
         }
     }
 
+    /// TASK SET FULL: no resources for the command now; the initiator retries it.
+    pub fn task_set_full() -> Self {
+        Self {
+            status: Status::TaskSetFull,
+            data_len: 0,
+            sense: None,
+        }
+    }
+
     /// RESERVATION CONFLICT.
     pub fn conflict() -> Self {
         Self {

@@ -325,6 +325,12 @@ impl PrState {
 
     fn bump(&mut self) {
         self.generation = self.generation.wrapping_add(1);
+        self.changed();
+    }
+
+    /// The saved state (registrations, reservation, APTPL) must be written again; RESERVE and
+    /// RELEASE come here without a new generation (SPC-4 §6.16.2: only registrations move it).
+    fn changed(&mut self) {
         self.effects.changed = true;
     }
 }
@@ -466,6 +472,7 @@ fn reserve(pr: &mut PrState, it: &ItNexusId, rtype: ReservationType) -> Result<(
                 holder: it.clone(),
                 rtype,
             });
+            pr.changed();
             Ok(())
         }
         Some(r) if r.rtype == rtype && pr.is_holder(it) => Ok(()),
@@ -483,6 +490,7 @@ fn release(pr: &mut PrState, it: &ItNexusId, rtype: u8) -> Result<(), PrFailure>
     }
     let rt = res.rtype;
     pr.res = None;
+    pr.changed();
     if rt.registrants_only() || rt.all_registrants() {
         pr.ua_all_except(it, SenseReason::ReservationsReleased);
     }

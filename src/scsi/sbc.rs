@@ -65,7 +65,8 @@ fn be_at<const N: usize>(data: &[u8], at: usize) -> Option<[u8; N]> {
 /// Parses and validates an UNMAP parameter list (SBC-3 5.28.2) for `lun`: the ranges to
 /// deallocate, zero-length descriptors dropped. A list shorter than its header is PARAMETER
 /// LIST LENGTH ERROR; more than [`MAX_UNMAP_DESCRIPTORS`] descriptors or a descriptor over
-/// [`MAX_UNMAP_LBA_COUNT`] blocks is INVALID FIELD IN PARAMETER LIST; a range past the end of
+/// [`MAX_UNMAP_LBA_COUNT`] blocks (one or all together, as the Block Limits page's MAXIMUM UNMAP
+/// LBA COUNT promises) is INVALID FIELD IN PARAMETER LIST; a range past the end of
 /// the LUN is LOGICAL BLOCK ADDRESS OUT OF RANGE. A trailing partial descriptor is ignored.
 pub fn unmap_ranges(lun: &LunInfo, data: &[u8]) -> Result<Vec<LbaRange>, SenseReason> {
     if data.is_empty() {
@@ -84,11 +85,13 @@ pub fn unmap_ranges(lun: &LunInfo, data: &[u8]) -> Result<Vec<LbaRange>, SenseRe
         return Err(param_field(2));
     }
     let mut out = Vec::with_capacity(count);
+    let mut total = 0u64;
     for i in 0..count {
         let at = UNMAP_HEADER_LEN + i * UNMAP_DESCRIPTOR_LEN;
         let lba = be_at::<8>(data, at).map_or(0, u64::from_be_bytes);
         let blocks = be_at::<4>(data, at + 8).map_or(0, u32::from_be_bytes);
-        if blocks > MAX_UNMAP_LBA_COUNT {
+        total += u64::from(blocks);
+        if total > u64::from(MAX_UNMAP_LBA_COUNT) {
             return Err(param_field(at + 8));
         }
         match lba.checked_add(u64::from(blocks)) {
@@ -282,6 +285,20 @@ mod tests {
         let mut m = [0x0F, 0xF0];
         or_into(&mut m, &[0x10, 0x01, 0xFF]);
         assert_eq!(m, [0x1F, 0xF1]);
+    }
+
+    #[test]
+    fn unmap_refuses_more_blocks_in_all_than_the_block_limits_promise() {
+        let mut big = LunInfo::new(0, 512, 1 << 40, 1, "S");
+        big.num_blocks = 1 << 40;
+        let max = MAX_UNMAP_LBA_COUNT;
+        assert!(unmap_ranges(&big, &list(&[(0, max)])).is_ok());
+        assert!(unmap_ranges(&big, &list(&[(0, max / 2), (1 << 30, max / 2)])).is_ok());
+        // Two descriptors each within the limit, together past it: the second is pointed at.
+        assert_eq!(
+            unmap_ranges(&big, &list(&[(0, max), (1 << 30, 1)])),
+            Err(param_field(UNMAP_HEADER_LEN + UNMAP_DESCRIPTOR_LEN + 8))
+        );
     }
 
     proptest! {

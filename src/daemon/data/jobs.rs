@@ -7,9 +7,14 @@
 //! SEEK_DATA/SEEK_HOLE). COMPARE AND WRITE, ORWRITE and WRITE ATOMIC hold their range in the
 //! LUN's shared range lock and first wait for the plain writes already in flight, so no other
 //! atomic operation and no plain write touches those blocks between their read and their write.
+//! WRITE SAME, UNMAP and EXTENDED COPY hold the span of blocks they write (on each LUN they
+//! write) for as long as they run, so none of their writes lands inside an atomic operation
+//! either.
 
 use super::{Backing, BufId, Drain, FileRef, Kind, LunRt, Worker, user_data};
 use crate::daemon::conn::IoWork;
+use crate::scsi::opcodes::op;
+use crate::scsi::pr;
 use crate::scsi::sbc::{self, LbaState};
 use crate::scsi::xcopy::{self, CopyResult};
 use crate::scsi::{self, Completion, IoKind, IoResult, SenseReason};
@@ -75,7 +80,13 @@ pub(super) struct Job {
     work: IoWork,
     kind: JobKind,
     phase: u8,
-    held: Option<(u64, u64)>,
+    /// Byte ranges held in LUNs' range locks until the job ends.
+    held: Vec<(Arc<LunRt>, u64, u64)>,
+    /// Its writes must be on stable storage before it completes (FUA, or the LUN's write cache
+    /// off): written with RWF_DSYNC, and its deallocations followed by an fdatasync.
+    durable: bool,
+    /// That fdatasync was issued.
+    synced: bool,
 }
 
 /// How a job ended.
@@ -145,10 +156,9 @@ impl Worker {
         if atomic && !self.hold_and_drain(idx, work.task, lun, range) {
             return false;
         }
-        let held = atomic.then_some(range);
         let fail = |w: &mut Worker, c: Completion| {
-            if let Some((s, e)) = held {
-                lun.shared.release(s, e);
+            if atomic {
+                lun.shared.release(range.0, range.1);
             }
             w.job_finish_completion(idx, work, c);
             true
@@ -164,10 +174,12 @@ impl Worker {
                 })
                 .unwrap_or_default()
         };
+        // A buffer the pool cannot give now (large reads may hold them all) is TASK SET FULL:
+        // the initiator retries, as for a command that finds no task slot.
         let kind = match req.kind {
             IoKind::CompareAndWrite | IoKind::OrWrite => {
                 let Some(tmp) = self.pool.alloc(req.byte_len) else {
-                    return fail(self, Completion::check(SenseReason::InternalTargetFailure));
+                    return fail(self, Completion::task_set_full());
                 };
                 if req.kind == IoKind::OrWrite {
                     JobKind::OrWrite { tmp }
@@ -184,7 +196,7 @@ impl Worker {
                     .as_ref()
                     .is_some_and(|i| sbc::write_same_deallocates(i, &req, &pattern));
                 let Some(chunk) = self.pool.alloc(CHUNK.min(req.byte_len.max(bs))) else {
-                    return fail(self, Completion::check(SenseReason::InternalTargetFailure));
+                    return fail(self, Completion::task_set_full());
                 };
                 let len = self.pool.len_of(chunk).min(req.byte_len.max(bs)) / bs * bs;
                 if pattern.len() >= bs {
@@ -216,7 +228,7 @@ impl Worker {
             IoKind::ExtendedCopy => match self.copy_steps_from_data_out(idx, &work) {
                 Ok((steps, list_id)) => {
                     let Some(buf) = self.pool.alloc(CHUNK) else {
-                        return fail(self, Completion::check(SenseReason::InternalTargetFailure));
+                        return fail(self, Completion::task_set_full());
                     };
                     JobKind::Copy {
                         steps,
@@ -236,15 +248,35 @@ impl Worker {
             }
             _ => return fail(self, Completion::check(SenseReason::InternalTargetFailure)),
         };
+        let held = if atomic {
+            vec![(lun.clone(), range.0, range.1)]
+        } else {
+            let spans = write_spans(lun, &kind, range);
+            if !hold_all(&spans) {
+                self.release_buffers(&kind);
+                return false;
+            }
+            spans
+        };
+        let durable = req.fua || self.write_cache_off(idx, lun);
         let job = Box::new(Job {
             lun: lun.clone(),
             work,
             kind,
             phase: 0,
             held,
+            durable,
+            synced: false,
         });
         self.advance(idx, job, IoResult::Ok);
         true
+    }
+
+    /// Whether `lun`'s write cache is off (SBC's WCE=0): every write it completes must be on
+    /// stable storage.
+    fn write_cache_off(&self, idx: usize, lun: &LunRt) -> bool {
+        self.lun_info(idx, lun)
+            .is_none_or(|i| !i.write_cache_enabled)
     }
 
     /// The SCSI view of a LUN (for the pure helpers' limits).
@@ -278,6 +310,21 @@ impl Worker {
         let Some(target) = target else {
             return Err(SenseReason::CopyTargetDeviceNotReachable);
         };
+        let it = self
+            .slots
+            .get(idx)
+            .and_then(|s| s.as_ref())
+            .map(|s| s.conn.nexus.id().clone())
+            .unwrap_or_default();
+        // The copy reads its sources and writes its destinations for the initiator: a
+        // persistent reservation that would refuse this I_T nexus a READ of a source or a WRITE
+        // of a destination refuses the copy (SPC-4 §5.13.1: reservations restrict access by
+        // any command), as a copy target it cannot reach.
+        let refused = |l: &LunRt, opcode: u8| {
+            let mut cdb = [0u8; 16];
+            cdb[0] = opcode;
+            l.shared.pr_active() && pr::conflicts(&l.shared.lock_pr(), &it, &cdb)
+        };
         let mut steps = Vec::with_capacity(plan.segments.len());
         for seg in &plan.segments {
             let (Some(src), Some(dst)) = (
@@ -291,6 +338,9 @@ impl Worker {
             let (Some(s), Some(d)) = (find(src.id), find(dst.id)) else {
                 return Err(SenseReason::CopyTargetDeviceNotReachable);
             };
+            if refused(&s, op::READ_16) || refused(&d, op::WRITE_16) {
+                return Err(SenseReason::CopyTargetDeviceNotReachable);
+            }
             let bs = u64::from(s.block_size);
             steps.push(CopyStep {
                 src_off: seg.src_lba * bs,
@@ -316,7 +366,9 @@ impl Worker {
             return Completion::check(SenseReason::InternalTargetFailure);
         };
         let Some(buf) = work.buf else {
-            return Completion::check(SenseReason::InternalTargetFailure);
+            // No Data-In buffer: the initiator takes no data (EDTL 0), which is not an error
+            // (SPC-4 §4.2.5.6), as on a thick LUN.
+            return Completion::good(0);
         };
         let bs = u64::from(lun.block_size);
         let mut probe = |lba: u64, max: u64| -> Result<(LbaState, u64), ()> {
@@ -420,6 +472,20 @@ impl Worker {
         let phase = job.phase;
         job.phase = phase.saturating_add(1);
         let task = job.work.task;
+        // RWF_DSYNC does not cover deallocation: once a durable job's last hole is punched, its
+        // extents are synced before it completes.
+        let punched_all = match &job.kind {
+            JobKind::Unmap { ranges, next } => !ranges.is_empty() && *next >= ranges.len(),
+            JobKind::WriteSame {
+                punch, next, end, ..
+            } => *punch && next >= end,
+            _ => false,
+        };
+        if job.durable && punched_all && !job.synced {
+            job.synced = true;
+            return Ok(self.submit_datasync(idx, task, &lun));
+        }
+        let durable = job.durable;
         let run = move |w: &mut Worker,
                         op: RangeOp,
                         at: u64,
@@ -427,7 +493,7 @@ impl Worker {
                         buf: Option<BufId>,
                         buf_at: usize,
                         lun: &Arc<LunRt>| {
-            w.submit_range(idx, task, lun, op, at, n, buf, buf_at)
+            w.submit_range(idx, task, lun, op, at, n, buf, buf_at, durable)
                 .map_err(|r| Next::Finish(Ok(r)))
         };
         match &mut job.kind {
@@ -520,7 +586,10 @@ impl Worker {
                     let at = dof + *done_in_step;
                     *done_in_step += n as u64;
                     *bytes += n as u64;
-                    run(self, RangeOp::Write, at, n, Some(b), 0, &dst)
+                    // The copy's writes are durable as the destination LUN's own would be.
+                    let dsync = self.write_cache_off(idx, &dst);
+                    self.submit_range(idx, task, &dst, RangeOp::Write, at, n, Some(b), 0, dsync)
+                        .map_err(|r| Next::Finish(Ok(r)))
                 }
             }
         }
@@ -536,34 +605,38 @@ impl Worker {
     }
 
     /// Ends a job: releases its buffers and range, then lets the connection respond.
-    fn end_job(&mut self, idx: usize, job: Job, result: Result<IoResult, Completion>) {
-        if let Some((s, e)) = job.held {
-            job.lun.shared.release(s, e);
-        }
-        let mut result = result;
-        match job.kind {
-            JobKind::CompareAndWrite { tmp } | JobKind::OrWrite { tmp } => self.pool.release(tmp),
-            JobKind::WriteSame { chunk, .. } => self.pool.release(chunk),
-            JobKind::Copy {
-                buf,
-                next,
-                list_id,
-                bytes,
-                ..
-            } => {
-                self.pool.release(buf);
-                if !matches!(result, Ok(IoResult::Ok)) {
-                    let r = CopyResult {
-                        list_id,
-                        ok: false,
-                        segments_processed: next as u16,
-                        bytes,
-                    };
-                    self.record_copy(idx, job.work.task, r);
-                    result = Err(Completion::check(SenseReason::CopyAborted));
-                }
-            }
+    /// Gives back the pool buffers a job's kind took.
+    fn release_buffers(&mut self, kind: &JobKind) {
+        match kind {
+            JobKind::CompareAndWrite { tmp } | JobKind::OrWrite { tmp } => self.pool.release(*tmp),
+            JobKind::WriteSame { chunk, .. } => self.pool.release(*chunk),
+            JobKind::Copy { buf, .. } => self.pool.release(*buf),
             JobKind::Atomic | JobKind::Unmap { .. } => {}
+        }
+    }
+
+    fn end_job(&mut self, idx: usize, job: Job, result: Result<IoResult, Completion>) {
+        for (lun, s, e) in &job.held {
+            lun.shared.release(*s, *e);
+        }
+        self.release_buffers(&job.kind);
+        let mut result = result;
+        if let JobKind::Copy {
+            next,
+            list_id,
+            bytes,
+            ..
+        } = job.kind
+            && !matches!(result, Ok(IoResult::Ok))
+        {
+            let r = CopyResult {
+                list_id,
+                ok: false,
+                segments_processed: next as u16,
+                bytes,
+            };
+            self.record_copy(idx, job.work.task, r);
+            result = Err(Completion::check(SenseReason::CopyAborted));
         }
         match result {
             Ok(r) => {
@@ -582,7 +655,8 @@ impl Worker {
     }
 
     /// Reads, writes or punches `len` bytes at `offset` of `lun`, split over its extents;
-    /// `buf`/`buf_at` is the registered buffer the data comes from or goes to. Returns the SQEs
+    /// `buf`/`buf_at` is the registered buffer the data comes from or goes to; `dsync`: writes
+    /// reach stable storage before they complete (RWF_DSYNC). Returns the SQEs
     /// submitted (0 when it completed at once: memory LUNs, zero extents), or how it failed at once.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn submit_range(
@@ -595,6 +669,7 @@ impl Worker {
         len: usize,
         buf: Option<BufId>,
         buf_at: usize,
+        dsync: bool,
     ) -> Result<u16, IoResult> {
         if let Some(b) = buf
             && buf_at + len > self.pool.len_of(b)
@@ -668,6 +743,7 @@ impl Worker {
                     } else {
                         on_file!(file, |f| opcode::WriteFixed::new(f, ptr, n as u32, b.0)
                             .offset(seg.file_offset)
+                            .rw_flags(if dsync { libc::RWF_DSYNC } else { 0 })
                             .build())
                     }
                 }
@@ -700,4 +776,49 @@ impl Worker {
         self.sqe_scratch = sqes;
         Ok(count)
     }
+}
+
+/// The byte ranges a job that is not atomic writes, one span per LUN it writes: WRITE SAME its
+/// range, UNMAP from its first block to its last, EXTENDED COPY the same on each destination.
+fn write_spans(lun: &Arc<LunRt>, kind: &JobKind, range: (u64, u64)) -> Vec<(Arc<LunRt>, u64, u64)> {
+    let mut spans: Vec<(Arc<LunRt>, u64, u64)> = Vec::new();
+    let mut add = |l: &Arc<LunRt>, start: u64, len: u64| {
+        if len == 0 {
+            return;
+        }
+        let end = start.saturating_add(len);
+        match spans.iter_mut().find(|(x, ..)| Arc::ptr_eq(x, l)) {
+            Some((_, s, e)) => (*s, *e) = ((*s).min(start), (*e).max(end)),
+            None => spans.push((l.clone(), start, end)),
+        }
+    };
+    match kind {
+        JobKind::WriteSame { .. } => add(lun, range.0, range.1 - range.0),
+        JobKind::Unmap { ranges, .. } => {
+            for &(at, n) in ranges {
+                add(lun, at, n);
+            }
+        }
+        JobKind::Copy { steps, .. } => {
+            for s in steps {
+                add(&s.dst, s.dst_off, s.len);
+            }
+        }
+        _ => {}
+    }
+    spans
+}
+
+/// Takes every span in its LUN's range lock, or none (false: one is held by another
+/// operation; the caller retries later).
+fn hold_all(spans: &[(Arc<LunRt>, u64, u64)]) -> bool {
+    for (i, (lun, s, e)) in spans.iter().enumerate() {
+        if !lun.shared.try_hold(*s, *e) {
+            for (l, s, e) in &spans[..i] {
+                l.shared.release(*s, *e);
+            }
+            return false;
+        }
+    }
+    true
 }

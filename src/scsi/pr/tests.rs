@@ -620,3 +620,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn reserve_and_release_are_saved_under_aptpl() {
+    let mut pr = PrState::new();
+    let cdb = ProutCdb {
+        service_action: sa::REGISTER,
+        scope: 0,
+        rtype: 0,
+        param_len: 24,
+    };
+    persistent_reserve_out(&mut pr, &a(), cdb, &params(0, 0xA, 0x01)).unwrap();
+    assert!(pr.take_effects().changed);
+    let generation = pr.generation;
+    // The reservation is part of what is saved: taking it and giving it back are both saved,
+    // without a new generation.
+    let before = pr.encode();
+    assert_eq!(reserve(&mut pr, &a(), 0xA, T::WriteExclusive), Ok(()));
+    assert_ne!(pr.encode(), before);
+    assert!(pr.take_effects().changed, "RESERVE not saved");
+    let before = pr.encode();
+    assert_eq!(
+        out(&mut pr, &a(), sa::RELEASE, T::WriteExclusive as u8, 0xA, 0),
+        Ok(())
+    );
+    assert_ne!(pr.encode(), before);
+    assert!(pr.take_effects().changed, "RELEASE not saved");
+    assert_eq!(pr.generation, generation);
+}
