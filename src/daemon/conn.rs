@@ -326,7 +326,11 @@ impl Conn {
     /// A write command's header arrived with immediate data: set up its task now so the data can
     /// land in the task's buffer.
     fn begin_write(&mut self, cmd: &ScsiCommand, data_len: u32, pool: &mut BufferPool) -> DataDest {
-        if self.find_itt(cmd.itt).is_some() || !self.cmd_sn_acceptable(cmd.immediate, cmd.cmd_sn) {
+        // A discovery session has no LUNs: its command is rejected whole, nothing is kept.
+        if self.target.is_none()
+            || self.find_itt(cmd.itt).is_some()
+            || !self.cmd_sn_acceptable(cmd.immediate, cmd.cmd_sn)
+        {
             return DataDest::Discard;
         }
         let i = self.new_task(cmd, pool);
