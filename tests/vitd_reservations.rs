@@ -110,12 +110,18 @@ fn naa(s: &mut Session, lun: u8) -> [u8; 16] {
     panic!("no NAA designator: {:?}", r.data_in)
 }
 
-/// EXTENDED COPY (LID1), sent to LUN 0: `blocks` blocks from LBA 0 of `src` to LBA 0 of `dst`.
-/// Returns the status and the sense key.
-fn xcopy(s: &mut Session, src: [u8; 16], dst: [u8; 16], blocks: u16) -> (u8, Option<u8>) {
+/// EXTENDED COPY (LID1), sent to LUN 0: `segments` times `blocks` blocks from LBA 0 of `src` to
+/// LBA 0 of `dst`. Returns the status and the sense key.
+fn xcopy_n(
+    s: &mut Session,
+    src: [u8; 16],
+    dst: [u8; 16],
+    blocks: u16,
+    segments: u32,
+) -> std::io::Result<(u8, Option<u8>)> {
     let mut list = vec![0u8; 16];
     list[3] = 64; // two CSCD descriptors
-    list[11] = 28; // one segment descriptor
+    list[8..12].copy_from_slice(&(28 * segments).to_be_bytes());
     for naa in [src, dst] {
         let mut d = [0u8; 32];
         d[0] = 0xe4; // identification descriptor, block device
@@ -131,12 +137,18 @@ fn xcopy(s: &mut Session, src: [u8; 16], dst: [u8; 16], blocks: u16) -> (u8, Opt
     seg[3] = 24;
     seg[6..8].copy_from_slice(&1u16.to_be_bytes()); // source CSCD 0, destination CSCD 1
     seg[10..12].copy_from_slice(&blocks.to_be_bytes());
-    list.extend_from_slice(&seg);
+    for _ in 0..segments {
+        list.extend_from_slice(&seg);
+    }
     let mut cdb = [0u8; 16];
     cdb[0] = 0x83;
     cdb[10..14].copy_from_slice(&(list.len() as u32).to_be_bytes());
-    let r = s.command(0, &cdb, &list, 0).unwrap();
-    (r.status, r.sense.get(2).map(|k| k & 0x0f))
+    let r = s.command(0, &cdb, &list, 0)?;
+    Ok((r.status, r.sense.get(2).map(|k| k & 0x0f)))
+}
+
+fn xcopy(s: &mut Session, src: [u8; 16], dst: [u8; 16], blocks: u16) -> (u8, Option<u8>) {
+    xcopy_n(s, src, dst, blocks, 1).unwrap()
 }
 
 /// EXTENDED COPY moves blocks for the initiator that sends it: a persistent reservation that
@@ -177,4 +189,54 @@ fn extended_copy_honours_reservations_on_its_source_and_destination() {
         .unwrap();
     assert_eq!(r.data_in, marked, "the holder's copy landed");
     assert_eq!(xcopy(&mut other, lun1, lun0, 8), (0, None));
+}
+
+/// A reinstated session (same initiator name and ISID) that takes RESERVE(6) keeps it, even
+/// while the session it replaced still has work in flight (a long EXTENDED COPY) and is freed
+/// only after the new reservation was taken.
+#[test]
+fn a_reinstated_session_keeps_the_reserve_it_takes() {
+    let ds = Datastore::new();
+    ds.target("pr", &[]);
+    ds.lun("pr", 0, "64M");
+    ds.add_lun_body("pr", 1, memory_lun(64 << 20, None));
+    let vitd = ds.start();
+    let mut old = session(&ds, 7);
+    let _ = old.command(1, &[0; 6], &[], 0);
+    let (lun0, lun1) = (naa(&mut old, 0), naa(&mut old, 1));
+    // 64 segments of 32 MiB: seconds of copying on the old session (whose connection the
+    // reinstatement closes: no answer comes).
+    let copying = std::thread::spawn(move || {
+        let _ = xcopy_n(&mut old, lun0, lun1, 0xffff, 64);
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut new = session(&ds, 7);
+    assert_eq!(
+        new.command(0, &[0x16, 0, 0, 0, 0, 0], &[], 0)
+            .unwrap()
+            .status,
+        0
+    );
+    let mut other = login(
+        ds.port,
+        "iqn.2026-11.io.vit:pr-other",
+        &iqn("pr"),
+        [0x80, 0, 0, 0, 3, 1],
+    );
+    other.test_unit_ready().unwrap();
+    let write = |s: &mut Session| {
+        s.command(0, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[1; 512], 0)
+            .unwrap()
+            .status
+    };
+    assert_eq!(write(&mut other), 0x18, "RESERVATION CONFLICT");
+    copying.join().unwrap();
+    // The old session is gone by now (its copy ended with the connection).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        write(&mut other),
+        0x18,
+        "the old session's end released the new session's RESERVE: {}",
+        vitd.log_text()
+    );
 }

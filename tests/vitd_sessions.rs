@@ -57,6 +57,31 @@ fn a_login_with_the_same_name_and_isid_replaces_the_old_session() {
     good(&mut new);
 }
 
+/// A session is named by its initiator, ISID and target: the same initiator and ISID on another
+/// target is another session (Microsoft's initiator uses one ISID for every target), and neither
+/// replaces the other.
+#[test]
+fn the_same_isid_on_two_targets_is_two_sessions() {
+    let ds = Datastore::new();
+    ds.target("s", &[]);
+    ds.lun("s", 0, "8M");
+    ds.target("t", &[]);
+    ds.lun("t", 0, "8M");
+    let vitd = ds.start();
+    let isid = [0x40, 0, 0x01, 0x37, 0, 0];
+    let mut on_s = login(ds.port, INITIATOR, &iqn("s"), isid);
+    good(&mut on_s);
+    let mut on_t = login(ds.port, INITIATOR, &iqn("t"), isid);
+    good(&mut on_t);
+    assert!(
+        on_s.closed_within(Duration::from_secs(2)).is_err(),
+        "the session on s was closed: {}",
+        vitd.log_text()
+    );
+    good(&mut on_s);
+    good(&mut on_t);
+}
+
 #[test]
 fn a_silent_peer_is_pinged_then_dropped_and_an_answering_one_kept() {
     let (ds, vitd) = setup();

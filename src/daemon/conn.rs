@@ -184,6 +184,9 @@ struct Task {
     data_out_sn: u32,
     sends_pending: u16,
     aborted: bool,
+    /// Aborted by a task management function whose response waits for its I/O to end: that
+    /// function's ITT.
+    tmf: Option<u32>,
     /// Its data is all zeroes ([`Conn::zero_data`]): Data-In comes from the pool's zero
     /// mapping, not from its buffer.
     zeroes: bool,
@@ -240,6 +243,16 @@ pub struct Conn {
     pub local_addr: Option<std::net::SocketAddr>,
     /// Identifies the session for reinstatement.
     pub session_id: u64,
+    /// Task management responses held until the I/O of the tasks they aborted has ended
+    /// (RFC 7143 §11.6.2: no write of an aborted task may land after the answer).
+    tmf_held: Vec<HeldTmf>,
+}
+
+/// A task management response waiting for aborted tasks' I/O.
+struct HeldTmf {
+    itt: u32,
+    response: u8,
+    tasks: u16,
 }
 
 impl Conn {
@@ -279,6 +292,7 @@ impl Conn {
             text_out: None,
             local_addr: None,
             session_id: 0,
+            tmf_held: Vec::new(),
         }
     }
 
@@ -390,21 +404,22 @@ impl Conn {
             && u64::from(d.buffer_offset) + u64::from(data_len) <= u64::from(limit)
     }
 
+    /// The live task with tag `itt`: an aborted one whose I/O has not ended yet no longer
+    /// answers to it (the initiator may reuse the tag once the abort is answered).
     fn find_itt(&self, itt: u32) -> Option<usize> {
         self.itts
             .iter()
             .zip(&self.tasks)
-            .position(|(&x, t)| x == itt && t.is_some())
+            .position(|(&x, t)| x == itt && t.as_ref().is_some_and(|t| !t.aborted))
     }
 
     fn find_data_out_task(&self, d: &pdu::DataOut) -> Option<usize> {
         if d.ttt == RESERVED_TAG {
             self.find_itt(d.itt)
         } else {
-            self.itts
-                .iter()
-                .zip(&self.tasks)
-                .position(|(&x, t)| x == d.itt && t.as_ref().is_some_and(|t| t.ttt == d.ttt))
+            self.itts.iter().zip(&self.tasks).position(|(&x, t)| {
+                x == d.itt && t.as_ref().is_some_and(|t| t.ttt == d.ttt && !t.aborted)
+            })
         }
     }
 
@@ -502,6 +517,7 @@ impl Conn {
             data_out_sn: 0,
             sends_pending: 0,
             aborted: false,
+            tmf: None,
             zeroes: false,
             device,
         });
@@ -754,6 +770,13 @@ impl Conn {
         if t.state != TaskState::Receiving || t.received < t.want {
             return;
         }
+        // A reset or PREEMPT AND ABORT from another session while the data came in aborts
+        // this task too: it must not be written after it.
+        let lun = t.lun;
+        self.check_mail(lun, None, pool);
+        let Some(t) = self.tasks[i].as_ref() else {
+            return;
+        };
         match t.io {
             Some(mut io) => {
                 let plain = matches!(io.kind, IoKind::Write | IoKind::WriteVerify { .. });
@@ -865,7 +888,13 @@ impl Conn {
                     t.buf = pool.alloc(io.byte_len);
                 }
                 if needs_buf && t.buf.is_none_or(|b| io.byte_len > pool.len_of(b)) {
-                    let c = Completion::check(SenseReason::InternalTargetFailure);
+                    // No buffer that large free now: TASK SET FULL, the initiator retries (one
+                    // larger than any buffer cannot be retried into one).
+                    let c = if io.byte_len <= pool.max_len() {
+                        Completion::task_set_full()
+                    } else {
+                        Completion::check(SenseReason::InternalTargetFailure)
+                    };
                     return self.finish(i, &c, pool);
                 }
                 t.state = TaskState::Io;
@@ -1091,6 +1120,24 @@ impl Conn {
         if let Some(b) = t.buf {
             pool.release(b);
         }
+        if let Some(itt) = t.tmf
+            && let Some(at) = self.tmf_held.iter().position(|h| h.itt == itt)
+        {
+            let h = &mut self.tmf_held[at];
+            h.tasks -= 1;
+            if h.tasks == 0 {
+                let h = self.tmf_held.swap_remove(at);
+                self.tmf_response(h.itt, h.response);
+            }
+        }
+    }
+
+    /// Whether task `task` was aborted (its I/O, if not started, is not to be started).
+    pub fn aborted(&self, task: u16) -> bool {
+        self.tasks
+            .get(usize::from(task))
+            .and_then(Option::as_ref)
+            .is_some_and(|t| t.aborted)
     }
 
     /// The data thread sent a PDU: a task whose last Data-In went out is released.
@@ -1157,17 +1204,10 @@ impl Conn {
         }
     }
 
-    /// The I_T nexus ends (logout, drop, reinstatement): reservations drop what SPC says.
+    /// The I_T nexus ends (logout, drop): reservations drop what SPC says.
     pub fn nexus_lost(&mut self) {
-        let Some(target) = self.target.as_ref() else {
-            return;
-        };
-        for l in &target.luns {
-            if l.shared.pr_active() {
-                let mut pr = l.shared.lock_pr();
-                pr.nexus_lost(self.nexus.id());
-                l.shared.settle(&mut pr);
-            }
+        if let Some(target) = self.target.as_ref() {
+            nexus_lost(target, self.nexus.id());
         }
     }
 
@@ -1263,7 +1303,7 @@ impl Conn {
         let response: u8 = match function {
             Some(F::AbortTask) => match self.find_itt(t.referenced_task_tag) {
                 Some(i) => {
-                    self.abort(i, pool);
+                    self.abort_for(i, Some(t.itt), pool);
                     0
                 }
                 None => 1, // task does not exist (also the answer when it already completed)
@@ -1271,7 +1311,7 @@ impl Conn {
             Some(F::AbortTaskSet) | Some(F::ClearTaskSet) => {
                 for i in 0..self.tasks.len() {
                     if self.tasks[i].as_ref().is_some_and(|x| x.lun == t.lun) {
-                        self.abort(i, pool);
+                        self.abort_for(i, Some(t.itt), pool);
                     }
                 }
                 0
@@ -1283,7 +1323,7 @@ impl Conn {
                         .as_ref()
                         .is_some_and(|x| !lun_only || x.lun == t.lun)
                     {
-                        self.abort(i, pool);
+                        self.abort_for(i, Some(t.itt), pool);
                     }
                 }
                 match (lun_only, scsi::decode_lun(t.lun.to_be_bytes())) {
@@ -1306,10 +1346,28 @@ impl Conn {
             Some(F::TargetColdReset) | Some(F::TaskReassign) => 3, // not supported (ERL0)
             _ => 5,                                                // function rejected
         };
+        let waiting = self
+            .tasks
+            .iter()
+            .flatten()
+            .filter(|x| x.tmf == Some(t.itt))
+            .count();
+        if waiting == 0 {
+            self.tmf_response(t.itt, response);
+        } else {
+            self.tmf_held.push(HeldTmf {
+                itt: t.itt,
+                response,
+                tasks: waiting as u16,
+            });
+        }
+    }
+
+    fn tmf_response(&mut self, itt: u32, response: u8) {
         let (stat_sn, exp_cmd_sn, max_cmd_sn) = self.status_sns();
         let r = TaskMgmtResponse {
             response,
-            itt: t.itt,
+            itt,
             stat_sn,
             exp_cmd_sn,
             max_cmd_sn,
@@ -1348,13 +1406,26 @@ impl Conn {
 
     /// Aborts a task: no response will be sent for it.
     fn abort(&mut self, i: usize, pool: &mut BufferPool) {
+        self.abort_for(i, None, pool);
+    }
+
+    /// Aborts task `i`; `tmf`: the ITT of the task management function doing it, whose answer
+    /// then waits for the task's backing-store I/O, if any, to end.
+    fn abort_for(&mut self, i: usize, tmf: Option<u32>, pool: &mut BufferPool) {
         let Some(t) = self.tasks[i].as_mut() else {
             return;
         };
         match t.state {
             TaskState::Receiving => self.free_task(i, pool),
             // I/O or sends in flight point into the buffer: free it when they finish.
-            TaskState::Io | TaskState::Sending => t.aborted = true,
+            TaskState::Io => {
+                t.aborted = true;
+                if t.tmf.is_none() {
+                    t.tmf = tmf;
+                }
+            }
+            // Its status is queued already, ahead of any answer to the abort.
+            TaskState::Sending => t.aborted = true,
         }
     }
 
@@ -1546,6 +1617,18 @@ impl Conn {
 
 #[cfg(test)]
 mod props;
+
+/// I_T nexus `it` of `target` ends: on each LUN its reservations drop what SPC says (an
+/// SPC-2 RESERVE goes; persistent reservations stay).
+pub fn nexus_lost(target: &TargetRt, it: &crate::scsi::ItNexusId) {
+    for l in &target.luns {
+        if l.shared.pr_active() {
+            let mut pr = l.shared.lock_pr();
+            pr.nexus_lost(it);
+            l.shared.settle(&mut pr);
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -2016,6 +2099,92 @@ mod tests {
         feed(&mut c, &mut pool, &bhs, &[0; 2048]);
         let work = c.io.pop_front().expect("verify");
         assert_eq!(work.req.data_out_len, 2048);
+    }
+
+    fn abort_task(referenced: u32, cmd_sn: u32) -> [u8; BHS_LEN] {
+        let t = crate::iscsi::pdu::TaskMgmtRequest {
+            immediate: true,
+            function: 1, // ABORT TASK
+            itt: 0x99,
+            referenced_task_tag: referenced,
+            cmd_sn,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        t.encode(&mut b);
+        b
+    }
+
+    #[test]
+    fn an_abort_is_answered_once_the_aborted_write_has_ended() {
+        let (mut c, mut pool) = conn(true);
+        // WRITE(10) of 1 block, its data immediate: backing-store work at once.
+        let bhs = command(
+            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            512,
+            false,
+            true,
+            100,
+            512,
+        );
+        feed(&mut c, &mut pool, &bhs, &[7; 512]);
+        let write = c.io.pop_front().expect("write queued");
+        feed(&mut c, &mut pool, &abort_task(0x42, 101), &[]);
+        assert!(
+            sent(&mut c).is_empty(),
+            "no answer while the write may still land"
+        );
+        assert!(c.aborted(write.task));
+        // The tag is free again: a READ reusing it is taken.
+        let read = command(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512, true, false, 101, 0);
+        feed(&mut c, &mut pool, &read, &[]);
+        assert!(sent(&mut c).is_empty());
+        assert_eq!(c.io.len(), 1, "the READ is under way");
+        // The write ends (the data thread does not start an aborted task's I/O): the abort is
+        // answered, and the write never is.
+        c.io_done(write.task, IoResult::Failed, &mut pool);
+        let pdus = sent(&mut c);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::TaskMgmt(r)] if r.response == 0 && r.itt == 0x99),
+            "{pdus:?}"
+        );
+    }
+
+    #[test]
+    fn a_write_collecting_data_is_aborted_by_another_sessions_reset() {
+        let (mut c, mut pool) = conn(true);
+        let bhs = command(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512, false, true, 100, 0);
+        feed(&mut c, &mut pool, &bhs, &[]);
+        let pdus = sent(&mut c);
+        let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        let other = crate::scsi::pr::ItNexusId {
+            initiator: "iqn.2026-11.io.vit:other".into(),
+            ..Default::default()
+        };
+        c.target.as_ref().unwrap().luns[0]
+            .shared
+            .post(crate::daemon::shared::Mail::Reset {
+                reason: SenseReason::BusDeviceResetFunction,
+                from: other,
+            });
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out(r2t.ttt, 0, 0, 512, true),
+            &[9; 512],
+        );
+        assert!(c.io.is_empty(), "a task the reset aborted is not written");
+        assert_eq!(c.tasks_in_flight(), 0);
+        // The next command meets the reset's unit attention.
+        let tur = command(&[0, 0, 0, 0, 0, 0], 0, false, false, 101, 0);
+        feed(&mut c, &mut pool, &tur, &[]);
+        let pdus = sent(&mut c);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 2),
+            "{pdus:?}"
+        );
     }
 
     #[test]

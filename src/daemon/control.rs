@@ -59,6 +59,7 @@ struct CtlConn {
 struct SessionRec {
     initiator: String,
     isid: [u8; 6],
+    target: String,
     thread: usize,
     id: u64,
 }
@@ -419,10 +420,12 @@ impl Control {
                         conn.session_id = self.next_session;
                         self.next_session += 1;
                         tracing::info!(initiator = %initiator, target = %t.name, peer = %peer, "session logged in");
-                        self.reinstate(&initiator, isid);
+                        let it = conn.nexus.id().clone();
+                        self.reinstate(&initiator, isid, &t, &it);
                         self.sessions.push(SessionRec {
                             initiator,
                             isid,
+                            target: t.name.clone(),
                             thread: usize::MAX,
                             id: conn.session_id,
                         });
@@ -460,12 +463,29 @@ impl Control {
             .collect()
     }
 
-    /// A new session with the same initiator name and ISID replaces the old one.
-    fn reinstate(&mut self, initiator: &str, isid: [u8; 6]) {
+    /// A new session with the same initiator name and ISID on the same target replaces the old
+    /// one (RFC 7143 §6.3.5; the same ISID on another target is another session). The old
+    /// session's I_T nexus ends here, before the new session's first command: its SPC-2
+    /// reservations go now, not when the old connection's last I/O is done, which could undo
+    /// one the new session has taken meanwhile.
+    fn reinstate(
+        &mut self,
+        initiator: &str,
+        isid: [u8; 6],
+        target: &crate::daemon::runtime::TargetRt,
+        it: &crate::scsi::ItNexusId,
+    ) {
         let (old, keep): (Vec<SessionRec>, Vec<SessionRec>) = std::mem::take(&mut self.sessions)
             .into_iter()
-            .partition(|s| s.isid == isid && s.initiator.eq_ignore_ascii_case(initiator));
+            .partition(|s| {
+                s.isid == isid
+                    && s.target == target.name
+                    && s.initiator.eq_ignore_ascii_case(initiator)
+            });
         self.sessions = keep;
+        if !old.is_empty() {
+            crate::daemon::conn::nexus_lost(target, it);
+        }
         for s in old {
             if let Some(t) = self.threads.get(s.thread) {
                 tracing::info!(initiator, "session reinstatement: closing the old session");

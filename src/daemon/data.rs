@@ -41,7 +41,7 @@ use super::runtime::{Backing, LunRt};
 use super::uring::{self, BufId, BufferPool, Waker};
 use crate::iscsi::pdu::BHS_LEN;
 use crate::iscsi::reader::{Event, PduReader, ReadError, Want};
-use crate::scsi::{self, IoKind, IoResult};
+use crate::scsi::{self, Completion, IoKind, IoResult};
 use crate::vmdk::{Op, SegmentKind};
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::{IoUring, opcode, squeue, types};
@@ -264,6 +264,8 @@ struct Slot {
     counted_write: Vec<Option<usize>>,
     inflight: u32,
     closing: bool,
+    /// Closed because a new login with its name, ISID and target replaced it.
+    replaced: bool,
     close_after_send: bool,
     last_rx: Instant,
     ping_at: Option<Instant>,
@@ -505,6 +507,10 @@ impl Worker {
                         .iter()
                         .position(|s| s.as_ref().is_some_and(|s| s.conn.session_id == id));
                     if let Some(i) = found {
+                        // Its I_T nexus ended at the new login (`Control::reinstate`).
+                        if let Some(s) = self.slots[i].as_mut() {
+                            s.replaced = true;
+                        }
                         self.close(i, "reinstated by a new login");
                     }
                 }
@@ -560,6 +566,7 @@ impl Worker {
             counted_write: vec![None; usize::from(super::login::QUEUE_DEPTH)],
             inflight: 0,
             closing: false,
+            replaced: false,
             close_after_send: false,
             last_rx: Instant::now(),
             ping_at: None,
@@ -933,6 +940,11 @@ impl Worker {
             let Some(work) = s.conn.io.pop_front() else {
                 return;
             };
+            // A task aborted before its I/O started does not start it.
+            if s.conn.aborted(work.task) {
+                s.conn.io_done(work.task, IoResult::Failed, &mut self.pool);
+                continue;
+            }
             let Some((at, lun)) = task_lun(s, work.task) else {
                 s.conn.io_done(work.task, IoResult::Failed, &mut self.pool);
                 continue;
@@ -946,16 +958,18 @@ impl Worker {
     /// Retries requests that waited for an atomic operation's range.
     fn retry_deferred(&mut self) {
         for (idx, work) in std::mem::take(&mut self.deferred) {
+            // Not for a closing connection, nor for a task aborted while it waited.
             let lun = self
                 .slots
                 .get(idx)
                 .and_then(Option::as_ref)
-                .filter(|s| !s.closing)
+                .filter(|s| !s.closing && !s.conn.aborted(work.task))
                 .and_then(|s| task_lun(s, work.task));
             match lun {
                 Some((at, lun)) => {
                     if !self.submit_io(idx, at, &lun, work) {
                         self.deferred.push((idx, work));
+                        continue;
                     }
                 }
                 None => {
@@ -965,6 +979,8 @@ impl Worker {
                     }
                 }
             }
+            // It may have been answered at once (a memory LUN, a refusal): send that now.
+            self.dirty.push(idx);
         }
     }
 
@@ -1019,7 +1035,14 @@ impl Worker {
                     op.verify_buf = Some(b);
                     (b, Op::Read)
                 }
-                None => return self.finish_io(idx, work.task, IoResult::Failed),
+                None => {
+                    // No buffer now (large reads may hold them all): the initiator retries.
+                    if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
+                        s.conn
+                            .finish_with(work.task, &Completion::task_set_full(), &mut self.pool);
+                    }
+                    return;
+                }
             },
             (IoKind::Read, Some(b)) => (b, Op::Read),
             (IoKind::Write | IoKind::WriteVerify { .. }, Some(b)) => (b, Op::Write),
@@ -1264,7 +1287,9 @@ impl Worker {
         let Some(mut s) = self.slots[idx].take() else {
             return;
         };
-        s.conn.nexus_lost();
+        if !s.replaced {
+            s.conn.nexus_lost();
+        }
         s.conn.release_all(&mut self.pool);
         let _ = self.ended.send(s.conn.session_id);
         for p in s.sending.drain(..) {

@@ -87,6 +87,8 @@ pub(super) struct Job {
     durable: bool,
     /// That fdatasync was issued.
     synced: bool,
+    /// The step in flight reads (a failure is a read error, else a write error).
+    reading: bool,
 }
 
 /// How a job ended.
@@ -156,10 +158,16 @@ impl Worker {
         if atomic && !self.hold_and_drain(idx, work.task, lun, range) {
             return false;
         }
-        let fail = |w: &mut Worker, c: Completion| {
-            if atomic {
-                lun.shared.release(range.0, range.1);
-            }
+        // What the job holds in the LUNs' range locks: an atomic command its range (taken
+        // above); WRITE SAME, UNMAP and EXTENDED COPY what they write, taken below before any
+        // buffer is (a job that must wait is retried, and should cost nothing meanwhile).
+        let mut held = if atomic {
+            vec![(lun.clone(), range.0, range.1)]
+        } else {
+            Vec::new()
+        };
+        let fail = |w: &mut Worker, held: &[(Arc<LunRt>, u64, u64)], c: Completion| {
+            release_all(held);
             w.job_finish_completion(idx, work, c);
             true
         };
@@ -179,7 +187,7 @@ impl Worker {
         let kind = match req.kind {
             IoKind::CompareAndWrite | IoKind::OrWrite => {
                 let Some(tmp) = self.pool.alloc(req.byte_len) else {
-                    return fail(self, Completion::task_set_full());
+                    return fail(self, &held, Completion::task_set_full());
                 };
                 if req.kind == IoKind::OrWrite {
                     JobKind::OrWrite { tmp }
@@ -189,6 +197,10 @@ impl Worker {
             }
             IoKind::WriteAtomic => JobKind::Atomic,
             IoKind::WriteSame { ndob, .. } => {
+                held = vec![(lun.clone(), range.0, range.1)];
+                if !hold_all(&held) {
+                    return false;
+                }
                 let bs = lun.block_size as usize;
                 let pattern = if ndob { vec![0u8; bs] } else { data_out(self) };
                 let info = self.lun_info(idx, lun);
@@ -196,7 +208,7 @@ impl Worker {
                     .as_ref()
                     .is_some_and(|i| sbc::write_same_deallocates(i, &req, &pattern));
                 let Some(chunk) = self.pool.alloc(CHUNK.min(req.byte_len.max(bs))) else {
-                    return fail(self, Completion::task_set_full());
+                    return fail(self, &held, Completion::task_set_full());
                 };
                 let len = self.pool.len_of(chunk).min(req.byte_len.max(bs)) / bs * bs;
                 if pattern.len() >= bs {
@@ -215,20 +227,33 @@ impl Worker {
             IoKind::Unmap => {
                 let data = data_out(self);
                 let Some(info) = self.lun_info(idx, lun) else {
-                    return fail(self, Completion::check(SenseReason::InternalTargetFailure));
+                    return fail(
+                        self,
+                        &held,
+                        Completion::check(SenseReason::InternalTargetFailure),
+                    );
                 };
                 match sbc::unmap_ranges(&info, &data) {
-                    Ok(r) => JobKind::Unmap {
-                        ranges: r.iter().filter_map(|x| x.bytes(lun.block_size)).collect(),
-                        next: 0,
-                    },
-                    Err(reason) => return fail(self, Completion::check(reason)),
+                    Ok(r) => {
+                        let ranges: Vec<(u64, u64)> =
+                            r.iter().filter_map(|x| x.bytes(lun.block_size)).collect();
+                        held = spans(ranges.iter().map(|&(at, n)| (lun, at, n)));
+                        if !hold_all(&held) {
+                            return false;
+                        }
+                        JobKind::Unmap { ranges, next: 0 }
+                    }
+                    Err(reason) => return fail(self, &held, Completion::check(reason)),
                 }
             }
             IoKind::ExtendedCopy => match self.copy_steps_from_data_out(idx, &work) {
                 Ok((steps, list_id)) => {
+                    held = spans(steps.iter().map(|s| (&s.dst, s.dst_off, s.len)));
+                    if !hold_all(&held) {
+                        return false;
+                    }
                     let Some(buf) = self.pool.alloc(CHUNK) else {
-                        return fail(self, Completion::task_set_full());
+                        return fail(self, &held, Completion::task_set_full());
                     };
                     JobKind::Copy {
                         steps,
@@ -240,23 +265,19 @@ impl Worker {
                         bytes: 0,
                     }
                 }
-                Err(reason) => return fail(self, Completion::check(reason)),
+                Err(reason) => return fail(self, &held, Completion::check(reason)),
             },
             IoKind::GetLbaStatus { alloc_len } => {
                 let c = self.get_lba_status(idx, lun, &work, alloc_len);
-                return fail(self, c);
+                return fail(self, &held, c);
             }
-            _ => return fail(self, Completion::check(SenseReason::InternalTargetFailure)),
-        };
-        let held = if atomic {
-            vec![(lun.clone(), range.0, range.1)]
-        } else {
-            let spans = write_spans(lun, &kind, range);
-            if !hold_all(&spans) {
-                self.release_buffers(&kind);
-                return false;
+            _ => {
+                return fail(
+                    self,
+                    &held,
+                    Completion::check(SenseReason::InternalTargetFailure),
+                );
             }
-            spans
         };
         let durable = req.fua || self.write_cache_off(idx, lun);
         let job = Box::new(Job {
@@ -267,6 +288,7 @@ impl Worker {
             held,
             durable,
             synced: false,
+            reading: false,
         });
         self.advance(idx, job, IoResult::Ok);
         true
@@ -430,7 +452,7 @@ impl Worker {
                 IoResult::Ok => {}
                 IoResult::NoSpace => return self.end_job(idx, *job, Ok(IoResult::NoSpace)),
                 _ => {
-                    let r = if job.phase == 0 && !matches!(job.kind, JobKind::Atomic) {
+                    let r = if job.reading {
                         IoResult::ReadError(Some(job.work.req.lba))
                     } else {
                         IoResult::WriteError(Some(job.work.req.lba))
@@ -471,6 +493,11 @@ impl Worker {
         let lun = job.lun.clone();
         let phase = job.phase;
         job.phase = phase.saturating_add(1);
+        job.reading = match &job.kind {
+            JobKind::CompareAndWrite { .. } | JobKind::OrWrite { .. } => phase == 0,
+            JobKind::Copy { wrote, .. } => !*wrote,
+            _ => false,
+        };
         let task = job.work.task;
         // RWF_DSYNC does not cover deallocation: once a durable job's last hole is punched, its
         // extents are synced before it completes.
@@ -616,9 +643,7 @@ impl Worker {
     }
 
     fn end_job(&mut self, idx: usize, job: Job, result: Result<IoResult, Completion>) {
-        for (lun, s, e) in &job.held {
-            lun.shared.release(*s, *e);
-        }
+        release_all(&job.held);
         self.release_buffers(&job.kind);
         let mut result = result;
         if let JobKind::Copy {
@@ -778,35 +803,31 @@ impl Worker {
     }
 }
 
-/// The byte ranges a job that is not atomic writes, one span per LUN it writes: WRITE SAME its
-/// range, UNMAP from its first block to its last, EXTENDED COPY the same on each destination.
-fn write_spans(lun: &Arc<LunRt>, kind: &JobKind, range: (u64, u64)) -> Vec<(Arc<LunRt>, u64, u64)> {
-    let mut spans: Vec<(Arc<LunRt>, u64, u64)> = Vec::new();
-    let mut add = |l: &Arc<LunRt>, start: u64, len: u64| {
-        if len == 0 {
-            return;
+/// The byte ranges `(lun, offset, length)` as spans to hold: per LUN, overlapping or touching
+/// ranges merged (a command's own ranges must not keep it from holding them), the others kept
+/// apart so that plain writes between them need not wait.
+fn spans<'a>(
+    ranges: impl Iterator<Item = (&'a Arc<LunRt>, u64, u64)>,
+) -> Vec<(Arc<LunRt>, u64, u64)> {
+    let mut all: Vec<(&Arc<LunRt>, u64, u64)> = ranges
+        .filter(|r| r.2 > 0)
+        .map(|(l, at, n)| (l, at, at.saturating_add(n)))
+        .collect();
+    all.sort_by_key(|&(l, s, _)| (Arc::as_ptr(l), s));
+    let mut out: Vec<(Arc<LunRt>, u64, u64)> = Vec::new();
+    for (l, s, e) in all {
+        match out.last_mut() {
+            Some((ol, _, oe)) if Arc::ptr_eq(ol, l) && s <= *oe => *oe = (*oe).max(e),
+            _ => out.push((l.clone(), s, e)),
         }
-        let end = start.saturating_add(len);
-        match spans.iter_mut().find(|(x, ..)| Arc::ptr_eq(x, l)) {
-            Some((_, s, e)) => (*s, *e) = ((*s).min(start), (*e).max(end)),
-            None => spans.push((l.clone(), start, end)),
-        }
-    };
-    match kind {
-        JobKind::WriteSame { .. } => add(lun, range.0, range.1 - range.0),
-        JobKind::Unmap { ranges, .. } => {
-            for &(at, n) in ranges {
-                add(lun, at, n);
-            }
-        }
-        JobKind::Copy { steps, .. } => {
-            for s in steps {
-                add(&s.dst, s.dst_off, s.len);
-            }
-        }
-        _ => {}
     }
-    spans
+    out
+}
+
+fn release_all(held: &[(Arc<LunRt>, u64, u64)]) {
+    for (lun, s, e) in held {
+        lun.shared.release(*s, *e);
+    }
 }
 
 /// Takes every span in its LUN's range lock, or none (false: one is held by another
@@ -814,9 +835,7 @@ fn write_spans(lun: &Arc<LunRt>, kind: &JobKind, range: (u64, u64)) -> Vec<(Arc<
 fn hold_all(spans: &[(Arc<LunRt>, u64, u64)]) -> bool {
     for (i, (lun, s, e)) in spans.iter().enumerate() {
         if !lun.shared.try_hold(*s, *e) {
-            for (l, s, e) in &spans[..i] {
-                l.shared.release(*s, *e);
-            }
+            release_all(&spans[..i]);
             return false;
         }
     }
