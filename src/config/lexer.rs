@@ -67,6 +67,13 @@ pub(crate) struct Lexer<'a> {
     col: u32,
 }
 
+/// The position of the character that would follow `text`, counted as the lexer counts.
+pub(crate) fn end_pos(text: &str) -> Pos {
+    let mut lexer = Lexer::new(text);
+    while lexer.bump().is_some() {}
+    lexer.pos()
+}
+
 impl<'a> Lexer<'a> {
     pub(crate) fn new(text: &'a str) -> Self {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);

@@ -38,6 +38,22 @@ impl ConfigError {
     }
 }
 
+/// vit.conf bytes as text; the error names the line and column of the first byte that is not
+/// UTF-8. `file` names the text in errors.
+pub fn decode(bytes: Vec<u8>, file: &str) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let valid = e.utf8_error().valid_up_to();
+        let before = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+        let bad = bytes.get(valid).copied().unwrap_or_default();
+        ConfigError::at(
+            file,
+            lexer::end_pos(before),
+            format!("byte 0x{bad:02x} is not UTF-8 (vit.conf is UTF-8 text)"),
+        )
+    })
+}
+
 /// Parses vit.conf text; the error is the first syntax error. `file` names the text in errors.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     parser::parse(text, file)

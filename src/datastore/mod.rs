@@ -158,13 +158,16 @@ impl Datastore {
         Ok(ConfigLock { _file: file })
     }
 
-    /// Reads vit.conf as text, bounded by [`MAX_CONFIG_BYTES`].
+    /// Reads vit.conf as text, bounded by [`MAX_CONFIG_BYTES`]; bytes that are not UTF-8 are a
+    /// config error at their line and column.
     pub fn read_config_text(&self) -> Result<String> {
         let path = self.config_path();
         if !path.is_file() {
             return Err(DatastoreError::NoHomeObject(path));
         }
-        read_bounded(&path, MAX_CONFIG_BYTES)
+        let bytes = read_bounded(&path, MAX_CONFIG_BYTES)?;
+        config::decode(bytes, &path.display().to_string())
+            .map_err(|e| DatastoreError::Config(vec![e]))
     }
 
     /// Reads, parses and verifies vit.conf.
@@ -328,12 +331,12 @@ fn check_plain_name(name: &str) -> Result<()> {
 }
 
 /// Reads a whole file, refusing one larger than `limit` bytes.
-pub fn read_bounded(path: &Path, limit: u64) -> Result<String> {
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let file = File::open(path).map_err(io_err(path))?;
-    let mut text = String::new();
+    let mut text = Vec::new();
     file.take(limit + 1)
-        .read_to_string(&mut text)
+        .read_to_end(&mut text)
         .map_err(io_err(path))?;
     if text.len() as u64 > limit {
         return Err(DatastoreError::Invalid(format!(
@@ -441,5 +444,27 @@ mod tests {
         let e = ds.load_config().unwrap_err().to_string();
         let want = format!("{}:3:3:", ds.config_path().display());
         assert!(e.starts_with(&want), "{e}");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_reported_where_they_stand() {
+        let (_dir, ds) = ds();
+        let mut text = b"generation 3\n# caf\xc3\xa9 \xff\nportal-group p { }\n".to_vec();
+        std::fs::write(ds.config_path(), &text).unwrap();
+        let want = format!(
+            "{}:2:8: byte 0xff is not UTF-8 (vit.conf is UTF-8 text)",
+            ds.config_path().display()
+        );
+        assert_eq!(ds.load_config().unwrap_err().to_string(), want);
+        let problems: Vec<String> = ds.validate().iter().map(ToString::to_string).collect();
+        assert_eq!(problems, [want]);
+        // A sequence cut short at the end of the file, after a byte order mark.
+        text = b"\xef\xbb\xbfgeneration 3 \xc3".to_vec();
+        std::fs::write(ds.config_path(), &text).unwrap();
+        let e = ds.load_config().unwrap_err().to_string();
+        assert!(
+            e.ends_with(":1:14: byte 0xc3 is not UTF-8 (vit.conf is UTF-8 text)"),
+            "{e}"
+        );
     }
 }

@@ -24,6 +24,7 @@ pub(super) fn validate(ds: &Datastore) -> Vec<Problem> {
     };
     let text = match ds.read_config_text() {
         Ok(t) => t,
+        Err(super::DatastoreError::Config(errors)) => return errors,
         Err(e) => return vec![at(Pos::default(), e.to_string())],
     };
     let cfg = match config::load(&text, &file) {
