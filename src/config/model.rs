@@ -445,22 +445,41 @@ impl InitiatorPortal {
                 }
             },
         };
+        if addr.to_canonical().is_ipv4() && addr.is_ipv6() && prefix_len < 96 {
+            return Err(format!(
+                "\"{s}\": an IPv4-mapped address takes a prefix length of 96..=128 \
+                 (96 + the IPv4 prefix length)"
+            ));
+        }
         Ok(InitiatorPortal { addr, prefix_len })
     }
 
-    /// Whether `ip` lies in this portal's network (IPv4-mapped IPv6 counts as IPv4).
+    /// Whether `ip` lies in this portal's network. IPv4 networks admit IPv4 initiators (also
+    /// written IPv4-mapped, `::ffff:a.b.c.d`), IPv6 networks IPv6 ones. An IPv4-mapped network
+    /// is the IPv4 network of its last 32 bits: prefix length 96 + n is the IPv4 prefix n (one
+    /// shorter than 96, which `parse` refuses, admits nothing).
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         use std::net::IpAddr;
-        match (self.addr.to_canonical(), ip.to_canonical()) {
+        let (net, prefix_len) = match self.addr {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => match self.prefix_len.checked_sub(96) {
+                    Some(len) => (IpAddr::V4(v4), len),
+                    None => return false,
+                },
+                None => (self.addr, self.prefix_len),
+            },
+            IpAddr::V4(_) => (self.addr, self.prefix_len),
+        };
+        match (net, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix_len))
+                    .checked_shl(32u32.saturating_sub(u32::from(prefix_len)))
                     .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .checked_shl(128u32.saturating_sub(u32::from(prefix_len)))
                     .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }

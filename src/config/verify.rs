@@ -655,6 +655,34 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_mapped_initiator_portals_are_ipv4_networks() {
+        let p = |s: &str| InitiatorPortal::parse(s).unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let host = p("::ffff:10.0.0.1");
+        assert!(host.contains(ip("10.0.0.1")) && host.contains(ip("::ffff:10.0.0.1")));
+        assert!(!host.contains(ip("10.0.0.2")) && !host.contains(ip("192.168.1.1")));
+        assert!(!host.contains(ip("2001:db8::1")));
+        let net = p("[::ffff:10.0.0.0]/104");
+        assert!(net.contains(ip("10.200.1.1")) && !net.contains(ip("11.0.0.1")));
+        let all = p("::ffff:0.0.0.0/96");
+        assert!(all.contains(ip("1.2.3.4")) && !all.contains(ip("2001:db8::1")));
+        // A model built without `parse`: a mapped prefix shorter than 96 admits nothing.
+        let short = InitiatorPortal {
+            addr: ip("::ffff:10.0.0.0"),
+            prefix_len: 64,
+        };
+        assert!(!short.contains(ip("10.0.0.1")) && !short.contains(ip("1.2.3.4")));
+        let text = "auth-group a {\n initiator-portal ::ffff:10.0.0.1\n initiator-portal [::ffff:10.0.0.0]/104\n\
+                    initiator-portal ::ffff:10.0.0.0/64\n}";
+        assert_eq!(
+            errs(text),
+            [
+                "4:18: initiator-portal: \"::ffff:10.0.0.0/64\": an IPv4-mapped address takes a prefix length of 96..=128 (96 + the IPv4 prefix length)"
+            ]
+        );
+    }
+
+    #[test]
     fn listen_addr_parsing() {
         use std::net::IpAddr;
         let p = |s: &str| ListenAddr::parse(s).unwrap();
