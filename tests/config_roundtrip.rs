@@ -140,7 +140,7 @@ fn lun_body() -> impl Strategy<Value = LunBody> {
                     (Some(Backend::Ramdisk), None) => Some(1 << 30),
                     (_, size) => size,
                 };
-                LunBody {
+                let mut body = LunBody {
                     pos: p(),
                     backend: backend.map(|b| (b, p())),
                     blocksize: bs.map(|b| (b, p())),
@@ -151,7 +151,14 @@ fn lun_body() -> impl Strategy<Value = LunBody> {
                     path,
                     serial,
                     size: size.map(|s| (s, p())),
+                };
+                // A memory LUN is at most MAX_RAMDISK_BYTES.
+                if body.effective_backend() == Backend::Ramdisk
+                    && let Some((s, _)) = &mut body.size
+                {
+                    *s %= MAX_RAMDISK_BYTES + 1;
                 }
+                body
             },
         )
 }

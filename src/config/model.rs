@@ -307,7 +307,20 @@ pub struct LunBody {
     pub size: Option<(u64, Pos)>,
 }
 
+/// The largest memory LUN (`backend ramdisk`): 64 TiB. vitd reserves address space for all of
+/// it and, for a thin one, a bit per 64 KiB (128 MiB at this size); a larger `size` is refused.
+pub const MAX_RAMDISK_BYTES: u64 = 64 << 40;
+
 impl LunBody {
+    /// The backend vitd serves the LUN with: the one written, else `vmdk` when a `path` is
+    /// given, else `ramdisk`.
+    pub fn effective_backend(&self) -> Backend {
+        match (self.backend, &self.path) {
+            (Some((b, _)), _) => b,
+            (None, Some(_)) => Backend::Vmdk,
+            (None, None) => Backend::Ramdisk,
+        }
+    }
     pub fn option(&self, name: &str) -> Option<&str> {
         option(&self.options, name)
     }

@@ -328,6 +328,17 @@ impl Checker<'_> {
         {
             self.report(pos, "backend ramdisk needs a `size`");
         }
+        if let Some((size, pos)) = b.size
+            && b.effective_backend() == Backend::Ramdisk
+            && size > MAX_RAMDISK_BYTES
+        {
+            self.report(
+                pos,
+                format!(
+                    "size {size} bytes is more than a ramdisk LUN may have ({MAX_RAMDISK_BYTES} bytes, 64 TiB)"
+                ),
+            );
+        }
         if let Some((Err(e), pos)) = b.capacity() {
             self.report(pos, format!("option capacity: {e}"));
         }
@@ -554,6 +565,23 @@ mod tests {
                 "6:51: path \"..\" must not contain a `..` component",
                 "7:17: backend ramdisk needs a `size`",
                 "13:2: option capacity: size \"lots\": expected a number with optional suffix K, M, G, T or B",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_ramdisk_larger_than_vitd_serves_is_refused_where_its_size_stands() {
+        let text = format!(
+            "target {T} {{\n lun 0 {{ backend ramdisk\n  size 64T\n  option capacity 1 }}\n\
+             lun 1 {{ backend ramdisk\n  size 16000T\n  option capacity 1 }}\n\
+             lun 2 {{ size 70368744177665B }}\n\
+             lun 3 {{ backend vmdk\n  path u/a.vmdk\n  size 16000T }}\n}}"
+        );
+        assert_eq!(
+            errs(&text),
+            [
+                "6:8: size 17592186044416000 bytes is more than a ramdisk LUN may have (70368744177664 bytes, 64 TiB)",
+                "8:14: size 70368744177665 bytes is more than a ramdisk LUN may have (70368744177664 bytes, 64 TiB)",
             ]
         );
     }

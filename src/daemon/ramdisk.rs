@@ -12,6 +12,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::runtime::{Backing, LunRt};
+use crate::config::MAX_RAMDISK_BYTES;
 use crate::scsi::IoResult;
 use crate::vmdk::Op;
 
@@ -116,13 +117,14 @@ impl RamDisk {
     /// the capacity.
     pub fn new(size: u64, capacity: u64) -> std::io::Result<Self> {
         let size = Self::checked_size(size)?;
-        let thin = (capacity < size as u64).then(|| Thin {
-            capacity,
-            used: AtomicU64::new(0),
-            chunks: (0..size.div_ceil(CHUNK).div_ceil(64))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-        });
+        let thin = match capacity < size as u64 {
+            true => Some(Thin {
+                capacity,
+                used: AtomicU64::new(0),
+                chunks: zeroed_words(size.div_ceil(CHUNK).div_ceil(64))?,
+            }),
+            false => None,
+        };
         // SAFETY: an anonymous mapping with no address hint; the result is checked.
         let base = unsafe {
             libc::mmap(
@@ -154,10 +156,18 @@ impl RamDisk {
     }
 
     fn checked_size(size: u64) -> std::io::Result<usize> {
+        let too_large = || {
+            std::io::Error::other(format!(
+                "a ramdisk of {size} bytes is larger than {MAX_RAMDISK_BYTES} bytes (64 TiB)"
+            ))
+        };
+        if size > MAX_RAMDISK_BYTES {
+            return Err(too_large());
+        }
         match usize::try_from(size) {
             Ok(0) => Err(std::io::Error::other("ramdisk of size 0")),
             Ok(s) => Ok(s),
-            Err(_) => Err(std::io::Error::other("ramdisk too large")),
+            Err(_) => Err(too_large()),
         }
     }
 
@@ -200,6 +210,19 @@ impl RamDisk {
         // SAFETY: off + len <= size (checked), so the pointer stays inside the mapping.
         Ok(self.base.map(|b| unsafe { b.as_ptr().add(off) }))
     }
+}
+
+/// `n` zeroed words, or an error (not an abort) when memory for them cannot be had.
+fn zeroed_words(n: usize) -> std::io::Result<Box<[AtomicU64]>> {
+    let mut words = Vec::new();
+    words.try_reserve_exact(n).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            format!("the thin ramdisk's bitmap ({n} words): {e}"),
+        )
+    })?;
+    words.resize_with(n, || AtomicU64::new(0));
+    Ok(words.into_boxed_slice())
 }
 
 impl Drop for RamDisk {
@@ -317,6 +340,23 @@ mod tests {
             IoResult::Ok
         );
         assert!(back[..4096].iter().all(|&b| b == 0) && back[4096..].iter().all(|&b| b == 0xa5));
+    }
+
+    #[test]
+    fn a_ramdisk_past_the_bound_is_an_error_not_an_abort() {
+        let huge = 16000u64 << 40;
+        let want =
+            "a ramdisk of 17592186044416000 bytes is larger than 70368744177664 bytes (64 TiB)";
+        assert_eq!(RamDisk::new(huge, 1).unwrap_err().to_string(), want);
+        assert_eq!(RamDisk::new(huge, huge).unwrap_err().to_string(), want);
+        assert_eq!(RamDisk::discarding(huge).unwrap_err().to_string(), want);
+        assert_eq!(
+            RamDisk::discarding(MAX_RAMDISK_BYTES).unwrap().size(),
+            MAX_RAMDISK_BYTES
+        );
+        assert_eq!(zeroed_words(3).unwrap().len(), 3);
+        let e = zeroed_words(usize::MAX).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::OutOfMemory);
     }
 
     #[test]

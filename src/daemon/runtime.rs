@@ -386,14 +386,7 @@ fn open_lun(
     open: OpenOptions,
 ) -> Result<LunRt, String> {
     let block_size = body.blocksize.map_or(512, |(b, _)| b as u32);
-    let backend = body
-        .backend
-        .map(|(b, _)| b)
-        .unwrap_or(if body.path.is_some() {
-            Backend::Vmdk
-        } else {
-            Backend::Ramdisk
-        });
+    let backend = body.effective_backend();
     let alias = body.lun_alias().map(str::to_string);
     let (backing, bytes, read_only, key, pr_file) = match backend {
         Backend::Ramdisk => {
