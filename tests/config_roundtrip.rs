@@ -477,12 +477,15 @@ fn build(raw: Raw) -> Config {
             auth: build_auth(a, &ig_names),
         })
         .collect();
+    let mut tags = std::collections::HashSet::new();
     let portal_groups = raw
         .pgs
         .into_iter()
         .zip(&pg_names)
         .map(|((mut g, dag), name)| {
             g.name = name.clone();
+            // Tags are unique.
+            g.tag = g.tag.filter(|(t, _)| tags.insert(*t));
             g.discovery_auth_group = dag.map(|i| pick(&ag_names, &predefined_ags, &i));
             g
         })

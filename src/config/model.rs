@@ -63,6 +63,27 @@ pub struct Config {
     pub targets: Vec<Target>,
 }
 
+/// Where vitd listens for the predefined portal group `default` when no
+/// `portal-group default { }` section says otherwise.
+pub const DEFAULT_PORTAL_GROUP_LISTEN: [&str; 2] = ["0.0.0.0:3260", "[::]:3260"];
+
+impl Config {
+    /// The first target that uses the predefined portal group `default` (by naming it, or by
+    /// naming no portal group) when no `portal-group default { }` section defines it: vitd then
+    /// serves that group on [`DEFAULT_PORTAL_GROUP_LISTEN`], ahead of the groups written.
+    pub fn implied_default_portal_group(&self) -> Option<&Target> {
+        if self.portal_groups.iter().any(|p| p.name == "default") {
+            return None;
+        }
+        self.targets.iter().find(|t| {
+            t.portal_groups.is_empty()
+                || t.portal_groups
+                    .iter()
+                    .any(|p| p.portal_group.name == "default")
+        })
+    }
+}
+
 /// VMware: `initiator-group NAME { initiator IQN ... }`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InitiatorGroup {

@@ -63,6 +63,7 @@ pub(crate) fn verify(cfg: &Config, file: &str) -> Vec<ConfigError> {
     for g in &cfg.portal_groups {
         c.portal_group(g, &refs);
     }
+    c.portal_group_tags(cfg);
     for l in &cfg.luns {
         c.lun_body(&l.body);
     }
@@ -307,6 +308,50 @@ impl Checker<'_> {
         for l in g.listen.iter().chain(&g.listen_iser) {
             if let Err(e) = ListenAddr::parse(&l.name) {
                 self.report(l.pos, format!("listen address: {e}"));
+            }
+        }
+    }
+
+    /// Tags are unique, and every group without one can be given one of 1..=65535 that no
+    /// group is written with (the predefined `default`, when implied, first, as vitd assigns).
+    fn portal_group_tags(&mut self, cfg: &Config) {
+        let mut tags: HashMap<u16, (&str, Pos)> = HashMap::new();
+        for g in &cfg.portal_groups {
+            let Some((tag, pos)) = g.tag else { continue };
+            if let Some((name, first)) = tags.get(&tag) {
+                self.report(
+                    pos,
+                    format!(
+                        "tag {tag} is already the tag of portal group \"{name}\" (at {}:{})",
+                        first.line, first.col
+                    ),
+                );
+            } else {
+                tags.insert(tag, (&g.name, pos));
+            }
+        }
+        let mut free = usize::from(u16::MAX) - tags.keys().filter(|&&t| t != 0).count();
+        let untagged = cfg
+            .implied_default_portal_group()
+            .map(|t| ("default", t.pos))
+            .into_iter()
+            .chain(
+                cfg.portal_groups
+                    .iter()
+                    .filter(|g| g.tag.is_none())
+                    .map(|g| (g.name.as_str(), g.pos)),
+            );
+        for (name, pos) in untagged {
+            if free == 0 {
+                self.report(
+                    pos,
+                    format!(
+                        "portal group \"{name}\" has no tag and none is left to give it: \
+                         other portal groups hold every tag of 1..=65535"
+                    ),
+                );
+            } else {
+                free -= 1;
             }
         }
     }
@@ -584,6 +629,44 @@ mod tests {
                 "8:14: size 70368744177665 bytes is more than a ramdisk LUN may have (70368744177664 bytes, 64 TiB)",
             ]
         );
+    }
+
+    #[test]
+    fn portal_group_tags_are_unique_and_enough() {
+        let text = "portal-group a { tag 7 }\nportal-group b {\n tag 7 }\nportal-group c { tag 0 }\nportal-group d { tag 0 }";
+        assert_eq!(
+            errs(text),
+            [
+                "3:6: tag 7 is already the tag of portal group \"a\" (at 1:22)",
+                "5:22: tag 0 is already the tag of portal group \"c\" (at 4:22)",
+            ]
+        );
+        // Tags 1..=65534 written, then two groups without one: only the first gets 65535;
+        // an implied `default` (used by the target) is served first and gets it instead.
+        let mut text: String = (1..=65534u32)
+            .map(|t| format!("portal-group p{t} {{ tag {t} }}\n"))
+            .collect();
+        text.push_str("portal-group x { }\nportal-group y { }\n");
+        assert_eq!(
+            errs(&text),
+            [
+                "65536:14: portal group \"y\" has no tag and none is left to give it: other portal groups hold every tag of 1..=65535"
+            ]
+        );
+        text.push_str(&format!("target {T} {{ }}\n"));
+        assert_eq!(
+            errs(&text),
+            [
+                "65535:14: portal group \"x\" has no tag and none is left to give it: other portal groups hold every tag of 1..=65535",
+                "65536:14: portal group \"y\" has no tag and none is left to give it: other portal groups hold every tag of 1..=65535",
+            ]
+        );
+        // Tag 0 takes nothing from the tags given out.
+        let ok: String = (0..=65534u32)
+            .map(|t| format!("portal-group p{t} {{ tag {t} }}\n"))
+            .chain(["portal-group x { }\n".to_string()])
+            .collect();
+        assert!(errs(&ok).is_empty());
     }
 
     #[test]

@@ -3,10 +3,14 @@
 //! how a reload will apply (the control thread owns the current value).
 
 use super::portal::{self, InterfaceAddr};
-use crate::config::{AuthSettings, AuthType, Backend, Config, LunBody};
+use crate::config::{
+    AuthSettings, AuthType, Backend, Config, DEFAULT_PORTAL_GROUP_LISTEN, LunBody, PortalGroup,
+};
 use crate::datastore::{Datastore, lun_body};
 use crate::scsi::{DeviceServer, LunInfo};
 use crate::vmdk::{self, ExtentMap};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -174,13 +178,19 @@ impl Running {
     }
     /// Every distinct address some non-foreign portal group listens on, with the group index.
     pub fn listen_addrs(&self) -> Vec<(SocketAddr, usize)> {
+        let used: HashSet<usize> = self
+            .targets
+            .iter()
+            .flat_map(|t| t.portal_groups.iter().copied())
+            .collect();
+        let mut seen = HashSet::new();
         let mut out: Vec<(SocketAddr, usize)> = Vec::new();
         for (i, pg) in self.portal_groups.iter().enumerate() {
-            if pg.foreign || !self.targets.iter().any(|t| t.portal_groups.contains(&i)) {
+            if pg.foreign || !used.contains(&i) {
                 continue;
             }
             for a in &pg.addrs {
-                if !out.iter().any(|(x, _)| x == a) {
+                if seen.insert(*a) {
                     out.push((*a, i));
                 }
             }
@@ -254,27 +264,30 @@ pub fn build(
     open: OpenOptions,
 ) -> Result<Running, RuntimeError> {
     let mut portal_groups = Vec::new();
-    let mut names: Vec<&str> = cfg.portal_groups.iter().map(|p| p.name.as_str()).collect();
-    let uses_default = cfg.targets.iter().any(|t| {
-        t.portal_groups.is_empty()
-            || t.portal_groups
-                .iter()
-                .any(|p| p.portal_group.name == "default")
-    });
-    if uses_default && !names.contains(&"default") {
-        names.insert(0, "default");
+    // The predefined `default`, when implied, is served first; then the groups as written (the
+    // first of a name, which verify makes the only one).
+    let mut sections: HashMap<&str, &PortalGroup> = HashMap::new();
+    let mut groups: Vec<(&str, Option<&PortalGroup>)> = Vec::new();
+    if cfg.implied_default_portal_group().is_some() {
+        groups.push(("default", None));
     }
-    let mut used_tags: Vec<u16> = cfg
+    for pg in &cfg.portal_groups {
+        if let Entry::Vacant(e) = sections.entry(pg.name.as_str()) {
+            e.insert(pg);
+            groups.push((pg.name.as_str(), Some(pg)));
+        }
+    }
+    // A group without a tag gets the lowest of 1..=65535 that no group is written with.
+    let written_tags: HashSet<u16> = cfg
         .portal_groups
         .iter()
         .filter_map(|p| p.tag.map(|(t, _)| t))
         .collect();
-    let mut next_tag = 1u16;
-    for name in names {
-        let pg = cfg.portal_groups.iter().find(|p| p.name == name);
+    let mut free_tags = (1..=u16::MAX).filter(|t| !written_tags.contains(t));
+    for (name, pg) in groups {
         let listen: Vec<String> = match pg {
             Some(pg) => pg.listen.iter().map(|l| l.name.clone()).collect(),
-            None => vec!["0.0.0.0:3260".into(), "[::]:3260".into()],
+            None => DEFAULT_PORTAL_GROUP_LISTEN.map(String::from).to_vec(),
         };
         let mut addrs = Vec::new();
         let foreign = pg.is_some_and(|p| p.foreign);
@@ -290,13 +303,10 @@ pub fn build(
         }
         let tag = match pg.and_then(|p| p.tag) {
             Some((t, _)) => t,
-            None => {
-                while used_tags.contains(&next_tag) {
-                    next_tag = next_tag.wrapping_add(1).max(1);
-                }
-                used_tags.push(next_tag);
-                next_tag
-            }
+            None => free_tags.next().ok_or_else(|| RuntimeError::Portal {
+                group: name.to_string(),
+                msg: "no tag is left to give it (other groups hold every tag of 1..=65535)".into(),
+            })?,
         };
         let discovery_auth = auth_group(
             cfg,
@@ -313,6 +323,11 @@ pub fn build(
             redirect: pg.and_then(|p| p.redirect.as_ref()).map(|r| r.name.clone()),
         });
     }
+    let group_index: HashMap<&str, usize> = portal_groups
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
     let mut targets = Vec::new();
     for t in &cfg.targets {
         let auth = match &t.auth_group {
@@ -330,7 +345,7 @@ pub fn build(
         };
         let pgs: Vec<usize> = pg_names
             .iter()
-            .filter_map(|n| portal_groups.iter().position(|p| &p.name == n))
+            .filter_map(|n| group_index.get(n).copied())
             .collect();
         let mut luns = Vec::new();
         for tl in &t.luns {
@@ -626,6 +641,38 @@ mod tests {
         let info = lun_info(&ramdisk_lun(None)).unwrap();
         assert_eq!(info.max_transfer_blocks, (MAX_IO_BYTES / 512) as u32);
         assert!(info.provisioning.lbpme);
+    }
+
+    #[test]
+    fn portal_group_tags_run_out_with_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        let build_text = |text: &str| {
+            let cfg = crate::config::parse(text, "t").unwrap();
+            build(&cfg, &ds, &[], OpenOptions { direct: false })
+        };
+        // Every tag written, then a group without one: verify refuses this; build must too.
+        let mut text: String = (1..=65535u32)
+            .map(|t| format!("portal-group p{t} {{ tag {t} }}\n"))
+            .collect();
+        text.push_str("portal-group x { listen 127.0.0.1:3999 }\n");
+        let e = build_text(&text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "portal group x: no tag is left to give it (other groups hold every tag of 1..=65535)"
+        );
+        // Untagged groups take the lowest tags no group is written with, the implied default first.
+        let r = build_text(
+            "portal-group a { }\nportal-group b { tag 1 }\nportal-group c { }\n\
+             target iqn.2000-01.com.x:t { }",
+        )
+        .unwrap();
+        let tags: Vec<(&str, u16)> = r
+            .portal_groups
+            .iter()
+            .map(|p| (p.name.as_str(), p.tag))
+            .collect();
+        assert_eq!(tags, [("default", 2), ("a", 3), ("b", 1), ("c", 4)]);
     }
 
     #[test]
