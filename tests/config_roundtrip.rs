@@ -478,14 +478,17 @@ fn build(raw: Raw) -> Config {
         })
         .collect();
     let mut tags = std::collections::HashSet::new();
+    let mut addrs = std::collections::HashSet::new();
     let portal_groups = raw
         .pgs
         .into_iter()
         .zip(&pg_names)
         .map(|((mut g, dag), name)| {
             g.name = name.clone();
-            // Tags are unique.
+            // Tags are unique, and so are addresses (two groups on one address are refused).
             g.tag = g.tag.filter(|(t, _)| tags.insert(*t));
+            g.listen
+                .retain(|l| ListenAddr::parse(&l.name).is_ok_and(|a| addrs.insert(a)));
             g.discovery_auth_group = dag.map(|i| pick(&ag_names, &predefined_ags, &i));
             g
         })

@@ -195,6 +195,46 @@ fn target_and_lun_lifecycle() {
 }
 
 #[test]
+fn a_listen_address_in_use_reuses_its_portal_group() {
+    // The home object's `default` group listens on 127.0.0.1:3260: a second group there would
+    // not be served, so the target joins `default`.
+    let ds = Ds::new();
+    ds.ok(&[
+        "target",
+        "add",
+        "--alias",
+        "d",
+        "--iqn",
+        "iqn.2000-01.com.x:d",
+    ]);
+    let t = ds.json(&[
+        "target",
+        "add",
+        "--alias",
+        "a",
+        "--listen",
+        "127.0.0.1:3260",
+    ]);
+    assert_eq!(t["portal_groups"], serde_json::json!(["default"]));
+    assert_eq!(t["listen"], serde_json::json!(["127.0.0.1:3260"]));
+    let t = ds.json(&[
+        "target",
+        "add",
+        "--alias",
+        "b",
+        "--listen",
+        "127.0.0.1:3261",
+    ]);
+    assert_eq!(t["portal_groups"][0], "pg-127.0.0.1-3261");
+    let t = ds.json(&["target", "set", "a", "--listen", "127.0.0.1:3261"]);
+    assert_eq!(t["portal_groups"][0], "pg-127.0.0.1-3261");
+    let conf = fs::read_to_string(ds.conf()).unwrap();
+    assert!(!conf.contains("pg-127.0.0.1-3260"), "{conf}");
+    assert_eq!(conf.matches("listen 127.0.0.1:3261").count(), 1, "{conf}");
+    ds.ok(&["config", "validate"]);
+}
+
+#[test]
 fn bad_input_changes_nothing() {
     let ds = Ds::new();
     ds.ok(&["target", "add", "--alias", "t1"]);

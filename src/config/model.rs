@@ -358,7 +358,7 @@ impl LunBody {
 }
 
 /// Where a `listen` statement asks to listen.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ListenHost {
     /// A literal IPv4 or IPv6 address (`0.0.0.0`, `[::1]`).
     Ip(std::net::IpAddr),
@@ -367,7 +367,7 @@ pub enum ListenHost {
 }
 
 /// A parsed `listen` address: host and TCP port (3260 when none is written).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ListenAddr {
     pub host: ListenHost,
     pub port: u16,

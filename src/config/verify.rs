@@ -1,7 +1,7 @@
 //! Semantic checks of a [`Config`]: references, duplicates, ranges, names and consistency.
 //! Every error names the position of the offending item; all are reported, in file order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::model::*;
 use super::{ConfigError, is_printable_value};
@@ -64,6 +64,7 @@ pub(crate) fn verify(cfg: &Config, file: &str) -> Vec<ConfigError> {
         c.portal_group(g, &refs);
     }
     c.portal_group_tags(cfg);
+    c.shared_listen_addresses(cfg);
     for l in &cfg.luns {
         c.lun_body(&l.body);
     }
@@ -356,6 +357,51 @@ impl Checker<'_> {
         }
     }
 
+    /// No two portal groups that targets use listen on one address: vitd would listen there for
+    /// the first alone, and the other's targets could not be reached through it.
+    fn shared_listen_addresses(&mut self, cfg: &Config) {
+        let mut used: HashSet<&str> = HashSet::new();
+        for t in &cfg.targets {
+            if t.portal_groups.is_empty() {
+                used.insert("default");
+            }
+            used.extend(t.portal_groups.iter().map(|p| p.portal_group.name.as_str()));
+        }
+        let mut seen: HashMap<ListenAddr, (&str, Pos)> = HashMap::new();
+        if let Some(t) = cfg.implied_default_portal_group() {
+            for l in DEFAULT_PORTAL_GROUP_LISTEN {
+                if let Ok(addr) = ListenAddr::parse(l) {
+                    seen.insert(addr, ("default", t.pos));
+                }
+            }
+        }
+        let served = cfg
+            .portal_groups
+            .iter()
+            .filter(|g| !g.foreign && used.contains(g.name.as_str()));
+        for g in served {
+            for l in &g.listen {
+                let Ok(addr) = ListenAddr::parse(&l.name) else {
+                    continue;
+                };
+                match seen.get(&addr) {
+                    Some((other, _)) if *other == g.name => {}
+                    Some((other, first)) => self.report(
+                        l.pos,
+                        format!(
+                            "listen {}: portal group \"{other}\" listens there too (at {}:{}); \
+                             vitd would serve only one group on an address",
+                            l.name, first.line, first.col
+                        ),
+                    ),
+                    None => {
+                        seen.insert(addr, (&g.name, l.pos));
+                    }
+                }
+            }
+        }
+    }
+
     fn lun_body(&mut self, b: &LunBody) {
         if let Some((bs, pos)) = b.blocksize
             && bs != 512
@@ -516,7 +562,7 @@ mod tests {
             "initiator-group ig {{ initiator iqn.2000-01.com.example:i }}\n\
              auth-group ag {{ auth-type chap\n chap u s\n initiator-group ig }}\n\
              auth-group default {{ auth-type deny }}\n\
-             portal-group pg {{ discovery-auth-group no-authentication\n listen 0.0.0.0:3260\n listen [::1]\n listen vmk0:3260\n listen 10.0.0.1 }}\n\
+             portal-group pg {{ discovery-auth-group no-authentication\n listen 0.0.0.0:3261\n listen [::1]\n listen vmk0:3260\n listen 10.0.0.1 }}\n\
              lun shared {{ backend vmdk\n path a/b.vmdk\n blocksize 512 }}\n\
              target {T} {{ auth-group ag\n portal-group pg no-access\n portal-group default\n lun 0 shared\n lun 255 {{ blocksize 4096 }} }}\n\
              target eui.0123456789abcdef {{ auth-type none\n option uuid u2 }}\n\
@@ -667,6 +713,27 @@ mod tests {
             .chain(["portal-group x { }\n".to_string()])
             .collect();
         assert!(errs(&ok).is_empty());
+    }
+
+    #[test]
+    fn two_served_portal_groups_on_one_address_are_refused() {
+        let text = format!(
+            "portal-group a {{ listen 10.0.0.1:3260\n listen 10.0.0.1 }}\n\
+             portal-group b {{ listen 10.0.0.2\n listen 10.0.0.1 }}\n\
+             portal-group unused {{ listen 10.0.0.1:3260 }}\n\
+             portal-group far {{ foreign\n listen 10.0.0.1:3260 }}\n\
+             portal-group c {{ listen 0.0.0.0:3260 }}\n\
+             target {T} {{ portal-group a\n portal-group b\n portal-group far }}\n\
+             target iqn.2000-01.com.example:u {{ portal-group c }}\n\
+             target iqn.2000-01.com.example:v {{ }}"
+        );
+        assert_eq!(
+            errs(&text),
+            [
+                "4:9: listen 10.0.0.1: portal group \"a\" listens there too (at 1:25); vitd would serve only one group on an address",
+                "8:25: listen 0.0.0.0:3260: portal group \"default\" listens there too (at 13:8); vitd would serve only one group on an address",
+            ]
+        );
     }
 
     #[test]

@@ -394,12 +394,23 @@ impl Ctl {
         Ok(())
     }
 
-    /// Ensures the portal group for `listen` exists and returns its name.
+    /// The portal group for `listen`: the one that already listens there (a second group on
+    /// one address would not be served), else `pg-HOST-PORT`, made when missing.
     fn portal_group_for(cfg: &mut Config, listen: Option<&str>) -> Result<String> {
         let Some(listen) = listen else {
             return Ok("default".into());
         };
         check_listen(listen)?;
+        if let Ok(addr) = config::ListenAddr::parse(listen)
+            && let Some(pg) = cfg.portal_groups.iter().find(|p| {
+                !p.foreign
+                    && p.listen
+                        .iter()
+                        .any(|l| config::ListenAddr::parse(&l.name).is_ok_and(|a| a == addr))
+            })
+        {
+            return Ok(pg.name.clone());
+        }
         let name = portal_group_name(listen);
         if let Some(pg) = cfg.portal_groups.iter().find(|p| p.name == name) {
             if !pg.listen.iter().any(|l| l.name == listen) {
