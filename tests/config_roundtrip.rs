@@ -551,10 +551,12 @@ fn build(raw: Raw) -> Config {
                     },
                 })
                 .collect();
+            // An alias names one target: made unique, and unlike any name (it holds a space).
+            let alias = t.alias.map(|a| Named::new(format!("{} {i}", a.name)));
             Target {
                 name,
                 pos: p,
-                alias: t.alias,
+                alias,
                 auth_group,
                 auth,
                 portal_groups,

@@ -235,6 +235,57 @@ fn a_listen_address_in_use_reuses_its_portal_group() {
 }
 
 #[test]
+fn a_name_names_one_target() {
+    let ds = Ds::new();
+    let a = "iqn.2000-01.com.x:a";
+    ds.ok(&["target", "add", "--alias", "web", "--iqn", a]);
+    let b = ds.json(&["target", "add", "--alias", "db"]);
+    let b_iqn = b["iqn"].as_str().unwrap().to_string();
+    ds.ok(&[
+        "target", "lun", "add", "--target", "db", "--id", "0", "--size", "1M",
+    ]);
+    let upper = a.to_ascii_uppercase();
+    for (args, expect) in [
+        (
+            vec!["target", "add", "--alias", a],
+            "a target with the IQN \"iqn.2000-01.com.x:a\" exists (iqn.2000-01.com.x:a): the alias \"iqn.2000-01.com.x:a\" would name both",
+        ),
+        (
+            vec!["target", "add", "--alias", &upper],
+            "the alias \"IQN.2000-01.COM.X:A\" would name both",
+        ),
+        (
+            vec!["target", "add", "--alias", "web"],
+            "a target with the alias \"web\" exists (iqn.2000-01.com.x:a)",
+        ),
+        (
+            vec!["target", "set", "db", "--new-alias", a],
+            "would name both",
+        ),
+        (
+            vec!["target", "set", "db", "--new-alias", "web"],
+            "would name both",
+        ),
+        (vec!["target", "set", a, "--iqn", &b_iqn], "exists"),
+    ] {
+        ds.refused(&args, expect);
+    }
+    // The IQN of one target as the alias of another is refused in vit.conf too: `target remove`
+    // cannot take the wrong target (and its LUN files) by it.
+    let conf = fs::read_to_string(ds.conf()).unwrap();
+    fs::write(
+        ds.conf(),
+        conf.replace("alias \"db\"", &format!("alias \"{a}\"")),
+    )
+    .unwrap();
+    ds.refused(&["target", "remove", a], "is the name of the target at");
+    // A target may be named by its IQN in any case.
+    fs::write(ds.conf(), &conf).unwrap();
+    let t = ds.json(&["target", "get", &upper]);
+    assert_eq!(t["alias"], "web");
+}
+
+#[test]
 fn bad_input_changes_nothing() {
     let ds = Ds::new();
     ds.ok(&["target", "add", "--alias", "t1"]);

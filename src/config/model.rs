@@ -246,6 +246,26 @@ impl Target {
     pub fn owner_id(&self) -> Option<&str> {
         self.option("owner-id")
     }
+    /// Whether `name` names this target: its alias exactly, or its name in any case (iSCSI names
+    /// compare case-insensitively).
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name) || self.alias.as_ref().is_some_and(|a| a.name == name)
+    }
+    /// Which of this target's names `name` would clash with as another target's alias
+    /// (`as_name` false) or name (`as_name` true): a name that two targets answer to would
+    /// leave a lookup ambiguous. Aliases clash when equal; a name clashes with an alias or a
+    /// name equal to it in any case.
+    pub fn name_clash(&self, name: &str, as_name: bool) -> Option<&str> {
+        if self.name.eq_ignore_ascii_case(name) {
+            return Some(&self.name);
+        }
+        let alias = self.alias.as_ref()?;
+        let clash = match as_name {
+            true => alias.name.eq_ignore_ascii_case(name),
+            false => alias.name == name,
+        };
+        clash.then_some(alias.name.as_str())
+    }
 }
 
 /// Looks an option up by name (the last one written wins, as in ctld).

@@ -454,6 +454,46 @@ impl Checker<'_> {
     fn targets(&mut self, targets: &[Target], refs: &Defined<'_>) {
         let mut names: HashMap<String, Pos> = HashMap::new();
         let mut uuids: HashMap<String, Pos> = HashMap::new();
+        // A name or alias must name one target (as `Target::name_clash` says): names and their
+        // lowercase forms, aliases as written and lowercased, each with the target's index.
+        let mut by_name: HashMap<String, (usize, Pos)> = HashMap::new();
+        let mut by_alias: HashMap<&str, Pos> = HashMap::new();
+        let mut by_alias_lower: HashMap<String, (usize, Pos)> = HashMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            let lower = t.name.to_ascii_lowercase();
+            if let Some((_, first)) = by_alias_lower.get(&lower) {
+                self.report(
+                    t.pos,
+                    format!(
+                        "target \"{}\" is named like the alias of the target at {}:{}",
+                        t.name, first.line, first.col
+                    ),
+                );
+            }
+            by_name.entry(lower).or_insert((i, t.pos));
+            if let Some(a) = &t.alias {
+                let lower = a.name.to_ascii_lowercase();
+                if let Some(first) = by_alias.get(a.name.as_str()) {
+                    self.report(
+                        a.pos,
+                        format!(
+                            "alias \"{}\" is already the alias of the target at {}:{}",
+                            a.name, first.line, first.col
+                        ),
+                    );
+                } else if let Some((_, first)) = by_name.get(&lower).filter(|(j, _)| *j != i) {
+                    self.report(
+                        a.pos,
+                        format!(
+                            "alias \"{}\" is the name of the target at {}:{}",
+                            a.name, first.line, first.col
+                        ),
+                    );
+                }
+                by_alias.entry(&a.name).or_insert(a.pos);
+                by_alias_lower.entry(lower).or_insert((i, a.pos));
+            }
+        }
         for t in targets {
             self.iscsi_name("target name", &t.name, t.pos);
             // Sent as TargetAlias at login, where a value may have 255 bytes (RFC 7143 §6.1).
@@ -732,6 +772,25 @@ mod tests {
             [
                 "4:9: listen 10.0.0.1: portal group \"a\" listens there too (at 1:25); vitd would serve only one group on an address",
                 "8:25: listen 0.0.0.0:3260: portal group \"default\" listens there too (at 13:8); vitd would serve only one group on an address",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_name_or_alias_names_one_target() {
+        let text = "target iqn.2000-01.com.x:a {\n alias iqn.2000-01.com.x:a }\n\
+                    target iqn.2000-01.com.x:b {\n alias IQN.2000-01.COM.X:A }\n\
+                    target iqn.2000-01.com.x:c {\n alias web }\n\
+                    target iqn.2000-01.com.x:d {\n alias web }\n\
+                    target iqn.2000-01.com.x:e {\n alias Web }\n\
+                    target iqn.2000-01.com.x:f {\n alias IQN.2000-01.com.x:G }\n\
+                    target iqn.2000-01.com.x:g { }";
+        assert_eq!(
+            errs(text),
+            [
+                "4:8: alias \"IQN.2000-01.COM.X:A\" is the name of the target at 1:8",
+                "8:8: alias \"web\" is already the alias of the target at 6:8",
+                "13:8: target \"iqn.2000-01.com.x:g\" is named like the alias of the target at 12:8",
             ]
         );
     }

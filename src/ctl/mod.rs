@@ -238,19 +238,45 @@ pub fn initial_config(listen: &str) -> Config {
 }
 
 fn find_target<'a>(cfg: &'a Config, name: &str) -> Result<&'a Target> {
-    cfg.targets
-        .iter()
-        .find(|t| t.alias.as_ref().is_some_and(|a| a.name == name) || t.name == name)
-        .ok_or_else(|| CtlError::Input(format!("no target with alias or IQN {name:?}")))
+    Ok(&cfg.targets[target_index(cfg, name)?])
 }
 
+/// The one target `name` names (alias or IQN); a name that more than one answers to is an error.
 fn target_index(cfg: &Config, name: &str) -> Result<usize> {
-    let t = find_target(cfg, name)?;
-    Ok(cfg
+    let mut found = cfg
         .targets
         .iter()
-        .position(|x| std::ptr::eq(x, t))
-        .unwrap_or_default())
+        .enumerate()
+        .filter(|(_, t)| t.answers_to(name));
+    match (found.next(), found.next()) {
+        (Some((i, _)), None) => Ok(i),
+        (None, _) => input(format!("no target with alias or IQN {name:?}")),
+        (Some((_, a)), Some((_, b))) => input(format!(
+            "{name:?} names more than one target ({} and {}): fix vit.conf",
+            a.name, b.name
+        )),
+    }
+}
+
+/// Refuses `name` as the alias (`as_name` false) or IQN of target `me` (`None`: a new one) when
+/// another target answers to it.
+fn check_name_free(cfg: &Config, me: Option<usize>, name: &str, as_name: bool) -> Result<()> {
+    let other = cfg
+        .targets
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| Some(*j) != me);
+    for (_, t) in other {
+        if let Some(taken) = t.name_clash(name, as_name) {
+            let what = if as_name { "IQN" } else { "alias" };
+            let whose = if taken == t.name { "IQN" } else { "alias" };
+            return input(format!(
+                "a target with the {whose} {taken:?} exists ({}): the {what} {name:?} would name both",
+                t.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn target_uuid(t: &Target) -> Result<String> {
@@ -437,21 +463,13 @@ impl Ctl {
             check_iqn(iqn)?;
         }
         self.update(|me, cfg, undo| {
-            if cfg
-                .targets
-                .iter()
-                .any(|t| t.alias.as_ref().is_some_and(|a| a.name == spec.alias))
-            {
-                return input(format!("a target with alias {:?} exists", spec.alias));
-            }
+            check_name_free(cfg, None, &spec.alias, false)?;
             let uuid = uuid::Uuid::new_v4().to_string();
             let iqn = spec
                 .iqn
                 .clone()
                 .unwrap_or_else(|| names::generate_iqn(&uuid));
-            if cfg.targets.iter().any(|t| t.name == iqn) {
-                return input(format!("a target named {iqn} exists"));
-            }
+            check_name_free(cfg, None, &iqn, true)?;
             let auth = me.auth_settings(&spec.auth, spec.initiator_group.as_deref(), cfg)?;
             let pg = Self::portal_group_for(cfg, spec.listen.as_deref())?;
             cfg.auth_groups.push(AuthGroup {
@@ -495,25 +513,11 @@ impl Ctl {
         let new_name = self.update(|me, cfg, _undo| {
             let i = target_index(cfg, name)?;
             if let Some(a) = &change.new_alias {
-                if cfg
-                    .targets
-                    .iter()
-                    .enumerate()
-                    .any(|(j, t)| j != i && t.alias.as_ref().is_some_and(|x| &x.name == a))
-                {
-                    return input(format!("a target with alias {a:?} exists"));
-                }
+                check_name_free(cfg, Some(i), a, false)?;
                 cfg.targets[i].alias = Some(Named::new(a.clone()));
             }
             if let Some(iqn) = &change.iqn {
-                if cfg
-                    .targets
-                    .iter()
-                    .enumerate()
-                    .any(|(j, t)| j != i && &t.name == iqn)
-                {
-                    return input(format!("a target named {iqn} exists"));
-                }
+                check_name_free(cfg, Some(i), iqn, true)?;
                 cfg.targets[i].name = iqn.clone();
             }
             if change.listen.is_some() {
