@@ -493,16 +493,35 @@ fn build(raw: Raw) -> Config {
             g
         })
         .collect();
-    let luns = raw
+    // A descriptor serves one LUN: paths are made unique, and a global LUN with one is named
+    // by one target LUN at most (later references become inline LUNs).
+    let unique_path = |body: &mut LunBody, prefix: String| {
+        if let Some(path) = &mut body.path {
+            path.name = format!("{prefix}{}", path.name);
+        }
+    };
+    let luns: Vec<Lun> = raw
         .luns
         .into_iter()
         .zip(&lun_names)
-        .map(|((_, body), name)| Lun {
-            name: name.clone(),
-            pos: p,
-            body,
+        .enumerate()
+        .map(|(k, ((_, mut body), name))| {
+            unique_path(&mut body, format!("g{k}-"));
+            Lun {
+                name: name.clone(),
+                pos: p,
+                body,
+            }
         })
         .collect();
+    let serves_a_file = |name: &str| {
+        luns.iter().any(|l| {
+            l.name == name
+                && l.body.path.is_some()
+                && l.body.effective_backend() != Backend::Ramdisk
+        })
+    };
+    let mut named_once = std::collections::HashSet::new();
     let targets = raw
         .targets
         .into_iter()
@@ -540,15 +559,21 @@ fn build(raw: Raw) -> Config {
             let luns = t
                 .luns
                 .into_iter()
-                .map(|(id, r, body)| TargetLun {
-                    id,
-                    pos: p,
-                    lun: match r {
-                        Some(ix) if !lun_names.is_empty() => {
-                            LunRef::Named(pick(&lun_names, &[], &ix))
-                        }
-                        _ => LunRef::Inline(body),
-                    },
+                .map(|(id, r, mut body)| {
+                    unique_path(&mut body, format!("t{i}-{id}-"));
+                    let named = match r {
+                        Some(ix) if !lun_names.is_empty() => Some(pick(&lun_names, &[], &ix)),
+                        _ => None,
+                    }
+                    .filter(|n| !serves_a_file(&n.name) || named_once.insert(n.name.clone()));
+                    TargetLun {
+                        id,
+                        pos: p,
+                        lun: match named {
+                            Some(n) => LunRef::Named(n),
+                            None => LunRef::Inline(body),
+                        },
+                    }
                 })
                 .collect();
             // An alias names one target: made unique, and unlike any name (it holds a space).

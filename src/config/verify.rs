@@ -69,6 +69,7 @@ pub(crate) fn verify(cfg: &Config, file: &str) -> Vec<ConfigError> {
         c.lun_body(&l.body);
     }
     c.targets(&cfg.targets, &refs);
+    c.shared_descriptors(cfg);
     for_each_value(cfg, &mut |what, value, pos| {
         if !is_printable_value(value) {
             c.report(pos, format!("{what} {value:?} cannot be written in vit.conf (empty, or holds `\"` or a control character)"));
@@ -536,6 +537,52 @@ impl Checker<'_> {
         }
     }
 
+    /// No two LUNs of the targets (one global `lun` named twice included) serve one descriptor:
+    /// vitd would serve one disk as two LUNs, each with its own reservations and COMPARE AND
+    /// WRITE ordering. Paths compare by their components (`a//b` is `a/b`).
+    fn shared_descriptors(&mut self, cfg: &Config) {
+        let mut globals: HashMap<&str, &LunBody> = HashMap::new();
+        for l in &cfg.luns {
+            globals.entry(&l.name).or_insert(&l.body);
+        }
+        let mut seen: HashMap<Vec<&str>, (&str, u64, Pos)> = HashMap::new();
+        for t in &cfg.targets {
+            for l in &t.luns {
+                let (body, pos) = match &l.lun {
+                    LunRef::Inline(b) => (b, b.path.as_ref().map(|p| p.pos)),
+                    LunRef::Named(n) => match globals.get(n.name.as_str()) {
+                        Some(b) => (*b, Some(n.pos)),
+                        None => continue,
+                    },
+                };
+                let (Some(path), Some(pos)) = (&body.path, pos) else {
+                    continue;
+                };
+                if body.effective_backend() == Backend::Ramdisk {
+                    continue;
+                }
+                let key: Vec<&str> = path
+                    .name
+                    .split('/')
+                    .filter(|c| !c.is_empty() && *c != ".")
+                    .collect();
+                match seen.get(&key) {
+                    Some((target, id, first)) => self.report(
+                        pos,
+                        format!(
+                            "LUN {}: descriptor \"{}\" is already LUN {id} of target {target} (at {}:{}); \
+                             one disk as two LUNs would keep two sets of reservations",
+                            l.id, path.name, first.line, first.col
+                        ),
+                    ),
+                    None => {
+                        seen.insert(key, (&t.name, l.id, pos));
+                    }
+                }
+            }
+        }
+    }
+
     fn target(&mut self, t: &Target, refs: &Defined<'_>) {
         if let Some(ag) = &t.auth_group {
             self.reference("auth-group", &refs.ags, ag);
@@ -791,6 +838,22 @@ mod tests {
                 "4:8: alias \"IQN.2000-01.COM.X:A\" is the name of the target at 1:8",
                 "8:8: alias \"web\" is already the alias of the target at 6:8",
                 "13:8: target \"iqn.2000-01.com.x:g\" is named like the alias of the target at 12:8",
+            ]
+        );
+    }
+
+    #[test]
+    fn two_luns_on_one_descriptor_are_refused() {
+        let text = format!(
+            "lun g {{ path u/g.vmdk }}\nlun m {{ backend ramdisk\n size 1M\n path u/m.vmdk }}\n\
+             target {T} {{\n lun 0 {{ path u/a.vmdk }}\n lun 1 {{ path u//./a.vmdk }}\n lun 2 g\n lun 3 m }}\n\
+             target iqn.2000-01.com.example:u {{\n lun 0 g\n lun 1 m\n lun 2 {{ path u/m.vmdk }} }}"
+        );
+        assert_eq!(
+            errs(&text),
+            [
+                "7:15: LUN 1: descriptor \"u//./a.vmdk\" is already LUN 0 of target iqn.2000-01.com.example:t (at 6:15); one disk as two LUNs would keep two sets of reservations",
+                "11:8: LUN 0: descriptor \"u/g.vmdk\" is already LUN 2 of target iqn.2000-01.com.example:t (at 8:8); one disk as two LUNs would keep two sets of reservations",
             ]
         );
     }
