@@ -286,6 +286,91 @@ fn a_name_names_one_target() {
 }
 
 #[test]
+fn removals_delete_only_files_of_their_own_that_nothing_else_uses() {
+    let ds = Ds::new();
+    let ua = ds.json(&["target", "add", "--alias", "a"])["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b_iqn = ds.json(&["target", "add", "--alias", "b"])["iqn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lun = ds.json(&[
+        "target", "lun", "add", "--target", "a", "--id", "0", "--size", "1M",
+    ]);
+    let desc_a = PathBuf::from(lun["descriptor"].as_str().unwrap());
+    let stem = desc_a.file_stem().unwrap().to_str().unwrap().to_string();
+    let flat_a = desc_a.with_file_name(format!("{stem}-flat.vmdk"));
+    assert!(flat_a.is_file());
+    ds.ok(&[
+        "target", "lun", "add", "--target", "b", "--id", "0", "--size", "1M",
+    ]);
+
+    // By hand: target b's LUN 1 is a second descriptor in a's directory, on a's extent.
+    let copy = ds.root().join(&ua).join("copy.vmdk");
+    fs::copy(&desc_a, &copy).unwrap();
+    let mut cfg = vit::config::load(&fs::read_to_string(ds.conf()).unwrap(), "c").unwrap();
+    let lun0 = cfg.targets[1].luns[0].clone();
+    let vit::config::LunRef::Inline(mut body) = lun0.lun else {
+        panic!("inline")
+    };
+    body.path = Some(vit::config::Named::new(format!("{ua}/copy.vmdk")));
+    cfg.targets[1].luns.push(vit::config::TargetLun {
+        id: 1,
+        pos: lun0.pos,
+        lun: vit::config::LunRef::Inline(body),
+    });
+    fs::write(ds.conf(), vit::config::print(&cfg)).unwrap();
+    let out = ds.run(&["config", "validate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "target {b_iqn} LUN 1: {} is also a file of target",
+            flat_a.display()
+        )),
+        "{stderr}"
+    );
+
+    // Removing a's LUN deletes its descriptor and keeps the extent b's LUN 1 uses.
+    let out = ds.run(&["target", "lun", "remove", "--target", "a", "--id", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!desc_a.exists() && flat_a.is_file() && copy.is_file());
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "vitctl: warning: kept {}: target {b_iqn} LUN 1 uses it",
+            flat_a.display()
+        )
+    );
+    // Removing target a keeps its directory and link, through which b's LUN 1 is reached.
+    let out = ds.run(&["target", "remove", "a"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("kept target directory"), "{stderr}");
+    assert!(
+        ds.root()
+            .join(".iSCSI-Config/targets")
+            .join(&ua)
+            .is_symlink()
+    );
+    ds.ok(&["target", "lun", "get", "--target", "b", "--id", "1"]);
+    // Removing b's LUN 1 deletes nothing outside b's own directory.
+    let out = ds.run(&["target", "lun", "remove", "--target", "b", "--id", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(copy.is_file() && flat_a.is_file());
+    assert_eq!(
+        stderr.matches("is outside the target's directory").count(),
+        2,
+        "{stderr}"
+    );
+    ds.ok(&["config", "validate"]);
+}
+
+#[test]
 fn bad_input_changes_nothing() {
     let ds = Ds::new();
     ds.ok(&["target", "add", "--alias", "t1"]);

@@ -567,9 +567,10 @@ impl Ctl {
         Ok(TargetView::new(&cfg, find_target(&cfg, &new_name)?))
     }
 
-    /// `vitctl target remove`: the target, its auth-group, its LUNs' files and its directory.
+    /// `vitctl target remove`: the target, its auth-group, its LUNs' files and its directory
+    /// (files and the directory that LUNs left in vit.conf still use are kept, with a warning).
     pub fn target_remove(&mut self, name: &str) -> Result<TargetView> {
-        let (view, uuid, luns) = self.update(|_me, cfg, _undo| {
+        let (view, uuid, luns, rules) = self.update(|me, cfg, _undo| {
             let i = target_index(cfg, name)?;
             let view = TargetView::new(cfg, &cfg.targets[i]);
             let target = cfg.targets.remove(i);
@@ -592,29 +593,46 @@ impl Ctl {
                 }
             }
             drop_unused_portal_groups(cfg);
-            Ok((view, uuid, luns))
+            let rules = Deletable::new(&me.ds, cfg, uuid.as_deref());
+            Ok((view, uuid, luns, rules))
         })?;
         // The config no longer names these files: delete them, reporting (not failing on) leftovers.
         for path in luns {
-            if let Err(e) = self.remove_lun_files(&path) {
-                self.warnings.push(format!("left behind LUN {path}: {e}"));
-            }
+            self.remove_lun_files(&path, &rules);
         }
-        if let Some(u) = uuid
-            && let Err(e) = self.ds.remove_target_dir(&u)
-        {
-            self.warnings
-                .push(format!("left behind target directory: {e}"));
+        if let Some(u) = uuid {
+            if let Some(user) = &rules.dir_user {
+                self.warnings.push(format!(
+                    "kept target directory {}: {user} uses files in it",
+                    self.ds.target_dir(&u).display()
+                ));
+            } else if let Err(e) = self.ds.remove_target_dir(&u) {
+                self.warnings
+                    .push(format!("left behind target directory: {e}"));
+            }
         }
         Ok(view)
     }
 
-    fn remove_lun_files(&self, path: &str) -> Result<()> {
-        let descriptor = self.ds.resolve_lun_path(path)?;
-        if descriptor.exists() {
-            vmdk::remove(&descriptor)?;
+    /// Deletes the files of the LUN at `path` that `rules` allow, warning of each one kept.
+    fn remove_lun_files(&mut self, path: &str, rules: &Deletable) {
+        let removed = self.ds.resolve_lun_path(path).and_then(|descriptor| {
+            if !descriptor.exists() {
+                return Ok(Vec::new());
+            }
+            Ok(vmdk::remove_except(&descriptor, &|f| {
+                rules.why_keep(f).is_some()
+            })?)
+        });
+        match removed {
+            Ok(kept) => {
+                for f in kept {
+                    let why = rules.why_keep(&f).unwrap_or_default();
+                    self.warnings.push(format!("kept {}: {why}", f.display()));
+                }
+            }
+            Err(e) => self.warnings.push(format!("left behind LUN {path}: {e}")),
         }
-        Ok(())
     }
 
     /// `vitctl target lun add`: creates the descriptor and flat extent, then names them in vit.conf.
@@ -730,24 +748,24 @@ impl Ctl {
 
     /// `vitctl target lun remove`: drops the LUN from vit.conf, then deletes its files.
     pub fn lun_remove(&mut self, target: &str, id: u64) -> Result<LunView> {
-        let (view, path) = self.update(|me, cfg, _undo| {
+        let (view, path, rules) = self.update(|me, cfg, _undo| {
             let i = target_index(cfg, target)?;
             let t = &cfg.targets[i];
             let Some(j) = t.luns.iter().position(|l| l.id == id) else {
                 return input(format!("target {} has no LUN {id}", display_name(t)));
             };
             let view = LunView::new(cfg, t, &t.luns[j], &me.ds);
+            let uuid = t.uuid().map(str::to_string);
             let removed = cfg.targets[i].luns.remove(j);
             let path = match removed.lun {
                 LunRef::Inline(b) => b.path.map(|p| p.name),
                 LunRef::Named(_) => None,
             };
-            Ok((view, path))
+            let rules = Deletable::new(&me.ds, cfg, uuid.as_deref());
+            Ok((view, path, rules))
         })?;
-        if let Some(p) = path
-            && let Err(e) = self.remove_lun_files(&p)
-        {
-            self.warnings.push(format!("left behind LUN {p}: {e}"));
+        if let Some(p) = path {
+            self.remove_lun_files(&p, &rules);
         }
         Ok(view)
     }
@@ -866,6 +884,83 @@ impl Ctl {
     pub fn home_object(&self) -> Result<HomeObjectView> {
         let cfg = self.load()?;
         Ok(HomeObjectView::new(&self.ds, &cfg))
+    }
+}
+
+/// Which files of a removed LUN may be deleted: only those under the removed LUN's target's own
+/// directory (`<datastore>/<uuid>/`) that no LUN left in vit.conf is made of.
+struct Deletable {
+    own_dir: Option<std::path::PathBuf>,
+    /// The files LUNs left in vit.conf are made of, with whose they are.
+    in_use: std::collections::HashMap<std::path::PathBuf, String>,
+    /// Directories holding a descriptor that could not be read (its extents, which lie beside
+    /// it, are unknown), with whose it is.
+    unknown: std::collections::HashMap<std::path::PathBuf, String>,
+    /// A LUN left in vit.conf with files in `own_dir`.
+    dir_user: Option<String>,
+}
+
+impl Deletable {
+    /// The rules for a removal that leaves `cfg`, from a target with `uuid`.
+    fn new(ds: &Datastore, cfg: &Config, uuid: Option<&str>) -> Self {
+        let mut rules = Deletable {
+            own_dir: uuid.map(|u| ds.target_dir(u)),
+            in_use: Default::default(),
+            unknown: Default::default(),
+            dir_user: None,
+        };
+        let target_luns = cfg.targets.iter().flat_map(|t| {
+            t.luns.iter().filter_map(move |l| {
+                let body = crate::datastore::lun_body(cfg, &l.lun)?;
+                Some((format!("target {} LUN {}", t.name, l.id), body))
+            })
+        });
+        let global_luns = cfg
+            .luns
+            .iter()
+            .map(|l| (format!("lun {} of vit.conf", l.name), &l.body));
+        for (owner, body) in target_luns.chain(global_luns) {
+            let Some(path) = &body.path else { continue };
+            let lexical = ds.root().join(&path.name);
+            if rules
+                .own_dir
+                .as_ref()
+                .is_some_and(|d| lexical.starts_with(d))
+            {
+                rules.dir_user.get_or_insert_with(|| owner.clone());
+            }
+            match ds.lun_files(&path.name) {
+                Ok(files) => {
+                    for f in files {
+                        rules.in_use.entry(f).or_insert_with(|| owner.clone());
+                    }
+                }
+                Err(_) => {
+                    let dir = crate::fsutil::parent_dir(&lexical).to_path_buf();
+                    rules.unknown.entry(dir).or_insert(owner);
+                }
+            }
+        }
+        rules
+    }
+
+    /// Why `file` must be kept, or `None` when it may be deleted.
+    fn why_keep(&self, file: &std::path::Path) -> Option<String> {
+        if !self.own_dir.as_ref().is_some_and(|d| file.starts_with(d)) {
+            return Some(match &self.own_dir {
+                Some(d) => format!("it is outside the target's directory {}", d.display()),
+                None => "the target has no `option uuid`, so no directory of its own".into(),
+            });
+        }
+        if let Some(owner) = self.in_use.get(file) {
+            return Some(format!("{owner} uses it"));
+        }
+        let dir = crate::fsutil::parent_dir(file);
+        self.unknown.get(dir).map(|owner| {
+            format!(
+                "the descriptor of {owner} beside it could not be read, so what it uses is unknown"
+            )
+        })
     }
 }
 

@@ -328,6 +328,9 @@ pub fn build(
         .enumerate()
         .map(|(i, p)| (p.name.as_str(), i))
         .collect();
+    if let Some(p) = ds.shared_lun_files(cfg).into_iter().next() {
+        return Err(RuntimeError::Other(p.to_string()));
+    }
     let mut targets = Vec::new();
     for t in &cfg.targets {
         let auth = match &t.auth_group {
@@ -673,6 +676,32 @@ mod tests {
             .map(|p| (p.name.as_str(), p.tag))
             .collect();
         assert_eq!(tags, [("default", 2), ("a", 3), ("b", 1), ("c", 4)]);
+    }
+
+    #[test]
+    fn two_luns_on_one_extent_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        ds.create_home_object(&crate::ctl::initial_config("127.0.0.1:3260"))
+            .unwrap();
+        let tdir = ds.create_target_dir("u").unwrap();
+        let opts = vmdk::CreateOptions::default();
+        let a = vmdk::create(&tdir, "a", 1 << 20, &opts).unwrap();
+        std::fs::copy(&a, tdir.join("b.vmdk")).unwrap();
+        let text = "target iqn.2000-01.com.x:t {\n lun 0 { path u/a.vmdk }\n}\n\
+                    target iqn.2000-01.com.x:s {\n lun 3 { path u/b.vmdk }\n}";
+        let cfg = crate::config::load(text, "v.conf").unwrap();
+        let e = build(&cfg, &ds, &[], OpenOptions { direct: false }).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:5:15: target iqn.2000-01.com.x:s LUN 3: {} is also a file of target \
+                 iqn.2000-01.com.x:t LUN 0 (at 2:15); one disk as two LUNs would keep two sets \
+                 of reservations",
+                ds.config_path().display(),
+                tdir.join("a-flat.vmdk").display()
+            )
+        );
     }
 
     #[test]

@@ -267,6 +267,22 @@ impl Datastore {
         Ok(real)
     }
 
+    /// The files the LUN `path` (from vit.conf) is made of: its descriptor, then its extent files.
+    pub fn lun_files(&self, path: &str) -> Result<Vec<PathBuf>> {
+        let descriptor = self.resolve_lun_path(path)?;
+        let d = crate::vmdk::load(&descriptor)?;
+        let mut files = crate::vmdk::extent_paths(&descriptor, &d);
+        files.insert(0, descriptor);
+        Ok(files)
+    }
+
+    /// Files (descriptors or extents) that two LUNs of `cfg`'s targets are made of, each
+    /// reported at the later LUN's path: one file in two LUNs is one disk with two LUNs' worth
+    /// of reservations. LUNs whose files cannot be read are left to [`Datastore::validate`].
+    pub fn shared_lun_files(&self, cfg: &Config) -> Vec<Problem> {
+        validate::shared_lun_files(self, cfg)
+    }
+
     /// Creates `<ds>/<uuid>/` and the link `targets/<uuid> -> ../../<uuid>`.
     pub fn create_target_dir(&self, uuid: &str) -> Result<PathBuf> {
         check_plain_name(uuid)?;
@@ -285,32 +301,19 @@ impl Datastore {
         Ok(dir)
     }
 
-    /// Removes a target's link and directory (which must hold no LUN files any more).
+    /// Removes a target's directory (which must hold no files any more), then its link: a
+    /// directory that cannot go keeps its link, so paths through it still resolve.
     pub fn remove_target_dir(&self, uuid: &str) -> Result<()> {
         check_plain_name(uuid)?;
-        let link = self.targets_dir().join(uuid);
-        match fs::remove_file(&link) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(DatastoreError::Io {
-                    path: link,
-                    source: e,
-                });
-            }
-        }
+        let gone = |path: PathBuf, result: io::Result<()>| match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DatastoreError::Io { path, source }),
+        };
         let dir = self.target_dir(uuid);
-        match fs::remove_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(DatastoreError::Io {
-                    path: dir,
-                    source: e,
-                });
-            }
-        }
-        Ok(())
+        gone(dir.clone(), fs::remove_dir(&dir))?;
+        let link = self.targets_dir().join(uuid);
+        gone(link.clone(), fs::remove_file(&link))
     }
 
     /// Checks everything `vitctl config validate` promises; an empty list means all holds.

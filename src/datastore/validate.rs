@@ -1,7 +1,9 @@
 //! `vitctl config validate`: the config's own checks plus everything on disk it refers to.
 
 use super::Datastore;
-use crate::config::{self, Config, ConfigError, LunBody, LunRef, Pos, Target};
+use crate::config::{self, Backend, Config, ConfigError, LunBody, LunRef, Pos, Target};
+use std::collections::HashMap;
+use std::path::PathBuf;
 
 /// A validation problem, located in vit.conf (file, line, column) even when the fault is on disk.
 pub type Problem = ConfigError;
@@ -31,7 +33,7 @@ pub(super) fn validate(ds: &Datastore) -> Vec<Problem> {
         Ok(c) => c,
         Err(errors) => return errors,
     };
-    let mut problems = Vec::new();
+    let mut problems = shared_lun_files(ds, &cfg);
     for target in &cfg.targets {
         check_target_link(ds, target, &mut |pos, msg| problems.push(at(pos, msg)));
         for tl in &target.luns {
@@ -45,6 +47,56 @@ pub(super) fn validate(ds: &Datastore) -> Vec<Problem> {
                 ))
             };
             check_lun(ds, body, tl.pos, &mut report);
+        }
+    }
+    problems.sort_by_key(|p| (p.line, p.col));
+    problems
+}
+
+/// See [`Datastore::shared_lun_files`].
+pub(super) fn shared_lun_files(ds: &Datastore, cfg: &Config) -> Vec<Problem> {
+    let file = ds.config_path().display().to_string();
+    let mut owners: HashMap<PathBuf, (&str, u64, Pos)> = HashMap::new();
+    let mut problems = Vec::new();
+    for target in &cfg.targets {
+        for tl in &target.luns {
+            let Some(body) = lun_body(cfg, &tl.lun) else {
+                continue;
+            };
+            let Some(path) = body.path.as_ref() else {
+                continue;
+            };
+            if body.effective_backend() == Backend::Ramdisk {
+                continue;
+            }
+            let Ok(files) = ds.lun_files(&path.name) else {
+                continue;
+            };
+            let pos = match &tl.lun {
+                LunRef::Inline(_) => path.pos,
+                LunRef::Named(n) => n.pos,
+            };
+            for f in files {
+                match owners.get(&f) {
+                    Some((t, id, _)) if *t == target.name && *id == tl.id => {}
+                    Some((t, id, first)) => problems.push(ConfigError::at(
+                        &file,
+                        pos,
+                        format!(
+                            "target {} LUN {}: {} is also a file of target {t} LUN {id} (at {}:{}); \
+                             one disk as two LUNs would keep two sets of reservations",
+                            target.name,
+                            tl.id,
+                            f.display(),
+                            first.line,
+                            first.col
+                        ),
+                    )),
+                    None => {
+                        owners.insert(f, (&target.name, tl.id, pos));
+                    }
+                }
+            }
         }
     }
     problems

@@ -138,18 +138,47 @@ pub fn grow(descriptor: &Path, new_size_bytes: u64, preallocate: bool) -> Result
 
 /// Deletes the LUN's extent files (missing ones are skipped), then the descriptor.
 pub fn remove(descriptor: &Path) -> Result<(), VmdkError> {
+    remove_except(descriptor, &|_| false).map(drop)
+}
+
+/// Deletes the LUN's extent files (missing ones are skipped), then the descriptor, but not the
+/// files `keep` holds on to; returns those kept.
+pub fn remove_except(
+    descriptor: &Path,
+    keep: &dyn Fn(&Path) -> bool,
+) -> Result<Vec<PathBuf>, VmdkError> {
     let d = load(descriptor)?;
-    let dir = parent_dir(descriptor);
-    for name in d.extents().iter().filter_map(|e| e.file.as_deref()) {
-        let path = dir.join(name);
+    let mut kept: Vec<PathBuf> = Vec::new();
+    for path in extent_paths(descriptor, &d) {
+        if keep(&path) {
+            if !kept.contains(&path) {
+                kept.push(path);
+            }
+            continue;
+        }
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(VmdkError::io(&path, "remove", e)),
         }
     }
-    fs::remove_file(descriptor).map_err(|e| VmdkError::io(descriptor, "remove", e))?;
-    sync_dir(dir)
+    if keep(descriptor) {
+        kept.push(descriptor.to_path_buf());
+    } else {
+        fs::remove_file(descriptor).map_err(|e| VmdkError::io(descriptor, "remove", e))?;
+    }
+    sync_dir(parent_dir(descriptor))?;
+    Ok(kept)
+}
+
+/// The paths of the files a descriptor's extents name (each lies in the descriptor's directory).
+pub fn extent_paths(descriptor: &Path, d: &Descriptor) -> Vec<PathBuf> {
+    let dir = parent_dir(descriptor);
+    d.extents()
+        .iter()
+        .filter_map(|e| e.file.as_deref())
+        .map(|name| dir.join(name))
+        .collect()
 }
 
 /// Reads and parses a descriptor file (not a symlink, at most 64 KiB). A binary sparse VMDK is

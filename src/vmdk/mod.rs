@@ -15,7 +15,10 @@ pub mod map;
 
 pub use descriptor::{Access, CreateType, Descriptor, Extent, ExtentType, Geometry};
 pub use error::{Op, ParseErrorKind, VmdkError};
-pub use lun::{CreateOptions, TWO_GB_EXTENT_BYTES, check, create, grow, load, open_extent, remove};
+pub use lun::{
+    CreateOptions, TWO_GB_EXTENT_BYTES, check, create, extent_paths, grow, load, open_extent,
+    remove, remove_except,
+};
 pub use map::{ExtentMap, Segment, SegmentKind, Segments};
 
 /// Bytes per VMDK sector (extent sizes and offsets are in sectors).
