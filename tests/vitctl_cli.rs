@@ -371,6 +371,100 @@ fn removals_delete_only_files_of_their_own_that_nothing_else_uses() {
 }
 
 #[test]
+fn target_set_applies_each_credential_flag_given() {
+    let ds = Ds::new();
+    let conf = || fs::read_to_string(ds.conf()).unwrap();
+    ds.ok(&[
+        "target",
+        "add",
+        "--alias",
+        "c",
+        "--auth-type",
+        "chap",
+        "--chap-user",
+        "u",
+        "--chap-secret",
+        "0123456789ab",
+    ]);
+    ds.ok(&["target", "add", "--alias", "n"]);
+    let g = ds.generation();
+    ds.ok(&["target", "set", "c", "--chap-secret", "abcdefabcdef"]);
+    assert!(conf().contains("chap u abcdefabcdef\n"), "{}", conf());
+    ds.ok(&["target", "set", "c", "--chap-user", "v"]);
+    assert!(conf().contains("chap v abcdefabcdef\n"), "{}", conf());
+    assert_eq!(ds.generation(), g + 2);
+    // A flag the auth type has no use for changes nothing.
+    ds.refused(
+        &["target", "set", "c", "--mutual-secret", "fedcba987654"],
+        "--mutual-user/--mutual-secret need --auth-type chap-mutual; the auth type is chap",
+    );
+    ds.refused(
+        &["target", "set", "n", "--mutual-secret", "fedcba987654"],
+        "--mutual-secret need --auth-type chap or chap-mutual; the auth type is none",
+    );
+    ds.refused(
+        &[
+            "target",
+            "set",
+            "n",
+            "--chap-user",
+            "x",
+            "--chap-secret",
+            "0123456789ab",
+        ],
+        "--chap-user, --chap-secret need --auth-type chap or chap-mutual; the auth type is none",
+    );
+    ds.refused(
+        &[
+            "target",
+            "set",
+            "c",
+            "--auth-type",
+            "none",
+            "--chap-user",
+            "x",
+        ],
+        "--chap-user need --auth-type chap or chap-mutual; the auth type is none",
+    );
+    // Mutual CHAP on top of the CHAP credentials there; then each mutual flag alone.
+    ds.ok(&[
+        "target",
+        "set",
+        "c",
+        "--auth-type",
+        "chap-mutual",
+        "--mutual-user",
+        "m",
+        "--mutual-secret",
+        "fedcba987654",
+    ]);
+    assert!(
+        conf().contains("chap-mutual v abcdefabcdef m fedcba987654"),
+        "{}",
+        conf()
+    );
+    ds.ok(&["target", "set", "c", "--mutual-secret", "1111222233334444"]);
+    ds.ok(&["target", "set", "c", "--mutual-user", "m2"]);
+    assert!(
+        conf().contains("chap-mutual v abcdefabcdef m2 1111222233334444"),
+        "{}",
+        conf()
+    );
+    ds.refused(
+        &["target", "set", "c", "--mutual-secret", "abcdefabcdef"],
+        "must differ",
+    );
+    // Back to CHAP drops the mutual pair; back to none drops the rest.
+    let v = ds.json(&["target", "set", "c", "--auth-type", "chap"]);
+    assert_eq!(v["auth_type"], "chap");
+    assert!(conf().contains("chap v abcdefabcdef\n"), "{}", conf());
+    let v = ds.json(&["target", "set", "c", "--auth-type", "none"]);
+    assert_eq!(v["auth_type"], "none");
+    assert!(!conf().contains("abcdefabcdef"), "{}", conf());
+    ds.ok(&["config", "validate"]);
+}
+
+#[test]
 fn bad_input_changes_nothing() {
     let ds = Ds::new();
     ds.ok(&["target", "add", "--alias", "t1"]);

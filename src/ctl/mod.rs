@@ -48,6 +48,52 @@ pub struct AuthSpec {
     pub mutual_secret: Option<String>,
 }
 
+impl AuthSpec {
+    /// The credential flags given (`--chap-user` and the rest), by name.
+    pub fn flags_given(&self) -> Vec<&'static str> {
+        [
+            ("--chap-user", &self.chap_user),
+            ("--chap-secret", &self.chap_secret),
+            ("--mutual-user", &self.mutual_user),
+            ("--mutual-secret", &self.mutual_secret),
+        ]
+        .into_iter()
+        .filter_map(|(flag, v)| v.as_ref().map(|_| flag))
+        .collect()
+    }
+
+    /// These settings with `change` applied (`vitctl target set`): each value it gives replaces
+    /// the current one. A new auth type drops the current credentials it has no use for (`none`
+    /// and `deny` use none, `chap` not the mutual pair); one given with it is kept, and refused
+    /// by the auth type's check.
+    fn updated(&self, change: &AuthSpec) -> AuthSpec {
+        let mut spec = self.clone();
+        if let Some(t) = change.auth_type {
+            spec.auth_type = Some(t);
+            if matches!(t, AuthType::None | AuthType::Deny) {
+                spec.chap_user = None;
+                spec.chap_secret = None;
+            }
+            if t != AuthType::ChapMutual {
+                spec.mutual_user = None;
+                spec.mutual_secret = None;
+            }
+        }
+        let fields = [
+            (&mut spec.chap_user, &change.chap_user),
+            (&mut spec.chap_secret, &change.chap_secret),
+            (&mut spec.mutual_user, &change.mutual_user),
+            (&mut spec.mutual_secret, &change.mutual_secret),
+        ];
+        for (to, from) in fields {
+            if from.is_some() {
+                to.clone_from(from);
+            }
+        }
+        spec
+    }
+}
+
 /// `vitctl target add`.
 #[derive(Clone, Debug, Default)]
 pub struct TargetSpec {
@@ -334,13 +380,14 @@ impl Ctl {
             auth_type: Some((auth_type, Pos::default())),
             ..Default::default()
         };
-        let has_chap = spec.chap_user.is_some() || spec.chap_secret.is_some();
         let has_mutual = spec.mutual_user.is_some() || spec.mutual_secret.is_some();
         match auth_type {
             AuthType::None | AuthType::Deny => {
-                if has_chap || has_mutual {
+                let flags = spec.flags_given();
+                if !flags.is_empty() {
                     return input(format!(
-                        "--chap-user/--chap-secret need --auth-type chap or chap-mutual, not {}",
+                        "{} need --auth-type chap or chap-mutual; the auth type is {}",
+                        flags.join(", "),
                         auth_type.as_str()
                     ));
                 }
@@ -355,7 +402,9 @@ impl Ctl {
                 self.check_secret("--chap-user", user, "--chap-secret", secret)?;
                 if auth_type == AuthType::Chap {
                     if has_mutual {
-                        return input("--mutual-user/--mutual-secret need --auth-type chap-mutual");
+                        return input(
+                            "--mutual-user/--mutual-secret need --auth-type chap-mutual; the auth type is chap",
+                        );
                     }
                     auth.chap.push(Chap {
                         user: user.clone(),
@@ -528,8 +577,7 @@ impl Ctl {
                 }];
             }
             let auth_changed = change.auth.auth_type.is_some()
-                || change.auth.chap_user.is_some()
-                || change.auth.chap_secret.is_some()
+                || !change.auth.flags_given().is_empty()
                 || change.initiator_group.is_some();
             if auth_changed {
                 let uuid = target_uuid(&cfg.targets[i])?;
@@ -544,11 +592,8 @@ impl Ctl {
                         .as_ref()
                         .and_then(|a| a.initiator_groups.first().map(|n| n.name.clone())),
                 };
-                let spec = if change.auth.auth_type.is_some() {
-                    change.auth.clone()
-                } else {
-                    current.as_ref().map(spec_of).unwrap_or_default()
-                };
+                let current = current.as_ref().map(spec_of).unwrap_or_default();
+                let spec = current.updated(&change.auth);
                 let auth = me.auth_settings(&spec, group.as_deref(), cfg)?;
                 match cfg.auth_groups.iter_mut().find(|g| g.name == uuid) {
                     Some(g) => g.auth = auth,
