@@ -465,6 +465,31 @@ fn target_set_applies_each_credential_flag_given() {
 }
 
 #[test]
+fn a_grow_whose_commit_fails_changes_nothing() {
+    let ds = Ds::new();
+    ds.ok(&["target", "add", "--alias", "t"]);
+    ds.ok(&[
+        "target", "lun", "add", "--target", "t", "--id", "0", "--size", "1M",
+    ]);
+    // The commit refuses to count past the largest generation, after the LUN has grown.
+    let conf = fs::read_to_string(ds.conf()).unwrap();
+    let g = format!("generation {}\n", ds.generation());
+    fs::write(
+        ds.conf(),
+        conf.replace(&g, &format!("generation {}\n", u64::MAX)),
+    )
+    .unwrap();
+    ds.refused(
+        &[
+            "target", "lun", "set", "--target", "t", "--id", "0", "--size", "2M",
+        ],
+        "generation counter overflow",
+    );
+    fs::write(ds.conf(), conf).unwrap();
+    ds.ok(&["config", "validate"]);
+}
+
+#[test]
 fn bad_input_changes_nothing() {
     let ds = Ds::new();
     ds.ok(&["target", "add", "--alias", "t1"]);

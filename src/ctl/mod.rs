@@ -359,7 +359,10 @@ impl Ctl {
         });
         if result.is_err() {
             for u in undo.into_iter().rev() {
-                u.run(&self.ds);
+                if let Err(e) = u.run(&self.ds) {
+                    self.warnings
+                        .push(format!("could not take back a change to the files: {e}"));
+                }
             }
         }
         result
@@ -754,7 +757,7 @@ impl Ctl {
         if let Some(a) = alias {
             check_value("--alias", a)?;
         }
-        let name = self.update(|me, cfg, _undo| {
+        let name = self.update(|me, cfg, undo| {
             let i = target_index(cfg, target)?;
             let tname = display_name(&cfg.targets[i]);
             let Some(l) = cfg.targets[i].luns.iter_mut().find(|l| l.id == id) else {
@@ -772,6 +775,9 @@ impl Ctl {
                         "LUN {id} is {current} bytes; shrinking to {new_size} bytes is not supported"
                     ));
                 }
+                // Grown before the commit (vit.conf never names a size the files lack); taken
+                // back if the commit fails.
+                undo.push(Undo::Files(vmdk::Snapshot::take(&descriptor)?));
                 vmdk::grow(&descriptor, new_size, false)?;
                 body.size = Some((new_size, Pos::default()));
             }
@@ -1013,14 +1019,17 @@ impl Deletable {
 enum Undo {
     Lun(std::path::PathBuf),
     TargetDir(String),
+    /// A LUN's files as they were before a change to them.
+    Files(vmdk::Snapshot),
 }
 
 impl Undo {
-    fn run(self, ds: &Datastore) {
-        let _ = match self {
-            Undo::Lun(descriptor) => vmdk::remove(&descriptor).map_err(CtlError::from),
-            Undo::TargetDir(uuid) => ds.remove_target_dir(&uuid).map_err(CtlError::from),
-        };
+    fn run(self, ds: &Datastore) -> Result<()> {
+        match self {
+            Undo::Lun(descriptor) => Ok(vmdk::remove(&descriptor)?),
+            Undo::TargetDir(uuid) => Ok(ds.remove_target_dir(&uuid)?),
+            Undo::Files(snapshot) => Ok(snapshot.restore()?),
+        }
     }
 }
 

@@ -184,6 +184,11 @@ pub fn extent_paths(descriptor: &Path, d: &Descriptor) -> Vec<PathBuf> {
 /// Reads and parses a descriptor file (not a symlink, at most 64 KiB). A binary sparse VMDK is
 /// reported as such.
 pub fn load(descriptor: &Path) -> Result<Descriptor, VmdkError> {
+    load_bytes(descriptor).map(|(d, _)| d)
+}
+
+/// [`load`], also returning the bytes read.
+fn load_bytes(descriptor: &Path) -> Result<(Descriptor, Vec<u8>), VmdkError> {
     let file = open_regular(descriptor, false, 0)?;
     let mut bytes = Vec::with_capacity(1024);
     let cap = u64::try_from(MAX_DESCRIPTOR_BYTES).unwrap_or(u64::MAX);
@@ -196,7 +201,66 @@ pub fn load(descriptor: &Path) -> Result<Descriptor, VmdkError> {
             what,
         });
     }
-    Descriptor::parse_bytes(&bytes).map_err(|e| e.with_path(descriptor))
+    let d = Descriptor::parse_bytes(&bytes).map_err(|e| e.with_path(descriptor))?;
+    Ok((d, bytes))
+}
+
+/// A LUN's files as they are now (the descriptor's bytes, each extent file's length), to put
+/// back with [`Snapshot::restore`] when a change made after it must be taken back.
+#[derive(Debug)]
+pub struct Snapshot {
+    descriptor: PathBuf,
+    bytes: Vec<u8>,
+    lens: Vec<(PathBuf, u64)>,
+}
+
+impl Snapshot {
+    pub fn take(descriptor: &Path) -> Result<Self, VmdkError> {
+        let (d, bytes) = load_bytes(descriptor)?;
+        let mut lens = Vec::new();
+        for path in extent_paths(descriptor, &d) {
+            let meta = fs::symlink_metadata(&path).map_err(|e| VmdkError::io(&path, "stat", e))?;
+            lens.push((path, meta.len()));
+        }
+        Ok(Snapshot {
+            descriptor: descriptor.to_path_buf(),
+            bytes,
+            lens,
+        })
+    }
+
+    /// Puts the descriptor back (atomically), then removes extent files made since and cuts
+    /// extent files grown since back to their length.
+    pub fn restore(&self) -> Result<(), VmdkError> {
+        let now = load(&self.descriptor)
+            .map(|d| extent_paths(&self.descriptor, &d))
+            .unwrap_or_default();
+        fsutil::write_atomic(&self.descriptor, &self.bytes, Existing::Replace, FILE_MODE)?;
+        for path in now
+            .iter()
+            .filter(|p| !self.lens.iter().any(|(q, _)| q == *p))
+        {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(VmdkError::io(path, "remove", e)),
+            }
+        }
+        for (path, len) in &self.lens {
+            let file = open_regular(path, true, 0)?;
+            let now = file
+                .metadata()
+                .map_err(|e| VmdkError::io(path, "stat", e))?
+                .len();
+            if now > *len {
+                file.set_len(*len)
+                    .map_err(|e| VmdkError::io(path, "truncate", e))?;
+                file.sync_all()
+                    .map_err(|e| VmdkError::io(path, "fsync", e))?;
+            }
+        }
+        sync_dir(parent_dir(&self.descriptor))
+    }
 }
 
 /// Loads a descriptor and checks its extents: every extent file exists, is a regular file (not a
@@ -555,6 +619,27 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_snapshot_takes_a_growth_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = CreateOptions {
+            preallocate: false,
+            split_2gb: true,
+        };
+        let d = create(dir.path(), "l", 1 << 20, &opts).unwrap();
+        let before = fs::read(&d).unwrap();
+        let snap = Snapshot::take(&d).unwrap();
+        grow(&d, 3 << 30, false).unwrap();
+        let f1 = dir.path().join("l-f001.vmdk");
+        let f2 = dir.path().join("l-f002.vmdk");
+        assert!(f2.exists() && fs::metadata(&f1).unwrap().len() == TWO_GB_EXTENT_BYTES);
+        snap.restore().unwrap();
+        assert_eq!(fs::read(&d).unwrap(), before);
+        assert!(!f2.exists());
+        assert_eq!(fs::metadata(&f1).unwrap().len(), 1 << 20);
+        assert_eq!(check(&d).unwrap().capacity_bytes(), 1 << 20);
     }
 
     #[test]

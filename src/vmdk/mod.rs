@@ -16,8 +16,8 @@ pub mod map;
 pub use descriptor::{Access, CreateType, Descriptor, Extent, ExtentType, Geometry};
 pub use error::{Op, ParseErrorKind, VmdkError};
 pub use lun::{
-    CreateOptions, TWO_GB_EXTENT_BYTES, check, create, extent_paths, grow, load, open_extent,
-    remove, remove_except,
+    CreateOptions, Snapshot, TWO_GB_EXTENT_BYTES, check, create, extent_paths, grow, load,
+    open_extent, remove, remove_except,
 };
 pub use map::{ExtentMap, Segment, SegmentKind, Segments};
 
