@@ -1840,14 +1840,7 @@ mod tests {
         let (mut c, mut pool) = conn(true);
         let data = vec![0xabu8; 4096];
         // WRITE(10) of 8 blocks with 1024 bytes of immediate data.
-        let bhs = command(
-            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0],
-            4096,
-            false,
-            true,
-            100,
-            1024,
-        );
+        let bhs = write10(8, true, 100, 1024);
         feed(&mut c, &mut pool, &bhs, &data[..1024]);
         let pdus = sent(&mut c);
         let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
@@ -1908,6 +1901,33 @@ mod tests {
         }
     }
 
+    /// Another session resets LUN 0 (its mail, as this session will find it).
+    fn reset_by_another_session(c: &Conn) {
+        let other = crate::scsi::pr::ItNexusId {
+            initiator: "iqn.2026-11.io.vit:other".into(),
+            ..Default::default()
+        };
+        c.target.as_ref().unwrap().luns[0]
+            .shared
+            .post(crate::daemon::shared::Mail::Reset {
+                reason: SenseReason::BusDeviceResetFunction,
+                from: other,
+            });
+    }
+
+    /// WRITE(10) of `blocks` blocks at LBA 0 (EDTL the whole transfer), W bit `write`.
+    fn write10(blocks: u8, write: bool, cmd_sn: u32, immediate: u32) -> [u8; BHS_LEN] {
+        let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, blocks, 0];
+        command(
+            &cdb,
+            u32::from(blocks) * 512,
+            false,
+            write,
+            cmd_sn,
+            immediate,
+        )
+    }
+
     fn rejected(pdus: &[TargetPdu], reason: RejectReason) -> bool {
         matches!(pdus, [TargetPdu::Reject(r)] if r.reason == reason as u8)
     }
@@ -1917,14 +1937,7 @@ mod tests {
         let (mut c, mut pool) = conn(true);
         soil(&mut pool, 0xee);
         // WRITE(10) of 8 blocks, no immediate data: one R2T for all 4096 bytes.
-        let bhs = command(
-            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0],
-            4096,
-            false,
-            true,
-            100,
-            0,
-        );
+        let bhs = write10(8, true, 100, 0);
         feed(&mut c, &mut pool, &bhs, &[]);
         let pdus = sent(&mut c);
         let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
@@ -1968,28 +1981,14 @@ mod tests {
         let (mut c, mut pool) = conn(true);
         soil(&mut pool, 0xee);
         // WRITE(10) of 8 blocks with its data as immediate data but the W bit clear.
-        let bhs = command(
-            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0],
-            4096,
-            false,
-            false,
-            100,
-            4096,
-        );
+        let bhs = write10(8, false, 100, 4096);
         feed(&mut c, &mut pool, &bhs, &[0x33; 4096]);
         assert!(rejected(&sent(&mut c), RejectReason::ProtocolError));
         assert!(c.io.is_empty(), "nothing written");
         assert_eq!(c.tasks_in_flight(), 0);
         // Without immediate data and without the W bit: no R2T and no data written, whatever
         // the CDB says (the initiator sends none); the response reports the overflow.
-        let bhs = command(
-            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0],
-            4096,
-            false,
-            false,
-            101,
-            0,
-        );
+        let bhs = write10(8, false, 101, 0);
         feed(&mut c, &mut pool, &bhs, &[]);
         assert!(c.io.is_empty(), "nothing written");
         let pdus = sent(&mut c);
@@ -2003,14 +2002,7 @@ mod tests {
     #[test]
     fn a_data_digest_error_frees_the_commands_task() {
         let (mut c, mut pool) = conn(true);
-        let bhs = command(
-            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0],
-            4096,
-            false,
-            true,
-            100,
-            512,
-        );
+        let bhs = write10(8, true, 100, 512);
         assert!(matches!(
             c.on_header(&bhs, 512, &mut pool),
             DataDest::Slot { .. }
@@ -2039,24 +2031,8 @@ mod tests {
     #[test]
     fn a_write_after_another_sessions_reset_meets_the_unit_attention() {
         let (mut c, mut pool) = conn(true);
-        let other = crate::scsi::pr::ItNexusId {
-            initiator: "iqn.2026-11.io.vit:other".into(),
-            ..Default::default()
-        };
-        c.target.as_ref().unwrap().luns[0]
-            .shared
-            .post(crate::daemon::shared::Mail::Reset {
-                reason: SenseReason::BusDeviceResetFunction,
-                from: other,
-            });
-        let bhs = command(
-            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0],
-            4096,
-            false,
-            true,
-            100,
-            512,
-        );
+        reset_by_another_session(&c);
+        let bhs = write10(8, true, 100, 512);
         feed(&mut c, &mut pool, &bhs, &[7; 512]);
         let pdus = sent(&mut c);
         let [TargetPdu::ScsiResponse(r)] = pdus.as_slice() else {
@@ -2119,14 +2095,7 @@ mod tests {
     fn an_abort_is_answered_once_the_aborted_write_has_ended() {
         let (mut c, mut pool) = conn(true);
         // WRITE(10) of 1 block, its data immediate: backing-store work at once.
-        let bhs = command(
-            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0],
-            512,
-            false,
-            true,
-            100,
-            512,
-        );
+        let bhs = write10(1, true, 100, 512);
         feed(&mut c, &mut pool, &bhs, &[7; 512]);
         let write = c.io.pop_front().expect("write queued");
         feed(&mut c, &mut pool, &abort_task(0x42, 101), &[]);
@@ -2153,22 +2122,13 @@ mod tests {
     #[test]
     fn a_write_collecting_data_is_aborted_by_another_sessions_reset() {
         let (mut c, mut pool) = conn(true);
-        let bhs = command(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512, false, true, 100, 0);
+        let bhs = write10(1, true, 100, 0);
         feed(&mut c, &mut pool, &bhs, &[]);
         let pdus = sent(&mut c);
         let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
             panic!("{pdus:?}")
         };
-        let other = crate::scsi::pr::ItNexusId {
-            initiator: "iqn.2026-11.io.vit:other".into(),
-            ..Default::default()
-        };
-        c.target.as_ref().unwrap().luns[0]
-            .shared
-            .post(crate::daemon::shared::Mail::Reset {
-                reason: SenseReason::BusDeviceResetFunction,
-                from: other,
-            });
+        reset_by_another_session(&c);
         feed(
             &mut c,
             &mut pool,
