@@ -60,6 +60,9 @@ struct SessionRec {
     initiator: String,
     isid: [u8; 6],
     target: String,
+    /// The portal group tag it logged in through (RFC 7143 §4.4.3: a session is named by
+    /// ISID and TPGT, for a target).
+    tag: u16,
     thread: usize,
     id: u64,
 }
@@ -198,8 +201,12 @@ impl Control {
             }
             self.expire();
         }
+        // Every thread starts its grace period at once; then all are waited for.
+        for t in &self.threads {
+            t.stop();
+        }
         for t in &mut self.threads {
-            t.shutdown();
+            t.join();
         }
     }
 
@@ -412,6 +419,7 @@ impl Control {
                     relative_port_id: 1,
                 };
                 let initiator = params.initiator_name.clone();
+                let tag = port.portal_group_tag;
                 let phase = match target {
                     Some(t) => {
                         let nexus = Nexus::new(port, &t.server).with_initiator(&initiator, isid);
@@ -421,11 +429,12 @@ impl Control {
                         self.next_session += 1;
                         tracing::info!(initiator = %initiator, target = %t.name, peer = %peer, "session logged in");
                         let it = conn.nexus.id().clone();
-                        self.reinstate(&initiator, isid, &t, &it);
+                        self.reinstate(&initiator, (isid, tag), &t, &it);
                         self.sessions.push(SessionRec {
                             initiator,
                             isid,
                             target: t.name.clone(),
+                            tag,
                             thread: usize::MAX,
                             id: conn.session_id,
                         });
@@ -463,15 +472,16 @@ impl Control {
             .collect()
     }
 
-    /// A new session with the same initiator name and ISID on the same target replaces the old
-    /// one (RFC 7143 §6.3.5; the same ISID on another target is another session). The old
+    /// A new session with the same initiator name and ISID on the same target through the same
+    /// portal group replaces the old one (RFC 7143 §6.3.5; the same ISID on another target or
+    /// portal group is another session). The old
     /// session's I_T nexus ends here, before the new session's first command: its SPC-2
     /// reservations go now, not when the old connection's last I/O is done, which could undo
     /// one the new session has taken meanwhile.
     fn reinstate(
         &mut self,
         initiator: &str,
-        isid: [u8; 6],
+        (isid, tag): ([u8; 6], u16),
         target: &crate::daemon::runtime::TargetRt,
         it: &crate::scsi::ItNexusId,
     ) {
@@ -479,6 +489,7 @@ impl Control {
             .into_iter()
             .partition(|s| {
                 s.isid == isid
+                    && s.tag == tag
                     && s.target == target.name
                     && s.initiator.eq_ignore_ascii_case(initiator)
             });

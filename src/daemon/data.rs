@@ -160,9 +160,14 @@ impl DataThread {
         }
     }
 
-    pub fn shutdown(&mut self) {
+    /// Asks the thread to stop: its initiators are asked to log out (see `Msg::Shutdown`).
+    pub fn stop(&self) {
         let _ = self.tx.send(Msg::Shutdown);
         self.waker.wake();
+    }
+
+    /// Waits for the thread to end (after [`Self::stop`]).
+    pub fn join(&mut self) {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }

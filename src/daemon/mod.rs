@@ -70,14 +70,33 @@ pub fn open_datastore(opts: &DaemonOptions) -> Result<Datastore, DaemonError> {
         return Ok(ds);
     }
     let root = datastore::default_root();
-    std::fs::create_dir_all(&root).map_err(|source| datastore::DatastoreError::Io {
-        path: root.clone(),
-        source,
-    })?;
-    let ds = Datastore::open(&root)?;
-    if ds.create_home_object(&ctl::initial_config(DEFAULT_LISTEN))? {
-        tracing::info!("created the default datastore at {}", root.display());
-        let mut c = Ctl::new(ds.clone());
+    if !Datastore::open(&root).is_ok_and(|ds| ds.home_object_exists()) {
+        create_default(&root)?;
+    }
+    Ok(Datastore::open(&root)?)
+}
+
+/// Builds the embedded default datastore whole (home object, target, LUN) in a directory of its
+/// own beside `root`, then renames it into place: a crash leaves no half-made datastore there,
+/// and of two vitd starting at once one builds it and both serve it (the loser's rename finds
+/// `root` taken and its copy is removed). Every path inside a datastore is relative to it.
+fn create_default(root: &std::path::Path) -> Result<(), DaemonError> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| datastore::DatastoreError::Io { path, source }
+    };
+    let parent = root.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("vit");
+    static BUILDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let build = parent.join(format!(".{name}.creating-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&build);
+    std::fs::create_dir_all(&build).map_err(io(&build))?;
+    let made = (|| -> Result<(), DaemonError> {
+        let ds = Datastore::open(&build)?;
+        ds.create_home_object(&ctl::initial_config(DEFAULT_LISTEN))?;
+        let mut c = Ctl::new(ds);
         let spec = TargetSpec {
             alias: "default".into(),
             iqn: Some(DEFAULT_IQN.into()),
@@ -97,8 +116,33 @@ pub fn open_datastore(opts: &DaemonOptions) -> Result<Datastore, DaemonError> {
                 preallocate: false,
             },
         )?;
+        Ok(())
+    })();
+    if let Err(e) = made {
+        let _ = std::fs::remove_dir_all(&build);
+        return Err(e);
     }
-    Ok(ds)
+    // An empty directory at `root` (made by hand, or by an older vitd) is replaced; one that
+    // holds a datastore (another vitd was quicker) is kept.
+    let _ = std::fs::remove_dir(root);
+    match std::fs::rename(&build, root) {
+        Ok(()) => {
+            tracing::info!("created the default datastore at {}", root.display());
+            Ok(())
+        }
+        Err(_) if Datastore::open(root).is_ok_and(|ds| ds.home_object_exists()) => {
+            let _ = std::fs::remove_dir_all(&build);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&build);
+            Err(datastore::DatastoreError::Io {
+                path: root.to_path_buf(),
+                source: e,
+            }
+            .into())
+        }
+    }
 }
 
 /// Binds every address of every portal group a target uses, with a clear error naming the group.
@@ -249,6 +293,12 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         runtime::describe(&running)
     );
     let listeners = bind_portals(&running)?;
+    if listeners.is_empty() {
+        tracing::warn!(
+            "no target to serve, so no portal is listened on: add one with `vitctl target add` \
+             and restart vitd (vit.conf is read at start)"
+        );
+    }
     for (l, pg) in &listeners {
         tracing::info!(
             "listening on {} (portal group {})",
@@ -257,7 +307,10 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         );
     }
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let n = opts.cores.unwrap_or_else(|| cores.len().max(1));
+    // One data thread per core it may use: the affinity mask, within the CPU quota (a
+    // container limited to fewer CPUs than it sees) that available_parallelism reports.
+    let quota = std::thread::available_parallelism().map_or(usize::MAX, |n| n.get());
+    let n = opts.cores.unwrap_or_else(|| cores.len().min(quota).max(1));
     let mut threads = Vec::with_capacity(n);
     // Data threads say here which sessions ended, so the control thread forgets them.
     let (ended_tx, ended_rx) = crossbeam_channel::unbounded();
@@ -289,4 +342,38 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     runtime::sync_all(&running);
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_datastore_is_made_whole_even_by_two_at_once() {
+        let home = tempfile::tempdir().unwrap();
+        let root = home.path().join("vit");
+        let makers: Vec<_> = (0..2)
+            .map(|_| {
+                let root = root.clone();
+                std::thread::spawn(move || create_default(&root).map_err(|e| e.to_string()))
+            })
+            .collect();
+        for m in makers {
+            m.join().unwrap().unwrap();
+        }
+        let ds = Datastore::open(&root).unwrap();
+        let cfg = ds.load_config().unwrap();
+        assert!(ds.validate().is_empty(), "{:?}", ds.validate());
+        assert_eq!(cfg.targets.len(), 1);
+        assert_eq!(cfg.targets[0].luns.len(), 1);
+        let left: Vec<_> = std::fs::read_dir(home.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("vit")],
+            "nothing half-made is left"
+        );
+    }
 }
