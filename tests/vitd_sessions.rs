@@ -82,6 +82,36 @@ fn the_same_isid_on_two_targets_is_two_sessions() {
     good(&mut on_t);
 }
 
+/// The same initiator and ISID through two portal groups of one target are two sessions (RFC
+/// 7143 §4.4.3: a session is named by ISID and TPGT), as a host with one ISID per adapter makes
+/// them: neither replaces the other.
+#[test]
+fn the_same_isid_through_two_portal_groups_is_two_sessions() {
+    let ds = Datastore::new();
+    let second = free_port();
+    ds.target("m", &["--listen", &format!("127.0.0.1:{second}")]);
+    ds.lun("m", 0, "8M");
+    // The target is in the default portal group too.
+    let conf = std::fs::read_to_string(ds.conf()).unwrap();
+    let pg = format!("\tportal-group pg-127.0.0.1-{second}\n");
+    assert!(conf.contains(&pg), "{conf}");
+    let conf = conf.replace(&pg, &format!("{pg}\tportal-group default\n"));
+    std::fs::write(ds.conf(), conf).unwrap();
+    let vitd = ds.start();
+    let isid = [0x80, 0, 0, 0, 0x61, 1];
+    let mut first = login(ds.port, INITIATOR, &iqn("m"), isid);
+    good(&mut first);
+    let mut other = login(second, INITIATOR, &iqn("m"), isid);
+    good(&mut other);
+    assert!(
+        first.closed_within(Duration::from_secs(2)).is_err(),
+        "the session through the first portal group was closed: {}",
+        vitd.log_text()
+    );
+    good(&mut first);
+    good(&mut other);
+}
+
 #[test]
 fn a_silent_peer_is_pinged_then_dropped_and_an_answering_one_kept() {
     let (ds, vitd) = setup();
