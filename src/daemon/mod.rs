@@ -85,7 +85,7 @@ fn create_default(root: &std::path::Path) -> Result<(), DaemonError> {
         let path = path.to_path_buf();
         move |source| datastore::DatastoreError::Io { path, source }
     };
-    let parent = root.parent().unwrap_or(std::path::Path::new("."));
+    let parent = crate::fsutil::parent_dir(root);
     std::fs::create_dir_all(parent).map_err(io(parent))?;
     let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("vit");
     static BUILDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -127,6 +127,10 @@ fn create_default(root: &std::path::Path) -> Result<(), DaemonError> {
     let _ = std::fs::remove_dir(root);
     match std::fs::rename(&build, root) {
         Ok(()) => {
+            // The rename itself lasts once the directory holding it is synced.
+            if let Err(e) = crate::fsutil::sync_dir(parent) {
+                tracing::warn!("{}: {}: {}", e.path.display(), e.op, e.source);
+            }
             tracing::info!("created the default datastore at {}", root.display());
             Ok(())
         }
