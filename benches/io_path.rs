@@ -132,6 +132,7 @@ fn read_4k(c: &mut Criterion) {
         target_name: IQN.into(),
         portal_group_tag: 1,
         relative_port_id: 1,
+        target_ports: 1,
     };
     let seq = SeqNums {
         stat_sn: 1,

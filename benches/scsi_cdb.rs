@@ -24,6 +24,7 @@ fn bench(c: &mut Criterion) {
         target_name: "iqn.2026-01.com.example:bench".to_owned(),
         portal_group_tag: 1,
         relative_port_id: 1,
+        target_ports: 1,
     });
     let cdb = read16();
     let lun = encode_lun(0);

@@ -110,6 +110,27 @@ fn the_same_isid_through_two_portal_groups_is_two_sessions() {
     );
     good(&mut first);
     good(&mut other);
+    // Each portal group is a target port of its own (SPC-4 7.8.6.5), numbered as the target
+    // lists them: its own group first (port 1), then the default one (port 2).
+    assert_eq!(relative_port(&mut other), 1);
+    assert_eq!(relative_port(&mut first), 2);
+}
+
+/// The relative target port identifier of the session's nexus (INQUIRY, VPD page 83h).
+fn relative_port(s: &mut Session) -> u16 {
+    let r = s
+        .command(0, &[0x12, 0x01, 0x83, 0, 0xff, 0], &[], 255)
+        .unwrap();
+    let mut at = 4;
+    while at + 4 <= r.data_in.len() {
+        let d = &r.data_in[at..];
+        let len = usize::from(d[3]);
+        if d[1] & 0x0f == 4 && len == 4 {
+            return u16::from_be_bytes([d[6], d[7]]);
+        }
+        at += 4 + len;
+    }
+    panic!("no relative target port designator: {:?}", r.data_in)
 }
 
 #[test]

@@ -1682,6 +1682,7 @@ mod tests {
             target_name: target.name.clone(),
             portal_group_tag: 1,
             relative_port_id: 1,
+            target_ports: 1,
         };
         let nexus = Nexus::without_attention(port);
         let c = Conn::new(

@@ -413,10 +413,18 @@ impl Control {
                     stat_sn,
                     exp_cmd_sn,
                 };
+                // One target port per portal group the target is in, numbered in the order
+                // vit.conf lists them (SPC-4 7.8.6.5: unique within the target).
+                let (relative_port_id, target_ports) = target.as_ref().map_or((1, 1), |t| {
+                    let at = t.portal_groups.iter().position(|&g| g == pg).unwrap_or(0);
+                    let n = t.portal_groups.len().clamp(1, usize::from(u16::MAX));
+                    (at as u16 + 1, n as u16)
+                });
                 let port = TargetPort {
                     target_name: target.as_ref().map_or_else(String::new, |t| t.name.clone()),
                     portal_group_tag: self.running.portal_groups.get(pg).map_or(1, |p| p.tag),
-                    relative_port_id: 1,
+                    relative_port_id,
+                    target_ports,
                 };
                 let initiator = params.initiator_name.clone();
                 let tag = port.portal_group_tag;

@@ -196,8 +196,11 @@ pub struct TargetPort {
     pub target_name: String,
     /// The target portal group tag.
     pub portal_group_tag: u16,
-    /// The relative target port identifier.
+    /// The relative target port identifier (1 to `target_ports`).
     pub relative_port_id: u16,
+    /// How many target ports the target has, numbered 1 to this (one per portal group it is
+    /// in); REPORT TARGET PORT GROUPS lists them all.
+    pub target_ports: u16,
 }
 
 /// The logical units of one target.

@@ -17,6 +17,7 @@
 //!     target_name: "iqn.2026-01.com.example:t".into(),
 //!     portal_group_tag: 1,
 //!     relative_port_id: 1,
+//!     target_ports: 1,
 //! };
 //! let mut nexus = Nexus::without_attention(port);
 //! let read10 = [0x28, 0, 0, 0, 0, 8, 0, 0, 4, 0];

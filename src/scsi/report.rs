@@ -145,7 +145,7 @@ pub fn report_supported_opcodes(
 pub const TARGET_PORT_GROUP: u16 = 1;
 
 /// REPORT TARGET PORT GROUPS parameter data (SPC-4 6.37): one group, active/optimized,
-/// holding the relative target port of the nexus; `extended` selects the extended header.
+/// holding every target port of the target; `extended` selects the extended header.
 pub fn report_target_port_groups(port: &TargetPort, extended: bool, w: &mut DataIn<'_>) {
     w.u32(0); // RETURN DATA LENGTH, back-filled
     if extended {
@@ -159,9 +159,12 @@ pub fn report_target_port_groups(port: &TargetPort, extended: bool, w: &mut Data
     w.u8(0);
     w.u8(0); // STATUS CODE
     w.u8(0);
-    w.u8(1); // TARGET PORT COUNT
-    w.u16(0);
-    w.u16(port.relative_port_id);
+    let ports = port.target_ports.max(port.relative_port_id).max(1);
+    w.u8(ports.min(255) as u8); // TARGET PORT COUNT
+    for id in 1..=ports.min(255) {
+        w.u16(0);
+        w.u16(id);
+    }
     let len = w.len_since_u32(4);
     w.patch_u32(0, len);
 }

@@ -23,6 +23,7 @@ fn port() -> TargetPort {
         target_name: NAME.to_owned(),
         portal_group_tag: 1,
         relative_port_id: 1,
+        target_ports: 1,
     }
 }
 

@@ -38,6 +38,7 @@ fn nexus(initiator: &str) -> Nexus {
         target_name: NAME.to_owned(),
         portal_group_tag: 1,
         relative_port_id: 3,
+        target_ports: 3,
     })
     .with_initiator(initiator, [0x40, 0, 0, 0, 0, 1])
 }
@@ -410,13 +411,16 @@ fn report_target_port_groups() {
     c[9] = 255;
     let r = run(0, &c);
     good(&r);
+    // The target's three ports, this nexus's (3) among them.
     assert_eq!(
         r.data,
-        vec![0, 0, 0, 12, 0x80, 0x01, 0, 1, 0, 0, 0, 1, 0, 0, 0, 3]
+        vec![
+            0, 0, 0, 20, 0x80, 0x01, 0, 1, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3
+        ]
     );
     c[1] = 0x2A;
     let r = run(0, &c);
-    assert_eq!(&r.data[..8], &[0, 0, 0, 16, 0x10, 0, 0, 0]);
+    assert_eq!(&r.data[..8], &[0, 0, 0, 24, 0x10, 0, 0, 0]);
     c[1] = 0x4A;
     assert_eq!(sense(&run(0, &c)).3, [0xCF, 0, 1]);
 }
