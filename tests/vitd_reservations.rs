@@ -94,20 +94,10 @@ fn prout(s: &mut Session, lun: u8, sa: u8, rtype: u8, key: u64, sa_key: u64) -> 
 
 /// The NAA designator of `lun` (INQUIRY, Device Identification VPD page).
 fn naa(s: &mut Session, lun: u8) -> [u8; 16] {
-    let r = s
-        .command(lun, &[0x12, 0x01, 0x83, 0, 0xff, 0], &[], 255)
-        .unwrap();
-    assert_eq!(r.status, 0, "{r:?}");
-    let mut at = 4;
-    while at + 4 <= r.data_in.len() {
-        let d = &r.data_in[at..];
-        let len = usize::from(d[3]);
-        if d[0] & 0x0f == 1 && d[1] & 0x3f == 0x03 && len == 16 {
-            return d[4..20].try_into().unwrap();
-        }
-        at += 4 + len;
-    }
-    panic!("no NAA designator: {:?}", r.data_in)
+    let d = vpd83_designator(s, lun, |d| {
+        d[0] & 0x0f == 1 && d[1] & 0x3f == 0x03 && d[3] == 16
+    });
+    d.try_into().unwrap()
 }
 
 /// EXTENDED COPY (LID1), sent to LUN 0: `segments` times `blocks` blocks from LBA 0 of `src` to

@@ -118,19 +118,8 @@ fn the_same_isid_through_two_portal_groups_is_two_sessions() {
 
 /// The relative target port identifier of the session's nexus (INQUIRY, VPD page 83h).
 fn relative_port(s: &mut Session) -> u16 {
-    let r = s
-        .command(0, &[0x12, 0x01, 0x83, 0, 0xff, 0], &[], 255)
-        .unwrap();
-    let mut at = 4;
-    while at + 4 <= r.data_in.len() {
-        let d = &r.data_in[at..];
-        let len = usize::from(d[3]);
-        if d[1] & 0x0f == 4 && len == 4 {
-            return u16::from_be_bytes([d[6], d[7]]);
-        }
-        at += 4 + len;
-    }
-    panic!("no relative target port designator: {:?}", r.data_in)
+    let d = vpd83_designator(s, 0, |d| d[1] & 0x0f == 4 && d[3] == 4);
+    u16::from_be_bytes([d[2], d[3]])
 }
 
 #[test]

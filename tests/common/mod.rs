@@ -294,3 +294,26 @@ pub fn cdb16(op: u8, lba: u64, blocks: u32) -> Vec<u8> {
     }
     c
 }
+
+/// The designator of `lun`'s Device Identification VPD page (INQUIRY 83h) that `wanted` picks
+/// (given each descriptor whole: its 4-byte header, then the designator).
+pub fn vpd83_designator(
+    s: &mut vit::iscsi::initiator::Session,
+    lun: u8,
+    wanted: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
+    let r = s
+        .command(lun, &[0x12, 0x01, 0x83, 0, 0xff, 0], &[], 255)
+        .unwrap();
+    assert_eq!(r.status, 0, "{r:?}");
+    let mut at = 4;
+    while at + 4 <= r.data_in.len() {
+        let end = (at + 4 + usize::from(r.data_in[at + 3])).min(r.data_in.len());
+        let d = &r.data_in[at..end];
+        if wanted(d) {
+            return d[4..].to_vec();
+        }
+        at = end;
+    }
+    panic!("no such designator: {:?}", r.data_in)
+}
