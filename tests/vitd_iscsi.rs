@@ -302,7 +302,9 @@ fn conformance_suite_passes_on_a_memory_lun() {
 /// Runs every test of iscsi-test-cu on `url`; none may fail.
 fn whole_suite_passes(url: &str) {
     // The second URL (a second session to the same LUN) enables the multipath suites.
-    let (_, out) = client("iscsi-test-cu", &["-d", "-v", "-t", "ALL", url, url]);
+    // The whole suite takes 35-65 s of a debug build's time here, longer when the two suites
+    // share the machine's two CPUs: the limit only guards against a hang.
+    let (_, out) = client_within(600, "iscsi-test-cu", &["-d", "-v", "-t", "ALL", url, url]);
     let (tests, failed) = cu_summary(&out);
     let (run, _, skipped) = cu_counts(&out);
     eprintln!("iscsi-test-cu ALL: {tests} run, {failed} failed, {skipped} skipped");

@@ -228,10 +228,15 @@ pub fn sigterm(child: &Child) {
     unsafe { libc::kill(pid, libc::SIGTERM) };
 }
 
-/// Runs a client with a time limit; returns (success, stdout + stderr).
+/// Runs a client with a time limit of 60 s; returns (success, stdout + stderr).
 pub fn client(program: &str, args: &[&str]) -> (bool, String) {
+    client_within(60, program, args)
+}
+
+/// [`client`] with a time limit of `secs` seconds (a guard against a hang, not a measurement).
+pub fn client_within(secs: u32, program: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new("timeout")
-        .arg("60")
+        .arg(secs.to_string())
         .arg(program)
         .args(args)
         .output()
