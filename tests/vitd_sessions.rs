@@ -803,3 +803,143 @@ fn reads_of_a_memory_lun_without_store_are_zeroes_whatever_the_buffers_held() {
         assert_eq!(stale, 0, "LUN 1, {len} bytes: {stale} bytes not zero");
     }
 }
+
+/// A vitd with one data thread (so every session shares its 32 buffers of 1 MiB) that drops a
+/// stalled connection after 3 s, serving one 40 MiB LUN; and a session on it.
+/// A session on the test target, past its first command's unit attention.
+fn session(port: u16, isid: u8) -> Session {
+    let mut s = login(port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, isid]);
+    s.test_unit_ready().unwrap();
+    s
+}
+
+fn one_thread_stalling_after_3_s() -> (Datastore, Vitd, Session) {
+    let ds = Datastore::new();
+    ds.target("s", &[]);
+    ds.lun("s", 0, "40M");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitd"));
+    cmd.arg("--datastore").arg(ds.root());
+    cmd.args(["--cores", "1", "--stall-timeout", "3"]);
+    let vitd = Vitd::spawn(cmd, ds.port);
+    let other = session(ds.port, 2);
+    (ds, vitd, other)
+}
+
+/// Keeps `s` looking alive (an unsolicited NOP-Out every half second, so vitd never pings it)
+/// until vitd's log says `why`; false if it does not within 15 s.
+fn dropped_for(s: &mut Session, vitd: &Vitd, why: &str) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < end {
+        if vitd.log_text().contains(why) {
+            return true;
+        }
+        let _ = s.answer_ping(0xffff_ffff);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    false
+}
+
+/// Large reads of `s` get TASK SET FULL while another session holds the thread's buffers
+/// (`full`), or run and read back the LUN (zeroes).
+fn large_read(s: &mut Session, full: bool) {
+    let r = s.command(0, &cdb16(0x88, 0, 2048), &[], 1 << 20).unwrap();
+    if full {
+        assert_eq!(r.status, 0x28, "TASK SET FULL while the buffers are held");
+    } else {
+        assert_eq!(r.status, 0);
+        assert!(r.data_in.len() == 1 << 20 && r.data_in.iter().all(|&b| b == 0));
+    }
+}
+
+/// Writes that ask for data and get none hold a buffer each: an initiator that stalls them
+/// (while it answers, so pings do not drop it) loses its connection after `--stall-timeout`,
+/// and the buffers serve the other sessions again.
+#[test]
+fn writes_whose_data_out_never_comes_cost_their_connection() {
+    let (ds, vitd, mut other) = one_thread_stalling_after_3_s();
+    let mut stall = session(ds.port, 1);
+    for k in 0..32u32 {
+        stall.itt += 1;
+        let cdb: [u8; 16] = cdb16(0x8a, u64::from(k) * 2048, 2048).try_into().unwrap();
+        let bhs = write_bhs(&stall, stall.itt, cdb, (1 << 20, 0));
+        stall.cmd_sn = stall.cmd_sn.wrapping_add(1);
+        stall.raw(&bhs).unwrap();
+    }
+    // Each write was taken (an R2T asks for its data) before the other session reads.
+    stall
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut r2ts = 0;
+    while r2ts < 32 {
+        match initiator::read_pdu(&mut stall.stream) {
+            Ok((TargetPdu::R2t(_), _)) => r2ts += 1,
+            Ok(_) => {}
+            Err(e) => panic!("{e} after {r2ts} R2Ts: {}", vitd.log_text()),
+        }
+    }
+    large_read(&mut other, true);
+    assert!(
+        dropped_for(&mut stall, &vitd, "waited 3 s for Data-Out"),
+        "still served: {}",
+        vitd.log_text()
+    );
+    stall
+        .closed_within(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
+    large_read(&mut other, false);
+}
+
+/// Answers an initiator never reads hold their buffers while vitd's sends wait: past
+/// `--stall-timeout` without a byte taken, the connection goes and the buffers serve others.
+/// (It sends, so vitd keeps reading it and never pings it.)
+#[test]
+fn an_initiator_that_reads_nothing_costs_its_connection() {
+    let (ds, vitd, mut other) = one_thread_stalling_after_3_s();
+    let mut deaf = session(ds.port, 1);
+    // A small receive buffer: vitd's sends stop after a few MiB.
+    let small: libc::c_int = 64 << 10;
+    // SAFETY: setsockopt on a socket this test owns, with a c_int option value of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&deaf.stream),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    // Reads of 1 MiB, more than the 32 buffers: those past them get TASK SET FULL; a second
+    // wave takes the buffers the first few reads' sends gave back.
+    for wave in [64u32, 32] {
+        for k in 0..wave {
+            deaf.itt += 1;
+            let mut bhs = [0u8; 48];
+            vit::iscsi::pdu::ScsiCommand {
+                final_bit: true,
+                read: true,
+                attr: 1,
+                itt: deaf.itt,
+                expected_data_length: 1 << 20,
+                cmd_sn: deaf.cmd_sn,
+                exp_stat_sn: deaf.exp_stat_sn,
+                cdb: cdb16(0x88, u64::from(k % 32) * 2048, 2048)
+                    .try_into()
+                    .unwrap(),
+                ..Default::default()
+            }
+            .encode(&mut bhs);
+            deaf.cmd_sn = deaf.cmd_sn.wrapping_add(1);
+            deaf.raw(&bhs).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    large_read(&mut other, true);
+    assert!(
+        dropped_for(&mut deaf, &vitd, "read nothing vitd sent for 3 s"),
+        "still served: {}",
+        vitd.log_text()
+    );
+    large_read(&mut other, false);
+}

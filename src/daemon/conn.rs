@@ -192,6 +192,8 @@ struct Task {
     zeroes: bool,
     /// Its data-out goes from its buffer to a device ([`Conn::data_for_device`]).
     device: bool,
+    /// [`Conn::data_out_stall`]'s count when it was made or last took a Data-Out.
+    data_at: u32,
 }
 
 /// Sequence numbers of the session (one connection per session: MaxConnections=1).
@@ -246,6 +248,8 @@ pub struct Conn {
     /// Task management responses held until the I/O of the tasks they aborted has ended
     /// (RFC 7143 §11.6.2: no write of an aborted task may land after the answer).
     tmf_held: Vec<HeldTmf>,
+    /// Seconds counted by [`Conn::data_out_stall`]: when each write last got data.
+    clock: u32,
 }
 
 /// A task management response waiting for aborted tasks' I/O.
@@ -293,6 +297,7 @@ impl Conn {
             local_addr: None,
             session_id: 0,
             tmf_held: Vec::new(),
+            clock: 0,
         }
     }
 
@@ -520,6 +525,7 @@ impl Conn {
             tmf: None,
             zeroes: false,
             device,
+            data_at: self.clock,
         });
         Some(i)
     }
@@ -750,6 +756,7 @@ impl Conn {
             return;
         };
         t.data_out_sn = t.data_out_sn.wrapping_add(1);
+        t.data_at = self.clock;
         // In order and within `want` (`data_out_fits`): these bytes are new.
         t.received += d.data_segment_length;
         if d.final_bit {
@@ -1589,6 +1596,20 @@ impl Conn {
         self.out_bytes
     }
 
+    /// Called once a second: for how many seconds (calls) the write that has waited longest
+    /// for the initiator's Data-Out has had none (it holds a buffer meanwhile); 0 when no write
+    /// waits. The data thread drops a connection whose writes wait too long.
+    pub fn data_out_stall(&mut self) -> u32 {
+        self.clock = self.clock.wrapping_add(1);
+        self.tasks
+            .iter()
+            .flatten()
+            .filter(|t| t.state == TaskState::Receiving)
+            .map(|t| self.clock.wrapping_sub(t.data_at))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Fills in padding and the data digest of a queued PDU (the data thread calls this right
     /// before sending, when the buffer holds the data).
     pub fn seal(&self, pdu: &mut OutPdu, pool: &mut BufferPool) {
@@ -1874,6 +1895,44 @@ mod tests {
         };
         assert_eq!((r.status, r.itt, r.exp_cmd_sn), (0, 0x42, 101));
         assert_eq!(pool.available(), 8, "the buffer came back");
+    }
+
+    #[test]
+    fn a_writes_stall_counts_the_seconds_since_its_last_data() {
+        let (mut c, mut pool) = conn(true);
+        assert_eq!(c.data_out_stall(), 0, "no write waits");
+        let data = vec![0x5au8; 4096];
+        feed(
+            &mut c,
+            &mut pool,
+            &write10(8, true, 100, 1024),
+            &data[..1024],
+        );
+        let ttt = match sent(&mut c).as_slice() {
+            [TargetPdu::R2t(r2t)] => r2t.ttt,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((c.data_out_stall(), c.data_out_stall()), (1, 2));
+        // Data for it, though not all: it counts from there.
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out(ttt, 0, 1024, 1024, false),
+            &data[1024..2048],
+        );
+        assert_eq!(c.data_out_stall(), 1);
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out(ttt, 1, 2048, 2048, true),
+            &data[2048..],
+        );
+        assert_eq!(
+            c.data_out_stall(),
+            0,
+            "all in: it waits for the device, not the initiator"
+        );
+        assert!(c.io.pop_front().is_some());
     }
 
     fn data_out(ttt: u32, data_sn: u32, offset: u32, len: u32, final_bit: bool) -> [u8; BHS_LEN] {

@@ -105,13 +105,23 @@ pub struct DataThread {
     pub handle: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A data thread's clocks.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Busy-poll budget before sleeping (zero: never), see [`Worker::should_poll`].
+    pub poll: Duration,
+    /// How long an initiator may leave a write waiting for its Data-Out, or what vitd sends it
+    /// unread, before its connection is dropped (see [`Worker::tick`]).
+    pub stall: Duration,
+}
+
 impl DataThread {
     /// Starts data thread `index`, pinned to `core` when given.
     pub fn spawn(
         index: usize,
         core: Option<core_affinity::CoreId>,
         buffers: &'static [(usize, usize)],
-        poll: Duration,
+        timing: Timing,
         ended: Sender<u64>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -127,7 +137,7 @@ impl DataThread {
                 {
                     tracing::warn!("data thread {index}: could not pin to core {}", c.id);
                 }
-                match Worker::new(rx, w, l, buffers, poll, index, ended) {
+                match Worker::new(rx, w, l, buffers, timing, index, ended) {
                     Ok(mut worker) => {
                         let _ = ready_tx.send(Ok(()));
                         worker.run();
@@ -274,6 +284,8 @@ struct Slot {
     close_after_send: bool,
     last_rx: Instant,
     ping_at: Option<Instant>,
+    /// Since when a send has been in flight with nothing of it taken by the initiator.
+    send_stalled_at: Instant,
 }
 
 struct Worker {
@@ -305,6 +317,8 @@ struct Worker {
     deferred: Vec<(usize, IoWork)>,
     /// How long to busy-poll the ring before sleeping (zero: never), see [`Worker::should_poll`].
     poll: Duration,
+    /// See [`Timing::stall`].
+    stall: Duration,
     /// No polling before this (a deeper queue was seen lately).
     no_poll_until: Instant,
     /// Backing-store failures can come at the rate of the traffic: a few log lines a second.
@@ -330,7 +344,7 @@ impl Worker {
         waker: Arc<Waker>,
         load: Arc<AtomicUsize>,
         buffers: &[(usize, usize)],
-        poll: Duration,
+        timing: Timing,
         shard: usize,
         ended: Sender<u64>,
     ) -> std::io::Result<Self> {
@@ -358,7 +372,8 @@ impl Worker {
             cqes: Vec::with_capacity(1024),
             sqe_scratch: Vec::with_capacity(16),
             deferred: Vec::new(),
-            poll,
+            poll: timing.poll,
+            stall: timing.stall,
             no_poll_until: Instant::now(),
             now: Instant::now(),
             log_budget: super::logbudget::LogBudget::new(super::logbudget::LINES_PER_SECOND),
@@ -575,6 +590,7 @@ impl Worker {
             close_after_send: false,
             last_rx: Instant::now(),
             ping_at: None,
+            send_stalled_at: Instant::now(),
         });
         slot.conn.local_addr = slot.stream.local_addr().ok();
         // What the control thread read past the last login PDU (at most its 16 KiB buffer).
@@ -891,6 +907,7 @@ impl Worker {
             let e = std::io::Error::from_raw_os_error(-res);
             return self.close(idx, &format!("send failed: {e}"));
         }
+        s.send_stalled_at = self.now;
         s.send_done += res as usize;
         if s.send_done < s.send_total {
             return; // the rest goes out from flush_dirty
@@ -1303,7 +1320,11 @@ impl Worker {
         self.load.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Once a second: ping idle connections and drop those that stopped answering.
+    /// Once a second: ping idle connections and drop those that stopped answering, and those
+    /// that hold this thread's buffers without making progress: a write whose Data-Out does
+    /// not come, or answers the initiator does not read (each holds a registered buffer, which
+    /// other sessions on the thread need; at ErrorRecoveryLevel 0 dropping the connection is
+    /// the recovery RFC 7143 §7.1.4.2 leaves to the target).
     fn tick(&mut self) {
         let now = Instant::now();
         if self.shutdown_deadline.is_some_and(|d| now >= d) {
@@ -1316,6 +1337,24 @@ impl Worker {
                 continue;
             };
             if s.closing {
+                continue;
+            }
+            if u64::from(s.conn.data_out_stall()) > self.stall.as_secs() {
+                let why = format!(
+                    "a write waited {} s for Data-Out that did not come",
+                    self.stall.as_secs()
+                );
+                self.close(idx, &why);
+                continue;
+            }
+            if !s.send_inflight {
+                s.send_stalled_at = now;
+            } else if now.duration_since(s.send_stalled_at) > self.stall {
+                let why = format!(
+                    "the initiator read nothing vitd sent for {} s",
+                    self.stall.as_secs()
+                );
+                self.close(idx, &why);
                 continue;
             }
             match s.ping_at {

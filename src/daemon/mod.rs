@@ -33,7 +33,14 @@ pub struct DaemonOptions {
     pub poll_us: u32,
     /// Normal sessions served at once.
     pub max_sessions: usize,
+    /// How long an initiator may leave a write waiting for its Data-Out, or vitd's answers
+    /// unread, before its connection is dropped (zero: [`DEFAULT_STALL_TIMEOUT`]).
+    pub stall_timeout: std::time::Duration,
 }
+
+/// The default of [`DaemonOptions::stall_timeout`]: longer than the 15 s after which an
+/// initiator that answers nothing is dropped (a NOP-In ping after 5 s idle, 10 s to answer).
+pub const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Why vitd could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -328,7 +335,14 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             i,
             core,
             BUFFERS_PER_THREAD,
-            std::time::Duration::from_micros(opts.poll_us.into()),
+            data::Timing {
+                poll: std::time::Duration::from_micros(opts.poll_us.into()),
+                stall: if opts.stall_timeout.is_zero() {
+                    DEFAULT_STALL_TIMEOUT
+                } else {
+                    opts.stall_timeout
+                },
+            },
             ended_tx.clone(),
         )?);
     }
