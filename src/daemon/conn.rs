@@ -252,11 +252,14 @@ pub struct Conn {
     clock: u32,
 }
 
-/// A task management response waiting for aborted tasks' I/O.
+/// A task management response waiting for aborted tasks' I/O, and for a reset, for the writes
+/// other sessions have in flight on the LUNs it reset.
 struct HeldTmf {
     itt: u32,
     response: u8,
     tasks: u16,
+    /// LUNs whose reset waits ([`super::shared::LunShared::begin_reset`]).
+    luns: Vec<Arc<super::runtime::LunRt>>,
 }
 
 impl Conn {
@@ -1132,7 +1135,7 @@ impl Conn {
         {
             let h = &mut self.tmf_held[at];
             h.tasks -= 1;
-            if h.tasks == 0 {
+            if h.tasks == 0 && h.luns.is_empty() {
                 let h = self.tmf_held.swap_remove(at);
                 self.tmf_response(h.itt, h.response);
             }
@@ -1231,11 +1234,25 @@ impl Conn {
             .map_or(0, |t| t.lun)
     }
 
-    /// Frees every task and buffer (the connection is going away; nothing is in flight).
+    /// Frees every task and buffer (the connection is going away; nothing is in flight), and
+    /// ends the waits of its resets.
     pub fn release_all(&mut self, pool: &mut BufferPool) {
         for i in 0..self.tasks.len() {
             self.free_task(i, pool);
         }
+        for h in self.tmf_held.drain(..) {
+            for l in h.luns {
+                l.shared.abandon_reset();
+            }
+        }
+    }
+
+    /// Before a task's backing-store I/O starts after a wait: picks up the mail of its LUN, so
+    /// a task another session's reset (or PREEMPT AND ABORT) aborted meanwhile is found
+    /// aborted ([`Conn::aborted`]).
+    pub fn check_task_mail(&mut self, task: u16, pool: &mut BufferPool) {
+        let lun = self.task_lun(task);
+        self.check_mail(lun, None, pool);
     }
 
     // ---------------------------------------------------------------- other PDUs
@@ -1307,6 +1324,7 @@ impl Conn {
         }
         use crate::iscsi::pdu::TmfFunction as F;
         let function = F::from_u8(t.function);
+        let mut reset = Vec::new();
         let response: u8 = match function {
             Some(F::AbortTask) => match self.find_itt(t.referenced_task_tag) {
                 Some(i) => {
@@ -1340,12 +1358,12 @@ impl Conn {
                             .as_ref()
                             .is_some_and(|t| t.server.lun(id).is_some()) =>
                     {
-                        self.reset_lun(Some(id), SenseReason::BusDeviceResetFunction);
+                        reset = self.reset_lun(Some(id), SenseReason::BusDeviceResetFunction);
                         0
                     }
                     (true, _) => 2, // LUN does not exist
                     (false, _) => {
-                        self.reset_lun(None, SenseReason::PowerOnReset);
+                        reset = self.reset_lun(None, SenseReason::PowerOnReset);
                         0
                     }
                 }
@@ -1359,15 +1377,40 @@ impl Conn {
             .flatten()
             .filter(|x| x.tmf == Some(t.itt))
             .count();
-        if waiting == 0 {
+        if waiting == 0 && reset.is_empty() {
             self.tmf_response(t.itt, response);
         } else {
             self.tmf_held.push(HeldTmf {
                 itt: t.itt,
                 response,
                 tasks: waiting as u16,
+                luns: reset,
             });
         }
+    }
+
+    /// Whether a reset's answer waits for other sessions' writes ([`Conn::poll_resets`]).
+    pub fn resets_pending(&self) -> bool {
+        self.tmf_held.iter().any(|h| !h.luns.is_empty())
+    }
+
+    /// Looks again whether the writes a reset waits for have ended (the data thread calls this
+    /// while [`Conn::resets_pending`]); true when an answer was queued.
+    pub fn poll_resets(&mut self) -> bool {
+        let mut answered = false;
+        let mut i = 0;
+        while i < self.tmf_held.len() {
+            let h = &mut self.tmf_held[i];
+            h.luns.retain(|l| !l.shared.reset_done());
+            if h.luns.is_empty() && h.tasks == 0 {
+                let h = self.tmf_held.swap_remove(i);
+                self.tmf_response(h.itt, h.response);
+                answered = true;
+            } else {
+                i += 1;
+            }
+        }
+        answered
     }
 
     fn tmf_response(&mut self, itt: u32, response: u8) {
@@ -1387,11 +1430,17 @@ impl Conn {
 
     /// A LUN reset (`Some`) or target reset (`None`): RESERVE(6/10) reservations are released
     /// and every session of the LUN(s), on any thread, gets the unit attention and loses its
-    /// tasks there.
-    fn reset_lun(&mut self, lun: Option<u16>, reason: SenseReason) {
+    /// tasks there. Returns the LUNs reset, each now waiting for the writes in flight on it
+    /// (its answer waits for them too: no write a reset aborted lands after it).
+    fn reset_lun(
+        &mut self,
+        lun: Option<u16>,
+        reason: SenseReason,
+    ) -> Vec<Arc<super::runtime::LunRt>> {
         let Some(target) = self.target.as_ref() else {
-            return;
+            return Vec::new();
         };
+        let mut reset = Vec::new();
         for l in target
             .luns
             .iter()
@@ -1408,7 +1457,11 @@ impl Conn {
             if let Ok(id) = u16::try_from(l.id) {
                 self.nexus.post(id, reason);
             }
+            // After the mail: a write that does not wait for the reset finds the mail.
+            l.shared.begin_reset();
+            reset.push(l.clone());
         }
+        reset
     }
 
     /// Aborts a task: no response will be sent for it.
@@ -2149,6 +2202,72 @@ mod tests {
         let mut b = [0u8; BHS_LEN];
         t.encode(&mut b);
         b
+    }
+
+    fn tmf(function: u8, cmd_sn: u32) -> [u8; BHS_LEN] {
+        let t = crate::iscsi::pdu::TaskMgmtRequest {
+            immediate: true,
+            function,
+            itt: 0x99,
+            referenced_task_tag: RESERVED_TAG,
+            cmd_sn,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        t.encode(&mut b);
+        b
+    }
+
+    #[test]
+    fn a_reset_is_answered_once_other_sessions_writes_have_ended() {
+        for function in [5u8, 6] {
+            // LOGICAL UNIT RESET, TARGET WARM RESET
+            let (mut c, mut pool) = conn(true);
+            let shared = &c.target.as_ref().unwrap().luns[0].shared;
+            // Another data thread has a plain write in flight on the LUN, and another session a
+            // job holding a range.
+            assert!(shared.write_start(7, 0, 4096));
+            assert!(shared.try_hold(8192, 16384));
+            feed(&mut c, &mut pool, &tmf(function, 100), &[]);
+            assert!(
+                sent(&mut c).is_empty(),
+                "no answer while their writes may land"
+            );
+            assert!(c.resets_pending() && !c.poll_resets());
+            let shared = &c.target.as_ref().unwrap().luns[0].shared;
+            assert!(
+                !shared.write_start(3, 1 << 20, 2 << 20),
+                "new writes wait meanwhile"
+            );
+            shared.write_done(7);
+            assert!(!c.poll_resets(), "the job still holds its range");
+            let shared = &c.target.as_ref().unwrap().luns[0].shared;
+            shared.release(8192, 16384);
+            assert!(c.poll_resets() && !c.resets_pending());
+            let pdus = sent(&mut c);
+            assert!(
+                matches!(pdus.as_slice(), [TargetPdu::TaskMgmt(r)] if r.response == 0),
+                "{pdus:?}"
+            );
+            let shared = &c.target.as_ref().unwrap().luns[0].shared;
+            assert!(
+                shared.write_start(3, 1 << 20, 2 << 20),
+                "writes go on after"
+            );
+            shared.write_done(3);
+        }
+    }
+
+    #[test]
+    fn a_session_gone_mid_reset_lets_writes_go_on() {
+        let (mut c, mut pool) = conn(true);
+        let shared = &c.target.as_ref().unwrap().luns[0].shared;
+        assert!(shared.write_start(7, 0, 4096));
+        feed(&mut c, &mut pool, &tmf(5, 100), &[]);
+        c.release_all(&mut pool);
+        let shared = &c.target.as_ref().unwrap().luns[0].shared;
+        assert!(shared.write_start(3, 1 << 20, 2 << 20));
+        assert!(shared.try_hold(8192, 16384));
     }
 
     #[test]

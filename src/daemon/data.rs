@@ -315,6 +315,8 @@ struct Worker {
     sqe_scratch: Vec<squeue::Entry>,
     /// Requests waiting for a range held by an atomic operation.
     deferred: Vec<(usize, IoWork)>,
+    /// Connections with a reset whose answer waits for other sessions' writes to end.
+    resetting: Vec<usize>,
     /// How long to busy-poll the ring before sleeping (zero: never), see [`Worker::should_poll`].
     poll: Duration,
     /// See [`Timing::stall`].
@@ -372,6 +374,7 @@ impl Worker {
             cqes: Vec::with_capacity(1024),
             sqe_scratch: Vec::with_capacity(16),
             deferred: Vec::new(),
+            resetting: Vec::new(),
             poll: timing.poll,
             stall: timing.stall,
             no_poll_until: Instant::now(),
@@ -407,12 +410,16 @@ impl Worker {
 
     fn run(&mut self) {
         let ts = types::Timespec::new().sec(1);
-        // While requests wait for another thread's atomic operation, look again soon.
+        // While requests wait for another thread's atomic operation, or a reset for other
+        // threads' writes, look again soon.
         let short = types::Timespec::new().nsec(200_000);
         let mut last_tick = Instant::now();
         loop {
             if !self.deferred.is_empty() {
                 self.retry_deferred();
+            }
+            if !self.resetting.is_empty() {
+                self.poll_resets();
             }
             self.flush_dirty();
             if self.shutting_down && self.slots.iter().all(Option::is_none) {
@@ -421,11 +428,13 @@ impl Worker {
             if self.should_poll() {
                 self.spin();
             }
-            let args = types::SubmitArgs::new().timespec(if self.deferred.is_empty() {
-                &ts
-            } else {
-                &short
-            });
+            let args = types::SubmitArgs::new().timespec(
+                if self.deferred.is_empty() && self.resetting.is_empty() {
+                    &ts
+                } else {
+                    &short
+                },
+            );
             match self.ring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
                 Err(e)
@@ -822,6 +831,9 @@ impl Worker {
                 s.conn
                     .on_pdu(&bhs, &mut self.pool)
                     .map_err(|e| e.to_string())?;
+                if s.conn.resets_pending() && !self.resetting.contains(&idx) {
+                    self.resetting.push(idx);
+                }
                 Ok(())
             }
             Err(ReadError::DataDigest { .. }) => {
@@ -977,9 +989,32 @@ impl Worker {
         }
     }
 
+    /// Answers the resets whose wait for other sessions' writes is over.
+    fn poll_resets(&mut self) {
+        for idx in std::mem::take(&mut self.resetting) {
+            let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
+            // A closing connection gives its waits up when it is freed.
+            if s.closing {
+                continue;
+            }
+            if s.conn.poll_resets() {
+                self.dirty.push(idx);
+            }
+            if s.conn.resets_pending() {
+                self.resetting.push(idx);
+            }
+        }
+    }
+
     /// Retries requests that waited for an atomic operation's range.
     fn retry_deferred(&mut self) {
         for (idx, work) in std::mem::take(&mut self.deferred) {
+            // A reset by another session may have aborted it while it waited.
+            if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
+                s.conn.check_task_mail(work.task, &mut self.pool);
+            }
             // Not for a closing connection, nor for a task aborted while it waited.
             let lun = self
                 .slots

@@ -45,6 +45,9 @@ pub struct LunShared {
     drains: AtomicUsize,
     /// Plain writes in flight, one counter per data thread (modulo [`WRITE_SHARDS`]).
     writes: [Shard; WRITE_SHARDS],
+    /// LUN resets waiting for the writes in flight ([`Self::begin_reset`]); changed and read
+    /// only under the `ranges` lock, which orders it against the holds.
+    resets: AtomicUsize,
 }
 
 /// Counters of plain writes in flight; a data thread uses shard `index % WRITE_SHARDS`.
@@ -141,9 +144,10 @@ impl LunShared {
 
     /// Takes byte range [start, end) for an atomic operation; false when it overlaps one held.
     /// The caller then waits for the plain writes already in flight ([`Self::begin_drain`]).
+    /// While a reset waits, no range is given (the job waits, and finds the reset's mail).
     pub fn try_hold(&self, start: u64, end: u64) -> bool {
         let mut r = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
-        if r.iter().any(|&(s, e)| s < end && start < e) {
+        if self.resets.load(Ordering::Relaxed) > 0 || r.iter().any(|&(s, e)| s < end && start < e) {
             return false;
         }
         r.push((start, end));
@@ -193,6 +197,48 @@ impl LunShared {
         self.writes[shard % WRITE_SHARDS]
             .0
             .fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A LUN reset begins waiting for the writes in flight on it (plain writes, and atomic
+    /// operations and other jobs holding ranges), of every session on every thread: from now
+    /// on new plain writes wait (so the wait ends within one write's time) until
+    /// [`Self::reset_done`] says it is over or [`Self::abandon_reset`] gives it up.
+    /// Jobs wait too: no range is given while a reset waits, so a job either holds its range
+    /// before the reset begins (and the reset waits for it) or finds the reset.
+    pub fn begin_reset(&self) {
+        let _r = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
+        self.resets.fetch_add(1, Ordering::Relaxed);
+        // The drain before the count: a write that sees the count (which `write_blocked` looks
+        // at first) sees the drain too.
+        self.drains.fetch_add(1, Ordering::SeqCst);
+        self.ranges_held.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// For a reset that began waiting: whether no write of the LUN is in flight and no range is
+    /// held; if so its wait ends.
+    pub fn reset_done(&self) -> bool {
+        if self.writes.iter().any(|c| c.0.load(Ordering::SeqCst) > 0) {
+            return false;
+        }
+        let r = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
+        if !r.is_empty() {
+            return false;
+        }
+        self.end_reset();
+        true
+    }
+
+    /// Ends a reset's wait, done or not (its session is gone).
+    pub fn abandon_reset(&self) {
+        let _r = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
+        self.end_reset();
+    }
+
+    /// Under the `ranges` lock.
+    fn end_reset(&self) {
+        self.ranges_held.fetch_sub(1, Ordering::SeqCst);
+        self.drains.fetch_sub(1, Ordering::SeqCst);
+        self.resets.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Gives a range back.
@@ -270,5 +316,33 @@ mod tests {
         s.release(8192, 9000);
         s.write_done(3);
         assert!(s.write_start(2, 0, 4096));
+    }
+
+    #[test]
+    fn a_reset_waits_for_every_write_and_range_in_flight() {
+        let s = LunShared::new(None);
+        assert!(s.write_start(0, 0, 4096));
+        assert!(s.try_hold(1 << 20, 2 << 20), "a job of another session");
+        s.begin_reset();
+        // New plain writes and jobs wait while it does, anywhere on the LUN.
+        assert!(!s.write_start(1, 1 << 30, (1 << 30) + 4096));
+        assert!(!s.try_hold(1 << 30, (1 << 30) + 4096));
+        assert!(!s.reset_done(), "a write and a range in flight");
+        s.write_done(0);
+        assert!(!s.reset_done(), "a range still held");
+        s.release(1 << 20, 2 << 20);
+        assert!(s.reset_done());
+        assert!(
+            s.write_start(1, 1 << 30, (1 << 30) + 4096),
+            "writes go on after"
+        );
+        assert!(s.try_hold(1 << 30, (1 << 30) + 4096), "and jobs");
+        s.release(1 << 30, (1 << 30) + 4096);
+        s.write_done(1);
+        // One given up (its session went) lets writes go too.
+        s.begin_reset();
+        assert!(!s.write_start(1, 0, 4096));
+        s.abandon_reset();
+        assert!(s.write_start(1, 0, 4096));
     }
 }
