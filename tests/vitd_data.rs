@@ -327,3 +327,53 @@ fn a_thin_memory_lun_takes_memory_up_to_its_capacity() {
     assert!(ok, "what was acknowledged is intact: {out}");
     assert!(vitd.stop().success(), "{}", vitd.log_text());
 }
+
+/// Two sessions on one data thread, each with 64 reads or writes of 1 MiB in flight: four times
+/// the thread's 32 large buffers. Commands that find none wait for one (fio's libiscsi engine
+/// takes TASK SET FULL as an I/O error, and did get it here before), and every byte written
+/// reads back.
+#[test]
+fn deep_queues_of_large_io_wait_for_buffers_and_lose_nothing() {
+    let Some(fio) = fio() else { return };
+    let ds = Datastore::new();
+    ds.target("q", &[]);
+    ds.lun("q", 0, "256M");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitd"));
+    cmd.arg("--datastore").arg(ds.root()).args(["--cores", "1"]);
+    let vitd = Vitd::spawn(cmd, ds.port);
+    let url = escaped(&ds.url("q", 0));
+    let out = Command::new("timeout")
+        .arg("300")
+        .arg(&fio)
+        .args([
+            "--name=deep",
+            "--ioengine=libiscsi",
+            &format!("--filename={url}"),
+            "--rw=randwrite",
+            "--bs=1m",
+            "--iodepth=64",
+            "--numjobs=2",
+            "--size=96m",
+            "--offset_increment=128m",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_state_save=0",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}\n{}", vitd.log_text());
+    assert_eq!(
+        text.matches("err= 0").count(),
+        2,
+        "both jobs without error: {text}"
+    );
+    assert!(
+        !text.contains("TASK_SET_FULL") && !text.contains("verify failed"),
+        "{text}"
+    );
+}

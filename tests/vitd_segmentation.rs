@@ -686,12 +686,12 @@ fn task_management_in_a_busy_stream_keeps_its_promises() {
     assert!(!log().contains("panicked"), "{}", log());
 }
 
-/// More large commands at once than a data thread has large buffers: the ones that find none
-/// get TASK SET FULL (the initiator retries), every command is answered, those that ran return
-/// the right bytes, a session doing small I/O meanwhile is not starved, and once the burst is
-/// over a large command runs again.
+/// More large reads at once than a data thread has large buffers: the ones that find none wait
+/// for one (no TASK SET FULL, which fio's libiscsi engine, for one, takes as an error), every
+/// command is answered with the right bytes, a session doing small I/O meanwhile is not starved,
+/// and once the burst is over a large command runs again.
 #[test]
-fn large_commands_past_the_buffers_get_task_set_full_and_nothing_hangs() {
+fn large_commands_past_the_buffers_wait_for_them_and_nothing_hangs() {
     let ds = Datastore::new();
     ds.target("seg", &[]);
     ds.lun("seg", 0, "80M");
@@ -751,14 +751,12 @@ fn large_commands_past_the_buffers_get_task_set_full_and_nothing_hangs() {
             other => panic!("{other:?}"),
         }
     }
-    assert!(good >= 32 && full >= 1, "{good} good, {full} TASK SET FULL");
+    assert!(good == 64 && full == 0, "{good} good, {full} TASK SET FULL");
     for (itt, bytes) in &data {
-        if bytes.len() == 1 << 20 {
-            assert!(
-                *bytes == pattern(itts[itt]),
-                "read {itt:#x} returned other bytes"
-            );
-        }
+        assert!(
+            *bytes == pattern(itts[itt]),
+            "read {itt:#x} returned other bytes"
+        );
     }
     // The burst is over: large commands run again.
     let (status, bytes) = one(&mut s, &mut rng, rw10(0x28, 5 * 2048, 2048), &[], 1 << 20);

@@ -153,6 +153,8 @@ pub struct Fatal(pub String);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TaskState {
+    /// A command with no data yet waiting for a free buffer ([`Conn::grant_buffer`]).
+    Waiting,
     /// Collecting Data-Out.
     Receiving,
     /// Backing-store I/O in flight.
@@ -250,6 +252,8 @@ pub struct Conn {
     tmf_held: Vec<HeldTmf>,
     /// Seconds counted by [`Conn::data_out_stall`]: when each write last got data.
     clock: u32,
+    /// Commands waiting for a buffer, oldest first: (task slot, the command).
+    buffer_wait: VecDeque<(usize, ScsiCommand)>,
 }
 
 /// A task management response waiting for aborted tasks' I/O, and for a reset, for the writes
@@ -301,6 +305,7 @@ impl Conn {
             session_id: 0,
             tmf_held: Vec::new(),
             clock: 0,
+            buffer_wait: VecDeque::new(),
         }
     }
 
@@ -499,11 +504,23 @@ impl Conn {
             .iter()
             .zip(&self.tasks)
             .position(|(&x, t)| x == RESERVED_TAG && t.is_none())?;
-        let buf = if cmd.expected_data_length > 0 || cmd.read {
-            Some(pool.alloc((cmd.expected_data_length as usize).min(pool.max_len()))?)
+        let needs_buf = cmd.expected_data_length > 0 || cmd.read;
+        let want = (cmd.expected_data_length as usize).min(pool.max_len());
+        let buf = if needs_buf {
+            match pool.alloc(want) {
+                Some(b) => Some(b),
+                // No buffer that large free: the command waits for one (on_command queues it),
+                // its immediate data, if any, kept meanwhile in a buffer of its own size.
+                None if self.may_wait_for_buffer(cmd) => match cmd.data_segment_length {
+                    0 => None,
+                    n => Some(pool.alloc(n as usize)?),
+                },
+                None => return None,
+            }
         } else {
             None
         };
+        let waiting = needs_buf && buf.is_none_or(|b| pool.len_of(b) < want);
         let ttt = self.fresh_ttt();
         let device = self.data_for_device(cmd);
         self.busy += 1;
@@ -513,7 +530,11 @@ impl Conn {
             cdb: cmd.cdb,
             edtl: cmd.expected_data_length,
             buf,
-            state: TaskState::Receiving,
+            state: if waiting {
+                TaskState::Waiting
+            } else {
+                TaskState::Receiving
+            },
             io: None,
             transfer: 0,
             want: 0,
@@ -531,6 +552,51 @@ impl Conn {
             data_at: self.clock,
         });
         Some(i)
+    }
+
+    /// Whether a command may wait for a buffer: no data of it comes before an R2T asks for it
+    /// but its immediate data (with InitialR2T=Yes, vitd's offer, no unsolicited Data-Out).
+    fn may_wait_for_buffer(&self, cmd: &ScsiCommand) -> bool {
+        !cmd.write || self.params.initial_r2t
+    }
+
+    /// Whether commands wait for a buffer ([`Conn::grant_buffer`]).
+    pub fn waiting_for_buffer(&self) -> bool {
+        !self.buffer_wait.is_empty()
+    }
+
+    /// Gives the oldest command waiting for a buffer one, if the pool has one free, and runs it
+    /// on. True when one was given (the data thread shares its freed buffers out in turn among
+    /// its connections with commands waiting).
+    pub fn grant_buffer(&mut self, pool: &mut BufferPool) -> bool {
+        while let Some(&(i, cmd)) = self.buffer_wait.front() {
+            // Aborted meanwhile (its slot freed, perhaps taken by another command).
+            let waiting = self.itts[i] == cmd.itt
+                && self.tasks[i]
+                    .as_ref()
+                    .is_some_and(|t| t.state == TaskState::Waiting);
+            if !waiting {
+                self.buffer_wait.pop_front();
+                continue;
+            }
+            let Some(b) = pool.alloc((cmd.expected_data_length as usize).min(pool.max_len()))
+            else {
+                return false;
+            };
+            self.buffer_wait.pop_front();
+            if let Some(t) = self.tasks[i].as_mut() {
+                // Its immediate data moves over from the buffer that kept it.
+                if let Some(kept) = t.buf.replace(b) {
+                    pool.copy_between(kept, b, cmd.data_segment_length as usize);
+                    pool.release(kept);
+                }
+                t.state = TaskState::Receiving;
+                t.data_at = self.clock;
+            }
+            self.dispatch(i, &cmd, pool);
+            return true;
+        }
+        false
     }
 
     /// Whether a command's data-out goes from its buffer straight to a device: a plain WRITE to
@@ -611,6 +677,18 @@ impl Conn {
                 }
             }
         };
+        if self.tasks[i]
+            .as_ref()
+            .is_some_and(|t| t.state == TaskState::Waiting)
+        {
+            self.buffer_wait.push_back((i, *cmd));
+            return;
+        }
+        self.dispatch(i, cmd, pool);
+    }
+
+    /// Runs a command whose task has its buffer (if it needs one).
+    fn dispatch(&mut self, i: usize, cmd: &ScsiCommand, pool: &mut BufferPool) {
         if is_media_write(&cmd.cdb) || (cmd.write && cmd.expected_data_length > 0) {
             self.start_write(i, cmd, pool);
         } else {
@@ -1240,6 +1318,7 @@ impl Conn {
         for i in 0..self.tasks.len() {
             self.free_task(i, pool);
         }
+        self.buffer_wait.clear();
         for h in self.tmf_held.drain(..) {
             for l in h.luns {
                 l.shared.abandon_reset();
@@ -1476,7 +1555,7 @@ impl Conn {
             return;
         };
         match t.state {
-            TaskState::Receiving => self.free_task(i, pool),
+            TaskState::Waiting | TaskState::Receiving => self.free_task(i, pool),
             // I/O or sends in flight point into the buffer: free it when they finish.
             TaskState::Io => {
                 t.aborted = true;
@@ -1948,6 +2027,85 @@ mod tests {
         };
         assert_eq!((r.status, r.itt, r.exp_cmd_sn), (0, 0x42, 101));
         assert_eq!(pool.available(), 8, "the buffer came back");
+    }
+
+    #[test]
+    fn commands_wait_for_a_buffer_and_keep_their_immediate_data() {
+        let (mut c, _) = conn(true);
+        let mut pool = BufferPool::new(&[(4096, 2), (65536, 1)]).unwrap();
+        let big = pool.alloc(65536).unwrap();
+        // A WRITE of 8 KiB with 1 KiB of immediate data, and a READ of 8 KiB: no buffer that
+        // large is free.
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        feed(
+            &mut c,
+            &mut pool,
+            &write10(16, true, 100, 1024),
+            &data[..1024],
+        );
+        let mut read = command(
+            &[0x28, 0, 0, 0, 0, 0, 0, 0, 16, 0],
+            8192,
+            true,
+            false,
+            101,
+            0,
+        );
+        read[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        feed(&mut c, &mut pool, &read, &[]);
+        assert!(sent(&mut c).is_empty(), "no TASK SET FULL, no R2T yet");
+        assert!(c.io.is_empty() && c.waiting_for_buffer());
+        assert_eq!(
+            pool.available(),
+            1,
+            "the immediate data kept in a small buffer"
+        );
+        assert!(!c.grant_buffer(&mut pool));
+        // A buffer comes back: the write, first in, takes it and asks for the rest of its data.
+        pool.release(big);
+        assert!(c.grant_buffer(&mut pool));
+        let ttt = match sent(&mut c).as_slice() {
+            [TargetPdu::R2t(r)] if (r.buffer_offset, r.desired_length) == (1024, 7168) => r.ttt,
+            other => panic!("{other:?}"),
+        };
+        assert!(!c.grant_buffer(&mut pool), "none left for the read");
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out(ttt, 0, 1024, 7168, true),
+            &data[1024..],
+        );
+        let work = c.io.pop_front().expect("the write's I/O");
+        assert!(
+            pool.slice(work.buf.unwrap())[..8192] == data[..],
+            "immediate data and Data-Out both in the buffer"
+        );
+        c.io_done(work.task, IoResult::Ok, &mut pool);
+        assert!(matches!(sent(&mut c).as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0));
+        // Its buffer is free again: the read goes on.
+        assert!(c.grant_buffer(&mut pool) && !c.waiting_for_buffer());
+        assert!(c.io.pop_front().is_some_and(|w| w.req.byte_len == 8192));
+    }
+
+    #[test]
+    fn a_waiting_command_aborted_is_dropped_from_the_wait() {
+        let (mut c, _) = conn(true);
+        let mut pool = BufferPool::new(&[(65536, 1)]).unwrap();
+        let big = pool.alloc(65536).unwrap();
+        let read = command(
+            &[0x28, 0, 0, 0, 0, 0, 0, 0, 16, 0],
+            8192,
+            true,
+            false,
+            100,
+            0,
+        );
+        feed(&mut c, &mut pool, &read, &[]);
+        feed(&mut c, &mut pool, &abort_task(0x42, 101), &[]);
+        assert!(matches!(sent(&mut c).as_slice(), [TargetPdu::TaskMgmt(r)] if r.response == 0));
+        pool.release(big);
+        assert!(!c.grant_buffer(&mut pool) && !c.waiting_for_buffer());
+        assert!(c.io.is_empty() && pool.available() == 1);
     }
 
     #[test]

@@ -108,10 +108,10 @@ pub struct DataThread {
 /// A data thread's clocks.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
-    /// Busy-poll budget before sleeping (zero: never), see [`Worker::should_poll`].
+    /// Busy-poll budget before sleeping (zero: never), while connections run shallow queues.
     pub poll: Duration,
     /// How long an initiator may leave a write waiting for its Data-Out, or what vitd sends it
-    /// unread, before its connection is dropped (see [`Worker::tick`]).
+    /// unread, before its connection is dropped (checked once a second).
     pub stall: Duration,
 }
 
@@ -317,6 +317,8 @@ struct Worker {
     deferred: Vec<(usize, IoWork)>,
     /// Connections with a reset whose answer waits for other sessions' writes to end.
     resetting: Vec<usize>,
+    /// Connections with commands waiting for a buffer, served in turn.
+    buffer_waiters: Vec<usize>,
     /// How long to busy-poll the ring before sleeping (zero: never), see [`Worker::should_poll`].
     poll: Duration,
     /// See [`Timing::stall`].
@@ -375,6 +377,7 @@ impl Worker {
             sqe_scratch: Vec::with_capacity(16),
             deferred: Vec::new(),
             resetting: Vec::new(),
+            buffer_waiters: Vec::new(),
             poll: timing.poll,
             stall: timing.stall,
             no_poll_until: Instant::now(),
@@ -421,7 +424,15 @@ impl Worker {
             if !self.resetting.is_empty() {
                 self.poll_resets();
             }
+            if !self.buffer_waiters.is_empty() {
+                self.grant_buffers();
+            }
             self.flush_dirty();
+            // Connections freed and aborted tasks dropped there give buffers back too.
+            if !self.buffer_waiters.is_empty() && self.pool.available() > 0 {
+                self.grant_buffers();
+                self.flush_dirty();
+            }
             if self.shutting_down && self.slots.iter().all(Option::is_none) {
                 break;
             }
@@ -834,6 +845,9 @@ impl Worker {
                 if s.conn.resets_pending() && !self.resetting.contains(&idx) {
                     self.resetting.push(idx);
                 }
+                if s.conn.waiting_for_buffer() && !self.buffer_waiters.contains(&idx) {
+                    self.buffer_waiters.push(idx);
+                }
                 Ok(())
             }
             Err(ReadError::DataDigest { .. }) => {
@@ -987,6 +1001,32 @@ impl Worker {
                 self.deferred.push((idx, work));
             }
         }
+    }
+
+    /// Shares the free buffers out among the connections with commands waiting for one, one
+    /// command per connection in turn (a session that asks for many cannot take them all while
+    /// another waits), oldest waiter first.
+    fn grant_buffers(&mut self) {
+        let mut any = true;
+        while any {
+            any = false;
+            for &idx in &self.buffer_waiters {
+                let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+                    continue;
+                };
+                if !s.closing && s.conn.grant_buffer(&mut self.pool) {
+                    any = true;
+                    self.dirty.push(idx);
+                }
+            }
+        }
+        let slots = &self.slots;
+        self.buffer_waiters.retain(|&idx| {
+            slots
+                .get(idx)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| !s.closing && s.conn.waiting_for_buffer())
+        });
     }
 
     /// Answers the resets whose wait for other sessions' writes is over.

@@ -250,7 +250,8 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 /// Registered buffers per data thread, as (slot size, count): 256 x 64 KiB for small I/O and
 /// 32 x 1 MiB ([`runtime::MAX_IO_BYTES`]) for large, 48 MiB a thread. Memory is bounded by this,
-/// not by load: when a thread's buffers are all in use, commands get TASK SET FULL.
+/// not by load: when a thread's buffers are all in use, commands wait for one
+/// ([`conn::Conn::grant_buffer`]).
 pub const BUFFERS_PER_THREAD: &[(usize, usize)] = &[(64 << 10, 256), (runtime::MAX_IO_BYTES, 32)];
 
 /// This process's RLIMIT_NOFILE (soft and hard), if the kernel tells.

@@ -283,6 +283,18 @@ impl BufferPool {
         // through the pool.
         unsafe { std::slice::from_raw_parts_mut(ptr, len) }
     }
+
+    /// Copies the first `len` bytes of slot `from` to slot `to` (another slot; `len` at most
+    /// either's size, else nothing is copied).
+    pub fn copy_between(&mut self, from: BufId, to: BufId, len: usize) {
+        if from == to || len > self.len_of(from) || len > self.len_of(to) {
+            debug_assert!(false, "copy_between {from:?} -> {to:?} of {len}");
+            return;
+        }
+        // SAFETY: two distinct slots of the mapping never overlap, `len` fits both (checked
+        // above), and `&mut self` rules out other references into them through the pool.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr(from), self.ptr(to), len) }
+    }
 }
 
 /// Copies data bound for a device (an O_DIRECT write from a registered buffer that nothing on
