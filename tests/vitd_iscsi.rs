@@ -43,6 +43,19 @@ fn discovery_inquiry_and_capacity() {
         "{out}"
     );
 
+    // Block Limits: UNMAP frees the file system's blocks whole (the temp directory's file
+    // system block, 4 KiB or more: 8 or more blocks of 512 bytes).
+    let (ok, out) = client("iscsi-inq", &["-e", "1", "-c", "176", &ds.url("alpha", 0)]);
+    let granularity: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("optimal unmap granularity:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        ok && granularity >= 8 && granularity.is_power_of_two(),
+        "{out}"
+    );
+
     let (ok, out) = client(RC16, &[&ds.url("alpha", 0)]);
     assert!(ok && out.contains("Total size:67108864"), "{out}");
     let (ok, out) = client(RC16, &[&ds.url("alpha", 3)]);

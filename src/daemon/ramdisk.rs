@@ -26,8 +26,9 @@ pub struct RamDisk {
     thin: Option<Thin>,
 }
 
-/// The accounting granule of a thin ramdisk (the bitmap of a 1 TiB LUN is 2 MiB).
-const CHUNK: usize = 64 << 10;
+/// The accounting granule of a thin ramdisk (the bitmap of a 1 TiB LUN is 2 MiB), and the unit
+/// UNMAP gives back.
+pub const CHUNK: usize = 64 << 10;
 
 /// Memory taken by a thin ramdisk: a bit per [`CHUNK`] written since it was last unmapped, and
 /// their total, which never exceeds `capacity`.

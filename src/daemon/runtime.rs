@@ -568,6 +568,21 @@ fn lun_info(l: &LunRt) -> Result<LunInfo, RuntimeError> {
     info.write_cache_enabled = l.write_cache.unwrap_or(!l.direct_io());
     info.max_transfer_blocks = (MAX_IO_BYTES as u32 / l.block_size).max(1);
     info.optimal_transfer_blocks = info.max_transfer_blocks;
+    // What a hole punch or MADV_DONTNEED frees whole: less is zeroed, not given back.
+    let unmap_unit = match &l.backing {
+        Backing::Vmdk { files, .. } => files
+            .iter()
+            .flatten()
+            .find_map(|f| {
+                use std::os::unix::fs::MetadataExt;
+                f.metadata().ok().map(|m| m.blksize())
+            })
+            .unwrap_or(4096),
+        Backing::Ramdisk { .. } => super::ramdisk::CHUNK as u64,
+    };
+    info.optimal_unmap_blocks = u32::try_from(unmap_unit / u64::from(l.block_size))
+        .unwrap_or(1)
+        .clamp(1, 1 << 16);
     Ok(info)
 }
 
@@ -644,6 +659,10 @@ mod tests {
         let info = lun_info(&ramdisk_lun(None)).unwrap();
         assert_eq!(info.max_transfer_blocks, (MAX_IO_BYTES / 512) as u32);
         assert!(info.provisioning.lbpme);
+        assert_eq!(
+            info.optimal_unmap_blocks, 128,
+            "64 KiB chunks of 512-byte blocks"
+        );
     }
 
     #[test]

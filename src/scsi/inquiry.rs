@@ -172,7 +172,12 @@ fn block_limits(lun: &LunInfo, w: &mut DataIn<'_>) {
     let unmap = lun.provisioning.lbpu;
     w.u32(if unmap { sbc::MAX_UNMAP_LBA_COUNT } else { 0 });
     w.u32(if unmap { sbc::MAX_UNMAP_DESCRIPTORS } else { 0 });
-    w.u32(u32::from(unmap)); // OPTIMAL UNMAP GRANULARITY
+    // OPTIMAL UNMAP GRANULARITY
+    w.u32(if unmap {
+        lun.optimal_unmap_blocks.max(1)
+    } else {
+        0
+    });
     w.u32(0); // UGAVALID = 0, UNMAP GRANULARITY ALIGNMENT
     w.u64(u64::from(sbc::MAX_WRITE_SAME_BLOCKS));
     w.u32(sbc::max_atomic_blocks(lun)); // MAXIMUM ATOMIC TRANSFER LENGTH

@@ -88,6 +88,9 @@ pub struct LunInfo {
     pub optimal_transfer_blocks: u32,
     /// Provisioning capabilities.
     pub provisioning: Provisioning,
+    /// The smallest unit UNMAP frees, in blocks (the Block Limits page's OPTIMAL UNMAP
+    /// GRANULARITY): the file system's block for a file, the accounting chunk of a memory LUN.
+    pub optimal_unmap_blocks: u32,
 }
 
 /// Why a logical unit definition cannot be served.
@@ -185,6 +188,7 @@ impl LunInfo {
             max_transfer_blocks: max,
             optimal_transfer_blocks: max,
             provisioning: Provisioning::default(),
+            optimal_unmap_blocks: 1,
         }
     }
 }
