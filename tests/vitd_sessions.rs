@@ -545,6 +545,8 @@ fn sessions_past_the_limit_are_refused_and_ended_ones_make_room() {
     let ds = Datastore::new();
     ds.target("s", &[]);
     ds.lun("s", 0, "8M");
+    ds.target("t", &[]);
+    ds.lun("t", 0, "8M");
     let _vitd = Vitd::start(ds.root(), ds.port, &["--max-sessions", "3"]);
     let isid = |n: u8| [0x80, 0, 0, 0, 0x40, n];
     let mut a = login(ds.port, INITIATOR, &iqn("s"), isid(1));
@@ -555,6 +557,13 @@ fn sessions_past_the_limit_are_refused_and_ended_ones_make_room() {
     }
     // A fourth is refused: Out of resources (0x0302).
     let e = initiator::try_login(ds.port, INITIATOR, &iqn("s"), isid(4)).err();
+    assert!(
+        e.as_ref().is_some_and(|e| e.to_string().contains("0x0302")),
+        "{e:?}"
+    );
+    // Nor does the same initiator and ISID get a session on another target: that is a new
+    // session, not its own one reinstated.
+    let e = initiator::try_login(ds.port, INITIATOR, &iqn("t"), isid(1)).err();
     assert!(
         e.as_ref().is_some_and(|e| e.to_string().contains("0x0302")),
         "{e:?}"

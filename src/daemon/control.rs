@@ -344,12 +344,15 @@ impl Control {
                     return Err("a PDU other than Login Request during login".into());
                 };
                 let data = std::mem::take(&mut c.data);
-                // At the session limit, only an initiator reinstating its own session gets in.
-                let full = self.sessions.len() >= self.max_sessions
-                    && !self.sessions.iter().any(|s| {
-                        s.isid == login.isid()
-                            && s.initiator.eq_ignore_ascii_case(login.initiator())
-                    });
+                // At the session limit, only an initiator reinstating its own session (same
+                // ISID, target and portal group) gets in.
+                let full = (self.sessions.len() >= self.max_sessions).then(|| {
+                    self.sessions
+                        .iter()
+                        .filter(|s| s.isid == login.isid())
+                        .map(|s| (s.initiator.clone(), s.target.clone(), s.tag))
+                        .collect()
+                });
                 login.set_full(full);
                 let response = login.on_request(&req, &data);
                 c.tx.extend_from_slice(&response);

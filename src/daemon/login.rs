@@ -66,8 +66,10 @@ pub struct Login {
     initiator: Option<String>,
     /// Negotiated parameters waiting for the last chunk of a long final response.
     deferred: Option<SessionParams>,
-    /// vitd serves as many normal sessions as it may: this one is refused at the end.
-    full: bool,
+    /// vitd serves as many normal sessions as it may: this one is refused at the end unless
+    /// it reinstates one of these sessions with its ISID (initiator name, target name, portal
+    /// group tag).
+    full: Option<Vec<(String, String, u16)>>,
 }
 
 impl Login {
@@ -92,13 +94,15 @@ impl Login {
             outcome: None,
             initiator: None,
             deferred: None,
-            full: false,
+            full: None,
         }
     }
 
-    /// Whether vitd is at its session limit (a normal session's login then fails with "out of
-    /// resources" where it would have succeeded).
-    pub fn set_full(&mut self, full: bool) {
+    /// vitd is at its session limit (`Some`): a normal session's login then fails with "out of
+    /// resources" where it would have succeeded, unless it reinstates one of the sessions with
+    /// its ISID given (initiator name, target name, portal group tag). (Its initiator name may
+    /// come only with the request that ends the login: matched then.)
+    pub fn set_full(&mut self, full: Option<Vec<(String, String, u16)>>) {
         self.full = full;
     }
 
@@ -244,7 +248,16 @@ impl Login {
             if let Some(to) = self.target.as_ref().and_then(|t| t.redirect.clone()) {
                 return Err((LoginStatus::TargetMovedTemporarily, to));
             }
-            if self.full && self.target.is_some() {
+            let tag = self.running.portal_groups.get(self.pg).map(|p| p.tag);
+            let initiator = self.initiator.as_deref().unwrap_or("");
+            let reinstates = |own: &Vec<(String, String, u16)>, t: &Arc<TargetRt>| {
+                own.iter().any(|(i, name, at)| {
+                    i.eq_ignore_ascii_case(initiator) && *name == t.name && Some(*at) == tag
+                })
+            };
+            if let (Some(own), Some(t)) = (&self.full, &self.target)
+                && !reinstates(own, t)
+            {
                 return Err(fail(
                     LoginStatus::OutOfResources,
                     "vitd serves as many sessions as --max-sessions allows",
