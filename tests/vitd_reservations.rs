@@ -73,9 +73,23 @@ fn aptpl_registrations_survive_a_restart() {
     register(&mut s, 0x99, false);
     drop(s);
     assert!(vitd.stop().success());
-    let _vitd = ds.start();
+    let mut vitd = ds.start();
     let mut s = session(&ds, 4);
     assert!(!read_keys(&mut s).contains(&0x99));
+
+    // Saved again, then the LUN removed: its saved reservations go with it (a LUN made later
+    // under the same name must not inherit them), and the target's directory can go too.
+    register(&mut s, 0x77, true);
+    drop(s);
+    assert!(vitd.stop().success());
+    let pr = descriptor.with_extension("pr");
+    assert!(pr.is_file());
+    ds.vitctl(&["target", "lun", "remove", "--target", "pr", "--id", "0"]);
+    assert!(!pr.exists(), "{pr:?} left behind");
+    let out = ds.vitctl_out(&["target", "remove", "pr"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !text.contains("kept"), "{text}");
+    assert!(!descriptor.parent().unwrap().exists());
 }
 
 /// PERSISTENT RESERVE OUT on `lun`: service action `sa`, reservation type `rtype`, the

@@ -484,7 +484,7 @@ fn open_lun(
             }
             let map = ExtentMap::new(&desc);
             // Reservations with APTPL are kept beside the descriptor.
-            let pr_file = descriptor.with_extension("pr");
+            let pr_file = crate::vmdk::reservations_path(&descriptor);
             (
                 Backing::Vmdk { map, files, direct },
                 capacity,

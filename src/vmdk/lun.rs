@@ -136,13 +136,21 @@ pub fn grow(descriptor: &Path, new_size_bytes: u64, preallocate: bool) -> Result
     Ok(())
 }
 
-/// Deletes the LUN's extent files (missing ones are skipped), then the descriptor.
+/// Where vitd keeps the persistent reservations of the LUN with this descriptor (registered
+/// with APTPL), beside it. Removed with the LUN: a new LUN made later with the same name must
+/// not inherit them.
+pub fn reservations_path(descriptor: &Path) -> PathBuf {
+    descriptor.with_extension("pr")
+}
+
+/// Deletes the LUN's extent files (missing ones are skipped), then the descriptor and its saved
+/// reservations.
 pub fn remove(descriptor: &Path) -> Result<(), VmdkError> {
     remove_except(descriptor, &|_| false).map(drop)
 }
 
-/// Deletes the LUN's extent files (missing ones are skipped), then the descriptor, but not the
-/// files `keep` holds on to; returns those kept.
+/// Deletes the LUN's extent files (missing ones are skipped), then the descriptor and its saved
+/// reservations, but not the files `keep` holds on to; returns those kept.
 pub fn remove_except(
     descriptor: &Path,
     keep: &dyn Fn(&Path) -> bool,
@@ -166,6 +174,12 @@ pub fn remove_except(
         kept.push(descriptor.to_path_buf());
     } else {
         fs::remove_file(descriptor).map_err(|e| VmdkError::io(descriptor, "remove", e))?;
+        let pr = reservations_path(descriptor);
+        match fs::remove_file(&pr) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(VmdkError::io(&pr, "remove", e)),
+        }
     }
     sync_dir(parent_dir(descriptor))?;
     Ok(kept)

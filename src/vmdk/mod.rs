@@ -17,7 +17,7 @@ pub use descriptor::{Access, CreateType, Descriptor, Extent, ExtentType, Geometr
 pub use error::{Op, ParseErrorKind, VmdkError};
 pub use lun::{
     CreateOptions, Snapshot, TWO_GB_EXTENT_BYTES, check, create, extent_paths, grow, load,
-    open_extent, remove, remove_except,
+    open_extent, remove, remove_except, reservations_path,
 };
 pub use map::{ExtentMap, Segment, SegmentKind, Segments};
 
