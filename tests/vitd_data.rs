@@ -32,6 +32,22 @@ fn fio() -> Option<PathBuf> {
     }
 }
 
+/// Runs fio with `args` under a time limit of `secs`: whether it exited 0, and all it printed.
+fn run_fio(fio: &Path, secs: u32, args: &[&str]) -> (bool, String) {
+    let out = Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(fio)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// One fio pass over [offset, offset+size): random writes of mixed sizes stamped with crc32c,
 /// or (`verify_only`) the read-back check of exactly those blocks.
 fn fio_pass(
@@ -43,34 +59,37 @@ fn fio_pass(
     depth: u32,
     verify_only: bool,
 ) -> (bool, String) {
-    let mut cmd = Command::new("timeout");
-    cmd.arg("300").arg(fio).args([
+    let (offset, size, depth) = (
+        format!("--offset={offset}"),
+        format!("--size={size}"),
+        format!("--iodepth={depth}"),
+    );
+    let (engine, filename) = (
+        format!("--ioengine={engine}"),
+        format!("--filename={filename}"),
+    );
+    let args = [
         "--name=vit-data",
-        &format!("--ioengine={engine}"),
-        &format!("--filename={filename}"),
-        &format!("--offset={offset}"),
-        &format!("--size={size}"),
+        &engine,
+        &filename,
+        &offset,
+        &size,
         "--rw=randwrite",
         "--bssplit=4k/40:16k/30:64k/20:256k/10",
-        &format!("--iodepth={depth}"),
+        &depth,
         "--randrepeat=1",
         "--randseed=20261125",
         "--verify=crc32c",
         "--do_verify=1",
         // No verify state file left in the working directory.
         "--verify_state_save=0",
-    ]);
-    if verify_only {
-        cmd.arg("--verify_only");
-    } else {
-        cmd.arg("--do_verify=0");
-    }
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        if verify_only {
+            "--verify_only"
+        } else {
+            "--do_verify=0"
+        },
+    ];
+    let (ok, text) = run_fio(fio, 300, &args);
     let failed = ["verify failed", "bad magic", "bad header"]
         .iter()
         .any(|m| text.contains(m))
@@ -78,7 +97,7 @@ fn fio_pass(
             .lines()
             .any(|l| l.contains("err=") && !l.contains("err= 0"));
     let did_io = text.contains("issued rwts");
-    (out.status.success() && did_io && !failed, text)
+    (ok && did_io && !failed, text)
 }
 
 fn escaped(url: &str) -> String {
@@ -279,10 +298,10 @@ fn a_full_file_system_gives_space_allocation_failed() {
 /// must fail, and every write that failed must have failed with SPACE ALLOCATION FAILED WRITE
 /// PROTECT (libiscsi prints the ASC/ASCQ as 0x2707).
 fn runs_out_of_space(fio: &Path, url: &str, offset: &str, size: &str) {
-    let fill = Command::new("timeout")
-        .arg("120")
-        .arg(fio)
-        .args([
+    let (ok, text) = run_fio(
+        fio,
+        120,
+        &[
             "--name=fill",
             "--ioengine=libiscsi",
             &format!("--filename={url}"),
@@ -291,15 +310,9 @@ fn runs_out_of_space(fio: &Path, url: &str, offset: &str, size: &str) {
             "--rw=write",
             "--bs=64k",
             "--iodepth=4",
-        ])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&fill.stdout),
-        String::from_utf8_lossy(&fill.stderr)
+        ],
     );
-    assert!(!fill.status.success(), "{size} fit? {text}");
+    assert!(!ok, "{size} fit? {text}");
     let failures: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("request failed"))
@@ -342,10 +355,10 @@ fn deep_queues_of_large_io_wait_for_buffers_and_lose_nothing() {
     cmd.arg("--datastore").arg(ds.root()).args(["--cores", "1"]);
     let vitd = Vitd::spawn(cmd, ds.port);
     let url = escaped(&ds.url("q", 0));
-    let out = Command::new("timeout")
-        .arg("300")
-        .arg(&fio)
-        .args([
+    let (ok, text) = run_fio(
+        &fio,
+        300,
+        &[
             "--name=deep",
             "--ioengine=libiscsi",
             &format!("--filename={url}"),
@@ -358,15 +371,9 @@ fn deep_queues_of_large_io_wait_for_buffers_and_lose_nothing() {
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_state_save=0",
-        ])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    assert!(out.status.success(), "{text}\n{}", vitd.log_text());
+    assert!(ok, "{text}\n{}", vitd.log_text());
     assert_eq!(
         text.matches("err= 0").count(),
         2,

@@ -2349,25 +2349,20 @@ mod tests {
     }
 
     fn abort_task(referenced: u32, cmd_sn: u32) -> [u8; BHS_LEN] {
-        let t = crate::iscsi::pdu::TaskMgmtRequest {
-            immediate: true,
-            function: 1, // ABORT TASK
-            itt: 0x99,
-            referenced_task_tag: referenced,
-            cmd_sn,
-            ..Default::default()
-        };
-        let mut b = [0u8; BHS_LEN];
-        t.encode(&mut b);
-        b
+        tmf_for(1, referenced, cmd_sn) // ABORT TASK
     }
 
+    /// A task management function with no referenced task (a reset, ABORT TASK SET).
     fn tmf(function: u8, cmd_sn: u32) -> [u8; BHS_LEN] {
+        tmf_for(function, RESERVED_TAG, cmd_sn)
+    }
+
+    fn tmf_for(function: u8, referenced: u32, cmd_sn: u32) -> [u8; BHS_LEN] {
         let t = crate::iscsi::pdu::TaskMgmtRequest {
             immediate: true,
             function,
             itt: 0x99,
-            referenced_task_tag: RESERVED_TAG,
+            referenced_task_tag: referenced,
             cmd_sn,
             ..Default::default()
         };
