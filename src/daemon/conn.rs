@@ -570,12 +570,13 @@ impl Conn {
     /// its connections with commands waiting).
     pub fn grant_buffer(&mut self, pool: &mut BufferPool) -> bool {
         while let Some(&(i, cmd)) = self.buffer_wait.front() {
-            // Aborted meanwhile (its slot freed, perhaps taken by another command).
+            // A task freed while it waited leaves the wait (`free_task`): the entry is its own.
             let waiting = self.itts[i] == cmd.itt
                 && self.tasks[i]
                     .as_ref()
                     .is_some_and(|t| t.state == TaskState::Waiting);
             if !waiting {
+                debug_assert!(false, "a stale wait for slot {i}");
                 self.buffer_wait.pop_front();
                 continue;
             }
@@ -1205,6 +1206,11 @@ impl Conn {
         };
         self.itts[i] = RESERVED_TAG;
         self.busy -= 1;
+        // Its place in the wait for a buffer goes with it: the slot (and, once the abort is
+        // answered, the tag) may be taken by a new command before a buffer comes.
+        if t.state == TaskState::Waiting {
+            self.buffer_wait.retain(|&(j, _)| j != i);
+        }
         if let Some(b) = t.buf {
             pool.release(b);
         }
@@ -2106,6 +2112,40 @@ mod tests {
         pool.release(big);
         assert!(!c.grant_buffer(&mut pool) && !c.waiting_for_buffer());
         assert!(c.io.is_empty() && pool.available() == 1);
+    }
+
+    #[test]
+    fn a_waiting_commands_slot_and_tag_reused_after_an_abort_run_the_new_command() {
+        // Initiators reuse a tag once its abort is answered (open-iscsi's ITT is its task
+        // slot), and the freed task slot is the first free one: the new command takes both.
+        let (mut c, _) = conn(true);
+        let mut pool = BufferPool::new(&[(65536, 1)]).unwrap();
+        let big = pool.alloc(65536).unwrap();
+        let read = command(
+            &[0x28, 0, 0, 0, 0, 0, 0, 0, 16, 0],
+            8192,
+            true,
+            false,
+            100,
+            0,
+        );
+        feed(&mut c, &mut pool, &read, &[]);
+        feed(&mut c, &mut pool, &abort_task(0x42, 101), &[]);
+        assert!(matches!(sent(&mut c).as_slice(), [TargetPdu::TaskMgmt(r)] if r.response == 0));
+        // Same tag, same slot: a WRITE of 8 KiB, no immediate data; it waits too.
+        feed(&mut c, &mut pool, &write10(16, true, 101, 0), &[]);
+        assert!(sent(&mut c).is_empty() && c.waiting_for_buffer());
+        pool.release(big);
+        assert!(c.grant_buffer(&mut pool));
+        // The write asks for its data; it is not run as the aborted READ's command (which
+        // would write the buffer's old contents without ever asking for data).
+        let queued: Vec<_> = c.io.iter().map(|w| (w.req.kind, w.req.byte_len)).collect();
+        assert!(queued.is_empty(), "written before its data came: {queued:?}");
+        let pdus = sent(&mut c);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::R2t(r)] if r.desired_length == 8192),
+            "{pdus:?}"
+        );
     }
 
     #[test]
