@@ -1737,8 +1737,19 @@ impl Conn {
     /// Called once a second: for how many seconds (calls) the write that has waited longest
     /// for the initiator's Data-Out has had none (it holds a buffer meanwhile); 0 when no write
     /// waits. The data thread drops a connection whose writes wait too long.
-    pub fn data_out_stall(&mut self) -> u32 {
+    /// `sending`: the data thread has a send of this connection in flight. A second in which
+    /// vitd still has something to send (an R2T may be queued behind Data-In on a slow link,
+    /// and receiving stops while much is queued) is not counted against the initiator: the
+    /// writes' counts stand still (a send that makes no progress is the data thread's to
+    /// judge). They are not restarted: an initiator that pings now and then is still judged.
+    pub fn data_out_stall(&mut self, sending: bool) -> u32 {
         self.clock = self.clock.wrapping_add(1);
+        if sending || !self.out.is_empty() {
+            for t in self.tasks.iter_mut().flatten() {
+                t.data_at = t.data_at.wrapping_add(1);
+            }
+            return 0;
+        }
         self.tasks
             .iter()
             .flatten()
@@ -2140,7 +2151,10 @@ mod tests {
         // The write asks for its data; it is not run as the aborted READ's command (which
         // would write the buffer's old contents without ever asking for data).
         let queued: Vec<_> = c.io.iter().map(|w| (w.req.kind, w.req.byte_len)).collect();
-        assert!(queued.is_empty(), "written before its data came: {queued:?}");
+        assert!(
+            queued.is_empty(),
+            "written before its data came: {queued:?}"
+        );
         let pdus = sent(&mut c);
         assert!(
             matches!(pdus.as_slice(), [TargetPdu::R2t(r)] if r.desired_length == 8192),
@@ -2151,7 +2165,7 @@ mod tests {
     #[test]
     fn a_writes_stall_counts_the_seconds_since_its_last_data() {
         let (mut c, mut pool) = conn(true);
-        assert_eq!(c.data_out_stall(), 0, "no write waits");
+        assert_eq!(c.data_out_stall(false), 0, "no write waits");
         let data = vec![0x5au8; 4096];
         feed(
             &mut c,
@@ -2163,7 +2177,7 @@ mod tests {
             [TargetPdu::R2t(r2t)] => r2t.ttt,
             other => panic!("{other:?}"),
         };
-        assert_eq!((c.data_out_stall(), c.data_out_stall()), (1, 2));
+        assert_eq!((c.data_out_stall(false), c.data_out_stall(false)), (1, 2));
         // Data for it, though not all: it counts from there.
         feed(
             &mut c,
@@ -2171,7 +2185,7 @@ mod tests {
             &data_out(ttt, 0, 1024, 1024, false),
             &data[1024..2048],
         );
-        assert_eq!(c.data_out_stall(), 1);
+        assert_eq!(c.data_out_stall(false), 1);
         feed(
             &mut c,
             &mut pool,
@@ -2179,11 +2193,33 @@ mod tests {
             &data[2048..],
         );
         assert_eq!(
-            c.data_out_stall(),
+            c.data_out_stall(false),
             0,
             "all in: it waits for the device, not the initiator"
         );
         assert!(c.io.pop_front().is_some());
+    }
+
+    #[test]
+    fn a_write_is_not_counted_stalled_while_vitd_has_not_sent_its_r2t() {
+        let (mut c, mut pool) = conn(true);
+        feed(&mut c, &mut pool, &write10(8, true, 100, 0), &[]);
+        // Its R2T is still queued (behind Data-In on a slow link, say), or being sent.
+        assert_eq!(c.out.len(), 1);
+        assert_eq!(
+            c.data_out_stall(false),
+            0,
+            "the initiator has not been asked yet"
+        );
+        sent(&mut c);
+        assert_eq!(c.data_out_stall(true), 0, "nor while the send is in flight");
+        // Sent: from now on the initiator is waited for.
+        assert_eq!((c.data_out_stall(false), c.data_out_stall(false)), (1, 2));
+        // A second with something queued (a NOP-In) does not count, nor start it over.
+        c.ping();
+        assert_eq!(c.data_out_stall(false), 0);
+        sent(&mut c);
+        assert_eq!(c.data_out_stall(false), 3);
     }
 
     fn data_out(ttt: u32, data_sn: u32, offset: u32, len: u32, final_bit: bool) -> [u8; BHS_LEN] {
