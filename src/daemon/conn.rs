@@ -254,6 +254,9 @@ pub struct Conn {
     clock: u32,
     /// Commands waiting for a buffer, oldest first: (task slot, the command).
     buffer_wait: VecDeque<(usize, ScsiCommand)>,
+    /// Between a PDU's header and its end ([`Conn::on_header`], [`Conn::on_pdu`]): its data
+    /// segment may be being received into a task's buffer, so that task must not be freed.
+    mid_pdu: bool,
 }
 
 /// A task management response waiting for aborted tasks' I/O, and for a reset, for the writes
@@ -306,6 +309,7 @@ impl Conn {
             tmf_held: Vec::new(),
             clock: 0,
             buffer_wait: VecDeque::new(),
+            mid_pdu: false,
         }
     }
 
@@ -328,6 +332,7 @@ impl Conn {
         pool: &mut BufferPool,
     ) -> DataDest {
         self.inline.clear();
+        self.mid_pdu = true;
         // A task made for a command header whose PDU never completed (its data digest failed)
         // is not left holding its slot and buffer.
         if let Some(i) = self.header_task.take() {
@@ -446,6 +451,7 @@ impl Conn {
 
     /// Called when a whole PDU has been read (data, if any, already at `self.dest`).
     pub fn on_pdu(&mut self, bhs: &[u8; BHS_LEN], pool: &mut BufferPool) -> Result<(), Fatal> {
+        self.mid_pdu = false;
         // The task `on_header` made for a write command's data goes to that command; any other
         // end of the PDU (a discovery session, a logout under way) frees it.
         let header_task = self.header_task.take();
@@ -568,7 +574,13 @@ impl Conn {
     /// Gives the oldest command waiting for a buffer one, if the pool has one free, and runs it
     /// on. True when one was given (the data thread shares its freed buffers out in turn among
     /// its connections with commands waiting).
+    /// Not while a PDU is being received: running a command may take the LUN's mail, which
+    /// can abort (and free) the task whose buffer the receive fills; the data thread tries
+    /// again once the PDU has ended.
     pub fn grant_buffer(&mut self, pool: &mut BufferPool) -> bool {
+        if self.mid_pdu {
+            return false;
+        }
         while let Some(&(i, cmd)) = self.buffer_wait.front() {
             // A task freed while it waited leaves the wait (`free_task`): the entry is its own.
             let waiting = self.itts[i] == cmd.itt
@@ -1332,12 +1344,58 @@ impl Conn {
         }
     }
 
-    /// Before a task's backing-store I/O starts after a wait: picks up the mail of its LUN, so
-    /// a task another session's reset (or PREEMPT AND ABORT) aborted meanwhile is found
-    /// aborted ([`Conn::aborted`]).
-    pub fn check_task_mail(&mut self, task: u16, pool: &mut BufferPool) {
-        let lun = self.task_lun(task);
-        self.check_mail(lun, None, pool);
+    /// Whether task `task`'s write to LUN `at` (its index in the target's list) may still go
+    /// on, once it is counted in flight on the LUN ([`LunShared::write_start`]) or holds its
+    /// range there: the LUN's mail is looked at again. A reset whose wait did not see it
+    /// counted has ended by then ([`LunShared::reset_done`]), and its mail, posted before,
+    /// is seen (`write_start` read what the reset's end wrote): the task it aborted is not
+    /// written after the reset was answered. One atomic load when no mail came.
+    ///
+    /// [`LunShared::write_start`]: super::shared::LunShared::write_start
+    /// [`LunShared::reset_done`]: super::shared::LunShared::reset_done
+    pub fn may_write(&mut self, task: u16, at: usize) -> bool {
+        let seen = self.mail_seen.get(at).copied().unwrap_or(0);
+        let fresh = self
+            .target
+            .as_ref()
+            .and_then(|t| t.luns.get(at))
+            .is_some_and(|l| l.shared.mail_seq() != seen);
+        if fresh {
+            self.check_task_mail(task);
+        }
+        !self.aborted(task)
+    }
+
+    /// Before a task's backing-store I/O starts after a wait: whether mail of its LUN this
+    /// connection has not taken yet (a reset by another session, PREEMPT AND ABORT) aborts
+    /// its tasks there; if so the task is marked aborted ([`Conn::aborted`]).
+    /// The data thread calls this between PDUs, while a receive may be filling a task's
+    /// buffer: no task is freed here, and the mail is left for the next command or Data-Out
+    /// to take whole ([`Conn::check_mail`]: unit attentions, the other tasks aborted).
+    pub fn check_task_mail(&mut self, task: u16) {
+        let i = usize::from(task);
+        let Some(lun) = self.tasks.get(i).and_then(Option::as_ref).map(|t| t.lun) else {
+            return;
+        };
+        let Some(target) = self.target.as_ref() else {
+            return;
+        };
+        let Some((at, _)) = target.lun_at(lun.to_be_bytes()) else {
+            return;
+        };
+        let shared = &target.luns[at].shared;
+        let seen = self.mail_seen.get(at).copied().unwrap_or(0);
+        if shared.mail_seq() == seen {
+            return;
+        }
+        let me = self.nexus.id();
+        let aborts = shared.mail_since(seen).iter().any(|m| match &**m {
+            Mail::Reservation(effects) => effects.aborts(me),
+            Mail::Reset { from, .. } => from != me,
+        });
+        if aborts && let Some(t) = self.tasks[i].as_mut() {
+            t.aborted = true;
+        }
     }
 
     // ---------------------------------------------------------------- other PDUs
@@ -1677,6 +1735,7 @@ impl Conn {
     /// (RFC 7143 §7.8); a write command's task made for its data goes with it, and the
     /// initiator's task times out or is aborted.
     pub fn data_digest_error(&mut self, bhs: &[u8; BHS_LEN], pool: &mut BufferPool) {
+        self.mid_pdu = false;
         if let Some(i) = self.header_task.take() {
             self.free_task(i, pool);
         }
@@ -2485,6 +2544,145 @@ mod tests {
             );
             shared.write_done(3);
         }
+    }
+
+    /// Another session of `c`'s target, as another initiator.
+    fn other_session(c: &Conn) -> Conn {
+        let mut nexus = Nexus::without_attention(TargetPort {
+            target_name: "iqn.2026-11.io.vit:t".into(),
+            portal_group_tag: 1,
+            relative_port_id: 1,
+            target_ports: 1,
+        });
+        nexus.set_initiator("iqn.2026-11.io.vit:other", [0; 6]);
+        Conn::new(
+            params(true),
+            c.target.clone(),
+            nexus,
+            SeqNums {
+                stat_sn: 10,
+                exp_cmd_sn: 100,
+            },
+            8,
+        )
+    }
+
+    #[test]
+    fn a_write_whose_data_came_before_a_reset_does_not_land_after_its_answer() {
+        // Session B: a WRITE with all its data immediate. Its data is in, the mail was looked
+        // at then (none), and its I/O waits in `io` for the data thread to start it.
+        let (mut b, mut pool) = conn(true);
+        feed(&mut b, &mut pool, &write10(1, true, 100, 512), &[7; 512]);
+        let work = b.io.pop_front().expect("the write's I/O");
+        // Session A, on another data thread, resets the LUN before B's thread gets to it: no
+        // write is counted in flight, so the reset is answered at once.
+        let mut a = other_session(&b);
+        feed(&mut a, &mut pool, &tmf(5, 100), &[]);
+        assert!(a.resets_pending() && a.poll_resets());
+        assert!(matches!(sent(&mut a).as_slice(), [TargetPdu::TaskMgmt(r)] if r.response == 0));
+        // B's data thread now starts the write as `start_file_io` does: not aborted (B has not
+        // looked at the mail since), and counted in (the reset is over).
+        assert!(!b.aborted(work.task));
+        let target = b.target.clone().unwrap();
+        let shared = &target.luns[0].shared;
+        assert!(shared.write_start(1, 0, 512));
+        // Counted in, it looks at the mail again: the reset aborted it, it is not written.
+        assert!(
+            !b.may_write(work.task, 0),
+            "a write the reset aborted would land after the reset was answered"
+        );
+        shared.write_done(1);
+        b.io_done(work.task, IoResult::Failed, &mut pool);
+        assert!(sent(&mut b).is_empty(), "no answer for the aborted task");
+        assert_eq!(b.tasks_in_flight(), 0);
+    }
+
+    #[test]
+    fn mail_looked_at_between_pdus_frees_no_buffer_a_receive_may_be_filling() {
+        let (mut c, mut pool) = conn(true);
+        // Task A: a WRITE whose data all came; its I/O waits (deferred by the data thread).
+        feed(&mut c, &mut pool, &write10(1, true, 100, 512), &[7; 512]);
+        let work = c.io.pop_front().expect("A's I/O");
+        // Task B: a WRITE asking for its data; the header of its Data-Out is in and the data
+        // thread receives the data segment straight into B's buffer.
+        let mut b = write10(16, true, 101, 0);
+        b[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        feed(&mut c, &mut pool, &b, &[]);
+        let ttt = match sent(&mut c).as_slice() {
+            [TargetPdu::R2t(r)] => r.ttt,
+            other => panic!("{other:?}"),
+        };
+        let mut d = data_out(ttt, 0, 0, 8192, true);
+        d[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        let DataDest::Slot { buf, .. } = c.on_header(&d, 8192, &mut pool) else {
+            panic!("B's data goes to its buffer");
+        };
+        let free = pool.available();
+        // Meanwhile another session resets the LUN, and the data thread retries A.
+        reset_by_another_session(&c);
+        assert!(!c.may_write(work.task, 0), "A is aborted");
+        assert_eq!(
+            pool.available(),
+            free,
+            "B's buffer was given back while a receive into it was in flight"
+        );
+        // The receive completes; B is aborted then, not written.
+        pool.slice(buf)[..8192].fill(9);
+        c.on_pdu(&d, &mut pool).unwrap();
+        assert!(c.io.is_empty());
+        c.io_done(work.task, IoResult::Failed, &mut pool);
+        assert_eq!(c.tasks_in_flight(), 0);
+        assert_eq!(pool.available(), 8, "every buffer back");
+    }
+
+    #[test]
+    fn a_buffer_granted_mid_pdu_frees_no_buffer_a_receive_may_be_filling() {
+        let (mut c, _) = conn(true);
+        let mut pool = BufferPool::new(&[(4096, 4), (65536, 2)]).unwrap();
+        let big = pool.alloc(65536).unwrap();
+        // Task B: a WRITE of 8 KiB asking for its data (the other large buffer).
+        let mut b = write10(16, true, 100, 0);
+        b[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        feed(&mut c, &mut pool, &b, &[]);
+        let ttt = match sent(&mut c).as_slice() {
+            [TargetPdu::R2t(r)] => r.ttt,
+            other => panic!("{other:?}"),
+        };
+        // Task W: a WRITE of one block with an EDTL of 16 KiB and its block as immediate
+        // data: no buffer of 16 KiB is free, it waits, its data kept in a small one.
+        let mut w = command(
+            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            16384,
+            false,
+            true,
+            101,
+            512,
+        );
+        w[16..20].copy_from_slice(&0x44u32.to_be_bytes());
+        feed(&mut c, &mut pool, &w, &[5; 512]);
+        assert!(c.waiting_for_buffer());
+        // B's Data-Out header is in; its data segment is being received into B's buffer.
+        let mut d = data_out(ttt, 0, 0, 8192, true);
+        d[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        assert!(matches!(
+            c.on_header(&d, 8192, &mut pool),
+            DataDest::Slot { .. }
+        ));
+        // Another session resets the LUN; a buffer comes back and the data thread grants it.
+        reset_by_another_session(&c);
+        pool.release(big);
+        let free = pool.available();
+        c.grant_buffer(&mut pool);
+        assert!(
+            pool.available() <= free,
+            "B's buffer was given back while a receive into it was in flight"
+        );
+        // The receive completes: both tasks are aborted by the reset, every buffer comes back.
+        c.on_pdu(&d, &mut pool).unwrap();
+        c.grant_buffer(&mut pool);
+        assert!(c.io.is_empty() && !c.waiting_for_buffer());
+        assert_eq!(c.tasks_in_flight(), 0);
+        assert_eq!(pool.available(), 6);
     }
 
     #[test]

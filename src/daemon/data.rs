@@ -1053,7 +1053,7 @@ impl Worker {
         for (idx, work) in std::mem::take(&mut self.deferred) {
             // A reset by another session may have aborted it while it waited.
             if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
-                s.conn.check_task_mail(work.task, &mut self.pool);
+                s.conn.check_task_mail(work.task);
             }
             // Not for a closing connection, nor for a task aborted while it waited.
             let lun = self
@@ -1105,6 +1105,13 @@ impl Worker {
                 lun.shared.write_done(self.shard);
                 return false;
             };
+            // Counted in: a reset that began after the mail was last looked at either waits
+            // for this write or has posted mail that is seen now.
+            if !s.conn.may_write(work.task, at) {
+                lun.shared.write_done(self.shard);
+                s.conn.io_done(work.task, IoResult::Failed, &mut self.pool);
+                return true;
+            }
             match s.counted_write.get_mut(usize::from(work.task)) {
                 Some(c) => *c = Some(at),
                 None => {

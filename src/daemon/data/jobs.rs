@@ -158,6 +158,18 @@ impl Worker {
         if atomic && !self.hold_and_drain(idx, work.task, lun, range) {
             return false;
         }
+        // Holding its range, it looks at the mail again (`Conn::may_write`): a reset that
+        // began after the mail was last looked at either waits for the range, or has ended
+        // and its mail is seen now.
+        let aborted = |w: &mut Worker| {
+            w.slots
+                .get_mut(idx)
+                .and_then(Option::as_mut)
+                .is_some_and(|s| {
+                    s.conn.check_task_mail(work.task);
+                    s.conn.aborted(work.task)
+                })
+        };
         // What the job holds in the LUNs' range locks: an atomic command its range (taken
         // above); WRITE SAME, UNMAP and EXTENDED COPY what they write, taken below before any
         // buffer is (a job that must wait is retried, and should cost nothing meanwhile).
@@ -171,6 +183,11 @@ impl Worker {
             w.job_finish_completion(idx, work, c);
             true
         };
+        // An aborted task's job ends here, unanswered (`finish_with`), giving back what it holds.
+        let gone = Completion::check(SenseReason::InternalTargetFailure);
+        if atomic && aborted(self) {
+            return fail(self, &held, gone);
+        }
         let data_out = |w: &mut Worker| -> Vec<u8> {
             work.buf
                 .map(|b| {
@@ -200,6 +217,9 @@ impl Worker {
                 held = vec![(lun.clone(), range.0, range.1)];
                 if !hold_all(&held) {
                     return false;
+                }
+                if aborted(self) {
+                    return fail(self, &held, gone);
                 }
                 let bs = lun.block_size as usize;
                 let pattern = if ndob { vec![0u8; bs] } else { data_out(self) };
@@ -241,6 +261,9 @@ impl Worker {
                         if !hold_all(&held) {
                             return false;
                         }
+                        if aborted(self) {
+                            return fail(self, &held, gone);
+                        }
                         JobKind::Unmap { ranges, next: 0 }
                     }
                     Err(reason) => return fail(self, &held, Completion::check(reason)),
@@ -251,6 +274,9 @@ impl Worker {
                     held = spans(steps.iter().map(|s| (&s.dst, s.dst_off, s.len)));
                     if !hold_all(&held) {
                         return false;
+                    }
+                    if aborted(self) {
+                        return fail(self, &held, gone);
                     }
                     let Some(buf) = self.pool.alloc(CHUNK) else {
                         return fail(self, &held, Completion::task_set_full());
