@@ -1388,6 +1388,17 @@ impl Worker {
         if s.inflight > 0 {
             return;
         }
+        // Requests of it still waiting for a range or a reset go with it: its slot may be
+        // given to a new connection before they would be looked at again.
+        if self.deferred.iter().any(|&(i, _)| i == idx) {
+            for (i, work) in std::mem::take(&mut self.deferred) {
+                if i == idx {
+                    self.abandon_drain(idx, work.task);
+                } else {
+                    self.deferred.push((i, work));
+                }
+            }
+        }
         let Some(mut s) = self.slots[idx].take() else {
             return;
         };
