@@ -577,8 +577,10 @@ impl Conn {
     /// Not while a PDU is being received: running a command may take the LUN's mail, which
     /// can abort (and free) the task whose buffer the receive fills; the data thread tries
     /// again once the PDU has ended.
+    /// Nor once a Logout Response is queued: nothing may follow it (the waiting commands end
+    /// with the connection).
     pub fn grant_buffer(&mut self, pool: &mut BufferPool) -> bool {
-        if self.mid_pdu {
+        if self.mid_pdu || self.logging_out {
             return false;
         }
         while let Some(&(i, cmd)) = self.buffer_wait.front() {
@@ -2161,6 +2163,35 @@ mod tests {
         // Its buffer is free again: the read goes on.
         assert!(c.grant_buffer(&mut pool) && !c.waiting_for_buffer());
         assert!(c.io.pop_front().is_some_and(|w| w.req.byte_len == 8192));
+    }
+
+    #[test]
+    fn nothing_waiting_for_a_buffer_runs_after_a_logout() {
+        let (mut c, _) = conn(true);
+        let mut pool = BufferPool::new(&[(65536, 1)]).unwrap();
+        let big = pool.alloc(65536).unwrap();
+        let read = command(
+            &[0x28, 0, 0, 0, 0, 0, 0, 0, 16, 0],
+            8192,
+            true,
+            false,
+            100,
+            0,
+        );
+        feed(&mut c, &mut pool, &read, &[]);
+        let logout = crate::iscsi::pdu::LogoutRequest {
+            immediate: true,
+            itt: 0x77,
+            cmd_sn: 101,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        logout.encode(&mut b);
+        feed(&mut c, &mut pool, &b, &[]);
+        assert!(matches!(sent(&mut c).as_slice(), [TargetPdu::Logout(_)]));
+        pool.release(big);
+        assert!(!c.grant_buffer(&mut pool));
+        assert!(sent(&mut c).is_empty() && c.io.is_empty());
     }
 
     #[test]
