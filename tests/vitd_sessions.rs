@@ -595,6 +595,53 @@ fn sessions_past_the_limit_are_refused_and_ended_ones_make_room() {
     good(&mut a2);
 }
 
+/// A login in one request (straight from the operational stage to full feature phase, as
+/// open-iscsi logs in without CHAP): the status of its one response.
+fn one_step_login(port: u16, target: &str, isid: [u8; 6]) -> (u8, u8) {
+    use std::io::Write;
+    use vit::iscsi::pdu::Stage;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let text = format!(
+        "InitiatorName={INITIATOR}\0TargetName={target}\0SessionType=Normal\0\
+         HeaderDigest=None\0DataDigest=None\0"
+    );
+    let bhs = initiator::login_bhs_at(
+        (Stage::Operational, Stage::FullFeature),
+        isid,
+        0,
+        text.len(),
+        1,
+    );
+    stream
+        .write_all(&initiator::frame(&bhs, text.as_bytes(), false))
+        .unwrap();
+    match initiator::read_pdu(&mut stream).unwrap() {
+        (TargetPdu::Login(r), _) => (r.status_class, r.status_detail),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn at_the_limit_a_one_step_login_is_judged_by_its_own_isid() {
+    let ds = Datastore::new();
+    ds.target("s", &[]);
+    ds.lun("s", 0, "8M");
+    let _vitd = Vitd::start(ds.root(), ds.port, &["--max-sessions", "2"]);
+    let isid = |n: u8| [0x80, 0, 0, 0, 0x41, n];
+    // One session with an ISID of zeroes, one with another ISID: the limit is reached.
+    let mut a = login(ds.port, INITIATOR, &iqn("s"), [0; 6]);
+    let mut b = login(ds.port, INITIATOR, &iqn("s"), isid(1));
+    good(&mut a);
+    good(&mut b);
+    // A new session (an ISID no session has) is refused, even in one request.
+    assert_eq!(one_step_login(ds.port, &iqn("s"), isid(2)), (3, 2));
+    // Reinstating b in one request is let in.
+    assert_eq!(one_step_login(ds.port, &iqn("s"), isid(1)), (0, 0));
+}
+
 #[test]
 fn command_numbers_wrap_around() {
     // CmdSN is serial arithmetic (RFC 7143 §4.2.2.1, RFC 1982): a session whose numbers start

@@ -345,11 +345,13 @@ impl Control {
                 };
                 let data = std::mem::take(&mut c.data);
                 // At the session limit, only an initiator reinstating its own session (same
-                // ISID, target and portal group) gets in.
+                // ISID, target and portal group) gets in. The ISID is this request's: the
+                // login takes it only in `on_request`, and a login may end with its first
+                // request (from the operational stage, as open-iscsi logs in without CHAP).
                 let full = (self.sessions.len() >= self.max_sessions).then(|| {
                     self.sessions
                         .iter()
-                        .filter(|s| s.isid == login.isid())
+                        .filter(|s| s.isid == req.isid)
                         .map(|s| (s.initiator.clone(), s.target.clone(), s.tag))
                         .collect()
                 });
