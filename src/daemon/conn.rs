@@ -365,21 +365,27 @@ impl Conn {
         {
             return DataDest::Discard;
         }
-        let i = self.new_task(cmd, pool);
-        self.header_task = i;
-        match i {
-            Some(i) => match self.tasks[i]
-                .as_ref()
-                .and_then(|t| Some((t.buf?, t.device)))
-            {
-                Some((buf, device)) if (data_len as usize) <= pool.len_of(buf) => DataDest::Slot {
-                    buf,
-                    offset: 0,
-                    device,
-                },
-                _ => DataDest::Discard,
+        let Some(i) = self.new_task(cmd, pool) else {
+            return DataDest::Discard;
+        };
+        self.header_task = Some(i);
+        match self.tasks[i]
+            .as_ref()
+            .and_then(|t| Some((t.buf?, t.device)))
+        {
+            Some((buf, device)) if (data_len as usize) <= pool.len_of(buf) => DataDest::Slot {
+                buf,
+                offset: 0,
+                device,
             },
-            None => DataDest::Discard,
+            _ if data_len == 0 => DataDest::Discard,
+            // Its data has nowhere to go: no task keeps it (`on_command` then refuses the
+            // command rather than take the buffer's old contents for its data).
+            _ => {
+                self.header_task = None;
+                self.free_task(i, pool);
+                DataDest::Discard
+            }
         }
     }
 
@@ -675,7 +681,11 @@ impl Conn {
                     self.reject(RejectReason::TaskInProgress, bhs);
                     return;
                 }
-                match self.new_task(cmd, pool) {
+                // Immediate data with no task made for it in `on_header` was discarded (no
+                // task slot or buffer then): a buffer freed since must not be taken as holding
+                // it. TASK SET FULL: the initiator sends the command again.
+                let discarded = cmd.data_segment_length > 0;
+                match (!discarded).then(|| self.new_task(cmd, pool)).flatten() {
                     Some(i) => i,
                     None => {
                         // No task slot or buffer: TASK SET FULL, the initiator retries.
@@ -2192,6 +2202,45 @@ mod tests {
         pool.release(big);
         assert!(!c.grant_buffer(&mut pool));
         assert!(sent(&mut c).is_empty() && c.io.is_empty());
+    }
+
+    #[test]
+    fn immediate_data_that_found_no_buffer_is_not_taken_as_received() {
+        // Every buffer is in use when a WRITE's header comes with its immediate data: the
+        // data has nowhere to go and is discarded. A buffer freed while the data segment is
+        // still being received (a send or another session's I/O completing) must not let the
+        // command go on as if its data were in that buffer.
+        for blocks in [1u8, 16] {
+            let (mut c, _) = conn(true);
+            let mut pool = BufferPool::new(&[(65536, 1)]).unwrap();
+            soil(&mut pool, 0xee);
+            let held = pool.alloc(1).unwrap();
+            let data = vec![0x11u8; 512];
+            let bhs = write10(blocks, true, 100, 512);
+            assert_eq!(c.on_header(&bhs, 512, &mut pool), DataDest::Discard);
+            pool.release(held);
+            c.on_pdu(&bhs, &mut pool).unwrap();
+            c.grant_buffer(&mut pool);
+            let pdus = sent(&mut c);
+            if let [TargetPdu::R2t(r)] = pdus.as_slice() {
+                assert_eq!(
+                    r.buffer_offset, 0,
+                    "the discarded immediate data counted as received"
+                );
+            }
+            if let Some(w) = c.io.pop_front() {
+                assert!(
+                    pool.slice(w.buf.unwrap())[..512] == data[..],
+                    "a write of what the buffer held before"
+                );
+            }
+            let pdus = if pdus.is_empty() { sent(&mut c) } else { pdus };
+            assert!(
+                matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0x28),
+                "TASK SET FULL: {pdus:?}"
+            );
+            assert_eq!((c.tasks_in_flight(), pool.available()), (0, 1));
+        }
     }
 
     #[test]
