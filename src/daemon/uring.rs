@@ -284,6 +284,12 @@ impl BufferPool {
         unsafe { std::slice::from_raw_parts_mut(ptr, len) }
     }
 
+    /// Whether slot `id` is free (tests: nothing may point into a free slot).
+    #[cfg(test)]
+    pub fn is_free(&self, id: BufId) -> bool {
+        self.classes.iter().any(|c| c.free.contains(&id))
+    }
+
     /// Copies the first `len` bytes of slot `from` to slot `to` (another slot; `len` at most
     /// either's size, else nothing is copied).
     pub fn copy_between(&mut self, from: BufId, to: BufId, len: usize) {

@@ -369,3 +369,182 @@ proptest! {
         prop_assert_eq!(pool.available(), all, "registered buffers leaked");
     }
 }
+
+/// What the data thread does besides feeding PDUs, once buffers can run out and other
+/// sessions reset the LUN.
+#[derive(Debug, Clone)]
+enum Op2 {
+    /// A PDU; `between` (when set) runs between its header and its end, as the data thread
+    /// can while a receive fills the buffer `on_header` chose.
+    Pdu(PduSpec, Option<Between>),
+    /// A handed-out I/O starts (the data thread's checks) and completes.
+    IoDone {
+        pick: usize,
+        result: u8,
+    },
+    Send {
+        n: usize,
+    },
+    /// The data thread shares freed buffers out.
+    Grant,
+    /// Another session resets the LUN (its mail, and its wait for this session's writes).
+    OtherReset,
+    /// The once-a-second tick.
+    Tick {
+        sending: bool,
+    },
+    /// The data thread looks whether the resets' waits are over.
+    PollResets,
+}
+
+#[derive(Debug, Clone)]
+enum Between {
+    Grant,
+    OtherReset,
+    /// The data thread retries a deferred request: `check_task_mail`, then `may_write`.
+    Retry(usize),
+}
+
+fn op2() -> impl Strategy<Value = Op2> {
+    prop_oneof![
+        8 => (pdu_spec(), prop::option::weighted(0.3, prop_oneof![
+            Just(Between::Grant),
+            Just(Between::OtherReset),
+            any::<usize>().prop_map(Between::Retry),
+        ])).prop_map(|(s, b)| Op2::Pdu(s, b)),
+        3 => (any::<usize>(), 0u8..8).prop_map(|(pick, result)| Op2::IoDone { pick, result }),
+        3 => (0usize..6).prop_map(|n| Op2::Send { n }),
+        3 => Just(Op2::Grant),
+        1 => Just(Op2::OtherReset),
+        1 => any::<bool>().prop_map(|sending| Op2::Tick { sending }),
+        2 => Just(Op2::PollResets),
+    ]
+}
+
+fn other_reset(c: &Conn) {
+    let other = crate::scsi::pr::ItNexusId {
+        initiator: "iqn.2026-11.io.vit:other".into(),
+        ..Default::default()
+    };
+    let shared = &c.target.as_ref().unwrap().luns[0].shared;
+    shared.post(crate::daemon::shared::Mail::Reset {
+        reason: SenseReason::BusDeviceResetFunction,
+        from: other,
+    });
+}
+
+/// The data thread's checks before a request's I/O starts (`start_file_io`, `submit_io`):
+/// false when the task is given up (aborted), as `io_done(Failed)` then.
+fn may_start(c: &mut Conn, w: &IoWork) -> bool {
+    if c.aborted(w.task) {
+        return false;
+    }
+    if w.req.kind.writes() {
+        return c.may_write(w.task, 0);
+    }
+    true
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_peer_with_scarce_buffers_and_resets_leaves_the_connection_sound(
+        initial_r2t in any::<bool>(),
+        ops in prop::collection::vec(op2(), 1..150),
+    ) {
+        let (mut c, _) = conn(initial_r2t);
+        let mut pool = BufferPool::new(&[(4096, 3), (65536, 2)]).unwrap();
+        let all = pool.available();
+        let mut pending: Vec<IoWork> = Vec::new();
+        let mut tmf_answers: Vec<u32> = Vec::new();
+        let mut take_out = |c: &mut Conn, pool: &mut BufferPool, n: usize| -> Result<(), TestCaseError> {
+            for _ in 0..n {
+                let Some(mut p) = c.pop_out() else { break };
+                c.seal(&mut p, pool);
+                let hdr: &[u8; BHS_LEN] = p.header[..BHS_LEN].try_into().unwrap();
+                if let Ok(TargetPdu::TaskMgmt(r)) = TargetPdu::decode(hdr) {
+                    tmf_answers.push(r.itt);
+                }
+                if let OutData::Slot { buf, .. } = &p.data {
+                    prop_assert!(!pool.is_free(*buf), "Data-In from a free buffer");
+                }
+                c.sent(&p, pool);
+            }
+            Ok(())
+        };
+        for op in ops {
+            match op {
+                Op2::Pdu(s, between) => {
+                    let (bhs, data) = build(&s, &c);
+                    let dest = c.on_header(&bhs, data.len() as u32, &mut pool);
+                    match between {
+                        Some(Between::Grant) => { c.grant_buffer(&mut pool); }
+                        Some(Between::OtherReset) => other_reset(&c),
+                        Some(Between::Retry(pick)) if !pending.is_empty() => {
+                            let i = pick % pending.len();
+                            let w = pending[i];
+                            c.check_task_mail(w.task);
+                            if !may_start(&mut c, &w) {
+                                pending.swap_remove(i);
+                                c.io_done(w.task, IoResult::Failed, &mut pool);
+                            }
+                        }
+                        _ => {}
+                    }
+                    match dest {
+                        DataDest::Slot { buf, offset, .. } => {
+                            prop_assert!(!pool.is_free(buf), "a receive into a buffer given back");
+                            let Some(d) = pool.slice(buf).get_mut(offset..offset + data.len()) else {
+                                return Err(TestCaseError::fail("data beyond its buffer"));
+                            };
+                            d.copy_from_slice(&data);
+                        }
+                        DataDest::Inline => {
+                            prop_assert!(data.len() <= c.inline.capacity());
+                            c.inline.extend_from_slice(&data);
+                        }
+                        DataDest::Discard => {}
+                    }
+                    let r = c.on_pdu(&bhs, &mut pool);
+                    pending.extend(c.io.drain(..));
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                Op2::IoDone { pick, result } => {
+                    if !pending.is_empty() {
+                        let w = pending.swap_remove(pick % pending.len());
+                        let r = if may_start(&mut c, &w) { result_of(result) } else { IoResult::Failed };
+                        if let Some(b) = w.buf {
+                            prop_assert!(!pool.is_free(b), "I/O into a free buffer");
+                        }
+                        c.io_done(w.task, r, &mut pool);
+                        pending.extend(c.io.drain(..));
+                    }
+                }
+                Op2::Send { n } => take_out(&mut c, &mut pool, n)?,
+                Op2::Grant => {
+                    c.grant_buffer(&mut pool);
+                    pending.extend(c.io.drain(..));
+                }
+                Op2::OtherReset => other_reset(&c),
+                Op2::Tick { sending } => { c.data_out_stall(sending); }
+                Op2::PollResets => { c.poll_resets(); }
+            }
+            pending.extend(c.io.drain(..));
+        }
+        while let Some(w) = pending.pop() {
+            c.io_done(w.task, IoResult::Ok, &mut pool);
+            pending.extend(c.io.drain(..));
+        }
+        take_out(&mut c, &mut pool, usize::MAX)?;
+        c.release_all(&mut pool);
+        prop_assert_eq!(pool.available(), all, "registered buffers leaked");
+        let shared = &c.target.as_ref().unwrap().luns[0].shared;
+        prop_assert!(shared.write_start(0, 0, 4096), "a reset's wait outlived its session");
+        shared.write_done(0);
+        prop_assert!(shared.try_hold(0, 4096), "a reset's wait outlived its session");
+        shared.release(0, 4096);
+    }
+}
