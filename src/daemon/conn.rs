@@ -196,6 +196,8 @@ struct Task {
     device: bool,
     /// [`Conn::data_out_stall`]'s count when it was made or last took a Data-Out.
     data_at: u32,
+    /// `Conn::r2ts_queued` once its last R2T was queued.
+    r2t_mark: u64,
 }
 
 /// Sequence numbers of the session (one connection per session: MaxConnections=1).
@@ -252,6 +254,10 @@ pub struct Conn {
     tmf_held: Vec<HeldTmf>,
     /// Seconds counted by [`Conn::data_out_stall`]: when each write last got data.
     clock: u32,
+    /// R2Ts queued, and taken to be sent ([`Conn::pop_out`]), since the connection began: a
+    /// write whose last R2T is still queued is not waiting on the initiator yet.
+    r2ts_queued: u64,
+    r2ts_out: u64,
     /// Commands waiting for a buffer, oldest first: (task slot, the command).
     buffer_wait: VecDeque<(usize, ScsiCommand)>,
     /// Between a PDU's header and its end ([`Conn::on_header`], [`Conn::on_pdu`]): its data
@@ -308,6 +314,8 @@ impl Conn {
             session_id: 0,
             tmf_held: Vec::new(),
             clock: 0,
+            r2ts_queued: 0,
+            r2ts_out: 0,
             buffer_wait: VecDeque::new(),
             mid_pdu: false,
         }
@@ -562,6 +570,7 @@ impl Conn {
             zeroes: false,
             device,
             data_at: self.clock,
+            r2t_mark: 0,
         });
         Some(i)
     }
@@ -824,6 +833,10 @@ impl Conn {
             };
             r2t.encode(&mut bhs);
             self.push(bhs, OutData::None, None, false);
+            self.r2ts_queued += 1;
+            if let Some(t) = self.tasks[i].as_mut() {
+                t.r2t_mark = self.r2ts_queued;
+            }
         }
     }
 
@@ -1795,6 +1808,9 @@ impl Conn {
     pub fn pop_out(&mut self) -> Option<OutPdu> {
         let pdu = self.out.pop_front()?;
         self.out_bytes = self.out_bytes.saturating_sub(pdu.held());
+        if pdu.header[0] & 0x3f == crate::iscsi::pdu::Opcode::R2t as u8 {
+            self.r2ts_out += 1;
+        }
         Some(pdu)
     }
 
@@ -1808,24 +1824,22 @@ impl Conn {
     /// Called once a second: for how many seconds (calls) the write that has waited longest
     /// for the initiator's Data-Out has had none (it holds a buffer meanwhile); 0 when no write
     /// waits. The data thread drops a connection whose writes wait too long.
-    /// `sending`: the data thread has a send of this connection in flight. A second in which
-    /// vitd still has something to send (an R2T may be queued behind Data-In on a slow link,
-    /// and receiving stops while much is queued) is not counted against the initiator: the
-    /// writes' counts stand still (a send that makes no progress is the data thread's to
-    /// judge). They are not restarted: an initiator that pings now and then is still judged.
-    pub fn data_out_stall(&mut self, sending: bool) -> u32 {
+    /// A write is counted from when its last R2T was taken to be sent, not while the R2T is
+    /// still queued (behind Data-In on a slow link, say): vitd's own backlog is not held
+    /// against the initiator (a send that makes no progress is the data thread's to judge).
+    pub fn data_out_stall(&mut self) -> u32 {
         self.clock = self.clock.wrapping_add(1);
-        if sending || !self.out.is_empty() {
-            for t in self.tasks.iter_mut().flatten() {
-                t.data_at = t.data_at.wrapping_add(1);
-            }
-            return 0;
-        }
+        let (clock, out) = (self.clock, self.r2ts_out);
         self.tasks
-            .iter()
+            .iter_mut()
             .flatten()
             .filter(|t| t.state == TaskState::Receiving)
-            .map(|t| self.clock.wrapping_sub(t.data_at))
+            .map(|t| {
+                if t.r2t_mark > out {
+                    t.data_at = clock;
+                }
+                clock.wrapping_sub(t.data_at)
+            })
             .max()
             .unwrap_or(0)
     }
@@ -1967,8 +1981,7 @@ mod tests {
     }
 
     fn sent(c: &mut Conn) -> Vec<TargetPdu> {
-        c.out
-            .drain(..)
+        std::iter::from_fn(|| c.pop_out())
             .map(|p| TargetPdu::decode(p.header[..BHS_LEN].try_into().unwrap()).unwrap())
             .collect()
     }
@@ -2304,7 +2317,7 @@ mod tests {
     #[test]
     fn a_writes_stall_counts_the_seconds_since_its_last_data() {
         let (mut c, mut pool) = conn(true);
-        assert_eq!(c.data_out_stall(false), 0, "no write waits");
+        assert_eq!(c.data_out_stall(), 0, "no write waits");
         let data = vec![0x5au8; 4096];
         feed(
             &mut c,
@@ -2316,7 +2329,7 @@ mod tests {
             [TargetPdu::R2t(r2t)] => r2t.ttt,
             other => panic!("{other:?}"),
         };
-        assert_eq!((c.data_out_stall(false), c.data_out_stall(false)), (1, 2));
+        assert_eq!((c.data_out_stall(), c.data_out_stall()), (1, 2));
         // Data for it, though not all: it counts from there.
         feed(
             &mut c,
@@ -2324,7 +2337,7 @@ mod tests {
             &data_out(ttt, 0, 1024, 1024, false),
             &data[1024..2048],
         );
-        assert_eq!(c.data_out_stall(false), 1);
+        assert_eq!(c.data_out_stall(), 1);
         feed(
             &mut c,
             &mut pool,
@@ -2332,7 +2345,7 @@ mod tests {
             &data[2048..],
         );
         assert_eq!(
-            c.data_out_stall(false),
+            c.data_out_stall(),
             0,
             "all in: it waits for the device, not the initiator"
         );
@@ -2343,22 +2356,20 @@ mod tests {
     fn a_write_is_not_counted_stalled_while_vitd_has_not_sent_its_r2t() {
         let (mut c, mut pool) = conn(true);
         feed(&mut c, &mut pool, &write10(8, true, 100, 0), &[]);
-        // Its R2T is still queued (behind Data-In on a slow link, say), or being sent.
+        // Its R2T is still queued (behind Data-In on a slow link, say).
         assert_eq!(c.out.len(), 1);
         assert_eq!(
-            c.data_out_stall(false),
+            c.data_out_stall(),
             0,
             "the initiator has not been asked yet"
         );
+        assert_eq!(c.data_out_stall(), 0, "nor while the R2T waits its turn");
         sent(&mut c);
-        assert_eq!(c.data_out_stall(true), 0, "nor while the send is in flight");
         // Sent: from now on the initiator is waited for.
-        assert_eq!((c.data_out_stall(false), c.data_out_stall(false)), (1, 2));
-        // A second with something queued (a NOP-In) does not count, nor start it over.
+        assert_eq!((c.data_out_stall(), c.data_out_stall()), (1, 2));
+        // Other answers queued meanwhile (a NOP-In) do not stop the count: its R2T is out.
         c.ping();
-        assert_eq!(c.data_out_stall(false), 0);
-        sent(&mut c);
-        assert_eq!(c.data_out_stall(false), 3);
+        assert_eq!(c.data_out_stall(), 3);
     }
 
     fn data_out(ttt: u32, data_sn: u32, offset: u32, len: u32, final_bit: bool) -> [u8; BHS_LEN] {

@@ -1432,7 +1432,7 @@ impl Worker {
             if s.closing {
                 continue;
             }
-            if u64::from(s.conn.data_out_stall(s.send_inflight)) > self.stall.as_secs() {
+            if u64::from(s.conn.data_out_stall()) > self.stall.as_secs() {
                 let why = format!(
                     "a write waited {} s for Data-Out that did not come",
                     self.stall.as_secs()

@@ -390,9 +390,7 @@ enum Op2 {
     /// Another session resets the LUN (its mail, and its wait for this session's writes).
     OtherReset,
     /// The once-a-second tick.
-    Tick {
-        sending: bool,
-    },
+    Tick,
     /// The data thread looks whether the resets' waits are over.
     PollResets,
 }
@@ -416,7 +414,7 @@ fn op2() -> impl Strategy<Value = Op2> {
         3 => (0usize..6).prop_map(|n| Op2::Send { n }),
         3 => Just(Op2::Grant),
         1 => Just(Op2::OtherReset),
-        1 => any::<bool>().prop_map(|sending| Op2::Tick { sending }),
+        1 => Just(Op2::Tick),
         2 => Just(Op2::PollResets),
     ]
 }
@@ -529,7 +527,7 @@ proptest! {
                     pending.extend(c.io.drain(..));
                 }
                 Op2::OtherReset => other_reset(&c),
-                Op2::Tick { sending } => { c.data_out_stall(sending); }
+                Op2::Tick => { c.data_out_stall(); }
                 Op2::PollResets => { c.poll_resets(); }
             }
             pending.extend(c.io.drain(..));
