@@ -666,7 +666,14 @@ impl Ctl {
     fn remove_lun_files(&mut self, path: &str, rules: &Deletable) {
         let removed = self.ds.resolve_lun_path(path).and_then(|descriptor| {
             if !descriptor.exists() {
-                return Ok(Vec::new());
+                // Its saved reservations may outlive it: they go too.
+                let pr = vmdk::reservations_path(&descriptor);
+                return match std::fs::remove_file(&pr) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(vmdk::VmdkError::io(&pr, "remove", e).into())
+                    }
+                    _ => Ok(Vec::new()),
+                };
             }
             Ok(vmdk::remove_except(&descriptor, &|f| {
                 rules.why_keep(f).is_some()
