@@ -5,7 +5,6 @@
 
 use super::conn::{Conn, OutData, SeqNums};
 use super::data::{DataThread, Msg};
-use super::discovery::TargetEntry;
 use super::login::{self, Login, LoginOutcome};
 use super::runtime::Running;
 use super::uring::BufferPool;
@@ -456,7 +455,12 @@ impl Control {
                     None => {
                         let nexus = Nexus::without_attention(port);
                         let mut conn = Conn::new(params, None, nexus, seq, 1);
-                        conn.visible = self.visible_targets(&initiator);
+                        conn.visible = super::discovery::visible_targets(
+                            &self.running,
+                            pg,
+                            &initiator,
+                            peer.ip(),
+                        );
                         conn.local_addr = local;
                         Phase::Discovery(Box::new(conn))
                     }
@@ -470,19 +474,6 @@ impl Control {
                 }
             }
         }
-    }
-
-    /// The targets an initiator may see: every target whose access rules let it in.
-    fn visible_targets(&self, initiator: &str) -> Vec<TargetEntry> {
-        self.running
-            .targets
-            .iter()
-            .filter(|t| {
-                t.auth.effective_type() != crate::config::AuthType::Deny
-                    && t.auth.allows_initiator(initiator)
-            })
-            .map(|t| TargetEntry::of(t))
-            .collect()
     }
 
     /// A new session with the same initiator name and ISID on the same target through the same

@@ -1,9 +1,10 @@
 //! SendTargets (RFC 7143 appendix D): which targets an initiator sees and where.
 
-use super::runtime::TargetRt;
+use super::runtime::{Running, TargetRt};
+use crate::config::AuthType;
 use crate::iscsi::text::TextList;
 use std::fmt::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// The largest text request (all its continuation PDUs together) we accept.
 pub const MAX_TEXT_REQUEST: usize = 64 * 1024;
@@ -22,6 +23,28 @@ impl TargetEntry {
             portals: t.portals.clone(),
         }
     }
+}
+
+/// The targets a discovery session on portal group `pg` shows `initiator` at `peer`: those with
+/// a port in that portal group whose access rules (auth-type, initiator names, initiator portals)
+/// would let it log in there (as ctld, a target of another portal group is not shown).
+pub fn visible_targets(
+    running: &Running,
+    pg: usize,
+    initiator: &str,
+    peer: IpAddr,
+) -> Vec<TargetEntry> {
+    running
+        .targets
+        .iter()
+        .filter(|t| {
+            t.portal_groups.contains(&pg)
+                && t.auth.effective_type() != AuthType::Deny
+                && t.auth.allows_initiator(initiator)
+                && t.auth.allows_portal(peer)
+        })
+        .map(|t| TargetEntry::of(t))
+        .collect()
 }
 
 /// `ip:port,tag`, with a wildcard address replaced by the one the initiator reached us on.
@@ -81,6 +104,9 @@ pub fn answer_text(request: &[u8], targets: &[TargetEntry], local: Option<Socket
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::runtime::{AuthPolicy, PortalGroupRt};
+    use crate::scsi::DeviceServer;
+    use std::sync::Arc;
 
     fn entries() -> Vec<TargetEntry> {
         vec![
@@ -93,6 +119,81 @@ mod tests {
                 portals: vec![("127.0.0.2:3261".parse().unwrap(), 2)],
             },
         ]
+    }
+
+    fn target(name: &str, pgs: Vec<usize>, auth: AuthPolicy) -> Arc<TargetRt> {
+        Arc::new(TargetRt {
+            name: name.into(),
+            alias: None,
+            auth,
+            portals: pgs
+                .iter()
+                .map(|&i| (format!("10.0.{i}.1:3260").parse().unwrap(), i as u16 + 1))
+                .collect(),
+            portal_groups: pgs,
+            redirect: None,
+            owner_id: None,
+            luns: vec![],
+            server: DeviceServer::new(vec![]).unwrap(),
+        })
+    }
+
+    fn pg(i: usize) -> PortalGroupRt {
+        PortalGroupRt {
+            name: format!("pg{i}"),
+            tag: i as u16 + 1,
+            addrs: vec![format!("10.0.{i}.1:3260").parse().unwrap()],
+            listen: vec![],
+            foreign: false,
+            discovery_auth: AuthPolicy::none(),
+            redirect: None,
+        }
+    }
+
+    #[test]
+    fn discovery_shows_only_targets_an_initiator_could_log_in_to_there() {
+        let running = Running {
+            generation: 1,
+            portal_groups: vec![pg(0), pg(1)],
+            targets: vec![
+                target("iqn.2026-11.io.vit:both", vec![0, 1], AuthPolicy::none()),
+                // Only on the other portal group: a login here is refused (not found).
+                target("iqn.2026-11.io.vit:other-pg", vec![1], AuthPolicy::none()),
+                // Initiators of another network only: a login from here is refused.
+                target(
+                    "iqn.2026-11.io.vit:other-net",
+                    vec![0],
+                    AuthPolicy {
+                        portals: vec!["192.168.0.0/16".into()],
+                        ..AuthPolicy::none()
+                    },
+                ),
+                target(
+                    "iqn.2026-11.io.vit:other-initiator",
+                    vec![0],
+                    AuthPolicy {
+                        initiators: vec!["iqn.2026-11.io.vit:someone-else".into()],
+                        ..AuthPolicy::none()
+                    },
+                ),
+                target("iqn.2026-11.io.vit:denied", vec![0], AuthPolicy::deny()),
+            ],
+        };
+        let names = |pg: usize, peer: &str| -> Vec<String> {
+            visible_targets(&running, pg, "iqn.2026-11.io.vit:i", peer.parse().unwrap())
+                .into_iter()
+                .map(|t| t.name)
+                .collect()
+        };
+        assert_eq!(names(0, "10.0.0.7"), ["iqn.2026-11.io.vit:both"]);
+        assert_eq!(
+            names(1, "10.0.1.7"),
+            ["iqn.2026-11.io.vit:both", "iqn.2026-11.io.vit:other-pg"]
+        );
+        assert_eq!(
+            names(0, "192.168.3.4"),
+            ["iqn.2026-11.io.vit:both", "iqn.2026-11.io.vit:other-net"]
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! CHAP, mutual CHAP; initiator-name, initiator-portal and VMware's initiator-group lists).
 
 use super::runtime::{AuthPolicy, Running, TargetRt};
-use crate::config::{AuthType, InitiatorPortal};
+use crate::config::AuthType;
 use crate::iscsi::chap::{ChapAuthenticator, ChapSecrets, ChapStep};
 use crate::iscsi::digest::padding_for;
 use crate::iscsi::params::{
@@ -357,13 +357,7 @@ impl Login {
                 format!("initiator {initiator} is not allowed"),
             ));
         }
-        if !policy.portals.is_empty()
-            && !policy
-                .portals
-                .iter()
-                .filter_map(|p| InitiatorPortal::parse(p).ok())
-                .any(|p| p.contains(self.peer.ip()))
-        {
+        if !policy.allows_portal(self.peer.ip()) {
             return Err(fail(
                 LoginStatus::AuthorizationFailure,
                 format!("initiator portal {} is not allowed", self.peer.ip()),

@@ -75,6 +75,16 @@ impl AuthPolicy {
     pub fn allows_initiator(&self, name: &str) -> bool {
         self.initiators.is_empty() || self.initiators.iter().any(|i| i.eq_ignore_ascii_case(name))
     }
+    /// Whether a peer address passes the initiator-portal restriction (an entry that does not
+    /// parse admits nothing).
+    pub fn allows_portal(&self, ip: std::net::IpAddr) -> bool {
+        self.portals.is_empty()
+            || self
+                .portals
+                .iter()
+                .filter_map(|p| crate::config::InitiatorPortal::parse(p).ok())
+                .any(|p| p.contains(ip))
+    }
 }
 
 /// A portal group as served.
