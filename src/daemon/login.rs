@@ -64,6 +64,8 @@ pub struct Login {
     outcome: Option<LoginOutcome>,
     /// The InitiatorName, once the first request named it.
     initiator: Option<String>,
+    /// The stage the login is in (the first request's CSG, then each NSG a response agreed).
+    stage: Option<Stage>,
     /// Negotiated parameters waiting for the last chunk of a long final response.
     deferred: Option<SessionParams>,
     /// vitd serves as many normal sessions as it may: this one is refused at the end unless
@@ -93,6 +95,7 @@ impl Login {
             next_tsih: tsih.max(1),
             outcome: None,
             initiator: None,
+            stage: None,
             deferred: None,
             full: None,
         }
@@ -165,6 +168,24 @@ impl Login {
         }
         let csg =
             Stage::from_u8(req.csg).ok_or_else(|| fail(LoginStatus::InitiatorError, "bad CSG"))?;
+        // RFC 7143 11.12.2: a request continued (C) is not ready to transit (T).
+        if req.cont && req.transit {
+            return Err(fail(LoginStatus::InitiatorError, "C and T bits both set"));
+        }
+        // The stage moves on only after a response that transits (6.3); the transitions are
+        // security to operational or full feature, operational to full feature.
+        if *self.stage.get_or_insert(csg) != csg {
+            return Err(fail(
+                LoginStatus::InitiatorError,
+                "CSG changed without a transit",
+            ));
+        }
+        if req.transit && Stage::from_u8(req.nsg).is_none_or(|n| n as u8 <= csg as u8) {
+            return Err(fail(
+                LoginStatus::InitiatorError,
+                "illegal stage transition",
+            ));
+        }
         // A long response still being sent: the initiator asks for the next chunk.
         if let Some((mut text, template)) = self.pending.take() {
             let bytes = self.chunk(req, &mut text, template);
@@ -431,6 +452,9 @@ impl Login {
             r.tsih = 0;
             self.pending = Some((std::mem::replace(out, OutgoingText::new(0)), template));
         }
+        if r.transit {
+            self.stage = Stage::from_u8(r.nsg);
+        }
         r.stat_sn = self.stat_sn;
         self.stat_sn = self.stat_sn.wrapping_add(1);
         r.data_segment_length = bytes.len() as u32;
@@ -631,6 +655,65 @@ mod tests {
                 Some(LoginOutcome::Failed { .. })
             ));
         }
+    }
+
+    fn status_of(r: &LoginResponse) -> u16 {
+        u16::from_be_bytes([r.status_class, r.status_detail])
+    }
+
+    /// RFC 7143 11.12.2-3 and 6.3: C and T both set, a transit to a reserved or an earlier (or
+    /// the same) stage, and a CSG other than the stage the login is in are initiator errors.
+    #[test]
+    fn illegal_stage_flags_are_initiator_errors() {
+        let new_login = || {
+            Login::new(
+                running(AuthPolicy::none()),
+                0,
+                "127.0.0.1:5000".parse().unwrap(),
+                1,
+            )
+        };
+        // C and T both set.
+        let mut l = new_login();
+        let (mut req, data) = request(Stage::Security, Stage::Operational, true, FIRST);
+        req.cont = true;
+        let (r, _) = response(&l.on_request(&req, &data));
+        assert_eq!(status_of(&r), LoginStatus::InitiatorError as u16);
+        // A transit back to the security stage, or to the stage the login is in.
+        for (csg, nsg) in [
+            (Stage::Operational, Stage::Security),
+            (Stage::Operational, Stage::Operational),
+            (Stage::Security, Stage::Security),
+        ] {
+            let mut l = new_login();
+            let (req, data) = request(csg, nsg, true, FIRST);
+            let (r, _) = response(&l.on_request(&req, &data));
+            assert_eq!(
+                status_of(&r),
+                LoginStatus::InitiatorError as u16,
+                "{csg:?} -> {nsg:?}: T={} NSG={}",
+                r.transit,
+                r.nsg
+            );
+        }
+        // A transit to the reserved stage 2.
+        let mut l = new_login();
+        let (mut req, data) = request(Stage::Security, Stage::Operational, true, FIRST);
+        req.nsg = 2;
+        let (r, _) = response(&l.on_request(&req, &data));
+        assert_eq!(status_of(&r), LoginStatus::InitiatorError as u16);
+        // The operational stage without the target's leave to go there.
+        let mut l = new_login();
+        let (req, data) = request(Stage::Security, Stage::Operational, false, FIRST);
+        let (r, _) = response(&l.on_request(&req, &data));
+        assert_eq!((status_of(&r), r.transit), (0, false));
+        let (req, data) = request(Stage::Operational, Stage::FullFeature, true, "");
+        let (r, _) = response(&l.on_request(&req, &data));
+        assert_eq!(status_of(&r), LoginStatus::InitiatorError as u16);
+        assert!(matches!(
+            l.take_outcome(),
+            Some(LoginOutcome::Failed { .. })
+        ));
     }
 
     #[test]
