@@ -82,6 +82,12 @@ MaxOutstandingR2T=1\0ErrorRecoveryLevel=0\0DataSequenceInOrder=Yes\0";
     group.bench_function("parse_21_keys", |b| {
         b.iter(|| TextList::parse(black_box(text)).map(|l| l.len()))
     });
+    // What a peer can send at most: 256 pairs, 30 of them with 8 KiB values, those first.
+    let worst = vit::iscsi::text::long_values_first(vit::iscsi::text::MAX_PAIRS);
+    group.throughput(Throughput::Bytes(worst.len() as u64));
+    group.bench_function("parse_256_keys_long_values_first", |b| {
+        b.iter(|| TextList::parse(black_box(&worst)).map(|l| l.len()))
+    });
     group.finish();
 }
 
