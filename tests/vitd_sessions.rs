@@ -1030,3 +1030,58 @@ fn an_initiator_that_reads_nothing_costs_its_connection() {
     );
     large_read_answered(&mut other);
 }
+
+/// Discovery sessions may last while they keep asking, so a peer could hold every one of the
+/// control thread's 1024 login slots with them. With all taken, a new connection takes the
+/// place of the discovery session idle the longest: initiators can still log in.
+#[test]
+fn discovery_sessions_cannot_keep_initiators_from_logging_in() {
+    // This process needs more than 1024 descriptors.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on this process with a valid rlimit.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_max < 2048 {
+            eprintln!("note: open files limit {} too low; skipped", lim.rlim_max);
+            return;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    let (ds, vitd) = setup();
+    let mut held = Vec::new();
+    for k in 0..1024u32 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", ds.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let isid = [0x80, 0, 0, (k >> 16) as u8, (k >> 8) as u8, k as u8];
+        initiator::discovery_login(&mut s, INITIATOR, "", isid)
+            .unwrap_or_else(|e| panic!("discovery session {k}: {e}\n{}", vitd.log_text()));
+        held.push(s);
+    }
+    // Every slot is a discovery session now; a normal login still gets in.
+    let mut s = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 1]);
+    good(&mut s);
+    // The discovery session idle the longest (the first) made room.
+    let mut byte = [0u8; 1];
+    let first = std::io::Read::read(&mut held[0], &mut byte);
+    let closed = match &first {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    assert!(
+        closed,
+        "the oldest discovery session is still open: {first:?}"
+    );
+    assert!(
+        vitd.log_text().contains("idle the longest closed"),
+        "{}",
+        vitd.log_text()
+    );
+}

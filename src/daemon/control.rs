@@ -235,10 +235,11 @@ impl Control {
                     return;
                 }
             };
-            if self.conns.iter().flatten().count() >= MAX_LOGINS
-                || stream.set_nonblocking(true).is_err()
-            {
+            if self.conns.iter().flatten().count() >= MAX_LOGINS && !self.evict_discovery() {
                 continue; // dropped: too many connections in login
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
             }
             let pg = self.listeners[li].1;
             let login = Login::new(self.running.clone(), pg, peer, self.next_tsih);
@@ -575,6 +576,30 @@ impl Control {
 
     fn drop_conn(&mut self, idx: usize) {
         self.conns[idx] = None;
+    }
+
+    /// With every login slot taken, a new connection takes the place of the discovery session
+    /// idle the longest: a discovery session may last while it keeps asking (its idle timer
+    /// restarts), so peers holding many would otherwise keep every initiator from logging in;
+    /// logins in progress end within [`LOGIN_TIMEOUT`] anyway. False when none is open.
+    fn evict_discovery(&mut self) -> bool {
+        let idle_longest = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| matches!(c.phase, Phase::Discovery(_)))
+            .min_by_key(|(_, c)| c.deadline)
+            .map(|(i, c)| (i, c.peer));
+        let Some((idx, peer)) = idle_longest else {
+            return false;
+        };
+        self.log_failure(&format!(
+            "{MAX_LOGINS} connections in login or discovery: the discovery session of {peer} \
+             idle the longest closed for a new connection"
+        ));
+        self.drop_conn(idx);
+        true
     }
 
     /// Logs a failure line, at most a few a second (a flood of bad logins can't flood the log).
