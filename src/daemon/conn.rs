@@ -1980,6 +1980,26 @@ mod tests {
         b
     }
 
+    /// READ(10) of 16 blocks (8 KiB) at LBA 0, ITT 0x42.
+    fn read16(cmd_sn: u32) -> [u8; BHS_LEN] {
+        command(
+            &[0x28, 0, 0, 0, 0, 0, 0, 0, 16, 0],
+            8192,
+            true,
+            false,
+            cmd_sn,
+            0,
+        )
+    }
+
+    /// A connection whose pool has one buffer, taken: its commands must wait for it.
+    fn conn_with_its_one_buffer_held() -> (Conn, BufferPool, BufId) {
+        let (c, _) = conn(true);
+        let mut pool = BufferPool::new(&[(65536, 1)]).unwrap();
+        let big = pool.alloc(65536).unwrap();
+        (c, pool, big)
+    }
+
     fn sent(c: &mut Conn) -> Vec<TargetPdu> {
         std::iter::from_fn(|| c.pop_out())
             .map(|p| TargetPdu::decode(p.header[..BHS_LEN].try_into().unwrap()).unwrap())
@@ -2144,14 +2164,7 @@ mod tests {
             &write10(16, true, 100, 1024),
             &data[..1024],
         );
-        let mut read = command(
-            &[0x28, 0, 0, 0, 0, 0, 0, 0, 16, 0],
-            8192,
-            true,
-            false,
-            101,
-            0,
-        );
+        let mut read = read16(101);
         read[16..20].copy_from_slice(&0x43u32.to_be_bytes());
         feed(&mut c, &mut pool, &read, &[]);
         assert!(sent(&mut c).is_empty(), "no TASK SET FULL, no R2T yet");
@@ -2190,17 +2203,8 @@ mod tests {
 
     #[test]
     fn nothing_waiting_for_a_buffer_runs_after_a_logout() {
-        let (mut c, _) = conn(true);
-        let mut pool = BufferPool::new(&[(65536, 1)]).unwrap();
-        let big = pool.alloc(65536).unwrap();
-        let read = command(
-            &[0x28, 0, 0, 0, 0, 0, 0, 0, 16, 0],
-            8192,
-            true,
-            false,
-            100,
-            0,
-        );
+        let (mut c, mut pool, big) = conn_with_its_one_buffer_held();
+        let read = read16(100);
         feed(&mut c, &mut pool, &read, &[]);
         let logout = crate::iscsi::pdu::LogoutRequest {
             immediate: true,
@@ -2258,17 +2262,8 @@ mod tests {
 
     #[test]
     fn a_waiting_command_aborted_is_dropped_from_the_wait() {
-        let (mut c, _) = conn(true);
-        let mut pool = BufferPool::new(&[(65536, 1)]).unwrap();
-        let big = pool.alloc(65536).unwrap();
-        let read = command(
-            &[0x28, 0, 0, 0, 0, 0, 0, 0, 16, 0],
-            8192,
-            true,
-            false,
-            100,
-            0,
-        );
+        let (mut c, mut pool, big) = conn_with_its_one_buffer_held();
+        let read = read16(100);
         feed(&mut c, &mut pool, &read, &[]);
         feed(&mut c, &mut pool, &abort_task(0x42, 101), &[]);
         assert!(matches!(sent(&mut c).as_slice(), [TargetPdu::TaskMgmt(r)] if r.response == 0));
@@ -2281,17 +2276,8 @@ mod tests {
     fn a_waiting_commands_slot_and_tag_reused_after_an_abort_run_the_new_command() {
         // Initiators reuse a tag once its abort is answered (open-iscsi's ITT is its task
         // slot), and the freed task slot is the first free one: the new command takes both.
-        let (mut c, _) = conn(true);
-        let mut pool = BufferPool::new(&[(65536, 1)]).unwrap();
-        let big = pool.alloc(65536).unwrap();
-        let read = command(
-            &[0x28, 0, 0, 0, 0, 0, 0, 0, 16, 0],
-            8192,
-            true,
-            false,
-            100,
-            0,
-        );
+        let (mut c, mut pool, big) = conn_with_its_one_buffer_held();
+        let read = read16(100);
         feed(&mut c, &mut pool, &read, &[]);
         feed(&mut c, &mut pool, &abort_task(0x42, 101), &[]);
         assert!(matches!(sent(&mut c).as_slice(), [TargetPdu::TaskMgmt(r)] if r.response == 0));
