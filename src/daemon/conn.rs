@@ -254,6 +254,8 @@ pub struct Conn {
     tmf_held: Vec<HeldTmf>,
     /// Seconds counted by [`Conn::data_out_stall`]: when each write last got data.
     clock: u32,
+    /// The Text Request being continued has passed its limit: refused at its last PDU.
+    text_overflow: bool,
     /// R2Ts queued, and taken to be sent ([`Conn::pop_out`]), since the connection began: a
     /// write whose last R2T is still queued is not waiting on the initiator yet.
     r2ts_queued: u64,
@@ -314,6 +316,7 @@ impl Conn {
             session_id: 0,
             tmf_held: Vec::new(),
             clock: 0,
+            text_overflow: false,
             r2ts_queued: 0,
             r2ts_out: 0,
             buffer_wait: VecDeque::new(),
@@ -491,7 +494,7 @@ impl Conn {
             InitiatorPdu::DataOut(d) => self.on_data_out(&d, bhs, pool),
             InitiatorPdu::NopOut(n) => self.on_nop_out(&n),
             InitiatorPdu::TaskMgmt(t) => self.on_tmf(&t, pool),
-            InitiatorPdu::Text(t) => self.on_text(&t),
+            InitiatorPdu::Text(t) => self.on_text(&t, bhs),
             InitiatorPdu::Logout(l) => self.on_logout(&l),
             InitiatorPdu::Login(_) => {
                 return Err(Fatal("login request in full feature phase".into()));
@@ -1657,7 +1660,7 @@ impl Conn {
         }
     }
 
-    fn on_text(&mut self, t: &pdu::TextRequest) {
+    fn on_text(&mut self, t: &pdu::TextRequest, bhs: &[u8; BHS_LEN]) {
         if !self.take_cmd_sn(t.immediate, t.cmd_sn) {
             return;
         }
@@ -1682,10 +1685,20 @@ impl Conn {
                 chunk
             }
             _ => {
-                if self.text.len() + self.inline.len() > super::discovery::MAX_TEXT_REQUEST {
+                // A request continued past the limit is refused whole at its last PDU (taking
+                // only its tail would answer a request the initiator never made).
+                if self.text_overflow
+                    || self.text.len() + self.inline.len() > super::discovery::MAX_TEXT_REQUEST
+                {
                     self.text.clear();
+                    self.text_overflow = t.cont;
+                    if !t.cont {
+                        tracing::debug!(itt = t.itt, "Text Request longer than 64 KiB: rejected");
+                        return self.reject(RejectReason::ProtocolError, bhs);
+                    }
+                } else {
+                    self.text.extend_from_slice(&self.inline);
                 }
-                self.text.extend_from_slice(&self.inline);
                 if t.cont {
                     resp.final_bit = false;
                     resp.ttt = self.fresh_ttt();
@@ -2258,6 +2271,57 @@ mod tests {
             );
             assert_eq!((c.tasks_in_flight(), pool.available()), (0, 1));
         }
+    }
+
+    #[test]
+    fn a_text_request_continued_past_its_limit_is_rejected_whole() {
+        let (mut c, mut pool) = conn(true);
+        let text = |cont: bool, cmd_sn: u32| {
+            let t = crate::iscsi::pdu::TextRequest {
+                final_bit: !cont,
+                cont,
+                itt: 0x55,
+                ttt: RESERVED_TAG,
+                cmd_sn,
+                data_segment_length: 8192,
+                ..Default::default()
+            };
+            let mut b = [0u8; BHS_LEN];
+            t.encode(&mut b);
+            b
+        };
+        // Nine pieces of 8 KiB, the last ending in SendTargets=All: 72 KiB, past 64 KiB.
+        let mut piece = vec![b'a'; 8192];
+        piece[..2].copy_from_slice(b"X=");
+        for k in 0..8u32 {
+            let mut p = piece.clone();
+            p[0] = b'A' + k as u8;
+            feed(&mut c, &mut pool, &text(true, 100 + k), &p);
+            assert!(
+                matches!(sent(&mut c).as_slice(), [TargetPdu::Text(r)] if !r.final_bit),
+                "piece {k} acknowledged"
+            );
+        }
+        let mut last = vec![0u8; 8192];
+        last[..15].copy_from_slice(b"SendTargets=All");
+        feed(&mut c, &mut pool, &text(false, 108), &last);
+        let pdus = sent(&mut c);
+        assert!(rejected(&pdus, RejectReason::ProtocolError), "{pdus:?}");
+        // The next request is taken afresh.
+        let t = crate::iscsi::pdu::TextRequest {
+            final_bit: true,
+            itt: 0x56,
+            ttt: RESERVED_TAG,
+            cmd_sn: 109,
+            data_segment_length: 16,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        t.encode(&mut b);
+        feed(&mut c, &mut pool, &b, b"SendTargets=All\0");
+        assert!(
+            matches!(sent(&mut c).as_slice(), [TargetPdu::Text(r)] if r.final_bit && r.data_segment_length > 0)
+        );
     }
 
     #[test]
