@@ -127,6 +127,12 @@ pub struct IoWork {
     pub req: IoRequest,
 }
 
+/// The buffer a command's task takes: its expected data transfer length, at most the largest
+/// slot (a larger command fails when it runs).
+fn buffer_len(cmd: &ScsiCommand, pool: &BufferPool) -> usize {
+    (cmd.expected_data_length as usize).min(pool.max_len())
+}
+
 /// Executes a command, taking the LUN's reservation lock when reservations are involved (a
 /// reservation command, or a LUN that has registrations): otherwise one atomic load.
 fn exec(target: &TargetRt, nexus: &mut Nexus, req: &Request<'_>, data_in: &mut [u8]) -> Outcome {
@@ -528,7 +534,7 @@ impl Conn {
             .zip(&self.tasks)
             .position(|(&x, t)| x == RESERVED_TAG && t.is_none())?;
         let needs_buf = cmd.expected_data_length > 0 || cmd.read;
-        let want = (cmd.expected_data_length as usize).min(pool.max_len());
+        let want = buffer_len(cmd, pool);
         let buf = if needs_buf {
             match pool.alloc(want) {
                 Some(b) => Some(b),
@@ -612,8 +618,7 @@ impl Conn {
                 self.buffer_wait.pop_front();
                 continue;
             }
-            let Some(b) = pool.alloc((cmd.expected_data_length as usize).min(pool.max_len()))
-            else {
+            let Some(b) = pool.alloc(buffer_len(&cmd, pool)) else {
                 return false;
             };
             self.buffer_wait.pop_front();
@@ -1320,14 +1325,10 @@ impl Conn {
                     for r in reasons {
                         self.nexus.post(id, r);
                     }
-                    abort |= effects.aborts(self.nexus.id());
                 }
-                Mail::Reset { reason, from } => {
-                    self.nexus.post(id, *reason);
-                    // The resetting session already aborted its own tasks.
-                    abort |= from != self.nexus.id();
-                }
+                Mail::Reset { reason, .. } => self.nexus.post(id, *reason),
             }
+            abort |= m.aborts(self.nexus.id());
         }
         if abort {
             for t in 0..self.tasks.len() {
@@ -1382,15 +1383,7 @@ impl Conn {
     /// [`LunShared::write_start`]: super::shared::LunShared::write_start
     /// [`LunShared::reset_done`]: super::shared::LunShared::reset_done
     pub fn may_write(&mut self, task: u16, at: usize) -> bool {
-        let seen = self.mail_seen.get(at).copied().unwrap_or(0);
-        let fresh = self
-            .target
-            .as_ref()
-            .and_then(|t| t.luns.get(at))
-            .is_some_and(|l| l.shared.mail_seq() != seen);
-        if fresh {
-            self.check_task_mail(task);
-        }
+        self.mark_if_mail_aborts(task, at);
         !self.aborted(task)
     }
 
@@ -1401,27 +1394,41 @@ impl Conn {
     /// buffer: no task is freed here, and the mail is left for the next command or Data-Out
     /// to take whole ([`Conn::check_mail`]: unit attentions, the other tasks aborted).
     pub fn check_task_mail(&mut self, task: u16) {
-        let i = usize::from(task);
-        let Some(lun) = self.tasks.get(i).and_then(Option::as_ref).map(|t| t.lun) else {
+        let at = self
+            .tasks
+            .get(usize::from(task))
+            .and_then(Option::as_ref)
+            .zip(self.target.as_ref())
+            .and_then(|(t, target)| target.lun_at(t.lun.to_be_bytes()))
+            .map(|(at, _)| at);
+        if let Some(at) = at {
+            self.mark_if_mail_aborts(task, at);
+        }
+    }
+
+    /// Marks task `task` aborted if mail of LUN `at` not taken yet aborts this nexus's tasks
+    /// there (one atomic load when none came); takes nothing (see [`Conn::check_task_mail`]).
+    fn mark_if_mail_aborts(&mut self, task: u16, at: usize) {
+        let Some(shared) = self
+            .target
+            .as_ref()
+            .and_then(|t| t.luns.get(at))
+            .map(|l| &l.shared)
+        else {
             return;
         };
-        let Some(target) = self.target.as_ref() else {
-            return;
-        };
-        let Some((at, _)) = target.lun_at(lun.to_be_bytes()) else {
-            return;
-        };
-        let shared = &target.luns[at].shared;
         let seen = self.mail_seen.get(at).copied().unwrap_or(0);
         if shared.mail_seq() == seen {
             return;
         }
         let me = self.nexus.id();
-        let aborts = shared.mail_since(seen).iter().any(|m| match &**m {
-            Mail::Reservation(effects) => effects.aborts(me),
-            Mail::Reset { from, .. } => from != me,
-        });
-        if aborts && let Some(t) = self.tasks[i].as_mut() {
+        let aborts = shared.mail_since(seen).iter().any(|m| m.aborts(me));
+        if aborts
+            && let Some(t) = self
+                .tasks
+                .get_mut(usize::from(task))
+                .and_then(Option::as_mut)
+        {
             t.aborted = true;
         }
     }

@@ -28,6 +28,17 @@ pub enum Mail {
     },
 }
 
+impl Mail {
+    /// Whether it aborts the tasks `me` has on the LUN (a reset: those of every other nexus;
+    /// the resetting session aborted its own already).
+    pub fn aborts(&self, me: &ItNexusId) -> bool {
+        match self {
+            Mail::Reservation(effects) => effects.aborts(me),
+            Mail::Reset { from, .. } => from != me,
+        }
+    }
+}
+
 /// Shared state of one LUN.
 #[derive(Debug, Default)]
 pub struct LunShared {
