@@ -1037,19 +1037,8 @@ fn an_initiator_that_reads_nothing_costs_its_connection() {
 #[test]
 fn discovery_sessions_cannot_keep_initiators_from_logging_in() {
     // This process needs more than 1024 descriptors.
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on this process with a valid rlimit.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        if lim.rlim_max < 2048 {
-            eprintln!("note: open files limit {} too low; skipped", lim.rlim_max);
-            return;
-        }
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    if !raise_open_files(2048) {
+        return;
     }
     let (ds, vitd) = setup();
     let mut held = Vec::new();
@@ -1065,23 +1054,72 @@ fn discovery_sessions_cannot_keep_initiators_from_logging_in() {
     let mut s = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0, 0, 1]);
     good(&mut s);
     // The discovery session idle the longest (the first) made room.
-    let mut byte = [0u8; 1];
-    let first = std::io::Read::read(&mut held[0], &mut byte);
-    let closed = match &first {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    };
     assert!(
-        closed,
-        "the oldest discovery session is still open: {first:?}"
+        peer_closed(&mut held[0]),
+        "the oldest discovery session is still open"
     );
     assert!(
-        vitd.log_text().contains("idle the longest closed"),
+        vitd.log_text()
+            .contains("discovery session idle the longest"),
         "{}",
         vitd.log_text()
     );
+}
+
+/// A peer holding every login slot with connections that never log in (one opening about 70 a
+/// second keeps them full, each held up to the 15 s login timeout) keeps no other initiator out:
+/// a newcomer displaces a connection of the address holding the most, and that peer's own new
+/// connections displace only its own.
+#[test]
+fn a_peer_holding_every_login_slot_keeps_no_other_initiator_out() {
+    if !raise_open_files(2048) || !have("iscsi-inq") {
+        return;
+    }
+    let (ds, vitd) = setup();
+    // A whole login first: by its end vitd has closed the connection its start-up check opened,
+    // so the flooder's connections below take every slot.
+    good(&mut login(
+        ds.port,
+        INITIATOR,
+        &iqn("s"),
+        [0x80, 0, 0, 0, 0, 1],
+    ));
+    let flooder = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let held: Vec<_> = (0..1024)
+        .map(|_| {
+            let s = connect_from(flooder, ds.port);
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    // Accepted in order, so all 1024 hold their slots before this one comes.
+    let (ok, out) = client("iscsi-inq", &[&ds.url("s", 0)]);
+    assert!(ok, "{out}\n{}", vitd.log_text());
+    assert!(out.contains("Vendor:VIT"), "{out}");
+    // Whether vitd has logged (within 10 s) that one of the flooder's logins made room for
+    // `newcomer`.
+    let displaced = |newcomer: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = vitd.log_text();
+            let found = log.lines().any(|l| {
+                l.contains("of them from 127.0.0.2: its login begun the earliest (127.0.0.2:")
+                    && l.contains(&format!("closed for a new connection from {newcomer}"))
+            });
+            if found || std::time::Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert!(displaced("127.0.0.1:"), "{}", vitd.log_text());
+    // A login in progress from elsewhere is left alone when the flooder connects again.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", ds.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let more = connect_from(flooder, ds.port);
+    let more_addr = more.local_addr().unwrap().to_string();
+    assert!(displaced(&more_addr), "{}", vitd.log_text());
+    initiator::discovery_login(&mut s, INITIATOR, "", [0x80, 0, 0, 0, 0, 7])
+        .unwrap_or_else(|e| panic!("discovery login: {e}\n{}", vitd.log_text()));
+    drop((more, held));
 }

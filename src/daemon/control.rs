@@ -11,8 +11,9 @@ use super::uring::BufferPool;
 use crate::iscsi::pdu::{InitiatorPdu, LoginStatus};
 use crate::iscsi::reader::{Event, PduReader, ReaderLimits};
 use crate::scsi::{Nexus, TargetPort};
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +22,8 @@ use std::time::{Duration, Instant};
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a discovery session may stay idle.
 pub const DISCOVERY_IDLE: Duration = Duration::from_secs(60);
-/// Login connections held at once (beyond this, new ones are refused).
+/// Login and discovery connections held at once (beyond this, a new one takes the place of one
+/// held by the address holding the most: [`Control::make_room`]).
 const MAX_LOGINS: usize = 1024;
 /// Bytes of answers a login or discovery connection may have waiting before it is no longer
 /// read from (each read takes at most 16 KiB of requests, so this bounds what it holds).
@@ -235,8 +237,8 @@ impl Control {
                     return;
                 }
             };
-            if self.conns.iter().flatten().count() >= MAX_LOGINS && !self.evict_discovery() {
-                continue; // dropped: too many connections in login
+            if self.conns.iter().flatten().count() >= MAX_LOGINS && !self.make_room(peer) {
+                continue; // dropped: every slot is a session being handed off
             }
             if stream.set_nonblocking(true).is_err() {
                 continue;
@@ -578,25 +580,46 @@ impl Control {
         self.conns[idx] = None;
     }
 
-    /// With every login slot taken, a new connection takes the place of the discovery session
-    /// idle the longest: a discovery session may last while it keeps asking (its idle timer
-    /// restarts), so peers holding many would otherwise keep every initiator from logging in;
-    /// logins in progress end within [`LOGIN_TIMEOUT`] anyway. False when none is open.
-    fn evict_discovery(&mut self) -> bool {
-        let idle_longest = self
+    /// With every login slot taken, a new connection (from `newcomer`) takes the place of one
+    /// held by the address holding the most: its discovery session idle the longest, else its
+    /// login begun the earliest. A peer opening connections faster than the login timeout ends
+    /// them (or holding many discovery sessions, whose idle timer restarts with each request)
+    /// then only displaces its own, and cannot keep other initiators from logging in; there is
+    /// no fixed cap per address, since one host may log in many sessions at once. False when
+    /// every slot is a session being handed off to a data thread.
+    fn make_room(&mut self, newcomer: SocketAddr) -> bool {
+        let mut held: HashMap<IpAddr, usize> = HashMap::new();
+        for c in self.conns.iter().flatten() {
+            *held.entry(c.peer.ip()).or_default() += 1;
+        }
+        let victim = self
             .conns
             .iter()
             .enumerate()
             .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
-            .filter(|(_, c)| matches!(c.phase, Phase::Discovery(_)))
-            .min_by_key(|(_, c)| c.deadline)
-            .map(|(i, c)| (i, c.peer));
-        let Some((idx, peer)) = idle_longest else {
+            .filter_map(|(i, c)| {
+                let rank = match c.phase {
+                    Phase::Discovery(_) => 0,
+                    Phase::Login(_) => 1,
+                    Phase::Handoff(_) => return None,
+                };
+                let n = held.get(&c.peer.ip()).copied().unwrap_or(0);
+                Some(((std::cmp::Reverse(n), rank, c.deadline), i, c.peer, rank, n))
+            })
+            .min_by_key(|v| v.0)
+            .map(|(_, i, peer, rank, n)| (i, peer, rank, n));
+        let Some((idx, peer, rank, n)) = victim else {
             return false;
         };
+        let what = if rank == 0 {
+            "discovery session idle the longest"
+        } else {
+            "login begun the earliest"
+        };
         self.log_failure(&format!(
-            "{MAX_LOGINS} connections in login or discovery: the discovery session of {peer} \
-             idle the longest closed for a new connection"
+            "{MAX_LOGINS} connections in login or discovery, {n} of them from {}: its {what} \
+             ({peer}) closed for a new connection from {newcomer}",
+            peer.ip()
         ));
         self.drop_conn(idx);
         true

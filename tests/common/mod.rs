@@ -21,6 +21,50 @@ pub fn have(program: &str) -> bool {
     found
 }
 
+/// Raises this process's open-files limit to its hard limit; false (with a note) when that is
+/// under `need` (a test holding many connections then skips).
+pub fn raise_open_files(need: u64) -> bool {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on this process with a valid rlimit.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_max < need {
+            eprintln!("note: open files limit {} too low; skipped", lim.rlim_max);
+            return false;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    true
+}
+
+/// A connection to 127.0.0.1:`port` from the loopback address `from` (another peer, as the
+/// target sees it).
+pub fn connect_from(from: std::net::Ipv4Addr, port: u16) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    s.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    s.into()
+}
+
+/// Whether the peer has closed `s` (reads EOF or a reset within its read timeout).
+pub fn peer_closed(s: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(s, &mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
