@@ -312,6 +312,91 @@ fn conformance_suite_passes_on_a_memory_lun() {
     whole_suite_passes(&ds.url("mem", 0));
 }
 
+/// ctl.conf's `pblocksize`/`pblockoffset` and `ublocksize`/`ublockoffset` LUN options reach
+/// READ CAPACITY (16) and the Block Limits page, and iscsi-test-cu's tests that need a physical
+/// block of several logical ones (skipped on the LUNs above) pass on such a LUN.
+#[test]
+fn block_geometry_options_are_reported_and_pass_their_conformance_tests() {
+    if !have("iscsi-test-cu") {
+        return;
+    }
+    let ds = Datastore::new();
+    ds.target("g", &[]);
+    ds.lun("g", 0, "8M");
+    let mut body = memory_lun(8 << 20, Some("8M"));
+    for (name, value) in [
+        ("pblocksize", "4K"),
+        ("pblockoffset", "1024"),
+        ("ublocksize", "128K"),
+        ("ublockoffset", "64K"),
+    ] {
+        body.options.push(vit::config::Opt {
+            name: name.into(),
+            value: value.into(),
+            pos: Default::default(),
+        });
+    }
+    ds.add_lun_body("g", 1, body);
+    let vitd = ds.start();
+    let field = |out: &str, name: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.find(name).map(|at| &l[at + name.len()..]))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {out}"))
+    };
+    // LUN 0 (no options): one logical block per physical block, unmap granules from LBA 0.
+    let (ok, out) = client(RC16, &[&ds.url("g", 0)]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        field(&out, "LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT:"),
+        0
+    );
+    assert_eq!(field(&out, "LOWEST ALIGNED LOGICAL BLOCK ADDRESS:"), 0);
+    let (ok, out) = client("iscsi-inq", &["-e", "1", "-c", "176", &ds.url("g", 0)]);
+    assert!(ok, "{out}");
+    assert_eq!(field(&out, "optimal transfer length granularity:"), 1);
+    assert_eq!(field(&out, "ugavalid:"), 1);
+    assert_eq!(field(&out, "unmap granularity alignment:"), 0);
+    // LUN 1: 4 KiB physical blocks offset by 1 KiB, as ctld computes it: LBA (8 - 2) % 8 = 6 is
+    // the first aligned one; 128 KiB unmap granules (256 blocks) offset by 64 KiB: LBA 128.
+    let (ok, out) = client(RC16, &[&ds.url("g", 1)]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        field(&out, "LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT:"),
+        3
+    );
+    assert_eq!(field(&out, "LOWEST ALIGNED LOGICAL BLOCK ADDRESS:"), 6);
+    let (ok, out) = client("iscsi-inq", &["-e", "1", "-c", "176", &ds.url("g", 1)]);
+    assert!(ok, "{out}");
+    assert_eq!(field(&out, "optimal transfer length granularity:"), 8);
+    assert_eq!(field(&out, "optimal unmap granularity:"), 256);
+    assert_eq!(field(&out, "ugavalid:"), 1);
+    assert_eq!(field(&out, "unmap granularity alignment:"), 128);
+    // The tests skipped with "LBPPB < 2" on the other LUNs.
+    let url = ds.url("g", 1);
+    let (_, out) = client_within(
+        120,
+        "iscsi-test-cu",
+        &[
+            "-d",
+            "-v",
+            "-t",
+            "SCSI.WriteSame10.UnmapUnaligned,SCSI.WriteSame16.UnmapUnaligned,\
+             SCSI.WriteSame10.InvalidDataOutSize,SCSI.WriteSame16.InvalidDataOutSize,\
+             SCSI.CompareAndWrite.InvalidDataOutSize",
+            &url,
+        ],
+    );
+    let (tests, failed) = cu_summary(&out);
+    let (run, _, skipped) = cu_counts(&out);
+    assert_eq!(
+        (tests, run, failed, skipped),
+        (5, 5, 0, 0),
+        "{out}\n{}",
+        vitd.log_text()
+    );
+}
+
 /// Runs every test of iscsi-test-cu on `url`; none may fail.
 fn whole_suite_passes(url: &str) {
     // The second URL (a second session to the same LUN) enables the multipath suites.

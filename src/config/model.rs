@@ -375,6 +375,60 @@ impl LunBody {
         let o = self.options.iter().rev().find(|o| o.name == "capacity")?;
         Some((super::parser::size_bytes(&o.value), o.pos))
     }
+
+    /// ctl.conf's `option pblocksize`/`pblockoffset` (the physical block) or
+    /// `ublocksize`/`ublockoffset` (the unmap granule), as written: each in bytes (a bare
+    /// number is bytes here, as ctld reads these) with its position.
+    pub fn granule_options(&self, kind: GranuleKind) -> [Option<(Result<u64, String>, Pos)>; 2] {
+        let (size, offset) = match kind {
+            GranuleKind::Physical => ("pblocksize", "pblockoffset"),
+            GranuleKind::Unmap => ("ublocksize", "ublockoffset"),
+        };
+        [size, offset].map(|name| {
+            let o = self.options.iter().rev().find(|o| o.name == name)?;
+            let bytes = if o.value.bytes().all(|b| b.is_ascii_digit()) {
+                super::parser::size_bytes(&format!("{}B", o.value))
+            } else {
+                super::parser::size_bytes(&o.value)
+            };
+            Some((bytes.map_err(|e| format!("option {name}: {e}")), o.pos))
+        })
+    }
+}
+
+/// Which granule of a LUN ctl.conf's block geometry options describe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GranuleKind {
+    /// The physical block (`pblocksize`, `pblockoffset`): READ CAPACITY (16)'s LOGICAL BLOCKS
+    /// PER PHYSICAL BLOCK EXPONENT and LOWEST ALIGNED LOGICAL BLOCK ADDRESS.
+    Physical,
+    /// The unmap granule (`ublocksize`, `ublockoffset`): the Block Limits page's OPTIMAL UNMAP
+    /// GRANULARITY and UNMAP GRANULARITY ALIGNMENT.
+    Unmap,
+}
+
+/// The most logical blocks a physical block may have: READ CAPACITY (16) gives its exponent in
+/// four bits and the first aligned LBA in fourteen.
+pub const MAX_PHYSICAL_BLOCKS: u64 = 1 << 14;
+
+/// A granule of `size` bytes whose first whole one starts `offset` bytes into the LUN, in
+/// blocks of `block` bytes: (blocks per granule, the first LBA at a granule's start), as ctld
+/// computes them. The size must be a power-of-two number of blocks, the offset whole blocks and
+/// not more than the size.
+pub fn granule(size: u64, offset: u64, block: u64) -> Result<(u64, u64), String> {
+    let per = size / block.max(1);
+    if size == 0 || !size.is_multiple_of(block.max(1)) || !per.is_power_of_two() {
+        return Err(format!(
+            "{size} bytes is not a power-of-two multiple of the {block}-byte block"
+        ));
+    }
+    let off = offset / block.max(1);
+    if !offset.is_multiple_of(block.max(1)) || off > per {
+        return Err(format!(
+            "offset {offset} bytes is not a whole number of {block}-byte blocks up to the granule's {size}"
+        ));
+    }
+    Ok((per, (per - off) % per))
 }
 
 /// Where a `listen` statement asks to listen.

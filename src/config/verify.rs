@@ -403,6 +403,51 @@ impl Checker<'_> {
         }
     }
 
+    /// ctl.conf's physical block and unmap granule options of a LUN: sizes, offsets and their
+    /// fit with the block size (ctld ignores ones that do not fit; vit says so).
+    fn granules(&mut self, b: &LunBody) {
+        let block = b.blocksize.map_or(512, |(bs, _)| bs);
+        for kind in [GranuleKind::Physical, GranuleKind::Unmap] {
+            let [size, offset] = b.granule_options(kind);
+            let mut values = [None, None];
+            for (slot, opt) in values.iter_mut().zip([&size, &offset]) {
+                match opt {
+                    Some((Err(e), pos)) => self.report(*pos, e.clone()),
+                    Some((Ok(v), pos)) => *slot = Some((*v, *pos)),
+                    None => {}
+                }
+            }
+            let (name, offset_name) = match kind {
+                GranuleKind::Physical => ("pblocksize", "pblockoffset"),
+                GranuleKind::Unmap => ("ublocksize", "ublockoffset"),
+            };
+            match values {
+                [Some((size, pos)), offset] => {
+                    let off = offset.map_or(0, |(o, _)| o);
+                    match granule(size, off, block) {
+                        Err(e) => self.report(pos, format!("option {name}: {e}")),
+                        Ok((per, _))
+                            if kind == GranuleKind::Physical && per > MAX_PHYSICAL_BLOCKS =>
+                        {
+                            self.report(
+                                pos,
+                                format!(
+                                    "option {name}: {per} blocks is more than a physical block may have ({MAX_PHYSICAL_BLOCKS})"
+                                ),
+                            );
+                        }
+                        Ok(_) => {}
+                    }
+                }
+                [None, Some((off, pos))] if off % block != 0 => self.report(
+                    pos,
+                    format!("option {offset_name}: {off} bytes is not a whole number of {block}-byte blocks"),
+                ),
+                _ => {}
+            }
+        }
+    }
+
     fn lun_body(&mut self, b: &LunBody) {
         if let Some((bs, pos)) = b.blocksize
             && bs != 512
@@ -434,6 +479,7 @@ impl Checker<'_> {
         if let Some((Err(e), pos)) = b.capacity() {
             self.report(pos, format!("option capacity: {e}"));
         }
+        self.granules(b);
         if let Some(p) = &b.path {
             if p.name.starts_with('/') {
                 self.report(
@@ -743,6 +789,29 @@ mod tests {
                 "6:51: path \"..\" must not contain a `..` component",
                 "7:17: backend ramdisk needs a `size`",
                 "13:2: option capacity: size \"lots\": expected a number with optional suffix K, M, G, T or B",
+            ]
+        );
+    }
+
+    #[test]
+    fn block_geometry_options_must_fit_the_block_size() {
+        let text = "lun a { backend ramdisk\n size 1G\n option pblocksize 4K\n option pblockoffset 1024\n \
+                    option ublocksize 1M\n option ublockoffset 64K }\n\
+                    lun b { backend ramdisk\n size 1G\n option pblocksize 3K\n option ublocksize 1000 }\n\
+                    lun c { backend ramdisk\n size 1G\n blocksize 4096\n option pblocksize 2048\n \
+                    option ublockoffset 512 }\n\
+                    lun d { backend ramdisk\n size 1G\n option pblocksize 4K\n option pblockoffset 8K }\n\
+                    lun e { backend ramdisk\n size 1G\n option pblocksize 16M\n option ublocksize lots }";
+        assert_eq!(
+            errs(text),
+            [
+                "9:2: option pblocksize: 3072 bytes is not a power-of-two multiple of the 512-byte block",
+                "10:2: option ublocksize: 1000 bytes is not a power-of-two multiple of the 512-byte block",
+                "14:2: option pblocksize: 2048 bytes is not a power-of-two multiple of the 4096-byte block",
+                "15:2: option ublockoffset: 512 bytes is not a whole number of 4096-byte blocks",
+                "18:2: option pblocksize: offset 8192 bytes is not a whole number of 512-byte blocks up to the granule's 4096",
+                "22:2: option pblocksize: 32768 blocks is more than a physical block may have (16384)",
+                "23:2: option ublocksize: size \"lots\": expected a number with optional suffix K, M, G, T or B",
             ]
         );
     }

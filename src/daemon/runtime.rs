@@ -131,6 +131,10 @@ pub struct LunRt {
     pub thin: bool,
     /// ctl.conf's `option writecache on|off`, when given.
     pub write_cache: Option<bool>,
+    /// ctl.conf's `option pblocksize`/`pblockoffset` (bytes; none: the file system's block).
+    pub physical: (Option<u64>, u64),
+    /// ctl.conf's `option ublocksize`/`ublockoffset` (bytes; none: what a hole punch frees).
+    pub unmap_granule: (Option<u64>, u64),
 }
 
 impl LunRt {
@@ -535,7 +539,18 @@ fn open_lun(
         write_cache: body
             .option("writecache")
             .map(|v| v.eq_ignore_ascii_case("on")),
+        physical: granule_option(body, crate::config::GranuleKind::Physical),
+        unmap_granule: granule_option(body, crate::config::GranuleKind::Unmap),
     })
+}
+
+/// A granule's size and offset options as given (bytes; an unreadable one as absent: the
+/// config was verified before it got here).
+fn granule_option(body: &LunBody, kind: crate::config::GranuleKind) -> (Option<u64>, u64) {
+    let [size, offset] = body
+        .granule_options(kind)
+        .map(|o| o.and_then(|(v, _)| v.ok()));
+    (size, offset.unwrap_or(0))
 }
 
 /// Whether O_DIRECT I/O on `file` works for `block_size`-aligned offsets and lengths from
@@ -581,7 +596,13 @@ fn lun_info(l: &LunRt) -> Result<LunInfo, RuntimeError> {
     // What a hole punch or MADV_DONTNEED frees whole: less is zeroed, not given back. For a
     // file, its file system's preferred I/O size (st_blksize): the block on local file systems
     // (4 KiB on ext4, XFS, tmpfs); larger on NFS, where what the server frees is unknown.
-    let unmap_unit = match &l.backing {
+    // ctl.conf's `ublocksize`/`ublockoffset` options say otherwise, and `pblocksize`/
+    // `pblockoffset` give a physical block (checked when the config was verified). Unlike ctld,
+    // which takes a file's st_blksize for its physical block too, vit reports a physical block
+    // of one logical block unless asked: with more, libiscsi 1.19's iscsi-test-cu
+    // GetLBAStatus.UnmapSingle wants a GET LBA STATUS at LBA n+1 to answer from LBA n+LBPPB,
+    // which no device can (the first descriptor covers the LBA asked for, SBC-3 5.6).
+    let unmap_default = match &l.backing {
         Backing::Vmdk { files, .. } => files
             .iter()
             .flatten()
@@ -592,9 +613,20 @@ fn lun_info(l: &LunRt) -> Result<LunInfo, RuntimeError> {
             .unwrap_or(4096),
         Backing::Ramdisk { .. } => super::ramdisk::CHUNK as u64,
     };
-    info.optimal_unmap_blocks = u32::try_from(unmap_unit / u64::from(l.block_size))
-        .unwrap_or(1)
-        .clamp(1, 1 << 16);
+    let block = u64::from(l.block_size);
+    let [p, u] =
+        [(l.physical, block), (l.unmap_granule, unmap_default)].map(|((size, offset), default)| {
+            let size = size.unwrap_or(default);
+            crate::config::granule(size, offset, block)
+                .or_else(|_| crate::config::granule(size, 0, block))
+                .unwrap_or((1, 0))
+        });
+    if p.0 <= crate::config::MAX_PHYSICAL_BLOCKS {
+        info.physical_exp = p.0.trailing_zeros() as u8;
+        info.lowest_aligned = p.1 as u16;
+    }
+    info.optimal_unmap_blocks = u32::try_from(u.0).unwrap_or(1).clamp(1, 1 << 16);
+    info.unmap_alignment = u32::try_from(u.1).unwrap_or(0) % info.optimal_unmap_blocks;
     Ok(info)
 }
 
@@ -638,6 +670,8 @@ pub(crate) fn test_memory_lun(mem: super::ramdisk::RamDisk) -> LunRt {
         shared: super::shared::LunShared::new(None),
         thin: true,
         write_cache: None,
+        physical: (None, 0),
+        unmap_granule: (None, 0),
     }
 }
 

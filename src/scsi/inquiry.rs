@@ -165,7 +165,7 @@ fn extended_inquiry(lun: &LunInfo, w: &mut DataIn<'_>) {
 fn block_limits(lun: &LunInfo, w: &mut DataIn<'_>) {
     w.u8(0x01); // WSNZ: WRITE SAME with zero blocks is refused
     w.u8(sbc::MAX_COMPARE_AND_WRITE_BLOCKS);
-    w.u16(1); // OPTIMAL TRANSFER LENGTH GRANULARITY
+    w.u16(1 << lun.physical_exp.min(15)); // OPTIMAL TRANSFER LENGTH GRANULARITY: a physical block
     w.u32(lun.max_transfer_blocks);
     w.u32(lun.optimal_transfer_blocks);
     w.u32(0); // MAXIMUM PREFETCH LENGTH: no limit
@@ -178,7 +178,12 @@ fn block_limits(lun: &LunInfo, w: &mut DataIn<'_>) {
     } else {
         0
     });
-    w.u32(0); // UGAVALID = 0, UNMAP GRANULARITY ALIGNMENT
+    // UGAVALID, UNMAP GRANULARITY ALIGNMENT
+    w.u32(if unmap && lun.optimal_unmap_blocks > 1 {
+        0x8000_0000 | (lun.unmap_alignment & 0x7fff_ffff)
+    } else {
+        0
+    });
     w.u64(u64::from(sbc::MAX_WRITE_SAME_BLOCKS));
     w.u32(sbc::max_atomic_blocks(lun)); // MAXIMUM ATOMIC TRANSFER LENGTH
     w.u32(sbc::ATOMIC_ALIGNMENT);

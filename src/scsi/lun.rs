@@ -91,6 +91,14 @@ pub struct LunInfo {
     /// The smallest unit UNMAP frees, in blocks (the Block Limits page's OPTIMAL UNMAP
     /// GRANULARITY): the file system's block for a file, the accounting chunk of a memory LUN.
     pub optimal_unmap_blocks: u32,
+    /// The first LBA aligned to an unmap granule (UNMAP GRANULARITY ALIGNMENT, reported valid
+    /// when the granule is more than one block).
+    pub unmap_alignment: u32,
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (READ CAPACITY (16)): a physical block is
+    /// 2^this logical blocks, the unit written without reading around it.
+    pub physical_exp: u8,
+    /// LOWEST ALIGNED LOGICAL BLOCK ADDRESS: the first LBA at the start of a physical block.
+    pub lowest_aligned: u16,
 }
 
 /// Why a logical unit definition cannot be served.
@@ -189,6 +197,9 @@ impl LunInfo {
             optimal_transfer_blocks: max,
             provisioning: Provisioning::default(),
             optimal_unmap_blocks: 1,
+            unmap_alignment: 0,
+            physical_exp: 0,
+            lowest_aligned: 0,
         }
     }
 }
@@ -579,10 +590,14 @@ pub struct IoRequest {
 impl IoRequest {
     /// For requests whose data-out must arrive whole, the CHECK CONDITION to end the command
     /// with when the initiator's Expected Data Transfer Length (`edtl`) differs from
-    /// `data_out_len`: COMPARE AND WRITE (both halves or nothing) and WRITE ATOMIC (all or
-    /// nothing). Other writes write what arrived.
+    /// `data_out_len`: COMPARE AND WRITE (both halves or nothing), WRITE ATOMIC (all or
+    /// nothing) and WRITE SAME (its one block is the pattern of every block, none with NDOB).
+    /// Other writes write what arrived.
     pub fn data_out_mismatch(&self, edtl: usize) -> Option<SenseReason> {
-        let whole = matches!(self.kind, IoKind::CompareAndWrite | IoKind::WriteAtomic);
+        let whole = matches!(
+            self.kind,
+            IoKind::CompareAndWrite | IoKind::WriteAtomic | IoKind::WriteSame { .. }
+        );
         (whole && edtl != self.data_out_len)
             .then_some(SenseReason::InvalidFieldInCdb(FieldPointer::byte(0)))
     }

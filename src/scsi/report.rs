@@ -22,8 +22,9 @@ pub fn read_capacity16(lun: &LunInfo, w: &mut DataIn<'_>) {
     w.u64(lun.num_blocks.saturating_sub(1));
     w.u32(lun.block_size);
     w.u8(0); // P_TYPE, PROT_EN
-    w.u8(0); // P_I_EXPONENT, LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT
-    let mut b14 = 0u8;
+    w.u8(lun.physical_exp & 0x0f); // P_I_EXPONENT, LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT
+    let [aligned_hi, aligned_lo] = (lun.lowest_aligned & 0x3fff).to_be_bytes();
+    let mut b14 = aligned_hi;
     if lun.provisioning.lbpme {
         b14 |= 0x80;
     }
@@ -31,7 +32,7 @@ pub fn read_capacity16(lun: &LunInfo, w: &mut DataIn<'_>) {
         b14 |= 0x40;
     }
     w.u8(b14); // LBPME, LBPRZ, LOWEST ALIGNED LBA (high bits)
-    w.u8(0);
+    w.u8(aligned_lo);
     w.zeros(16);
 }
 

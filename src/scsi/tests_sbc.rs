@@ -252,6 +252,13 @@ fn compare_and_write() {
         io(&run(0, &cdb10(0x2A, 0, 0, 2))).data_out_mismatch(512),
         None
     );
+    // WRITE SAME's data-out is its one pattern block, no more and no less (more was written
+    // with the excess taken as overflow; iscsi-test-cu's WriteSame*.InvalidDataOutSize wants
+    // ILLEGAL REQUEST).
+    let ws = io(&run(0, &cdb10(0x41, 0, 0, 4)));
+    assert_eq!(ws.data_out_mismatch(512), None);
+    assert!(ws.data_out_mismatch(256).is_some());
+    assert!(ws.data_out_mismatch(1024).is_some());
     good(&run(0, &caw(5, 0)));
     let too_many = sbc::MAX_COMPARE_AND_WRITE_BLOCKS + 1;
     assert_eq!(sense(&run(0, &caw(0, too_many))).3, [0xC0, 0, 13]);
