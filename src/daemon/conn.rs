@@ -1442,7 +1442,10 @@ impl Conn {
         if n.itt == RESERVED_TAG {
             return; // an answer to our ping
         }
-        let data = std::mem::take(&mut self.inline);
+        let mut data = std::mem::take(&mut self.inline);
+        // The reflected ping data is limited to the initiator's MaxRecvDataSegmentLength
+        // (RFC 7143 §11.18.3), which may be below ours.
+        data.truncate(self.params.initiator_max_recv_data_segment_length.max(512) as usize);
         let (stat_sn, exp_cmd_sn, max_cmd_sn) = self.status_sns();
         let nop = NopIn {
             lun: n.lun,
@@ -1712,11 +1715,25 @@ impl Conn {
                     Vec::new()
                 } else {
                     let request = std::mem::take(&mut self.text);
-                    let text = super::discovery::answer_text(
+                    let answer = super::discovery::answer_text(
                         &request,
                         &self.target_list(),
                         self.local_addr,
                     );
+                    // A new MaxRecvDataSegmentLength holds for every PDU queued from here on:
+                    // the Data-In of tasks that end later is cut to it. PDUs queued before
+                    // (whole Data-In sequences of tasks already answered) go out ahead of this
+                    // response, under the value in force when they were cut. This response
+                    // keeps within both values.
+                    let mut mrdsl = mrdsl;
+                    if let Some(n) = answer.max_recv_data_segment_length {
+                        mrdsl = mrdsl.min(n as usize);
+                        self.params.initiator_max_recv_data_segment_length = n;
+                    }
+                    if let Some(alias) = answer.initiator_alias {
+                        self.params.initiator_alias = Some(alias);
+                    }
+                    let text = answer.text;
                     if text.len() > mrdsl {
                         let ttt = self.fresh_ttt();
                         resp.final_bit = false;
@@ -2329,6 +2346,164 @@ mod tests {
         assert!(
             matches!(sent(&mut c).as_slice(), [TargetPdu::Text(r)] if r.final_bit && r.data_segment_length > 0)
         );
+    }
+
+    /// Feeds a one-PDU Text Request carrying `text` and returns what was queued: (the PDUs in
+    /// order, each with its data segment when it is inline bytes).
+    fn text_request(
+        c: &mut Conn,
+        pool: &mut BufferPool,
+        cmd_sn: u32,
+        text: &[u8],
+    ) -> Vec<(TargetPdu, Vec<u8>)> {
+        let t = crate::iscsi::pdu::TextRequest {
+            final_bit: true,
+            itt: 0x77,
+            ttt: RESERVED_TAG,
+            cmd_sn,
+            data_segment_length: text.len() as u32,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        t.encode(&mut b);
+        feed(c, pool, &b, text);
+        drain(c)
+    }
+
+    fn drain(c: &mut Conn) -> Vec<(TargetPdu, Vec<u8>)> {
+        std::iter::from_fn(|| c.pop_out())
+            .map(|p| {
+                let pdu = TargetPdu::decode(p.header[..BHS_LEN].try_into().unwrap()).unwrap();
+                let data = match p.data {
+                    OutData::Bytes(v) => v,
+                    _ => Vec::new(),
+                };
+                (pdu, data)
+            })
+            .collect()
+    }
+
+    fn data_in_lengths(pdus: &[(TargetPdu, Vec<u8>)]) -> Vec<u32> {
+        pdus.iter()
+            .filter_map(|(p, _)| match p {
+                TargetPdu::DataIn(d) => Some(d.data_segment_length),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// RFC 7143 §13.12: MaxRecvDataSegmentLength is declarative and usable in full feature
+    /// phase. The declaration gets no answer, and the Data-In of tasks that end afterwards is
+    /// cut to it.
+    #[test]
+    fn a_max_recv_data_segment_length_declared_in_full_feature_phase_cuts_later_data_in() {
+        let (mut c, mut pool) = conn(true);
+        assert_eq!(c.params.initiator_max_recv_data_segment_length, 8192);
+        // A READ of 8 KiB under the login's 8192: one Data-In.
+        feed(&mut c, &mut pool, &read16(100), &[]);
+        let work = c.io.pop_front().unwrap();
+        c.io_done(work.task, IoResult::Ok, &mut pool);
+        assert_eq!(data_in_lengths(&drain(&mut c)), [8192]);
+        let pdus = text_request(&mut c, &mut pool, 101, b"MaxRecvDataSegmentLength=1024\0");
+        let [(TargetPdu::Text(r), data)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        assert!(r.final_bit && !r.cont && r.ttt == RESERVED_TAG && r.itt == 0x77);
+        assert!(data.is_empty(), "{:?}", String::from_utf8_lossy(data));
+        assert_eq!(c.params.initiator_max_recv_data_segment_length, 1024);
+        // The same READ again: eight Data-In of 1024 bytes, the status in the last.
+        let mut read = read16(102);
+        read[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        feed(&mut c, &mut pool, &read, &[]);
+        let work = c.io.pop_front().unwrap();
+        c.io_done(work.task, IoResult::Ok, &mut pool);
+        let pdus = drain(&mut c);
+        assert_eq!(data_in_lengths(&pdus), [1024; 8]);
+        assert!(
+            matches!(pdus.last(), Some((TargetPdu::DataIn(d), _)) if d.status_present && d.status == 0)
+        );
+    }
+
+    /// Data-In queued before the Text Request goes out ahead of its response, cut to the value
+    /// in force when it was queued; the response itself keeps within the new value.
+    #[test]
+    fn data_in_queued_before_the_declaration_keeps_its_cut() {
+        let (mut c, mut pool) = conn(true);
+        feed(&mut c, &mut pool, &read16(100), &[]);
+        let work = c.io.pop_front().unwrap();
+        c.io_done(work.task, IoResult::Ok, &mut pool);
+        let text = b"MaxRecvDataSegmentLength=512\0SendTargets=All\0";
+        let pdus = text_request(&mut c, &mut pool, 101, text);
+        assert_eq!(data_in_lengths(&pdus), [8192]);
+        assert!(matches!(pdus[0].0, TargetPdu::DataIn(_)), "{pdus:?}");
+        let Some((TargetPdu::Text(r), data)) = pdus.last() else {
+            panic!("{pdus:?}")
+        };
+        assert!(r.final_bit && data.starts_with(b"TargetName=iqn.2026-11.io.vit:t\0"));
+        assert!(data.len() <= 512);
+    }
+
+    /// Keys that cannot change after login (LO and IO) are answered Reject and keep their
+    /// values; a bad declaration is Reject too, and a failed negotiation changes nothing;
+    /// unknown keys stay NotUnderstood.
+    #[test]
+    fn keys_not_negotiable_in_full_feature_phase_are_rejected_and_change_nothing() {
+        let (mut c, mut pool) = conn(true);
+        let before = c.params.clone();
+        let answers = [
+            (
+                &b"MaxBurstLength=512\0"[..],
+                &b"MaxBurstLength=Reject\0"[..],
+            ),
+            (b"HeaderDigest=CRC32C\0", b"HeaderDigest=Reject\0"),
+            (
+                b"MaxRecvDataSegmentLength=100\0",
+                b"MaxRecvDataSegmentLength=Reject\0",
+            ),
+            (
+                b"MaxRecvDataSegmentLength=1024\0ImmediateData=No\0",
+                b"ImmediateData=Reject\0",
+            ),
+            (
+                b"X-com.example.Foo=1\0",
+                b"X-com.example.Foo=NotUnderstood\0",
+            ),
+        ];
+        for (k, (ask, want)) in answers.into_iter().enumerate() {
+            let pdus = text_request(&mut c, &mut pool, 100 + k as u32, ask);
+            let [(TargetPdu::Text(r), data)] = pdus.as_slice() else {
+                panic!("{pdus:?}")
+            };
+            assert!(r.final_bit);
+            assert_eq!(String::from_utf8_lossy(data), String::from_utf8_lossy(want));
+        }
+        assert_eq!(c.params, before);
+    }
+
+    /// NOP-In reflects at most the initiator's MaxRecvDataSegmentLength of ping data
+    /// (RFC 7143 §11.18.3).
+    #[test]
+    fn ping_data_is_reflected_within_the_initiators_limit() {
+        let (mut c, mut pool) = conn(true);
+        text_request(&mut c, &mut pool, 100, b"MaxRecvDataSegmentLength=512\0");
+        let nop = NopOut {
+            immediate: true,
+            itt: 9,
+            ttt: RESERVED_TAG,
+            cmd_sn: 101,
+            data_segment_length: 2048,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        nop.encode(&mut b);
+        let ping: Vec<u8> = (0..2048).map(|i| i as u8).collect();
+        feed(&mut c, &mut pool, &b, &ping);
+        let pdus = drain(&mut c);
+        let [(TargetPdu::NopIn(n), data)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        assert_eq!(n.data_segment_length, 512);
+        assert_eq!(data[..], ping[..512]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use super::runtime::{Running, TargetRt};
 use crate::config::AuthType;
+use crate::iscsi::params::{FullFeatureKey, full_feature_key};
 use crate::iscsi::text::TextList;
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -64,20 +65,59 @@ fn target_address(addr: SocketAddr, tag: u16, local: Option<SocketAddr>) -> Opti
     })
 }
 
+/// The answer to a full-feature-phase Text Request, and what it changes on the connection.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TextAnswer {
+    /// The response text.
+    pub text: Vec<u8>,
+    /// The initiator's new MaxRecvDataSegmentLength, when it declared one.
+    pub max_recv_data_segment_length: Option<u32>,
+    /// The initiator's new alias, when it declared one.
+    pub initiator_alias: Option<String>,
+}
+
 /// Answers a text request: `SendTargets=All` lists every target in `targets`, `SendTargets=NAME`
-/// that one, `SendTargets=` (empty) the first (a normal session's own); other keys are answered
-/// `NotUnderstood`. A malformed request gets an empty answer.
-pub fn answer_text(request: &[u8], targets: &[TargetEntry], local: Option<SocketAddr>) -> Vec<u8> {
+/// that one, `SendTargets=` (empty) the first (a normal session's own). The other keys are
+/// taken as [`full_feature_key`] says: declarations of MaxRecvDataSegmentLength and
+/// InitiatorAlias are not answered and come back in the [`TextAnswer`], known keys that may not
+/// be negotiated in full feature phase are answered `Reject`, unknown keys `NotUnderstood`.
+///
+/// A `Reject` fails the negotiation, and RFC 7143 §7.12 keeps the values agreed before: none
+/// of the request's declarations are returned then. A malformed request gets an empty answer.
+pub fn answer_text(
+    request: &[u8],
+    targets: &[TargetEntry],
+    local: Option<SocketAddr>,
+) -> TextAnswer {
     let Ok(list) = TextList::parse(request) else {
-        return Vec::new();
+        return TextAnswer::default();
     };
+    let mut answer = TextAnswer::default();
+    let mut failed = false;
     let mut out = String::new();
     for pair in list.iter() {
-        if pair.key != "SendTargets" {
-            let _ = write!(out, "{}=NotUnderstood\0", pair.key);
-            continue;
-        }
-        let chosen: Vec<&TargetEntry> = match pair.value {
+        let value = match full_feature_key(pair.key, pair.value) {
+            FullFeatureKey::SendTargets(value) => value,
+            FullFeatureKey::MaxRecvDataSegmentLength(n) => {
+                answer.max_recv_data_segment_length = Some(n);
+                continue;
+            }
+            FullFeatureKey::InitiatorAlias(alias) => {
+                answer.initiator_alias = Some(alias.to_owned());
+                continue;
+            }
+            FullFeatureKey::Reject => {
+                failed = true;
+                let _ = write!(out, "{}=Reject\0", pair.key);
+                continue;
+            }
+            FullFeatureKey::NotUnderstood => {
+                let _ = write!(out, "{}=NotUnderstood\0", pair.key);
+                continue;
+            }
+            FullFeatureKey::Ignored => continue,
+        };
+        let chosen: Vec<&TargetEntry> = match value {
             "All" => targets.iter().collect(),
             "" => targets.iter().take(1).collect(),
             name => targets
@@ -98,7 +138,12 @@ pub fn answer_text(request: &[u8], targets: &[TargetEntry], local: Option<Socket
             }
         }
     }
-    out.into_bytes()
+    if failed {
+        answer.max_recv_data_segment_length = None;
+        answer.initiator_alias = None;
+    }
+    answer.text = out.into_bytes();
+    answer
 }
 
 #[cfg(test)]
@@ -196,10 +241,14 @@ mod tests {
         );
     }
 
+    fn text_of(request: &[u8], local: Option<SocketAddr>) -> String {
+        String::from_utf8(answer_text(request, &entries(), local).text).unwrap()
+    }
+
     #[test]
     fn send_targets_all_lists_every_target_with_addresses() {
         let local = Some("127.0.0.1:3260".parse().unwrap());
-        let text = String::from_utf8(answer_text(b"SendTargets=All\0", &entries(), local)).unwrap();
+        let text = text_of(b"SendTargets=All\0", local);
         assert_eq!(
             text,
             "TargetName=iqn.2026-11.io.vit:a\0TargetAddress=127.0.0.1:3260,1\0\
@@ -209,17 +258,107 @@ mod tests {
 
     #[test]
     fn send_targets_by_name_and_unknown_keys() {
-        let text = String::from_utf8(answer_text(
-            b"SendTargets=iqn.2026-11.io.vit:b\0Foo=1\0",
-            &entries(),
-            None,
-        ))
-        .unwrap();
+        let text = text_of(b"SendTargets=iqn.2026-11.io.vit:b\0Foo=1\0", None);
         assert_eq!(
             text,
             "TargetName=iqn.2026-11.io.vit:b\0TargetAddress=127.0.0.2:3261,2\0Foo=NotUnderstood\0"
         );
-        assert!(answer_text(b"SendTargets=iqn.x:none\0", &entries(), None).is_empty());
-        assert!(answer_text(b"no-equals\0", &entries(), None).is_empty());
+        assert!(text_of(b"SendTargets=iqn.x:none\0", None).is_empty());
+        assert_eq!(
+            answer_text(b"no-equals\0", &entries(), None),
+            TextAnswer::default()
+        );
+        assert_eq!(
+            text_of(b"X-com.example.Foo=1\0X#Bar=2\0", None),
+            "X-com.example.Foo=NotUnderstood\0X#Bar=NotUnderstood\0"
+        );
+    }
+
+    #[test]
+    fn declarations_are_taken_unanswered() {
+        let a = answer_text(
+            b"MaxRecvDataSegmentLength=4096\0InitiatorAlias=db1\0",
+            &entries(),
+            None,
+        );
+        assert_eq!(
+            a,
+            TextAnswer {
+                text: Vec::new(),
+                max_recv_data_segment_length: Some(4096),
+                initiator_alias: Some("db1".into()),
+            }
+        );
+        // Alongside SendTargets, only SendTargets is answered.
+        let a = answer_text(
+            b"MaxRecvDataSegmentLength=512\0SendTargets=iqn.2026-11.io.vit:b\0",
+            &entries(),
+            None,
+        );
+        assert_eq!(a.max_recv_data_segment_length, Some(512));
+        assert!(a.text.starts_with(b"TargetName=iqn.2026-11.io.vit:b\0"));
+    }
+
+    #[test]
+    fn keys_not_negotiable_in_full_feature_phase_are_rejected() {
+        for key in [
+            "HeaderDigest=None",
+            "DataDigest=CRC32C",
+            "MaxConnections=1",
+            "InitialR2T=Yes",
+            "ImmediateData=No",
+            "MaxBurstLength=512",
+            "FirstBurstLength=512",
+            "DefaultTime2Wait=2",
+            "DefaultTime2Retain=0",
+            "MaxOutstandingR2T=1",
+            "DataPDUInOrder=Yes",
+            "DataSequenceInOrder=Yes",
+            "ErrorRecoveryLevel=0",
+            "SessionType=Normal",
+            "TargetName=iqn.2026-11.io.vit:a",
+            "InitiatorName=iqn.2026-11.io.vit:i",
+            "AuthMethod=None",
+            "TaskReporting=RFC3720",
+            "iSCSIProtocolLevel=1",
+            "OFMarker=No",
+            "CHAP_A=5",
+            "TargetAlias=x",
+            "TargetAddress=127.0.0.1:3260,1",
+            "TargetPortalGroupTag=1",
+        ] {
+            let name = key.split('=').next().unwrap();
+            let request = format!("{key}\0");
+            assert_eq!(
+                text_of(request.as_bytes(), None),
+                format!("{name}=Reject\0"),
+                "{key}"
+            );
+        }
+        // Answers to negotiations the target never opened are ignored.
+        assert!(text_of(b"MaxBurstLength=NotUnderstood\0", None).is_empty());
+    }
+
+    #[test]
+    fn a_bad_declaration_or_a_reject_keeps_the_values_in_force() {
+        for bad in ["511", "16777216", "0x", "4k", ""] {
+            let request = format!("MaxRecvDataSegmentLength={bad}\0");
+            let a = answer_text(request.as_bytes(), &entries(), None);
+            assert_eq!(a.text, b"MaxRecvDataSegmentLength=Reject\0", "{bad}");
+            assert_eq!(a.max_recv_data_segment_length, None, "{bad}");
+        }
+        let a = answer_text(b"MaxRecvDataSegmentLength=16777215\0", &entries(), None);
+        assert_eq!(a.max_recv_data_segment_length, Some(16_777_215));
+        // A negotiation that fails leaves no partial result (RFC 7143 §7.12).
+        let a = answer_text(
+            b"MaxRecvDataSegmentLength=4096\0InitiatorAlias=x\0MaxBurstLength=512\0",
+            &entries(),
+            None,
+        );
+        assert_eq!(a.text, b"MaxBurstLength=Reject\0");
+        assert_eq!(
+            (a.max_recv_data_segment_length, a.initiator_alias),
+            (None, None)
+        );
     }
 }

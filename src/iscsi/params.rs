@@ -20,6 +20,10 @@
 //!   there is no `Reject` answer for it).
 //! - When only MaxBurstLength is negotiated, below the default FirstBurstLength, the
 //!   FirstBurstLength in force is lowered to MaxBurstLength.
+//! - In full feature phase ([`full_feature_key`]) a key whose Use is LO or IO, or that only
+//!   targets send, is answered `Reject` (the value stays as login left it), and so is a
+//!   malformed MaxRecvDataSegmentLength or InitiatorAlias declaration (the negotiation fails and
+//!   changes nothing, RFC 7143 §7.12); valid declarations get no answer.
 
 use thiserror::Error;
 
@@ -101,6 +105,19 @@ pub enum Rule {
     Chap,
 }
 
+/// When a key may be used (RFC 7143 section 13, each key's "Use").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// LO: negotiated only in the login of a session's leading connection.
+    LeadingOnly,
+    /// IO: only during a connection's login.
+    InitializeOnly,
+    /// ALL: during login and in full feature phase.
+    All,
+    /// FFPO: only in full feature phase.
+    FullFeatureOnly,
+}
+
 /// Where a key may appear during login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageUse {
@@ -121,8 +138,8 @@ pub struct KeyDef {
     pub name: &'static str,
     /// Negotiation rule.
     pub rule: Rule,
-    /// Session-wide keys that only the leading connection negotiates ("LO").
-    pub leading_only: bool,
+    /// When it may be used (as sent by an initiator: `TargetName` is IO for initiators).
+    pub usage: Usage,
     /// The stage(s) the key belongs to.
     pub stage: StageUse,
     /// Irrelevant when SessionType=Discovery.
@@ -133,7 +150,7 @@ const fn def(
     key: Key,
     name: &'static str,
     rule: Rule,
-    leading_only: bool,
+    usage: Usage,
     stage: StageUse,
     irrelevant_in_discovery: bool,
 ) -> KeyDef {
@@ -141,7 +158,7 @@ const fn def(
         key,
         name,
         rule,
-        leading_only,
+        usage,
         stage,
         irrelevant_in_discovery,
     }
@@ -154,45 +171,48 @@ const SESSION_TYPES: &[&str] = &["Discovery", "Normal"];
 const LEN: Rule = Rule::Min(512, MAX_LENGTH_VALUE);
 
 use StageUse::{Any, Operational as Op, Security as Sec};
+use Usage::{All as ALL, FullFeatureOnly as FFPO, InitializeOnly as IO, LeadingOnly as LO};
 
 /// Every key of RFC 7143 section 13 (plus RFC 7144's iSCSIProtocolLevel) with its rule.
-/// Columns: key, name, rule, leading only, stage, irrelevant in discovery sessions.
+/// Columns: key, name, rule, use (LO leading only, IO initialize only, ALL, FFPO full feature
+/// phase only; the obsolete marker keys and the security keys are IO), stage, irrelevant in
+/// discovery sessions.
 #[rustfmt::skip]
 pub const KEYS: &[KeyDef] = &[
-    def(Key::HeaderDigest, "HeaderDigest", Rule::List(DIGESTS), false, Op, false),
-    def(Key::DataDigest, "DataDigest", Rule::List(DIGESTS), false, Op, false),
-    def(Key::MaxConnections, "MaxConnections", Rule::Min(1, 65535), true, Op, true),
-    def(Key::SendTargets, "SendTargets", Rule::FullFeatureOnly, false, Any, false),
-    def(Key::TargetName, "TargetName", Rule::DeclaredText(MAX_NAME_LEN), false, Any, false),
-    def(Key::InitiatorName, "InitiatorName", Rule::DeclaredText(MAX_NAME_LEN), false, Any, false),
-    def(Key::TargetAlias, "TargetAlias", Rule::TargetOnly, false, Any, false),
-    def(Key::InitiatorAlias, "InitiatorAlias", Rule::DeclaredText(MAX_SIMPLE_VALUE_LEN), false, Any, false),
-    def(Key::TargetAddress, "TargetAddress", Rule::TargetOnly, false, Any, false),
-    def(Key::TargetPortalGroupTag, "TargetPortalGroupTag", Rule::TargetOnly, false, Any, false),
-    def(Key::InitialR2T, "InitialR2T", Rule::Or, true, Op, true),
-    def(Key::ImmediateData, "ImmediateData", Rule::And, true, Op, true),
-    def(Key::MaxRecvDataSegmentLength, "MaxRecvDataSegmentLength", Rule::DeclaredNumber(512, MAX_LENGTH_VALUE), false, Op, false),
-    def(Key::MaxBurstLength, "MaxBurstLength", LEN, true, Op, true),
-    def(Key::FirstBurstLength, "FirstBurstLength", LEN, true, Op, true),
-    def(Key::DefaultTime2Wait, "DefaultTime2Wait", Rule::Max(0, 3600), true, Op, false),
-    def(Key::DefaultTime2Retain, "DefaultTime2Retain", Rule::Min(0, 3600), true, Op, false),
-    def(Key::MaxOutstandingR2T, "MaxOutstandingR2T", Rule::Min(1, 65535), true, Op, true),
-    def(Key::DataPDUInOrder, "DataPDUInOrder", Rule::Or, true, Op, true),
-    def(Key::DataSequenceInOrder, "DataSequenceInOrder", Rule::Or, true, Op, true),
-    def(Key::ErrorRecoveryLevel, "ErrorRecoveryLevel", Rule::Min(0, 2), true, Op, false),
-    def(Key::SessionType, "SessionType", Rule::List(SESSION_TYPES), true, Any, false),
-    def(Key::AuthMethod, "AuthMethod", Rule::List(AUTH_METHODS), false, Sec, false),
-    def(Key::OFMarker, "OFMarker", Rule::Constant("No"), false, Op, false),
-    def(Key::IFMarker, "IFMarker", Rule::Constant("No"), false, Op, false),
-    def(Key::OFMarkInt, "OFMarkInt", Rule::Constant("Irrelevant"), false, Op, false),
-    def(Key::IFMarkInt, "IFMarkInt", Rule::Constant("Irrelevant"), false, Op, false),
-    def(Key::TaskReporting, "TaskReporting", Rule::List(TASK_REPORTING), true, Op, true),
-    def(Key::IscsiProtocolLevel, "iSCSIProtocolLevel", Rule::Min(0, 31), true, Op, true),
-    def(Key::ChapA, "CHAP_A", Rule::Chap, false, Sec, false),
-    def(Key::ChapI, "CHAP_I", Rule::Chap, false, Sec, false),
-    def(Key::ChapC, "CHAP_C", Rule::Chap, false, Sec, false),
-    def(Key::ChapN, "CHAP_N", Rule::Chap, false, Sec, false),
-    def(Key::ChapR, "CHAP_R", Rule::Chap, false, Sec, false),
+    def(Key::HeaderDigest, "HeaderDigest", Rule::List(DIGESTS), IO, Op, false),
+    def(Key::DataDigest, "DataDigest", Rule::List(DIGESTS), IO, Op, false),
+    def(Key::MaxConnections, "MaxConnections", Rule::Min(1, 65535), LO, Op, true),
+    def(Key::SendTargets, "SendTargets", Rule::FullFeatureOnly, FFPO, Any, false),
+    def(Key::TargetName, "TargetName", Rule::DeclaredText(MAX_NAME_LEN), IO, Any, false),
+    def(Key::InitiatorName, "InitiatorName", Rule::DeclaredText(MAX_NAME_LEN), IO, Any, false),
+    def(Key::TargetAlias, "TargetAlias", Rule::TargetOnly, ALL, Any, false),
+    def(Key::InitiatorAlias, "InitiatorAlias", Rule::DeclaredText(MAX_SIMPLE_VALUE_LEN), ALL, Any, false),
+    def(Key::TargetAddress, "TargetAddress", Rule::TargetOnly, ALL, Any, false),
+    def(Key::TargetPortalGroupTag, "TargetPortalGroupTag", Rule::TargetOnly, IO, Any, false),
+    def(Key::InitialR2T, "InitialR2T", Rule::Or, LO, Op, true),
+    def(Key::ImmediateData, "ImmediateData", Rule::And, LO, Op, true),
+    def(Key::MaxRecvDataSegmentLength, "MaxRecvDataSegmentLength", Rule::DeclaredNumber(512, MAX_LENGTH_VALUE), ALL, Op, false),
+    def(Key::MaxBurstLength, "MaxBurstLength", LEN, LO, Op, true),
+    def(Key::FirstBurstLength, "FirstBurstLength", LEN, LO, Op, true),
+    def(Key::DefaultTime2Wait, "DefaultTime2Wait", Rule::Max(0, 3600), LO, Op, false),
+    def(Key::DefaultTime2Retain, "DefaultTime2Retain", Rule::Min(0, 3600), LO, Op, false),
+    def(Key::MaxOutstandingR2T, "MaxOutstandingR2T", Rule::Min(1, 65535), LO, Op, true),
+    def(Key::DataPDUInOrder, "DataPDUInOrder", Rule::Or, LO, Op, true),
+    def(Key::DataSequenceInOrder, "DataSequenceInOrder", Rule::Or, LO, Op, true),
+    def(Key::ErrorRecoveryLevel, "ErrorRecoveryLevel", Rule::Min(0, 2), LO, Op, false),
+    def(Key::SessionType, "SessionType", Rule::List(SESSION_TYPES), LO, Any, false),
+    def(Key::AuthMethod, "AuthMethod", Rule::List(AUTH_METHODS), IO, Sec, false),
+    def(Key::OFMarker, "OFMarker", Rule::Constant("No"), IO, Op, false),
+    def(Key::IFMarker, "IFMarker", Rule::Constant("No"), IO, Op, false),
+    def(Key::OFMarkInt, "OFMarkInt", Rule::Constant("Irrelevant"), IO, Op, false),
+    def(Key::IFMarkInt, "IFMarkInt", Rule::Constant("Irrelevant"), IO, Op, false),
+    def(Key::TaskReporting, "TaskReporting", Rule::List(TASK_REPORTING), LO, Op, true),
+    def(Key::IscsiProtocolLevel, "iSCSIProtocolLevel", Rule::Min(0, 31), LO, Op, true),
+    def(Key::ChapA, "CHAP_A", Rule::Chap, IO, Sec, false),
+    def(Key::ChapI, "CHAP_I", Rule::Chap, IO, Sec, false),
+    def(Key::ChapC, "CHAP_C", Rule::Chap, IO, Sec, false),
+    def(Key::ChapN, "CHAP_N", Rule::Chap, IO, Sec, false),
+    def(Key::ChapR, "CHAP_R", Rule::Chap, IO, Sec, false),
 ];
 
 /// Looks a key up by its wire name.
@@ -203,6 +223,54 @@ pub fn lookup(name: &str) -> Option<&'static KeyDef> {
 /// The row of `key` (every [`Key`] has one; a unit test keeps it so).
 pub fn key_def(key: Key) -> &'static KeyDef {
     KEYS.iter().find(|d| d.key == key).unwrap_or(&KEYS[0])
+}
+
+/// What one key of a full-feature-phase Text Request asks of the target ([`full_feature_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullFeatureKey<'v> {
+    /// `SendTargets` with its value, for the discovery code to answer.
+    SendTargets(&'v str),
+    /// A valid declaration of the initiator's MaxRecvDataSegmentLength: not answered.
+    MaxRecvDataSegmentLength(u32),
+    /// A valid declaration of the initiator's alias: not answered.
+    InitiatorAlias(&'v str),
+    /// Answered with `key=Reject`: a key the target knows that may not be negotiated in full
+    /// feature phase, a target-only key, or a malformed or out-of-range declaration. It fails
+    /// the negotiation (RFC 7143 §7.12).
+    Reject,
+    /// Answered with `key=NotUnderstood`: an unknown key (`X-` and `X#` keys included).
+    NotUnderstood,
+    /// A value that answers a negotiation (`Reject`, `Irrelevant`, `NotUnderstood`) sent to a
+    /// key the target never offered: ignored, as in login.
+    Ignored,
+}
+
+/// How a target at ErrorRecoveryLevel 0 with one connection a session takes one key of a
+/// full-feature-phase Text Request (RFC 7143 §6.2 and each key's "Use" in §13):
+/// - keys whose Use is ALL or FFPO are taken: SendTargets, and the declarations of
+///   MaxRecvDataSegmentLength (512..2^24-1) and InitiatorAlias, which get no answer;
+/// - every other key the table knows (LO and IO keys such as MaxBurstLength or HeaderDigest,
+///   which cannot change after login, and keys only a target sends) is answered `Reject`, which
+///   leaves its value as it is (RFC 7143 §6.2); so is a malformed declaration, which has no
+///   value to answer with;
+/// - keys the table does not know, private `X-`/`X#` keys included, are `NotUnderstood`.
+pub fn full_feature_key<'v>(key: &str, value: &'v str) -> FullFeatureKey<'v> {
+    let Some(def) = lookup(key) else {
+        return FullFeatureKey::NotUnderstood;
+    };
+    if is_negotiation_answer(value) {
+        return FullFeatureKey::Ignored;
+    }
+    match (def.usage, def.key) {
+        (Usage::FullFeatureOnly, Key::SendTargets) => FullFeatureKey::SendTargets(value),
+        (Usage::All, Key::MaxRecvDataSegmentLength) => number_in(def.rule, value).map_or(
+            FullFeatureKey::Reject,
+            FullFeatureKey::MaxRecvDataSegmentLength,
+        ),
+        (Usage::All, Key::InitiatorAlias) => declared_text(def.key, value)
+            .map_or(FullFeatureKey::Reject, FullFeatureKey::InitiatorAlias),
+        _ => FullFeatureKey::Reject,
+    }
 }
 
 /// Session types.
@@ -716,7 +784,7 @@ impl Negotiator {
         if is_first_pdu_declaration(def.key) {
             return self.late_declaration(def, value);
         }
-        if def.leading_only && !self.leading {
+        if def.usage == Usage::LeadingOnly && !self.leading {
             return Ok(Answer::Text("Irrelevant"));
         }
         if def.irrelevant_in_discovery && self.params.session_type == SessionType::Discovery {
@@ -991,6 +1059,49 @@ mod tests {
 
     fn leading() -> Negotiator {
         Negotiator::new_leading(TargetLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn full_feature_phase_takes_only_keys_whose_use_allows_it() {
+        for d in KEYS {
+            let value = match d.rule {
+                Rule::DeclaredNumber(lo, _) | Rule::Min(lo, _) | Rule::Max(lo, _) => lo.to_string(),
+                _ => "x".into(),
+            };
+            let taken = full_feature_key(d.name, &value) != FullFeatureKey::Reject;
+            let usable = matches!(d.usage, Usage::All | Usage::FullFeatureOnly)
+                && d.rule != Rule::TargetOnly;
+            assert_eq!(taken, usable, "{}", d.name);
+        }
+        assert_eq!(
+            full_feature_key("MaxRecvDataSegmentLength", "0x1000"),
+            FullFeatureKey::MaxRecvDataSegmentLength(4096)
+        );
+        for bad in ["511", "16777216", "", "-1", "4096 "] {
+            assert_eq!(
+                full_feature_key("MaxRecvDataSegmentLength", bad),
+                FullFeatureKey::Reject,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            full_feature_key("InitiatorAlias", &"a".repeat(256)),
+            FullFeatureKey::Reject
+        );
+        assert_eq!(
+            full_feature_key("SendTargets", "All"),
+            FullFeatureKey::SendTargets("All")
+        );
+        for unknown in ["X-com.example.k", "X#k", "Foo", "maxburstlength"] {
+            assert_eq!(
+                full_feature_key(unknown, "1"),
+                FullFeatureKey::NotUnderstood
+            );
+        }
+        assert_eq!(
+            full_feature_key("MaxBurstLength", "Irrelevant"),
+            FullFeatureKey::Ignored
+        );
     }
 
     #[test]
