@@ -826,6 +826,69 @@ fn immediate_data_past_the_first_burst_is_rejected() {
     rejected(&mut s, 4096);
 }
 
+/// RFC 7143 §13.12: MaxRecvDataSegmentLength (Use: ALL) may be declared again in full feature
+/// phase, and the target's Data-In must keep to the new value from then on; keys that cannot
+/// change after login (MaxBurstLength is LO) are answered Reject, and the session goes on.
+#[test]
+fn a_max_recv_data_segment_length_declared_in_full_feature_phase_cuts_data_in() {
+    let (ds, vitd) = setup();
+    let mut s = initiator::try_login_offering(
+        ds.port,
+        INITIATOR,
+        &iqn("s"),
+        [0x80, 0, 0, 0, 0, 0x51],
+        "MaxRecvDataSegmentLength=262144\0",
+    )
+    .unwrap();
+    good(&mut s);
+    let data: Vec<u8> = (0..65_536u32).map(|i| ((i * 7) ^ (i >> 8)) as u8).collect();
+    let rw = |op: u8| [op, 0, 0, 0, 0, 64, 0, 0, 128, 0]; // 128 blocks at LBA 64
+    let r = s.command(0, &rw(0x2a), &data, 0).unwrap();
+    assert_eq!(r.status, 0, "write: {r:?}");
+    // Under the login's 256 KiB the 64 KiB read comes in one Data-In.
+    let r = s.command(0, &rw(0x28), &[], 65_536).unwrap();
+    assert_eq!((r.status, r.data_in == data), (0, true));
+    assert_eq!(r.data_in_segments, [65_536]);
+
+    // The declaration gets no answer: an empty final Text Response.
+    let (t, answer) = s.text(b"MaxRecvDataSegmentLength=4096\0").unwrap();
+    assert!(t.final_bit && !t.cont, "{t:?}");
+    assert!(
+        answer.is_empty(),
+        "answered {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let r = s.command(0, &rw(0x28), &[], 65_536).unwrap();
+    assert_eq!(r.status, 0);
+    assert!(r.data_in == data, "the data read back differs");
+    assert!(
+        r.data_in_segments.iter().all(|&n| n <= 4096),
+        "Data-In segments past 4096 bytes: {:?}",
+        r.data_in_segments
+    );
+    assert_eq!(r.data_in_segments.len(), 16);
+
+    // MaxBurstLength is leading-only: it cannot change now.
+    let (t, answer) = s.text(b"MaxBurstLength=512\0").unwrap();
+    assert!(t.final_bit);
+    assert_eq!(String::from_utf8_lossy(&answer), "MaxBurstLength=Reject\0");
+    // An unknown private key is still not understood; a declaration out of range is refused
+    // and the 4096 stays.
+    let (_, answer) = s
+        .text(b"X-io.vit.test=1\0MaxRecvDataSegmentLength=100\0")
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        "X-io.vit.test=NotUnderstood\0MaxRecvDataSegmentLength=Reject\0"
+    );
+    // The session keeps working, its Data-In still cut to 4096 bytes.
+    let r = s.command(0, &rw(0x28), &[], 65_536).unwrap();
+    assert_eq!((r.status, r.data_in == data), (0, true));
+    assert_eq!(r.data_in_segments, [4096; 16]);
+    good(&mut s);
+    assert!(!vitd.log_text().contains("panicked"), "{}", vitd.log_text());
+}
+
 #[test]
 fn reads_of_a_memory_lun_without_store_are_zeroes_whatever_the_buffers_held() {
     // A LUN without backing store answers reads from memory nothing writes, not from the task's

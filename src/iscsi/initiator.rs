@@ -4,7 +4,9 @@
 //! figures in `perf/`). Real clients (libiscsi) test everything else.
 
 use super::digest::{DIGEST_LEN, data_digest, header_digest};
-use super::pdu::{BHS_LEN, LoginRequest, NopOut, ScsiCommand, Stage, TargetPdu};
+use super::pdu::{
+    BHS_LEN, LoginRequest, NopOut, ScsiCommand, Stage, TargetPdu, TextRequest, TextResponse,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -16,6 +18,8 @@ pub struct CommandResult {
     pub data_in: Vec<u8>,
     /// Sense data (fixed format) when the status is CHECK CONDITION.
     pub sense: Vec<u8>,
+    /// The data segment length of each Data-In PDU, in order.
+    pub data_in_segments: Vec<u32>,
 }
 
 pub struct Session {
@@ -138,7 +142,8 @@ pub fn try_login_from(
     login_offering(port, (initiator, target), isid, digests, cmd_sn, "")
 }
 
-/// [`try_login`], offering `extra` operational keys (each `Key=Value\0`) besides the usual ones.
+/// [`try_login`], offering `extra` operational keys (each `Key=Value\0`) besides the usual ones
+/// (a MaxRecvDataSegmentLength in `extra` replaces the usual 65536).
 pub fn try_login_offering(
     port: u16,
     initiator: &str,
@@ -161,9 +166,15 @@ fn login_offering(
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let digest = if digests { "CRC32C" } else { "None" };
+    // 64 KiB unless `extra` declares its own.
+    let mrdsl = if extra.contains("MaxRecvDataSegmentLength=") {
+        ""
+    } else {
+        "MaxRecvDataSegmentLength=65536\0"
+    };
     let text = format!(
         "InitiatorName={initiator}\0TargetName={target}\0SessionType=Normal\0AuthMethod=None\0\
-         HeaderDigest={digest}\0DataDigest={digest}\0MaxRecvDataSegmentLength=65536\0{extra}"
+         HeaderDigest={digest}\0DataDigest={digest}\0{mrdsl}{extra}"
     );
     let bhs = login_bhs_at(
         (Stage::Security, Stage::Operational),
@@ -331,18 +342,21 @@ impl Session {
         cmd.encode(&mut bhs);
         send_with(&mut self.stream, &bhs, data_out, self.digests)?;
         let mut data_in = Vec::new();
+        let mut data_in_segments = Vec::new();
         loop {
             let (pdu, data) = read_pdu_with(&mut self.stream, self.digests)?;
             match pdu {
                 TargetPdu::NopIn(_) => {}
                 TargetPdu::DataIn(d) => {
                     data_in.extend_from_slice(&data);
+                    data_in_segments.push(d.data_segment_length);
                     if d.status_present {
                         self.exp_stat_sn = d.stat_sn.wrapping_add(1);
                         return Ok(CommandResult {
                             status: d.status,
                             data_in,
                             sense: Vec::new(),
+                            data_in_segments,
                         });
                     }
                 }
@@ -353,9 +367,39 @@ impl Session {
                         status: r.status,
                         data_in,
                         sense,
+                        data_in_segments,
                     });
                 }
                 other => return Err(std::io::Error::other(format!("unexpected {other:?}"))),
+            }
+        }
+    }
+
+    /// Sends a one-PDU Text Request carrying `text` (each `Key=Value\0`) and returns the target's
+    /// Text Response with its data (skipping NOP-In pings).
+    pub fn text(&mut self, text: &[u8]) -> std::io::Result<(TextResponse, Vec<u8>)> {
+        self.itt += 1;
+        let req = TextRequest {
+            final_bit: true,
+            itt: self.itt,
+            ttt: 0xffff_ffff,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            data_segment_length: text.len() as u32,
+            ..Default::default()
+        };
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        let mut bhs = [0u8; BHS_LEN];
+        req.encode(&mut bhs);
+        send_with(&mut self.stream, &bhs, text, self.digests)?;
+        loop {
+            match read_pdu_with(&mut self.stream, self.digests)? {
+                (TargetPdu::NopIn(_), _) => {}
+                (TargetPdu::Text(r), data) => {
+                    self.exp_stat_sn = r.stat_sn.wrapping_add(1);
+                    return Ok((r, data));
+                }
+                (other, _) => return Err(std::io::Error::other(format!("unexpected {other:?}"))),
             }
         }
     }
