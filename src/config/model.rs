@@ -164,7 +164,9 @@ pub struct AuthGroup {
     pub auth: AuthSettings,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// ctl.conf's `discovery-filter`, declared from the least to the most filtering (each filters
+/// what the one before does and more: the order compares them, as ctld's `>=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DiscoveryFilter {
     None,
     Portal,

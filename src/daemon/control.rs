@@ -414,6 +414,7 @@ impl Control {
                 tsih: _,
                 stat_sn,
                 exp_cmd_sn,
+                chap,
             } => {
                 let limits = params.reader_limits();
                 let seq = SeqNums {
@@ -463,6 +464,7 @@ impl Control {
                             pg,
                             &initiator,
                             peer.ip(),
+                            chap.as_ref(),
                         );
                         conn.local_addr = local;
                         Phase::Discovery(Box::new(conn))

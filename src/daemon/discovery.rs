@@ -1,7 +1,9 @@
 //! SendTargets (RFC 7143 appendix D): which targets an initiator sees and where.
 
+use super::login::chap_secrets;
 use super::runtime::{Running, TargetRt};
-use crate::config::AuthType;
+use crate::config::{AuthType, DiscoveryFilter};
+use crate::iscsi::chap::ChapProof;
 use crate::iscsi::params::{FullFeatureKey, full_feature_key};
 use crate::iscsi::text::TextList;
 use std::fmt::Write;
@@ -26,26 +28,69 @@ impl TargetEntry {
     }
 }
 
-/// The targets a discovery session on portal group `pg` shows `initiator` at `peer`: those with
-/// a port in that portal group whose access rules (auth-type, initiator names, initiator portals)
-/// would let it log in there (as ctld, a target of another portal group is not shown).
+/// The targets a discovery session on portal group `pg` shows `initiator` at `peer`, which
+/// logged in with the CHAP exchange `chap` (if any). As ctld, only targets with a port in that
+/// portal group, and of those what the portal group's `discovery-filter` lets through
+/// (ctld's `discovery_target_filtered_out`):
+/// - `none`: all of them;
+/// - `portal`: not those whose initiator-portal list excludes `peer`;
+/// - `portal-name`: nor those whose initiator-name list excludes `initiator`;
+/// - `portal-name-auth`: nor those whose auth-type is not none unless the discovery login used
+///   CHAP as a user of the target's auth group and the response it gave then verifies with that
+///   user's secret there (so auth-type deny targets are never shown).
+///
+/// With no `discovery-filter` written, vit filters as `portal-name` and also hides auth-type
+/// deny targets: a discovery session lists no target the initiator could not log in to for
+/// its name, address or a deny (ctld's default is `none`).
 pub fn visible_targets(
     running: &Running,
     pg: usize,
     initiator: &str,
     peer: IpAddr,
+    chap: Option<&ChapProof>,
 ) -> Vec<TargetEntry> {
+    let filter = running.portal_groups.get(pg).map(|p| p.discovery_filter);
+    let Some(filter) = filter else {
+        return Vec::new();
+    };
     running
         .targets
         .iter()
-        .filter(|t| {
-            t.portal_groups.contains(&pg)
-                && t.auth.effective_type() != AuthType::Deny
-                && t.auth.allows_initiator(initiator)
-                && t.auth.allows_portal(peer)
-        })
+        .filter(|t| t.portal_groups.contains(&pg) && passes(filter, t, initiator, peer, chap))
         .map(|t| TargetEntry::of(t))
         .collect()
+}
+
+/// Whether `discovery-filter` `filter` (`None`: not written) lets a discovery session see `t`.
+fn passes(
+    filter: Option<DiscoveryFilter>,
+    t: &TargetRt,
+    initiator: &str,
+    peer: IpAddr,
+    chap: Option<&ChapProof>,
+) -> bool {
+    let auth = &t.auth;
+    let level = filter.unwrap_or(DiscoveryFilter::PortalName);
+    let at_least = |f: DiscoveryFilter| level >= f;
+    if filter.is_none() && auth.effective_type() == AuthType::Deny {
+        return false;
+    }
+    if at_least(DiscoveryFilter::Portal) && !auth.allows_portal(peer) {
+        return false;
+    }
+    if at_least(DiscoveryFilter::PortalName) && !auth.allows_initiator(initiator) {
+        return false;
+    }
+    if at_least(DiscoveryFilter::PortalNameAuth) {
+        return match auth.effective_type() {
+            AuthType::None => true,
+            AuthType::Deny => false,
+            AuthType::Chap | AuthType::ChapMutual => chap.is_some_and(|proof| {
+                chap_secrets(auth, &proof.user).is_some_and(|s| proof.verifies(s.secret))
+            }),
+        };
+    }
+    true
 }
 
 /// `ip:port,tag`, with a wildcard address replaced by the one the initiator reached us on.
@@ -191,15 +236,19 @@ mod tests {
             listen: vec![],
             foreign: false,
             discovery_auth: AuthPolicy::none(),
+            discovery_filter: None,
             redirect: None,
         }
     }
 
-    #[test]
-    fn discovery_shows_only_targets_an_initiator_could_log_in_to_there() {
-        let running = Running {
+    /// Portal group 0 filtering with `filter`, portal group 1 as vit does by default; on pg0
+    /// one target for each thing a filter may look at.
+    fn running_with(filter: Option<DiscoveryFilter>) -> Running {
+        let mut pg0 = pg(0);
+        pg0.discovery_filter = filter;
+        Running {
             generation: 1,
-            portal_groups: vec![pg(0), pg(1)],
+            portal_groups: vec![pg0, pg(1)],
             targets: vec![
                 target("iqn.2026-11.io.vit:both", vec![0, 1], AuthPolicy::none()),
                 // Only on the other portal group: a login here is refused (not found).
@@ -222,22 +271,135 @@ mod tests {
                     },
                 ),
                 target("iqn.2026-11.io.vit:denied", vec![0], AuthPolicy::deny()),
+                target(
+                    "iqn.2026-11.io.vit:chap",
+                    vec![0],
+                    AuthPolicy {
+                        chap: vec![("alice".into(), "alicesecret12".into())],
+                        ..Default::default()
+                    },
+                ),
+                target(
+                    "iqn.2026-11.io.vit:mutual",
+                    vec![0],
+                    AuthPolicy {
+                        chap_mutual: vec![(
+                            "bob".into(),
+                            "bobsecret1234".into(),
+                            "tgt".into(),
+                            "targetsecret1".into(),
+                        )],
+                        ..Default::default()
+                    },
+                ),
             ],
-        };
-        let names = |pg: usize, peer: &str| -> Vec<String> {
-            visible_targets(&running, pg, "iqn.2026-11.io.vit:i", peer.parse().unwrap())
-                .into_iter()
-                .map(|t| t.name)
-                .collect()
-        };
-        assert_eq!(names(0, "10.0.0.7"), ["iqn.2026-11.io.vit:both"]);
-        assert_eq!(
-            names(1, "10.0.1.7"),
-            ["iqn.2026-11.io.vit:both", "iqn.2026-11.io.vit:other-pg"]
-        );
+        }
+    }
+
+    fn names(running: &Running, pg: usize, peer: &str, chap: Option<&ChapProof>) -> Vec<String> {
+        visible_targets(
+            running,
+            pg,
+            "iqn.2026-11.io.vit:i",
+            peer.parse().unwrap(),
+            chap,
+        )
+        .into_iter()
+        .map(|t| t.name.trim_start_matches("iqn.2026-11.io.vit:").to_string())
+        .collect()
+    }
+
+    /// What a discovery login as `user` that answered with `secret` leaves.
+    fn proof(user: &str, secret: &str) -> ChapProof {
+        let challenge = [0x5a; crate::iscsi::chap::CHALLENGE_LEN];
+        ChapProof {
+            user: user.into(),
+            id: 9,
+            challenge,
+            response: crate::iscsi::chap::chap_response(9, secret.as_bytes(), &challenge),
+        }
+    }
+
+    #[test]
+    fn discovery_shows_only_targets_an_initiator_could_log_in_to_there() {
+        // No discovery-filter: portal-name, and auth-type deny targets hidden.
+        let running = running_with(None);
+        let names = |pg: usize, peer: &str| names(&running, pg, peer, None);
+        assert_eq!(names(0, "10.0.0.7"), ["both", "chap", "mutual"]);
+        assert_eq!(names(1, "10.0.1.7"), ["both", "other-pg"]);
         assert_eq!(
             names(0, "192.168.3.4"),
-            ["iqn.2026-11.io.vit:both", "iqn.2026-11.io.vit:other-net"]
+            ["both", "other-net", "chap", "mutual"]
+        );
+    }
+
+    #[test]
+    fn discovery_filter_none_portal_and_portal_name_are_ctlds() {
+        // As ctld: none shows every target of the portal group, deny included; portal drops
+        // those of other networks, portal-name those of other initiators too.
+        let running = running_with(Some(DiscoveryFilter::None));
+        let all = [
+            "both",
+            "other-net",
+            "other-initiator",
+            "denied",
+            "chap",
+            "mutual",
+        ];
+        assert_eq!(names(&running, 0, "10.0.0.7", None), all);
+        assert_eq!(names(&running, 1, "10.0.1.7", None), ["both", "other-pg"]);
+
+        let running = running_with(Some(DiscoveryFilter::Portal));
+        assert_eq!(
+            names(&running, 0, "10.0.0.7", None),
+            ["both", "other-initiator", "denied", "chap", "mutual"]
+        );
+        assert_eq!(
+            names(&running, 0, "192.168.3.4", None),
+            [
+                "both",
+                "other-net",
+                "other-initiator",
+                "denied",
+                "chap",
+                "mutual"
+            ]
+        );
+
+        let running = running_with(Some(DiscoveryFilter::PortalName));
+        assert_eq!(
+            names(&running, 0, "10.0.0.7", None),
+            ["both", "denied", "chap", "mutual"]
+        );
+        assert_eq!(
+            names(&running, 0, "192.168.3.4", None),
+            ["both", "other-net", "denied", "chap", "mutual"]
+        );
+    }
+
+    #[test]
+    fn discovery_filter_portal_name_auth_wants_the_targets_own_chap_credentials() {
+        let running = running_with(Some(DiscoveryFilter::PortalNameAuth));
+        let at = |chap: Option<&ChapProof>| names(&running, 0, "10.0.0.7", chap);
+        // Without CHAP at discovery: only targets that need none (deny never).
+        assert_eq!(at(None), ["both"]);
+        // The target's user and a response its secret gives.
+        assert_eq!(at(Some(&proof("alice", "alicesecret12"))), ["both", "chap"]);
+        assert_eq!(at(Some(&proof("bob", "bobsecret1234"))), ["both", "mutual"]);
+        // A user the target has with another secret (the discovery auth group's, say), a user
+        // it does not have, and mutual CHAP's target-side secret: not shown.
+        assert_eq!(at(Some(&proof("alice", "discoverysecret"))), ["both"]);
+        assert_eq!(at(Some(&proof("carol", "alicesecret12"))), ["both"]);
+        assert_eq!(at(Some(&proof("bob", "targetsecret1"))), ["both"]);
+        // The name and portal checks still apply.
+        assert_eq!(
+            names(
+                &running,
+                0,
+                "192.168.3.4",
+                Some(&proof("alice", "alicesecret12"))
+            ),
+            ["both", "other-net", "chap"]
         );
     }
 

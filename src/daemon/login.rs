@@ -7,7 +7,7 @@
 
 use super::runtime::{AuthPolicy, Running, TargetRt};
 use crate::config::AuthType;
-use crate::iscsi::chap::{ChapAuthenticator, ChapSecrets, ChapStep};
+use crate::iscsi::chap::{ChapAuthenticator, ChapProof, ChapSecrets, ChapStep};
 use crate::iscsi::digest::padding_for;
 use crate::iscsi::params::{
     Accept, AuthMethod, Negotiator, SessionParams, SessionType, TargetLimits,
@@ -34,6 +34,9 @@ pub enum LoginOutcome {
         /// StatSN for the first status after login, and the expected CmdSN.
         stat_sn: u32,
         exp_cmd_sn: u32,
+        /// The CHAP exchange the login authenticated with, if any (a discovery session's
+        /// `discovery-filter portal-name-auth` checks it against each target's secrets).
+        chap: Option<ChapProof>,
     },
     /// The login failed; the response with this status was produced; close the connection.
     Failed { status: LoginStatus, reason: String },
@@ -318,6 +321,7 @@ impl Login {
             tsih: self.tsih,
             stat_sn: self.stat_sn,
             exp_cmd_sn: self.exp_cmd_sn,
+            chap: self.chap.proof().cloned(),
         }
     }
 
@@ -489,7 +493,7 @@ fn encode(r: &LoginResponse, text: &[u8]) -> Vec<u8> {
 }
 
 /// The CHAP secrets of a user in a policy.
-fn chap_secrets<'a>(policy: &'a AuthPolicy, user: &str) -> Option<ChapSecrets<'a>> {
+pub(super) fn chap_secrets<'a>(policy: &'a AuthPolicy, user: &str) -> Option<ChapSecrets<'a>> {
     if let Some((_, secret)) = policy.chap.iter().find(|(u, _)| u == user) {
         return Some(ChapSecrets {
             secret: secret.as_bytes(),
@@ -529,6 +533,7 @@ mod tests {
             listen: vec![],
             foreign: false,
             discovery_auth: AuthPolicy::none(),
+            discovery_filter: None,
             redirect: None,
         };
         let t = TargetRt {

@@ -4,7 +4,8 @@
 
 use super::portal::{self, InterfaceAddr};
 use crate::config::{
-    AuthSettings, AuthType, Backend, Config, DEFAULT_PORTAL_GROUP_LISTEN, LunBody, PortalGroup,
+    AuthSettings, AuthType, Backend, Config, DEFAULT_PORTAL_GROUP_LISTEN, DiscoveryFilter, LunBody,
+    PortalGroup,
 };
 use crate::datastore::{Datastore, lun_body};
 use crate::scsi::{DeviceServer, LunInfo};
@@ -97,6 +98,9 @@ pub struct PortalGroupRt {
     pub listen: Vec<String>,
     pub foreign: bool,
     pub discovery_auth: AuthPolicy,
+    /// ctl.conf's `discovery-filter`; `None` when not written (vit then filters as
+    /// portal-name and also hides auth-type deny targets: see `discovery::visible_targets`).
+    pub discovery_filter: Option<DiscoveryFilter>,
     pub redirect: Option<String>,
 }
 
@@ -334,6 +338,7 @@ pub fn build(
             listen,
             foreign,
             discovery_auth,
+            discovery_filter: pg.and_then(|p| p.discovery_filter).map(|(f, _)| f),
             redirect: pg.and_then(|p| p.redirect.as_ref()).map(|r| r.name.clone()),
         });
     }

@@ -237,6 +237,31 @@ impl Challenge {
     }
 }
 
+/// What a successful exchange showed: the user, the challenge we sent and the initiator's
+/// response to it. ctld's `discovery-filter portal-name-auth` checks a discovery session's
+/// response against each CHAP target's secret for that user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChapProof {
+    /// The CHAP_N the initiator authenticated as.
+    pub user: String,
+    /// Our CHAP_I.
+    pub id: u8,
+    /// Our CHAP_C.
+    pub challenge: [u8; CHALLENGE_LEN],
+    /// The initiator's CHAP_R.
+    pub response: [u8; RESPONSE_LEN],
+}
+
+impl ChapProof {
+    /// Whether the initiator's response is the one `secret` gives (compared in constant time).
+    pub fn verifies(&self, secret: &[u8]) -> bool {
+        constant_time_eq(
+            &chap_response(self.id, secret, &self.challenge),
+            &self.response,
+        )
+    }
+}
+
 /// Progress of a CHAP exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChapStep {
@@ -260,6 +285,7 @@ enum State {
 #[derive(Debug, Clone)]
 pub struct ChapAuthenticator {
     state: State,
+    proof: Option<ChapProof>,
 }
 
 impl Default for ChapAuthenticator {
@@ -273,7 +299,13 @@ impl ChapAuthenticator {
     pub fn new() -> Self {
         Self {
             state: State::AwaitAlgorithm,
+            proof: None,
         }
+    }
+
+    /// The user, challenge and response of the exchange, once it succeeded.
+    pub fn proof(&self) -> Option<&ChapProof> {
+        self.proof.as_ref()
     }
 
     /// Handles one security-stage login request. `lookup` maps a CHAP_N to its secrets.
@@ -290,7 +322,9 @@ impl ChapAuthenticator {
             }
             State::AwaitResponse(challenge) => {
                 self.state = State::Done;
-                verify_response(keys, &challenge, lookup, out)
+                let (step, proof) = verify_response(keys, &challenge, lookup, out)?;
+                self.proof = Some(proof);
+                Ok(step)
             }
             State::Done => Err(ChapFailure::Finished),
         }
@@ -326,7 +360,7 @@ fn verify_response<'s>(
     challenge: &Challenge,
     lookup: impl FnOnce(&str) -> Option<ChapSecrets<'s>>,
     out: &mut dyn TextSink,
-) -> Result<ChapStep, ChapFailure> {
+) -> Result<(ChapStep, ChapProof), ChapFailure> {
     let user = keys.get("CHAP_N").ok_or(malformed("CHAP_N", "missing"))?;
     if user.is_empty() || user.len() > MAX_NAME_LEN {
         return Err(malformed("CHAP_N", "empty or longer than 255 bytes"));
@@ -371,9 +405,20 @@ fn verify_response<'s>(
         (Some(_), Some(_), None) => return Err(ChapFailure::MutualMismatch("not configured")),
         (None, None, Some(_)) => return Err(ChapFailure::MutualMismatch("required")),
     }
-    Ok(ChapStep::Authenticated {
+    let mut received = [0u8; RESPONSE_LEN];
+    received.copy_from_slice(response);
+    let proof = ChapProof {
         user: user.to_owned(),
-    })
+        id: challenge.id,
+        challenge: challenge.bytes,
+        response: received,
+    };
+    Ok((
+        ChapStep::Authenticated {
+            user: user.to_owned(),
+        },
+        proof,
+    ))
 }
 
 #[cfg(test)]
@@ -580,6 +625,33 @@ mod tests {
         let one_way = format!("CHAP_N=alice\0CHAP_R={}\0", good_response());
         let (result, _) = exchange(one_way.as_bytes(), mutual);
         assert_eq!(result, Err(ChapFailure::MutualMismatch("required")));
+    }
+
+    #[test]
+    fn a_successful_exchange_keeps_what_verifies_it_again() {
+        let run = |second: String| {
+            let mut auth = ChapAuthenticator::new();
+            let mut buf = [0u8; 512];
+            let mut out = TextWriter::new(&mut buf);
+            let keys = TextList::parse(b"CHAP_A=5\0").unwrap();
+            auth.send_challenge(&keys, fixed(), &mut out).unwrap();
+            assert_eq!(auth.proof(), None);
+            let keys = TextList::parse(second.as_bytes()).unwrap();
+            let ok = auth.step(&keys, secrets, &mut out).is_ok();
+            (ok, auth.proof().cloned())
+        };
+        let (ok, proof) = run(format!("CHAP_N=alice\0CHAP_R={}\0", good_response()));
+        assert!(ok);
+        let proof = proof.unwrap();
+        assert_eq!(proof.user, "alice");
+        assert_eq!((proof.id, proof.challenge), (fixed().id, fixed().bytes));
+        assert!(proof.verifies(SECRET));
+        assert!(!proof.verifies(TARGET_SECRET));
+        assert!(!proof.verifies(b""));
+        // A failed exchange leaves nothing to check against.
+        let (ok, proof) = run(format!("CHAP_N=bob\0CHAP_R={}\0", good_response()));
+        assert!(!ok);
+        assert_eq!(proof, None);
     }
 
     #[test]
