@@ -641,3 +641,125 @@ fn read_only_luns_refuse_writes() {
     let (_, _, skipped) = cu_counts(&out);
     assert!(tests >= 1 && failed == 0 && skipped == 0, "{out}");
 }
+
+/// Sets the default portal group's `discovery-filter` (`None`: not written).
+fn set_discovery_filter(ds: &Datastore, filter: Option<vit::config::DiscoveryFilter>) {
+    ds.edit(|cfg| {
+        let pg = cfg
+            .portal_groups
+            .iter_mut()
+            .find(|p| p.name == "default")
+            .unwrap();
+        pg.discovery_filter = filter.map(|f| (f, Pos::default()));
+    });
+}
+
+#[test]
+fn discovery_filter_none_lists_targets_portal_name_hides() {
+    if !have("iscsi-ls") {
+        return;
+    }
+    use vit::config::DiscoveryFilter;
+    // A target for another initiator only, listed or not as the filter says.
+    let listing = |filter: Option<DiscoveryFilter>| {
+        let ds = Datastore::new();
+        ds.vitctl(&[
+            "initiatorgroup",
+            "add",
+            "g1",
+            "iqn.2026-11.io.vit:someone-else",
+        ]);
+        ds.target("theirs", &["--initiator-group", "g1"]);
+        ds.target("open", &[]);
+        set_discovery_filter(&ds, filter);
+        let _vitd = ds.start();
+        let (ok, out) = client("iscsi-ls", &[&ds.portal()]);
+        assert!(ok && out.contains(&iqn("open")), "{out}");
+        out.contains(&iqn("theirs"))
+    };
+    assert!(listing(Some(DiscoveryFilter::None)));
+    assert!(listing(Some(DiscoveryFilter::Portal)));
+    assert!(!listing(Some(DiscoveryFilter::PortalName)));
+    assert!(!listing(None));
+}
+
+#[test]
+fn discovery_filter_portal_name_auth_lists_chap_targets_for_their_credentials() {
+    if !have("iscsi-ls") {
+        return;
+    }
+    use vit::config::{AuthGroup, AuthSettings, AuthType, Chap, DiscoveryFilter};
+    let chap = |user: &str, secret: &str| Chap {
+        user: user.into(),
+        secret: secret.into(),
+        pos: Pos::default(),
+    };
+    let ds = Datastore::new();
+    ds.target("open", &[]);
+    ds.target(
+        "alices",
+        &[
+            "--auth-type",
+            "chap",
+            "--chap-user",
+            "alice",
+            "--chap-secret",
+            "alicesecret12",
+        ],
+    );
+    // carol is a user here too, with another secret than discovery's.
+    ds.target(
+        "carols",
+        &[
+            "--auth-type",
+            "chap",
+            "--chap-user",
+            "carol",
+            "--chap-secret",
+            "carolsother12",
+        ],
+    );
+    ds.edit(|cfg| {
+        cfg.auth_groups.push(AuthGroup {
+            name: "disc".into(),
+            pos: Pos::default(),
+            auth: AuthSettings {
+                auth_type: Some((AuthType::Chap, Pos::default())),
+                chap: vec![
+                    chap("alice", "alicesecret12"),
+                    chap("carol", "caroldisc1234"),
+                ],
+                ..Default::default()
+            },
+        });
+        let pg = cfg
+            .portal_groups
+            .iter_mut()
+            .find(|p| p.name == "default")
+            .unwrap();
+        pg.discovery_auth_group = Some(Named::new("disc"));
+    });
+    let listed = |ds: &Datastore, user: &str, secret: &str| -> Vec<&'static str> {
+        let portal = format!("iscsi://{user}%{secret}@127.0.0.1:{}/", ds.port);
+        let (ok, out) = client("iscsi-ls", &[&portal]);
+        assert!(ok, "{out}");
+        ["open", "alices", "carols"]
+            .into_iter()
+            .filter(|a| out.contains(&iqn(a)))
+            .collect()
+    };
+    // Not written (vit's default, portal-name): CHAP targets are listed whoever discovers.
+    {
+        let _vitd = ds.start();
+        assert_eq!(
+            listed(&ds, "carol", "caroldisc1234"),
+            ["open", "alices", "carols"]
+        );
+    }
+    set_discovery_filter(&ds, Some(DiscoveryFilter::PortalNameAuth));
+    let _vitd = ds.start();
+    // alice's discovery credentials are alices's: listed; carol's discovery secret is not
+    // carols's: not listed.
+    assert_eq!(listed(&ds, "alice", "alicesecret12"), ["open", "alices"]);
+    assert_eq!(listed(&ds, "carol", "caroldisc1234"), ["open"]);
+}
