@@ -763,3 +763,70 @@ fn discovery_filter_portal_name_auth_lists_chap_targets_for_their_credentials() 
     assert_eq!(listed(&ds, "alice", "alicesecret12"), ["open", "alices"]);
     assert_eq!(listed(&ds, "carol", "caroldisc1234"), ["open"]);
 }
+
+#[test]
+fn chap_mutual_with_one_secret_both_ways_is_served_with_a_warning() {
+    if !have("iscsi-ls") {
+        return;
+    }
+    let ds = Datastore::new();
+    ds.target(
+        "same",
+        &[
+            "--auth-type",
+            "chap-mutual",
+            "--chap-user",
+            "bob",
+            "--chap-secret",
+            "bobsecret1234",
+            "--mutual-user",
+            "tgt",
+            "--mutual-secret",
+            "tgtsecret1234",
+        ],
+    );
+    // vitctl refuses one secret for both directions; a hand-written vit.conf may have it.
+    ds.edit(|cfg| {
+        let t = cfg
+            .targets
+            .iter_mut()
+            .find(|t| t.name == iqn("same"))
+            .unwrap();
+        for m in &mut t.auth.chap_mutual {
+            m.mutual_secret = m.secret.clone();
+        }
+        for g in &mut cfg.auth_groups {
+            for m in &mut g.auth.chap_mutual {
+                m.mutual_secret = m.secret.clone();
+            }
+        }
+    });
+    ds.lun("same", 0, "8M");
+    let vitd = ds.start();
+    // ctld loads it, so vitd serves it (refusing would stop existing configs from loading)...
+    let url = format!(
+        "iscsi://bob%bobsecret1234@127.0.0.1:{}/{}/0?target_user=tgt&target_password=bobsecret1234",
+        ds.port,
+        iqn("same")
+    );
+    let (ok, out) = client(RC16, &[&url]);
+    assert!(ok && out.contains("Total size:8388608"), "{out}");
+    // ...and said once at start where the statement is and whose it is.
+    let log = vitd.log_text();
+    let conf = ds.conf().display().to_string();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("chap-mutual"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains(&format!("{conf}:"))
+            && warned[0].contains("user \"bob\"")
+            && (warned[0].contains(&iqn("same")) || warned[0].contains("auth-group")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("bobsecret1234"),
+        "no secret in the log: {log}"
+    );
+}

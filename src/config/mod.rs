@@ -64,6 +64,12 @@ pub fn verify(cfg: &Config, file: &str) -> Vec<ConfigError> {
     verify::verify(cfg, file)
 }
 
+/// What a valid configuration says that it should not (ctld accepts it too), in file order: for
+/// vitd to log at start. See [`verify::warnings`].
+pub fn warnings(cfg: &Config, file: &str) -> Vec<ConfigError> {
+    verify::warnings(cfg, file)
+}
+
 /// Parses then verifies: the configuration, or the syntax error or every semantic error.
 pub fn load(text: &str, file: &str) -> Result<Config, Vec<ConfigError>> {
     let cfg = parse(text, file).map_err(|e| vec![e])?;

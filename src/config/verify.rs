@@ -673,6 +673,42 @@ impl Checker<'_> {
     }
 }
 
+/// What vit.conf may say but should not, as positioned messages in file order: ctld accepts
+/// these, so vit loads them too and vitd logs each once at start.
+///
+/// - a `chap-mutual` whose initiator secret is also its target secret: RFC 7143 section 12.1.3
+///   forbids using one secret for both directions (an initiator's answers could then be replayed
+///   as the target's, or the other way round).
+pub(crate) fn warnings(cfg: &Config, file: &str) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    let mut same_secrets = |auth: &AuthSettings, owner: &str| {
+        for m in auth
+            .chap_mutual
+            .iter()
+            .filter(|m| m.secret == m.mutual_secret)
+        {
+            out.push(ConfigError::at(
+                file,
+                m.pos,
+                format!(
+                    "{owner}: `chap-mutual` for user \"{}\" authenticates the target with the \
+                     initiator's secret; RFC 7143 section 12.1.3 wants a different secret for \
+                     each direction",
+                    m.user
+                ),
+            ));
+        }
+    };
+    for g in &cfg.auth_groups {
+        same_secrets(&g.auth, &format!("auth-group \"{}\"", g.name));
+    }
+    for t in &cfg.targets {
+        same_secrets(&t.auth, &format!("target \"{}\"", t.name));
+    }
+    out.sort_by_key(|e| (e.line, e.col));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{load, parse};
@@ -1112,6 +1148,37 @@ mod tests {
             errs(text),
             ["2:30: option uuid abc is already used by the target at 1:30"]
         );
+    }
+
+    #[test]
+    fn chap_mutual_with_one_secret_for_both_directions_is_loaded_with_a_warning() {
+        let text = format!(
+            "auth-group ag {{\n chap-mutual u samesecret12 tgt samesecret12\n \
+             chap-mutual v vsecret12345 tgt tsecret12345\n}}\n\
+             target {T} {{\n chap-mutual w wsecret12345 tgt2 wsecret12345\n}}"
+        );
+        let cfg = load(&text, "v.conf").expect("ctld loads it: so does vit");
+        let w: Vec<String> = warnings(&cfg, "v.conf")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("v.conf:2:2: auth-group \"ag\": `chap-mutual` for user \"u\""),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with(&format!(
+                "v.conf:6:2: target \"{T}\": `chap-mutual` for user \"w\""
+            )),
+            "{w:?}"
+        );
+        assert!(
+            w.iter().all(|m| !m.contains("secret12")),
+            "no secret in the log: {w:?}"
+        );
+        let text = "auth-group ag { chap-mutual v vsecret12345 tgt tsecret12345 }";
+        assert!(warnings(&load(text, "v.conf").unwrap(), "v.conf").is_empty());
     }
 
     #[test]

@@ -290,6 +290,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     tracing::info!("open files limit {open_files}");
     let ds = open_datastore(&opts)?;
     let cfg = ds.load_config()?;
+    for w in crate::config::warnings(&cfg, &ds.config_path().display().to_string()) {
+        tracing::warn!("{w}");
+    }
     let interfaces = portal::interface_addrs()?;
     let running = runtime::build(
         &cfg,
