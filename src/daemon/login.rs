@@ -740,6 +740,59 @@ mod tests {
     }
 
     #[test]
+    fn a_chap_discovery_login_hands_its_exchange_to_the_session() {
+        let disc = AuthPolicy {
+            chap: vec![("alice".into(), "alicesecret12".into())],
+            ..Default::default()
+        };
+        let mut r = Arc::try_unwrap(running(AuthPolicy::none())).unwrap();
+        r.portal_groups[0].discovery_auth = disc;
+        let mut l = Login::new(Arc::new(r), 0, "127.0.0.1:5000".parse().unwrap(), 1);
+        let first = "InitiatorName=iqn.2026-11.io.vit:i\0SessionType=Discovery\0AuthMethod=CHAP\0";
+        let (req, data) = request(Stage::Security, Stage::Operational, false, first);
+        let (r, text) = response(&l.on_request(&req, &data));
+        assert_eq!(r.status_class, 0, "{text}");
+        let (req, data) = request(Stage::Security, Stage::Operational, false, "CHAP_A=5\0");
+        let (_, text) = response(&l.on_request(&req, &data));
+        let value = |key: &str| {
+            text.split(';')
+                .find_map(|kv| kv.strip_prefix(key))
+                .unwrap_or_else(|| panic!("{key} in {text}"))
+                .to_string()
+        };
+        let id: u8 = value("CHAP_I=").parse().unwrap();
+        let hex = value("CHAP_C=0x");
+        let challenge: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let answer = crate::iscsi::chap::chap_response(id, b"alicesecret12", &challenge);
+        let keys = format!(
+            "CHAP_N=alice\0CHAP_R={}\0",
+            crate::iscsi::chap::Hex(&answer)
+        );
+        let (req, data) = request(Stage::Security, Stage::Operational, true, &keys);
+        let (r, text) = response(&l.on_request(&req, &data));
+        assert_eq!((r.status_class, r.transit), (0, true), "{text}");
+        let (req, data) = request(Stage::Operational, Stage::FullFeature, true, "");
+        let (r, text) = response(&l.on_request(&req, &data));
+        assert_eq!((r.status_class, r.transit), (0, true), "{text}");
+        match l.take_outcome() {
+            Some(LoginOutcome::Session {
+                target: None,
+                chap: Some(proof),
+                ..
+            }) => {
+                assert_eq!(proof.user, "alice");
+                assert_eq!((proof.id, &proof.challenge[..]), (id, &challenge[..]));
+                assert!(proof.verifies(b"alicesecret12"));
+                assert!(!proof.verifies(b"othersecret1"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn redirects_answer_0101_with_the_target_address() {
         // A portal group redirect comes before authentication.
         let run = running(AuthPolicy::deny());
