@@ -654,6 +654,50 @@ fn set_discovery_filter(ds: &Datastore, filter: Option<vit::config::DiscoveryFil
     });
 }
 
+/// ctld's `portal-group NAME AUTH-GROUP` in a target: connections through that portal group
+/// are checked against AUTH-GROUP, those through its other portal groups against the target's
+/// own (vit used the target's own for all).
+#[test]
+fn a_portal_groups_own_auth_group_governs_logins_and_discovery_through_it() {
+    if !have("iscsi-inq") || !have("iscsi-ls") {
+        return;
+    }
+    use vit::config::{Named, TargetPortalGroup};
+    let ds = Datastore::new();
+    let second = free_port();
+    ds.target("pa", &["--listen", &format!("127.0.0.1:{second}")]);
+    ds.lun("pa", 0, "8M");
+    let named = |name: &str| Named {
+        name: name.into(),
+        pos: Pos::default(),
+    };
+    ds.edit(|cfg| {
+        let t = cfg
+            .targets
+            .iter_mut()
+            .find(|t| t.name == iqn("pa"))
+            .unwrap();
+        assert_eq!(t.portal_groups.len(), 1);
+        t.portal_groups[0].auth_group = Some(named("no-access"));
+        t.portal_groups.push(TargetPortalGroup {
+            portal_group: named("default"),
+            auth_group: None,
+        });
+    });
+    let vitd = ds.start();
+    // Through the default portal group, the target's own (open) auth group.
+    let (ok, out) = client("iscsi-inq", &[&ds.url("pa", 0)]);
+    assert!(ok && out.contains("Vendor:VIT"), "{out}");
+    let (ok, out) = client("iscsi-ls", &[&ds.portal()]);
+    assert!(ok && out.contains(&iqn("pa")), "{out}");
+    // Through the second, no-access: refused, and not listed.
+    let url = format!("iscsi://127.0.0.1:{second}/{}/0", iqn("pa"));
+    let (ok, out) = client("iscsi-inq", &[&url]);
+    assert!(!ok, "{out}\n{}", vitd.log_text());
+    let (ok, out) = client("iscsi-ls", &[&format!("iscsi://127.0.0.1:{second}/")]);
+    assert!(ok && !out.contains(&iqn("pa")), "{out}");
+}
+
 #[test]
 fn discovery_filter_none_lists_targets_portal_name_hides() {
     if !have("iscsi-ls") {

@@ -1963,6 +1963,7 @@ mod tests {
             name: "iqn.2026-11.io.vit:t".into(),
             alias: None,
             auth: AuthPolicy::none(),
+            pg_auth: Vec::new(),
             portal_groups: vec![],
             redirect: None,
             owner_id: None,

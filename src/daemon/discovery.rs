@@ -1,7 +1,7 @@
 //! SendTargets (RFC 7143 appendix D): which targets an initiator sees and where.
 
 use super::login::chap_secrets;
-use super::runtime::{Running, TargetRt};
+use super::runtime::{AuthPolicy, Running, TargetRt};
 use crate::config::{AuthType, DiscoveryFilter};
 use crate::iscsi::chap::ChapProof;
 use crate::iscsi::params::{FullFeatureKey, full_feature_key};
@@ -56,7 +56,9 @@ pub fn visible_targets(
     running
         .targets
         .iter()
-        .filter(|t| t.portal_groups.contains(&pg) && passes(filter, t, initiator, peer, chap))
+        .filter(|t| {
+            t.portal_groups.contains(&pg) && passes(filter, t.auth_for(pg), initiator, peer, chap)
+        })
         .map(|t| TargetEntry::of(t))
         .collect()
 }
@@ -64,12 +66,11 @@ pub fn visible_targets(
 /// Whether `discovery-filter` `filter` (`None`: not written) lets a discovery session see `t`.
 fn passes(
     filter: Option<DiscoveryFilter>,
-    t: &TargetRt,
+    auth: &AuthPolicy,
     initiator: &str,
     peer: IpAddr,
     chap: Option<&ChapProof>,
 ) -> bool {
-    let auth = &t.auth;
     let level = filter.unwrap_or(DiscoveryFilter::PortalName);
     let at_least = |f: DiscoveryFilter| level >= f;
     if filter.is_none() && auth.effective_type() == AuthType::Deny {
@@ -216,6 +217,7 @@ mod tests {
             name: name.into(),
             alias: None,
             auth,
+            pg_auth: Vec::new(),
             portals: pgs
                 .iter()
                 .map(|&i| (format!("10.0.{i}.1:3260").parse().unwrap(), i as u16 + 1))

@@ -366,7 +366,7 @@ impl Login {
                     )
                 })?
                 .clone();
-            let policy = target.auth.clone();
+            let policy = target.auth_for(self.pg).clone();
             self.target = Some(target);
             policy
         };
@@ -540,6 +540,7 @@ mod tests {
             name: "iqn.2026-11.io.vit:t".into(),
             alias: Some("tee".into()),
             auth,
+            pg_auth: Vec::new(),
             portal_groups: vec![0],
             redirect: None,
             owner_id: None,

@@ -154,7 +154,11 @@ impl LunRt {
 pub struct TargetRt {
     pub name: String,
     pub alias: Option<String>,
+    /// Its own auth-group or inline auth settings.
     pub auth: AuthPolicy,
+    /// Portal groups (indexes into `Running::portal_groups`) named with an auth-group of their
+    /// own in the target (`portal-group NAME AUTH-GROUP`), and that group's policy.
+    pub pg_auth: Vec<(usize, AuthPolicy)>,
     /// Indexes into `Running::portal_groups`.
     pub portal_groups: Vec<usize>,
     pub redirect: Option<String>,
@@ -167,6 +171,15 @@ pub struct TargetRt {
 }
 
 impl TargetRt {
+    /// The access policy of a connection through portal group `pg`: the auth-group the target
+    /// names for that portal group, else its own (ctld).
+    pub fn auth_for(&self, pg: usize) -> &AuthPolicy {
+        self.pg_auth
+            .iter()
+            .find(|(i, _)| *i == pg)
+            .map_or(&self.auth, |(_, a)| a)
+    }
+
     /// The index in `luns` of the LUN an 8-byte LUN field addresses.
     pub fn lun_index(&self, lun: [u8; 8]) -> Option<usize> {
         self.lun_at(lun).map(|(i, _)| i)
@@ -369,6 +382,17 @@ pub fn build(
             .iter()
             .filter_map(|n| group_index.get(n).copied())
             .collect();
+        // ctld's `portal-group NAME AUTH-GROUP`: connections through that portal group are
+        // checked against AUTH-GROUP instead of the target's own.
+        let pg_auth = t
+            .portal_groups
+            .iter()
+            .filter_map(|p| {
+                let ag = p.auth_group.as_ref()?;
+                let i = group_index.get(p.portal_group.name.as_str())?;
+                Some((*i, auth_group(cfg, &ag.name)))
+            })
+            .collect();
         let mut luns = Vec::new();
         for tl in &t.luns {
             let Some(body) = lun_body(cfg, &tl.lun) else {
@@ -402,6 +426,7 @@ pub fn build(
             name: t.name.clone(),
             alias: t.alias.as_ref().map(|a| a.name.clone()),
             auth,
+            pg_auth,
             portal_groups: pgs,
             redirect: t.redirect.as_ref().map(|r| r.name.clone()),
             owner_id: t.owner_id().map(str::to_string),
