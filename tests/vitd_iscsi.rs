@@ -344,34 +344,31 @@ fn block_geometry_options_are_reported_and_pass_their_conformance_tests() {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or_else(|| panic!("{name} in {out}"))
     };
-    // LUN 0 (no options): one logical block per physical block, unmap granules from LBA 0.
-    let (ok, out) = client(RC16, &[&ds.url("g", 0)]);
-    assert!(ok, "{out}");
-    assert_eq!(
-        field(&out, "LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT:"),
-        0
-    );
-    assert_eq!(field(&out, "LOWEST ALIGNED LOGICAL BLOCK ADDRESS:"), 0);
-    let (ok, out) = client("iscsi-inq", &["-e", "1", "-c", "176", &ds.url("g", 0)]);
-    assert!(ok, "{out}");
-    assert_eq!(field(&out, "optimal transfer length granularity:"), 1);
-    assert_eq!(field(&out, "ugavalid:"), 1);
-    assert_eq!(field(&out, "unmap granularity alignment:"), 0);
+    // [LBPPB exponent, lowest aligned LBA] from READ CAPACITY (16), then [optimal transfer
+    // length granularity, optimal unmap granularity, UGAVALID, unmap granularity alignment]
+    // from the Block Limits page.
+    let geometry = |lun: u32| -> [u64; 6] {
+        let (ok, rc) = client(RC16, &[&ds.url("g", lun)]);
+        assert!(ok, "{rc}");
+        let (ok, bl) = client("iscsi-inq", &["-e", "1", "-c", "176", &ds.url("g", lun)]);
+        assert!(ok, "{bl}");
+        [
+            field(&rc, "LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT:"),
+            field(&rc, "LOWEST ALIGNED LOGICAL BLOCK ADDRESS:"),
+            field(&bl, "optimal transfer length granularity:"),
+            field(&bl, "optimal unmap granularity:"),
+            field(&bl, "ugavalid:"),
+            field(&bl, "unmap granularity alignment:"),
+        ]
+    };
+    // LUN 0 (no options): one logical block per physical block, unmap granules of the file
+    // system's block from LBA 0.
+    let fs_blocks = geometry(0)[3];
+    assert!(fs_blocks >= 8 && fs_blocks.is_power_of_two(), "{fs_blocks}");
+    assert_eq!(geometry(0), [0, 0, 1, fs_blocks, 1, 0]);
     // LUN 1: 4 KiB physical blocks offset by 1 KiB, as ctld computes it: LBA (8 - 2) % 8 = 6 is
     // the first aligned one; 128 KiB unmap granules (256 blocks) offset by 64 KiB: LBA 128.
-    let (ok, out) = client(RC16, &[&ds.url("g", 1)]);
-    assert!(ok, "{out}");
-    assert_eq!(
-        field(&out, "LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT:"),
-        3
-    );
-    assert_eq!(field(&out, "LOWEST ALIGNED LOGICAL BLOCK ADDRESS:"), 6);
-    let (ok, out) = client("iscsi-inq", &["-e", "1", "-c", "176", &ds.url("g", 1)]);
-    assert!(ok, "{out}");
-    assert_eq!(field(&out, "optimal transfer length granularity:"), 8);
-    assert_eq!(field(&out, "optimal unmap granularity:"), 256);
-    assert_eq!(field(&out, "ugavalid:"), 1);
-    assert_eq!(field(&out, "unmap granularity alignment:"), 128);
+    assert_eq!(geometry(1), [3, 6, 8, 256, 1, 128]);
     // The tests skipped with "LBPPB < 2" on the other LUNs.
     let url = ds.url("g", 1);
     let (_, out) = client_within(

@@ -655,7 +655,7 @@ fn lun_info(l: &LunRt) -> Result<LunInfo, RuntimeError> {
         info.physical_exp = p.0.trailing_zeros() as u8;
         info.lowest_aligned = p.1 as u16;
     }
-    info.optimal_unmap_blocks = u32::try_from(u.0).unwrap_or(1).clamp(1, 1 << 16);
+    info.optimal_unmap_blocks = u32::try_from(u.0).unwrap_or(u32::MAX).clamp(1, 1 << 16);
     info.unmap_alignment = u32::try_from(u.1).unwrap_or(0) % info.optimal_unmap_blocks;
     Ok(info)
 }
