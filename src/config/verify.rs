@@ -407,6 +407,9 @@ impl Checker<'_> {
     /// fit with the block size (ctld ignores ones that do not fit; vit says so).
     fn granules(&mut self, b: &LunBody) {
         let block = b.blocksize.map_or(512, |(bs, _)| bs);
+        if block != 512 && block != 4096 {
+            return; // refused in `lun_body`: nothing to measure the granules in
+        }
         for kind in [GranuleKind::Physical, GranuleKind::Unmap] {
             let [size, offset] = b.granule_options(kind);
             let mut values = [None, None];
@@ -827,6 +830,14 @@ mod tests {
                 "13:2: option capacity: size \"lots\": expected a number with optional suffix K, M, G, T or B",
             ]
         );
+    }
+
+    /// A block size of 0 (refused) must not panic the granule checks that follow it.
+    #[test]
+    fn block_geometry_options_with_a_zero_block_size_are_checked_without_panicking() {
+        let text = "lun a { backend ramdisk\n size 1G\n blocksize 0\n option ublockoffset 512\n \
+                    option pblockoffset 1024 }";
+        assert_eq!(errs(text), ["3:12: blocksize 0 is not 512 or 4096"]);
     }
 
     #[test]
