@@ -165,7 +165,10 @@ fn extended_inquiry(lun: &LunInfo, w: &mut DataIn<'_>) {
 fn block_limits(lun: &LunInfo, w: &mut DataIn<'_>) {
     w.u8(0x01); // WSNZ: WRITE SAME with zero blocks is refused
     w.u8(sbc::MAX_COMPARE_AND_WRITE_BLOCKS);
-    w.u16(1 << lun.physical_exp.min(15)); // OPTIMAL TRANSFER LENGTH GRANULARITY: a physical block
+    // OPTIMAL TRANSFER LENGTH GRANULARITY: a physical block, but not more than a command may
+    // transfer (Linux drops an OPTIMAL TRANSFER LENGTH that is not a multiple of it).
+    let physical = 1u32 << lun.physical_exp.min(15);
+    w.u16(physical.min(lun.max_transfer_blocks.max(1)).min(1 << 15) as u16);
     w.u32(lun.max_transfer_blocks);
     w.u32(lun.optimal_transfer_blocks);
     w.u32(0); // MAXIMUM PREFETCH LENGTH: no limit

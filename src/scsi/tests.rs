@@ -388,6 +388,27 @@ fn vpd_block_pages() {
     assert_eq!(sense(done(&r)), (0x05, 0x24, 0x00, [0xC0, 0, 2]));
 }
 
+/// A physical block larger than the MAXIMUM TRANSFER LENGTH (an 8 MiB `pblocksize`, 1 MiB
+/// transfers) gives no OPTIMAL TRANSFER LENGTH GRANULARITY above it: no command could meet it,
+/// and Linux then drops the OPTIMAL TRANSFER LENGTH as not its multiple (QEMU caps it alike).
+#[test]
+fn optimal_transfer_granularity_stays_within_the_maximum_transfer() {
+    let mut l = LunInfo::new(0, 512, 1 << 20, 1, "G");
+    l.max_transfer_blocks = 2048;
+    l.optimal_transfer_blocks = 2048;
+    l.physical_exp = 14;
+    let s = DeviceServer::new(vec![l]).unwrap();
+    let r = run_with(&s, &mut quiet(), 0, &[0x12, 1, 0xB0, 0, 255, 0], &[]);
+    good(&r);
+    let granularity = u16::from_be_bytes([r.data[6], r.data[7]]);
+    let max = u32::from_be_bytes(r.data[8..12].try_into().unwrap());
+    let optimal = u32::from_be_bytes(r.data[12..16].try_into().unwrap());
+    assert_eq!((granularity, max, optimal), (2048, 2048, 2048));
+    // READ CAPACITY (16) still gives the physical block.
+    let r = run_with(&s, &mut quiet(), 0, &cdb16(0x9E, 0x10, 0, 32), &[]);
+    assert_eq!(r.data[13] & 0x0f, 14);
+}
+
 // ---- READ CAPACITY ----
 
 #[test]
