@@ -536,7 +536,7 @@ impl Conn {
         let needs_buf = cmd.expected_data_length > 0 || cmd.read;
         let want = buffer_len(cmd, pool);
         let buf = if needs_buf {
-            match pool.alloc(want) {
+            match pool.alloc_new(want) {
                 Some(b) => Some(b),
                 // No buffer that large free: the command waits for one (on_command queues it),
                 // its immediate data, if any, kept meanwhile in a buffer of its own size.
@@ -593,6 +593,13 @@ impl Conn {
     /// Whether commands wait for a buffer ([`Conn::grant_buffer`]).
     pub fn waiting_for_buffer(&self) -> bool {
         !self.buffer_wait.is_empty()
+    }
+
+    /// The buffer length the command first in line for one needs.
+    pub fn wait_len(&self, pool: &BufferPool) -> Option<usize> {
+        self.buffer_wait
+            .front()
+            .map(|(_, cmd)| buffer_len(cmd, pool))
     }
 
     /// Gives the oldest command waiting for a buffer one, if the pool has one free, and runs it
@@ -723,6 +730,7 @@ impl Conn {
             .as_ref()
             .is_some_and(|t| t.state == TaskState::Waiting)
         {
+            pool.note_waiting(buffer_len(cmd, pool));
             self.buffer_wait.push_back((i, *cmd));
             return;
         }
@@ -2237,6 +2245,38 @@ mod tests {
         // Its buffer is free again: the read goes on.
         assert!(c.grant_buffer(&mut pool) && !c.waiting_for_buffer());
         assert!(c.io.pop_front().is_some_and(|w| w.req.byte_len == 8192));
+    }
+
+    #[test]
+    fn a_command_arriving_as_a_buffer_is_freed_leaves_it_to_those_waiting() {
+        let (mut a, _) = conn(true);
+        let (mut b, _) = conn(true);
+        let mut pool = BufferPool::new(&[(4096, 2), (65536, 1)]).unwrap();
+        let big = pool.alloc(65536).unwrap();
+        // a's READ of 8 KiB waits: the one large buffer is held.
+        feed(&mut a, &mut pool, &read16(100), &[]);
+        assert!(a.waiting_for_buffer());
+        // The buffer comes back before the data thread hands it out, and b's READ of 8 KiB
+        // arrives: it waits behind a's instead of taking it.
+        pool.release(big);
+        let mut read = read16(100);
+        read[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        feed(&mut b, &mut pool, &read, &[]);
+        assert!(
+            b.io.is_empty() && b.waiting_for_buffer(),
+            "b took a's buffer"
+        );
+        // A small command is not held back: no waiter could use a 4 KiB buffer.
+        let mut small = command(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512, true, false, 101, 0);
+        small[16..20].copy_from_slice(&0x44u32.to_be_bytes());
+        feed(&mut b, &mut pool, &small, &[]);
+        assert!(
+            b.io.iter().any(|w| w.req.byte_len == 512),
+            "a small read waited"
+        );
+        // In turn: a first.
+        assert!(a.grant_buffer(&mut pool) && !b.grant_buffer(&mut pool));
+        assert!(a.io.pop_front().is_some_and(|w| w.req.byte_len == 8192));
     }
 
     #[test]

@@ -1027,6 +1027,13 @@ impl Worker {
                 .and_then(Option::as_ref)
                 .is_some_and(|s| !s.closing && s.conn.waiting_for_buffer())
         });
+        // What is still waiting keeps the slots it could use from newcomers.
+        let waiting = self
+            .buffer_waiters
+            .iter()
+            .filter_map(|&idx| slots.get(idx)?.as_ref()?.conn.wait_len(&self.pool))
+            .min();
+        self.pool.set_waiting(waiting);
     }
 
     /// Answers the resets whose wait for other sessions' writes is over.

@@ -80,6 +80,10 @@ pub struct BufferPool {
     zeroes: *const u8,
     /// The whole zero mapping (`zeroes` is its first 2 MiB boundary), for munmap.
     zeroes_map: (*mut libc::c_void, usize),
+    /// While commands wait for a slot: the smallest one of them needs. Slots that could serve
+    /// it are theirs (handed out in turn by the data thread) before any new command's:
+    /// [`BufferPool::alloc_new`].
+    waiting_for: Option<usize>,
 }
 
 /// A transparent huge page.
@@ -177,6 +181,7 @@ impl BufferPool {
             classes: out,
             zeroes: zeroes.cast_const(),
             zeroes_map: (map, map_len),
+            waiting_for: None,
         })
     }
 
@@ -247,6 +252,32 @@ impl BufferPool {
             .iter_mut()
             .filter(|c| c.size >= len)
             .find_map(|c| c.free.pop())
+    }
+
+    /// [`BufferPool::alloc`] for a command just arrived: not a slot that a command already
+    /// waiting could take (a newcomer would otherwise take a freed slot ahead of those waiting
+    /// for it).
+    pub fn alloc_new(&mut self, len: usize) -> Option<BufId> {
+        if let Some(waiting) = self.waiting_for {
+            let slot = self
+                .classes
+                .iter()
+                .find(|c| c.size >= len && !c.free.is_empty())?;
+            if slot.size >= waiting {
+                return None;
+            }
+        }
+        self.alloc(len)
+    }
+
+    /// A command now waits for a slot of `len` bytes.
+    pub fn note_waiting(&mut self, len: usize) {
+        self.waiting_for = Some(self.waiting_for.map_or(len, |w| w.min(len)));
+    }
+
+    /// The smallest slot the commands still waiting need (`None`: none waits).
+    pub fn set_waiting(&mut self, len: Option<usize>) {
+        self.waiting_for = len;
     }
 
     /// Returns a slot. Only call once no in-flight operation uses it.
