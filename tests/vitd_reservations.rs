@@ -114,15 +114,9 @@ fn naa(s: &mut Session, lun: u8) -> [u8; 16] {
     d.try_into().unwrap()
 }
 
-/// EXTENDED COPY (LID1), sent to LUN 0: `segments` times `blocks` blocks from LBA 0 of `src` to
-/// LBA 0 of `dst`. Returns the status and the sense key.
-fn xcopy_n(
-    s: &mut Session,
-    src: [u8; 16],
-    dst: [u8; 16],
-    blocks: u16,
-    segments: u32,
-) -> std::io::Result<(u8, Option<u8>)> {
+/// The parameter list of an EXTENDED COPY (LID1, list identifier 0): `segments` times `blocks`
+/// blocks from LBA 0 of `src` to LBA 0 of `dst`.
+fn xcopy_list(src: [u8; 16], dst: [u8; 16], blocks: u16, segments: u32) -> Vec<u8> {
     let mut list = vec![0u8; 16];
     list[3] = 64; // two CSCD descriptors
     list[8..12].copy_from_slice(&(28 * segments).to_be_bytes());
@@ -144,10 +138,27 @@ fn xcopy_n(
     for _ in 0..segments {
         list.extend_from_slice(&seg);
     }
+    list
+}
+
+/// The EXTENDED COPY CDB for a parameter list of `len` bytes.
+fn xcopy_cdb(len: usize) -> [u8; 16] {
     let mut cdb = [0u8; 16];
     cdb[0] = 0x83;
-    cdb[10..14].copy_from_slice(&(list.len() as u32).to_be_bytes());
-    let r = s.command(0, &cdb, &list, 0)?;
+    cdb[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+    cdb
+}
+
+/// EXTENDED COPY ([`xcopy_list`]) sent to LUN 0. Returns the status and the sense key.
+fn xcopy_n(
+    s: &mut Session,
+    src: [u8; 16],
+    dst: [u8; 16],
+    blocks: u16,
+    segments: u32,
+) -> std::io::Result<(u8, Option<u8>)> {
+    let list = xcopy_list(src, dst, blocks, segments);
+    let r = s.command(0, &xcopy_cdb(list.len()), &list, 0)?;
     Ok((r.status, r.sense.get(2).map(|k| k & 0x0f)))
 }
 
@@ -243,4 +254,103 @@ fn a_reinstated_session_keeps_the_reserve_it_takes() {
         "the old session's end released the new session's RESERVE: {}",
         vitd.log_text()
     );
+}
+
+/// An ABORT TASK stops an EXTENDED COPY between its steps: 64 segments of 32 MiB (2 GiB, a
+/// thousand steps and more), aborted once the first has landed, end with few of them done, as
+/// RECEIVE COPY RESULTS tells (the copy ran to its end before, the abort waiting for it).
+#[test]
+fn an_aborted_extended_copy_stops_between_its_steps() {
+    use vit::iscsi::initiator::frame;
+    use vit::iscsi::pdu::{BHS_LEN, ScsiCommand, TargetPdu, TaskMgmtRequest};
+    let ds = Datastore::new();
+    ds.target("pr", &[]);
+    ds.lun("pr", 0, "64M");
+    // The destination: memory taken as written, so GET LBA STATUS shows the copy under way.
+    ds.add_lun_body("pr", 1, memory_lun(64 << 20, Some("64M")));
+    let vitd = ds.start();
+    let mut s = session(&ds, 9);
+    let mut watcher = session(&ds, 10);
+    for x in [&mut s, &mut watcher] {
+        let _ = x.command(1, &[0; 6], &[], 0); // LUN 1's power-on unit attention
+    }
+    let (lun0, lun1) = (naa(&mut s, 0), naa(&mut s, 1));
+    let list = xcopy_list(lun0, lun1, 0xffff, 64);
+    s.itt += 1;
+    let copy_itt = s.itt;
+    let copy_sn = s.cmd_sn;
+    let cmd = ScsiCommand {
+        final_bit: true,
+        write: true,
+        attr: 1,
+        itt: copy_itt,
+        expected_data_length: list.len() as u32,
+        cmd_sn: copy_sn,
+        exp_stat_sn: s.exp_stat_sn,
+        cdb: xcopy_cdb(list.len()),
+        data_segment_length: list.len() as u32,
+        ..Default::default()
+    };
+    s.cmd_sn = s.cmd_sn.wrapping_add(1);
+    let mut bhs = [0u8; BHS_LEN];
+    cmd.encode(&mut bhs);
+    std::io::Write::write_all(&mut s.stream, &frame(&bhs, &list, false)).unwrap();
+    // GET LBA STATUS of LBA 0 of the destination until it is mapped: the copy is under way.
+    let mapped = |w: &mut Session| {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x9e;
+        cdb[1] = 0x12;
+        cdb[13] = 24;
+        let r = w.command(1, &cdb, &[], 24).unwrap();
+        assert_eq!(r.status, 0, "{r:?}");
+        r.data_in[20] & 0x0f == 0
+    };
+    let mut polls = 0;
+    while !mapped(&mut watcher) {
+        polls += 1;
+        assert!(polls < 10_000, "the copy never began\n{}", vitd.log_text());
+    }
+    s.itt += 1;
+    let tmf = TaskMgmtRequest {
+        immediate: true,
+        function: 1, // ABORT TASK
+        itt: s.itt,
+        referenced_task_tag: copy_itt,
+        ref_cmd_sn: copy_sn,
+        cmd_sn: s.cmd_sn,
+        exp_stat_sn: s.exp_stat_sn,
+        ..Default::default()
+    };
+    tmf.encode(&mut bhs);
+    std::io::Write::write_all(&mut s.stream, &frame(&bhs, &[], false)).unwrap();
+    loop {
+        match vit::iscsi::initiator::read_pdu_with(&mut s.stream, false)
+            .unwrap()
+            .0
+        {
+            TargetPdu::TaskMgmt(r) => {
+                assert_eq!(r.response, 0, "ABORT TASK: {r:?}");
+                s.exp_stat_sn = r.stat_sn.wrapping_add(1);
+                break;
+            }
+            TargetPdu::ScsiResponse(r) if r.itt == copy_itt => {
+                panic!("the aborted copy was answered: {r:?}")
+            }
+            _ => {}
+        }
+    }
+    // RECEIVE COPY RESULTS, COPY STATUS of list 0: completed with errors (02h), few segments in.
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x84;
+    cdb[10..14].copy_from_slice(&12u32.to_be_bytes());
+    let r = s.command(0, &cdb, &[], 12).unwrap();
+    assert_eq!(r.status, 0, "{r:?}\n{}", vitd.log_text());
+    let segments = u16::from_be_bytes([r.data_in[5], r.data_in[6]]);
+    assert!(
+        r.data_in[4] & 0x7f == 0x02 && segments < 64,
+        "copy status {:#x}, {segments} of 64 segments processed\n{}",
+        r.data_in[4],
+        vitd.log_text()
+    );
+    s.test_unit_ready().unwrap();
 }

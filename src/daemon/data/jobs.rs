@@ -161,15 +161,7 @@ impl Worker {
         // Holding its range, it looks at the mail again (`Conn::may_write`): a reset that
         // began after the mail was last looked at either waits for the range, or has ended
         // and its mail is seen now.
-        let aborted = |w: &mut Worker| {
-            w.slots
-                .get_mut(idx)
-                .and_then(Option::as_mut)
-                .is_some_and(|s| {
-                    s.conn.check_task_mail(work.task);
-                    s.conn.aborted(work.task)
-                })
-        };
+        let aborted = |w: &mut Worker| w.task_aborted(idx, work.task);
         // What the job holds in the LUNs' range locks: an atomic command its range (taken
         // above); WRITE SAME, UNMAP and EXTENDED COPY what they write, taken below before any
         // buffer is (a job that must wait is retried, and should cost nothing meanwhile).
@@ -471,9 +463,28 @@ impl Worker {
             .unwrap_or_else(|()| Completion::check(SenseReason::UnrecoveredReadError))
     }
 
+    /// Whether `task` of connection `idx` has been aborted: by its own session (ABORT TASK and
+    /// the like) or by the mail of its LUN (another session's reset or PREEMPT AND ABORT).
+    fn task_aborted(&mut self, idx: usize, task: u16) -> bool {
+        self.slots
+            .get_mut(idx)
+            .and_then(Option::as_mut)
+            .is_some_and(|s| {
+                s.conn.check_task_mail(task);
+                s.conn.aborted(task)
+            })
+    }
+
     /// A step of `job` completed (`result`: how its operations ended): run the next one.
+    /// An abort stops a job between its steps (a WRITE SAME, UNMAP or EXTENDED COPY may take
+    /// seconds): it ends there unanswered, giving back its ranges, so the abort or reset that
+    /// waits for it is answered then.
     pub(super) fn advance(&mut self, idx: usize, mut job: Box<Job>, result: IoResult) {
         loop {
+            if matches!(result, IoResult::Ok) && self.task_aborted(idx, job.work.task) {
+                let gone = Completion::check(SenseReason::InternalTargetFailure);
+                return self.end_job(idx, *job, Err(gone));
+            }
             match result {
                 IoResult::Ok => {}
                 IoResult::NoSpace => return self.end_job(idx, *job, Ok(IoResult::NoSpace)),
