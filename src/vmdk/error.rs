@@ -209,6 +209,15 @@ pub enum VmdkError {
         /// What was found.
         found: &'static str,
     },
+    /// An extent's file is one the LUN keeps something else in (its own descriptor, its saved
+    /// reservations), or bytes of one file belong to two extents.
+    #[error("{}: {why}", path.display())]
+    ExtentConflict {
+        /// The descriptor.
+        path: PathBuf,
+        /// What the extents share, with the file name.
+        why: String,
+    },
     /// An extent file is shorter than its extent line says.
     #[error("{}: {actual} bytes, but the descriptor needs at least {required}", path.display())]
     ExtentTooSmall {

@@ -157,7 +157,12 @@ pub fn remove_except(
 ) -> Result<Vec<PathBuf>, VmdkError> {
     let d = load(descriptor)?;
     let mut kept: Vec<PathBuf> = Vec::new();
-    for path in extent_paths(descriptor, &d) {
+    // An extent stored in the descriptor (refused by `check`) goes with the descriptor, below.
+    let extents = extent_paths(descriptor, &d);
+    for path in extents
+        .into_iter()
+        .filter(|p| p.file_name() != descriptor.file_name())
+    {
         if keep(&path) {
             if !kept.contains(&path) {
                 kept.push(path);
@@ -281,6 +286,7 @@ impl Snapshot {
 /// symlink) and is at least `(offset + sectors) * 512` bytes long.
 pub fn check(descriptor: &Path) -> Result<Descriptor, VmdkError> {
     let d = load(descriptor)?;
+    check_extent_files(descriptor, &d)?;
     let dir = parent_dir(descriptor);
     for extent in d.extents() {
         let (Some(name), Some(required)) = (&extent.file, extent.required_file_len()) else {
@@ -303,6 +309,52 @@ pub fn check(descriptor: &Path) -> Result<Descriptor, VmdkError> {
         }
     }
     Ok(d)
+}
+
+/// Refuses extents whose file is the descriptor itself or the LUN's saved reservations (writes
+/// to the disk would overwrite them), and extents that share bytes of one file (a write to one
+/// block would change another).
+fn check_extent_files(descriptor: &Path, d: &Descriptor) -> Result<(), VmdkError> {
+    let conflict = |why: String| VmdkError::ExtentConflict {
+        path: descriptor.to_path_buf(),
+        why,
+    };
+    let descriptor_name = descriptor.file_name();
+    let pr = reservations_path(descriptor);
+    let pr_name = pr.file_name();
+    let mut ranges: Vec<(&str, u64, u64, usize)> = Vec::new();
+    for (index, extent) in d.extents().iter().enumerate() {
+        let (Some(name), Some(end)) = (&extent.file, extent.required_file_len()) else {
+            continue;
+        };
+        let os_name = Some(std::ffi::OsStr::new(name));
+        if os_name == descriptor_name {
+            return Err(conflict(format!(
+                "extent {index} is stored in the descriptor itself ({name:?})"
+            )));
+        }
+        if os_name == pr_name {
+            return Err(conflict(format!(
+                "extent {index} is stored in the LUN's reservations file ({name:?})"
+            )));
+        }
+        let start = extent.offset_sectors.saturating_mul(SECTOR_SIZE);
+        ranges.push((name, start, end, index));
+    }
+    ranges.sort_unstable();
+    for pair in ranges.windows(2) {
+        if let [(a_name, _, a_end, a), (b_name, b_start, _, b)] = pair
+            && a_name == b_name
+            && b_start < a_end
+        {
+            return Err(conflict(format!(
+                "extents {} and {} share bytes of {a_name:?}",
+                a.min(b),
+                a.max(b)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Opens extent `name` (a plain name) in `dir` for the data path: `O_NOFOLLOW | O_CLOEXEC`, plus
@@ -904,6 +956,46 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn check_refuses_extents_in_the_descriptor_its_reservations_or_shared_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = create(dir.path(), "s", 1 << 20, &CreateOptions::default()).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        // Long enough that the one-sector extent fits in the descriptor's own bytes.
+        let padding = "# padding\n".repeat(100);
+        let cases = [
+            (r#"RW 1 FLAT "s.vmdk" 0"#, "descriptor itself"),
+            (r#"RW 1 FLAT "s.pr" 0"#, "reservations file"),
+            (
+                "RW 2048 FLAT \"s-flat.vmdk\" 0\nRW 8 FLAT \"s-flat.vmdk\" 2040",
+                "extents 0 and 1 share bytes of \"s-flat.vmdk\"",
+            ),
+        ];
+        fs::write(dir.path().join("s.pr"), vec![0u8; 4096]).unwrap();
+        for (extents, want) in cases {
+            let edited = text.replace(r#"RW 2048 FLAT "s-flat.vmdk" 0"#, extents) + &padding;
+            fs::write(&path, &edited).unwrap();
+            match check(&path) {
+                Err(e @ VmdkError::ExtentConflict { .. }) => {
+                    assert!(e.to_string().contains(want), "{e}")
+                }
+                other => panic!("{extents}: {other:?}"),
+            }
+        }
+        // Extents side by side in one file are fine.
+        let edited = text.replace(
+            r#"RW 2048 FLAT "s-flat.vmdk" 0"#,
+            "RW 1024 FLAT \"s-flat.vmdk\" 1024\nRW 1024 FLAT \"s-flat.vmdk\" 0",
+        );
+        fs::write(&path, &edited).unwrap();
+        assert_eq!(check(&path).unwrap().capacity_bytes(), 1 << 20);
+        // A LUN whose extent is its own descriptor can still be removed.
+        let edited = text.replace(r#"RW 2048 FLAT "s-flat.vmdk" 0"#, r#"RW 1 FLAT "s.vmdk" 0"#);
+        fs::write(&path, edited + &padding).unwrap();
+        remove(&path).unwrap();
+        assert_eq!(names(dir.path()), ["s-flat.vmdk"]);
     }
 
     #[test]
