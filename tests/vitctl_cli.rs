@@ -124,6 +124,40 @@ fn homeobject_create_is_idempotent() {
 }
 
 #[test]
+fn a_listen_address_vit_conf_cannot_hold_is_refused_as_the_flag() {
+    let ds = Ds::new();
+    for listen in ["1.2.3:3260", "999.1.1.1:3260", "10.0.0.300:3260"] {
+        ds.refused(
+            &["target", "add", "--alias", "t", "--listen", listen],
+            &format!("--listen {listen:?}"),
+        );
+    }
+    ds.ok(&["target", "add", "--alias", "t"]);
+    ds.refused(
+        &["target", "set", "t", "--listen", "1.2.3:3260"],
+        "--listen",
+    );
+    // A new datastore is not begun with a listen address it cannot hold.
+    let fresh = tempfile::tempdir().unwrap();
+    let root = fresh.path().join("ds");
+    let out = Command::new(env!("CARGO_BIN_EXE_vitctl"))
+        .arg("--datastore")
+        .arg(&root)
+        .args(["homeobject", "create", "--listen", "1.2.3:3260"])
+        .env_remove("VIT_DATASTORE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--listen \"1.2.3:3260\""), "{stderr}");
+    assert!(
+        !root.exists(),
+        "a refused homeobject create made {}",
+        root.display()
+    );
+}
+
+#[test]
 fn target_and_lun_lifecycle() {
     let ds = Ds::new();
     let t = ds.json(&["target", "add", "--alias", "web", "--listen", "vmk0:3260"]);

@@ -218,6 +218,11 @@ pub fn check_listen(listen: &str) -> Result<()> {
     {
         return bad("not an address or interface name");
     }
+    // What vit.conf's verifier will say of it (e.g. `1.2.3`, `999.1.1.1`: neither an IPv4
+    // address nor a name), said of the flag rather than of a line of a file never written.
+    if let Err(why) = config::ListenAddr::parse(listen) {
+        return bad(&why);
+    }
     Ok(())
 }
 
