@@ -708,6 +708,22 @@ fn chap_targets_and_secret_warning() {
 }
 
 #[test]
+fn initiator_names_compare_in_any_case() {
+    let ds = Ds::new();
+    let a = "iqn.2000-01.com.a:x";
+    let upper = "IQN.2000-01.COM.A:X";
+    ds.refused(&["initiatorgroup", "add", "g", a, upper], "already in");
+    ds.ok(&["initiatorgroup", "add", "g", a]);
+    ds.refused(
+        &["initiatorgroup", "initiator", "add", "g", upper],
+        "already in",
+    );
+    ds.ok(&["initiatorgroup", "initiator", "remove", "g", upper]);
+    let g = ds.json(&["initiatorgroup", "get", "g"]);
+    assert_eq!(g["initiators"].as_array().unwrap().len(), 0, "{g}");
+}
+
+#[test]
 fn initiator_groups() {
     let ds = Ds::new();
     let win = "iqn.1991-05.com.microsoft:win-53ggkq348ci";

@@ -919,7 +919,12 @@ impl Ctl {
                 add_initiators(g, initiators)
             } else {
                 for i in initiators {
-                    let Some(k) = g.initiators.iter().position(|x| &x.name == i) else {
+                    // iSCSI names compare in any case (as vit.conf's verifier and vitd do).
+                    let found = g
+                        .initiators
+                        .iter()
+                        .position(|x| x.name.eq_ignore_ascii_case(i));
+                    let Some(k) = found else {
                         return input(format!("{i} is not in initiator group {name:?}"));
                     };
                     g.initiators.remove(k);
@@ -1082,7 +1087,11 @@ fn find_group<'a>(cfg: &'a Config, name: &str) -> Result<&'a InitiatorGroup> {
 
 fn add_initiators(group: &mut InitiatorGroup, initiators: &[String]) -> Result<()> {
     for i in initiators {
-        if group.initiators.iter().any(|x| &x.name == i) {
+        if group
+            .initiators
+            .iter()
+            .any(|x| x.name.eq_ignore_ascii_case(i))
+        {
             return input(format!(
                 "{i} is already in initiator group {:?}",
                 group.name
