@@ -851,3 +851,31 @@ fn sample_config_is_served_read_only_view() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.lines().count() >= 2, "{stderr}");
 }
+
+#[test]
+fn output_that_cannot_be_written_is_an_error_not_a_panic() {
+    let ds = Ds::new();
+    ds.ok(&["target", "add", "--alias", "t"]);
+    for args in [
+        &["target", "list"][..],
+        &["--format", "json", "target", "get", "t"],
+        &["config", "show"],
+        &["config", "validate"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vitctl"))
+            .arg("--datastore")
+            .arg(ds.root())
+            .args(args)
+            .env_remove("VIT_DATASTORE")
+            .stdout(fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "vitctl {args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "vitctl {args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("vitctl: error: standard output:"),
+            "vitctl {args:?}: {stderr}"
+        );
+    }
+}

@@ -260,17 +260,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes `text` to standard output; a failure (a closed pipe, a full disk) is an error to
+/// report, never a panic (as `print!` would make it).
+fn out(text: &str) -> Result<(), CtlError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| CtlError::Input(format!("standard output: {e}")))
+}
+
 /// Prints one object or a list in the chosen format.
 fn show<T: Serialize + Tabular>(format: Format, rows: &[T], single: bool) -> Result<(), CtlError> {
     match format {
-        Format::Table => print!("{}", table(rows)),
+        Format::Table => out(&table(rows))?,
         Format::Json => {
             let text = if single && rows.len() == 1 {
                 serde_json::to_string_pretty(&rows[0])
             } else {
                 serde_json::to_string_pretty(rows)
             };
-            println!("{}", text.map_err(|e| CtlError::Input(e.to_string()))?);
+            out(&(text.map_err(|e| CtlError::Input(e.to_string()))? + "\n"))?;
         }
     }
     Ok(())
@@ -311,15 +322,15 @@ fn dispatch(ctl: &mut Ctl, cmd: Cmd, format: Format) -> Result<ExitCode, CtlErro
         Cmd::Homeobject(HomeCmd::Get) => show(format, &[ctl.home_object()?], true)?,
         Cmd::Target(t) => target(ctl, t, format)?,
         Cmd::Initiatorgroup(g) => group(ctl, g, format)?,
-        Cmd::Config(ConfigCmd::Show) => print!("{}", ctl.ds.read_config_text()?),
+        Cmd::Config(ConfigCmd::Show) => out(&ctl.ds.read_config_text()?)?,
         Cmd::Config(ConfigCmd::Validate) => {
             let problems = ctl.ds.validate();
             if format == Format::Json {
                 let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
                 let v = serde_json::json!({ "valid": problems.is_empty(), "problems": list });
-                println!("{v:#}");
+                out(&format!("{v:#}\n"))?;
             } else if problems.is_empty() {
-                println!("{}: valid", ctl.ds.config_path().display());
+                out(&format!("{}: valid\n", ctl.ds.config_path().display()))?;
             }
             for p in &problems {
                 eprintln!("{p}");
