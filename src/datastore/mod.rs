@@ -165,9 +165,19 @@ impl Datastore {
         if !path.is_file() {
             return Err(DatastoreError::NoHomeObject(path));
         }
-        let bytes = read_bounded(&path, MAX_CONFIG_BYTES)?;
-        config::decode(bytes, &path.display().to_string())
-            .map_err(|e| DatastoreError::Config(vec![e]))
+        let file = path.display().to_string();
+        let bytes = match read_bounded(&path, MAX_CONFIG_BYTES) {
+            Err(DatastoreError::Invalid(_)) => {
+                // Where the parser puts a file over its limit: every problem has a place.
+                let at = config::Pos { line: 1, col: 1 };
+                let msg = format!("file is more than the limit of {MAX_CONFIG_BYTES} bytes");
+                return Err(DatastoreError::Config(vec![ConfigError::at(
+                    &file, at, msg,
+                )]));
+            }
+            other => other?,
+        };
+        config::decode(bytes, &file).map_err(|e| DatastoreError::Config(vec![e]))
     }
 
     /// Reads, parses and verifies vit.conf.
@@ -447,6 +457,21 @@ mod tests {
         let e = ds.load_config().unwrap_err().to_string();
         let want = format!("{}:3:3:", ds.config_path().display());
         assert!(e.starts_with(&want), "{e}");
+    }
+
+    #[test]
+    fn a_config_over_the_limit_is_reported_at_a_place() {
+        let (_dir, ds) = ds();
+        let mut text = std::fs::read(ds.config_path()).unwrap();
+        text.resize(usize::try_from(MAX_CONFIG_BYTES).unwrap() + 1, b'#');
+        std::fs::write(ds.config_path(), &text).unwrap();
+        let want = format!(
+            "{}:1:1: file is more than the limit of {MAX_CONFIG_BYTES} bytes",
+            ds.config_path().display()
+        );
+        assert_eq!(ds.load_config().unwrap_err().to_string(), want);
+        let problems: Vec<String> = ds.validate().iter().map(ToString::to_string).collect();
+        assert_eq!(problems, [want]);
     }
 
     #[test]
