@@ -879,3 +879,40 @@ fn output_that_cannot_be_written_is_an_error_not_a_panic() {
         );
     }
 }
+
+#[test]
+fn target_set_keeps_the_authentication_a_hand_written_target_has() {
+    let ds = Ds::new();
+    ds.ok(&["initiatorgroup", "add", "g", "iqn.2000-01.com.a:x"]);
+    let uuid = ds.json(&["target", "add", "--alias", "t"])["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let made = fs::read_to_string(ds.conf()).unwrap();
+    let group = format!("auth-group {uuid} {{\n\tauth-type none\n}}\n");
+    let uses = format!("\tauth-group {uuid}\n");
+    assert!(made.contains(&group) && made.contains(&uses), "{made}");
+    let hand_written = |target_auth: &str| {
+        let text = made.replace(&group, "").replace(&uses, target_auth);
+        fs::write(ds.conf(), text).unwrap();
+        ds.ok(&["config", "validate"]);
+    };
+    // A target closed to all (ctld's predefined no-access) stays closed.
+    hand_written("\tauth-group no-access\n");
+    assert_eq!(ds.json(&["target", "get", "t"])["auth_type"], "deny");
+    let v = ds.json(&["target", "set", "t", "--initiator-group", "g"]);
+    assert_eq!(v["auth_type"], "deny", "{v}");
+    assert_eq!(v["initiator_groups"][0], "g", "{v}");
+    // Inline CHAP and initiator restrictions are kept when only the group changes.
+    hand_written("\tchap u 0123456789ab\n\tinitiator-name iqn.2000-01.com.b:y\n");
+    let v = ds.json(&["target", "set", "t", "--initiator-group", "g"]);
+    assert_eq!(v["auth_type"], "chap", "{v}");
+    assert_eq!(v["chap_user"], "u", "{v}");
+    let conf = fs::read_to_string(ds.conf()).unwrap();
+    assert!(conf.contains("chap u 0123456789ab\n"), "{conf}");
+    assert!(
+        conf.contains("initiator-name iqn.2000-01.com.b:y\n"),
+        "{conf}"
+    );
+    ds.ok(&["config", "validate"]);
+}

@@ -330,6 +330,57 @@ fn check_name_free(cfg: &Config, me: Option<usize>, name: &str, as_name: bool) -
     Ok(())
 }
 
+/// The authentication target `t` is served with, as vitd resolves it: its auth-group (one
+/// defined, else ctld's predefined `no-authentication`, or `default` and `no-access`, which
+/// deny), else its inline statements, else the `default` group. The auth type is always set:
+/// the one written, else the one vitd takes from the rest (see [`effective_auth_type`]).
+pub fn effective_auth(cfg: &Config, t: &Target) -> AuthSettings {
+    let name = match &t.auth_group {
+        Some(g) => g.name.as_str(),
+        None if !t.auth.is_empty() => return with_effective_type(cfg, t.auth.clone()),
+        None => "default",
+    };
+    if let Some(g) = cfg.auth_groups.iter().find(|g| g.name == name) {
+        return with_effective_type(cfg, g.auth.clone());
+    }
+    let ty = match name {
+        "no-authentication" => AuthType::None,
+        _ => AuthType::Deny,
+    };
+    AuthSettings {
+        auth_type: Some((ty, Pos::default())),
+        ..Default::default()
+    }
+}
+
+fn with_effective_type(cfg: &Config, mut auth: AuthSettings) -> AuthSettings {
+    auth.auth_type = Some((effective_auth_type(cfg, &auth), Pos::default()));
+    auth
+}
+
+/// The auth type vitd serves settings with: the one written, else chap-mutual or chap when
+/// there are such credentials, else none when initiators (by name, through a group, or by
+/// address) are restricted, else deny (as ctld).
+pub fn effective_auth_type(cfg: &Config, auth: &AuthSettings) -> AuthType {
+    let group_members = auth.initiator_groups.iter().any(|g| {
+        cfg.initiator_groups
+            .iter()
+            .any(|x| x.name == g.name && !x.initiators.is_empty())
+    });
+    match auth.auth_type {
+        Some((t, _)) => t,
+        None if !auth.chap_mutual.is_empty() => AuthType::ChapMutual,
+        None if !auth.chap.is_empty() => AuthType::Chap,
+        None if !auth.initiator_names.is_empty()
+            || !auth.initiator_portals.is_empty()
+            || group_members =>
+        {
+            AuthType::None
+        }
+        None => AuthType::Deny,
+    }
+}
+
 fn target_uuid(t: &Target) -> Result<String> {
     t.uuid().map(str::to_string).ok_or_else(|| {
         CtlError::Input(format!(
@@ -589,20 +640,17 @@ impl Ctl {
                 || change.initiator_group.is_some();
             if auth_changed {
                 let uuid = target_uuid(&cfg.targets[i])?;
-                let current = cfg
-                    .auth_groups
-                    .iter()
-                    .find(|g| g.name == uuid)
-                    .map(|g| g.auth.clone());
-                let group = match &change.initiator_group {
-                    Some(g) => g.clone(),
-                    None => current
-                        .as_ref()
-                        .and_then(|a| a.initiator_groups.first().map(|n| n.name.clone())),
-                };
-                let current = current.as_ref().map(spec_of).unwrap_or_default();
-                let spec = current.updated(&change.auth);
-                let auth = me.auth_settings(&spec, group.as_deref(), cfg)?;
+                // What the target is served with now (its own group, another, a predefined one
+                // or inline statements): what the change does not name is kept.
+                let current = effective_auth(cfg, &cfg.targets[i]);
+                let group = change.initiator_group.clone().flatten();
+                let spec = spec_of(&current).updated(&change.auth);
+                let mut auth = me.auth_settings(&spec, group.as_deref(), cfg)?;
+                if change.initiator_group.is_none() {
+                    auth.initiator_groups = current.initiator_groups.clone();
+                }
+                auth.initiator_names = current.initiator_names.clone();
+                auth.initiator_portals = current.initiator_portals.clone();
                 match cfg.auth_groups.iter_mut().find(|g| g.name == uuid) {
                     Some(g) => g.auth = auth,
                     None => cfg.auth_groups.push(AuthGroup {

@@ -48,11 +48,7 @@ pub struct TargetView {
 
 impl TargetView {
     pub fn new(cfg: &Config, t: &Target) -> Self {
-        let group = t
-            .auth_group
-            .as_ref()
-            .and_then(|g| cfg.auth_groups.iter().find(|a| a.name == g.name));
-        let auth = group.map_or(&t.auth, |g| &g.auth);
+        let auth = &crate::ctl::effective_auth(cfg, t);
         let portal_groups: Vec<String> = t
             .portal_groups
             .iter()
@@ -69,12 +65,9 @@ impl TargetView {
                 }
             })
             .collect();
-        let auth_type = match auth.auth_type {
-            Some((t, _)) => t.as_str().to_string(),
-            None if !auth.chap_mutual.is_empty() => "chap-mutual".into(),
-            None if !auth.chap.is_empty() => "chap".into(),
-            None => "none".into(),
-        };
+        let auth_type = crate::ctl::effective_auth_type(cfg, auth)
+            .as_str()
+            .to_string();
         TargetView {
             alias: t.alias.as_ref().map(|a| a.name.clone()),
             iqn: t.name.clone(),
