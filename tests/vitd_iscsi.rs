@@ -695,6 +695,38 @@ fn a_portal_groups_own_auth_group_governs_logins_and_discovery_through_it() {
     assert!(ok && !out.contains(&iqn("pa")), "{out}");
 }
 
+/// A target restricted to an initiator group whose last initiator was removed admits nobody
+/// (an empty list of allowed names had meant any initiator: removing the last one opened the
+/// target to all).
+#[test]
+fn an_emptied_initiator_group_admits_no_initiator() {
+    if !have("iscsi-inq") || !have("iscsi-ls") {
+        return;
+    }
+    let ds = Datastore::new();
+    let libiscsi = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-inq";
+    ds.vitctl(&["initiatorgroup", "add", "g1", libiscsi]);
+    ds.target("only", &["--initiator-group", "g1"]);
+    ds.lun("only", 0, "8M");
+    {
+        let _vitd = ds.start();
+        let (ok, out) = client("iscsi-inq", &[&ds.url("only", 0)]);
+        assert!(ok, "a member is let in: {out}");
+    }
+    ds.vitctl(&["initiatorgroup", "initiator", "remove", "g1", libiscsi]);
+    let vitd = ds.start();
+    let (ok, out) = client("iscsi-inq", &[&ds.url("only", 0)]);
+    assert!(!ok, "the emptied group let iscsi-inq in: {out}");
+    let (ok, out) = client("iscsi-ls", &[&ds.portal()]);
+    assert!(ok && !out.contains(&iqn("only")), "{out}");
+    assert!(
+        vitd.log_text()
+            .contains("initiator group g1 has no initiators"),
+        "{}",
+        vitd.log_text()
+    );
+}
+
 #[test]
 fn discovery_filter_none_lists_targets_portal_name_hides() {
     if !have("iscsi-ls") {

@@ -255,8 +255,22 @@ fn policy(cfg: &Config, a: &AuthSettings) -> AuthPolicy {
             initiators.extend(group.initiators.iter().map(|i| i.name.clone()));
         }
     }
+    // An initiator group restricts who may log in; named but empty, it admits nobody (an empty
+    // list of names means "any initiator", so it must not come out as one).
+    let emptied = !a.initiator_groups.is_empty() && initiators.is_empty();
+    if emptied {
+        let names: Vec<&str> = a.initiator_groups.iter().map(|g| g.name.as_str()).collect();
+        tracing::warn!(
+            "initiator group {} has no initiators: the targets that use it admit none",
+            names.join(", ")
+        );
+    }
     AuthPolicy {
-        auth_type: a.auth_type.map(|(t, _)| t),
+        auth_type: if emptied {
+            Some(AuthType::Deny)
+        } else {
+            a.auth_type.map(|(t, _)| t)
+        },
         chap: a
             .chap
             .iter()
