@@ -536,7 +536,10 @@ impl Conn {
         let needs_buf = cmd.expected_data_length > 0 || cmd.read;
         let want = buffer_len(cmd, pool);
         let buf = if needs_buf {
-            match pool.alloc_new(want) {
+            let free = (!self.over_large_share(want, pool))
+                .then(|| pool.alloc_new(want))
+                .flatten();
+            match free {
                 Some(b) => Some(b),
                 // No buffer that large free: the command waits for one (on_command queues it),
                 // its immediate data, if any, kept meanwhile in a buffer of its own size.
@@ -590,16 +593,32 @@ impl Conn {
         !cmd.write || self.params.initial_r2t
     }
 
+    /// Whether a command needing `len` bytes must wait because this connection already holds
+    /// its share of the thread's largest buffers ([`BufferPool::largest_share`]): one session's
+    /// deep queue of large I/O, or an initiator that takes buffers and then sends no data,
+    /// leaves some to the thread's other sessions.
+    fn over_large_share(&self, len: usize, pool: &BufferPool) -> bool {
+        pool.needs_largest(len)
+            && self
+                .tasks
+                .iter()
+                .flatten()
+                .filter(|t| t.buf.is_some_and(|b| pool.is_largest(b)))
+                .count()
+                >= pool.largest_share()
+    }
+
     /// Whether commands wait for a buffer ([`Conn::grant_buffer`]).
     pub fn waiting_for_buffer(&self) -> bool {
         !self.buffer_wait.is_empty()
     }
 
-    /// The buffer length the command first in line for one needs.
+    /// The buffer length the command first in line for one needs, unless its connection's
+    /// share of the largest buffers holds it back (then it has no claim on a free one).
     pub fn wait_len(&self, pool: &BufferPool) -> Option<usize> {
-        self.buffer_wait
-            .front()
-            .map(|(_, cmd)| buffer_len(cmd, pool))
+        let (_, cmd) = self.buffer_wait.front()?;
+        let len = buffer_len(cmd, pool);
+        (!self.over_large_share(len, pool)).then_some(len)
     }
 
     /// Gives the oldest command waiting for a buffer one, if the pool has one free, and runs it
@@ -625,7 +644,11 @@ impl Conn {
                 self.buffer_wait.pop_front();
                 continue;
             }
-            let Some(b) = pool.alloc(buffer_len(&cmd, pool)) else {
+            let len = buffer_len(&cmd, pool);
+            if self.over_large_share(len, pool) {
+                return false;
+            }
+            let Some(b) = pool.alloc(len) else {
                 return false;
             };
             self.buffer_wait.pop_front();
@@ -730,7 +753,11 @@ impl Conn {
             .as_ref()
             .is_some_and(|t| t.state == TaskState::Waiting)
         {
-            pool.note_waiting(buffer_len(cmd, pool));
+            let len = buffer_len(cmd, pool);
+            // One held back by its connection's share leaves the free buffers to others.
+            if !self.over_large_share(len, pool) {
+                pool.note_waiting(len);
+            }
             self.buffer_wait.push_back((i, *cmd));
             return;
         }
@@ -2277,6 +2304,32 @@ mod tests {
         // In turn: a first.
         assert!(a.grant_buffer(&mut pool) && !b.grant_buffer(&mut pool));
         assert!(a.io.pop_front().is_some_and(|w| w.req.byte_len == 8192));
+    }
+
+    #[test]
+    fn one_connection_takes_at_most_three_quarters_of_the_largest_buffers() {
+        let (mut a, _) = conn(true);
+        let (mut b, _) = conn(true);
+        let mut pool = BufferPool::new(&[(4096, 8), (65536, 4)]).unwrap();
+        // a asks for four reads of 8 KiB: three get a large buffer, the fourth waits though
+        // one is free.
+        for k in 0..4u32 {
+            let mut read = read16(100 + k);
+            read[16..20].copy_from_slice(&(0x50 + k).to_be_bytes());
+            feed(&mut a, &mut pool, &read, &[]);
+        }
+        assert_eq!(a.io.len(), 3);
+        assert!(a.waiting_for_buffer() && !a.grant_buffer(&mut pool));
+        // b's read takes the one left.
+        feed(&mut b, &mut pool, &read16(100), &[]);
+        assert_eq!(b.io.len(), 1, "b found no buffer");
+        // Once one of a's reads ends, its fourth goes on.
+        let w = a.io.pop_front().unwrap();
+        a.io_done(w.task, IoResult::Ok, &mut pool);
+        while let Some(p) = a.pop_out() {
+            a.sent(&p, &mut pool);
+        }
+        assert!(a.grant_buffer(&mut pool) && !a.waiting_for_buffer());
     }
 
     #[test]

@@ -204,6 +204,27 @@ impl BufferPool {
         self.classes.last().map_or(0, |c| c.size)
     }
 
+    /// Whether a slot for `len` bytes can only come from the largest class.
+    pub fn needs_largest(&self, len: usize) -> bool {
+        let n = self.classes.len().saturating_sub(1);
+        self.classes[..n].iter().all(|c| c.size < len)
+    }
+
+    /// Whether `id` is a slot of the largest class.
+    pub fn is_largest(&self, id: BufId) -> bool {
+        self.classes
+            .last()
+            .is_some_and(|c| id.0 >= c.first && id.0 < c.first + c.count)
+    }
+
+    /// How many slots of the largest class one connection may hold: three quarters of them (at
+    /// least one), so that some are always left to the thread's other sessions.
+    pub fn largest_share(&self) -> usize {
+        self.classes
+            .last()
+            .map_or(1, |c| (usize::from(c.count) * 3 / 4).max(1))
+    }
+
     /// Free slots in all classes.
     pub fn available(&self) -> usize {
         self.classes.iter().map(|c| c.free.len()).sum()
