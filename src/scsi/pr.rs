@@ -663,12 +663,31 @@ fn register_and_move(
     Ok(())
 }
 
-/// SPC-2 RESERVE (6)/(10). Conflicts were checked by [`conflicts`].
+/// Whether RESERVE (6)/(10) and RELEASE (6)/(10) from `it` complete GOOD and change nothing
+/// because of the persistent reservation: SPC-3 5.6.3 / SPC-4 5.13.3, the behaviour that the
+/// CRH bit of REPORT CAPABILITIES promises. So when `it` is the persistent reservation
+/// holder, or is registered and the reservation is a registrants-only or all-registrants one.
+fn crh_exempt(pr: &PrState, it: &ItNexusId) -> bool {
+    match &pr.res {
+        Some(r) if r.rtype.registrants_only() || r.rtype.all_registrants() => {
+            pr.reg_index(it).is_some()
+        }
+        Some(_) => pr.is_holder(it),
+        None => false,
+    }
+}
+
+/// SPC-2 RESERVE (6)/(10). Conflicts were checked by [`conflicts`]. Under a persistent
+/// reservation that [`crh_exempt`] lets it through, it establishes nothing.
 pub fn reserve_spc2(pr: &mut PrState, it: &ItNexusId) {
+    if crh_exempt(pr, it) {
+        return;
+    }
     pr.spc2 = Some(it.clone());
 }
 
-/// SPC-2 RELEASE (6)/(10): releases the reservation if `it` holds it.
+/// SPC-2 RELEASE (6)/(10): releases the reservation if `it` holds it (a persistent
+/// reservation is never released by it).
 pub fn release_spc2(pr: &mut PrState, it: &ItNexusId) {
     pr.nexus_lost(it);
 }
@@ -822,9 +841,11 @@ pub fn conflicts(pr: &PrState, it: &ItNexusId, cdb: &[u8]) -> bool {
         opcode,
         op::RESERVE_6 | op::RESERVE_10 | op::RELEASE_6 | op::RELEASE_10
     );
-    // SPC-4 5.13.3: with any registration, RESERVE and RELEASE conflict.
+    // SPC-2 5.5.1: with any registration, RESERVE and RELEASE conflict; but not (CRH = 1,
+    // SPC-3 5.6.3) from the holder or a registrant that the persistent reservation
+    // privileges: those complete GOOD without effect.
     if spc2_cmd && !pr.regs.is_empty() {
-        return true;
+        return !crh_exempt(pr, it);
     }
     if let Some(holder) = &pr.spc2
         && holder != it

@@ -615,3 +615,43 @@ proptest::proptest! {
         }
     }
 }
+
+/// REPORT CAPABILITIES sets CRH, so RESERVE and RELEASE follow SPC-3 5.6.3 ("Exceptions to
+/// SPC-2 RESERVE and RELEASE behavior", also SPC-4 5.13.3; LIO's
+/// target_check_scsi2_reservation_conflict does the same): from the persistent reservation
+/// holder, or from any registrant of a registrants-only or all-registrants reservation, they
+/// complete GOOD and change nothing; from anyone else they conflict as SPC-2 says.
+#[test]
+fn compatible_reservation_handling_as_report_capabilities_claims() {
+    let (mut a, mut b, mut c) = (nexus("iqn.a"), nexus("iqn.b"), nexus("iqn.c"));
+    // CRH is what REPORT CAPABILITIES reports.
+    let mut pr = PrState::new();
+    let r = exec(&mut a, Some(&mut pr), 0, &cdb10(0x5E, 2, 0, 8), &[]);
+    good(&r);
+    assert_eq!(r.data[2] & 0x10, 0x10, "CRH");
+    for (rtype, registrant_exempt) in [(1u8, false), (3, false), (5, true), (8, true)] {
+        let mut pr = PrState::new();
+        for (n, key) in [(&mut a, 0xA), (&mut b, 0xB)] {
+            let (cdb, p) = prout(0, 0, 0, key);
+            good(&exec(n, Some(&mut pr), 0, &cdb, &p));
+        }
+        let (cdb, p) = prout(1, rtype, 0xA, 0);
+        good(&exec(&mut a, Some(&mut pr), 0, &cdb, &p));
+        let before = pr.clone();
+        for op in [0x16u8, 0x17] {
+            good(&exec(&mut a, Some(&mut pr), 0, &[op, 0, 0, 0, 0, 0], &[]));
+            let r = exec(&mut b, Some(&mut pr), 0, &[op, 0, 0, 0, 0, 0], &[]);
+            if registrant_exempt {
+                good(&r);
+            } else {
+                assert_eq!(done(&r).status, Status::ReservationConflict, "type {rtype}");
+            }
+            let r = exec(&mut c, Some(&mut pr), 0, &[op, 0, 0, 0, 0, 0], &[]);
+            assert_eq!(done(&r).status, Status::ReservationConflict, "type {rtype}");
+        }
+        // Nothing changed: no SPC-2 reservation, the persistent one as it was.
+        assert!(pr.spc2_holder().is_none());
+        assert_eq!(pr.reservation(), before.reservation());
+        assert_eq!(pr.registrations(), before.registrations());
+    }
+}
