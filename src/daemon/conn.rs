@@ -499,7 +499,7 @@ impl Conn {
             InitiatorPdu::ScsiCommand(cmd) => self.on_command(&cmd, bhs, header_task, pool),
             InitiatorPdu::DataOut(d) => self.on_data_out(&d, bhs, pool),
             InitiatorPdu::NopOut(n) => self.on_nop_out(&n),
-            InitiatorPdu::TaskMgmt(t) => self.on_tmf(&t, pool),
+            InitiatorPdu::TaskMgmt(t) => self.on_tmf(&t, bhs, pool),
             InitiatorPdu::Text(t) => self.on_text(&t, bhs),
             InitiatorPdu::Logout(l) => self.on_logout(&l),
             InitiatorPdu::Login(_) => {
@@ -1534,8 +1534,15 @@ impl Conn {
         self.push(bhs, OutData::None, None, false);
     }
 
-    fn on_tmf(&mut self, t: &TaskMgmtRequest, pool: &mut BufferPool) {
+    fn on_tmf(&mut self, t: &TaskMgmtRequest, bhs: &[u8; BHS_LEN], pool: &mut BufferPool) {
         if !self.take_cmd_sn(t.immediate, t.cmd_sn) {
+            return;
+        }
+        // Its tag must not be one still in use, by a command or by a task management request
+        // waiting for its answer: two held requests with one tag would share (and miscount)
+        // the tasks each waits for, and neither might ever be answered.
+        if self.find_itt(t.itt).is_some() || self.tmf_held.iter().any(|h| h.itt == t.itt) {
+            self.reject(RejectReason::TaskInProgress, bhs);
             return;
         }
         use crate::iscsi::pdu::TmfFunction as F;
@@ -2961,6 +2968,36 @@ mod tests {
             );
             shared.write_done(3);
         }
+    }
+
+    /// A task management request reusing the tag of one still waiting for its answer is
+    /// rejected (two held requests with one tag miscounted the tasks they wait for: a debug
+    /// build panicked, and the first answer could be lost).
+    #[test]
+    fn a_task_management_request_reusing_a_held_ones_tag_is_rejected() {
+        let (mut c, mut pool) = conn(true);
+        let shared = &c.target.as_ref().unwrap().luns[0].shared;
+        assert!(shared.write_start(7, 0, 4096));
+        // A LOGICAL UNIT RESET (tag 0x99) waits for another session's write.
+        feed(&mut c, &mut pool, &tmf(5, 100), &[]);
+        assert!(sent(&mut c).is_empty());
+        // ABORT TASK SET with the same tag: Reject, and the reset still answered once the
+        // write ends.
+        feed(&mut c, &mut pool, &tmf(2, 100), &[]);
+        let pdus = sent(&mut c);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::Reject(_)]),
+            "{pdus:?}"
+        );
+        let shared = &c.target.as_ref().unwrap().luns[0].shared;
+        shared.write_done(7);
+        assert!(c.poll_resets());
+        let pdus = sent(&mut c);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::TaskMgmt(r)] if r.itt == 0x99 && r.response == 0),
+            "{pdus:?}"
+        );
+        assert!(!c.resets_pending());
     }
 
     /// Another session of `c`'s target, as another initiator.
