@@ -1019,33 +1019,47 @@ fn large_read_answered(s: &mut Session) {
     assert!(data.len() == 1 << 20 && data.iter().all(|&b| b == 0));
 }
 
+/// Sends `n` writes of 1 MiB on `s` and reads the R2Ts vitd answers them with until `r2ts`
+/// came (each such write holds one of the thread's large buffers).
+fn writes_taken(s: &mut Session, vitd: &Vitd, n: u32, r2ts: u32) {
+    for k in 0..n {
+        s.itt += 1;
+        let cdb: [u8; 16] = cdb16(0x8a, u64::from(k % 20) * 2048, 2048)
+            .try_into()
+            .unwrap();
+        let bhs = write_bhs(s, s.itt, cdb, (1 << 20, 0));
+        s.cmd_sn = s.cmd_sn.wrapping_add(1);
+        s.raw(&bhs).unwrap();
+    }
+    s.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = 0;
+    while got < r2ts {
+        match initiator::read_pdu(&mut s.stream) {
+            Ok((TargetPdu::R2t(_), _)) => got += 1,
+            Ok(_) => {}
+            Err(e) => panic!("{e} after {got} R2Ts: {}", vitd.log_text()),
+        }
+    }
+}
+
 /// Writes that ask for data and get none hold a buffer each: an initiator that stalls them
 /// (while it answers, so pings do not drop it) loses its connection after `--stall-timeout`,
-/// and the buffers serve the other sessions again.
+/// and the buffers serve the other sessions again. One session takes at most three quarters
+/// of the thread's 32 large buffers (24), so another session's large read is answered while
+/// it stalls; a second stalling session takes the other 8, and then a read waits.
 #[test]
 fn writes_whose_data_out_never_comes_cost_their_connection() {
     let (ds, vitd, mut other) = one_thread_stalling_after_3_s();
     let mut stall = session(ds.port, 1);
-    for k in 0..32u32 {
-        stall.itt += 1;
-        let cdb: [u8; 16] = cdb16(0x8a, u64::from(k) * 2048, 2048).try_into().unwrap();
-        let bhs = write_bhs(&stall, stall.itt, cdb, (1 << 20, 0));
-        stall.cmd_sn = stall.cmd_sn.wrapping_add(1);
-        stall.raw(&bhs).unwrap();
-    }
-    // Each write was taken (an R2T asks for its data) before the other session reads.
-    stall
-        .stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut r2ts = 0;
-    while r2ts < 32 {
-        match initiator::read_pdu(&mut stall.stream) {
-            Ok((TargetPdu::R2t(_), _)) => r2ts += 1,
-            Ok(_) => {}
-            Err(e) => panic!("{e} after {r2ts} R2Ts: {}", vitd.log_text()),
-        }
-    }
+    writes_taken(&mut stall, &vitd, 32, 24);
+    // Its share is taken: the other session's read is served from the rest.
+    let bhs = large_read_bhs(&mut other, 0);
+    other.raw(&bhs).unwrap();
+    large_read_answered(&mut other);
+    let mut second = session(ds.port, 3);
+    writes_taken(&mut second, &vitd, 32, 8);
     large_read_waits(&mut other);
     assert!(
         dropped_for(&mut stall, &vitd, "waited 3 s for Data-Out"),
@@ -1055,17 +1069,15 @@ fn writes_whose_data_out_never_comes_cost_their_connection() {
     stall
         .closed_within(Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
+    second
+        .closed_within(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
     large_read_answered(&mut other);
 }
 
-/// Answers an initiator never reads hold their buffers while vitd's sends wait: past
-/// `--stall-timeout` without a byte taken, the connection goes and the buffers serve others.
-/// (It sends, so vitd keeps reading it and never pings it.)
-#[test]
-fn an_initiator_that_reads_nothing_costs_its_connection() {
-    let (ds, vitd, mut other) = one_thread_stalling_after_3_s();
-    let mut deaf = session(ds.port, 1);
-    // A small receive buffer: vitd's sends stop after a few MiB.
+/// A session whose socket takes little: vitd's sends to it stop after a few MiB.
+fn deaf_session(port: u16, isid: u8) -> Session {
+    let deaf = session(port, isid);
     let small: libc::c_int = 64 << 10;
     // SAFETY: setsockopt on a socket this test owns, with a c_int option value of its size.
     let rc = unsafe {
@@ -1078,11 +1090,25 @@ fn an_initiator_that_reads_nothing_costs_its_connection() {
         )
     };
     assert_eq!(rc, 0);
-    // 64 reads of 1 MiB, more than the 32 buffers: those past them wait for one, and take
+    deaf
+}
+
+/// Answers an initiator never reads hold their buffers while vitd's sends wait: past
+/// `--stall-timeout` without a byte taken, the connection goes and the buffers serve others.
+/// (It sends, so vitd keeps reading it and never pings it.) Two such initiators, since one
+/// holds at most three quarters of the thread's large buffers.
+#[test]
+fn an_initiator_that_reads_nothing_costs_its_connection() {
+    let (ds, vitd, mut other) = one_thread_stalling_after_3_s();
+    let mut deaf = deaf_session(ds.port, 1);
+    let mut second = deaf_session(ds.port, 3);
+    // 64 reads of 1 MiB each, more than the 32 buffers: those past them wait for one, and take
     // those the first few reads' sends give back.
-    for k in 0..64u64 {
-        let bhs = large_read_bhs(&mut deaf, k % 32 * 2048);
-        deaf.raw(&bhs).unwrap();
+    for s in [&mut deaf, &mut second] {
+        for k in 0..64u64 {
+            let bhs = large_read_bhs(s, k % 32 * 2048);
+            s.raw(&bhs).unwrap();
+        }
     }
     std::thread::sleep(Duration::from_millis(300));
     large_read_waits(&mut other);
