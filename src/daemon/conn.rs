@@ -542,10 +542,12 @@ impl Conn {
             match free {
                 Some(b) => Some(b),
                 // No buffer that large free: the command waits for one (on_command queues it),
-                // its immediate data, if any, kept meanwhile in a buffer of its own size.
+                // its immediate data, if any, kept meanwhile in a smaller buffer of its own
+                // size (not one of `want`: that would be its buffer, taken past its share or
+                // ahead of the commands waiting).
                 None if self.may_wait_for_buffer(cmd) => match cmd.data_segment_length {
                     0 => None,
-                    n => Some(pool.alloc(n as usize)?),
+                    n => Some(pool.alloc_to_keep(n as usize, want)?),
                 },
                 None => return None,
             }
@@ -2337,6 +2339,54 @@ mod tests {
             a.sent(&p, &mut pool);
         }
         assert!(a.grant_buffer(&mut pool) && !a.waiting_for_buffer());
+    }
+
+    /// A write whose immediate data needs one of the largest buffers to keep it, from a
+    /// connection at its share of them: it does not take one past its share as the buffer
+    /// that keeps its data (TASK SET FULL, the initiator sends it again).
+    #[test]
+    fn immediate_data_kept_takes_no_largest_buffer_past_the_share() {
+        let (mut a, _) = conn(true);
+        let (mut b, _) = conn(true);
+        let mut pool = BufferPool::new(&[(4096, 8), (16384, 4)]).unwrap();
+        for k in 0..3u32 {
+            let mut read = read16(100 + k);
+            read[16..20].copy_from_slice(&(0x50 + k).to_be_bytes());
+            feed(&mut a, &mut pool, &read, &[]);
+        }
+        assert_eq!(a.io.len(), 3);
+        // A WRITE of 16 KiB with 8 KiB of immediate data: only a largest buffer holds that.
+        let mut write = write10(32, true, 103, 8192);
+        write[16..20].copy_from_slice(&0x60u32.to_be_bytes());
+        feed(&mut a, &mut pool, &write, &[7u8; 8192]);
+        assert!(
+            sent(&mut a).iter().all(|p| !matches!(p, TargetPdu::R2t(_))),
+            "the write took a fourth large buffer"
+        );
+        // b's read still finds the one left.
+        feed(&mut b, &mut pool, &read16(100), &[]);
+        assert_eq!(b.io.len(), 1, "b found no buffer");
+    }
+
+    /// The same for a newcomer while another connection waits: the buffer freed for the
+    /// waiter is not taken to keep the newcomer's immediate data.
+    #[test]
+    fn immediate_data_kept_takes_no_buffer_a_waiter_needs() {
+        let (mut a, _) = conn(true);
+        let (mut b, _) = conn(true);
+        let mut pool = BufferPool::new(&[(4096, 2), (65536, 1)]).unwrap();
+        let big = pool.alloc(65536).unwrap();
+        feed(&mut a, &mut pool, &read16(100), &[]);
+        assert!(a.waiting_for_buffer());
+        pool.release(big);
+        let mut write = write10(16, true, 100, 8192);
+        write[16..20].copy_from_slice(&0x60u32.to_be_bytes());
+        feed(&mut b, &mut pool, &write, &[7u8; 8192]);
+        assert!(
+            b.io.is_empty() && sent(&mut b).iter().all(|p| !matches!(p, TargetPdu::R2t(_))),
+            "b's write took a's buffer"
+        );
+        assert!(a.grant_buffer(&mut pool), "a's buffer was taken");
     }
 
     #[test]

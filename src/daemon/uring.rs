@@ -291,6 +291,18 @@ impl BufferPool {
         self.alloc(len)
     }
 
+    /// A slot of at least `len` bytes to keep a waiting command's immediate data until its own
+    /// buffer (`want` bytes) comes: smaller than `want` (a slot that large would be its buffer,
+    /// taken past its connection's share or ahead of the commands already waiting), and, as
+    /// [`BufferPool::alloc_new`], none a waiting command could take.
+    pub fn alloc_to_keep(&mut self, len: usize, want: usize) -> Option<BufId> {
+        let limit = self.waiting_for.map_or(want, |w| w.min(want));
+        self.classes
+            .iter_mut()
+            .filter(|c| c.size >= len && c.size < limit)
+            .find_map(|c| c.free.pop())
+    }
+
     /// A command now waits for a slot of `len` bytes.
     pub fn note_waiting(&mut self, len: usize) {
         self.waiting_for = Some(self.waiting_for.map_or(len, |w| w.min(len)));
