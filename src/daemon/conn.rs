@@ -1295,6 +1295,11 @@ impl Conn {
         }
         if let Some(b) = t.buf {
             pool.release(b);
+            // A command of its own that its share held back may take one now: what it needs is
+            // kept from newcomers until the data thread shares the free buffers out.
+            if let Some(len) = self.wait_len(pool) {
+                pool.note_waiting(len);
+            }
         }
         if let Some(itt) = t.tmf
             && let Some(at) = self.tmf_held.iter().position(|h| h.itt == itt)
@@ -2338,6 +2343,38 @@ mod tests {
         while let Some(p) = a.pop_out() {
             a.sent(&p, &mut pool);
         }
+        assert!(a.grant_buffer(&mut pool) && !a.waiting_for_buffer());
+    }
+
+    /// A connection held back by its share comes back under it as one of its tasks ends: the
+    /// buffer that task gives back is left to its waiting command, not taken by a command of
+    /// another connection arriving before the data thread hands it out.
+    #[test]
+    fn a_buffer_freed_under_the_share_is_left_to_the_command_it_held_back() {
+        let (mut a, _) = conn(true);
+        let (mut b, _) = conn(true);
+        let mut pool = BufferPool::new(&[(4096, 8), (65536, 4)]).unwrap();
+        for k in 0..4u32 {
+            let mut read = read16(100 + k);
+            read[16..20].copy_from_slice(&(0x50 + k).to_be_bytes());
+            feed(&mut a, &mut pool, &read, &[]);
+        }
+        feed(&mut b, &mut pool, &read16(100), &[]);
+        assert!(a.waiting_for_buffer() && b.io.len() == 1);
+        // One of a's reads ends, and before the data thread shares the buffer out, b's second
+        // read arrives: it waits behind a's.
+        let w = a.io.pop_front().unwrap();
+        a.io_done(w.task, IoResult::Ok, &mut pool);
+        while let Some(p) = a.pop_out() {
+            a.sent(&p, &mut pool);
+        }
+        let mut read = read16(101);
+        read[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        feed(&mut b, &mut pool, &read, &[]);
+        assert!(
+            b.io.len() == 1 && b.waiting_for_buffer(),
+            "b took the buffer a's read waits for"
+        );
         assert!(a.grant_buffer(&mut pool) && !a.waiting_for_buffer());
     }
 
