@@ -616,8 +616,12 @@ impl Conn {
     }
 
     /// The buffer length the command first in line for one needs, unless its connection's
-    /// share of the largest buffers holds it back (then it has no claim on a free one).
+    /// share of the largest buffers holds it back, or a logout (then it has no claim on a free
+    /// one: [`Conn::grant_buffer`] gives it none).
     pub fn wait_len(&self, pool: &BufferPool) -> Option<usize> {
+        if self.logging_out {
+            return None;
+        }
         let (_, cmd) = self.buffer_wait.front()?;
         let len = buffer_len(cmd, pool);
         (!self.over_large_share(len, pool)).then_some(len)
@@ -2444,6 +2448,33 @@ mod tests {
         pool.release(big);
         assert!(!c.grant_buffer(&mut pool));
         assert!(sent(&mut c).is_empty() && c.io.is_empty());
+    }
+
+    /// A command left waiting by a connection logging out will never take a buffer: it keeps
+    /// none from another connection's newcomer.
+    #[test]
+    fn a_command_waiting_behind_a_logout_keeps_no_buffer_from_others() {
+        let (mut c, mut pool, big) = conn_with_its_one_buffer_held();
+        let (mut b, _) = conn(true);
+        feed(&mut c, &mut pool, &read16(100), &[]);
+        let logout = crate::iscsi::pdu::LogoutRequest {
+            immediate: true,
+            itt: 0x77,
+            cmd_sn: 101,
+            ..Default::default()
+        };
+        let mut l = [0u8; BHS_LEN];
+        logout.encode(&mut l);
+        feed(&mut c, &mut pool, &l, &[]);
+        pool.release(big);
+        // The data thread shares the buffer out: c takes none, and says what still waits.
+        assert!(!c.grant_buffer(&mut pool));
+        pool.set_waiting(c.wait_len(&pool));
+        feed(&mut b, &mut pool, &read16(100), &[]);
+        assert!(
+            b.io.len() == 1 && !b.waiting_for_buffer(),
+            "b's read waited for c's, which will never run"
+        );
     }
 
     #[test]
