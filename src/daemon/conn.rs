@@ -2324,6 +2324,24 @@ mod tests {
         assert!(a.io.pop_front().is_some_and(|w| w.req.byte_len == 8192));
     }
 
+    /// Feeds `n` reads of 8 KiB to `c` (ITTs 0x50 on, CmdSN 100 on).
+    fn feed_reads(c: &mut Conn, pool: &mut BufferPool, n: u32) {
+        for k in 0..n {
+            let mut read = read16(100 + k);
+            read[16..20].copy_from_slice(&(0x50 + k).to_be_bytes());
+            feed(c, pool, &read, &[]);
+        }
+    }
+
+    /// Ends `c`'s first I/O and sends what it answers (its buffer comes back).
+    fn end_first_io(c: &mut Conn, pool: &mut BufferPool) {
+        let w = c.io.pop_front().unwrap();
+        c.io_done(w.task, IoResult::Ok, pool);
+        while let Some(p) = c.pop_out() {
+            c.sent(&p, pool);
+        }
+    }
+
     #[test]
     fn one_connection_takes_at_most_three_quarters_of_the_largest_buffers() {
         let (mut a, _) = conn(true);
@@ -2331,22 +2349,14 @@ mod tests {
         let mut pool = BufferPool::new(&[(4096, 8), (65536, 4)]).unwrap();
         // a asks for four reads of 8 KiB: three get a large buffer, the fourth waits though
         // one is free.
-        for k in 0..4u32 {
-            let mut read = read16(100 + k);
-            read[16..20].copy_from_slice(&(0x50 + k).to_be_bytes());
-            feed(&mut a, &mut pool, &read, &[]);
-        }
+        feed_reads(&mut a, &mut pool, 4);
         assert_eq!(a.io.len(), 3);
         assert!(a.waiting_for_buffer() && !a.grant_buffer(&mut pool));
         // b's read takes the one left.
         feed(&mut b, &mut pool, &read16(100), &[]);
         assert_eq!(b.io.len(), 1, "b found no buffer");
         // Once one of a's reads ends, its fourth goes on.
-        let w = a.io.pop_front().unwrap();
-        a.io_done(w.task, IoResult::Ok, &mut pool);
-        while let Some(p) = a.pop_out() {
-            a.sent(&p, &mut pool);
-        }
+        end_first_io(&mut a, &mut pool);
         assert!(a.grant_buffer(&mut pool) && !a.waiting_for_buffer());
     }
 
@@ -2358,20 +2368,12 @@ mod tests {
         let (mut a, _) = conn(true);
         let (mut b, _) = conn(true);
         let mut pool = BufferPool::new(&[(4096, 8), (65536, 4)]).unwrap();
-        for k in 0..4u32 {
-            let mut read = read16(100 + k);
-            read[16..20].copy_from_slice(&(0x50 + k).to_be_bytes());
-            feed(&mut a, &mut pool, &read, &[]);
-        }
+        feed_reads(&mut a, &mut pool, 4);
         feed(&mut b, &mut pool, &read16(100), &[]);
         assert!(a.waiting_for_buffer() && b.io.len() == 1);
         // One of a's reads ends, and before the data thread shares the buffer out, b's second
         // read arrives: it waits behind a's.
-        let w = a.io.pop_front().unwrap();
-        a.io_done(w.task, IoResult::Ok, &mut pool);
-        while let Some(p) = a.pop_out() {
-            a.sent(&p, &mut pool);
-        }
+        end_first_io(&mut a, &mut pool);
         let mut read = read16(101);
         read[16..20].copy_from_slice(&0x43u32.to_be_bytes());
         feed(&mut b, &mut pool, &read, &[]);
@@ -2390,11 +2392,7 @@ mod tests {
         let (mut a, _) = conn(true);
         let (mut b, _) = conn(true);
         let mut pool = BufferPool::new(&[(4096, 8), (16384, 4)]).unwrap();
-        for k in 0..3u32 {
-            let mut read = read16(100 + k);
-            read[16..20].copy_from_slice(&(0x50 + k).to_be_bytes());
-            feed(&mut a, &mut pool, &read, &[]);
-        }
+        feed_reads(&mut a, &mut pool, 3);
         assert_eq!(a.io.len(), 3);
         // A WRITE of 16 KiB with 8 KiB of immediate data: only a largest buffer holds that.
         let mut write = write10(32, true, 103, 8192);
