@@ -68,23 +68,51 @@ impl Thin {
         chunk.min(end)
     }
 
-    /// Takes memory for every chunk of [off, off+len) that has none: false (taking nothing more)
-    /// when the capacity runs out. Chunks taken stay taken (their content reads as zeroes).
+    /// Takes memory for every chunk of [off, off+len) that has none, all or nothing: false
+    /// (taking nothing) when the capacity cannot cover them all. The grant for the chunks
+    /// missing is taken at once, so a write refused for space leaves no chunk held that nothing
+    /// was written to (it would count against the capacity until an UNMAP of blocks the
+    /// initiator never wrote). Handing chunks back on failure instead is no cure: another
+    /// write to other blocks of the same chunk may have landed meanwhile.
     fn take(&self, off: usize, len: usize) -> bool {
-        for chunk in off / CHUNK..(off + len).div_ceil(CHUNK) {
+        let chunks = off / CHUNK..(off + len).div_ceil(CHUNK);
+        let grant = CHUNK as u64;
+        let missing = chunks.clone().filter(|&c| !self.holds(c)).count() as u64;
+        if missing == 0 {
+            return true;
+        }
+        let reserve = |n: u64| {
+            if self.used.fetch_add(n, Ordering::AcqRel) + n > self.capacity {
+                self.used.fetch_sub(n, Ordering::AcqRel);
+                return false;
+            }
+            true
+        };
+        if !reserve(missing * grant) {
+            return false;
+        }
+        let mut reserved = missing;
+        for chunk in chunks {
             if self.holds(chunk) {
                 continue;
             }
+            // A chunk given back since it was counted (an UNMAP racing this write on the same
+            // blocks) needs a grant of its own.
+            if reserved == 0 {
+                if !reserve(grant) {
+                    return false;
+                }
+                reserved = 1;
+            }
+            // Another thread may have taken the same chunk meanwhile: then its grant stays
+            // reserved, and is given back below.
             let (word, bit) = self.bit(chunk);
-            let grant = CHUNK as u64;
-            if self.used.fetch_add(grant, Ordering::AcqRel) + grant > self.capacity {
-                self.used.fetch_sub(grant, Ordering::AcqRel);
-                return false;
+            if word.fetch_or(bit, Ordering::AcqRel) & bit == 0 {
+                reserved -= 1;
             }
-            // Another thread may have taken the same chunk meanwhile: then give this grant back.
-            if word.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
-                self.used.fetch_sub(grant, Ordering::AcqRel);
-            }
+        }
+        if reserved > 0 {
+            self.used.fetch_sub(reserved * grant, Ordering::AcqRel);
         }
         true
     }
@@ -434,6 +462,33 @@ mod tests {
             transfer(&lun, (512 << 10) + (62 << 10), &mut buf, 4096, Op::Write),
             IoResult::NoSpace
         );
+    }
+
+    #[test]
+    fn a_write_refused_for_space_takes_no_memory() {
+        // 1 MiB LUN, capacity 128 KiB: two chunks. A write over three chunks cannot be had
+        // whole: it fails, and must leave the capacity as it found it.
+        let lun = test_memory_lun(RamDisk::new(1 << 20, 128 << 10).unwrap());
+        let Backing::Ramdisk { mem } = &lun.backing else {
+            unreachable!()
+        };
+        let mut buf = vec![0x5au8; 192 << 10];
+        assert_eq!(
+            transfer(&lun, 0, &mut buf, 192 << 10, Op::Write),
+            IoResult::NoSpace
+        );
+        assert_eq!(mem.used(), Some(0), "nothing written, nothing taken");
+        assert_eq!(mem.allocation(0, 1 << 20), (false, 1 << 20));
+        assert_eq!(
+            transfer(&lun, 512 << 10, &mut buf, 128 << 10, Op::Write),
+            IoResult::Ok
+        );
+        // With one chunk held, a write over it and two new ones fails the same way.
+        assert_eq!(
+            transfer(&lun, (512 << 10) + 4096, &mut buf, 192 << 10, Op::Write),
+            IoResult::NoSpace
+        );
+        assert_eq!(mem.used(), Some(128 << 10));
     }
 
     #[test]
