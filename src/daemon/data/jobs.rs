@@ -436,26 +436,7 @@ impl Worker {
             let Some(Some(file)) = files.get(seg.extent) else {
                 return Ok((LbaState::Deallocated, left));
             };
-            let fd = file.as_raw_fd();
-            let at = seg.file_offset as i64;
-            // SAFETY: lseek on an extent file we hold open.
-            let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
-            let run_end = |to: i64| (((to - at).max(0) as u64) / bs).clamp(1, left);
-            if data < 0 || data > at {
-                // A hole from `at` up to the next data (or the end of the extent).
-                let next = if data < 0 {
-                    at + (left * bs) as i64
-                } else {
-                    data
-                };
-                return Ok((LbaState::Deallocated, run_end(next)));
-            }
-            // SAFETY: as above.
-            let hole = unsafe { libc::lseek(fd, at, libc::SEEK_HOLE) };
-            Ok((
-                LbaState::Mapped,
-                if hole < 0 { left } else { run_end(hole) },
-            ))
+            Ok(file_run(file, seg.file_offset, bs, left))
         };
         let len = self.pool.len_of(buf);
         let data_in = &mut self.pool.slice(buf)[..len];
@@ -840,6 +821,39 @@ impl Worker {
     }
 }
 
+/// GET LBA STATUS of an extent file from byte `at`: whether the block there holds data, and
+/// for how many blocks of `bs` bytes (at least one, at most `left`) that stays so. A block that
+/// holds data in any of its bytes is mapped: a hole that ends inside it (the file system's
+/// blocks smaller than the LUN's, or an extent at an offset that is not a multiple of them)
+/// does not make it deallocated, or an initiator that skips deallocated blocks (reading them
+/// as zeroes) would lose that data.
+fn file_run(file: &std::fs::File, at: u64, bs: u64, left: u64) -> (LbaState, u64) {
+    let fd = file.as_raw_fd();
+    let Ok(at) = i64::try_from(at) else {
+        return (LbaState::Mapped, left.max(1));
+    };
+    let bs_i = i64::try_from(bs).unwrap_or(i64::MAX);
+    let run_end = |to: i64| (((to - at).max(0) as u64) / bs).clamp(1, left.max(1));
+    // SAFETY: lseek on an extent file we hold open.
+    let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+    if data < 0 || data >= at.saturating_add(bs_i) {
+        // A hole from `at` up to the next data (or the end of the extent): whole blocks of it.
+        let next = if data < 0 {
+            at.saturating_add(i64::try_from(left.saturating_mul(bs)).unwrap_or(i64::MAX))
+        } else {
+            data
+        };
+        return (LbaState::Deallocated, run_end(next));
+    }
+    // Data from `at` or inside its block: mapped up to the next hole after it.
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, data.max(at), libc::SEEK_HOLE) };
+    (
+        LbaState::Mapped,
+        if hole < 0 { left.max(1) } else { run_end(hole) },
+    )
+}
+
 /// The byte ranges `(lun, offset, length)` as spans to hold: per LUN, overlapping or touching
 /// ranges merged (a command's own ranges must not keep it from holding them), the others kept
 /// apart so that plain writes between them need not wait.
@@ -877,4 +891,42 @@ fn hold_all(spans: &[(Arc<LunRt>, u64, u64)]) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn a_block_with_data_after_a_hole_inside_it_is_mapped() {
+        // A file with a hole at [0, 64 KiB) and data at [64 KiB, 128 KiB), probed in blocks of
+        // 4 KiB from byte 2 KiB (an extent at an offset of 4 sectors): the block at 62 KiB holds
+        // data in its second half, so the hole is 15 blocks long and that block is mapped.
+        let dir = std::env::temp_dir().join(format!("vit-file-run-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("extent");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(256 << 10).unwrap();
+        f.write_all_at(&[0xa5u8; 64 << 10], 64 << 10).unwrap();
+        let bs = 4096;
+        let (state, run) = file_run(&f, 2048, bs, 63);
+        // A file system without holes reports all of it as data.
+        if state == LbaState::Deallocated {
+            assert_eq!(run, 15, "the hole's whole blocks only");
+            let (state, run) = file_run(&f, 2048 + 15 * bs, bs, 48);
+            assert_eq!(state, LbaState::Mapped, "the block the data begins in");
+            assert_eq!(run, 16, "up to the block the hole after the data begins in");
+        }
+        // Aligned: the hole is exactly 16 blocks, the data 16.
+        assert_eq!(file_run(&f, 0, bs, 64).1, 16);
+        assert_eq!(file_run(&f, 64 << 10, bs, 48), (LbaState::Mapped, 16));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
