@@ -424,19 +424,7 @@ impl Worker {
                     return Ok((state, (bytes / bs).clamp(1, max)));
                 }
             };
-            let off = lba * bs;
-            let Some(seg) = map.map(off, bs, Op::Read).ok().and_then(|mut s| s.next()) else {
-                return Err(());
-            };
-            let Some((ext_start, ext_len)) = map.extent_range(seg.extent) else {
-                return Err(());
-            };
-            // Bytes left in this extent from `off`, in blocks, at most `max`.
-            let left = ((ext_start + ext_len - off) / bs).clamp(1, max);
-            let Some(Some(file)) = files.get(seg.extent) else {
-                return Ok((LbaState::Deallocated, left));
-            };
-            Ok(file_run(file, seg.file_offset, bs, left))
+            extent_run(map, files, lba * bs, bs, max)
         };
         let len = self.pool.len_of(buf);
         let data_in = &mut self.pool.slice(buf)[..len];
@@ -821,6 +809,35 @@ impl Worker {
     }
 }
 
+/// GET LBA STATUS of a VMDK LUN from byte `off`: the state of the block there and for how many
+/// blocks of `bs` bytes (at least one, at most `max`) it stays so, within its extent. A block
+/// that straddles two extents (extents are counted in sectors, not blocks) is mapped: its state
+/// would otherwise be read from the first extent alone, and data in the second would be
+/// reported deallocated.
+fn extent_run(
+    map: &crate::vmdk::ExtentMap,
+    files: &[Option<std::fs::File>],
+    off: u64,
+    bs: u64,
+    max: u64,
+) -> Result<(LbaState, u64), ()> {
+    let Some(seg) = map.map(off, bs, Op::Read).ok().and_then(|mut s| s.next()) else {
+        return Err(());
+    };
+    let Some((ext_start, ext_len)) = map.extent_range(seg.extent) else {
+        return Err(());
+    };
+    if seg.len < bs {
+        return Ok((LbaState::Mapped, 1));
+    }
+    // Whole blocks left in this extent from `off`, at most `max`.
+    let left = ((ext_start + ext_len - off) / bs).clamp(1, max.max(1));
+    let Some(Some(file)) = files.get(seg.extent) else {
+        return Ok((LbaState::Deallocated, left));
+    };
+    Ok(file_run(file, seg.file_offset, bs, left))
+}
+
 /// GET LBA STATUS of an extent file from byte `at`: whether the block there holds data, and
 /// for how many blocks of `bs` bytes (at least one, at most `left`) that stays so. A block that
 /// holds data in any of its bytes is mapped: a hole that ends inside it (the file system's
@@ -897,6 +914,43 @@ fn hold_all(spans: &[(Arc<LunRt>, u64, u64)]) -> bool {
 mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn a_block_across_two_extents_is_mapped() {
+        // Extents of 9 and 7 sectors: the second 4 KiB block is one sector of `a` (a hole)
+        // and seven of `b` (data). Its state is not `a`'s alone.
+        let dir = std::env::temp_dir().join(format!("vit-extent-run-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let open = |name: &str| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.join(name))
+                .unwrap()
+        };
+        let (a, b) = (open("a"), open("b"));
+        a.set_len(9 * 512).unwrap();
+        b.write_all_at(&[0xa5u8; 7 * 512], 0).unwrap();
+        let desc = crate::vmdk::Descriptor::parse(
+            "# Disk DescriptorFile\ncreateType=\"twoGbMaxExtentFlat\"\n\
+             RW 9 FLAT \"a\" 0\nRW 7 FLAT \"b\" 0\n",
+        )
+        .unwrap();
+        let map = crate::vmdk::ExtentMap::new(&desc);
+        let files = vec![Some(a), Some(b)];
+        assert_eq!(
+            extent_run(&map, &files, 4096, 4096, 1),
+            Ok((LbaState::Mapped, 1))
+        );
+        // The first block lies in `a` alone, a hole.
+        assert_eq!(
+            extent_run(&map, &files, 0, 4096, 2),
+            Ok((LbaState::Deallocated, 1))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_block_with_data_after_a_hole_inside_it_is_mapped() {
