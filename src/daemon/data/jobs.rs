@@ -853,6 +853,11 @@ fn file_run(file: &std::fs::File, at: u64, bs: u64, left: u64) -> (LbaState, u64
     let run_end = |to: i64| (((to - at).max(0) as u64) / bs).clamp(1, left.max(1));
     // SAFETY: lseek on an extent file we hold open.
     let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+    // Only ENXIO says "no data from here on"; another error (EIO, a file that cannot seek)
+    // says nothing, and blocks of unknown state are mapped.
+    if data < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO) {
+        return (LbaState::Mapped, left.max(1));
+    }
     if data < 0 || data >= at.saturating_add(bs_i) {
         // A hole from `at` up to the next data (or the end of the extent): whole blocks of it.
         let next = if data < 0 {
@@ -914,6 +919,23 @@ fn hold_all(spans: &[(Arc<LunRt>, u64, u64)]) -> bool {
 mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn a_file_whose_holes_cannot_be_found_is_mapped() {
+        // SEEK_DATA fails with ESPIPE on a pipe: nothing is known, so nothing is deallocated.
+        let mut fds = [0; 2];
+        // SAFETY: pipe() fills the two descriptors, which are owned from here on.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just opened and are owned by nothing else.
+        let (r, _w) = unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        assert_eq!(file_run(&r, 0, 512, 8), (LbaState::Mapped, 8));
+    }
 
     #[test]
     fn a_block_across_two_extents_is_mapped() {
