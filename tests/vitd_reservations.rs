@@ -354,3 +354,41 @@ fn an_aborted_extended_copy_stops_between_its_steps() {
     );
     s.test_unit_ready().unwrap();
 }
+
+/// A REGISTER with APTPL whose state cannot be saved (here: a directory is in the way of the
+/// state file) must fail, not report GOOD while the registration would vanish at the next
+/// power loss; the registration is not kept either.
+#[test]
+fn aptpl_state_that_cannot_be_saved_fails_the_command() {
+    let ds = Datastore::new();
+    ds.target("pr", &[]);
+    let descriptor = ds.lun("pr", 0, "8M");
+    let pr = descriptor.with_extension("pr");
+    std::fs::create_dir(&pr).unwrap();
+    std::fs::write(pr.join("in-the-way"), b"x").unwrap();
+    let vitd = ds.start();
+    let mut s = session(&ds, 1);
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x5f; // PERSISTENT RESERVE OUT, REGISTER
+    cdb[8] = 24;
+    let mut params = vec![0u8; 24];
+    params[8..16].copy_from_slice(&0x42u64.to_be_bytes());
+    params[20] = 1; // APTPL
+    let r = s.command(0, &cdb, &params, 0).unwrap();
+    assert_eq!(
+        r.status,
+        2,
+        "REGISTER reported success: {}",
+        vitd.log_text()
+    );
+    assert_eq!(
+        read_keys(&mut s),
+        Vec::<u64>::new(),
+        "the registration stays"
+    );
+    // With the way clear it works.
+    std::fs::remove_dir_all(&pr).unwrap();
+    register(&mut s, 0x42, true);
+    assert_eq!(read_keys(&mut s), vec![0x42]);
+    assert!(pr.is_file());
+}

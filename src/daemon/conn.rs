@@ -139,9 +139,16 @@ fn exec(target: &TargetRt, nexus: &mut Nexus, req: &Request<'_>, data_in: &mut [
     match target.lun_index(req.lun).map(|i| &target.luns[i]) {
         Some(rt) if scsi::needs_pr_state(req.cdb) || rt.shared.pr_active() => {
             let mut pr = rt.shared.lock_pr();
+            // A command that may change the saved state fails, changing nothing, when the
+            // state cannot be saved (APTPL would otherwise be promised and not kept).
+            let before = (req.cdb.first() == Some(&op::PERSISTENT_RESERVE_OUT)).then(|| pr.clone());
             let out = scsi::execute_with_pr(&target.server, nexus, req, data_in, Some(&mut pr));
-            rt.shared.settle(&mut pr);
-            out
+            match rt.shared.settle_or_restore(&mut pr, before) {
+                Ok(()) => out,
+                Err(_) => Outcome::Done(Completion::check(
+                    SenseReason::InsufficientRegistrationResources,
+                )),
+            }
         }
         _ => scsi::execute_with_pr(&target.server, nexus, req, data_in, None),
     }

@@ -105,11 +105,35 @@ impl LunShared {
     /// the state when it changed (APTPL: written atomically beside the LUN, else removed), and
     /// posts the effects for every session of the LUN to pick up.
     pub fn settle(&self, pr: &mut PrState) {
+        let _ = self.settle_or_restore(pr, None);
+    }
+
+    /// [`Self::settle`] for a command that may change the persistent state: when that state
+    /// cannot be saved, `pr` is put back to `before` (what was saved last), nothing is posted,
+    /// and the error is returned for the command to fail.
+    pub fn settle_or_restore(
+        &self,
+        pr: &mut PrState,
+        before: Option<PrState>,
+    ) -> Result<(), String> {
         let effects = pr.take_effects();
+        let saved = self.persist(pr, effects.changed);
+        if let (Err(_), Some(before)) = (&saved, before) {
+            *pr = before;
+            let _ = pr.take_effects();
+            self.pr_active.store(pr.is_active(), Ordering::Release);
+            return saved;
+        }
         self.pr_active.store(pr.is_active(), Ordering::Release);
-        if effects.changed
-            && let Some(path) = &self.pr_file
-        {
+        if effects.unit_attentions.is_empty() && effects.abort.is_empty() {
+            return saved;
+        }
+        self.post(Mail::Reservation(effects));
+        saved
+    }
+
+    fn persist(&self, pr: &PrState, changed: bool) -> Result<(), String> {
+        if changed && let Some(path) = &self.pr_file {
             let result = if pr.aptpl() {
                 write_atomic(path, &pr.encode()).map_err(|e| e.to_string())
             } else {
@@ -118,14 +142,12 @@ impl LunShared {
                     _ => Ok(()),
                 }
             };
-            if let Err(e) = result {
+            if let Err(e) = &result {
                 tracing::error!("{}: saving reservations failed: {e}", path.display());
             }
+            return result;
         }
-        if effects.unit_attentions.is_empty() && effects.abort.is_empty() {
-            return;
-        }
-        self.post(Mail::Reservation(effects));
+        Ok(())
     }
 
     /// Posts mail for every session of the LUN (on any thread) to pick up.
