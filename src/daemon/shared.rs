@@ -61,6 +61,27 @@ pub struct LunShared {
     resets: AtomicUsize,
 }
 
+/// Reads the reservation state saved at `path`: `None` when there is none; an error for a file
+/// that cannot be read or decoded. At most [`crate::scsi::pr::MAX_ENCODED_LEN`] + 1 bytes are
+/// read, whatever the file's size.
+fn load_saved(path: &std::path::Path) -> Result<Option<PrState>, String> {
+    use std::io::Read;
+    let limit = crate::scsi::pr::MAX_ENCODED_LEN;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() > limit {
+        return Err(format!("larger than {limit} bytes"));
+    }
+    PrState::decode(&bytes).map(Some).map_err(|e| e.to_string())
+}
+
 /// Counters of plain writes in flight; a data thread uses shard `index % WRITE_SHARDS`.
 pub const WRITE_SHARDS: usize = 16;
 
@@ -74,12 +95,11 @@ impl LunShared {
     /// cannot be read back is reported and ignored (the LUN starts without reservations).
     pub fn new(pr_file: Option<PathBuf>) -> Self {
         let mut pr = PrState::new();
-        if let Some(path) = &pr_file
-            && let Ok(bytes) = std::fs::read(path)
-        {
-            match PrState::decode(&bytes) {
-                Ok(saved) => pr = saved,
-                Err(e) => tracing::error!("{}: saved reservations ignored: {e:?}", path.display()),
+        if let Some(path) = &pr_file {
+            match load_saved(path) {
+                Ok(Some(saved)) => pr = saved,
+                Ok(None) => {}
+                Err(e) => tracing::error!("{}: saved reservations ignored: {e}", path.display()),
             }
         }
         let active = pr.is_active();
@@ -300,6 +320,31 @@ impl LunShared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_state_is_read_within_bounds_and_damage_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lun.pr");
+        assert_eq!(load_saved(&path), Ok(None), "none saved");
+        // A huge (sparse) file is refused without reading it into memory.
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(1 << 40).unwrap();
+        drop(f);
+        let e = load_saved(&path).unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+        let s = LunShared::new(Some(path.clone()));
+        assert!(!s.pr_active());
+        // Truncated, and a directory in its place: errors, never a panic.
+        std::fs::write(&path, b"VITPR\x01\0").unwrap();
+        assert!(load_saved(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(load_saved(&path).is_err());
+        // What encode wrote comes back.
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, PrState::new().encode()).unwrap();
+        assert_eq!(load_saved(&path), Ok(Some(PrState::new())));
+    }
 
     #[test]
     fn ranges_exclude_overlaps_only() {
