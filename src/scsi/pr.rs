@@ -1038,6 +1038,12 @@ impl PrState {
             if key == 0 {
                 return Err(PrDecodeError::Field { field: "key", at });
             }
+            if regs.iter().any(|g: &Registration| g.it == it) {
+                return Err(PrDecodeError::Field {
+                    field: "duplicate registration",
+                    at,
+                });
+            }
             regs.push(Registration { it, key, all_tg_pt });
         }
         let at = r.at;
@@ -1051,6 +1057,20 @@ impl PrState {
         };
         if r.at != body.len() {
             return Err(PrDecodeError::Length { at: r.at });
+        }
+        // A reservation is held by a registrant (all-registrants: by any, so one must be left).
+        let held = res.as_ref().is_none_or(|v| {
+            if v.rtype.all_registrants() {
+                !regs.is_empty()
+            } else {
+                regs.iter().any(|g| g.covers(&v.holder))
+            }
+        });
+        if !held {
+            return Err(PrDecodeError::Field {
+                field: "reservation holder",
+                at,
+            });
         }
         Ok(Self {
             regs,

@@ -582,6 +582,38 @@ fn aptpl_round_trip() {
     assert!(PrState::decode(b"").is_err());
 }
 
+/// A hand-edited file whose checksum was fixed up may still say what no sequence of commands
+/// leaves: such a state is refused, not loaded (a reservation nobody holds would keep every
+/// initiator from writing).
+#[test]
+fn decode_refuses_inconsistent_states() {
+    // A WRITE EXCLUSIVE reservation whose holder is not registered.
+    let mut pr = three_registered(T::WriteExclusive);
+    pr.regs.retain(|r| r.it != a());
+    assert!(PrState::decode(&pr.encode()).is_err(), "orphan holder");
+    // An all-registrants reservation with no registrant left.
+    let mut pr = three_registered(T::WriteExclusiveAllRegistrants);
+    pr.regs.clear();
+    assert!(PrState::decode(&pr.encode()).is_err(), "no registrants");
+    // The same I_T nexus registered twice.
+    let mut pr = three_registered(T::WriteExclusive);
+    let dup = pr.regs[1].clone();
+    pr.regs.push(dup);
+    assert!(PrState::decode(&pr.encode()).is_err(), "duplicate");
+    // What the commands leave loads: all-registrants, its holder since unregistered.
+    let mut pr = three_registered(T::WriteExclusiveAllRegistrants);
+    assert_eq!(out(&mut pr, &a(), sa::REGISTER, 0, 0xA, 0), Ok(()));
+    assert!(pr.reservation().is_some());
+    assert_eq!(
+        PrState::decode(&pr.encode()).as_ref(),
+        Ok(&{
+            let mut p = pr.clone();
+            p.effects = PrEffects::default();
+            p
+        })
+    );
+}
+
 proptest! {
     #[test]
     fn decode_garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
