@@ -157,9 +157,13 @@ impl LunShared {
             let result = if pr.aptpl() {
                 write_atomic(path, &pr.encode()).map_err(|e| e.to_string())
             } else {
+                // The removal is made durable too: else a crash could bring back the
+                // registrations that APTPL=0 promised to drop at the next power loss.
                 match std::fs::remove_file(path) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-                    _ => Ok(()),
+                    Err(_) => Ok(()),
+                    Ok(()) => crate::fsutil::sync_dir(crate::fsutil::parent_dir(path))
+                        .map_err(|e| format!("{}: {}: {}", e.path.display(), e.op, e.source)),
                 }
             };
             if let Err(e) = &result {
