@@ -392,3 +392,37 @@ fn aptpl_state_that_cannot_be_saved_fails_the_command() {
     assert_eq!(read_keys(&mut s), vec![0x42]);
     assert!(pr.is_file());
 }
+
+/// After a restart the saved reservation is in force again for the nexus that holds it and
+/// against the others, and every nexus first gets POWER ON, RESET (SPC-4 5.13.5).
+#[test]
+fn a_restored_reservation_is_in_force_after_the_power_on_unit_attention() {
+    let ds = Datastore::new();
+    ds.target("pr", &[]);
+    ds.lun("pr", 0, "8M");
+    let mut vitd = ds.start();
+    let mut s = session(&ds, 1);
+    register(&mut s, 0xAB, true);
+    assert_eq!(
+        prout(&mut s, 0, 0x01, 1, 0xAB, 0),
+        0,
+        "RESERVE WRITE EXCLUSIVE"
+    );
+    drop(s);
+    assert!(vitd.stop().success());
+    let _vitd = ds.start();
+    let write = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    for (isid, want) in [(1, 0), (2, 0x18)] {
+        let mut s = login(
+            ds.port,
+            "iqn.2026-11.io.vit:pr-host",
+            &iqn("pr"),
+            [0x80, 0, 0, 0, 2, isid],
+        );
+        let r = s.command(0, &write, &[0; 512], 0).unwrap();
+        assert_eq!(r.status, 2, "the power-on unit attention first: {r:?}");
+        assert_eq!((r.sense[2] & 0x0f, r.sense[12], r.sense[13]), (6, 0x29, 0));
+        let r = s.command(0, &write, &[0; 512], 0).unwrap();
+        assert_eq!(r.status, want, "nexus {isid}: {r:?}");
+    }
+}
