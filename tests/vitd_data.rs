@@ -341,16 +341,18 @@ fn a_thin_memory_lun_takes_memory_up_to_its_capacity() {
     assert!(vitd.stop().success(), "{}", vitd.log_text());
 }
 
-/// Two sessions on one data thread, each with 64 reads or writes of 1 MiB in flight: four times
-/// the thread's 32 large buffers. Commands that find none wait for one (fio's libiscsi engine
-/// takes TASK SET FULL as an I/O error, and did get it here before), and every byte written
-/// reads back.
+/// Three sessions on one data thread, each with 128 reads or writes of 1 MiB in flight: twelve
+/// times the thread's 32 large buffers, and more commands than its registered buffers can serve
+/// or keep the first bursts of (288). Commands that find none wait for one, the immediate data
+/// of those past 288 kept on the heap (fio's libiscsi engine takes TASK SET FULL as an I/O
+/// error, and did get it here before: first with two sessions at depth 64, then past 288),
+/// and every byte written reads back.
 #[test]
 fn deep_queues_of_large_io_wait_for_buffers_and_lose_nothing() {
     let Some(fio) = fio() else { return };
     let ds = Datastore::new();
     ds.target("q", &[]);
-    ds.lun("q", 0, "256M");
+    ds.lun("q", 0, "480M");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitd"));
     cmd.arg("--datastore").arg(ds.root()).args(["--cores", "1"]);
     let vitd = Vitd::spawn(cmd, ds.port);
@@ -364,10 +366,11 @@ fn deep_queues_of_large_io_wait_for_buffers_and_lose_nothing() {
             &format!("--filename={url}"),
             "--rw=randwrite",
             "--bs=1m",
-            "--iodepth=64",
-            "--numjobs=2",
-            "--size=96m",
-            "--offset_increment=128m",
+            "--iodepth=128",
+            "--iodepth_batch_submit=128",
+            "--numjobs=3",
+            "--size=160m",
+            "--offset_increment=160m",
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_state_save=0",
@@ -376,8 +379,8 @@ fn deep_queues_of_large_io_wait_for_buffers_and_lose_nothing() {
     assert!(ok, "{text}\n{}", vitd.log_text());
     assert_eq!(
         text.matches("err= 0").count(),
-        2,
-        "both jobs without error: {text}"
+        3,
+        "every job without error: {text}"
     );
     assert!(
         !text.contains("TASK_SET_FULL") && !text.contains("verify failed"),

@@ -211,6 +211,10 @@ struct Task {
     data_at: u32,
     /// `Conn::r2ts_queued` once its last R2T was queued.
     r2t_mark: u64,
+    /// Bytes of the heap allowance ([`BufferPool::reserve_spill`]) it holds for its immediate
+    /// data while it waits for a buffer and no slot could keep that data; `kept`: the data.
+    spill: u32,
+    kept: Option<Box<[u8]>>,
 }
 
 /// Sequence numbers of the session (one connection per session: MaxConnections=1).
@@ -403,6 +407,8 @@ impl Conn {
                 device,
             },
             _ if data_len == 0 => DataDest::Discard,
+            // Kept on the heap (`new_task`): received inline, moved to the task in `on_command`.
+            _ if self.tasks[i].as_ref().is_some_and(|t| t.spill == data_len) => DataDest::Inline,
             // Its data has nowhere to go: no task keeps it (`on_command` then refuses the
             // command rather than take the buffer's old contents for its data).
             _ => {
@@ -542,6 +548,7 @@ impl Conn {
             .position(|(&x, t)| x == RESERVED_TAG && t.is_none())?;
         let needs_buf = cmd.expected_data_length > 0 || cmd.read;
         let want = buffer_len(cmd, pool);
+        let mut spill = 0;
         let buf = if needs_buf {
             let free = (!self.over_large_share(want, pool))
                 .then(|| pool.alloc_new(want))
@@ -554,7 +561,19 @@ impl Conn {
                 // ahead of the commands waiting).
                 None if self.may_wait_for_buffer(cmd) => match cmd.data_segment_length {
                     0 => None,
-                    n => Some(pool.alloc_to_keep(n as usize, want)?),
+                    n => match pool.alloc_to_keep(n as usize, want) {
+                        Some(b) => Some(b),
+                        // No slot can keep it either (every one in use: deep queues of large
+                        // writes): the heap keeps it, within the thread's allowance, rather
+                        // than the write failing with TASK SET FULL.
+                        None if n as usize <= self.inline.capacity()
+                            && pool.reserve_spill(n as usize) =>
+                        {
+                            spill = n;
+                            None
+                        }
+                        None => return None,
+                    },
                 },
                 None => return None,
             }
@@ -592,6 +611,8 @@ impl Conn {
             device,
             data_at: self.clock,
             r2t_mark: 0,
+            spill,
+            kept: None,
         });
         Some(i)
     }
@@ -666,10 +687,13 @@ impl Conn {
             };
             self.buffer_wait.pop_front();
             if let Some(t) = self.tasks[i].as_mut() {
-                // Its immediate data moves over from the buffer that kept it.
+                // Its immediate data moves over from the buffer, or the heap, that kept it.
                 if let Some(kept) = t.buf.replace(b) {
                     pool.copy_between(kept, b, cmd.data_segment_length as usize);
                     pool.release(kept);
+                } else if let Some(kept) = t.kept.take() {
+                    pool.fill(b, &kept);
+                    pool.return_spill(std::mem::take(&mut t.spill) as usize);
                 }
                 t.state = TaskState::Receiving;
                 t.data_at = self.clock;
@@ -749,14 +773,7 @@ impl Conn {
                     Some(i) => i,
                     None => {
                         // No task slot or buffer: TASK SET FULL, the initiator retries.
-                        self.queue_response(
-                            cmd.itt,
-                            cmd.expected_data_length,
-                            Status::TaskSetFull,
-                            None,
-                            0,
-                            0,
-                        );
+                        self.task_set_full(cmd);
                         return;
                     }
                 }
@@ -766,6 +783,20 @@ impl Conn {
             .as_ref()
             .is_some_and(|t| t.state == TaskState::Waiting)
         {
+            if let Some(t) = self.tasks[i].as_mut()
+                && t.spill > 0
+                && t.kept.is_none()
+            {
+                if self.inline.len() != t.spill as usize {
+                    // Not all of it arrived (it cannot, once the PDU ended): never run a write
+                    // on data it was not given.
+                    debug_assert!(false, "immediate data kept short");
+                    self.free_task(i, pool);
+                    self.task_set_full(cmd);
+                    return;
+                }
+                t.kept = Some(self.inline.as_slice().into());
+            }
             let len = buffer_len(cmd, pool);
             // One held back by its connection's share leaves the free buffers to others.
             if !self.over_large_share(len, pool) {
@@ -1242,6 +1273,18 @@ impl Conn {
     }
 
     /// A SCSI Response PDU. `flow`: 0 none, 1 underflow, 2 overflow.
+    /// TASK SET FULL: no task slot or buffer for the command; the initiator sends it again.
+    fn task_set_full(&mut self, cmd: &ScsiCommand) {
+        self.queue_response(
+            cmd.itt,
+            cmd.expected_data_length,
+            Status::TaskSetFull,
+            None,
+            0,
+            0,
+        );
+    }
+
     fn queue_response(
         &mut self,
         itt: u32,
@@ -1303,6 +1346,9 @@ impl Conn {
         // answered, the tag) may be taken by a new command before a buffer comes.
         if t.state == TaskState::Waiting {
             self.buffer_wait.retain(|&(j, _)| j != i);
+        }
+        if t.spill > 0 {
+            pool.return_spill(t.spill as usize);
         }
         if let Some(b) = t.buf {
             pool.release(b);
@@ -2484,13 +2530,14 @@ mod tests {
 
     #[test]
     fn immediate_data_that_found_no_buffer_is_not_taken_as_received() {
-        // Every buffer is in use when a WRITE's header comes with its immediate data: the
-        // data has nowhere to go and is discarded. A buffer freed while the data segment is
-        // still being received (a send or another session's I/O completing) must not let the
-        // command go on as if its data were in that buffer.
+        // Every buffer is in use, and the heap allowance spent, when a WRITE's header comes with
+        // its immediate data: the data has nowhere to go and is discarded. A buffer freed while
+        // the data segment is still being received (a send or another session's I/O
+        // completing) must not let the command go on as if its data were in that buffer.
         for blocks in [1u8, 16] {
             let (mut c, _) = conn(true);
             let mut pool = BufferPool::new(&[(65536, 1)]).unwrap();
+            pool.set_spill_limit(0);
             soil(&mut pool, 0xee);
             let held = pool.alloc(1).unwrap();
             let data = vec![0x11u8; 512];
@@ -2519,6 +2566,64 @@ mod tests {
             );
             assert_eq!((c.tasks_in_flight(), pool.available()), (0, 1));
         }
+    }
+
+    /// Every buffer in use (deep queues of large writes on several sessions): a write's
+    /// immediate data that no buffer can keep is kept on the heap, within the thread's
+    /// allowance, and the write waits for a buffer instead of failing with TASK SET FULL.
+    #[test]
+    fn immediate_data_no_buffer_can_keep_waits_on_the_heap() {
+        let (mut c, _) = conn(true);
+        let mut pool = BufferPool::new(&[(65536, 1)]).unwrap();
+        soil(&mut pool, 0xee);
+        let held = pool.alloc(1).unwrap();
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        let bhs = write10(16, true, 100, 512);
+        assert_eq!(c.on_header(&bhs, 512, &mut pool), DataDest::Inline);
+        c.inline.extend_from_slice(&data[..512]);
+        c.on_pdu(&bhs, &mut pool).unwrap();
+        assert!(sent(&mut c).is_empty(), "TASK SET FULL");
+        assert!(c.waiting_for_buffer() && pool.spilled() == 512);
+        // The buffer comes back: the write takes it, its immediate data with it, and asks for
+        // the rest.
+        pool.release(held);
+        assert!(c.grant_buffer(&mut pool));
+        assert_eq!(pool.spilled(), 0, "the allowance came back");
+        let ttt = match sent(&mut c).as_slice() {
+            [TargetPdu::R2t(r)] if (r.buffer_offset, r.desired_length) == (512, 7680) => r.ttt,
+            other => panic!("{other:?}"),
+        };
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out(ttt, 0, 512, 7680, true),
+            &data[512..],
+        );
+        let work = c.io.pop_front().expect("the write's I/O");
+        assert!(
+            pool.slice(work.buf.unwrap())[..8192] == data[..],
+            "immediate data and Data-Out both in the buffer"
+        );
+        c.io_done(work.task, IoResult::Ok, &mut pool);
+        assert!(matches!(sent(&mut c).as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0));
+        // A write that ends while it waits (its connection goes) gives the allowance back, and
+        // none is taken past the allowance.
+        let held = pool.alloc(1).unwrap();
+        pool.set_spill_limit(1024);
+        let mut second = write10(16, true, 101, 512);
+        second[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        feed(&mut c, &mut pool, &second, &data[..512]);
+        let mut third = write10(16, true, 102, 1024);
+        third[16..20].copy_from_slice(&0x44u32.to_be_bytes());
+        feed(&mut c, &mut pool, &third, &data[..1024]);
+        assert!(
+            matches!(sent(&mut c).as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0x28 && r.itt == 0x44),
+            "past the allowance: TASK SET FULL"
+        );
+        assert_eq!(pool.spilled(), 512);
+        c.release_all(&mut pool);
+        pool.release(held);
+        assert_eq!((pool.spilled(), pool.available()), (0, 1));
     }
 
     #[test]

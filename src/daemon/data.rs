@@ -799,8 +799,7 @@ impl Worker {
                     DataDest::Inline => {
                         let room = s.conn.inline.capacity() - s.conn.inline.len();
                         let take = (b - a).min(room);
-                        let chunk = s.rx[a..a + take].to_vec();
-                        s.conn.inline.extend_from_slice(&chunk);
+                        s.conn.inline.extend_from_slice(&s.rx[a..a + take]);
                     }
                     DataDest::Discard => {}
                 }

@@ -84,7 +84,15 @@ pub struct BufferPool {
     /// it are theirs (handed out in turn by the data thread) before any new command's:
     /// [`BufferPool::alloc_new`].
     waiting_for: Option<usize>,
+    /// Bytes of immediate data kept on the heap ([`BufferPool::reserve_spill`]).
+    spilled: usize,
+    spill_limit: usize,
 }
+
+/// Most immediate data a data thread keeps on the heap for commands waiting for a buffer once
+/// no slot can keep it ([`BufferPool::reserve_spill`]): 1024 writes' first bursts of 64 KiB,
+/// beyond the 288 commands the slots serve or keep. Past it a write gets TASK SET FULL.
+pub const SPILL_LIMIT: usize = 64 << 20;
 
 /// A transparent huge page.
 const HUGE_PAGE: usize = 2 << 20;
@@ -182,6 +190,8 @@ impl BufferPool {
             zeroes: zeroes.cast_const(),
             zeroes_map: (map, map_len),
             waiting_for: None,
+            spilled: 0,
+            spill_limit: SPILL_LIMIT,
         })
     }
 
@@ -346,6 +356,49 @@ impl BufferPool {
         // SAFETY: the slot is `len` bytes inside our mapping and `&mut self` rules out aliases
         // through the pool.
         unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+    }
+
+    /// Takes `len` bytes of the heap allowance for immediate data that no slot can keep (a
+    /// command waiting for a buffer while every slot is in use: a deep queue of large writes
+    /// on several sessions); false when the allowance ([`SPILL_LIMIT`]) is spent. Registered
+    /// memory stays fixed; this allowance bounds what load adds beyond it.
+    pub fn reserve_spill(&mut self, len: usize) -> bool {
+        if len > self.spill_limit - self.spilled {
+            return false;
+        }
+        self.spilled += len;
+        true
+    }
+
+    /// Gives back what [`BufferPool::reserve_spill`] took.
+    pub fn return_spill(&mut self, len: usize) {
+        debug_assert!(
+            len <= self.spilled,
+            "spill of {len} returned, {} taken",
+            self.spilled
+        );
+        self.spilled = self.spilled.saturating_sub(len);
+    }
+
+    /// Heap bytes reserved for immediate data (tests).
+    #[cfg(test)]
+    pub fn spilled(&self) -> usize {
+        self.spilled
+    }
+
+    /// Sets the heap allowance (tests).
+    #[cfg(test)]
+    pub fn set_spill_limit(&mut self, limit: usize) {
+        self.spill_limit = limit;
+    }
+
+    /// Copies `data` to the start of slot `to` (nothing when it does not fit).
+    pub fn fill(&mut self, to: BufId, data: &[u8]) {
+        if let Some(d) = self.slice(to).get_mut(..data.len()) {
+            d.copy_from_slice(data);
+        } else {
+            debug_assert!(false, "fill {to:?} with {}", data.len());
+        }
     }
 
     /// Whether slot `id` is free (tests: nothing may point into a free slot).
