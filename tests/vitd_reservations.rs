@@ -261,13 +261,31 @@ fn a_reinstated_session_keeps_the_reserve_it_takes() {
 /// RECEIVE COPY RESULTS tells (the copy ran to its end before, the abort waiting for it).
 #[test]
 fn an_aborted_extended_copy_stops_between_its_steps() {
+    extended_copy_stopped(false);
+}
+
+/// A LOGICAL UNIT RESET of an EXTENDED COPY's destination, from another session, aborts no
+/// task of the copy's own LUN, but waits for what the copy holds of the destination: the copy
+/// stops between its steps with COPY ABORTED, and the reset is answered (the copy ran to its
+/// end before and was answered GOOD, the reset waiting for all of it).
+#[test]
+fn a_reset_of_its_destination_stops_an_extended_copy() {
+    extended_copy_stopped(true);
+}
+
+/// Starts a long EXTENDED COPY from LUN 0 to LUN 1 (64 segments of 32 MiB, 2 GiB in synced
+/// steps of 1 MiB: seconds, so it is still under way when the test, on a busy machine, stops
+/// it), stops it once its first step has landed (an ABORT TASK from its session, or
+/// `reset_destination`: a LOGICAL UNIT RESET of LUN 1 from another), and checks it ended early.
+fn extended_copy_stopped(reset_destination: bool) {
     use vit::iscsi::initiator::frame;
     use vit::iscsi::pdu::{BHS_LEN, ScsiCommand, TargetPdu, TaskMgmtRequest};
     let ds = Datastore::new();
     ds.target("pr", &[]);
     ds.lun("pr", 0, "64M");
-    // The destination: memory taken as written, so GET LBA STATUS shows the copy under way.
-    ds.add_lun_body("pr", 1, memory_lun(64 << 20, Some("64M")));
+    // The destination: a sparse file written through (each 1 MiB step of the copy synced), so
+    // the copy takes seconds, and GET LBA STATUS shows it under way.
+    ds.lun("pr", 1, "64M");
     let vitd = ds.start();
     let mut s = session(&ds, 9);
     let mut watcher = session(&ds, 10);
@@ -305,32 +323,41 @@ fn an_aborted_extended_copy_stops_between_its_steps() {
         assert_eq!(r.status, 0, "{r:?}");
         r.data_in[20] & 0x0f == 0
     };
-    let mut polls = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !mapped(&mut watcher) {
-        polls += 1;
-        assert!(polls < 10_000, "the copy never began\n{}", vitd.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never began\n{}",
+            vitd.log_text()
+        );
     }
-    s.itt += 1;
+    let (stopper, function, lun, referenced) = if reset_destination {
+        (&mut watcher, 5, 1u64, 0xffff_ffff) // LOGICAL UNIT RESET of LUN 1
+    } else {
+        (&mut s, 1, 0, copy_itt) // ABORT TASK
+    };
+    stopper.itt += 1;
     let tmf = TaskMgmtRequest {
         immediate: true,
-        function: 1, // ABORT TASK
-        itt: s.itt,
-        referenced_task_tag: copy_itt,
+        function,
+        lun: lun << 48,
+        itt: stopper.itt,
+        referenced_task_tag: referenced,
         ref_cmd_sn: copy_sn,
-        cmd_sn: s.cmd_sn,
-        exp_stat_sn: s.exp_stat_sn,
+        cmd_sn: stopper.cmd_sn,
+        exp_stat_sn: stopper.exp_stat_sn,
         ..Default::default()
     };
     tmf.encode(&mut bhs);
-    std::io::Write::write_all(&mut s.stream, &frame(&bhs, &[], false)).unwrap();
+    std::io::Write::write_all(&mut stopper.stream, &frame(&bhs, &[], false)).unwrap();
     loop {
-        match vit::iscsi::initiator::read_pdu_with(&mut s.stream, false)
+        match vit::iscsi::initiator::read_pdu_with(&mut stopper.stream, false)
             .unwrap()
             .0
         {
             TargetPdu::TaskMgmt(r) => {
-                assert_eq!(r.response, 0, "ABORT TASK: {r:?}");
-                s.exp_stat_sn = r.stat_sn.wrapping_add(1);
+                assert_eq!(r.response, 0, "{r:?}");
+                stopper.exp_stat_sn = r.stat_sn.wrapping_add(1);
                 break;
             }
             TargetPdu::ScsiResponse(r) if r.itt == copy_itt => {
@@ -338,6 +365,22 @@ fn an_aborted_extended_copy_stops_between_its_steps() {
             }
             _ => {}
         }
+    }
+    if reset_destination {
+        // The copy's own answer: CHECK CONDITION, COPY ABORTED.
+        let (r, data) = loop {
+            match vit::iscsi::initiator::read_pdu_with(&mut s.stream, false).unwrap() {
+                (TargetPdu::ScsiResponse(r), data) if r.itt == copy_itt => break (r, data),
+                _ => {}
+            }
+        };
+        s.exp_stat_sn = r.stat_sn.wrapping_add(1);
+        assert!(
+            r.status == 2 && data.len() > 4 && data[4] & 0x0f == 0x0a,
+            "the copy: status {:#x}, sense {data:02x?}\n{}",
+            r.status,
+            vitd.log_text()
+        );
     }
     // RECEIVE COPY RESULTS, COPY STATUS of list 0: completed with errors (02h), few segments in.
     let mut cdb = [0u8; 16];

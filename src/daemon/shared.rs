@@ -271,6 +271,12 @@ impl LunShared {
         self.ranges_held.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Whether a reset waits for the writes on this LUN: a job holding ranges here for a command
+    /// of another LUN (an EXTENDED COPY's destination) stops rather than make it wait.
+    pub fn resetting(&self) -> bool {
+        self.resets.load(Ordering::Relaxed) > 0
+    }
+
     /// For a reset that began waiting: whether no write of the LUN is in flight and no range is
     /// held; if so its wait ends.
     pub fn reset_done(&self) -> bool {

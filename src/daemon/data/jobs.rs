@@ -454,6 +454,18 @@ impl Worker {
                 let gone = Completion::check(SenseReason::InternalTargetFailure);
                 return self.end_job(idx, *job, Err(gone));
             }
+            // A reset of another LUN the job writes (an EXTENDED COPY's destination) aborts no
+            // task of this LUN but waits for the ranges the job holds there: the copy ends here
+            // (COPY ABORTED, and RECEIVE COPY RESULTS says how far it got) rather than make the
+            // reset wait for all of it. A reset of its own LUN reaches it as mail, above.
+            if matches!(result, IoResult::Ok)
+                && job
+                    .held
+                    .iter()
+                    .any(|(l, ..)| !Arc::ptr_eq(l, &job.lun) && l.shared.resetting())
+            {
+                return self.end_job(idx, *job, Ok(IoResult::Failed));
+            }
             match result {
                 IoResult::Ok => {}
                 IoResult::NoSpace => return self.end_job(idx, *job, Ok(IoResult::NoSpace)),
