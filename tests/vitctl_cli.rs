@@ -880,6 +880,39 @@ fn output_that_cannot_be_written_is_an_error_not_a_panic() {
     }
 }
 
+/// A hand-written `portal-group NAME AUTH-GROUP` in a target governs logins through that group:
+/// `target set --listen` keeps it where the target stays in the group, and refuses (changing
+/// nothing) rather than drop it with a group the target leaves.
+#[test]
+fn target_set_listen_keeps_a_portal_groups_own_auth_group() {
+    let ds = Ds::new();
+    let v = ds.json(&[
+        "target",
+        "add",
+        "--alias",
+        "t",
+        "--listen",
+        "127.0.0.1:3260",
+    ]);
+    let pg = v["portal_groups"][0].as_str().unwrap().to_string();
+    let made = fs::read_to_string(ds.conf()).unwrap();
+    let line = format!("\tportal-group {pg}\n");
+    assert!(made.contains(&line), "{made}");
+    let strict = made.replace(&line, &format!("\tportal-group {pg} no-access\n"));
+    fs::write(ds.conf(), &strict).unwrap();
+    ds.ok(&["config", "validate"]);
+    ds.ok(&["target", "set", "t", "--listen", "127.0.0.1:3260"]);
+    let conf = fs::read_to_string(ds.conf()).unwrap();
+    assert!(
+        conf.contains(&format!("\tportal-group {pg} no-access\n")),
+        "the portal group's auth-group was dropped: {conf}"
+    );
+    let out = ds.run(&["target", "set", "t", "--listen", "127.0.0.2:3260"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no-access"), "{err}");
+    assert_eq!(fs::read_to_string(ds.conf()).unwrap(), conf, "changed");
+}
+
 #[test]
 fn target_set_keeps_the_authentication_a_hand_written_target_has() {
     let ds = Ds::new();

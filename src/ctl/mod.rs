@@ -630,9 +630,29 @@ impl Ctl {
             }
             if change.listen.is_some() {
                 let pg = Self::portal_group_for(cfg, change.listen.as_deref())?;
+                // A portal group's own auth-group (hand-written: `portal-group NAME AUTH-GROUP`)
+                // governs logins through it: kept where the target stays in that group, and
+                // never dropped silently with a group it leaves (its logins would fall back to
+                // the target's own auth-group, perhaps a weaker one).
+                let old = &cfg.targets[i].portal_groups;
+                if let Some(p) = old
+                    .iter()
+                    .find(|p| p.portal_group.name != pg && p.auth_group.is_some())
+                {
+                    return input(format!(
+                        "target {name} is in portal group {} with its own auth-group {}, which \
+                         --listen would drop; edit vit.conf, or remove that auth-group first",
+                        p.portal_group.name,
+                        p.auth_group.as_ref().map_or("", |g| g.name.as_str()),
+                    ));
+                }
+                let auth_group = old
+                    .iter()
+                    .find(|p| p.portal_group.name == pg)
+                    .and_then(|p| p.auth_group.clone());
                 cfg.targets[i].portal_groups = vec![TargetPortalGroup {
                     portal_group: Named::new(pg),
-                    auth_group: None,
+                    auth_group,
                 }];
             }
             let auth_changed = change.auth.auth_type.is_some()
