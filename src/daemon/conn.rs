@@ -2294,6 +2294,32 @@ mod tests {
         assert_eq!(pool.available(), 8, "the buffer came back");
     }
 
+    /// For a write of `data` (8 KiB, ITT 0x42) that got its buffer with `immediate` bytes of
+    /// it kept: its R2T asks for the rest, which is sent; the buffer then holds all of `data`,
+    /// and the write is answered GOOD.
+    fn write_rest_of(c: &mut Conn, pool: &mut BufferPool, data: &[u8], immediate: u32) {
+        let rest = 8192 - immediate;
+        let ttt = match sent(c).as_slice() {
+            [TargetPdu::R2t(r)] if (r.buffer_offset, r.desired_length) == (immediate, rest) => {
+                r.ttt
+            }
+            other => panic!("{other:?}"),
+        };
+        feed(
+            c,
+            pool,
+            &data_out(ttt, 0, immediate, rest, true),
+            &data[immediate as usize..],
+        );
+        let work = c.io.pop_front().expect("the write's I/O");
+        assert!(
+            pool.slice(work.buf.unwrap())[..8192] == data[..],
+            "immediate data and Data-Out both in the buffer"
+        );
+        c.io_done(work.task, IoResult::Ok, pool);
+        assert!(matches!(sent(c).as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0));
+    }
+
     #[test]
     fn commands_wait_for_a_buffer_and_keep_their_immediate_data() {
         let (mut c, _) = conn(true);
@@ -2322,24 +2348,8 @@ mod tests {
         // A buffer comes back: the write, first in, takes it and asks for the rest of its data.
         pool.release(big);
         assert!(c.grant_buffer(&mut pool));
-        let ttt = match sent(&mut c).as_slice() {
-            [TargetPdu::R2t(r)] if (r.buffer_offset, r.desired_length) == (1024, 7168) => r.ttt,
-            other => panic!("{other:?}"),
-        };
         assert!(!c.grant_buffer(&mut pool), "none left for the read");
-        feed(
-            &mut c,
-            &mut pool,
-            &data_out(ttt, 0, 1024, 7168, true),
-            &data[1024..],
-        );
-        let work = c.io.pop_front().expect("the write's I/O");
-        assert!(
-            pool.slice(work.buf.unwrap())[..8192] == data[..],
-            "immediate data and Data-Out both in the buffer"
-        );
-        c.io_done(work.task, IoResult::Ok, &mut pool);
-        assert!(matches!(sent(&mut c).as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0));
+        write_rest_of(&mut c, &mut pool, &data, 1024);
         // Its buffer is free again: the read goes on.
         assert!(c.grant_buffer(&mut pool) && !c.waiting_for_buffer());
         assert!(c.io.pop_front().is_some_and(|w| w.req.byte_len == 8192));
@@ -2589,23 +2599,7 @@ mod tests {
         pool.release(held);
         assert!(c.grant_buffer(&mut pool));
         assert_eq!(pool.spilled(), 0, "the allowance came back");
-        let ttt = match sent(&mut c).as_slice() {
-            [TargetPdu::R2t(r)] if (r.buffer_offset, r.desired_length) == (512, 7680) => r.ttt,
-            other => panic!("{other:?}"),
-        };
-        feed(
-            &mut c,
-            &mut pool,
-            &data_out(ttt, 0, 512, 7680, true),
-            &data[512..],
-        );
-        let work = c.io.pop_front().expect("the write's I/O");
-        assert!(
-            pool.slice(work.buf.unwrap())[..8192] == data[..],
-            "immediate data and Data-Out both in the buffer"
-        );
-        c.io_done(work.task, IoResult::Ok, &mut pool);
-        assert!(matches!(sent(&mut c).as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0));
+        write_rest_of(&mut c, &mut pool, &data, 512);
         // A write that ends while it waits (its connection goes) gives the allowance back, and
         // none is taken past the allowance.
         let held = pool.alloc(1).unwrap();
