@@ -223,6 +223,9 @@ impl Login {
         negotiator
             .negotiate(csg, &keys, &mut out)
             .map_err(|e| (e.login_status(), e.to_string()))?;
+        // A key is negotiated once: an AuthMethod answered with anything but CHAP stays so.
+        let no_chap = negotiator.auth_method() != AuthMethod::Chap;
+        let chap_refused = no_chap && negotiator.auth_method_offered();
         let policy = self.policy.clone().unwrap_or_else(AuthPolicy::deny);
         let needs_chap = matches!(
             policy.effective_type(),
@@ -230,6 +233,15 @@ impl Login {
         );
         match csg {
             Stage::Security => {
+                // CHAP is required and the initiator offered no CHAP, or wants to leave the
+                // security stage without having agreed to it: it cannot authenticate (ctld
+                // answers 0201 too; answering T=0 instead left it waiting for the timeout).
+                if needs_chap && no_chap && (chap_refused || req.transit) {
+                    return Err(fail(
+                        LoginStatus::AuthenticationFailure,
+                        "CHAP is required, and the initiator did not agree to AuthMethod=CHAP",
+                    ));
+                }
                 if chap_agreed && needs_chap {
                     let lookup = |user: &str| chap_secrets(&policy, user);
                     match self.chap.step(&keys, lookup, &mut out) {
@@ -738,6 +750,64 @@ mod tests {
             u16::from_be_bytes([r.status_class, r.status_detail]),
             LoginStatus::AuthenticationFailure as u16
         );
+    }
+
+    fn chap_policy() -> AuthPolicy {
+        AuthPolicy {
+            auth_type: Some(AuthType::Chap),
+            chap: vec![("alice".into(), "alicesecret12".into())],
+            ..Default::default()
+        }
+    }
+
+    /// A target that requires CHAP refuses at once (0201, as ctld) an initiator that offers
+    /// AuthMethod without CHAP, or asks to leave the security stage without agreeing to CHAP:
+    /// it was answered AuthMethod=Reject or nothing with T=0 and left to wait for the timeout.
+    #[test]
+    fn an_initiator_that_does_not_agree_to_chap_is_refused_at_once() {
+        let names = "InitiatorName=iqn.2026-11.io.vit:i\0TargetName=iqn.2026-11.io.vit:t\0";
+        for (auth, transit, nsg) in [
+            ("AuthMethod=None\0", true, Stage::Operational),
+            ("AuthMethod=None\0", false, Stage::Operational),
+            ("AuthMethod=KRB5,None\0", true, Stage::FullFeature),
+            ("", true, Stage::Operational),
+        ] {
+            let mut l = Login::new(
+                running(chap_policy()),
+                0,
+                "127.0.0.1:5000".parse().unwrap(),
+                1,
+            );
+            let (req, data) = request(Stage::Security, nsg, transit, &format!("{names}{auth}"));
+            let (r, text) = response(&l.on_request(&req, &data));
+            assert_eq!(
+                status_of(&r),
+                LoginStatus::AuthenticationFailure as u16,
+                "{auth:?} T={transit}: {text}"
+            );
+            assert!(matches!(
+                l.take_outcome(),
+                Some(LoginOutcome::Failed { .. })
+            ));
+        }
+        // Offering CHAP, or saying nothing yet without asking to transit, goes on.
+        for (auth, transit) in [("AuthMethod=None,CHAP\0", true), ("", false)] {
+            let mut l = Login::new(
+                running(chap_policy()),
+                0,
+                "127.0.0.1:5000".parse().unwrap(),
+                1,
+            );
+            let (req, data) = request(
+                Stage::Security,
+                Stage::Operational,
+                transit,
+                &format!("{names}{auth}"),
+            );
+            let (r, text) = response(&l.on_request(&req, &data));
+            assert_eq!((status_of(&r), r.transit), (0, false), "{auth:?}: {text}");
+            assert!(l.take_outcome().is_none());
+        }
     }
 
     #[test]
