@@ -267,13 +267,9 @@ impl Login {
             }
         }
         let nsg = Stage::from_u8(req.nsg);
+        // Until CHAP has succeeded the answer is T=0, whichever stage the initiator asks for
+        // (RFC 7143 6.3: a target not ready to transit answers T=0).
         let transit = req.transit && self.authenticated && self.chap_settled(csg);
-        if req.transit && nsg == Some(Stage::FullFeature) && !self.authenticated {
-            return Err(fail(
-                LoginStatus::AuthenticationFailure,
-                "not authenticated",
-            ));
-        }
         let nsg_value = if transit {
             nsg.map_or(req.csg, |s| s as u8)
         } else {
@@ -808,6 +804,77 @@ mod tests {
             assert_eq!((status_of(&r), r.transit), (0, false), "{auth:?}: {text}");
             assert!(l.take_outcome().is_none());
         }
+    }
+
+    /// The CHAP_N and CHAP_R that answer the challenge in a response text (`;` for NUL).
+    fn chap_answer(text: &str, user: &str, secret: &[u8]) -> String {
+        let value = |key: &str| {
+            text.split(';')
+                .find_map(|kv| kv.strip_prefix(key))
+                .unwrap_or_else(|| panic!("{key} in {text}"))
+                .to_string()
+        };
+        let id: u8 = value("CHAP_I=").parse().unwrap();
+        let hex = value("CHAP_C=0x");
+        let challenge: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let answer = crate::iscsi::chap::chap_response(id, secret, &challenge);
+        format!(
+            "CHAP_N={user}\0CHAP_R={}\0",
+            crate::iscsi::chap::Hex(&answer)
+        )
+    }
+
+    /// An initiator may ask to go from the security stage straight to full feature phase (T=1,
+    /// NSG=3) in every request: while CHAP is under way the target answers T=0, and transits
+    /// once it succeeded. It was refused with 0201 on its first request.
+    #[test]
+    fn chap_with_a_transit_to_full_feature_phase_asked_from_the_start() {
+        let mut l = Login::new(
+            running(chap_policy()),
+            0,
+            "127.0.0.1:5000".parse().unwrap(),
+            4,
+        );
+        let first = "InitiatorName=iqn.2026-11.io.vit:i\0TargetName=iqn.2026-11.io.vit:t\0AuthMethod=CHAP\0";
+        let (req, data) = request(Stage::Security, Stage::FullFeature, true, first);
+        let (r, text) = response(&l.on_request(&req, &data));
+        assert_eq!((status_of(&r), r.transit), (0, false), "{text}");
+        let (req, data) = request(Stage::Security, Stage::FullFeature, true, "CHAP_A=5\0");
+        let (r, text) = response(&l.on_request(&req, &data));
+        assert_eq!((status_of(&r), r.transit), (0, false), "{text}");
+        let keys = chap_answer(&text, "alice", b"alicesecret12");
+        let (req, data) = request(Stage::Security, Stage::FullFeature, true, &keys);
+        let (r, text) = response(&l.on_request(&req, &data));
+        assert_eq!(
+            (status_of(&r), r.transit, r.nsg, r.tsih),
+            (0, true, Stage::FullFeature as u8, 4),
+            "{text}"
+        );
+        assert!(matches!(
+            l.take_outcome(),
+            Some(LoginOutcome::Session {
+                target: Some(_),
+                ..
+            })
+        ));
+        // A wrong response still fails.
+        let mut l = Login::new(
+            running(chap_policy()),
+            0,
+            "127.0.0.1:5000".parse().unwrap(),
+            4,
+        );
+        let (req, data) = request(Stage::Security, Stage::FullFeature, true, first);
+        l.on_request(&req, &data);
+        let (req, data) = request(Stage::Security, Stage::FullFeature, true, "CHAP_A=5\0");
+        let (_, text) = response(&l.on_request(&req, &data));
+        let keys = chap_answer(&text, "alice", b"notthesecret");
+        let (req, data) = request(Stage::Security, Stage::FullFeature, true, &keys);
+        let (r, _) = response(&l.on_request(&req, &data));
+        assert_eq!(status_of(&r), LoginStatus::AuthenticationFailure as u16);
     }
 
     #[test]
