@@ -242,7 +242,14 @@ impl Login {
                         "CHAP is required, and the initiator did not agree to AuthMethod=CHAP",
                     ));
                 }
-                if chap_agreed && needs_chap {
+                if chap_agreed && needs_chap && self.authenticated {
+                    // CHAP succeeded in a response without a transit (the initiator had not
+                    // set T): a later request may ask for it, but not bring CHAP keys again.
+                    if keys.iter().any(|p| p.key.starts_with("CHAP_")) {
+                        let e = crate::iscsi::chap::ChapFailure::Finished;
+                        return Err((e.login_status(), e.to_string()));
+                    }
+                } else if chap_agreed && needs_chap {
                     let lookup = |user: &str| chap_secrets(&policy, user);
                     match self.chap.step(&keys, lookup, &mut out) {
                         Ok(ChapStep::ChallengeSent) => {}
@@ -875,6 +882,57 @@ mod tests {
         let (req, data) = request(Stage::Security, Stage::FullFeature, true, &keys);
         let (r, _) = response(&l.on_request(&req, &data));
         assert_eq!(status_of(&r), LoginStatus::AuthenticationFailure as u16);
+    }
+
+    /// The initiator sets T only once CHAP is done (its CHAP_N/CHAP_R went with T=0, which
+    /// RFC 7143 allows): the request that then asks to transit carries no keys. It was refused
+    /// with 0200 ("CHAP exchange already finished"); CHAP keys sent again still are.
+    #[test]
+    fn a_transit_asked_after_chap_succeeded_is_granted() {
+        let start = |l: &mut Login| {
+            let first = "InitiatorName=iqn.2026-11.io.vit:i\0TargetName=iqn.2026-11.io.vit:t\0AuthMethod=CHAP\0";
+            let (req, data) = request(Stage::Security, Stage::Operational, false, first);
+            l.on_request(&req, &data);
+            let (req, data) = request(Stage::Security, Stage::Operational, false, "CHAP_A=5\0");
+            let (_, text) = response(&l.on_request(&req, &data));
+            let keys = chap_answer(&text, "alice", b"alicesecret12");
+            let (req, data) = request(Stage::Security, Stage::Operational, false, &keys);
+            let (r, text) = response(&l.on_request(&req, &data));
+            assert_eq!((status_of(&r), r.transit), (0, false), "{text}");
+            keys
+        };
+        let mut l = Login::new(
+            running(chap_policy()),
+            0,
+            "127.0.0.1:5000".parse().unwrap(),
+            1,
+        );
+        start(&mut l);
+        let (req, data) = request(Stage::Security, Stage::Operational, true, "");
+        let (r, text) = response(&l.on_request(&req, &data));
+        assert_eq!(
+            (status_of(&r), r.transit, r.nsg),
+            (0, true, Stage::Operational as u8),
+            "{text}"
+        );
+        let (req, data) = request(Stage::Operational, Stage::FullFeature, true, "");
+        let (r, text) = response(&l.on_request(&req, &data));
+        assert_eq!((status_of(&r), r.transit), (0, true), "{text}");
+        assert!(matches!(
+            l.take_outcome(),
+            Some(LoginOutcome::Session { .. })
+        ));
+        // The same response again is a protocol error.
+        let mut l = Login::new(
+            running(chap_policy()),
+            0,
+            "127.0.0.1:5000".parse().unwrap(),
+            1,
+        );
+        let keys = start(&mut l);
+        let (req, data) = request(Stage::Security, Stage::Operational, true, &keys);
+        let (r, _) = response(&l.on_request(&req, &data));
+        assert_eq!(status_of(&r), LoginStatus::InitiatorError as u16);
     }
 
     #[test]
