@@ -537,30 +537,36 @@ impl Control {
         }
     }
 
-    /// Gives a logged-in connection to the least loaded data thread.
+    /// Gives a logged-in connection to the least loaded data thread (or, none being left to
+    /// take it, ends it).
     fn handoff(&mut self, idx: usize) {
+        let in_handoff = |c: &CtlConn| matches!(c.phase, Phase::Handoff(_));
+        if !self.conns[idx].as_ref().is_some_and(in_handoff) {
+            return;
+        }
+        let thread = self
+            .threads
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, t)| t.load.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|(i, _)| i);
+        let blocking = self.conns[idx]
+            .as_ref()
+            .is_some_and(|c| c.stream.set_nonblocking(false).is_ok());
+        let (Some(ti), true) = (thread, blocking) else {
+            return self.drop_conn(idx);
+        };
         let Some(c) = self.conns[idx].take() else {
             return;
         };
         let Phase::Handoff(conn) = c.phase else {
             return;
         };
-        let Some((ti, thread)) = self
-            .threads
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, t)| t.load.load(std::sync::atomic::Ordering::Relaxed))
-        else {
-            return;
-        };
-        if c.stream.set_nonblocking(false).is_err() {
-            return;
-        }
         if let Some(rec) = self.sessions.iter_mut().find(|s| s.id == conn.session_id) {
             rec.thread = ti;
         }
         let prefix = c.rx[..c.rx_len].to_vec();
-        thread.give(c.stream, *conn, prefix);
+        self.threads[ti].give(c.stream, *conn, prefix);
     }
 
     fn expire(&mut self) {
@@ -579,7 +585,17 @@ impl Control {
     }
 
     fn drop_conn(&mut self, idx: usize) {
-        self.conns[idx] = None;
+        let gone = self.conns.get_mut(idx).and_then(Option::take);
+        // A session that logged in but never reached a data thread (its final response still
+        // being sent when the peer went away or the login timeout struck) ends here: its
+        // record goes, or it would count against --max-sessions for as long as vitd runs.
+        if let Some(CtlConn {
+            phase: Phase::Handoff(conn),
+            ..
+        }) = gone
+        {
+            self.sessions.retain(|s| s.id != conn.session_id);
+        }
     }
 
     /// With every login slot taken, a new connection (from `newcomer`) takes the place of one
@@ -645,4 +661,141 @@ fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
 
 fn status_name(s: LoginStatus) -> String {
     format!("{:?} 0x{:04x}", s, s as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::runtime::{AuthPolicy, PortalGroupRt, TargetRt};
+    use crate::iscsi::initiator::{frame, login_bhs};
+    use crate::iscsi::pdu::{BHS_LEN, Stage, TargetPdu};
+    use crate::scsi::DeviceServer;
+
+    const TARGET: &str = "iqn.2026-11.io.vit:t";
+
+    fn running() -> Arc<Running> {
+        let pg = PortalGroupRt {
+            name: "default".into(),
+            tag: 1,
+            addrs: vec!["127.0.0.1:3260".parse().unwrap()],
+            listen: vec![],
+            foreign: false,
+            discovery_auth: AuthPolicy::none(),
+            discovery_filter: None,
+            redirect: None,
+        };
+        let t = TargetRt {
+            name: TARGET.into(),
+            alias: None,
+            auth: AuthPolicy::none(),
+            pg_auth: Vec::new(),
+            portal_groups: vec![0],
+            redirect: None,
+            owner_id: None,
+            luns: vec![],
+            portals: vec![],
+            server: DeviceServer::new(vec![]).unwrap(),
+        };
+        Arc::new(Running {
+            generation: 1,
+            portal_groups: vec![pg],
+            targets: vec![Arc::new(t)],
+        })
+    }
+
+    /// A control thread serving at most `max_sessions` sessions, with one data thread that
+    /// never runs (its mailbox is returned).
+    fn control(max_sessions: usize) -> (Control, crossbeam_channel::Receiver<Msg>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = DataThread {
+            tx,
+            waker: Arc::new(super::super::uring::Waker::new().unwrap()),
+            load: Arc::default(),
+            handle: None,
+        };
+        let signals = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let (_ended_tx, ended) = crossbeam_channel::unbounded();
+        let c = Control::new(
+            running(),
+            vec![],
+            vec![thread],
+            signals,
+            ended,
+            max_sessions,
+        );
+        (c.unwrap(), rx)
+    }
+
+    /// A connection from 127.0.0.1 whose login request (security straight to full feature
+    /// phase, one request) has arrived; returns its slot and the initiator's end.
+    fn connect(c: &mut Control, listener: &TcpListener, isid: [u8; 6]) -> (usize, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, peer) = listener.accept().unwrap();
+        let text =
+            format!("InitiatorName=iqn.2026-11.io.vit:i\0TargetName={TARGET}\0AuthMethod=None\0");
+        let bhs = login_bhs((Stage::Security, Stage::FullFeature), isid, 0, text.len());
+        let wire = frame(&bhs, text.as_bytes(), false);
+        let mut rx = vec![0u8; 16 << 10].into_boxed_slice();
+        rx[..wire.len()].copy_from_slice(&wire);
+        let conn = CtlConn {
+            stream,
+            peer,
+            reader: PduReader::new(ReaderLimits::login()),
+            rx,
+            rx_len: wire.len(),
+            data: Vec::new(),
+            tx: Vec::new(),
+            phase: Phase::Login(Box::new(Login::new(c.running.clone(), 0, peer, 1))),
+            deadline: Instant::now() + LOGIN_TIMEOUT,
+            close_after_flush: false,
+            pg: 0,
+            saw_header: false,
+        };
+        let idx = c.conns.len();
+        c.conns.push(Some(conn));
+        c.process(idx).unwrap();
+        (idx, client)
+    }
+
+    /// The status of the login response waiting to be sent on slot `idx`.
+    fn status(c: &Control, idx: usize) -> u16 {
+        let tx = &c.conns[idx].as_ref().unwrap().tx;
+        let TargetPdu::Login(r) = TargetPdu::decode(tx[..BHS_LEN].try_into().unwrap()).unwrap()
+        else {
+            panic!("not a login response");
+        };
+        u16::from_be_bytes([r.status_class, r.status_detail])
+    }
+
+    /// A session whose connection ends while its final login response is still being sent
+    /// (the peer went away, or the login timeout struck) never reaches a data thread: its
+    /// record went with it. It stayed, counted against --max-sessions until vitd stopped, so
+    /// that after as many such logins as the limit every login was refused "out of resources".
+    #[test]
+    fn a_session_ended_before_its_handoff_leaves_no_record() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut c, _mail) = control(1);
+        // The peer closes before reading its answer.
+        let (a, client) = connect(&mut c, &listener, [0x80, 0, 0, 0, 0, 1]);
+        assert_eq!(status(&c, a), 0);
+        assert!(matches!(
+            c.conns[a].as_ref().unwrap().phase,
+            Phase::Handoff(_)
+        ));
+        assert_eq!(c.sessions.len(), 1);
+        drop(client);
+        c.readable(a);
+        assert!(c.conns[a].is_none());
+        assert_eq!(c.sessions.len(), 0, "the session's record outlived it");
+        // The login timeout strikes while the answer waits.
+        let (b, _client) = connect(&mut c, &listener, [0x80, 0, 0, 0, 0, 2]);
+        assert_eq!(status(&c, b), 0);
+        c.conns[b].as_mut().unwrap().deadline = Instant::now() - Duration::from_secs(1);
+        c.expire();
+        assert!(c.conns[b].is_none());
+        assert_eq!(c.sessions.len(), 0, "the session's record outlived it");
+        // At the limit of one session, another initiator may still log in.
+        let (d, _client) = connect(&mut c, &listener, [0x80, 0, 0, 0, 0, 3]);
+        assert_eq!(status(&c, d), 0);
+    }
 }
