@@ -507,10 +507,20 @@ impl Control {
             crate::daemon::conn::nexus_lost(target, it);
         }
         for s in old {
+            tracing::info!(initiator, "session reinstatement: closing the old session");
             if let Some(t) = self.threads.get(s.thread) {
-                tracing::info!(initiator, "session reinstatement: closing the old session");
                 let _ = t.tx.send(Msg::Drop(s.id));
                 t.waker.wake();
+                continue;
+            }
+            // Not handed off yet (its final login response still being sent): closed here, or
+            // it would go to a data thread later and run beside the session replacing it.
+            let held = |c: &CtlConn| match &c.phase {
+                Phase::Handoff(conn) => conn.session_id == s.id,
+                _ => false,
+            };
+            if let Some(c) = self.conns.iter_mut().find(|c| c.as_ref().is_some_and(held)) {
+                *c = None;
             }
         }
     }
@@ -797,5 +807,31 @@ mod tests {
         // At the limit of one session, another initiator may still log in.
         let (d, _client) = connect(&mut c, &listener, [0x80, 0, 0, 0, 0, 3]);
         assert_eq!(status(&c, d), 0);
+    }
+
+    /// A login that reinstates a session whose connection has not yet gone to a data thread
+    /// closes that connection: it was left to be handed off later, and ran beside the session
+    /// that replaced it (same initiator, ISID and target: one I_T nexus, two sessions).
+    #[test]
+    fn reinstating_a_session_not_yet_handed_off_closes_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut c, mail) = control(8);
+        let isid = [0x80, 0, 0, 0, 0, 1];
+        let (a, _client_a) = connect(&mut c, &listener, isid);
+        assert!(matches!(
+            c.conns[a].as_ref().unwrap().phase,
+            Phase::Handoff(_)
+        ));
+        let (b, _client_b) = connect(&mut c, &listener, isid);
+        assert_eq!(status(&c, b), 0);
+        assert!(
+            c.conns[a].is_none(),
+            "the old session is still held for a handoff"
+        );
+        assert_eq!(c.sessions.len(), 1);
+        assert!(mail.try_recv().is_err());
+        // The new one goes to the data thread.
+        c.flush(b);
+        assert!(matches!(mail.try_recv(), Ok(Msg::Conn(_))));
     }
 }
