@@ -681,10 +681,45 @@ impl Checker<'_> {
 ///
 /// - a `chap-mutual` whose initiator secret is also its target secret: RFC 7143 section 12.1.3
 ///   forbids using one secret for both directions (an initiator's answers could then be replayed
-///   as the target's, or the other way round).
+///   as the target's, or the other way round);
+/// - a CHAP secret shorter than 12 bytes or longer than 16, as ctld warns: RFC 7143 section
+///   9.2.1 wants at least 96 random bits where the connection is not encrypted (CHAP answers
+///   seen on the wire open shorter ones to an offline dictionary attack), and many initiators
+///   (Windows's among them) accept at most 16.
 pub(crate) fn warnings(cfg: &Config, file: &str) -> Vec<ConfigError> {
     let mut out = Vec::new();
-    let mut same_secrets = |auth: &AuthSettings, owner: &str| {
+    let mut check = |auth: &AuthSettings, owner: &str| {
+        let secrets = auth
+            .chap
+            .iter()
+            .map(|c| ("chap", "secret", &c.user, &c.secret, c.pos))
+            .chain(auth.chap_mutual.iter().flat_map(|m| {
+                [
+                    ("chap-mutual", "secret", &m.user, &m.secret, m.pos),
+                    (
+                        "chap-mutual",
+                        "mutual secret",
+                        &m.user,
+                        &m.mutual_secret,
+                        m.pos,
+                    ),
+                ]
+            }));
+        for (what, which, user, secret, pos) in secrets {
+            let hint = match secret.len() {
+                n if n < 12 => "at least 12 bytes (96 bits) are recommended",
+                n if n > 16 => "many initiators accept at most 16",
+                _ => continue,
+            };
+            out.push(ConfigError::at(
+                file,
+                pos,
+                format!(
+                    "{owner}: the {which} of `{what}` for user \"{user}\" is {} bytes long; {hint}",
+                    secret.len()
+                ),
+            ));
+        }
         for m in auth
             .chap_mutual
             .iter()
@@ -703,10 +738,10 @@ pub(crate) fn warnings(cfg: &Config, file: &str) -> Vec<ConfigError> {
         }
     };
     for g in &cfg.auth_groups {
-        same_secrets(&g.auth, &format!("auth-group \"{}\"", g.name));
+        check(&g.auth, &format!("auth-group \"{}\"", g.name));
     }
     for t in &cfg.targets {
-        same_secrets(&t.auth, &format!("target \"{}\"", t.name));
+        check(&t.auth, &format!("target \"{}\"", t.name));
     }
     out.sort_by_key(|e| (e.line, e.col));
     out
@@ -1190,6 +1225,38 @@ mod tests {
         );
         let text = "auth-group ag { chap-mutual v vsecret12345 tgt tsecret12345 }";
         assert!(warnings(&load(text, "v.conf").unwrap(), "v.conf").is_empty());
+    }
+
+    /// ctld warns of a CHAP secret outside 12..16 bytes; vitd said nothing of one written into
+    /// vit.conf by hand (vitctl warns only of the ones it writes).
+    #[test]
+    fn chap_secrets_outside_12_to_16_bytes_are_loaded_with_a_warning() {
+        let text = format!(
+            "auth-group ag {{\n chap short shortsecret\n chap ok justright1234\n}}\n\
+             target {T} {{\n chap-mutual u usersecret123 tgt muchtoolongsecret\n}}"
+        );
+        let cfg = load(&text, "v.conf").expect("ctld loads it: so does vit");
+        let w: Vec<String> = warnings(&cfg, "v.conf")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "v.conf:2:2: auth-group \"ag\": the secret of `chap` for user \"short\" is 11 bytes"
+            ),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with(&format!(
+                "v.conf:6:2: target \"{T}\": the mutual secret of `chap-mutual` for user \"u\" is 17 bytes"
+            )),
+            "{w:?}"
+        );
+        assert!(
+            w.iter().all(|m| !m.contains("secret1")),
+            "no secret in the log: {w:?}"
+        );
     }
 
     #[test]
