@@ -352,6 +352,17 @@ impl Login {
             .get("InitiatorName")
             .ok_or_else(|| fail(LoginStatus::MissingParameter, "no InitiatorName".into()))?
             .to_string();
+        // The names go into log lines: one holding a control character (a line break would
+        // forge log lines) is no iSCSI name (RFC 7143 4.2.7) and is refused unlogged.
+        let no_name = |key: &str| {
+            fail(
+                LoginStatus::InitiatorError,
+                format!("{key} holds a control character"),
+            )
+        };
+        if initiator.chars().any(char::is_control) {
+            return Err(no_name("InitiatorName"));
+        }
         self.initiator = Some(initiator.clone());
         let discovery = keys.get("SessionType") == Some("Discovery");
         let pg = self
@@ -370,6 +381,9 @@ impl Login {
             let name = keys
                 .get("TargetName")
                 .ok_or_else(|| fail(LoginStatus::MissingParameter, "no TargetName".into()))?;
+            if name.chars().any(char::is_control) {
+                return Err(no_name("TargetName"));
+            }
             let target = self
                 .running
                 .target(name)
@@ -675,6 +689,39 @@ mod tests {
                 l.take_outcome(),
                 Some(LoginOutcome::Failed { .. })
             ));
+        }
+    }
+
+    /// An InitiatorName or TargetName holding a control character is refused (0200) before it
+    /// reaches a log line: a line break in it wrote lines of the peer's choosing into vitd's
+    /// log (the name, or "no target NAME", is logged with each refusal), and such an initiator
+    /// even logged in.
+    #[test]
+    fn names_with_control_characters_are_refused_unlogged() {
+        for text in [
+            "InitiatorName=iqn.2026-11.io.vit:i\nERROR forged line\0TargetName=iqn.2026-11.io.vit:t\0AuthMethod=None\0",
+            "InitiatorName=iqn.2026-11.io.vit:i\0TargetName=iqn.2026-11.io.vit:nope\rERROR forged\0AuthMethod=None\0",
+        ] {
+            let mut l = Login::new(
+                running(AuthPolicy::none()),
+                0,
+                "127.0.0.1:5000".parse().unwrap(),
+                1,
+            );
+            let (req, data) = request(Stage::Security, Stage::FullFeature, true, text);
+            let (r, _) = response(&l.on_request(&req, &data));
+            assert_eq!(
+                status_of(&r),
+                LoginStatus::InitiatorError as u16,
+                "{text:?}"
+            );
+            assert!(!l.initiator().contains('\n'), "{}", l.initiator());
+            match l.take_outcome() {
+                Some(LoginOutcome::Failed { reason, .. }) => {
+                    assert!(!reason.contains(['\n', '\r']), "{reason:?}")
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 
