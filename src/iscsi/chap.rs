@@ -73,11 +73,18 @@ impl ChapFailure {
     pub fn login_status(&self) -> LoginStatus {
         match self {
             Self::Random | Self::Response(_) => LoginStatus::TargetError,
+            // A CHAP key the step needs is absent: "missing parameter", as ctld answers.
+            Self::Malformed {
+                reason: MISSING, ..
+            } => LoginStatus::MissingParameter,
             Self::Malformed { .. } | Self::Finished => LoginStatus::InitiatorError,
             _ => LoginStatus::AuthenticationFailure,
         }
     }
 }
+
+/// The reason of a [`ChapFailure::Malformed`] whose key is absent.
+const MISSING: &str = "missing";
 
 fn malformed(key: &'static str, reason: &'static str) -> ChapFailure {
     ChapFailure::Malformed { key, reason }
@@ -340,7 +347,7 @@ impl ChapAuthenticator {
         if self.state != State::AwaitAlgorithm {
             return Err(ChapFailure::Finished);
         }
-        let algorithms = keys.get("CHAP_A").ok_or(malformed("CHAP_A", "missing"))?;
+        let algorithms = keys.get("CHAP_A").ok_or(malformed("CHAP_A", MISSING))?;
         if !offers_md5(algorithms) {
             self.state = State::Done;
             out.push("CHAP_A", "Reject")?;
@@ -361,12 +368,12 @@ fn verify_response<'s>(
     lookup: impl FnOnce(&str) -> Option<ChapSecrets<'s>>,
     out: &mut dyn TextSink,
 ) -> Result<(ChapStep, ChapProof), ChapFailure> {
-    let user = keys.get("CHAP_N").ok_or(malformed("CHAP_N", "missing"))?;
+    let user = keys.get("CHAP_N").ok_or(malformed("CHAP_N", MISSING))?;
     if user.is_empty() || user.len() > MAX_NAME_LEN {
         return Err(malformed("CHAP_N", "empty or longer than 255 bytes"));
     }
     let mut buf = [0u8; MAX_BINARY_LEN];
-    let response = keys.get("CHAP_R").ok_or(malformed("CHAP_R", "missing"))?;
+    let response = keys.get("CHAP_R").ok_or(malformed("CHAP_R", MISSING))?;
     let response = decode_binary("CHAP_R", response, &mut buf)?;
     if response.len() != RESPONSE_LEN {
         return Err(malformed("CHAP_R", "not 16 bytes"));
@@ -399,9 +406,9 @@ fn verify_response<'s>(
             out.push("CHAP_N", name)?;
             out.push_fmt("CHAP_R", format_args!("{}", Hex(&ours)))?;
         }
-        (Some(_), None, _) | (None, Some(_), _) => {
-            return Err(malformed("CHAP_I", "CHAP_I and CHAP_C must come together"));
-        }
+        // Mutual CHAP takes both.
+        (Some(_), None, _) => return Err(malformed("CHAP_C", MISSING)),
+        (None, Some(_), _) => return Err(malformed("CHAP_I", MISSING)),
         (Some(_), Some(_), None) => return Err(ChapFailure::MutualMismatch("not configured")),
         (None, None, Some(_)) => return Err(ChapFailure::MutualMismatch("required")),
     }
@@ -593,6 +600,43 @@ mod tests {
             result,
             Err(ChapFailure::Malformed { key: "CHAP_N", .. })
         ));
+    }
+
+    /// A CHAP key the exchange needs that is absent is answered "missing parameter" (0207),
+    /// as ctld does; it was the catch-all 0200. A malformed one stays 0200.
+    #[test]
+    fn absent_chap_keys_are_missing_parameters() {
+        let mut chap = ChapAuthenticator::new();
+        let mut buf = [0u8; 512];
+        let mut out = TextWriter::new(&mut buf);
+        let err = chap
+            .send_challenge(&TextList::parse(b"X=1\0").unwrap(), fixed(), &mut out)
+            .unwrap_err();
+        assert_eq!(err.login_status(), LoginStatus::MissingParameter, "{err}");
+        let good = good_response();
+        for (text, key) in [
+            ("CHAP_R=0x00\0".to_string(), "CHAP_N"),
+            ("CHAP_N=alice\0".to_string(), "CHAP_R"),
+            (format!("CHAP_N=alice\0CHAP_R={good}\0CHAP_I=1\0"), "CHAP_C"),
+            (
+                format!("CHAP_N=alice\0CHAP_R={good}\0CHAP_C=0x0102\0"),
+                "CHAP_I",
+            ),
+        ] {
+            let (result, _) = exchange(text.as_bytes(), mutual);
+            let err = result.unwrap_err();
+            assert_eq!(
+                err.login_status(),
+                LoginStatus::MissingParameter,
+                "{text:?}: {err}"
+            );
+            assert!(err.to_string().contains(key), "{text:?}: {err}");
+        }
+        let (result, _) = exchange(b"CHAP_N=alice\0CHAP_R=0x00\0", secrets);
+        assert_eq!(
+            result.unwrap_err().login_status(),
+            LoginStatus::InitiatorError
+        );
     }
 
     #[test]
