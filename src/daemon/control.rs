@@ -343,7 +343,17 @@ impl Control {
         match &mut c.phase {
             Phase::Login(login) => {
                 let Ok(InitiatorPdu::Login(req)) = InitiatorPdu::decode(&bhs) else {
-                    return Err("a PDU other than Login Request during login".into());
+                    // Once the login has begun, the initiator hears why it ends (0x020b).
+                    let itt = u32::from_be_bytes([bhs[16], bhs[17], bhs[18], bhs[19]]);
+                    let Some(response) = login.on_other_pdu(itt) else {
+                        return Err("a PDU other than Login Request during login".into());
+                    };
+                    c.tx.extend_from_slice(&response);
+                    if let Some(outcome) = login.take_outcome() {
+                        let initiator = login.initiator().to_string();
+                        self.login_done(idx, outcome, &initiator);
+                    }
+                    return Ok(());
                 };
                 let data = std::mem::take(&mut c.data);
                 // At the session limit, only an initiator reinstating its own session (same
@@ -807,6 +817,68 @@ mod tests {
         // At the limit of one session, another initiator may still log in.
         let (d, _client) = connect(&mut c, &listener, [0x80, 0, 0, 0, 0, 3]);
         assert_eq!(status(&c, d), 0);
+    }
+
+    /// A PDU other than a Login Request once the login has begun gets a Login reject, "invalid
+    /// during login" (0x020b), before the connection closes (RFC 7143 section 6); the
+    /// connection was closed with no answer. Before any Login Request it is closed unanswered.
+    #[test]
+    fn a_pdu_other_than_a_login_request_during_login_is_answered_0x020b() {
+        use crate::iscsi::pdu::NopOut;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut c, _mail) = control(8);
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, peer) = listener.accept().unwrap();
+        let text =
+            format!("InitiatorName=iqn.2026-11.io.vit:i\0TargetName={TARGET}\0AuthMethod=None\0");
+        let isid = [0x80, 0, 0, 0, 0, 9];
+        let mut bhs = login_bhs((Stage::Security, Stage::Operational), isid, 0, text.len());
+        bhs[1] &= !0x80; // no transit yet: the login goes on
+        let mut wire = frame(&bhs, text.as_bytes(), false);
+        let nop = NopOut {
+            immediate: true,
+            itt: 0x1234,
+            ttt: 0xffff_ffff,
+            ..Default::default()
+        };
+        let mut nop_bhs = [0u8; BHS_LEN];
+        nop.encode(&mut nop_bhs);
+        wire.extend_from_slice(&nop_bhs);
+        let mut rx = vec![0u8; 16 << 10].into_boxed_slice();
+        rx[..wire.len()].copy_from_slice(&wire);
+        c.conns.push(Some(CtlConn {
+            stream,
+            peer,
+            reader: PduReader::new(ReaderLimits::login()),
+            rx,
+            rx_len: wire.len(),
+            data: Vec::new(),
+            tx: Vec::new(),
+            phase: Phase::Login(Box::new(Login::new(c.running.clone(), 0, peer, 1))),
+            deadline: Instant::now() + LOGIN_TIMEOUT,
+            close_after_flush: false,
+            pg: 0,
+            saw_header: false,
+        }));
+        c.process(0).expect("answered, not dropped");
+        let conn = c.conns[0].as_ref().unwrap();
+        assert!(conn.close_after_flush);
+        let mut at = 0;
+        let mut statuses = Vec::new();
+        while at < conn.tx.len() {
+            let TargetPdu::Login(r) =
+                TargetPdu::decode(conn.tx[at..at + BHS_LEN].try_into().unwrap()).unwrap()
+            else {
+                panic!("not a login response");
+            };
+            statuses.push((
+                u16::from_be_bytes([r.status_class, r.status_detail]),
+                r.itt,
+                r.isid,
+            ));
+            at += BHS_LEN + (r.data_segment_length as usize).next_multiple_of(4);
+        }
+        assert_eq!(statuses, [(0, 1, isid), (0x020b, 0x1234, isid)]);
     }
 
     /// A login that reinstates a session whose connection has not yet gone to a data thread

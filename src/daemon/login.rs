@@ -127,6 +127,25 @@ impl Login {
         self.outcome.take()
     }
 
+    /// A PDU other than a Login Request arrived (its Initiator Task Tag `itt`). Before any
+    /// Login Request the connection is simply closed (`None`); once the login has begun, RFC
+    /// 7143 section 6 wants a Login reject, "invalid during login" (0x020b), before the close:
+    /// its bytes, and the login fails.
+    pub fn on_other_pdu(&mut self, itt: u32) -> Option<Vec<u8>> {
+        if self.first {
+            return None;
+        }
+        let status = LoginStatus::InvalidDuringLogin;
+        let req = LoginRequest {
+            isid: self.isid,
+            itt,
+            ..Default::default()
+        };
+        let reason = "a PDU other than a Login Request during login".to_string();
+        self.outcome = Some(LoginOutcome::Failed { status, reason });
+        Some(self.response(&req, status, false, 0, 0, &[]))
+    }
+
     /// Handles one Login Request with its data segment; returns the response PDU bytes (header,
     /// text, padding: no digests during login).
     pub fn on_request(&mut self, req: &LoginRequest, data: &[u8]) -> Vec<u8> {
