@@ -54,6 +54,10 @@ struct CtlConn {
     /// The portal group the connection arrived on.
     pg: usize,
     saw_header: bool,
+    /// Sessions this one reinstates that have not ended yet (their data threads have not
+    /// reported them): its final Login Response waits in `tx` until they have, so that no
+    /// write of theirs still in flight lands after the new session's first command.
+    after: Vec<u64>,
 }
 
 /// A session handed to a data thread, for reinstatement (same initiator and ISID).
@@ -66,6 +70,9 @@ struct SessionRec {
     tag: u16,
     thread: usize,
     id: u64,
+    /// Asked to end (a new login reinstated it); its record goes once its data thread reports
+    /// it ended.
+    ending: bool,
 }
 
 pub struct Control {
@@ -139,69 +146,7 @@ impl Control {
 
     /// Serves until SIGINT or SIGTERM, then stops every data thread.
     pub fn run(mut self) {
-        loop {
-            let gone: Vec<u64> = self.ended.try_iter().collect();
-            if !gone.is_empty() {
-                self.sessions.retain(|s| !gone.contains(&s.id));
-            }
-            let mut fds = Vec::with_capacity(1 + self.listeners.len() + self.conns.len());
-            fds.push(pollfd(self.signals.as_raw_fd(), libc::POLLIN));
-            let now = Instant::now();
-            let rest = self
-                .accept_paused
-                .filter(|&until| until > now)
-                .map(|until| until - now);
-            let listen = if rest.is_some() { 0 } else { libc::POLLIN };
-            for (l, _) in &self.listeners {
-                fds.push(pollfd(l.as_raw_fd(), listen));
-            }
-            let mut owners = Vec::with_capacity(self.conns.len());
-            for (i, c) in self.conns.iter().enumerate() {
-                if let Some(c) = c {
-                    // A peer that does not read its answers is not read from either.
-                    let events = if c.tx.is_empty() {
-                        libc::POLLIN
-                    } else if c.tx.len() > TX_HELD_MAX {
-                        libc::POLLOUT
-                    } else {
-                        libc::POLLIN | libc::POLLOUT
-                    };
-                    fds.push(pollfd(c.stream.as_raw_fd(), events));
-                    owners.push(i);
-                }
-            }
-            let timeout = rest.map_or(1000, |d| d.as_millis().clamp(1, 1000) as libc::c_int);
-            // SAFETY: fds is a live array of fds.len() pollfd structures.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    tracing::error!("poll failed: {e}");
-                    break;
-                }
-                continue;
-            }
-            if fds[0].revents != 0 {
-                tracing::info!("signal received: stopping");
-                break;
-            }
-            for i in 0..self.listeners.len() {
-                if fds[1 + i].revents != 0 {
-                    self.accept(i);
-                }
-            }
-            let base = 1 + self.listeners.len();
-            for (k, &idx) in owners.iter().enumerate() {
-                let re = fds[base + k].revents;
-                if re & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                    self.readable(idx);
-                }
-                if re & libc::POLLOUT != 0 {
-                    self.flush(idx);
-                }
-            }
-            self.expire();
-        }
+        while self.turn() {}
         // Every thread starts its grace period at once; then all are waited for.
         for t in &self.threads {
             t.stop();
@@ -209,6 +154,92 @@ impl Control {
         for t in &mut self.threads {
             t.join();
         }
+    }
+
+    /// One round: waits (at most a second) for something to do and does it; false once a stop
+    /// signal came (or polling failed).
+    fn turn(&mut self) -> bool {
+        let gone: Vec<u64> = self.ended.try_iter().collect();
+        if !gone.is_empty() {
+            self.sessions.retain(|s| !gone.contains(&s.id));
+            // A login that waited for these sessions to end is answered now.
+            for idx in 0..self.conns.len() {
+                let Some(c) = self.conns[idx].as_mut() else {
+                    continue;
+                };
+                if c.after.is_empty() {
+                    continue;
+                }
+                c.after.retain(|id| !gone.contains(id));
+                if c.after.is_empty() {
+                    self.flush(idx);
+                }
+            }
+        }
+        let mut fds = Vec::with_capacity(1 + self.listeners.len() + self.conns.len());
+        fds.push(pollfd(self.signals.as_raw_fd(), libc::POLLIN));
+        let now = Instant::now();
+        let rest = self
+            .accept_paused
+            .filter(|&until| until > now)
+            .map(|until| until - now);
+        let listen = if rest.is_some() { 0 } else { libc::POLLIN };
+        for (l, _) in &self.listeners {
+            fds.push(pollfd(l.as_raw_fd(), listen));
+        }
+        let mut owners = Vec::with_capacity(self.conns.len());
+        let mut waiting = false;
+        for (i, c) in self.conns.iter().enumerate() {
+            if let Some(c) = c {
+                waiting |= !c.after.is_empty();
+                // A peer that does not read its answers is not read from either; a login
+                // waiting for the sessions it reinstates to end has its answer held back.
+                let events = if c.tx.is_empty() || !c.after.is_empty() {
+                    libc::POLLIN
+                } else if c.tx.len() > TX_HELD_MAX {
+                    libc::POLLOUT
+                } else {
+                    libc::POLLIN | libc::POLLOUT
+                };
+                fds.push(pollfd(c.stream.as_raw_fd(), events));
+                owners.push(i);
+            }
+        }
+        let timeout = rest.map_or(1000, |d| d.as_millis().clamp(1, 1000) as libc::c_int);
+        // The data threads report ended sessions on a channel poll(2) cannot watch: a login
+        // waiting for one looks again soon.
+        let timeout = if waiting { timeout.min(10) } else { timeout };
+        // SAFETY: fds is a live array of fds.len() pollfd structures.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::error!("poll failed: {e}");
+                return false;
+            }
+            return true;
+        }
+        if fds[0].revents != 0 {
+            tracing::info!("signal received: stopping");
+            return false;
+        }
+        for i in 0..self.listeners.len() {
+            if fds[1 + i].revents != 0 {
+                self.accept(i);
+            }
+        }
+        let base = 1 + self.listeners.len();
+        for (k, &idx) in owners.iter().enumerate() {
+            let re = fds[base + k].revents;
+            if re & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                self.readable(idx);
+            }
+            if re & libc::POLLOUT != 0 {
+                self.flush(idx);
+            }
+        }
+        self.expire();
+        true
     }
 
     fn accept(&mut self, li: usize) {
@@ -258,6 +289,7 @@ impl Control {
                 close_after_flush: false,
                 pg,
                 saw_header: false,
+                after: Vec::new(),
             };
             self.next_tsih = self.next_tsih.wrapping_add(1).max(1);
             match self.conns.iter().position(Option::is_none) {
@@ -446,6 +478,7 @@ impl Control {
                 };
                 let initiator = params.initiator_name.clone();
                 let tag = port.portal_group_tag;
+                let mut after = Vec::new();
                 let phase = match target {
                     Some(t) => {
                         let nexus = Nexus::new(port, &t.server).with_initiator(&initiator, isid);
@@ -455,7 +488,7 @@ impl Control {
                         self.next_session += 1;
                         tracing::info!(initiator = %initiator, target = %t.name, peer = %peer, "session logged in");
                         let it = conn.nexus.id().clone();
-                        self.reinstate(&initiator, (isid, tag), &t, &it);
+                        after = self.reinstate(&initiator, (isid, tag), &t, &it);
                         self.sessions.push(SessionRec {
                             initiator,
                             isid,
@@ -463,6 +496,7 @@ impl Control {
                             tag,
                             thread: usize::MAX,
                             id: conn.session_id,
+                            ending: false,
                         });
                         Phase::Handoff(Box::new(conn))
                     }
@@ -486,6 +520,7 @@ impl Control {
                         c.deadline = Instant::now() + DISCOVERY_IDLE;
                     }
                     c.phase = phase;
+                    c.after = after;
                 }
             }
         }
@@ -497,48 +532,72 @@ impl Control {
     /// session's I_T nexus ends here, before the new session's first command: its SPC-2
     /// reservations go now, not when the old connection's last I/O is done, which could undo
     /// one the new session has taken meanwhile.
+    /// Returns the old sessions still on a data thread: the new session's final Login Response
+    /// waits until they have ended, since their tasks are terminated (§6.3.5) and a write of
+    /// theirs still in flight must not land after a write the initiator sends through the new
+    /// session (its retry of that very write, or a newer one to the same blocks). One still
+    /// waiting for its own answer here (never handed to a data thread) is dropped with its
+    /// connection.
     fn reinstate(
         &mut self,
         initiator: &str,
         (isid, tag): ([u8; 6], u16),
         target: &crate::daemon::runtime::TargetRt,
         it: &crate::scsi::ItNexusId,
-    ) {
-        let (old, keep): (Vec<SessionRec>, Vec<SessionRec>) = std::mem::take(&mut self.sessions)
-            .into_iter()
-            .partition(|s| {
-                s.isid == isid
-                    && s.tag == tag
-                    && s.target == target.name
-                    && s.initiator.eq_ignore_ascii_case(initiator)
+    ) -> Vec<u64> {
+        let same = |s: &SessionRec| {
+            s.isid == isid
+                && s.tag == tag
+                && s.target == target.name
+                && s.initiator.eq_ignore_ascii_case(initiator)
+        };
+        let pending: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|s| same(s) && s.thread == usize::MAX)
+            .map(|s| s.id)
+            .collect();
+        for id in &pending {
+            let at = self.conns.iter().position(|c| {
+                c.as_ref()
+                    .is_some_and(|c| matches!(&c.phase, Phase::Handoff(h) if h.session_id == *id))
             });
-        self.sessions = keep;
-        if !old.is_empty() {
+            if let Some(at) = at {
+                self.drop_conn(at);
+            }
+        }
+        self.sessions
+            .retain(|s| !(same(s) && s.thread == usize::MAX));
+        let mut wait = Vec::new();
+        let mut drop = Vec::new();
+        for s in self.sessions.iter_mut().filter(|s| same(s)) {
+            wait.push(s.id);
+            if !s.ending {
+                s.ending = true;
+                drop.push((s.thread, s.id));
+            }
+        }
+        if !wait.is_empty() || !pending.is_empty() {
             crate::daemon::conn::nexus_lost(target, it);
         }
-        for s in old {
-            tracing::info!(initiator, "session reinstatement: closing the old session");
-            if let Some(t) = self.threads.get(s.thread) {
-                let _ = t.tx.send(Msg::Drop(s.id));
+        for (thread, id) in drop {
+            if let Some(t) = self.threads.get(thread) {
+                tracing::info!(initiator, "session reinstatement: closing the old session");
+                let _ = t.tx.send(Msg::Drop(id));
                 t.waker.wake();
-                continue;
-            }
-            // Not handed off yet (its final login response still being sent): closed here, or
-            // it would go to a data thread later and run beside the session replacing it.
-            let held = |c: &CtlConn| match &c.phase {
-                Phase::Handoff(conn) => conn.session_id == s.id,
-                _ => false,
-            };
-            if let Some(c) = self.conns.iter_mut().find(|c| c.as_ref().is_some_and(held)) {
-                *c = None;
             }
         }
+        wait
     }
 
     fn flush(&mut self, idx: usize) {
         let Some(c) = self.conns[idx].as_mut() else {
             return;
         };
+        // The final Login Response of a session reinstating others waits for their end.
+        if !c.after.is_empty() {
+            return;
+        }
         while !c.tx.is_empty() {
             match c.stream.write(&c.tx) {
                 Ok(0) => return self.drop_conn(idx),
@@ -687,9 +746,12 @@ fn status_name(s: LoginStatus) -> String {
 mod tests {
     use super::*;
     use crate::daemon::runtime::{AuthPolicy, PortalGroupRt, TargetRt};
+    use crate::daemon::uring::Waker;
+    use crate::iscsi::initiator;
     use crate::iscsi::initiator::{frame, login_bhs};
     use crate::iscsi::pdu::{BHS_LEN, Stage, TargetPdu};
     use crate::scsi::DeviceServer;
+    use std::sync::atomic::AtomicUsize;
 
     const TARGET: &str = "iqn.2026-11.io.vit:t";
 
@@ -770,6 +832,7 @@ mod tests {
             close_after_flush: false,
             pg: 0,
             saw_header: false,
+            after: Vec::new(),
         };
         let idx = c.conns.len();
         c.conns.push(Some(conn));
@@ -859,6 +922,7 @@ mod tests {
             close_after_flush: false,
             pg: 0,
             saw_header: false,
+            after: Vec::new(),
         }));
         c.process(0).expect("answered, not dropped");
         let conn = c.conns[0].as_ref().unwrap();
@@ -905,5 +969,92 @@ mod tests {
         // The new one goes to the data thread.
         c.flush(b);
         assert!(matches!(mail.try_recv(), Ok(Msg::Conn(_))));
+    }
+
+    /// The next message to the (stand-in) data thread, the control thread turning meanwhile;
+    /// `None` if none came in `turns` rounds.
+    fn next_msg(c: &mut Control, rx: &crossbeam_channel::Receiver<Msg>, turns: u32) -> Option<Msg> {
+        for _ in 0..turns {
+            if let Ok(m) = rx.try_recv() {
+                return Some(m);
+            }
+            assert!(c.turn());
+        }
+        rx.try_recv().ok()
+    }
+
+    /// A session reinstated while the old one still has I/O in flight: the new session's final
+    /// Login Response (and its handoff to a data thread) waits until the old session's data
+    /// thread reports it ended, so that no write of the old session lands after one the
+    /// initiator sends through the new session. It was answered at once, the old session only
+    /// asked to close.
+    #[test]
+    fn a_reinstating_login_is_answered_once_the_old_session_has_ended() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // A data thread stand-in: the test receives what the control thread sends it.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = DataThread {
+            tx,
+            waker: Arc::new(Waker::new().unwrap()),
+            load: Arc::new(AtomicUsize::new(0)),
+            handle: None,
+        };
+        let (ended_tx, ended_rx) = crossbeam_channel::unbounded();
+        // Stop "signals" that never come: the read end of a pipe nothing writes to.
+        let mut fds = [0; 2];
+        // SAFETY: pipe() fills two fresh descriptors, owned from here on.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both were just opened and are owned by nothing else.
+        let (signals, _writer) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let running = crate::daemon::login::tests::running(AuthPolicy::none());
+        let mut c = Control::new(
+            running,
+            vec![(listener, 0)],
+            vec![thread],
+            signals,
+            ended_rx,
+            16,
+        )
+        .unwrap();
+        let isid = [0x80, 0, 0, 0, 0, 9];
+        let log_in = move || {
+            std::thread::spawn(move || {
+                initiator::login(port, "iqn.2026-11.io.vit:i", "iqn.2026-11.io.vit:t", isid)
+            })
+        };
+        let first = log_in();
+        let old = match next_msg(&mut c, &rx, 100) {
+            Some(Msg::Conn(b)) => b,
+            _ => panic!("the first session was not handed over"),
+        };
+        let _first = first.join().unwrap();
+        let second = log_in();
+        match next_msg(&mut c, &rx, 100) {
+            Some(Msg::Drop(id)) => assert_eq!(id, old.1.session_id),
+            _ => panic!("the old session was not asked to close"),
+        }
+        // Its data thread has not reported it ended: the new session waits, however long the
+        // control thread runs.
+        if let Some(m) = next_msg(&mut c, &rx, 20) {
+            let what = match m {
+                Msg::Conn(_) => "the new session was handed over",
+                Msg::Drop(_) => "another session was dropped",
+                Msg::Shutdown => "shutdown",
+            };
+            panic!("{what} before the old session ended");
+        }
+        assert!(
+            !second.is_finished(),
+            "the new session's login was answered"
+        );
+        ended_tx.send(old.1.session_id).unwrap();
+        let new = match next_msg(&mut c, &rx, 100) {
+            Some(Msg::Conn(b)) => b,
+            _ => panic!("the new session was not handed over once the old one ended"),
+        };
+        assert_ne!(new.1.session_id, old.1.session_id);
+        let _second = second.join().unwrap();
     }
 }

@@ -567,13 +567,13 @@ pub fn is_discovery(params: &SessionParams) -> bool {
 mod props;
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::daemon::runtime::{PortalGroupRt, TargetRt};
     use crate::iscsi::pdu::{LoginResponse, TargetPdu};
     use crate::scsi::DeviceServer;
 
-    pub(super) fn running(auth: AuthPolicy) -> Arc<Running> {
+    pub(in crate::daemon) fn running(auth: AuthPolicy) -> Arc<Running> {
         let pg = PortalGroupRt {
             name: "default".into(),
             tag: 7,
