@@ -206,9 +206,10 @@ fn extended_copy_honours_reservations_on_its_source_and_destination() {
     assert_eq!(xcopy(&mut other, lun1, lun0, 8), (0, None));
 }
 
-/// A reinstated session (same initiator name and ISID) that takes RESERVE(6) keeps it, even
-/// while the session it replaced still has work in flight (a long EXTENDED COPY) and is freed
-/// only after the new reservation was taken.
+/// A reinstated session (same initiator name and ISID) that takes RESERVE(6) keeps it: the
+/// session it replaced, which had work in flight (a long EXTENDED COPY), ending after the new
+/// login must not release it. (The new login is now answered only once the old session has
+/// ended, its copy stopped between two steps.)
 #[test]
 fn a_reinstated_session_keeps_the_reserve_it_takes() {
     let ds = Datastore::new();
@@ -254,6 +255,77 @@ fn a_reinstated_session_keeps_the_reserve_it_takes() {
         "the old session's end released the new session's RESERVE: {}",
         vitd.log_text()
     );
+}
+
+/// A connection that ends (here: its session reinstated by a new login) stops its EXTENDED
+/// COPY, WRITE SAME or UNMAP between two steps, as an abort does: at ErrorRecoveryLevel 0 its
+/// tasks end with it. The copy went on to its end instead (2 GiB here), writing LUN 1 after
+/// the connection was gone, and the new session's login, which waits for the old session's
+/// work to end, waited for all of it (an initiator gives up a login after 15 s or so).
+/// The copy: 63 segments of 32 MiB onto LUN 1's first half, then one onto its second half.
+#[test]
+fn a_closed_connections_copy_stops_between_its_steps() {
+    let ds = Datastore::new();
+    ds.target("pr", &[]);
+    ds.lun("pr", 0, "64M");
+    ds.lun("pr", 1, "64M");
+    let vitd = ds.start();
+    let mut old = session(&ds, 7);
+    let _ = old.command(1, &[0; 6], &[], 0);
+    let (lun0, lun1) = (naa(&mut old, 0), naa(&mut old, 1));
+    // What the copy carries: LUN 0's first block marked.
+    let marked = vec![0xa5u8; 512];
+    let w = old
+        .command(0, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &marked, 0)
+        .unwrap();
+    assert_eq!(w.status, 0);
+    let mut list = xcopy_list(lun0, lun1, 0xffff, 64);
+    // The last segment lands on LUN 1's second half (LBA 65536).
+    let last = list.len() - 28;
+    list[last + 20..last + 28].copy_from_slice(&65536u64.to_be_bytes());
+    let copying = std::thread::spawn(move || {
+        let _ = old.command(0, &xcopy_cdb(list.len()), &list, 0);
+    });
+    let mut watcher = login(
+        ds.port,
+        "iqn.2026-11.io.vit:pr-watcher",
+        &iqn("pr"),
+        [0x80, 0, 0, 0, 3, 1],
+    );
+    watcher.test_unit_ready().unwrap();
+    let _ = watcher.command(1, &[0; 6], &[], 0);
+    let read = |s: &mut Session, lba: u32| {
+        let mut cdb = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        let r = s.command(1, &cdb, &[], 512).unwrap();
+        assert_eq!(r.status, 0);
+        r.data_in
+    };
+    // The copy is under way (its first segment has landed).
+    let mut started = false;
+    for _ in 0..2000 {
+        if read(&mut watcher, 0) == marked {
+            started = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(started, "the copy did not start: {}", vitd.log_text());
+    // The reinstatement closes the old connection.
+    let mut new = session(&ds, 7);
+    let _ = new.command(1, &[0; 6], &[], 0);
+    // A copy onto LUN 1 waits for the range the old copy holds, if it still runs: once it is
+    // answered, the old copy has ended, one way or the other.
+    let mut one = xcopy_list(lun0, lun1, 1, 1);
+    one[16 + 64 + 20..16 + 64 + 28].copy_from_slice(&8u64.to_be_bytes());
+    let r = watcher.command(0, &xcopy_cdb(one.len()), &one, 0).unwrap();
+    assert_eq!(r.status, 0);
+    assert!(
+        read(&mut new, 65536).iter().all(|&b| b == 0),
+        "the closed connection's copy ran on to its last segment: {}",
+        vitd.log_text()
+    );
+    copying.join().unwrap();
 }
 
 /// An ABORT TASK stops an EXTENDED COPY between its steps: 64 segments of 32 MiB (2 GiB, a

@@ -433,14 +433,16 @@ impl Worker {
     }
 
     /// Whether `task` of connection `idx` has been aborted: by its own session (ABORT TASK and
-    /// the like) or by the mail of its LUN (another session's reset or PREEMPT AND ABORT).
+    /// the like), by the mail of its LUN (another session's reset or PREEMPT AND ABORT), or by
+    /// the end of its connection (dropped, logged out, or its session reinstated: at
+    /// ErrorRecoveryLevel 0 its tasks end with it, and a reinstating login waits for them).
     fn task_aborted(&mut self, idx: usize, task: u16) -> bool {
         self.slots
             .get_mut(idx)
             .and_then(Option::as_mut)
             .is_some_and(|s| {
                 s.conn.check_task_mail(task);
-                s.conn.aborted(task)
+                s.closing || s.conn.aborted(task)
             })
     }
 
