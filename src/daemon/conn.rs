@@ -251,8 +251,11 @@ pub struct Conn {
     pub dest: DataDest,
     /// Text request continuation, bounded.
     text: Vec<u8>,
-    /// Set after a Logout Response is queued: accept no more commands.
+    /// Set once a Logout Request is taken: accept no more commands.
     logging_out: bool,
+    /// The ITT of a Logout Request whose answer waits for the I/O of the tasks it ended
+    /// ([`Conn::maybe_answer_logout`]).
+    logout_held: Option<u32>,
     /// Task slots in use.
     busy: u32,
     /// Per LUN (index in the target's list): the last reservation effects looked at.
@@ -325,6 +328,7 @@ impl Conn {
             dest: DataDest::Discard,
             text: Vec::new(),
             logging_out: false,
+            logout_held: None,
             busy: 0,
             mail_seen,
             header_task: None,
@@ -514,7 +518,7 @@ impl Conn {
             InitiatorPdu::NopOut(n) => self.on_nop_out(&n),
             InitiatorPdu::TaskMgmt(t) => self.on_tmf(&t, bhs, pool),
             InitiatorPdu::Text(t) => self.on_text(&t, bhs),
-            InitiatorPdu::Logout(l) => self.on_logout(&l),
+            InitiatorPdu::Logout(l) => self.on_logout(&l, pool),
             InitiatorPdu::Login(_) => {
                 return Err(Fatal("login request in full feature phase".into()));
             }
@@ -1368,6 +1372,9 @@ impl Conn {
                 self.tmf_response(h.itt, h.response);
             }
         }
+        if self.logout_held.is_some() {
+            self.maybe_answer_logout();
+        }
     }
 
     /// Whether task `task` was aborted (its I/O, if not started, is not to be started).
@@ -1697,6 +1704,9 @@ impl Conn {
                 i += 1;
             }
         }
+        if answered {
+            self.maybe_answer_logout();
+        }
         answered
     }
 
@@ -1880,15 +1890,41 @@ impl Conn {
         }
     }
 
-    fn on_logout(&mut self, l: &pdu::LogoutRequest) {
+    /// A Logout Request ends the connection's tasks (ErrorRecoveryLevel 0, one connection per
+    /// session: the session closes). Its answer says the cleanup is done (RFC 7143 §11.15), so
+    /// it waits until no task's backing-store I/O is in flight and no task management answer is
+    /// held ([`Conn::maybe_answer_logout`]): no write of this connection lands after it.
+    fn on_logout(&mut self, l: &pdu::LogoutRequest, pool: &mut BufferPool) {
         if !self.take_cmd_sn(l.immediate, l.cmd_sn) {
             return;
         }
         self.logging_out = true;
+        for i in 0..self.tasks.len() {
+            self.abort(i, pool);
+        }
+        self.logout_held = Some(l.itt);
+        self.maybe_answer_logout();
+    }
+
+    /// Queues the held Logout Response once nothing of the connection is left to end.
+    fn maybe_answer_logout(&mut self) {
+        let Some(itt) = self.logout_held else {
+            return;
+        };
+        if !self.tmf_held.is_empty()
+            || self
+                .tasks
+                .iter()
+                .flatten()
+                .any(|t| t.state == TaskState::Io)
+        {
+            return;
+        }
+        self.logout_held = None;
         let (stat_sn, exp_cmd_sn, max_cmd_sn) = self.status_sns();
         let r = LogoutResponse {
             response: 0,
-            itt: l.itt,
+            itt,
             stat_sn,
             exp_cmd_sn,
             max_cmd_sn,
@@ -2509,6 +2545,47 @@ mod tests {
         pool.release(big);
         assert!(!c.grant_buffer(&mut pool));
         assert!(sent(&mut c).is_empty() && c.io.is_empty());
+    }
+
+    /// A Logout Response says the connection's cleanup is done (RFC 7143 §11.15): no task of it
+    /// may still write. A logout that comes while a write's backing-store I/O is in flight is
+    /// answered once that I/O has ended (the write, terminated, is not answered); it was
+    /// answered at once, and the connection closed with the write still to land, after the
+    /// initiator could have sent the same blocks again through another session or path.
+    #[test]
+    fn a_logout_is_answered_once_no_write_of_its_connection_is_in_flight() {
+        let (mut c, mut pool) = conn(true);
+        let data = vec![0x5au8; 512];
+        feed(&mut c, &mut pool, &write10(1, true, 100, 512), &data);
+        let work = c.io.pop_front().expect("the write's I/O");
+        assert!(sent(&mut c).is_empty());
+        let logout = crate::iscsi::pdu::LogoutRequest {
+            immediate: true,
+            itt: 0x77,
+            cmd_sn: 101,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        logout.encode(&mut b);
+        feed(&mut c, &mut pool, &b, &[]);
+        assert!(
+            sent(&mut c).is_empty(),
+            "the logout was answered with the write's I/O in flight"
+        );
+        c.io_done(work.task, IoResult::Ok, &mut pool);
+        let out: Vec<OutPdu> = std::iter::from_fn(|| c.pop_out()).collect();
+        let pdus: Vec<TargetPdu> = out
+            .iter()
+            .map(|p| TargetPdu::decode(p.header[..BHS_LEN].try_into().unwrap()).unwrap())
+            .collect();
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::Logout(r)] if r.itt == 0x77),
+            "{pdus:?}"
+        );
+        assert!(out[0].close_after);
+        assert_eq!(c.tasks_in_flight(), 0);
+        c.release_all(&mut pool);
+        assert_eq!(pool.available(), 8);
     }
 
     /// A command left waiting by a connection logging out will never take a buffer: it keeps
