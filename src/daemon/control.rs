@@ -983,13 +983,16 @@ mod tests {
         rx.try_recv().ok()
     }
 
-    /// A session reinstated while the old one still has I/O in flight: the new session's final
-    /// Login Response (and its handoff to a data thread) waits until the old session's data
-    /// thread reports it ended, so that no write of the old session lands after one the
-    /// initiator sends through the new session. It was answered at once, the old session only
-    /// asked to close.
-    #[test]
-    fn a_reinstating_login_is_answered_once_the_old_session_has_ended() {
+    /// A control thread on a loopback port with one stand-in data thread, whose messages the
+    /// test receives; the sender of ended sessions; the port; the write end of the "signals".
+    #[allow(clippy::type_complexity)]
+    fn control() -> (
+        Control,
+        crossbeam_channel::Receiver<Msg>,
+        crossbeam_channel::Sender<u64>,
+        u16,
+        OwnedFd,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         // A data thread stand-in: the test receives what the control thread sends it.
@@ -1009,7 +1012,7 @@ mod tests {
         let (signals, _writer) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let running = crate::daemon::login::tests::running(AuthPolicy::none());
-        let mut c = Control::new(
+        let c = Control::new(
             running,
             vec![(listener, 0)],
             vec![thread],
@@ -1018,6 +1021,17 @@ mod tests {
             16,
         )
         .unwrap();
+        (c, rx, ended_tx, port, _writer)
+    }
+
+    /// A session reinstated while the old one still has I/O in flight: the new session's final
+    /// Login Response (and its handoff to a data thread) waits until the old session's data
+    /// thread reports it ended, so that no write of the old session lands after one the
+    /// initiator sends through the new session. It was answered at once, the old session only
+    /// asked to close.
+    #[test]
+    fn a_reinstating_login_is_answered_once_the_old_session_has_ended() {
+        let (mut c, rx, ended_tx, port, _signals) = control();
         let isid = [0x80, 0, 0, 0, 0, 9];
         let log_in = move || {
             std::thread::spawn(move || {
@@ -1056,5 +1070,58 @@ mod tests {
         };
         assert_ne!(new.1.session_id, old.1.session_id);
         let _second = second.join().unwrap();
+    }
+
+    /// A login that reinstates a session whose own reinstating login is still waiting for the
+    /// session before it: the waiting one is dropped (it never reached a data thread), the new
+    /// one waits for that same old session, and is answered once it ended.
+    #[test]
+    fn a_login_retried_while_its_reinstatement_waits_waits_for_the_same_session() {
+        let (mut c, rx, ended_tx, port, _signals) = control();
+        let isid = [0x80, 0, 0, 0, 0, 9];
+        let log_in = move || {
+            std::thread::spawn(move || {
+                initiator::try_login(port, "iqn.2026-11.io.vit:i", "iqn.2026-11.io.vit:t", isid)
+            })
+        };
+        let first = log_in();
+        let old = match next_msg(&mut c, &rx, 100) {
+            Some(Msg::Conn(b)) => b,
+            _ => panic!("the first session was not handed over"),
+        };
+        let _first = first.join().unwrap().unwrap();
+        let second = log_in();
+        assert!(
+            matches!(next_msg(&mut c, &rx, 100), Some(Msg::Drop(id)) if id == old.1.session_id)
+        );
+        let third = log_in();
+        // The third login's final request is taken: the second is dropped, its login fails.
+        for _ in 0..200 {
+            if second.is_finished() {
+                break;
+            }
+            assert!(c.turn());
+        }
+        assert!(
+            second.join().unwrap().is_err(),
+            "the second login was answered"
+        );
+        assert!(
+            next_msg(&mut c, &rx, 20).is_none(),
+            "something was handed over or dropped"
+        );
+        assert!(!third.is_finished());
+        ended_tx.send(old.1.session_id).unwrap();
+        let new = match next_msg(&mut c, &rx, 100) {
+            Some(Msg::Conn(b)) => b,
+            _ => panic!("the third session was not handed over once the old one ended"),
+        };
+        assert_ne!(new.1.session_id, old.1.session_id);
+        let _third = third.join().unwrap().unwrap();
+        assert_eq!(
+            c.sessions.len(),
+            1,
+            "records of the sessions gone are dropped"
+        );
     }
 }
