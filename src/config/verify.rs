@@ -1196,6 +1196,15 @@ mod tests {
         );
     }
 
+    /// The warnings of a vit.conf `text` that loads (as ctld's would), as vitd logs them.
+    fn warning_texts(text: &str) -> Vec<String> {
+        let cfg = load(text, "v.conf").expect("ctld loads it: so does vit");
+        warnings(&cfg, "v.conf")
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     #[test]
     fn chap_mutual_with_one_secret_for_both_directions_is_loaded_with_a_warning() {
         let text = format!(
@@ -1203,11 +1212,7 @@ mod tests {
              chap-mutual v vsecret12345 tgt tsecret12345\n}}\n\
              target {T} {{\n chap-mutual w wsecret12345 tgt2 wsecret12345\n}}"
         );
-        let cfg = load(&text, "v.conf").expect("ctld loads it: so does vit");
-        let w: Vec<String> = warnings(&cfg, "v.conf")
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let w = warning_texts(&text);
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(
             w[0].starts_with("v.conf:2:2: auth-group \"ag\": `chap-mutual` for user \"u\""),
@@ -1235,11 +1240,7 @@ mod tests {
             "auth-group ag {{\n chap short shortsecret\n chap ok justright1234\n}}\n\
              target {T} {{\n chap-mutual u usersecret123 tgt muchtoolongsecret\n}}"
         );
-        let cfg = load(&text, "v.conf").expect("ctld loads it: so does vit");
-        let w: Vec<String> = warnings(&cfg, "v.conf")
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let w = warning_texts(&text);
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(
             w[0].starts_with(

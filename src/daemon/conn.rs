@@ -2527,20 +2527,25 @@ mod tests {
         assert!(a.grant_buffer(&mut pool), "a's buffer was taken");
     }
 
+    /// An immediate Logout Request (close the session), ITT 0x77.
+    fn logout_bhs(cmd_sn: u32) -> [u8; BHS_LEN] {
+        let logout = crate::iscsi::pdu::LogoutRequest {
+            immediate: true,
+            itt: 0x77,
+            cmd_sn,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        logout.encode(&mut b);
+        b
+    }
+
     #[test]
     fn nothing_waiting_for_a_buffer_runs_after_a_logout() {
         let (mut c, mut pool, big) = conn_with_its_one_buffer_held();
         let read = read16(100);
         feed(&mut c, &mut pool, &read, &[]);
-        let logout = crate::iscsi::pdu::LogoutRequest {
-            immediate: true,
-            itt: 0x77,
-            cmd_sn: 101,
-            ..Default::default()
-        };
-        let mut b = [0u8; BHS_LEN];
-        logout.encode(&mut b);
-        feed(&mut c, &mut pool, &b, &[]);
+        feed(&mut c, &mut pool, &logout_bhs(101), &[]);
         assert!(matches!(sent(&mut c).as_slice(), [TargetPdu::Logout(_)]));
         pool.release(big);
         assert!(!c.grant_buffer(&mut pool));
@@ -2559,15 +2564,7 @@ mod tests {
         feed(&mut c, &mut pool, &write10(1, true, 100, 512), &data);
         let work = c.io.pop_front().expect("the write's I/O");
         assert!(sent(&mut c).is_empty());
-        let logout = crate::iscsi::pdu::LogoutRequest {
-            immediate: true,
-            itt: 0x77,
-            cmd_sn: 101,
-            ..Default::default()
-        };
-        let mut b = [0u8; BHS_LEN];
-        logout.encode(&mut b);
-        feed(&mut c, &mut pool, &b, &[]);
+        feed(&mut c, &mut pool, &logout_bhs(101), &[]);
         assert!(
             sent(&mut c).is_empty(),
             "the logout was answered with the write's I/O in flight"
@@ -2595,15 +2592,7 @@ mod tests {
         let (mut c, mut pool, big) = conn_with_its_one_buffer_held();
         let (mut b, _) = conn(true);
         feed(&mut c, &mut pool, &read16(100), &[]);
-        let logout = crate::iscsi::pdu::LogoutRequest {
-            immediate: true,
-            itt: 0x77,
-            cmd_sn: 101,
-            ..Default::default()
-        };
-        let mut l = [0u8; BHS_LEN];
-        logout.encode(&mut l);
-        feed(&mut c, &mut pool, &l, &[]);
+        feed(&mut c, &mut pool, &logout_bhs(101), &[]);
         pool.release(big);
         // The data thread shares the buffer out: c takes none, and says what still waits.
         assert!(!c.grant_buffer(&mut pool));

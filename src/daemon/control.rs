@@ -745,81 +745,69 @@ fn status_name(s: LoginStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::runtime::{AuthPolicy, PortalGroupRt, TargetRt};
+    use crate::daemon::runtime::AuthPolicy;
     use crate::daemon::uring::Waker;
     use crate::iscsi::initiator;
     use crate::iscsi::initiator::{frame, login_bhs};
     use crate::iscsi::pdu::{BHS_LEN, Stage, TargetPdu};
-    use crate::scsi::DeviceServer;
     use std::sync::atomic::AtomicUsize;
 
     const TARGET: &str = "iqn.2026-11.io.vit:t";
 
     fn running() -> Arc<Running> {
-        let pg = PortalGroupRt {
-            name: "default".into(),
-            tag: 1,
-            addrs: vec!["127.0.0.1:3260".parse().unwrap()],
-            listen: vec![],
-            foreign: false,
-            discovery_auth: AuthPolicy::none(),
-            discovery_filter: None,
-            redirect: None,
-        };
-        let t = TargetRt {
-            name: TARGET.into(),
-            alias: None,
-            auth: AuthPolicy::none(),
-            pg_auth: Vec::new(),
-            portal_groups: vec![0],
-            redirect: None,
-            owner_id: None,
-            luns: vec![],
-            portals: vec![],
-            server: DeviceServer::new(vec![]).unwrap(),
-        };
-        Arc::new(Running {
-            generation: 1,
-            portal_groups: vec![pg],
-            targets: vec![Arc::new(t)],
-        })
+        crate::daemon::login::tests::running(AuthPolicy::none())
     }
 
-    /// A control thread serving at most `max_sessions` sessions, with one data thread that
-    /// never runs (its mailbox is returned).
-    fn control(max_sessions: usize) -> (Control, crossbeam_channel::Receiver<Msg>) {
+    /// A control thread serving at most `max_sessions` sessions on `listeners`, with one
+    /// stand-in data thread whose messages the test receives; also the sender of ended sessions
+    /// and the write end of the "signals" (a pipe nothing writes to: no stop comes).
+    #[allow(clippy::type_complexity)]
+    fn control_on(
+        listeners: Vec<(TcpListener, usize)>,
+        max_sessions: usize,
+    ) -> (
+        Control,
+        crossbeam_channel::Receiver<Msg>,
+        crossbeam_channel::Sender<u64>,
+        OwnedFd,
+    ) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = DataThread {
             tx,
-            waker: Arc::new(super::super::uring::Waker::new().unwrap()),
-            load: Arc::default(),
+            waker: Arc::new(Waker::new().unwrap()),
+            load: Arc::new(AtomicUsize::new(0)),
             handle: None,
         };
-        let signals = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
-        let (_ended_tx, ended) = crossbeam_channel::unbounded();
+        let (ended_tx, ended_rx) = crossbeam_channel::unbounded();
+        let mut fds = [0; 2];
+        // SAFETY: pipe() fills two fresh descriptors, owned from here on.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both were just opened and are owned by nothing else.
+        let (signals, writer) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let c = Control::new(
             running(),
-            vec![],
+            listeners,
             vec![thread],
             signals,
-            ended,
+            ended_rx,
             max_sessions,
-        );
-        (c.unwrap(), rx)
+        )
+        .unwrap();
+        (c, rx, ended_tx, writer)
     }
 
-    /// A connection from 127.0.0.1 whose login request (security straight to full feature
-    /// phase, one request) has arrived; returns its slot and the initiator's end.
-    fn connect(c: &mut Control, listener: &TcpListener, isid: [u8; 6]) -> (usize, TcpStream) {
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (stream, peer) = listener.accept().unwrap();
-        let text =
-            format!("InitiatorName=iqn.2026-11.io.vit:i\0TargetName={TARGET}\0AuthMethod=None\0");
-        let bhs = login_bhs((Stage::Security, Stage::FullFeature), isid, 0, text.len());
-        let wire = frame(&bhs, text.as_bytes(), false);
+    /// [`control_on`] without listeners (connections are put in its table by hand).
+    fn control(max_sessions: usize) -> (Control, crossbeam_channel::Receiver<Msg>, OwnedFd) {
+        let (c, rx, _, signals) = control_on(vec![], max_sessions);
+        (c, rx, signals)
+    }
+
+    /// A connection in login on `stream` from `peer`, with `wire` received.
+    fn in_login(c: &Control, stream: TcpStream, peer: SocketAddr, wire: &[u8]) -> CtlConn {
         let mut rx = vec![0u8; 16 << 10].into_boxed_slice();
-        rx[..wire.len()].copy_from_slice(&wire);
-        let conn = CtlConn {
+        rx[..wire.len()].copy_from_slice(wire);
+        CtlConn {
             stream,
             peer,
             reader: PduReader::new(ReaderLimits::login()),
@@ -833,7 +821,19 @@ mod tests {
             pg: 0,
             saw_header: false,
             after: Vec::new(),
-        };
+        }
+    }
+
+    /// A connection from 127.0.0.1 whose login request (security straight to full feature
+    /// phase, one request) has arrived; returns its slot and the initiator's end.
+    fn connect(c: &mut Control, listener: &TcpListener, isid: [u8; 6]) -> (usize, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, peer) = listener.accept().unwrap();
+        let text =
+            format!("InitiatorName=iqn.2026-11.io.vit:i\0TargetName={TARGET}\0AuthMethod=None\0");
+        let bhs = login_bhs((Stage::Security, Stage::FullFeature), isid, 0, text.len());
+        let wire = frame(&bhs, text.as_bytes(), false);
+        let conn = in_login(c, stream, peer, &wire);
         let idx = c.conns.len();
         c.conns.push(Some(conn));
         c.process(idx).unwrap();
@@ -857,7 +857,7 @@ mod tests {
     #[test]
     fn a_session_ended_before_its_handoff_leaves_no_record() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (mut c, _mail) = control(1);
+        let (mut c, _mail, _signals) = control(1);
         // The peer closes before reading its answer.
         let (a, client) = connect(&mut c, &listener, [0x80, 0, 0, 0, 0, 1]);
         assert_eq!(status(&c, a), 0);
@@ -889,7 +889,7 @@ mod tests {
     fn a_pdu_other_than_a_login_request_during_login_is_answered_0x020b() {
         use crate::iscsi::pdu::NopOut;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (mut c, _mail) = control(8);
+        let (mut c, _mail, _signals) = control(8);
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (stream, peer) = listener.accept().unwrap();
         let text =
@@ -907,23 +907,8 @@ mod tests {
         let mut nop_bhs = [0u8; BHS_LEN];
         nop.encode(&mut nop_bhs);
         wire.extend_from_slice(&nop_bhs);
-        let mut rx = vec![0u8; 16 << 10].into_boxed_slice();
-        rx[..wire.len()].copy_from_slice(&wire);
-        c.conns.push(Some(CtlConn {
-            stream,
-            peer,
-            reader: PduReader::new(ReaderLimits::login()),
-            rx,
-            rx_len: wire.len(),
-            data: Vec::new(),
-            tx: Vec::new(),
-            phase: Phase::Login(Box::new(Login::new(c.running.clone(), 0, peer, 1))),
-            deadline: Instant::now() + LOGIN_TIMEOUT,
-            close_after_flush: false,
-            pg: 0,
-            saw_header: false,
-            after: Vec::new(),
-        }));
+        let conn = in_login(&c, stream, peer, &wire);
+        c.conns.push(Some(conn));
         c.process(0).expect("answered, not dropped");
         let conn = c.conns[0].as_ref().unwrap();
         assert!(conn.close_after_flush);
@@ -951,7 +936,7 @@ mod tests {
     #[test]
     fn reinstating_a_session_not_yet_handed_off_closes_it() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (mut c, mail) = control(8);
+        let (mut c, mail, _signals) = control(8);
         let isid = [0x80, 0, 0, 0, 0, 1];
         let (a, _client_a) = connect(&mut c, &listener, isid);
         assert!(matches!(
@@ -983,10 +968,9 @@ mod tests {
         rx.try_recv().ok()
     }
 
-    /// A control thread on a loopback port with one stand-in data thread, whose messages the
-    /// test receives; the sender of ended sessions; the port; the write end of the "signals".
+    /// [`control_on`] listening on a loopback port; the port.
     #[allow(clippy::type_complexity)]
-    fn control() -> (
+    fn serving() -> (
         Control,
         crossbeam_channel::Receiver<Msg>,
         crossbeam_channel::Sender<u64>,
@@ -995,33 +979,8 @@ mod tests {
     ) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        // A data thread stand-in: the test receives what the control thread sends it.
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let thread = DataThread {
-            tx,
-            waker: Arc::new(Waker::new().unwrap()),
-            load: Arc::new(AtomicUsize::new(0)),
-            handle: None,
-        };
-        let (ended_tx, ended_rx) = crossbeam_channel::unbounded();
-        // Stop "signals" that never come: the read end of a pipe nothing writes to.
-        let mut fds = [0; 2];
-        // SAFETY: pipe() fills two fresh descriptors, owned from here on.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: both were just opened and are owned by nothing else.
-        let (signals, _writer) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let running = crate::daemon::login::tests::running(AuthPolicy::none());
-        let c = Control::new(
-            running,
-            vec![(listener, 0)],
-            vec![thread],
-            signals,
-            ended_rx,
-            16,
-        )
-        .unwrap();
-        (c, rx, ended_tx, port, _writer)
+        let (c, rx, ended_tx, signals) = control_on(vec![(listener, 0)], 16);
+        (c, rx, ended_tx, port, signals)
     }
 
     /// A session reinstated while the old one still has I/O in flight: the new session's final
@@ -1031,7 +990,7 @@ mod tests {
     /// asked to close.
     #[test]
     fn a_reinstating_login_is_answered_once_the_old_session_has_ended() {
-        let (mut c, rx, ended_tx, port, _signals) = control();
+        let (mut c, rx, ended_tx, port, _signals) = serving();
         let isid = [0x80, 0, 0, 0, 0, 9];
         let log_in = move || {
             std::thread::spawn(move || {
@@ -1077,7 +1036,7 @@ mod tests {
     /// one waits for that same old session, and is answered once it ended.
     #[test]
     fn a_login_retried_while_its_reinstatement_waits_waits_for_the_same_session() {
-        let (mut c, rx, ended_tx, port, _signals) = control();
+        let (mut c, rx, ended_tx, port, _signals) = serving();
         let isid = [0x80, 0, 0, 0, 0, 9];
         let log_in = move || {
             std::thread::spawn(move || {

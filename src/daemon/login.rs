@@ -879,8 +879,8 @@ pub(super) mod tests {
         }
     }
 
-    /// The CHAP_N and CHAP_R that answer the challenge in a response text (`;` for NUL).
-    fn chap_answer(text: &str, user: &str, secret: &[u8]) -> String {
+    /// The CHAP_I and CHAP_C of a response text (`;` for NUL).
+    fn chap_challenge(text: &str) -> (u8, Vec<u8>) {
         let value = |key: &str| {
             text.split(';')
                 .find_map(|kv| kv.strip_prefix(key))
@@ -889,10 +889,16 @@ pub(super) mod tests {
         };
         let id: u8 = value("CHAP_I=").parse().unwrap();
         let hex = value("CHAP_C=0x");
-        let challenge: Vec<u8> = (0..hex.len())
+        let challenge = (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
             .collect();
+        (id, challenge)
+    }
+
+    /// The CHAP_N and CHAP_R that answer the challenge in a response text (`;` for NUL).
+    fn chap_answer(text: &str, user: &str, secret: &[u8]) -> String {
+        let (id, challenge) = chap_challenge(text);
         let answer = crate::iscsi::chap::chap_response(id, secret, &challenge);
         format!(
             "CHAP_N={user}\0CHAP_R={}\0",
@@ -1016,23 +1022,8 @@ pub(super) mod tests {
         assert_eq!(r.status_class, 0, "{text}");
         let (req, data) = request(Stage::Security, Stage::Operational, false, "CHAP_A=5\0");
         let (_, text) = response(&l.on_request(&req, &data));
-        let value = |key: &str| {
-            text.split(';')
-                .find_map(|kv| kv.strip_prefix(key))
-                .unwrap_or_else(|| panic!("{key} in {text}"))
-                .to_string()
-        };
-        let id: u8 = value("CHAP_I=").parse().unwrap();
-        let hex = value("CHAP_C=0x");
-        let challenge: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
-        let answer = crate::iscsi::chap::chap_response(id, b"alicesecret12", &challenge);
-        let keys = format!(
-            "CHAP_N=alice\0CHAP_R={}\0",
-            crate::iscsi::chap::Hex(&answer)
-        );
+        let (id, challenge) = chap_challenge(&text);
+        let keys = chap_answer(&text, "alice", b"alicesecret12");
         let (req, data) = request(Stage::Security, Stage::Operational, true, &keys);
         let (r, text) = response(&l.on_request(&req, &data));
         assert_eq!((r.status_class, r.transit), (0, true), "{text}");
