@@ -211,6 +211,9 @@ struct Task {
     data_at: u32,
     /// `Conn::r2ts_queued` once its last R2T was queued.
     r2t_mark: u64,
+    /// A Data-Out of it failed its data digest ([`Conn::data_digest_error`]): its data is not
+    /// whole, so it ends with a CRC error once the data asked for is in, never written.
+    digest_failed: bool,
     /// Bytes of the heap allowance ([`BufferPool::reserve_spill`]) it holds for its immediate
     /// data while it waits for a buffer and no slot could keep that data; `kept`: the data.
     spill: u32,
@@ -615,6 +618,7 @@ impl Conn {
             device,
             data_at: self.clock,
             r2t_mark: 0,
+            digest_failed: false,
             spill,
             kept: None,
         });
@@ -898,7 +902,9 @@ impl Conn {
             let Some(t) = self.tasks[i].as_mut() else {
                 return;
             };
-            if t.next_r2t >= t.want || t.r2t_outstanding >= max_out {
+            // No more data is asked for once some of it failed its digest: the task ends when
+            // the data already asked for is in (`maybe_write_ready`).
+            if t.next_r2t >= t.want || t.r2t_outstanding >= max_out || t.digest_failed {
                 return;
             }
             let len = (t.want - t.next_r2t).min(max_burst);
@@ -984,7 +990,21 @@ impl Conn {
         let Some(t) = self.tasks[i].as_ref() else {
             return;
         };
-        if t.state != TaskState::Receiving || t.received < t.want {
+        if t.state != TaskState::Receiving {
+            return;
+        }
+        if t.digest_failed {
+            // RFC 7143 §7.8 (b): once no data it asked for is outstanding (the F bit of each
+            // R2T, and all unsolicited data, taken), CHECK CONDITION, PROTOCOL SERVICE CRC ERROR.
+            if t.r2t_outstanding == 0 && t.received >= t.next_r2t.min(t.want) {
+                let (itt, edtl) = (self.itts[i], t.edtl);
+                self.free_task(i, pool);
+                let c = Completion::check(SenseReason::ProtocolServiceCrcError);
+                self.queue_completion(itt, edtl, &c, None, 0, edtl as usize);
+            }
+            return;
+        }
+        if t.received < t.want {
             return;
         }
         // A reset or PREEMPT AND ABORT from another session while the data came in aborts
@@ -1937,13 +1957,24 @@ impl Conn {
 
     /// A PDU's data segment failed its digest (ERL 0): the PDU is rejected and discarded
     /// (RFC 7143 §7.8); a write command's task made for its data goes with it, and the
-    /// initiator's task times out or is aborted.
+    /// initiator's task times out or is aborted. A Data-Out that continued its task in order
+    /// still counts for the task's data sequence (its header is sound: the reader took its
+    /// length), but the task is marked and ends with a CRC error once the data it asked for is
+    /// in (§7.8 (b); a recovery R2T would need ErrorRecoveryLevel 1).
     pub fn data_digest_error(&mut self, bhs: &[u8; BHS_LEN], pool: &mut BufferPool) {
         self.mid_pdu = false;
         if let Some(i) = self.header_task.take() {
             self.free_task(i, pool);
         }
         self.reject(RejectReason::DataDigestError, bhs);
+        if let Ok(InitiatorPdu::DataOut(d)) = InitiatorPdu::decode(bhs)
+            && matches!(self.dest, DataDest::Slot { .. })
+            && let Some(i) = self.find_data_out_task(&d)
+            && let Some(t) = self.tasks[i].as_mut()
+        {
+            t.digest_failed = true;
+            self.on_data_out(&d, bhs, pool);
+        }
     }
 
     /// Queues a Reject carrying the offending header.
@@ -3144,6 +3175,61 @@ mod tests {
             matches!(pdus.as_slice(), [TargetPdu::R2t(r)] if r.buffer_offset == 512),
             "{pdus:?}"
         );
+    }
+
+    /// RFC 7143 §7.8: a Data-Out whose data digest fails is rejected (reason 0x02) and its
+    /// data is missing; the write must not run on it, and once the data asked for is in
+    /// (the F bit of the outstanding R2T), the task ends with CHECK CONDITION, ABORTED
+    /// COMMAND, PROTOCOL SERVICE CRC ERROR, rather than waiting for data no ERL 0 initiator
+    /// sends again.
+    #[test]
+    fn a_data_out_digest_error_ends_the_write_with_a_crc_error_once_its_data_is_in() {
+        let (mut c, mut pool) = conn(true);
+        // WRITE(10) of 8 blocks, no immediate data: one R2T for all 4096 bytes.
+        feed(&mut c, &mut pool, &write10(8, true, 100, 0), &[]);
+        let pdus = sent(&mut c);
+        let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        let ttt = r2t.ttt;
+        // Its first 512 bytes arrive with a bad digest.
+        let bad = data_out(ttt, 0, 0, 512, false);
+        let DataDest::Slot { buf, .. } = c.on_header(&bad, 512, &mut pool) else {
+            panic!("in-order data goes to the task's buffer");
+        };
+        pool.slice(buf)[..512].fill(0xbd);
+        c.data_digest_error(&bad, &mut pool);
+        assert!(rejected(&sent(&mut c), RejectReason::DataDigestError));
+        // The initiator goes on with the rest of the burst: taken in order, no Reject.
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out(ttt, 1, 512, 3584, true),
+            &[5; 3584],
+        );
+        assert!(c.io.is_empty(), "no write of data that failed its digest");
+        let out: Vec<OutPdu> = std::iter::from_fn(|| c.pop_out()).collect();
+        let [p] = out.as_slice() else {
+            panic!("one answer: {} PDUs", out.len())
+        };
+        let TargetPdu::ScsiResponse(r) =
+            TargetPdu::decode(p.header[..BHS_LEN].try_into().unwrap()).unwrap()
+        else {
+            panic!("a SCSI Response")
+        };
+        assert_eq!((r.itt, r.status), (0x42, Status::CheckCondition as u8));
+        let OutData::Sense { bytes, len } = &p.data else {
+            panic!("sense data")
+        };
+        // Fixed format after the 2-byte length: key at 2, ASC/ASCQ at 12/13.
+        let sense = &bytes[2..*len];
+        assert_eq!(
+            (sense[2] & 0xf, sense[12], sense[13]),
+            (0xB, 0x47, 0x05),
+            "{sense:?}"
+        );
+        assert_eq!(c.tasks_in_flight(), 0);
+        assert_eq!(pool.available(), 8, "its buffer came back");
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub enum SenseReason {
     SpaceAllocationFailed,
     /// MISCOMPARE, MISCOMPARE DURING VERIFY OPERATION (Eh/1Dh/00h).
     MiscompareDuringVerify,
+    /// ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR (Bh/47h/05h): data-out that failed its
+    /// iSCSI data digest (RFC 7143 §7.8, §11.4.7.2).
+    ProtocolServiceCrcError,
 }
 
 impl SenseReason {
@@ -173,6 +176,7 @@ impl SenseReason {
             Self::ReservationsReleased => (K::UnitAttention, 0x2A, 0x04),
             Self::RegistrationsPreempted => (K::UnitAttention, 0x2A, 0x05),
             Self::CapacityDataChanged => (K::UnitAttention, 0x2A, 0x09),
+            Self::ProtocolServiceCrcError => (K::AbortedCommand, 0x47, 0x05),
             Self::ReportedLunsDataChanged => (K::UnitAttention, 0x3F, 0x0E),
             Self::WriteProtected => (K::DataProtect, 0x27, 0x00),
             Self::SpaceAllocationFailed => (K::DataProtect, 0x27, 0x07),
@@ -403,6 +407,7 @@ mod tests {
             (SenseReason::ItNexusLoss, 0x6, 0x29, 0x07),
             (SenseReason::ModeParametersChanged, 0x6, 0x2A, 0x01),
             (SenseReason::CapacityDataChanged, 0x6, 0x2A, 0x09),
+            (SenseReason::ProtocolServiceCrcError, 0xB, 0x47, 0x05),
             (SenseReason::ReportedLunsDataChanged, 0x6, 0x3F, 0x0E),
             (SenseReason::WriteProtected, 0x7, 0x27, 0x00),
             (SenseReason::SpaceAllocationFailed, 0x7, 0x27, 0x07),
