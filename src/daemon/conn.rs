@@ -288,6 +288,11 @@ pub struct Conn {
     /// Between a PDU's header and its end ([`Conn::on_header`], [`Conn::on_pdu`]): its data
     /// segment may be being received into a task's buffer, so that task must not be freed.
     mid_pdu: bool,
+    /// A command came with a CmdSN inside the window but past ExpCmdSN: (its CmdSN, ExpCmdSN).
+    /// With one connection a command before it was lost (discarded for its data digest), and
+    /// at ErrorRecoveryLevel 0 nothing fills that gap: `on_pdu` ends the connection, so the
+    /// initiator recovers the session instead of every later command being ignored.
+    cmd_sn_gap: Option<(u32, u32)>,
 }
 
 /// A task management response waiting for aborted tasks' I/O, and for a reset, for the writes
@@ -345,6 +350,7 @@ impl Conn {
             r2ts_out: 0,
             buffer_wait: VecDeque::new(),
             mid_pdu: false,
+            cmd_sn_gap: None,
         }
     }
 
@@ -527,6 +533,12 @@ impl Conn {
             }
             InitiatorPdu::Snack(_) => self.reject(RejectReason::SnackReject, bhs),
         }
+        if let Some((cmd_sn, exp)) = self.cmd_sn_gap.take() {
+            return Err(Fatal(format!(
+                "CmdSN {cmd_sn} came while ExpCmdSN is {exp}: a command was lost, \
+                 which ErrorRecoveryLevel 0 cannot recover"
+            )));
+        }
         Ok(())
     }
 
@@ -536,6 +548,13 @@ impl Conn {
             return true;
         }
         if cmd_sn != self.seq.exp_cmd_sn {
+            // Serial number arithmetic (RFC 1982): ahead of ExpCmdSN, within the widest window
+            // vitd ever offers (MaxCmdSN = ExpCmdSN + depth - 1).
+            let ahead = cmd_sn.wrapping_sub(self.seq.exp_cmd_sn);
+            if (1..self.depth).contains(&ahead) {
+                self.cmd_sn_gap = Some((cmd_sn, self.seq.exp_cmd_sn));
+                return false;
+            }
             tracing::debug!(
                 cmd_sn,
                 exp = self.seq.exp_cmd_sn,
@@ -3230,6 +3249,23 @@ mod tests {
         );
         assert_eq!(c.tasks_in_flight(), 0);
         assert_eq!(pool.available(), 8, "its buffer came back");
+    }
+
+    /// A command discarded for its data digest leaves its CmdSN unused. An ERL 0 initiator does
+    /// not send it again (libiscsi fails it on the Reject, open-iscsi waits for its timeout)
+    /// and goes on with the next CmdSN: every later command would be ignored as out of order,
+    /// the session hung. vitd ends the connection instead, so the initiator recovers it.
+    #[test]
+    fn a_command_past_a_cmd_sn_gap_ends_the_connection() {
+        let (mut c, mut pool) = conn(true);
+        let bhs = write10(8, true, 100, 512);
+        c.on_header(&bhs, 512, &mut pool);
+        c.data_digest_error(&bhs, &mut pool);
+        assert!(rejected(&sent(&mut c), RejectReason::DataDigestError));
+        let tur = command(&[0, 0, 0, 0, 0, 0], 0, false, false, 101, 0);
+        let r = feed_with(&mut c, &mut pool, &tur, &[]).unwrap();
+        assert!(r.is_err(), "a command past the gap ends the connection");
+        assert!(c.io.is_empty() && sent(&mut c).is_empty());
     }
 
     #[test]
