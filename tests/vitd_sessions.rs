@@ -1212,3 +1212,112 @@ fn a_peer_holding_every_login_slot_keeps_no_other_initiator_out() {
         .unwrap_or_else(|e| panic!("discovery login: {e}\n{}", vitd.log_text()));
     drop((more, held));
 }
+
+/// RFC 7143 §7.8 at ErrorRecoveryLevel 0, end to end with CRC32C digests: a Data-Out whose data
+/// digest fails is rejected (reason 0x02), the rest of the burst is taken, and the write ends
+/// with CHECK CONDITION, ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR without writing anything;
+/// a command discarded for its immediate data's digest is never resent by an ERL 0 initiator,
+/// so the next command, past the gap it left, ends the connection (session recovery) instead
+/// of being ignored with every one after it.
+#[test]
+fn data_digest_errors_end_the_write_or_the_connection() {
+    use vit::iscsi::pdu::DataOut;
+    let (ds, vitd) = setup();
+    let mut s = initiator::try_login_with(
+        ds.port,
+        INITIATOR,
+        &iqn("s"),
+        [0x80, 0, 0, 0, 0, 0x21],
+        true,
+    )
+    .unwrap();
+    s.stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    s.test_unit_ready().unwrap(); // the power-on unit attention
+    let before = vec![0x11u8; 4096];
+    let cdb = [0x2a, 0, 0, 0, 0, 40, 0, 0, 8, 0];
+    assert_eq!(s.command(0, &cdb, &before, 0).unwrap().status, 0);
+    // The same write, its data asked for by R2T.
+    let mut cdb16 = [0u8; 16];
+    cdb16[..10].copy_from_slice(&cdb);
+    let bhs = write_bhs(&s, 0x500, cdb16, (4096, 0));
+    s.cmd_sn += 1;
+    s.raw(&initiator::frame(&bhs, &[], true)).unwrap();
+    let (pdu, _) = initiator::read_pdu_with(&mut s.stream, true).unwrap();
+    let TargetPdu::R2t(r2t) = pdu else {
+        panic!("{pdu:?}: {}", vitd.log_text())
+    };
+    let data_out = |data_sn: u32, offset: u32, len: u32, final_bit: bool| {
+        let mut b = [0u8; 48];
+        DataOut {
+            final_bit,
+            itt: 0x500,
+            ttt: r2t.ttt,
+            exp_stat_sn: s.exp_stat_sn,
+            data_sn,
+            buffer_offset: offset,
+            data_segment_length: len,
+            ..Default::default()
+        }
+        .encode(&mut b);
+        b
+    };
+    let mut wire = initiator::frame(&data_out(0, 0, 512, false), &[0x22; 512], true);
+    let n = wire.len();
+    wire[n - 4..].copy_from_slice(&[0, 0, 0, 0]); // not the CRC32C of the data
+    wire.extend(initiator::frame(
+        &data_out(1, 512, 3584, true),
+        &[0x22; 3584],
+        true,
+    ));
+    s.raw(&wire).unwrap();
+    let (pdu, _) = initiator::read_pdu_with(&mut s.stream, true).unwrap();
+    assert!(
+        matches!(pdu, TargetPdu::Reject(ref r) if r.reason == 0x02),
+        "{pdu:?}"
+    );
+    let (pdu, data) = initiator::read_pdu_with(&mut s.stream, true)
+        .unwrap_or_else(|e| panic!("no answer to the write: {e}: {}", vitd.log_text()));
+    let TargetPdu::ScsiResponse(r) = pdu else {
+        panic!("{pdu:?}")
+    };
+    s.exp_stat_sn = r.stat_sn.wrapping_add(1);
+    let sense = &data[2..];
+    assert_eq!(
+        (r.status, sense[2] & 0xf, sense[12], sense[13]),
+        (2, 0xB, 0x47, 0x05),
+        "{sense:?}"
+    );
+    let read10 = [0x28, 0, 0, 0, 0, 40, 0, 0, 8, 0];
+    let r = s.command(0, &read10, &[], 4096).unwrap();
+    assert!(r.data_in == before, "nothing of the failed write landed");
+    // A write whose immediate data fails its digest: rejected, its CmdSN left unused.
+    let bhs = write_bhs(&s, 0x501, cdb16, (512, 512));
+    let mut wire = initiator::frame(&bhs, &[0x33; 512], true);
+    let n = wire.len();
+    wire[n - 4..].copy_from_slice(&[0, 0, 0, 0]);
+    s.cmd_sn += 1;
+    s.raw(&wire).unwrap();
+    let (pdu, _) = initiator::read_pdu_with(&mut s.stream, true).unwrap();
+    assert!(
+        matches!(pdu, TargetPdu::Reject(ref r) if r.reason == 0x02),
+        "{pdu:?}"
+    );
+    // The initiator goes on with the next CmdSN.
+    let mut tur = [0u8; 48];
+    vit::iscsi::pdu::ScsiCommand {
+        final_bit: true,
+        attr: 1,
+        itt: 0x502,
+        cmd_sn: s.cmd_sn,
+        exp_stat_sn: s.exp_stat_sn,
+        ..Default::default()
+    }
+    .encode(&mut tur);
+    s.raw(&initiator::frame(&tur, &[], true)).unwrap();
+    let seen = s
+        .closed_within(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
+    assert!(seen.is_empty(), "the command past the gap got {seen:?}");
+}
