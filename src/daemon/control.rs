@@ -201,7 +201,21 @@ impl Control {
                 } else {
                     libc::POLLIN | libc::POLLOUT
                 };
-                fds.push(pollfd(c.stream.as_raw_fd(), events));
+                // A full receive buffer (bytes past a login whose handoff waits) is not read
+                // into until the data thread takes the connection; with nothing else to wait
+                // for, the descriptor is left out (poll(2) skips a negative one), so a hang-up
+                // does not wake the loop over and over.
+                let events = if c.rx_len >= c.rx.len() {
+                    events & !libc::POLLIN
+                } else {
+                    events
+                };
+                let fd = if events == 0 {
+                    -1
+                } else {
+                    c.stream.as_raw_fd()
+                };
+                fds.push(pollfd(fd, events));
                 owners.push(i);
             }
         }
@@ -305,6 +319,10 @@ impl Control {
         };
         if c.close_after_flush {
             return self.drop_conn(idx);
+        }
+        // No room: a read would return 0, which means the peer closed.
+        if c.rx_len >= c.rx.len() {
+            return;
         }
         let n = match c.stream.read(&mut c.rx[c.rx_len..]) {
             Ok(0) => return self.drop_conn(idx),
@@ -1029,6 +1047,59 @@ mod tests {
         };
         assert_ne!(new.1.session_id, old.1.session_id);
         let _second = second.join().unwrap();
+    }
+
+    /// Bytes an initiator sends after its last Login Request, while that login's answer waits
+    /// for the session it reinstates to end, fill the control thread's 16 KiB receive buffer:
+    /// a read into no room returned 0 and was taken for the peer closing, so the new session
+    /// was dropped. It now stops reading until the handoff, and every byte goes with it.
+    #[test]
+    fn bytes_past_a_waiting_login_that_fill_the_buffer_go_to_the_data_thread() {
+        use std::io::Write;
+        let (mut c, rx, ended_tx, port, _signals) = serving();
+        let isid = [0x80, 0, 0, 0, 0, 9];
+        let first = std::thread::spawn(move || {
+            initiator::login(port, "iqn.2026-11.io.vit:i", "iqn.2026-11.io.vit:t", isid)
+        });
+        let old = match next_msg(&mut c, &rx, 100) {
+            Some(Msg::Conn(b)) => b,
+            _ => panic!("the first session was not handed over"),
+        };
+        let _first = first.join().unwrap();
+        let mut second = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let text = "InitiatorName=iqn.2026-11.io.vit:i\0TargetName=iqn.2026-11.io.vit:t\0AuthMethod=None\0";
+        let bhs = login_bhs((Stage::Security, Stage::FullFeature), isid, 0, text.len());
+        let early: Vec<u8> = (0..24u32 << 10).map(|i| (i % 251) as u8).collect();
+        let mut wire = frame(&bhs, text.as_bytes(), false);
+        wire.extend_from_slice(&early);
+        second.write_all(&wire).unwrap();
+        match next_msg(&mut c, &rx, 100) {
+            Some(Msg::Drop(id)) => assert_eq!(id, old.1.session_id),
+            _ => panic!("the old session was not asked to close"),
+        }
+        // The control thread runs on while the old session ends.
+        assert!(next_msg(&mut c, &rx, 20).is_none());
+        ended_tx.send(old.1.session_id).unwrap();
+        let new = match next_msg(&mut c, &rx, 100) {
+            Some(Msg::Conn(b)) => b,
+            _ => panic!("the new session was not handed over"),
+        };
+        let mut got = new.2.clone();
+        // What did not fit is still in the socket, for the data thread to read.
+        let mut stream = new.0;
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = vec![0u8; early.len()];
+        while got.len() < early.len() {
+            let n = std::io::Read::read(&mut stream, &mut buf).unwrap();
+            assert!(n > 0, "the connection ended");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got == early,
+            "the bytes after the login came through in order"
+        );
     }
 
     /// A login that reinstates a session whose own reinstating login is still waiting for the
