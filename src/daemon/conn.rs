@@ -293,6 +293,10 @@ pub struct Conn {
     /// at ErrorRecoveryLevel 0 nothing fills that gap: `on_pdu` ends the connection, so the
     /// initiator recovers the session instead of every later command being ignored.
     cmd_sn_gap: Option<(u32, u32)>,
+    /// CmdSNs ahead of ExpCmdSN that an ABORT TASK declared received (RFC 7143 §11.5.1 b):
+    /// ExpCmdSN passes over them when it reaches them. Within the command window, so at most
+    /// `depth` of them.
+    plugged: Vec<u32>,
 }
 
 /// A task management response waiting for aborted tasks' I/O, and for a reset, for the writes
@@ -351,6 +355,7 @@ impl Conn {
             buffer_wait: VecDeque::new(),
             mid_pdu: false,
             cmd_sn_gap: None,
+            plugged: Vec::new(),
         }
     }
 
@@ -563,6 +568,38 @@ impl Conn {
             return false;
         }
         self.seq.exp_cmd_sn = self.seq.exp_cmd_sn.wrapping_add(1);
+        if !self.plugged.is_empty() {
+            self.pass_plugged();
+        }
+        true
+    }
+
+    /// Moves ExpCmdSN past the CmdSNs an ABORT TASK declared received.
+    fn pass_plugged(&mut self) {
+        while let Some(at) = self.plugged.iter().position(|&s| s == self.seq.exp_cmd_sn) {
+            self.plugged.swap_remove(at);
+            self.seq.exp_cmd_sn = self.seq.exp_cmd_sn.wrapping_add(1);
+        }
+    }
+
+    /// RFC 7143 §11.5.1 b): an ABORT TASK whose tag names no task, and whose RefCmdSN lies in
+    /// the command window and before the request's own CmdSN, names a command that never
+    /// arrived (its PDU was discarded, as a data digest error discards it; vit takes commands
+    /// in CmdSN order only, and a later one arriving before the gap is filled ends the
+    /// connection, `take_cmd_sn`). Its CmdSN is taken as
+    /// received: the window moves past the gap. `exp` is ExpCmdSN as the request found it.
+    /// Returns whether it did so (the answer is then Function complete).
+    fn plug_cmd_sn(&mut self, exp: u32, ref_cmd_sn: u32, tmf_cmd_sn: u32) -> bool {
+        let ahead = ref_cmd_sn.wrapping_sub(exp);
+        if ahead >= tmf_cmd_sn.wrapping_sub(exp) || ahead >= self.depth {
+            return false;
+        }
+        if ref_cmd_sn == self.seq.exp_cmd_sn {
+            self.seq.exp_cmd_sn = ref_cmd_sn.wrapping_add(1);
+            self.pass_plugged();
+        } else if !self.plugged.contains(&ref_cmd_sn) {
+            self.plugged.push(ref_cmd_sn);
+        }
         true
     }
 
@@ -1645,6 +1682,7 @@ impl Conn {
     }
 
     fn on_tmf(&mut self, t: &TaskMgmtRequest, bhs: &[u8; BHS_LEN], pool: &mut BufferPool) {
+        let exp = self.seq.exp_cmd_sn;
         if !self.take_cmd_sn(t.immediate, t.cmd_sn) {
             return;
         }
@@ -1664,6 +1702,8 @@ impl Conn {
                     self.abort_for(i, Some(t.itt), pool);
                     0
                 }
+                // A command not received yet: its CmdSN is taken as received.
+                None if self.plug_cmd_sn(exp, t.ref_cmd_sn, t.cmd_sn) => 0,
                 None => 1, // task does not exist (also the answer when it already completed)
             },
             Some(F::AbortTaskSet) | Some(F::ClearTaskSet) => {
@@ -3266,6 +3306,73 @@ mod tests {
         let r = feed_with(&mut c, &mut pool, &tur, &[]).unwrap();
         assert!(r.is_err(), "a command past the gap ends the connection");
         assert!(c.io.is_empty() && sent(&mut c).is_empty());
+    }
+
+    /// An immediate ABORT TASK for tag `referenced`, RefCmdSN `ref_cmd_sn`, CmdSN `cmd_sn`.
+    fn abort_unreceived(referenced: u32, ref_cmd_sn: u32, cmd_sn: u32) -> [u8; BHS_LEN] {
+        let t = crate::iscsi::pdu::TaskMgmtRequest {
+            immediate: true,
+            function: 1,
+            itt: 0x99,
+            referenced_task_tag: referenced,
+            cmd_sn,
+            ref_cmd_sn,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        t.encode(&mut b);
+        b
+    }
+
+    /// RFC 7143 §11.5.1 b): the ABORT TASK of a command whose PDU was discarded (a data digest
+    /// error) takes its CmdSN as received and answers Function complete, so the commands after
+    /// the gap run. Before, it answered Task does not exist and ExpCmdSN stayed at the gap:
+    /// every later command was dropped and the session served nothing more.
+    #[test]
+    fn an_abort_of_a_command_never_received_fills_its_cmd_sn_gap() {
+        let (mut c, mut pool) = conn(true);
+        // CmdSN 100 and 101 lost to data digest errors. (A command sent on past them ends the
+        // connection: `a_command_past_a_cmd_sn_gap_ends_the_connection`.)
+        for cmd_sn in [100, 101] {
+            let bhs = write10(1, true, cmd_sn, 512);
+            c.on_header(&bhs, 512, &mut pool);
+            c.data_digest_error(&bhs, &mut pool);
+        }
+        sent(&mut c);
+        // The initiator aborts 101 first: kept in mind, ExpCmdSN still at the gap of 100.
+        feed(&mut c, &mut pool, &abort_unreceived(0x42, 101, 102), &[]);
+        let pdus = sent(&mut c);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::TaskMgmt(r)]
+                if r.response == 0 && r.exp_cmd_sn == 100),
+            "{pdus:?}"
+        );
+        // Then 100: ExpCmdSN passes both, and the next command runs.
+        feed(&mut c, &mut pool, &abort_unreceived(0x42, 100, 102), &[]);
+        let pdus = sent(&mut c);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::TaskMgmt(r)]
+                if r.response == 0 && r.exp_cmd_sn == 102),
+            "{pdus:?}"
+        );
+        feed(&mut c, &mut pool, &read16(102), &[]);
+        assert_eq!(c.io.len(), 1, "the command after the gap runs");
+        // A RefCmdSN already passed (a command that completed), or not before the request's
+        // own CmdSN: Task does not exist, nothing moves.
+        for (ref_cmd_sn, cmd_sn) in [(99, 103), (103, 103), (104, 103)] {
+            feed(
+                &mut c,
+                &mut pool,
+                &abort_unreceived(0x77, ref_cmd_sn, cmd_sn),
+                &[],
+            );
+            let pdus = sent(&mut c);
+            assert!(
+                matches!(pdus.as_slice(), [TargetPdu::TaskMgmt(r)]
+                    if r.response == 1 && r.exp_cmd_sn == 103),
+                "RefCmdSN {ref_cmd_sn}: {pdus:?}"
+            );
+        }
     }
 
     #[test]
