@@ -1706,6 +1706,15 @@ impl Conn {
                 None if self.plug_cmd_sn(exp, t.ref_cmd_sn, t.cmd_sn) => 0,
                 None => 1, // task does not exist (also the answer when it already completed)
             },
+            // A LUN the target does not have: LUN does not exist (RFC 7143 §11.6.1).
+            Some(F::AbortTaskSet) | Some(F::ClearTaskSet) | Some(F::ClearAca)
+                if self
+                    .target
+                    .as_ref()
+                    .is_none_or(|target| target.lun_at(t.lun.to_be_bytes()).is_none()) =>
+            {
+                2
+            }
             Some(F::AbortTaskSet) | Some(F::ClearTaskSet) => {
                 for i in 0..self.tasks.len() {
                     if self.tasks[i].as_ref().is_some_and(|x| x.lun == t.lun) {
@@ -1741,8 +1750,12 @@ impl Conn {
                     }
                 }
             }
-            Some(F::TargetColdReset) | Some(F::TaskReassign) => 3, // not supported (ERL0)
-            _ => 5,                                                // function rejected
+            // Allegiance reassignment needs ErrorRecoveryLevel 2; vit negotiates 0.
+            Some(F::TaskReassign) => 4,
+            // TARGET COLD RESET, CLEAR ACA (NACA is not supported: no ACA to clear), and the
+            // functions of RFC 7144 (QUERY TASK and the rest): Task management function not
+            // supported.
+            _ => 5,
         };
         let waiting = self
             .tasks
@@ -3445,6 +3458,48 @@ mod tests {
         let mut b = [0u8; BHS_LEN];
         t.encode(&mut b);
         b
+    }
+
+    /// The response codes of RFC 7143 §11.6.1 where a function is not carried out: a task
+    /// set function addressed to a LUN the target lacks answers LUN does not exist (it said
+    /// Function complete), TASK REASSIGN at ErrorRecoveryLevel 0 Task allegiance reassignment
+    /// not supported and TARGET COLD RESET Task management function not supported (both said
+    /// Task still allegiant, which is about a task on another connection).
+    #[test]
+    fn functions_not_carried_out_answer_the_rfcs_codes() {
+        let (mut c, mut pool) = conn(true);
+        let on_lun = |function: u8, lun: u64, cmd_sn: u32| {
+            let t = crate::iscsi::pdu::TaskMgmtRequest {
+                immediate: true,
+                function,
+                lun,
+                itt: 0x99,
+                referenced_task_tag: RESERVED_TAG,
+                cmd_sn,
+                ..Default::default()
+            };
+            let mut b = [0u8; BHS_LEN];
+            t.encode(&mut b);
+            b
+        };
+        let missing = u64::from_be_bytes(crate::scsi::encode_lun(5));
+        for (function, lun, want) in [
+            (2u8, missing, 2u8), // ABORT TASK SET
+            (4, missing, 2),     // CLEAR TASK SET
+            (3, missing, 2),     // CLEAR ACA
+            (3, 0, 5),           // CLEAR ACA
+            (7, 0, 5),           // TARGET COLD RESET
+            (8, 0, 4),           // TASK REASSIGN
+            (9, 0, 5),           // QUERY TASK (RFC 7144)
+            (2, 0, 0),           // ABORT TASK SET of LUN 0
+        ] {
+            feed(&mut c, &mut pool, &on_lun(function, lun, 100), &[]);
+            let pdus = sent(&mut c);
+            assert!(
+                matches!(pdus.as_slice(), [TargetPdu::TaskMgmt(r)] if r.response == want),
+                "function {function}: {pdus:?}"
+            );
+        }
     }
 
     #[test]
