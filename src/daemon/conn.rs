@@ -1499,6 +1499,13 @@ impl Conn {
             *s = seq;
         }
         let mut abort = false;
+        // Whether this nexus has commands on the LUN that came before the mail (a CLEAR TASK
+        // SET of another nexus then reports their loss).
+        let had_tasks = self
+            .tasks
+            .iter()
+            .enumerate()
+            .any(|(t, x)| Some(t) != arriving && x.as_ref().is_some_and(|x| x.lun == lun));
         for m in &mail {
             match &**m {
                 Mail::Reservation(effects) => {
@@ -1509,6 +1516,10 @@ impl Conn {
                     }
                 }
                 Mail::Reset { reason, .. } => self.nexus.post(id, *reason),
+                Mail::Clear { from } if had_tasks && from != self.nexus.id() => self
+                    .nexus
+                    .post(id, SenseReason::CommandsClearedByAnotherInitiator),
+                Mail::Clear { .. } => {}
             }
             abort |= m.aborts(self.nexus.id());
         }
@@ -1721,6 +1732,11 @@ impl Conn {
                         self.abort_for(i, Some(t.itt), pool);
                     }
                 }
+                // CLEAR TASK SET clears the commands of every I_T nexus, whatever the TST
+                // (SAM-5 7.6); ABORT TASK SET only the issuing nexus's.
+                if function == Some(F::ClearTaskSet) {
+                    reset = self.clear_task_set(t.lun);
+                }
                 0
             }
             Some(F::LogicalUnitReset) | Some(F::TargetWarmReset) => {
@@ -1851,6 +1867,29 @@ impl Conn {
             reset.push(l.clone());
         }
         reset
+    }
+
+    /// CLEAR TASK SET: every other session of LUN `lun` loses its tasks there (and, having
+    /// had any, gets COMMANDS CLEARED BY ANOTHER INITIATOR) when it next looks at the LUN's
+    /// mail; reservations and other unit attentions stay. Returns the LUN, now waiting, as a
+    /// reset does, for the writes in flight on it (the answer waits for them).
+    fn clear_task_set(&mut self, lun: u64) -> Vec<Arc<super::runtime::LunRt>> {
+        let Some((at, _)) = self
+            .target
+            .as_ref()
+            .and_then(|target| target.lun_at(lun.to_be_bytes()))
+        else {
+            return Vec::new();
+        };
+        let Some(l) = self.target.as_ref().map(|target| target.luns[at].clone()) else {
+            return Vec::new();
+        };
+        l.shared.post(Mail::Clear {
+            from: self.nexus.id().clone(),
+        });
+        // After the mail: a write that does not wait for the clear finds the mail.
+        l.shared.begin_reset();
+        vec![l]
     }
 
     /// Aborts a task: no response will be sent for it.
@@ -3777,6 +3816,71 @@ mod tests {
             matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 2),
             "{pdus:?}"
         );
+    }
+
+    /// CLEAR TASK SET clears the commands of every I_T nexus on the LUN (SAM-5 7.6, whatever
+    /// the task set type), not only the issuing one's as ABORT TASK SET does; with TAS = 0 (the
+    /// Control mode page vit reports) a nexus that lost commands to it gets COMMANDS CLEARED
+    /// BY ANOTHER INITIATOR. Before, another session's write collecting its data went on and
+    /// was written after the answer said the task set was clear, and nothing told it.
+    #[test]
+    fn a_clear_task_set_clears_other_sessions_commands() {
+        let (mut a, mut pool) = conn(true);
+        let mut b = other_session(&a);
+        let mut idle = other_session(&a);
+        idle.nexus.set_initiator("iqn.2026-11.io.vit:idle", [0; 6]);
+        // Session B: a WRITE waiting for its Data-Out.
+        feed(&mut b, &mut pool, &write10(1, true, 100, 0), &[]);
+        let pdus = sent(&mut b);
+        let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        // Session A: CLEAR TASK SET of LUN 0, answered once no write is in flight on it
+        // (another thread has one).
+        let lun = a.target.as_ref().unwrap().luns[0].clone();
+        assert!(lun.shared.write_start(7, 0, 4096));
+        feed(&mut a, &mut pool, &tmf(4, 100), &[]);
+        assert!(!a.poll_resets() && sent(&mut a).is_empty());
+        lun.shared.write_done(7);
+        assert!(a.poll_resets());
+        let pdus = sent(&mut a);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::TaskMgmt(r)] if r.response == 0),
+            "{pdus:?}"
+        );
+        // B's data comes: the task was cleared, nothing is written.
+        feed(
+            &mut b,
+            &mut pool,
+            &data_out(r2t.ttt, 0, 0, 512, true),
+            &[9; 512],
+        );
+        assert!(b.io.is_empty(), "a cleared task is not written");
+        assert_eq!(b.tasks_in_flight(), 0);
+        // B's next command meets COMMANDS CLEARED BY ANOTHER INITIATOR; A's and that of a
+        // session that had no commands there meet nothing.
+        let tur = command(&[0, 0, 0, 0, 0, 0], 0, false, false, 101, 0);
+        feed(&mut b, &mut pool, &tur, &[]);
+        let out = b.pop_out().unwrap();
+        assert!(b.pop_out().is_none());
+        let pdu = TargetPdu::decode(out.header[..BHS_LEN].try_into().unwrap()).unwrap();
+        assert!(
+            matches!(pdu, TargetPdu::ScsiResponse(ref r) if r.status == 2),
+            "{pdu:?}"
+        );
+        let OutData::Sense { bytes: sense, .. } = out.data else {
+            panic!("no sense data")
+        };
+        assert_eq!((sense[2 + 2] & 0xf, sense[2 + 12]), (6, 0x2F), "{sense:?}");
+        for (c, cmd_sn) in [(&mut a, 100), (&mut idle, 100)] {
+            let tur = command(&[0, 0, 0, 0, 0, 0], 0, false, false, cmd_sn, 0);
+            feed(c, &mut pool, &tur, &[]);
+            let pdus = sent(c);
+            assert!(
+                matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0),
+                "{pdus:?}"
+            );
+        }
     }
 
     #[test]

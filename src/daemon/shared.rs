@@ -26,15 +26,18 @@ pub enum Mail {
         reason: SenseReason,
         from: ItNexusId,
     },
+    /// CLEAR TASK SET by `from`: every other nexus loses its tasks here, and one that had any
+    /// gets COMMANDS CLEARED BY ANOTHER INITIATOR (SAM-5 5.6 and 7.6; TAS = 0).
+    Clear { from: ItNexusId },
 }
 
 impl Mail {
-    /// Whether it aborts the tasks `me` has on the LUN (a reset: those of every other nexus;
-    /// the resetting session aborted its own already).
+    /// Whether it aborts the tasks `me` has on the LUN (a reset or CLEAR TASK SET: those of
+    /// every other nexus; the session doing it aborted its own already).
     pub fn aborts(&self, me: &ItNexusId) -> bool {
         match self {
             Mail::Reservation(effects) => effects.aborts(me),
-            Mail::Reset { from, .. } => from != me,
+            Mail::Reset { from, .. } | Mail::Clear { from } => from != me,
         }
     }
 }

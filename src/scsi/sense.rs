@@ -114,6 +114,9 @@ pub enum SenseReason {
     DeviceInternalReset,
     /// UNIT ATTENTION, I_T NEXUS LOSS OCCURRED (6h/29h/07h).
     ItNexusLoss,
+    /// UNIT ATTENTION, COMMANDS CLEARED BY ANOTHER INITIATOR (6h/2Fh/00h): another I_T nexus's
+    /// CLEAR TASK SET aborted this nexus's commands (SAM-5 5.6, TAS = 0).
+    CommandsClearedByAnotherInitiator,
     /// UNIT ATTENTION, MODE PARAMETERS CHANGED (6h/2Ah/01h).
     ModeParametersChanged,
     /// UNIT ATTENTION, RESERVATIONS PREEMPTED (6h/2Ah/03h).
@@ -171,6 +174,7 @@ impl SenseReason {
             Self::BusDeviceResetFunction => (K::UnitAttention, 0x29, 0x03),
             Self::DeviceInternalReset => (K::UnitAttention, 0x29, 0x04),
             Self::ItNexusLoss => (K::UnitAttention, 0x29, 0x07),
+            Self::CommandsClearedByAnotherInitiator => (K::UnitAttention, 0x2F, 0x00),
             Self::ModeParametersChanged => (K::UnitAttention, 0x2A, 0x01),
             Self::ReservationsPreempted => (K::UnitAttention, 0x2A, 0x03),
             Self::ReservationsReleased => (K::UnitAttention, 0x2A, 0x04),
@@ -406,6 +410,12 @@ mod tests {
             (SenseReason::DeviceInternalReset, 0x6, 0x29, 0x04),
             (SenseReason::ItNexusLoss, 0x6, 0x29, 0x07),
             (SenseReason::ModeParametersChanged, 0x6, 0x2A, 0x01),
+            (
+                SenseReason::CommandsClearedByAnotherInitiator,
+                0x6,
+                0x2F,
+                0x00,
+            ),
             (SenseReason::CapacityDataChanged, 0x6, 0x2A, 0x09),
             (SenseReason::ProtocolServiceCrcError, 0xB, 0x47, 0x05),
             (SenseReason::ReportedLunsDataChanged, 0x6, 0x3F, 0x0E),
