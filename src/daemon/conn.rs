@@ -159,6 +159,11 @@ fn is_media_write(cdb: &[u8]) -> bool {
     opcodes::find(cdb).is_ok_and(|info| info.media == MediaAccess::Write)
 }
 
+/// Whether a CDB is PERSISTENT RESERVE OUT with service action PREEMPT AND ABORT.
+fn is_preempt_and_abort(cdb: &[u8]) -> bool {
+    matches!(cdb, [op::PERSISTENT_RESERVE_OUT, sa, ..] if sa & 0x1F == 5)
+}
+
 /// A fatal protocol error: the connection must be closed.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -293,6 +298,10 @@ pub struct Conn {
     /// at ErrorRecoveryLevel 0 nothing fills that gap: `on_pdu` ends the connection, so the
     /// initiator recovers the session instead of every later command being ignored.
     cmd_sn_gap: Option<(u32, u32)>,
+    /// PREEMPT AND ABORT commands whose GOOD status waits, as a reset's answer does, for the
+    /// writes in flight on their LUN (the preempted nexuses' commands are aborted before it
+    /// completes: none of their writes lands after it): (task slot, its completion, the LUN).
+    pr_held: Vec<(usize, Completion, Arc<super::runtime::LunRt>)>,
     /// CmdSNs ahead of ExpCmdSN that an ABORT TASK declared received (RFC 7143 §11.5.1 b):
     /// ExpCmdSN passes over them when it reaches them. Within the command window, so at most
     /// `depth` of them.
@@ -356,6 +365,7 @@ impl Conn {
             mid_pdu: false,
             cmd_sn_gap: None,
             plugged: Vec::new(),
+            pr_held: Vec::new(),
         }
     }
 
@@ -1154,6 +1164,18 @@ impl Conn {
             None => exec(target, &mut self.nexus, &req, &mut []),
         };
         match outcome {
+            Outcome::Done(c) if c.status == Status::Good && is_preempt_and_abort(&t.cdb) => {
+                match target.lun_index(req.lun).map(|at| target.luns[at].clone()) {
+                    Some(l) => {
+                        // Its mail is posted: writes not yet started find it; wait for those
+                        // in flight.
+                        l.shared.begin_reset();
+                        t.state = TaskState::Io;
+                        self.pr_held.push((i, c, l));
+                    }
+                    None => self.finish(i, &c, pool),
+                }
+            }
             Outcome::Done(c) => self.finish(i, &c, pool),
             // VERIFY with BYTCHK compares its data-out whole: a shorter one (EDTL below the
             // transfer length) is refused, as a short WRITE SAME or ORWRITE pattern is, so no
@@ -1559,6 +1581,9 @@ impl Conn {
             self.free_task(i, pool);
         }
         self.buffer_wait.clear();
+        for (_, _, l) in self.pr_held.drain(..) {
+            l.shared.abandon_reset();
+        }
         for h in self.tmf_held.drain(..) {
             for l in h.luns {
                 l.shared.abandon_reset();
@@ -1793,13 +1818,28 @@ impl Conn {
 
     /// Whether a reset's answer waits for other sessions' writes ([`Conn::poll_resets`]).
     pub fn resets_pending(&self) -> bool {
-        self.tmf_held.iter().any(|h| !h.luns.is_empty())
+        self.tmf_held.iter().any(|h| !h.luns.is_empty()) || !self.pr_held.is_empty()
     }
 
     /// Looks again whether the writes a reset waits for have ended (the data thread calls this
     /// while [`Conn::resets_pending`]); true when an answer was queued.
-    pub fn poll_resets(&mut self) -> bool {
+    pub fn poll_resets(&mut self, pool: &mut BufferPool) -> bool {
         let mut answered = false;
+        let mut at = 0;
+        while at < self.pr_held.len() {
+            if !self.pr_held[at].2.shared.reset_done() {
+                at += 1;
+                continue;
+            }
+            let (i, c, _) = self.pr_held.swap_remove(at);
+            // An ABORT TASK or a logout may have aborted it meanwhile: then it goes unanswered.
+            if self.tasks[i].as_ref().is_some_and(|t| t.aborted) {
+                self.free_task(i, pool);
+            } else {
+                self.finish(i, &c, pool);
+            }
+            answered = true;
+        }
         let mut i = 0;
         while i < self.tmf_held.len() {
             let h = &mut self.tmf_held[i];
@@ -3556,17 +3596,17 @@ mod tests {
                 sent(&mut c).is_empty(),
                 "no answer while their writes may land"
             );
-            assert!(c.resets_pending() && !c.poll_resets());
+            assert!(c.resets_pending() && !c.poll_resets(&mut pool));
             let shared = &c.target.as_ref().unwrap().luns[0].shared;
             assert!(
                 !shared.write_start(3, 1 << 20, 2 << 20),
                 "new writes wait meanwhile"
             );
             shared.write_done(7);
-            assert!(!c.poll_resets(), "the job still holds its range");
+            assert!(!c.poll_resets(&mut pool), "the job still holds its range");
             let shared = &c.target.as_ref().unwrap().luns[0].shared;
             shared.release(8192, 16384);
-            assert!(c.poll_resets() && !c.resets_pending());
+            assert!(c.poll_resets(&mut pool) && !c.resets_pending());
             let pdus = sent(&mut c);
             assert!(
                 matches!(pdus.as_slice(), [TargetPdu::TaskMgmt(r)] if r.response == 0),
@@ -3602,7 +3642,7 @@ mod tests {
         );
         let shared = &c.target.as_ref().unwrap().luns[0].shared;
         shared.write_done(7);
-        assert!(c.poll_resets());
+        assert!(c.poll_resets(&mut pool));
         let pdus = sent(&mut c);
         assert!(
             matches!(pdus.as_slice(), [TargetPdu::TaskMgmt(r)] if r.itt == 0x99 && r.response == 0),
@@ -3643,7 +3683,7 @@ mod tests {
         // write is counted in flight, so the reset is answered at once.
         let mut a = other_session(&b);
         feed(&mut a, &mut pool, &tmf(5, 100), &[]);
-        assert!(a.resets_pending() && a.poll_resets());
+        assert!(a.resets_pending() && a.poll_resets(&mut pool));
         assert!(matches!(sent(&mut a).as_slice(), [TargetPdu::TaskMgmt(r)] if r.response == 0));
         // B's data thread now starts the write as `start_file_io` does: not aborted (B has not
         // looked at the mail since), and counted in (the reset is over).
@@ -3840,9 +3880,9 @@ mod tests {
         let lun = a.target.as_ref().unwrap().luns[0].clone();
         assert!(lun.shared.write_start(7, 0, 4096));
         feed(&mut a, &mut pool, &tmf(4, 100), &[]);
-        assert!(!a.poll_resets() && sent(&mut a).is_empty());
+        assert!(!a.poll_resets(&mut pool) && sent(&mut a).is_empty());
         lun.shared.write_done(7);
-        assert!(a.poll_resets());
+        assert!(a.poll_resets(&mut pool));
         let pdus = sent(&mut a);
         assert!(
             matches!(pdus.as_slice(), [TargetPdu::TaskMgmt(r)] if r.response == 0),
@@ -3881,6 +3921,67 @@ mod tests {
                 "{pdus:?}"
             );
         }
+    }
+
+    /// PERSISTENT RESERVE OUT, service action `sa`, with 24 bytes of immediate parameter
+    /// data: reservation key `key`, service action reservation key `sa_key`, type Write
+    /// Exclusive.
+    fn prout(sa: u8, key: u64, sa_key: u64, cmd_sn: u32) -> ([u8; BHS_LEN], [u8; 24]) {
+        let cdb = [0x5F, sa, 0x01, 0, 0, 0, 0, 0, 24, 0];
+        let mut data = [0u8; 24];
+        data[..8].copy_from_slice(&key.to_be_bytes());
+        data[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        (command(&cdb, 24, false, true, cmd_sn, 24), data)
+    }
+
+    /// PREEMPT AND ABORT aborts the preempted nexuses' commands before it completes (SPC-4,
+    /// the fencing of a cluster node): its GOOD waits, as a reset's answer does, until no
+    /// write is in flight on the LUN. Before, it was answered at once while the preempted
+    /// initiator's write already handed to the backing store could still land after it.
+    #[test]
+    fn a_preempt_and_abort_is_answered_once_the_writes_in_flight_have_ended() {
+        let (mut a, mut pool) = conn(true);
+        let mut b = other_session(&a);
+        for (c, key) in [(&mut a, 0xA), (&mut b, 0xB)] {
+            let (bhs, data) = prout(0, 0, key, 100); // REGISTER
+            feed(c, &mut pool, &bhs, &data);
+            let pdus = sent(c);
+            assert!(
+                matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0),
+                "{pdus:?}"
+            );
+        }
+        // B's write is in flight on the backing store (counted in on its data thread).
+        let lun = a.target.as_ref().unwrap().luns[0].clone();
+        assert!(lun.shared.write_start(7, 0, 4096));
+        // A preempts B and aborts its commands: no status while B's write may land.
+        let (bhs, data) = prout(5, 0xA, 0xB, 101);
+        feed(&mut a, &mut pool, &bhs, &data);
+        assert!(sent(&mut a).is_empty(), "answered while B's write may land");
+        assert!(a.resets_pending() && !a.poll_resets(&mut pool));
+        assert!(
+            !lun.shared.write_start(3, 1 << 20, 2 << 20),
+            "new writes wait meanwhile"
+        );
+        lun.shared.write_done(7);
+        assert!(a.poll_resets(&mut pool) && !a.resets_pending());
+        let pdus = sent(&mut a);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0 && r.itt == 0x42),
+            "{pdus:?}"
+        );
+        assert_eq!(a.tasks_in_flight(), 0);
+        assert_eq!(pool.available(), 8, "its buffer came back");
+        assert!(lun.shared.write_start(3, 1 << 20, 2 << 20), "writes go on");
+        lun.shared.write_done(3);
+        // A PREEMPT AND ABORT refused (a key nobody holds) is answered at once.
+        let (bhs, data) = prout(5, 0xA, 0xC, 102);
+        feed(&mut a, &mut pool, &bhs, &data);
+        let pdus = sent(&mut a);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0x18),
+            "{pdus:?}"
+        );
     }
 
     #[test]

@@ -1016,6 +1016,10 @@ impl Worker {
                 if !s.closing && s.conn.grant_buffer(&mut self.pool) {
                     any = true;
                     self.dirty.push(idx);
+                    // A command run now may wait as a reset does (PREEMPT AND ABORT).
+                    if s.conn.resets_pending() && !self.resetting.contains(&idx) {
+                        self.resetting.push(idx);
+                    }
                 }
             }
         }
@@ -1045,7 +1049,7 @@ impl Worker {
             if s.closing {
                 continue;
             }
-            if s.conn.poll_resets() {
+            if s.conn.poll_resets(&mut self.pool) {
                 self.dirty.push(idx);
             }
             if s.conn.resets_pending() {

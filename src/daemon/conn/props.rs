@@ -539,7 +539,7 @@ proptest! {
                 }
                 Op2::OtherReset => other_reset(&c),
                 Op2::Tick => { c.data_out_stall(); }
-                Op2::PollResets => { c.poll_resets(); }
+                Op2::PollResets => { c.poll_resets(&mut pool); }
             }
             pending.extend(c.io.drain(..));
         }
