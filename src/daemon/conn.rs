@@ -1640,14 +1640,32 @@ impl Conn {
             return;
         }
         let me = self.nexus.id();
-        let aborts = shared.mail_since(seen).iter().any(|m| m.aborts(me));
-        if aborts
-            && let Some(t) = self
-                .tasks
-                .get_mut(usize::from(task))
-                .and_then(Option::as_mut)
-        {
-            t.aborted = true;
+        let mail = shared.mail_since(seen);
+        let Some(t) = self
+            .tasks
+            .get_mut(usize::from(task))
+            .and_then(Option::as_mut)
+            .filter(|t| !t.aborted)
+        else {
+            return;
+        };
+        if !mail.iter().any(|m| m.aborts(me)) {
+            return;
+        }
+        t.aborted = true;
+        // The task may be gone before the mail is taken (`check_mail`, which reports a CLEAR
+        // TASK SET to a nexus that had tasks then): its loss is reported now.
+        let cleared = mail
+            .iter()
+            .any(|m| matches!(&**m, Mail::Clear { from } if from != me));
+        let id = self
+            .target
+            .as_ref()
+            .and_then(|t| t.luns.get(at))
+            .and_then(|l| u16::try_from(l.id).ok());
+        if cleared && let Some(id) = id {
+            self.nexus
+                .post(id, SenseReason::CommandsClearedByAnotherInitiator);
         }
     }
 
@@ -3921,6 +3939,34 @@ mod tests {
                 "{pdus:?}"
             );
         }
+    }
+
+    /// A session whose only command another session's CLEAR TASK SET aborted as its write was
+    /// about to start (the data thread looks at the mail then, `may_write`, and frees the
+    /// task before the session takes the mail whole) still gets COMMANDS CLEARED BY ANOTHER
+    /// INITIATOR: before, the mail found no task left and the loss went unreported.
+    #[test]
+    fn a_command_cleared_as_its_write_starts_is_reported() {
+        let (mut b, mut pool) = conn(true);
+        feed(&mut b, &mut pool, &write10(1, true, 100, 512), &[7; 512]);
+        let work = b.io.pop_front().expect("the write's I/O");
+        let mut a = other_session(&b);
+        feed(&mut a, &mut pool, &tmf(4, 100), &[]);
+        assert!(a.poll_resets(&mut pool));
+        assert!(matches!(sent(&mut a).as_slice(), [TargetPdu::TaskMgmt(r)] if r.response == 0));
+        let target = b.target.clone().unwrap();
+        assert!(target.luns[0].shared.write_start(1, 0, 512));
+        assert!(!b.may_write(work.task, 0), "cleared: not written");
+        target.luns[0].shared.write_done(1);
+        b.io_done(work.task, IoResult::Failed, &mut pool);
+        assert!(sent(&mut b).is_empty(), "no answer for the cleared task");
+        let tur = command(&[0, 0, 0, 0, 0, 0], 0, false, false, 101, 0);
+        feed(&mut b, &mut pool, &tur, &[]);
+        let out = b.pop_out().unwrap();
+        let OutData::Sense { bytes: sense, .. } = out.data else {
+            panic!("no unit attention")
+        };
+        assert_eq!((sense[2 + 2] & 0xf, sense[2 + 12]), (6, 0x2F), "{sense:?}");
     }
 
     /// PERSISTENT RESERVE OUT, service action `sa`, with 24 bytes of immediate parameter
