@@ -742,6 +742,13 @@ impl Conn {
             return false;
         }
         while let Some(&(i, cmd)) = self.buffer_wait.front() {
+            // A reset, CLEAR TASK SET or PREEMPT AND ABORT of another session posted while it
+            // waited aborts it (and frees it, leaving the wait): it came before them. One
+            // atomic load when no mail came; no PDU is being received (`mid_pdu`).
+            self.check_mail(cmd.lun, None, pool);
+            if self.buffer_wait.front().is_none_or(|&(j, _)| j != i) {
+                continue;
+            }
             // A task freed while it waited leaves the wait (`free_task`): the entry is its own.
             let waiting = self.itts[i] == cmd.itt
                 && self.tasks[i]
@@ -3105,6 +3112,30 @@ mod tests {
         pool.release(big);
         assert!(!c.grant_buffer(&mut pool) && !c.waiting_for_buffer());
         assert!(c.io.is_empty() && pool.available() == 1);
+    }
+
+    /// A command waiting for a buffer when another session resets the LUN came before the
+    /// reset: it is aborted, not run once a buffer frees (before, a READ waiting so was
+    /// carried out and answered GOOD after the reset, ahead of the reset's unit attention).
+    #[test]
+    fn a_command_waiting_for_a_buffer_is_aborted_by_a_reset_meanwhile() {
+        let (mut c, mut pool, big) = conn_with_its_one_buffer_held();
+        feed(&mut c, &mut pool, &read16(100), &[]);
+        assert!(c.waiting_for_buffer());
+        reset_by_another_session(&c);
+        pool.release(big);
+        c.grant_buffer(&mut pool);
+        assert!(c.io.is_empty(), "a command the reset aborted is not run");
+        assert!(!c.waiting_for_buffer() && c.tasks_in_flight() == 0);
+        assert_eq!(pool.available(), 1);
+        // The next command meets the reset's unit attention.
+        let tur = command(&[0, 0, 0, 0, 0, 0], 0, false, false, 101, 0);
+        feed(&mut c, &mut pool, &tur, &[]);
+        let pdus = sent(&mut c);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 2),
+            "{pdus:?}"
+        );
     }
 
     #[test]
