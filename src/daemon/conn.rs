@@ -1528,13 +1528,14 @@ impl Conn {
             *s = seq;
         }
         let mut abort = false;
-        // Whether this nexus has commands on the LUN that came before the mail (a CLEAR TASK
-        // SET of another nexus then reports their loss).
-        let had_tasks = self
-            .tasks
-            .iter()
-            .enumerate()
-            .any(|(t, x)| Some(t) != arriving && x.as_ref().is_some_and(|x| x.lun == lun));
+        // Whether this nexus has commands on the LUN that came before the mail and are not
+        // answered yet (a CLEAR TASK SET of another nexus then reports their loss; one whose
+        // status is queued loses nothing).
+        let had_tasks = self.tasks.iter().enumerate().any(|(t, x)| {
+            Some(t) != arriving
+                && x.as_ref()
+                    .is_some_and(|x| x.lun == lun && x.state != TaskState::Sending)
+        });
         for m in &mail {
             match &**m {
                 Mail::Reservation(effects) => {
@@ -3998,6 +3999,28 @@ mod tests {
             panic!("no unit attention")
         };
         assert_eq!((sense[2 + 2] & 0xf, sense[2 + 12]), (6, 0x2F), "{sense:?}");
+    }
+
+    /// A command whose status was already queued when another session's CLEAR TASK SET came
+    /// lost nothing: its answer goes out and no COMMANDS CLEARED BY ANOTHER INITIATOR follows.
+    #[test]
+    fn a_clear_task_set_reports_no_loss_of_a_command_already_answered() {
+        let (mut b, mut pool) = conn(true);
+        feed(&mut b, &mut pool, &read16(100), &[]);
+        let work = b.io.pop_front().expect("the read's I/O");
+        b.io_done(work.task, IoResult::Ok, &mut pool);
+        let mut a = other_session(&b);
+        feed(&mut a, &mut pool, &tmf(4, 100), &[]);
+        assert!(a.poll_resets(&mut pool));
+        sent(&mut a);
+        let tur = command(&[0, 0, 0, 0, 0, 0], 0, false, false, 101, 0);
+        feed(&mut b, &mut pool, &tur, &[]);
+        let pdus = sent(&mut b);
+        assert!(
+            matches!(pdus.as_slice(), [.., TargetPdu::DataIn(d), TargetPdu::ScsiResponse(r)]
+                if d.status_present && r.status == 0),
+            "{pdus:?}"
+        );
     }
 
     /// PERSISTENT RESERVE OUT, service action `sa`, with 24 bytes of immediate parameter
