@@ -204,9 +204,6 @@ struct Task {
     data_out_sn: u32,
     sends_pending: u16,
     aborted: bool,
-    /// Aborted by a task management function whose response waits for its I/O to end: that
-    /// function's ITT.
-    tmf: Option<u32>,
     /// Its data is all zeroes ([`Conn::zero_data`]): Data-In comes from the pool's zero
     /// mapping, not from its buffer.
     zeroes: bool,
@@ -313,7 +310,9 @@ pub struct Conn {
 struct HeldTmf {
     itt: u32,
     response: u8,
-    tasks: u16,
+    /// The task slots whose backing-store I/O it waits for (a task aborted by an earlier
+    /// request and still in flight included).
+    tasks: Vec<u16>,
     /// LUNs whose reset waits ([`super::shared::LunShared::begin_reset`]).
     luns: Vec<Arc<super::runtime::LunRt>>,
 }
@@ -679,7 +678,6 @@ impl Conn {
             data_out_sn: 0,
             sends_pending: 0,
             aborted: false,
-            tmf: None,
             zeroes: false,
             device,
             data_at: self.clock,
@@ -1467,18 +1465,27 @@ impl Conn {
                 pool.note_waiting(len);
             }
         }
-        if let Some(itt) = t.tmf
-            && let Some(at) = self.tmf_held.iter().position(|h| h.itt == itt)
-        {
-            let h = &mut self.tmf_held[at];
-            h.tasks -= 1;
-            if h.tasks == 0 && h.luns.is_empty() {
-                let h = self.tmf_held.swap_remove(at);
-                self.tmf_response(h.itt, h.response);
-            }
+        if !self.tmf_held.is_empty() {
+            self.tmf_task_ended(i);
         }
         if self.logout_held.is_some() {
             self.maybe_answer_logout();
+        }
+    }
+
+    /// Task slot `i` was freed: the task management answers waiting for it and nothing else
+    /// are queued, in the order the requests came.
+    fn tmf_task_ended(&mut self, i: usize) {
+        let mut at = 0;
+        while at < self.tmf_held.len() {
+            let h = &mut self.tmf_held[at];
+            h.tasks.retain(|&x| usize::from(x) != i);
+            if h.tasks.is_empty() && h.luns.is_empty() {
+                let h = self.tmf_held.remove(at);
+                self.tmf_response(h.itt, h.response);
+            } else {
+                at += 1;
+            }
         }
     }
 
@@ -1758,10 +1765,12 @@ impl Conn {
         use crate::iscsi::pdu::TmfFunction as F;
         let function = F::from_u8(t.function);
         let mut reset = Vec::new();
+        // The aborted tasks whose I/O is in flight: the answer waits for them.
+        let mut waiting: Vec<u16> = Vec::new();
         let response: u8 = match function {
             Some(F::AbortTask) => match self.find_itt(t.referenced_task_tag) {
                 Some(i) => {
-                    self.abort_for(i, Some(t.itt), pool);
+                    self.abort_for(i, &mut waiting, pool);
                     0
                 }
                 // A command not received yet: its CmdSN is taken as received.
@@ -1780,7 +1789,7 @@ impl Conn {
             Some(F::AbortTaskSet) | Some(F::ClearTaskSet) => {
                 for i in 0..self.tasks.len() {
                     if self.tasks[i].as_ref().is_some_and(|x| x.lun == t.lun) {
-                        self.abort_for(i, Some(t.itt), pool);
+                        self.abort_for(i, &mut waiting, pool);
                     }
                 }
                 // CLEAR TASK SET clears the commands of every I_T nexus, whatever the TST
@@ -1797,7 +1806,7 @@ impl Conn {
                         .as_ref()
                         .is_some_and(|x| !lun_only || x.lun == t.lun)
                     {
-                        self.abort_for(i, Some(t.itt), pool);
+                        self.abort_for(i, &mut waiting, pool);
                     }
                 }
                 match (lun_only, scsi::decode_lun(t.lun.to_be_bytes())) {
@@ -1824,19 +1833,13 @@ impl Conn {
             // supported.
             _ => 5,
         };
-        let waiting = self
-            .tasks
-            .iter()
-            .flatten()
-            .filter(|x| x.tmf == Some(t.itt))
-            .count();
-        if waiting == 0 && reset.is_empty() {
+        if waiting.is_empty() && reset.is_empty() {
             self.tmf_response(t.itt, response);
         } else {
             self.tmf_held.push(HeldTmf {
                 itt: t.itt,
                 response,
-                tasks: waiting as u16,
+                tasks: waiting,
                 luns: reset,
             });
         }
@@ -1870,8 +1873,8 @@ impl Conn {
         while i < self.tmf_held.len() {
             let h = &mut self.tmf_held[i];
             h.luns.retain(|l| !l.shared.reset_done());
-            if h.luns.is_empty() && h.tasks == 0 {
-                let h = self.tmf_held.swap_remove(i);
+            if h.luns.is_empty() && h.tasks.is_empty() {
+                let h = self.tmf_held.remove(i);
                 self.tmf_response(h.itt, h.response);
                 answered = true;
             } else {
@@ -1960,12 +1963,12 @@ impl Conn {
 
     /// Aborts a task: no response will be sent for it.
     fn abort(&mut self, i: usize, pool: &mut BufferPool) {
-        self.abort_for(i, None, pool);
+        self.abort_for(i, &mut Vec::new(), pool);
     }
 
-    /// Aborts task `i`; `tmf`: the ITT of the task management function doing it, whose answer
-    /// then waits for the task's backing-store I/O, if any, to end.
-    fn abort_for(&mut self, i: usize, tmf: Option<u32>, pool: &mut BufferPool) {
+    /// Aborts task `i`; one whose backing-store I/O is in flight (aborted before or not) is
+    /// added to `in_flight`, the tasks a task management answer then waits for.
+    fn abort_for(&mut self, i: usize, in_flight: &mut Vec<u16>, pool: &mut BufferPool) {
         let Some(t) = self.tasks[i].as_mut() else {
             return;
         };
@@ -1974,9 +1977,7 @@ impl Conn {
             // I/O or sends in flight point into the buffer: free it when they finish.
             TaskState::Io => {
                 t.aborted = true;
-                if t.tmf.is_none() {
-                    t.tmf = tmf;
-                }
+                in_flight.push(i as u16);
             }
             // Its status is queued already, ahead of any answer to the abort.
             TaskState::Sending => t.aborted = true,
@@ -3629,6 +3630,45 @@ mod tests {
                 "function {function}: {pdus:?}"
             );
         }
+    }
+
+    /// An ABORT TASK SET covering a write an earlier ABORT TASK already aborted, its I/O still
+    /// in flight, waits for that I/O too: before, it was answered at once (the task counted
+    /// only for the first function), and the write could land after its answer.
+    #[test]
+    fn a_second_abort_of_a_task_in_flight_waits_for_its_io_too() {
+        let (mut c, mut pool) = conn(true);
+        feed(&mut c, &mut pool, &write10(1, true, 100, 512), &[7; 512]);
+        let work = c.io.pop_front().expect("the write's I/O");
+        feed(&mut c, &mut pool, &abort_task(0x42, 101), &[]);
+        assert!(sent(&mut c).is_empty(), "ABORT TASK waits for the write");
+        let ats = crate::iscsi::pdu::TaskMgmtRequest {
+            immediate: true,
+            function: 2, // ABORT TASK SET
+            itt: 0x98,
+            referenced_task_tag: RESERVED_TAG,
+            cmd_sn: 101,
+            ..Default::default()
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        ats.encode(&mut bhs);
+        feed(&mut c, &mut pool, &bhs, &[]);
+        assert!(
+            sent(&mut c).is_empty(),
+            "ABORT TASK SET answered while the write may land"
+        );
+        c.io_done(work.task, IoResult::Ok, &mut pool);
+        let pdus = sent(&mut c);
+        let mut answered: Vec<u32> = pdus
+            .iter()
+            .map(|p| match p {
+                TargetPdu::TaskMgmt(r) if r.response == 0 => r.itt,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        answered.sort_unstable();
+        assert_eq!(answered, [0x98, 0x99]);
+        assert_eq!(c.tasks_in_flight(), 0);
     }
 
     #[test]
