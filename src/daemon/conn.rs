@@ -3453,18 +3453,10 @@ mod tests {
 
     /// An immediate ABORT TASK for tag `referenced`, RefCmdSN `ref_cmd_sn`, CmdSN `cmd_sn`.
     fn abort_unreceived(referenced: u32, ref_cmd_sn: u32, cmd_sn: u32) -> [u8; BHS_LEN] {
-        let t = crate::iscsi::pdu::TaskMgmtRequest {
-            immediate: true,
-            function: 1,
-            itt: 0x99,
-            referenced_task_tag: referenced,
-            cmd_sn,
+        encoded(crate::iscsi::pdu::TaskMgmtRequest {
             ref_cmd_sn,
-            ..Default::default()
-        };
-        let mut b = [0u8; BHS_LEN];
-        t.encode(&mut b);
-        b
+            ..tmf_request(1, referenced, cmd_sn)
+        })
     }
 
     /// RFC 7143 §11.5.1 b): the ABORT TASK of a command whose PDU was discarded (a data digest
@@ -3577,14 +3569,26 @@ mod tests {
     }
 
     fn tmf_for(function: u8, referenced: u32, cmd_sn: u32) -> [u8; BHS_LEN] {
-        let t = crate::iscsi::pdu::TaskMgmtRequest {
+        encoded(tmf_request(function, referenced, cmd_sn))
+    }
+
+    /// An immediate task management request, ITT 0x99.
+    fn tmf_request(
+        function: u8,
+        referenced: u32,
+        cmd_sn: u32,
+    ) -> crate::iscsi::pdu::TaskMgmtRequest {
+        crate::iscsi::pdu::TaskMgmtRequest {
             immediate: true,
             function,
             itt: 0x99,
             referenced_task_tag: referenced,
             cmd_sn,
             ..Default::default()
-        };
+        }
+    }
+
+    fn encoded(t: crate::iscsi::pdu::TaskMgmtRequest) -> [u8; BHS_LEN] {
         let mut b = [0u8; BHS_LEN];
         t.encode(&mut b);
         b
@@ -3599,18 +3603,10 @@ mod tests {
     fn functions_not_carried_out_answer_the_rfcs_codes() {
         let (mut c, mut pool) = conn(true);
         let on_lun = |function: u8, lun: u64, cmd_sn: u32| {
-            let t = crate::iscsi::pdu::TaskMgmtRequest {
-                immediate: true,
-                function,
+            encoded(crate::iscsi::pdu::TaskMgmtRequest {
                 lun,
-                itt: 0x99,
-                referenced_task_tag: RESERVED_TAG,
-                cmd_sn,
-                ..Default::default()
-            };
-            let mut b = [0u8; BHS_LEN];
-            t.encode(&mut b);
-            b
+                ..tmf_request(function, RESERVED_TAG, cmd_sn)
+            })
         };
         let missing = u64::from_be_bytes(crate::scsi::encode_lun(5));
         for (function, lun, want) in [
@@ -3642,17 +3638,11 @@ mod tests {
         let work = c.io.pop_front().expect("the write's I/O");
         feed(&mut c, &mut pool, &abort_task(0x42, 101), &[]);
         assert!(sent(&mut c).is_empty(), "ABORT TASK waits for the write");
-        let ats = crate::iscsi::pdu::TaskMgmtRequest {
-            immediate: true,
-            function: 2, // ABORT TASK SET
+        let ats = encoded(crate::iscsi::pdu::TaskMgmtRequest {
             itt: 0x98,
-            referenced_task_tag: RESERVED_TAG,
-            cmd_sn: 101,
-            ..Default::default()
-        };
-        let mut bhs = [0u8; BHS_LEN];
-        ats.encode(&mut bhs);
-        feed(&mut c, &mut pool, &bhs, &[]);
+            ..tmf_request(2, RESERVED_TAG, 101) // ABORT TASK SET
+        });
+        feed(&mut c, &mut pool, &ats, &[]);
         assert!(
             sent(&mut c).is_empty(),
             "ABORT TASK SET answered while the write may land"
