@@ -95,10 +95,10 @@ pub fn mode_sense(
         return Err(SenseReason::SavingParametersNotSupported);
     }
     let all = req.page_code == PAGE_ALL;
-    match req.subpage {
-        0x00 => {}
-        0xFF if all => {}
-        _ => return Err(SenseReason::InvalidFieldInCdb(FieldPointer::byte(3))),
+    // Subpage FFh asks for a page with all its subpages (SPC-4 table 467), for one page code as
+    // for 3Fh: every page here is subpage 00h only, so it returns what subpage 00h does.
+    if !matches!(req.subpage, 0x00 | 0xFF) {
+        return Err(SenseReason::InvalidFieldInCdb(FieldPointer::byte(3)));
     }
     if !all && !PAGES.contains(&req.page_code) {
         return Err(SenseReason::InvalidFieldInCdb(FieldPointer::bit(2, 5)));

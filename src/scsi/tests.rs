@@ -595,6 +595,28 @@ fn mode_sense_errors_and_changeable() {
 }
 
 #[test]
+fn mode_sense_subpage_ff_of_one_page_returns_that_page() {
+    // Page 08h with subpage FFh: the page and all its subpages, here the caching page alone.
+    let one = run(0, &[0x1A, 0x08, 0x08, 0, 255, 0]);
+    let all_sub = run(0, &[0x1A, 0x08, 0x08, 0xFF, 255, 0]);
+    good(&all_sub);
+    assert_eq!(all_sub.data, one.data);
+    assert_eq!(&all_sub.data[4..6], &[0x08, 0x12]);
+    let ten = run(0, &[0x5A, 0x08, 0x0A, 0xFF, 0, 0, 0, 0, 255, 0]);
+    good(&ten);
+    assert_eq!(&ten.data[8..10], &[0x0A, 0x0A]);
+    // An unsupported page stays refused at its page code, another subpage at the subpage.
+    assert_eq!(
+        sense(done(&run(0, &[0x1A, 0, 0x19, 0xFF, 255, 0]))).3,
+        [0xCD, 0, 2]
+    );
+    assert_eq!(
+        sense(done(&run(0, &[0x1A, 0, 0x08, 0xFE, 255, 0]))).3,
+        [0xC0, 0, 3]
+    );
+}
+
+#[test]
 fn mode_select_accepts_no_change_and_rejects_change() {
     let s = server();
     let mut n = quiet();
