@@ -870,7 +870,7 @@ fn run_local(
             alloc_len,
         } => {
             let mut w = DataIn::new(data_in, alloc(alloc_len));
-            report::report_supported_opcodes(rctd, options, opcode, service_action, &mut w)?;
+            report::report_supported_opcodes(lun, rctd, options, opcode, service_action, &mut w)?;
             Ok(w.stored())
         }
         Command::ModeSense {

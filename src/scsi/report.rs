@@ -96,8 +96,15 @@ fn one_command(row: Option<&OpcodeInfo>, rctd: bool, w: &mut DataIn<'_>) {
     }
 }
 
-/// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35) from the opcode table.
+/// Whether `lun` carries out the command of `row`: every row of the table, but UNMAP only
+/// where the LUN supports it (LBPU, else it is INVALID COMMAND OPERATION CODE there).
+fn supported_on(lun: &LunInfo, row: &OpcodeInfo) -> bool {
+    row.opcode != opcodes::op::UNMAP || lun.provisioning.lbpu
+}
+
+/// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35) from the opcode table, for `lun`.
 pub fn report_supported_opcodes(
+    lun: &LunInfo,
     rctd: bool,
     options: u8,
     opcode: u8,
@@ -107,10 +114,11 @@ pub fn report_supported_opcodes(
     let has_sa = opcodes::has_service_actions(opcode);
     let sa = u8::try_from(service_action).ok();
     let options_field = SenseReason::InvalidFieldInCdb(FieldPointer::bit(2, 2));
+    let lookup = |sa| opcodes::lookup(opcode, sa).filter(|row| supported_on(lun, row));
     match options {
         0 => {
             w.u32(0);
-            for row in OPCODES {
+            for row in OPCODES.iter().filter(|row| supported_on(lun, row)) {
                 command_descriptor(row, rctd, w);
             }
             let len = w.len_since_u32(4);
@@ -120,19 +128,19 @@ pub fn report_supported_opcodes(
             if has_sa {
                 return Err(options_field);
             }
-            one_command(opcodes::lookup(opcode, None), rctd, w);
+            one_command(lookup(None), rctd, w);
         }
         2 => {
             if !has_sa {
                 return Err(options_field);
             }
-            one_command(sa.and_then(|sa| opcodes::lookup(opcode, Some(sa))), rctd, w);
+            one_command(sa.and_then(|sa| lookup(Some(sa))), rctd, w);
         }
         _ => {
             let row = if has_sa {
-                sa.and_then(|sa| opcodes::lookup(opcode, Some(sa)))
+                sa.and_then(|sa| lookup(Some(sa)))
             } else if service_action == 0 {
-                opcodes::lookup(opcode, None)
+                lookup(None)
             } else {
                 None
             };

@@ -681,11 +681,13 @@ fn rsoc(options: u8, op: u8, sa: u16) -> [u8; 12] {
 fn rsoc_all_commands() {
     let r = run(0, &rsoc(0, 0, 0));
     good(&r);
-    let n = OPCODES.len();
+    // Every row of the table but UNMAP, which this thick LUN does not carry out.
+    let rows: Vec<_> = OPCODES.iter().filter(|o| o.opcode != 0x42).collect();
+    let n = rows.len();
     assert_eq!(r.data.len(), 4 + 8 * n);
     assert_eq!(&r.data[..4], &((8 * n) as u32).to_be_bytes());
     // The READ CAPACITY (16) descriptor has SERVACTV.
-    let i = OPCODES.iter().position(|o| o.opcode == 0x9E).expect("row");
+    let i = rows.iter().position(|o| o.opcode == 0x9E).expect("row");
     let d = &r.data[4 + 8 * i..12 + 8 * i];
     assert_eq!(d, &[0x9E, 0, 0, 0x10, 0, 0x01, 0, 16]);
     let r = run(0, &rsoc(0x80, 0, 0));

@@ -473,6 +473,35 @@ fn rsoc_lists_new_commands() {
     }
 }
 
+#[test]
+fn rsoc_reports_unmap_only_where_it_is_carried_out() {
+    let rsoc = |options: u8, opcode: u8| {
+        let mut c = [0u8; 12];
+        c[0] = 0xA3;
+        c[1] = 0x0C;
+        c[2] = options;
+        c[3] = opcode;
+        c[6..10].copy_from_slice(&4096u32.to_be_bytes());
+        c
+    };
+    let listed = |lun: u16| -> Vec<u8> {
+        let r = run(lun, &rsoc(0, 0));
+        good(&r);
+        r.data[4..].chunks(8).map(|d| d[0]).collect()
+    };
+    // The thin LUN carries UNMAP out and says so.
+    assert_eq!(&run(0, &rsoc(1, 0x42)).data[..2], &[0, 0x03]);
+    assert!(listed(0).contains(&0x42));
+    // The thick one answers UNMAP with INVALID COMMAND OPERATION CODE: not supported
+    // (SUPPORT 001b), and not in the list of all commands.
+    assert_eq!(key_asc(&run(1, &cdb10(0x42, 0, 0, 24))), (0x05, 0x20));
+    assert_eq!(run(1, &rsoc(1, 0x42)).data, vec![0, 0x01, 0, 0]);
+    assert_eq!(run(1, &rsoc(3, 0x42)).data, vec![0, 0x01, 0, 0]);
+    let thick = listed(1);
+    assert!(!thick.contains(&0x42));
+    assert!(thick.contains(&0x41) && thick.contains(&0x93));
+}
+
 // ---- reservations through execute ----
 
 fn prout(sa: u8, rtype: u8, key: u64, sa_key: u64) -> ([u8; 10], Vec<u8>) {
