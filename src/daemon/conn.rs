@@ -925,7 +925,15 @@ impl Conn {
                         )));
                     }
                     self.free_task(i, pool);
-                    self.queue_completion(itt, edtl, &c, None, 0, edtl as usize);
+                    // GOOD here means the CDB moves no data (a transfer length or parameter
+                    // list length of 0): any data-out the initiator expected to send is not
+                    // taken, an underflow of all of it (RFC 7143 §11.4.5.2).
+                    let produced = if c.status == Status::Good {
+                        0
+                    } else {
+                        edtl as usize
+                    };
+                    self.queue_completion(itt, edtl, &c, None, 0, produced);
                     return;
                 }
                 Outcome::Io(io) => {
@@ -1216,6 +1224,11 @@ impl Conn {
                         Completion::check(SenseReason::InternalTargetFailure)
                     };
                     return self.finish(i, &c, pool);
+                }
+                // VERIFY with BYTCHK takes the data-out it compares: more than that (EDTL above
+                // its transfer length) is an underflow the response reports.
+                if io.kind == (IoKind::Verify { bytchk: true }) {
+                    t.transfer = io.data_out_len.min(u32::MAX as usize) as u32;
                 }
                 t.state = TaskState::Io;
                 t.io = Some(io);
@@ -3557,6 +3570,78 @@ mod tests {
         feed(&mut c, &mut pool, &bhs, &[0; 2048]);
         let work = c.io.pop_front().expect("verify");
         assert_eq!(work.req.data_out_len, 2048);
+    }
+
+    /// The one SCSI Response PDU of a command that moved no Data-In.
+    fn response(c: &mut Conn) -> crate::iscsi::pdu::ScsiResponse {
+        let pdus = sent(c);
+        let [TargetPdu::ScsiResponse(r)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        *r
+    }
+
+    #[test]
+    fn a_write_of_no_blocks_that_was_sent_data_reports_it_all_as_underflow() {
+        let (mut c, mut pool) = conn(true);
+        // WRITE(10) of 0 blocks with EDTL 512 and that block as immediate data: nothing of the
+        // 512 bytes expected is taken (RFC 7143 §11.4.5.2: U, residual 512).
+        let bhs = command(
+            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            512,
+            false,
+            true,
+            100,
+            512,
+        );
+        feed(&mut c, &mut pool, &bhs, &[0x5a; 512]);
+        assert!(c.io.is_empty(), "nothing written");
+        let r = response(&mut c);
+        assert_eq!(r.status, 0);
+        assert!(r.underflow && !r.overflow, "{r:?}");
+        assert_eq!(r.residual_count, 512);
+        // The same with nothing expected: no residual.
+        let bhs = command(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, false, true, 101, 0);
+        feed(&mut c, &mut pool, &bhs, &[]);
+        let r = response(&mut c);
+        assert!(r.status == 0 && !r.underflow && !r.overflow && r.residual_count == 0);
+    }
+
+    #[test]
+    fn a_verify_sent_more_data_out_than_it_compares_reports_the_underflow() {
+        let (mut c, mut pool) = conn(true);
+        // VERIFY(10) BYTCHK=1 of 1 block (512 bytes compared) with EDTL 1024: the last 512
+        // bytes are not taken, an underflow of 512.
+        let bhs = command(
+            &[0x2f, 0x02, 0, 0, 0, 0, 0, 0, 1, 0],
+            1024,
+            false,
+            true,
+            100,
+            1024,
+        );
+        feed(&mut c, &mut pool, &bhs, &[0; 1024]);
+        let work = c.io.pop_front().expect("verify");
+        assert_eq!(work.req.data_out_len, 512);
+        c.io_done(work.task, IoResult::Ok, &mut pool);
+        let r = response(&mut c);
+        assert_eq!(r.status, 0);
+        assert!(r.underflow && !r.overflow, "{r:?}");
+        assert_eq!(r.residual_count, 512);
+        // EDTL equal to what it compares: no residual.
+        let bhs = command(
+            &[0x2f, 0x02, 0, 0, 0, 0, 0, 0, 1, 0],
+            512,
+            false,
+            true,
+            101,
+            512,
+        );
+        feed(&mut c, &mut pool, &bhs, &[0; 512]);
+        let work = c.io.pop_front().expect("verify");
+        c.io_done(work.task, IoResult::Ok, &mut pool);
+        let r = response(&mut c);
+        assert!(r.status == 0 && !r.underflow && !r.overflow && r.residual_count == 0);
     }
 
     fn abort_task(referenced: u32, cmd_sn: u32) -> [u8; BHS_LEN] {
