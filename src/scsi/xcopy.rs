@@ -45,6 +45,8 @@ pub struct CopySegment {
     /// Number of blocks (of the source when DC = 0, of the destination when DC = 1; this
     /// device server only copies between LUNs of equal block size).
     pub blocks: u32,
+    /// Byte offset of the segment descriptor in the parameter list (for field pointers).
+    pub at: usize,
 }
 
 /// A parsed EXTENDED COPY (LID1) parameter list.
@@ -202,6 +204,7 @@ fn parse_segments(
             dst,
             dst_lba: word(20),
             blocks: u32::from(u16::from_be_bytes([d[10], d[11]])),
+            at,
         });
         at += SEGMENT_LEN;
     }
@@ -228,10 +231,9 @@ pub fn check_segment(src: &LunInfo, dst: &LunInfo, seg: &CopySegment) -> Result<
     if !inside(src, seg.src_lba) || !inside(dst, seg.dst_lba) {
         return Err(SenseReason::CopyAborted);
     }
+    // Too long: the field pointer names the segment's BLOCK DEVICE NUMBER OF BLOCKS.
     if n * u64::from(src.block_size) > u64::from(MAX_SEGMENT_BYTES) {
-        return Err(SenseReason::InvalidFieldInParameterList(
-            FieldPointer::byte(10),
-        ));
+        return Err(invalid(seg.at.saturating_add(10)));
     }
     Ok(())
 }
@@ -358,7 +360,8 @@ mod tests {
                 src_lba: 100,
                 dst: b,
                 dst_lba: 200,
-                blocks: 8
+                blocks: 8,
+                at: HEADER_LEN + 2 * CSCD_LEN,
             }])
         );
     }
@@ -426,11 +429,32 @@ mod tests {
             dst: naa,
             dst_lba: 0,
             blocks: 11,
+            at: 48,
         };
         assert_eq!(check_segment(&a, &a, &seg), Err(SenseReason::CopyAborted));
         assert_eq!(
             check_segment(&a, &a, &CopySegment { blocks: 10, ..seg }),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_segment_over_the_maximum_length_is_pointed_at() {
+        // 4 KiB blocks: 16385 of them pass MAXIMUM SEGMENT LENGTH (64 MiB).
+        let big = LunInfo::new(0, 4096, 1 << 20, 7, "B");
+        let naa = naa_designator(&big);
+        let data = list(
+            &[cscd(&naa)],
+            &[segment(0, 0, 1, 0, 8), segment(0, 0, 16385, 0, 100_000)],
+        );
+        let plan = parse(&data).unwrap();
+        assert!(check_segment(&big, &big, &plan.segments[0]).is_ok());
+        // The second segment starts at 16 + 32 + 28 = 76; its NUMBER OF BLOCKS at 86.
+        assert_eq!(
+            check_segment(&big, &big, &plan.segments[1]),
+            Err(SenseReason::InvalidFieldInParameterList(
+                FieldPointer::byte(86)
+            ))
         );
     }
 
