@@ -390,9 +390,15 @@ fn decode(opcode: u8, cdb: &[u8]) -> Result<Command, SenseReason> {
                 alloc_len: be32(cdb, 10),
             }
         }
-        op::SERVICE_ACTION_IN_16 => Command::ReadCapacity16 {
-            alloc_len: be32(cdb, 10),
-        },
+        op::SERVICE_ACTION_IN_16 => {
+            // SBC-3, as for READ CAPACITY (10): with PMI clear the LBA field must be zero.
+            if !flag(14, 0x01) && be64(cdb, 2) != 0 {
+                return Err(invalid(2));
+            }
+            Command::ReadCapacity16 {
+                alloc_len: be32(cdb, 10),
+            }
+        }
         op::MAINTENANCE_IN if b(cdb, 1) & 0x1F == op::SA_REPORT_TARGET_PORT_GROUPS => {
             let format = b(cdb, 1) >> 5;
             if format > 1 {
@@ -648,6 +654,30 @@ mod tests {
         assert_eq!(
             Command::parse(&[0x25, 0, 0, 0, 0, 1, 0, 0, 1, 0]),
             Ok(Command::ReadCapacity10)
+        );
+    }
+
+    #[test]
+    fn read_capacity16_lba_without_pmi_invalid() {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x9E;
+        cdb[1] = 0x10;
+        cdb[9] = 1;
+        cdb[13] = 32;
+        assert_eq!(
+            Command::parse(&cdb),
+            Err(SenseReason::InvalidFieldInCdb(FieldPointer::byte(2)))
+        );
+        cdb[14] = 0x01;
+        assert_eq!(
+            Command::parse(&cdb),
+            Ok(Command::ReadCapacity16 { alloc_len: 32 })
+        );
+        cdb[9] = 0;
+        cdb[14] = 0;
+        assert_eq!(
+            Command::parse(&cdb),
+            Ok(Command::ReadCapacity16 { alloc_len: 32 })
         );
     }
 
