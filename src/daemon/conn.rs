@@ -1292,6 +1292,14 @@ impl Conn {
         } else {
             (c.data_len, c.data_len)
         };
+        // A write whose CDB wants data-out but that took none: sent without the W bit (with
+        // it and an EDTL it takes min(EDTL, transfer) > 0), it has no data-out buffer, so all
+        // its CDB wanted is an overflow, never a GOOD without residual for blocks not written.
+        let edtl = if writes && t.want == 0 && t.transfer > 0 {
+            0
+        } else {
+            edtl
+        };
         self.queue_completion(itt, edtl, c, buf.map(|b| (b, i as u16)), data_in, transfer);
         if self.tasks[i].as_ref().is_some_and(|t| t.sends_pending == 0) {
             self.free_task(i, pool);
@@ -3360,6 +3368,10 @@ mod tests {
             panic!("{pdus:?}")
         };
         assert_eq!((r.itt, r.exp_cmd_sn), (0x42, 102));
+        // Its EDTL (4096) says all the CDB wants, but none of it came: not a clean GOOD.
+        assert_eq!(r.status, 0);
+        assert!(r.overflow && !r.underflow, "{r:?}");
+        assert_eq!(r.residual_count, 4096);
         assert_eq!(pool.available(), 8, "every buffer came back");
     }
 
