@@ -653,9 +653,48 @@ pub fn find(cdb: &[u8]) -> Result<&'static OpcodeInfo, SenseReason> {
     }
 }
 
+/// Whether byte 1 bits 7-5 of `opcode` are a protection field (RDPROTECT, WRPROTECT,
+/// VRPROTECT, ORPROTECT): one field of three bits, not three reserved bits.
+const fn has_protect_field(opcode: u8) -> bool {
+    matches!(
+        opcode,
+        op::READ_10
+            | op::WRITE_10
+            | op::WRITE_VERIFY_10
+            | op::VERIFY_10
+            | op::WRITE_SAME_10
+            | op::READ_16
+            | op::COMPARE_AND_WRITE
+            | op::WRITE_16
+            | op::ORWRITE_16
+            | op::WRITE_VERIFY_16
+            | op::VERIFY_16
+            | op::WRITE_SAME_16
+            | op::WRITE_ATOMIC_16
+            | op::READ_12
+            | op::WRITE_12
+            | op::WRITE_VERIFY_12
+            | op::VERIFY_12
+    )
+}
+
+/// Where the field holding offending bit `bit` of CDB byte `byte` starts. SPC-4 (field pointer
+/// sense key specific data): for a field of several bits the pointer names its left-most bit,
+/// so a refused multiple-bit field is pointed at there, whatever value it holds. Reserved bits
+/// are one-bit fields of their own.
+fn field_start(opcode: u8, byte: usize, bit: u8) -> (usize, u8) {
+    match (opcode, byte) {
+        (_, 1) if bit >= 5 && has_protect_field(opcode) => (1, 7),
+        // WRITE ATOMIC (16)'s ATOMIC BOUNDARY (bytes 10-11; only 0 is supported).
+        (op::WRITE_ATOMIC_16, 10 | 11) => (10, 7),
+        _ => (byte, bit),
+    }
+}
+
 /// Checks a CDB against the row's allowed-bit mask. The first byte with a bit set outside the
-/// mask yields INVALID FIELD IN CDB pointing at its most significant offending bit. The
-/// CONTROL byte's vendor bits are ignored; NACA, LINK and reserved control bits are rejected.
+/// mask yields INVALID FIELD IN CDB pointing at the field of its most significant offending bit
+/// ([`field_start`]). The CONTROL byte's vendor bits are ignored; NACA, LINK and reserved
+/// control bits are rejected.
 pub fn check_fields(info: &OpcodeInfo, cdb: &[u8]) -> Result<(), SenseReason> {
     let len = usize::from(info.cdb_len);
     let Some(bytes) = cdb.get(..len) else {
@@ -669,10 +708,10 @@ pub fn check_fields(info: &OpcodeInfo, cdb: &[u8]) -> Result<(), SenseReason> {
         };
         let bad = b & !allowed;
         if bad != 0 {
-            let bit = 7 - bad.leading_zeros() as u8;
-            // `i` < 16, so it always fits.
+            let (at, bit) = field_start(info.opcode, i, 7 - bad.leading_zeros() as u8);
+            // `at` < 16, so it always fits.
             return Err(SenseReason::InvalidFieldInCdb(FieldPointer::bit(
-                i as u16, bit,
+                at as u16, bit,
             )));
         }
     }
@@ -758,17 +797,56 @@ mod tests {
 
     #[test]
     fn field_pointer_names_first_offending_bit() {
-        // READ(10) with RDPROTECT = 001b: byte 1 bit 5.
+        // READ(10) with RDPROTECT = 001b: the field starts at byte 1 bit 7.
         let cdb = [0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0];
         assert_eq!(
             validate(&cdb).err(),
-            Some(SenseReason::InvalidFieldInCdb(FieldPointer::bit(1, 5)))
+            Some(SenseReason::InvalidFieldInCdb(FieldPointer::bit(1, 7)))
         );
         // Reserved byte 9 of READ CAPACITY(10)... is CONTROL; byte 6 is reserved.
         let cdb = [0x25, 0, 0, 0, 0, 0, 0x01, 0, 0, 0];
         assert_eq!(
             validate(&cdb).err(),
             Some(SenseReason::InvalidFieldInCdb(FieldPointer::bit(6, 0)))
+        );
+    }
+
+    #[test]
+    fn a_refused_multiple_bit_field_is_pointed_at_its_left_most_bit() {
+        // Every value of every protection field names byte 1 bit 7 (SPC-4: the bit pointer of
+        // a field of several bits is its left-most bit).
+        for row in OPCODES.iter().filter(|r| has_protect_field(r.opcode)) {
+            assert_eq!(row.usage[1] & 0xE0, 0, "{}: protection refused", row.name);
+            for value in 1..8u8 {
+                let mut cdb = [0u8; 16];
+                cdb[0] = row.opcode;
+                cdb[1] = value << 5;
+                assert_eq!(
+                    validate(&cdb[..usize::from(row.cdb_len)]).err(),
+                    Some(SenseReason::InvalidFieldInCdb(FieldPointer::bit(1, 7))),
+                    "{} xxPROTECT {value:03b}",
+                    row.name
+                );
+            }
+        }
+        // WRITE ATOMIC (16)'s ATOMIC BOUNDARY (bytes 10-11) from its first bit, in either byte.
+        for (at, v) in [(10, 0x01), (11, 0x80), (11, 0x01)] {
+            let mut cdb = [0u8; 16];
+            cdb[0] = 0x9C;
+            cdb[at] = v;
+            assert_eq!(
+                validate(&cdb).err(),
+                Some(SenseReason::InvalidFieldInCdb(FieldPointer::bit(10, 7)))
+            );
+        }
+        // Reserved bits stay one-bit fields of their own; READ(6) has no protection field.
+        assert_eq!(
+            validate(&[0x08, 0x20, 0, 0, 1, 0]).err(),
+            Some(SenseReason::InvalidFieldInCdb(FieldPointer::bit(1, 5)))
+        );
+        assert_eq!(
+            validate(&[0x28, 0x04, 0, 0, 0, 0, 0, 0, 1, 0]).err(),
+            Some(SenseReason::InvalidFieldInCdb(FieldPointer::bit(1, 2)))
         );
     }
 

@@ -491,8 +491,9 @@ fn write_protected_and_write_through() {
 
 #[test]
 fn rdprotect_and_reserved_bits_point_at_field() {
+    // RDPROTECT = 011b: the three-bit field is pointed at its left-most bit, byte 1 bit 7.
     let r = run(0, &cdb10(0x28, 0x60, 0, 1));
-    assert_eq!(sense(done(&r)), (0x05, 0x24, 0x00, [0xCE, 0, 1]));
+    assert_eq!(sense(done(&r)), (0x05, 0x24, 0x00, [0xCF, 0, 1]));
 }
 
 #[test]

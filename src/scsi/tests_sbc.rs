@@ -281,10 +281,10 @@ fn orwrite_and_write_atomic() {
     let over = u16::try_from(sbc::max_atomic_blocks(&thin()) + 1).unwrap();
     atomic[12..14].copy_from_slice(&over.to_be_bytes());
     assert_eq!(sense(&run(0, &atomic)).3, [0xC0, 0, 12]);
-    // Reserved bytes 10-11 of WRITE ATOMIC are checked.
+    // ATOMIC BOUNDARY (bytes 10-11) must be 0: refused, pointed at its first bit.
     let mut bad = cdb16(0x9C, 0, 0, 0);
     bad[10] = 1;
-    assert_eq!(sense(&run(0, &bad)).3, [0xC8, 0, 10]);
+    assert_eq!(sense(&run(0, &bad)).3, [0xCF, 0, 10]);
     for cdb in [cdb16(0x8B, 0, 0, 1), cdb16(0x9C, 0, 0, 0)] {
         let (k, a, q, _) = sense(&run(2, &cdb));
         assert_eq!((k, a, q), WRITE_PROTECTED);
