@@ -26,7 +26,9 @@ pub const DISCOVERY_IDLE: Duration = Duration::from_secs(60);
 /// held by the address holding the most: [`Control::make_room`]).
 const MAX_LOGINS: usize = 1024;
 /// Bytes of answers a login or discovery connection may have waiting before it is no longer
-/// read from (each read takes at most 16 KiB of requests, so this bounds what it holds).
+/// read from, and before the requests it has sent already are left unanswered until they drain
+/// (a SendTargets answer can be thousands of times its request: answering a whole 16 KiB read
+/// of them at once could queue megabytes per connection). What it holds is this plus one answer.
 const TX_HELD_MAX: usize = 256 << 10;
 /// How long the listeners rest after an accept failed for want of descriptors or memory: the
 /// pending connection stays in the listen queue, and polling the listener at once would only
@@ -58,6 +60,9 @@ struct CtlConn {
     /// reported them): its final Login Response waits in `tx` until they have, so that no
     /// write of theirs still in flight lands after the new session's first command.
     after: Vec<u64>,
+    /// Requests received and left in `rx` while more than [`TX_HELD_MAX`] of answers waited:
+    /// taken up once the peer has read enough of them ([`Control::flush`]).
+    held_back: bool,
 }
 
 /// A session handed to a data thread, for reinstatement (same initiator and ISID).
@@ -304,6 +309,7 @@ impl Control {
                 pg,
                 saw_header: false,
                 after: Vec::new(),
+                held_back: false,
             };
             self.next_tsih = self.next_tsih.wrapping_add(1).max(1);
             match self.conns.iter().position(Option::is_none) {
@@ -349,6 +355,11 @@ impl Control {
                 return Ok(());
             };
             if pos >= c.rx_len || c.close_after_flush || matches!(c.phase, Phase::Handoff(_)) {
+                break;
+            }
+            // Enough answers wait: the rest of the requests stay in `rx` until they drain.
+            if c.tx.len() > TX_HELD_MAX {
+                c.held_back = true;
                 break;
             }
             let fed = c.reader.feed(&c.rx[pos..c.rx_len]);
@@ -609,23 +620,43 @@ impl Control {
     }
 
     fn flush(&mut self, idx: usize) {
-        let Some(c) = self.conns[idx].as_mut() else {
+        loop {
+            let Some(c) = self.conns[idx].as_mut() else {
+                return;
+            };
+            // The final Login Response of a session reinstating others waits for their end.
+            if !c.after.is_empty() {
+                return;
+            }
+            while !c.tx.is_empty() {
+                match c.stream.write(&c.tx) {
+                    Ok(0) => return self.drop_conn(idx),
+                    Ok(n) => {
+                        c.tx.drain(..n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => return self.drop_conn(idx),
+                }
+            }
+            // Requests held back while too many answers waited are answered now, and their
+            // answers sent (each round answers at least one request, so this ends).
+            if c.held_back && c.tx.len() <= TX_HELD_MAX {
+                c.held_back = false;
+                let peer = c.peer;
+                if let Err(why) = self.process(idx) {
+                    self.log_failure(&format!("{peer}: {why}"));
+                    return self.drop_conn(idx);
+                }
+                continue;
+            }
+            if !c.tx.is_empty() {
+                return;
+            }
+            break;
+        }
+        let Some(c) = self.conns[idx].as_ref() else {
             return;
         };
-        // The final Login Response of a session reinstating others waits for their end.
-        if !c.after.is_empty() {
-            return;
-        }
-        while !c.tx.is_empty() {
-            match c.stream.write(&c.tx) {
-                Ok(0) => return self.drop_conn(idx),
-                Ok(n) => {
-                    c.tx.drain(..n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(_) => return self.drop_conn(idx),
-            }
-        }
         if c.close_after_flush {
             return self.drop_conn(idx);
         }
@@ -789,6 +820,21 @@ mod tests {
         crossbeam_channel::Sender<u64>,
         OwnedFd,
     ) {
+        control_serving(running(), listeners, max_sessions)
+    }
+
+    /// [`control_on`] serving `running`.
+    #[allow(clippy::type_complexity)]
+    fn control_serving(
+        running: Arc<Running>,
+        listeners: Vec<(TcpListener, usize)>,
+        max_sessions: usize,
+    ) -> (
+        Control,
+        crossbeam_channel::Receiver<Msg>,
+        crossbeam_channel::Sender<u64>,
+        OwnedFd,
+    ) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = DataThread {
             tx,
@@ -804,7 +850,7 @@ mod tests {
         let (signals, writer) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let c = Control::new(
-            running(),
+            running,
             listeners,
             vec![thread],
             signals,
@@ -839,6 +885,7 @@ mod tests {
             pg: 0,
             saw_header: false,
             after: Vec::new(),
+            held_back: false,
         }
     }
 
@@ -1153,5 +1200,134 @@ mod tests {
             1,
             "records of the sessions gone are dropped"
         );
+    }
+
+    /// A configuration with `n` targets in the default portal group, each with a long name
+    /// (the SendTargets answer of a discovery session lists them all).
+    fn running_with_targets(n: usize) -> Arc<Running> {
+        let one = running();
+        let targets = (0..n)
+            .map(|i| {
+                Arc::new(crate::daemon::runtime::TargetRt {
+                    name: format!("iqn.2026-11.io.vit:a-target-with-a-rather-long-name-{i:04}"),
+                    alias: None,
+                    auth: AuthPolicy::none(),
+                    pg_auth: Vec::new(),
+                    portal_groups: vec![0],
+                    redirect: None,
+                    owner_id: None,
+                    luns: vec![],
+                    portals: vec![("127.0.0.1:3260".parse().unwrap(), 7)],
+                    server: crate::scsi::DeviceServer::new(vec![]).unwrap(),
+                })
+            })
+            .collect();
+        Arc::new(Running {
+            generation: 1,
+            portal_groups: one.portal_groups.clone(),
+            targets,
+        })
+    }
+
+    /// The Text Responses in `wire` (whole PDUs from its start): how many, and the bytes they
+    /// took.
+    fn text_responses(wire: &[u8]) -> (usize, usize) {
+        let (mut n, mut at) = (0, 0);
+        while wire.len() >= at + BHS_LEN {
+            let Ok(TargetPdu::Text(r)) =
+                TargetPdu::decode(wire[at..at + BHS_LEN].try_into().unwrap())
+            else {
+                panic!("not a text response");
+            };
+            let end = at + BHS_LEN + (r.data_segment_length as usize).next_multiple_of(4);
+            if end > wire.len() {
+                break;
+            }
+            (n, at) = (n + 1, end);
+        }
+        (n, at)
+    }
+
+    /// A discovery session sending a read's worth (12 KiB) of immediate SendTargets requests
+    /// without reading the answers, on a portal with 300 targets: each answer is some 20 KiB,
+    /// and the control thread answered every request of the read at once, queueing about 5 MiB
+    /// for that one connection (measured with vitd: 50 such connections took 385 MB; 1024 of
+    /// them would take gigabytes). The requests past 256 KiB of answers now wait in the receive
+    /// buffer until the peer has read enough, and every one is still answered.
+    #[test]
+    fn answers_a_discovery_session_has_not_read_stay_bounded() {
+        use crate::iscsi::pdu::TextRequest;
+        use std::io::Read;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut c, _mail, _ended, _signals) =
+            control_serving(running_with_targets(300), vec![], 8);
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, peer) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let text = "InitiatorName=iqn.2026-11.io.vit:i\0SessionType=Discovery\0\
+                    MaxRecvDataSegmentLength=16777215\0";
+        let bhs = login_bhs(
+            (Stage::Operational, Stage::FullFeature),
+            [0x80, 0, 0, 0, 0, 1],
+            0,
+            text.len(),
+        );
+        let mut wire = frame(&bhs, text.as_bytes(), false);
+        const REQUESTS: usize = 192;
+        let body = b"SendTargets=All\0";
+        for i in 0..REQUESTS {
+            let t = TextRequest {
+                immediate: true,
+                final_bit: true,
+                itt: 100 + i as u32,
+                ttt: 0xffff_ffff,
+                data_segment_length: body.len() as u32,
+                ..Default::default()
+            };
+            let mut h = [0u8; BHS_LEN];
+            t.encode(&mut h);
+            wire.extend_from_slice(&frame(&h, body, false));
+        }
+        assert!(wire.len() <= 16 << 10, "more than one read");
+        c.conns.push(Some(in_login(&c, stream, peer, &wire)));
+        c.process(0).unwrap();
+        let conn = c.conns[0].as_ref().unwrap();
+        assert!(matches!(conn.phase, Phase::Discovery(_)));
+        let login_len = BHS_LEN
+            + (u32::from_be_bytes([0, conn.tx[5], conn.tx[6], conn.tx[7]]) as usize)
+                .next_multiple_of(4);
+        let (first, _) = text_responses(&conn.tx[login_len..]);
+        let answer = (conn.tx.len() - login_len) / first.max(1);
+        assert!(answer > 16 << 10, "answers of {answer} bytes");
+        assert!(
+            conn.tx.len() <= TX_HELD_MAX + answer,
+            "{} bytes of answers queued for one connection ({first} answers of {REQUESTS})",
+            conn.tx.len()
+        );
+        // The peer reads: every request is answered, none twice.
+        client
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            c.flush(0);
+            let held = c.conns[0].as_ref().map_or(0, |x| x.tx.len());
+            assert!(held <= TX_HELD_MAX + answer, "{held} bytes queued");
+            match client.read(&mut buf) {
+                Ok(0) => panic!("the connection ended"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("{e}"),
+            }
+            if got.len() > login_len && text_responses(&got[login_len..]).0 == REQUESTS {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not every request was answered");
+        }
+        let (n, used) = text_responses(&got[login_len..]);
+        assert_eq!((n, used), (REQUESTS, got.len() - login_len));
     }
 }
