@@ -1321,3 +1321,58 @@ fn data_digest_errors_end_the_write_or_the_connection() {
         .unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
     assert!(seen.is_empty(), "the command past the gap got {seen:?}");
 }
+
+/// vitd's resident size in KiB (VmRSS).
+fn resident_kib(vitd: &Vitd) -> u64 {
+    let pid = vitd.child.as_ref().expect("running").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Waves of sessions that log in and go away leave vitd's resident size where it was: the
+/// memory they took, all freed, stayed with the allocator (glibc gives back only the top of a
+/// heap), so that each wave left vitd larger (five waves of 400 sessions: from 107 to 225 MB,
+/// 0.3 MB of it in use). Once the sessions have ended, their memory goes back to the system.
+#[test]
+fn waves_of_sessions_leave_no_memory_behind() {
+    const WAVES: u16 = 5;
+    const SESSIONS: u16 = 400;
+    if !raise_open_files(4 * u64::from(SESSIONS) + 256) {
+        return;
+    }
+    let (ds, vitd) = setup();
+    // The data threads are up (their buffers resident) once a session has run a command.
+    let mut first = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0x41, 0, 0]);
+    good(&mut first);
+    let before = resident_kib(&vitd);
+    drop(first);
+    for wave in 0..WAVES {
+        let sessions: Vec<Session> = (0..SESSIONS)
+            .map(|i| {
+                let [hi, lo] = (wave * SESSIONS + i).to_be_bytes();
+                login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0x40, hi, lo])
+            })
+            .collect();
+        drop(sessions);
+    }
+    // The data threads see the connections close and report the sessions ended; the control
+    // thread then gives their memory back.
+    let limit = before + (40 << 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut now = resident_kib(&vitd);
+    while now > limit && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        now = resident_kib(&vitd);
+    }
+    assert!(
+        now <= limit,
+        "{WAVES} waves of {SESSIONS} sessions, all ended, left vitd at {now} KiB from {before} KiB"
+    );
+    // vitd still serves.
+    let mut s = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0x41, 0, 1]);
+    good(&mut s);
+}

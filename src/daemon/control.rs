@@ -34,6 +34,9 @@ const TX_HELD_MAX: usize = 256 << 10;
 /// pending connection stays in the listen queue, and polling the listener at once would only
 /// fail again (a busy loop and a flood of log lines).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Sessions ended between two returns of freed heap memory to the system
+/// ([`Control::sessions_ended`]).
+const TRIM_AFTER_ENDED: usize = 256;
 
 enum Phase {
     Login(Box<Login>),
@@ -97,6 +100,8 @@ pub struct Control {
     ended: crossbeam_channel::Receiver<u64>,
     /// Normal sessions served at once.
     max_sessions: usize,
+    /// Sessions ended since freed heap memory was last given back ([`TRIM_AFTER_ENDED`]).
+    ended_since_trim: usize,
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later) and returns a
@@ -146,6 +151,7 @@ impl Control {
             accept_paused: None,
             ended,
             max_sessions,
+            ended_since_trim: 0,
         })
     }
 
@@ -167,6 +173,7 @@ impl Control {
         let gone: Vec<u64> = self.ended.try_iter().collect();
         if !gone.is_empty() {
             self.sessions.retain(|s| !gone.contains(&s.id));
+            self.sessions_ended(gone.len());
             // A login that waited for these sessions to end is answered now.
             for idx in 0..self.conns.len() {
                 let Some(c) = self.conns[idx].as_mut() else {
@@ -769,6 +776,26 @@ impl Control {
         ));
         self.drop_conn(idx);
         true
+    }
+
+    /// `n` sessions ended. Their memory (each session's buffers, allocated here and on its
+    /// data thread) went back to the allocator, which keeps it: glibc returns only the top of
+    /// each heap, so after every wave of sessions the resident size stayed higher (measured:
+    /// five waves of 400 sessions took vitd from 107 to 225 MB with 0.3 MB in use). Once the
+    /// last session has ended, or every [`TRIM_AFTER_ENDED`] sessions, the free pages are
+    /// given back (`malloc_trim`, on this thread; a data thread allocating meanwhile may wait
+    /// a moment for its heap's lock).
+    fn sessions_ended(&mut self, n: usize) {
+        self.ended_since_trim += n;
+        if self.sessions.is_empty() || self.ended_since_trim >= TRIM_AFTER_ENDED {
+            self.ended_since_trim = 0;
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only gives free pages of the allocator's heaps back to the
+            // system; no memory in use is touched.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
     }
 
     /// Logs a failure line, at most a few a second (a flood of bad logins can't flood the log).
