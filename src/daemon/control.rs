@@ -830,6 +830,15 @@ mod tests {
 
     const TARGET: &str = "iqn.2026-11.io.vit:t";
 
+    /// A control thread under test, the stand-in data thread's mailbox, the sender of ended
+    /// sessions and the write end of the "signals".
+    type Serving = (
+        Control,
+        crossbeam_channel::Receiver<Msg>,
+        crossbeam_channel::Sender<u64>,
+        OwnedFd,
+    );
+
     fn running() -> Arc<Running> {
         crate::daemon::login::tests::running(AuthPolicy::none())
     }
@@ -837,31 +846,16 @@ mod tests {
     /// A control thread serving at most `max_sessions` sessions on `listeners`, with one
     /// stand-in data thread whose messages the test receives; also the sender of ended sessions
     /// and the write end of the "signals" (a pipe nothing writes to: no stop comes).
-    #[allow(clippy::type_complexity)]
-    fn control_on(
-        listeners: Vec<(TcpListener, usize)>,
-        max_sessions: usize,
-    ) -> (
-        Control,
-        crossbeam_channel::Receiver<Msg>,
-        crossbeam_channel::Sender<u64>,
-        OwnedFd,
-    ) {
+    fn control_on(listeners: Vec<(TcpListener, usize)>, max_sessions: usize) -> Serving {
         control_serving(running(), listeners, max_sessions)
     }
 
     /// [`control_on`] serving `running`.
-    #[allow(clippy::type_complexity)]
     fn control_serving(
         running: Arc<Running>,
         listeners: Vec<(TcpListener, usize)>,
         max_sessions: usize,
-    ) -> (
-        Control,
-        crossbeam_channel::Receiver<Msg>,
-        crossbeam_channel::Sender<u64>,
-        OwnedFd,
-    ) {
+    ) -> Serving {
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = DataThread {
             tx,
