@@ -94,14 +94,16 @@ fn passes(
     true
 }
 
-/// `ip:port,tag`, with a wildcard address replaced by the one the initiator reached us on.
+/// `ip:port,tag`, with a wildcard address replaced by the one the initiator reached us on. A
+/// wildcard of the other family than that address is left out: `[::]` is listened on with
+/// IPV6_V6ONLY, so it takes no IPv4 connection, as `0.0.0.0` takes no IPv6 one.
 fn target_address(addr: SocketAddr, tag: u16, local: Option<SocketAddr>) -> Option<String> {
     let ip = if addr.ip().is_unspecified() {
-        let l = local?;
-        if l.is_ipv4() != addr.is_ipv4() && !addr.is_ipv6() {
+        let l = local?.ip().to_canonical();
+        if l.is_ipv4() != addr.is_ipv4() {
             return None;
         }
-        l.ip()
+        l
     } else {
         addr.ip()
     };
@@ -417,6 +419,34 @@ mod tests {
             text,
             "TargetName=iqn.2026-11.io.vit:a\0TargetAddress=127.0.0.1:3260,1\0\
              TargetName=iqn.2026-11.io.vit:b\0TargetAddress=127.0.0.2:3261,2\0"
+        );
+    }
+
+    #[test]
+    fn a_wildcard_is_answered_only_with_an_address_of_its_family() {
+        let targets = [TargetEntry {
+            name: "iqn.2026-11.io.vit:c".into(),
+            portals: vec![
+                ("127.0.0.3:3262".parse().unwrap(), 4),
+                ("[::]:3260".parse().unwrap(), 3),
+                ("0.0.0.0:3263".parse().unwrap(), 5),
+            ],
+        }];
+        let text = |local: &str| {
+            let answer = answer_text(b"SendTargets=All\0", &targets, Some(local.parse().unwrap()));
+            String::from_utf8(answer.text).unwrap()
+        };
+        // Reached over IPv4 (another group's portal): `[::]` listens with IPV6_V6ONLY, so
+        // 127.0.0.3:3260 would be an address nothing listens on.
+        assert_eq!(
+            text("127.0.0.3:3262"),
+            "TargetName=iqn.2026-11.io.vit:c\0TargetAddress=127.0.0.3:3262,4\0\
+             TargetAddress=127.0.0.3:3263,5\0"
+        );
+        assert_eq!(
+            text("[::1]:3260"),
+            "TargetName=iqn.2026-11.io.vit:c\0TargetAddress=127.0.0.3:3262,4\0\
+             TargetAddress=[::1]:3260,3\0"
         );
     }
 
