@@ -447,11 +447,50 @@ pub fn build(
             luns,
         }));
     }
+    shared_addresses(&portal_groups, &targets)?;
     Ok(Running {
         generation: cfg.generation.unwrap_or(0),
         portal_groups,
         targets,
     })
+}
+
+/// No two portal groups that targets use may resolve to one address (`lo:3260` and
+/// `127.0.0.1:3260`, which verify cannot see are the same): vitd listens there for the first
+/// alone, and the other's targets, which discovery advertises there, could not be logged in to.
+fn shared_addresses(
+    groups: &[PortalGroupRt],
+    targets: &[Arc<TargetRt>],
+) -> Result<(), RuntimeError> {
+    let used: HashSet<usize> = targets
+        .iter()
+        .flat_map(|t| t.portal_groups.iter().copied())
+        .collect();
+    let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+    for (i, pg) in groups.iter().enumerate() {
+        if pg.foreign || !used.contains(&i) {
+            continue;
+        }
+        for a in &pg.addrs {
+            match seen.entry(*a) {
+                Entry::Vacant(e) => {
+                    e.insert(i);
+                }
+                Entry::Occupied(e) if *e.get() != i => {
+                    return Err(RuntimeError::Portal {
+                        group: pg.name.clone(),
+                        msg: format!(
+                            "listens on {a}, where portal group {} listens too; vitd would \
+                             serve only one group on an address",
+                            groups[*e.get()].name
+                        ),
+                    });
+                }
+                Entry::Occupied(_) => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn open_lun(
@@ -785,6 +824,45 @@ mod tests {
             .map(|p| (p.name.as_str(), p.tag))
             .collect();
         assert_eq!(tags, [("default", 2), ("a", 3), ("b", 1), ("c", 4)]);
+    }
+
+    #[test]
+    fn two_groups_resolving_to_one_address_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        let lo = [portal::InterfaceAddr {
+            name: "lo".into(),
+            addr: "127.0.0.1".parse().unwrap(),
+            scope_id: 0,
+        }];
+        let build_text = |text: &str| {
+            let cfg = crate::config::parse(text, "t").unwrap();
+            build(&cfg, &ds, &lo, OpenOptions { direct: false })
+        };
+        let text = "portal-group a { listen lo:3999 }\nportal-group b { listen 127.0.0.1:3999 }\n\
+                    target iqn.2000-01.com.x:t { portal-group a }\n\
+                    target iqn.2000-01.com.x:u { portal-group b }";
+        let e = build_text(text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "portal group b: listens on 127.0.0.1:3999, where portal group a listens too; vitd \
+             would serve only one group on an address"
+        );
+        // A group no target uses, or a foreign one, is not listened on: no conflict.
+        let r = build_text(
+            "portal-group a { listen lo:3999 }\nportal-group b { listen 127.0.0.1:3999 }\n\
+             portal-group c { foreign\n listen 127.0.0.1:3999 }\n\
+             target iqn.2000-01.com.x:t { portal-group a\n portal-group c }",
+        )
+        .unwrap();
+        assert_eq!(r.listen_addrs(), [("127.0.0.1:3999".parse().unwrap(), 0)]);
+        // One group naming one address twice listens there once.
+        let r = build_text(
+            "portal-group a { listen lo:3999\n listen 127.0.0.1:3999 }\n\
+             target iqn.2000-01.com.x:t { portal-group a }",
+        )
+        .unwrap();
+        assert_eq!(r.listen_addrs().len(), 1);
     }
 
     #[test]
