@@ -336,7 +336,12 @@ pub fn build(
         };
         let mut addrs = Vec::new();
         let foreign = pg.is_some_and(|p| p.foreign);
-        if !foreign {
+        if foreign {
+            // ctl.conf's `foreign`: another host listens there, this one announces it in
+            // discovery. Only a literal address can be announced (an interface name is one of
+            // that host's), and not a wildcard (ctld leaves those out too).
+            addrs.extend(listen.iter().flat_map(|l| foreign_addrs(l)));
+        } else {
             for l in &listen {
                 let resolved =
                     portal::resolve_listen(l, interfaces).map_err(|msg| RuntimeError::Portal {
@@ -453,6 +458,18 @@ pub fn build(
         portal_groups,
         targets,
     })
+}
+
+/// The addresses a foreign portal group's `listen` value announces: a literal address, unless
+/// it is a wildcard; nothing for a name.
+fn foreign_addrs(listen: &str) -> Vec<SocketAddr> {
+    match crate::config::ListenAddr::parse(listen) {
+        Ok(crate::config::ListenAddr {
+            host: crate::config::ListenHost::Ip(ip),
+            port,
+        }) if !ip.is_unspecified() => vec![SocketAddr::new(ip, port)],
+        _ => Vec::new(),
+    }
 }
 
 /// No two portal groups that targets use may resolve to one address (`lo:3260` and
@@ -863,6 +880,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.listen_addrs().len(), 1);
+    }
+
+    #[test]
+    fn foreign_portal_groups_are_announced_not_listened_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        let text = "portal-group a { listen 127.0.0.1:3999 }\n\
+                    portal-group far { foreign\n tag 9\n listen 10.9.9.9:3260\n listen [fd00::9]\n \
+                    listen vmk7:3260\n listen 0.0.0.0:3261 }\n\
+                    target iqn.2000-01.com.x:t { portal-group a\n portal-group far }";
+        let cfg = crate::config::parse(text, "t").unwrap();
+        let r = build(&cfg, &ds, &[], OpenOptions { direct: false }).unwrap();
+        assert_eq!(r.listen_addrs(), [("127.0.0.1:3999".parse().unwrap(), 0)]);
+        let entry = super::super::discovery::TargetEntry::of(&r.targets[0]);
+        let answer = super::super::discovery::answer_text(
+            b"SendTargets=All\0",
+            &[entry],
+            Some("127.0.0.1:3999".parse().unwrap()),
+        );
+        assert_eq!(
+            String::from_utf8(answer.text).unwrap(),
+            "TargetName=iqn.2000-01.com.x:t\0TargetAddress=127.0.0.1:3999,1\0\
+             TargetAddress=10.9.9.9:3260,9\0TargetAddress=[fd00::9]:3260,9\0"
+        );
     }
 
     #[test]
