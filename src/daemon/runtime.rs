@@ -371,7 +371,9 @@ pub fn build(
             foreign,
             discovery_auth,
             discovery_filter: pg.and_then(|p| p.discovery_filter).map(|(f, _)| f),
-            redirect: pg.and_then(|p| p.redirect.as_ref()).map(|r| r.name.clone()),
+            redirect: pg
+                .and_then(|p| p.redirect.as_ref())
+                .map(|r| redirect_address(&r.name)),
         });
     }
     let group_index: HashMap<&str, usize> = portal_groups
@@ -447,7 +449,7 @@ pub fn build(
             auth,
             pg_auth,
             portal_groups: pgs,
-            redirect: t.redirect.as_ref().map(|r| r.name.clone()),
+            redirect: t.redirect.as_ref().map(|r| redirect_address(&r.name)),
             owner_id: t.owner_id().map(str::to_string),
             luns,
         }));
@@ -458,6 +460,16 @@ pub fn build(
         portal_groups,
         targets,
     })
+}
+
+/// The TargetAddress a `redirect` value sends: as written, except that a bare IPv6 address (ctld
+/// takes `redirect 2001:db8::5`) goes in brackets, as RFC 7143 §13.8 wants, so that the
+/// initiator does not read its last group as a port.
+fn redirect_address(value: &str) -> String {
+    match value.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => format!("[{v6}]"),
+        Err(_) => value.to_string(),
+    }
 }
 
 /// The addresses a foreign portal group's `listen` value announces: a literal address, unless
@@ -904,6 +916,26 @@ mod tests {
             "TargetName=iqn.2000-01.com.x:t\0TargetAddress=127.0.0.1:3999,1\0\
              TargetAddress=10.9.9.9:3260,9\0TargetAddress=[fd00::9]:3260,9\0"
         );
+    }
+
+    #[test]
+    fn a_bare_ipv6_redirect_is_sent_in_brackets() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        let text = "portal-group a { listen 127.0.0.1:3999\n redirect 2001:db8::5 }\n\
+                    portal-group b { listen 127.0.0.2:3999\n redirect [2001:db8::6]:3261 }\n\
+                    target iqn.2000-01.com.x:t { portal-group a\n redirect fd00::9 }\n\
+                    target iqn.2000-01.com.x:u { portal-group b\n redirect 10.1.1.1:3261 }";
+        let cfg = crate::config::parse(text, "t").unwrap();
+        let r = build(&cfg, &ds, &[], OpenOptions { direct: false }).unwrap();
+        let pgs: Vec<_> = r
+            .portal_groups
+            .iter()
+            .map(|p| p.redirect.as_deref())
+            .collect();
+        assert_eq!(pgs, [Some("[2001:db8::5]"), Some("[2001:db8::6]:3261")]);
+        let ts: Vec<_> = r.targets.iter().map(|t| t.redirect.as_deref()).collect();
+        assert_eq!(ts, [Some("[fd00::9]"), Some("10.1.1.1:3261")]);
     }
 
     #[test]
