@@ -221,6 +221,10 @@ impl Running {
                 continue;
             }
             for a in &pg.addrs {
+                // The group's own wildcard on that port takes these connections already.
+                if pg.addrs.iter().any(|w| covers(w, a)) {
+                    continue;
+                }
                 if seen.insert(*a) {
                     out.push((*a, i));
                 }
@@ -484,9 +488,21 @@ fn foreign_addrs(listen: &str) -> Vec<SocketAddr> {
     }
 }
 
+/// Whether a listener on `wildcard` takes the connections to `addr` too: the unspecified
+/// address of its family on the same port (`[::]` is listened on with IPV6_V6ONLY). Linux
+/// refuses to listen on both (EADDRINUSE, even with SO_REUSEADDR).
+fn covers(wildcard: &SocketAddr, addr: &SocketAddr) -> bool {
+    wildcard.ip().is_unspecified()
+        && wildcard != addr
+        && wildcard.port() == addr.port()
+        && wildcard.is_ipv4() == addr.is_ipv4()
+}
+
 /// No two portal groups that targets use may resolve to one address (`lo:3260` and
 /// `127.0.0.1:3260`, which verify cannot see are the same): vitd listens there for the first
 /// alone, and the other's targets, which discovery advertises there, could not be logged in to.
+/// Nor may one listen on a wildcard and another on an address of its family on the same port:
+/// Linux lets only one of the two listen.
 fn shared_addresses(
     groups: &[PortalGroupRt],
     targets: &[Arc<TargetRt>],
@@ -495,28 +511,35 @@ fn shared_addresses(
         .iter()
         .flat_map(|t| t.portal_groups.iter().copied())
         .collect();
-    let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut listened: Vec<(SocketAddr, usize)> = Vec::new();
     for (i, pg) in groups.iter().enumerate() {
         if pg.foreign || !used.contains(&i) {
             continue;
         }
         for a in &pg.addrs {
-            match seen.entry(*a) {
-                Entry::Vacant(e) => {
-                    e.insert(i);
-                }
-                Entry::Occupied(e) if *e.get() != i => {
-                    return Err(RuntimeError::Portal {
-                        group: pg.name.clone(),
-                        msg: format!(
-                            "listens on {a}, where portal group {} listens too; vitd would \
-                             serve only one group on an address",
-                            groups[*e.get()].name
-                        ),
-                    });
-                }
-                Entry::Occupied(_) => {}
+            let clash = listened
+                .iter()
+                .find(|(b, j)| *j != i && (b == a || covers(b, a) || covers(a, b)));
+            if let Some((b, j)) = clash {
+                let msg = if b == a {
+                    format!(
+                        "listens on {a}, where portal group {} listens too; vitd would serve \
+                         only one group on an address",
+                        groups[*j].name
+                    )
+                } else {
+                    format!(
+                        "listens on {a}, and portal group {} on {b}: a wildcard and an address \
+                         of its family cannot both be listened on with one port",
+                        groups[*j].name
+                    )
+                };
+                return Err(RuntimeError::Portal {
+                    group: pg.name.clone(),
+                    msg,
+                });
             }
+            listened.push((*a, i));
         }
     }
     Ok(())
@@ -877,6 +900,35 @@ mod tests {
             "portal group b: listens on 127.0.0.1:3999, where portal group a listens too; vitd \
              would serve only one group on an address"
         );
+        // A wildcard and an address of its family on one port: Linux listens on one alone.
+        let e = build_text(
+            "portal-group a { listen 0.0.0.0:3999 }\nportal-group b { listen lo:3999 }\n\
+             target iqn.2000-01.com.x:t { portal-group a }\n\
+             target iqn.2000-01.com.x:u { portal-group b }",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "portal group b: listens on 127.0.0.1:3999, and portal group a on 0.0.0.0:3999: a \
+             wildcard and an address of its family cannot both be listened on with one port"
+        );
+        // Of other families, or other ports, they may.
+        let r = build_text(
+            "portal-group a { listen 0.0.0.0:3999\n listen [::]:3998 }\n\
+             portal-group b { listen [::1]:3999\n listen 127.0.0.1:3998\n listen lo:3997 }\n\
+             target iqn.2000-01.com.x:t { portal-group a }\n\
+             target iqn.2000-01.com.x:u { portal-group b }",
+        )
+        .unwrap();
+        assert_eq!(r.listen_addrs().len(), 5);
+        // One group with both listens on its wildcard, which takes the other's connections.
+        let r = build_text(
+            "portal-group a { listen lo:3999\n listen 0.0.0.0:3999 }\n\
+             target iqn.2000-01.com.x:t { portal-group a }",
+        )
+        .unwrap();
+        assert_eq!(r.listen_addrs(), [("0.0.0.0:3999".parse().unwrap(), 0)]);
         // A group no target uses, or a foreign one, is not listened on: no conflict.
         let r = build_text(
             "portal-group a { listen lo:3999 }\nportal-group b { listen 127.0.0.1:3999 }\n\
