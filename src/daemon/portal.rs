@@ -77,16 +77,17 @@ pub fn resolve_listen(
 ) -> Result<Vec<SocketAddr>, String> {
     let listen = listen.trim();
     if let Ok(sa) = listen.parse::<SocketAddr>() {
-        return Ok(vec![sa]);
+        return scoped(sa, listen, interfaces).map(|sa| vec![sa]);
     }
     if let Ok(ip) = listen.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, ISCSI_PORT)]);
+        return scoped(SocketAddr::new(ip, ISCSI_PORT), listen, interfaces).map(|sa| vec![sa]);
     }
     if let Some(v6) = listen.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
         let ip: Ipv6Addr = v6
             .parse()
             .map_err(|_| format!("{listen:?}: not an IPv6 address"))?;
-        return Ok(vec![SocketAddr::new(IpAddr::V6(ip), ISCSI_PORT)]);
+        let sa = SocketAddr::new(IpAddr::V6(ip), ISCSI_PORT);
+        return scoped(sa, listen, interfaces).map(|sa| vec![sa]);
     }
     let (host, port) = match listen.rsplit_once(':') {
         Some((h, p)) => {
@@ -118,6 +119,41 @@ pub fn resolve_listen(
     Err(format!(
         "{listen:?}: {host:?} is neither an address nor an interface with an address"
     ))
+}
+
+/// A link-local IPv6 address means nothing without its interface (bind(2) refuses it with
+/// EINVAL): it gets the scope id of the one interface that has it.
+fn scoped(
+    sa: SocketAddr,
+    listen: &str,
+    interfaces: &[InterfaceAddr],
+) -> Result<SocketAddr, String> {
+    let SocketAddr::V6(v6) = sa else {
+        return Ok(sa);
+    };
+    if !v6.ip().is_unicast_link_local() || v6.scope_id() != 0 {
+        return Ok(sa);
+    }
+    let mut owners = interfaces
+        .iter()
+        .filter(|i| i.addr == IpAddr::V6(*v6.ip()) && i.scope_id != 0);
+    match (owners.next(), owners.next()) {
+        (Some(i), None) => Ok(SocketAddr::V6(SocketAddrV6::new(
+            *v6.ip(),
+            v6.port(),
+            0,
+            i.scope_id,
+        ))),
+        (None, _) => Err(format!(
+            "{listen:?}: link-local address {} is on no interface of this host",
+            v6.ip()
+        )),
+        (Some(_), Some(_)) => Err(format!(
+            "{listen:?}: link-local address {} is on several interfaces; listen on \
+             IFNAME:PORT instead",
+            v6.ip()
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +202,36 @@ mod tests {
             SocketAddr::V6(v6) => assert_eq!(v6.scope_id(), 3),
             other => panic!("expected v6, got {other}"),
         }
+    }
+
+    #[test]
+    fn a_link_local_address_gets_its_interfaces_scope() {
+        let r = |s| resolve_listen(s, &ifs());
+        for value in ["[fe80::1]:3261", "[fe80::1]", "fe80::1"] {
+            match r(value).unwrap()[..] {
+                [SocketAddr::V6(v6)] => {
+                    assert_eq!((*v6.ip(), v6.scope_id()), ("fe80::1".parse().unwrap(), 3))
+                }
+                ref other => panic!("{value}: {other:?}"),
+            }
+        }
+        assert!(r("[fe80::2]:3260").unwrap_err().contains("on no interface"));
+        let mut two = ifs();
+        two.push(InterfaceAddr {
+            name: "vmk1".into(),
+            addr: "fe80::1".parse().unwrap(),
+            scope_id: 4,
+        });
+        assert!(
+            resolve_listen("[fe80::1]:3260", &two)
+                .unwrap_err()
+                .contains("several interfaces")
+        );
+        // Other IPv6 addresses are taken as written.
+        assert_eq!(
+            r("[fd00::1]").unwrap(),
+            vec!["[fd00::1]:3260".parse().unwrap()]
+        );
     }
 
     #[test]
