@@ -478,7 +478,22 @@ fn build(raw: Raw) -> Config {
         })
         .collect();
     let mut tags = std::collections::HashSet::new();
-    let mut addrs = std::collections::HashSet::new();
+    // The implied `default` portal group's addresses are taken from the start.
+    let mut addrs: std::collections::HashSet<ListenAddr> = config::DEFAULT_PORTAL_GROUP_LISTEN
+        .iter()
+        .filter_map(|l| ListenAddr::parse(l).ok())
+        .collect();
+    // A wildcard and an address of its family on one port are refused too (Linux listens on
+    // one of them alone).
+    let clash = |a: &ListenAddr, b: &ListenAddr| {
+        let covers = |w: &ListenAddr, x: &ListenAddr| match (&w.host, &x.host) {
+            (config::ListenHost::Ip(w_ip), config::ListenHost::Ip(x_ip)) => {
+                w_ip.is_unspecified() && w_ip.is_ipv4() == x_ip.is_ipv4() && w.port == x.port
+            }
+            _ => false,
+        };
+        a == b || covers(a, b) || covers(b, a)
+    };
     let portal_groups = raw
         .pgs
         .into_iter()
@@ -487,8 +502,10 @@ fn build(raw: Raw) -> Config {
             g.name = name.clone();
             // Tags are unique, and so are addresses (two groups on one address are refused).
             g.tag = g.tag.filter(|(t, _)| tags.insert(*t));
-            g.listen
-                .retain(|l| ListenAddr::parse(&l.name).is_ok_and(|a| addrs.insert(a)));
+            g.listen.retain(|l| {
+                ListenAddr::parse(&l.name)
+                    .is_ok_and(|a| !addrs.iter().any(|b| clash(&a, b)) && addrs.insert(a))
+            });
             g.discovery_auth_group = dag.map(|i| pick(&ag_names, &predefined_ags, &i));
             g
         })

@@ -386,19 +386,42 @@ impl Checker<'_> {
                     continue;
                 };
                 match seen.get(&addr) {
-                    Some((other, _)) if *other == g.name => {}
-                    Some((other, first)) => self.report(
+                    Some((other, _)) if *other == g.name => continue,
+                    Some((other, first)) => {
+                        self.report(
+                            l.pos,
+                            format!(
+                                "listen {}: portal group \"{other}\" listens there too (at \
+                                 {}:{}); vitd would serve only one group on an address",
+                                l.name, first.line, first.col
+                            ),
+                        );
+                        continue;
+                    }
+                    None => {}
+                }
+                // The first such listen, so that the message does not depend on hash order.
+                let wildcard_clash = seen
+                    .iter()
+                    .filter(|(a, (other, _))| {
+                        *other != g.name && (wildcard_covers(a, &addr) || wildcard_covers(&addr, a))
+                    })
+                    .min_by_key(|(_, (_, p))| (p.line, p.col));
+                if let Some((a, (other, first))) = wildcard_clash {
+                    self.report(
                         l.pos,
                         format!(
-                            "listen {}: portal group \"{other}\" listens there too (at {}:{}); \
-                             vitd would serve only one group on an address",
-                            l.name, first.line, first.col
+                            "listen {}: portal group \"{other}\" listens on {} (at {}:{}); a \
+                             wildcard and an address of its family cannot both be listened on \
+                             with one port",
+                            l.name,
+                            listen_text(a),
+                            first.line,
+                            first.col
                         ),
-                    ),
-                    None => {
-                        seen.insert(addr, (&g.name, l.pos));
-                    }
+                    );
                 }
+                seen.insert(addr, (&g.name, l.pos));
             }
         }
     }
@@ -747,6 +770,26 @@ pub(crate) fn warnings(cfg: &Config, file: &str) -> Vec<ConfigError> {
     out
 }
 
+/// Whether `wildcard` is the unspecified address of `addr`'s family on its port (vitd listens
+/// on `[::]` with IPV6_V6ONLY, and Linux lets only one of the two listen).
+fn wildcard_covers(wildcard: &ListenAddr, addr: &ListenAddr) -> bool {
+    match (&wildcard.host, &addr.host) {
+        (ListenHost::Ip(w), ListenHost::Ip(a)) => {
+            w.is_unspecified() && w != a && w.is_ipv4() == a.is_ipv4() && wildcard.port == addr.port
+        }
+        _ => false,
+    }
+}
+
+/// A listen address as vit.conf would write it.
+fn listen_text(a: &ListenAddr) -> String {
+    match &a.host {
+        ListenHost::Ip(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{}", a.port),
+        ListenHost::Ip(ip) => format!("{ip}:{}", a.port),
+        ListenHost::Name(n) => format!("{n}:{}", a.port),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{load, parse};
@@ -769,7 +812,7 @@ mod tests {
             "initiator-group ig {{ initiator iqn.2000-01.com.example:i }}\n\
              auth-group ag {{ auth-type chap\n chap u s\n initiator-group ig }}\n\
              auth-group default {{ auth-type deny }}\n\
-             portal-group pg {{ discovery-auth-group no-authentication\n listen 0.0.0.0:3261\n listen [::1]\n listen vmk0:3260\n listen 10.0.0.1 }}\n\
+             portal-group pg {{ discovery-auth-group no-authentication\n listen 0.0.0.0:3261\n listen [::1]:3262\n listen vmk0:3260\n listen 10.0.0.1:3263 }}\n\
              lun shared {{ backend vmdk\n path a/b.vmdk\n blocksize 512 }}\n\
              target {T} {{ auth-group ag\n portal-group pg no-access\n portal-group default\n lun 0 shared\n lun 255 {{ blocksize 4096 }} }}\n\
              target eui.0123456789abcdef {{ auth-type none\n option uuid u2 }}\n\
@@ -968,8 +1011,28 @@ mod tests {
         assert_eq!(
             errs(&text),
             [
+                "1:25: listen 10.0.0.1:3260: portal group \"default\" listens on 0.0.0.0:3260 (at 13:8); a wildcard and an address of its family cannot both be listened on with one port",
+                "3:25: listen 10.0.0.2: portal group \"default\" listens on 0.0.0.0:3260 (at 13:8); a wildcard and an address of its family cannot both be listened on with one port",
                 "4:9: listen 10.0.0.1: portal group \"a\" listens there too (at 1:25); vitd would serve only one group on an address",
                 "8:25: listen 0.0.0.0:3260: portal group \"default\" listens there too (at 13:8); vitd would serve only one group on an address",
+            ]
+        );
+        // A wildcard and an address of its family on one port, in two served groups.
+        let text = format!(
+            "portal-group a {{ listen 0.0.0.0:3261\n listen [::1]:3262 }}\n\
+             portal-group b {{ listen 127.0.0.1:3261\n listen [::]:3261\n listen [::]:3262 }}\n\
+             portal-group c {{ listen 10.0.0.1:3261\n listen 0.0.0.0:3261 }}\n\
+             target {T} {{ portal-group a\n portal-group b }}\n\
+             target iqn.2000-01.com.example:v {{ }}\n\
+             target iqn.2000-01.com.example:w {{ portal-group c }}"
+        );
+        assert_eq!(
+            errs(&text),
+            [
+                "3:25: listen 127.0.0.1:3261: portal group \"a\" listens on 0.0.0.0:3261 (at 1:25); a wildcard and an address of its family cannot both be listened on with one port",
+                "5:9: listen [::]:3262: portal group \"a\" listens on [::1]:3262 (at 2:9); a wildcard and an address of its family cannot both be listened on with one port",
+                "6:25: listen 10.0.0.1:3261: portal group \"a\" listens on 0.0.0.0:3261 (at 1:25); a wildcard and an address of its family cannot both be listened on with one port",
+                "7:9: listen 0.0.0.0:3261: portal group \"a\" listens there too (at 1:25); vitd would serve only one group on an address",
             ]
         );
     }
