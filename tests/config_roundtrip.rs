@@ -557,6 +557,8 @@ fn build(raw: Raw) -> Config {
                 (None, Some(a)) => (None, build_auth(a, &ig_names)),
                 (None, None) => (None, AuthSettings::default()),
             };
+            // A portal group is listed once in a target (one target port each).
+            let mut listed = std::collections::HashSet::new();
             let portal_groups = t
                 .portal_groups
                 .iter()
@@ -564,6 +566,7 @@ fn build(raw: Raw) -> Config {
                     portal_group: pick(&pg_names, &["default"], pg),
                     auth_group: ag.as_ref().map(|ix| pick(&ag_names, &predefined_ags, ix)),
                 })
+                .filter(|p| listed.insert(p.portal_group.name.clone()))
                 .collect();
             let mut options = t.options;
             if let Some(u) = t.uuid {

@@ -666,10 +666,25 @@ impl Checker<'_> {
             }
         }
         self.auth(&t.auth, refs);
+        // One target port per portal group (ctld refuses a duplicate port): a group listed
+        // twice would count as two ports in REPORT TARGET PORT GROUPS.
+        let mut groups: HashMap<&str, Pos> = HashMap::new();
         for pg in &t.portal_groups {
             self.reference("portal-group", &refs.pgs, &pg.portal_group);
             if let Some(ag) = &pg.auth_group {
                 self.reference("auth-group", &refs.ags, ag);
+            }
+            let name = pg.portal_group.name.as_str();
+            if let Some(first) = groups.get(name) {
+                self.report(
+                    pg.portal_group.pos,
+                    format!(
+                        "portal-group \"{name}\" is listed twice in this target (first at {}:{})",
+                        first.line, first.col
+                    ),
+                );
+            } else {
+                groups.insert(name, pg.portal_group.pos);
             }
         }
         let mut ids: HashMap<u64, Pos> = HashMap::new();
@@ -878,8 +893,8 @@ mod tests {
     #[test]
     fn predefined_groups_exist_and_may_be_redefined_once() {
         let text = format!(
-            "auth-group default {{ auth-type none }}\n\
-             target {T} {{ auth-group no-access\n portal-group default default\n portal-group default no-authentication }}"
+            "auth-group default {{ auth-type none }}\nportal-group pg {{ listen 127.0.0.1:3261 }}\n\
+             target {T} {{ auth-group no-access\n portal-group default default\n portal-group pg no-authentication }}"
         );
         assert_eq!(errs(&text), Vec::<String>::new());
     }
@@ -1034,6 +1049,18 @@ mod tests {
                 "6:25: listen 10.0.0.1:3261: portal group \"a\" listens on 0.0.0.0:3261 (at 1:25); a wildcard and an address of its family cannot both be listened on with one port",
                 "7:9: listen 0.0.0.0:3261: portal group \"a\" listens there too (at 1:25); vitd would serve only one group on an address",
             ]
+        );
+    }
+
+    #[test]
+    fn a_portal_group_is_listed_once_in_a_target() {
+        let text = format!(
+            "portal-group a {{ listen 127.0.0.1:3261 }}\n\
+             target {T} {{ portal-group a\n portal-group a no-access }}"
+        );
+        assert_eq!(
+            errs(&text),
+            ["3:15: portal-group \"a\" is listed twice in this target (first at 2:49)"]
         );
     }
 
