@@ -122,7 +122,8 @@ pub fn resolve_listen(
 }
 
 /// A link-local IPv6 address means nothing without its interface (bind(2) refuses it with
-/// EINVAL): it gets the scope id of the one interface that has it.
+/// EINVAL): it gets the scope id of the one interface that has it. An IPv4-mapped address
+/// becomes the IPv4 address.
 fn scoped(
     sa: SocketAddr,
     listen: &str,
@@ -131,6 +132,11 @@ fn scoped(
     let SocketAddr::V6(v6) = sa else {
         return Ok(sa);
     };
+    // An IPv4-mapped address is its IPv4 address: vitd listens on IPv6 with IPV6_V6ONLY, where
+    // bind(2) refuses a mapped one (EINVAL).
+    if let Some(v4) = v6.ip().to_ipv4_mapped() {
+        return Ok(SocketAddr::new(IpAddr::V4(v4), v6.port()));
+    }
     if !v6.ip().is_unicast_link_local() || v6.scope_id() != 0 {
         return Ok(sa);
     }
@@ -232,6 +238,16 @@ mod tests {
             r("[fd00::1]").unwrap(),
             vec!["[fd00::1]:3260".parse().unwrap()]
         );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_is_listened_on_as_ipv4() {
+        // [::] is bound with IPV6_V6ONLY, where bind(2) refuses a mapped address.
+        for value in ["[::ffff:127.0.0.1]:3261", "::ffff:127.0.0.1"] {
+            let got = resolve_listen(value, &ifs()).unwrap();
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].ip(), IpAddr::V4(Ipv4Addr::LOCALHOST), "{value}");
+        }
     }
 
     #[test]
