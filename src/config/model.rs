@@ -597,3 +597,33 @@ impl InitiatorPortal {
         }
     }
 }
+
+/// A portal group's `dscp` value as ctld takes it: a DiffServ codepoint 0..=63 given as a
+/// number (decimal, or hexadecimal with `0x`) or by name (`be`, `ef`, `cs0`..`cs7`, `af11`..`af43`).
+pub fn dscp_codepoint(value: &str) -> Option<u8> {
+    let v = value.to_ascii_lowercase();
+    let n = match v.as_str() {
+        "be" => 0,
+        "ef" => 46,
+        _ => {
+            if let Some(c) = v.strip_prefix("cs") {
+                match c.parse::<u8>() {
+                    Ok(n @ 0..=7) => n * 8,
+                    _ => return None,
+                }
+            } else if let Some(af) = v.strip_prefix("af") {
+                match af.as_bytes() {
+                    [class @ b'1'..=b'4', drop @ b'1'..=b'3'] => {
+                        (class - b'0') * 8 + (drop - b'0') * 2
+                    }
+                    _ => return None,
+                }
+            } else if let Some(hex) = v.strip_prefix("0x") {
+                u8::from_str_radix(hex, 16).ok()?
+            } else {
+                v.parse::<u8>().ok()?
+            }
+        }
+    };
+    (n <= 63).then_some(n)
+}

@@ -307,6 +307,17 @@ impl Checker<'_> {
         {
             self.report(pos, format!("pcp {pcp} is out of range 0..={MAX_PCP}"));
         }
+        if let Some(d) = &g.dscp
+            && crate::config::dscp_codepoint(&d.name).is_none()
+        {
+            self.report(
+                d.pos,
+                format!(
+                    "dscp {:?} is no DiffServ codepoint (0..63, 0x00..0x3f, be, ef, cs0..cs7, af11..af43)",
+                    d.name
+                ),
+            );
+        }
         for l in g.listen.iter().chain(&g.listen_iser) {
             if let Err(e) = ListenAddr::parse(&l.name) {
                 self.report(l.pos, format!("listen address: {e}"));
@@ -1273,6 +1284,38 @@ mod tests {
                 "2:8: value \"a\\\"b\" cannot be written in vit.conf (empty, or holds `\"` or a control character)",
                 "3:17: value \"\" cannot be written in vit.conf (empty, or holds `\"` or a control character)",
                 "5:22: pcp 8 is out of range 0..=7",
+            ]
+        );
+    }
+
+    /// ctld's `dscp` values: numbers, hexadecimal, and the codepoints' names; anything else is
+    /// refused where it is written (it was taken unchecked, and never applied).
+    #[test]
+    fn dscp_values_are_codepoints() {
+        for (v, n) in [
+            ("0", 0),
+            ("46", 46),
+            ("0x2e", 46),
+            ("be", 0),
+            ("EF", 46),
+            ("cs0", 0),
+            ("cs7", 56),
+            ("af11", 10),
+            ("af43", 38),
+        ] {
+            assert_eq!(crate::config::dscp_codepoint(v), Some(n), "{v}");
+            assert!(
+                errs(&format!("portal-group p {{ dscp {v} }}")).is_empty(),
+                "{v}"
+            );
+        }
+        for v in ["64", "0x40", "cs8", "af44", "af51", "af1", "ef1", "-1", "x"] {
+            assert_eq!(crate::config::dscp_codepoint(v), None, "{v}");
+        }
+        assert_eq!(
+            errs("portal-group p {\n dscp af44\n}"),
+            [
+                "2:7: dscp \"af44\" is no DiffServ codepoint (0..63, 0x00..0x3f, be, ef, cs0..cs7, af11..af43)"
             ]
         );
     }

@@ -301,6 +301,14 @@ impl Control {
                 continue;
             }
             let pg = self.listeners[li].1;
+            if let Some(g) = self.running.portal_groups.get(pg)
+                && let Err(e) = super::portal::mark_traffic(&stream, g.dscp, g.pcp)
+            {
+                self.log_failure(&format!(
+                    "portal group {}: marking a connection's traffic (dscp/pcp) failed: {e}",
+                    g.name
+                ));
+            }
             let login = Login::new(self.running.clone(), pg, peer, self.next_tsih);
             let c = CtlConn {
                 stream,

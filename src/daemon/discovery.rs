@@ -242,6 +242,8 @@ mod tests {
             discovery_auth: AuthPolicy::none(),
             discovery_filter: None,
             redirect: None,
+            dscp: None,
+            pcp: None,
         }
     }
 

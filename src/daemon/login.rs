@@ -583,6 +583,8 @@ pub(super) mod tests {
             discovery_auth: AuthPolicy::none(),
             discovery_filter: None,
             redirect: None,
+            dscp: None,
+            pcp: None,
         };
         let t = TargetRt {
             name: "iqn.2026-11.io.vit:t".into(),

@@ -17,6 +17,46 @@ pub struct InterfaceAddr {
     pub scope_id: u32,
 }
 
+/// Marks what a connection sends with its portal group's ctl.conf `dscp` (the DiffServ
+/// codepoint, in IP_TOS or, over IPv6, IPV6_TCLASS) and `pcp` (the 802.1Q priority, through
+/// SO_PRIORITY, which a VLAN interface's egress map turns into the frame's PCP), as ctld does.
+/// Written by hand: std has no setter for these, and the socket crate is a dev-dependency only.
+pub fn mark_traffic(
+    s: &std::net::TcpStream,
+    dscp: Option<u8>,
+    pcp: Option<u8>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+        // SAFETY: setsockopt on a socket this stream owns, with a c_int value of its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    if let Some(d) = dscp {
+        let tos = libc::c_int::from(d) << 2;
+        match s.local_addr()? {
+            SocketAddr::V4(_) => set(libc::IPPROTO_IP, libc::IP_TOS, tos)?,
+            SocketAddr::V6(_) => set(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, tos)?,
+        }
+    }
+    if let Some(p) = pcp {
+        set(libc::SOL_SOCKET, libc::SO_PRIORITY, libc::c_int::from(p))?;
+    }
+    Ok(())
+}
+
 /// The addresses of this machine's interfaces (getifaddrs(3)).
 pub fn interface_addrs() -> std::io::Result<Vec<InterfaceAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -165,6 +205,45 @@ fn scoped(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection of a portal group with `dscp` and `pcp` sends with them: IP_TOS (or, over
+    /// IPv6, IPV6_TCLASS) holds the codepoint shifted past the ECN bits, SO_PRIORITY the
+    /// priority. vitd took both from vit.conf and never applied them.
+    #[test]
+    fn connections_are_marked_with_their_groups_dscp_and_pcp() {
+        use std::os::fd::AsRawFd;
+        let get = |s: &std::net::TcpStream, level: libc::c_int, name: libc::c_int| {
+            let mut v: libc::c_int = -1;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt into a c_int of the length given, on a socket the test owns.
+            let rc = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    level,
+                    name,
+                    (&mut v as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            v
+        };
+        for (addr, level, name) in [
+            ("127.0.0.1:0", libc::IPPROTO_IP, libc::IP_TOS),
+            ("[::1]:0", libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
+        ] {
+            let Ok(l) = std::net::TcpListener::bind(addr) else {
+                continue; // no IPv6 here
+            };
+            let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            mark_traffic(&s, None, None).unwrap();
+            assert_eq!(get(&s, level, name) & !3, 0, "{addr}: marked unasked");
+            mark_traffic(&s, Some(46), Some(5)).unwrap();
+            assert_eq!(get(&s, level, name), 46 << 2, "{addr}");
+            assert_eq!(get(&s, libc::SOL_SOCKET, libc::SO_PRIORITY), 5, "{addr}");
+        }
+    }
 
     fn ifs() -> Vec<InterfaceAddr> {
         vec![

@@ -102,6 +102,10 @@ pub struct PortalGroupRt {
     /// portal-name and also hides auth-type deny targets: see `discovery::visible_targets`).
     pub discovery_filter: Option<DiscoveryFilter>,
     pub redirect: Option<String>,
+    /// ctl.conf's `dscp` (a DiffServ codepoint) and `pcp` (an 802.1Q priority): what the
+    /// connections accepted on the group's portals are marked with (`portal::mark_traffic`).
+    pub dscp: Option<u8>,
+    pub pcp: Option<u8>,
 }
 
 /// What holds a LUN's bytes.
@@ -378,6 +382,10 @@ pub fn build(
             redirect: pg
                 .and_then(|p| p.redirect.as_ref())
                 .map(|r| redirect_address(&r.name)),
+            dscp: pg
+                .and_then(|p| p.dscp.as_ref())
+                .and_then(|d| crate::config::dscp_codepoint(&d.name)),
+            pcp: pg.and_then(|p| p.pcp).map(|(p, _)| p),
         });
     }
     let group_index: HashMap<&str, usize> = portal_groups
