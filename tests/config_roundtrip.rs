@@ -60,6 +60,16 @@ fn named_vec(s: impl Strategy<Value = String>, max: usize) -> impl Strategy<Valu
     prop::collection::vec(s.prop_map(Named::new), 0..max)
 }
 
+/// A `dscp` value vitd takes: a codepoint as a number, in hexadecimal or by name.
+fn dscp() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u8..=63).prop_map(|n| n.to_string()),
+        (0u8..=63).prop_map(|n| format!("0x{n:02x}")),
+        prop::sample::select(vec!["be", "ef", "cs0", "cs7", "af11", "af23", "af43"])
+            .prop_map(str::to_string),
+    ]
+}
+
 fn opt_named(s: impl Strategy<Value = String>) -> impl Strategy<Value = Option<Named>> {
     prop::option::of(s.prop_map(Named::new))
 }
@@ -177,7 +187,7 @@ fn portal_group() -> impl Strategy<Value = (PortalGroup, Option<Index>)> {
             prop::collection::vec(listen(), 0..3),
             prop::collection::vec(listen(), 0..2),
         ),
-        (opt_named(word()), opt_named(value()), opt_named(word())),
+        (opt_named(word()), opt_named(value()), opt_named(dscp())),
         options(3),
         (
             prop::option::of(any::<u16>()),
