@@ -903,3 +903,52 @@ fn chap_mutual_with_one_secret_both_ways_is_served_with_a_warning() {
         "no secret in the log: {log}"
     );
 }
+
+/// A portal group's `dscp` and `pcp` (ctld's options) mark what vitd sends on the connections
+/// it accepts there: `ss --tos` shows the server side's TOS byte (the codepoint past the two
+/// ECN bits) and its priority. vitd parsed both and applied neither.
+#[test]
+fn a_portal_groups_dscp_and_pcp_mark_its_connections() {
+    if !have("ss") {
+        eprintln!("note: no ss(8); skipping");
+        return;
+    }
+    let ds = Datastore::new();
+    ds.target("q", &[]);
+    ds.lun("q", 0, "8M");
+    ds.edit(|c| {
+        assert!(!c.portal_groups.is_empty());
+        for g in &mut c.portal_groups {
+            g.dscp = Some(Named::new("ef"));
+            g.pcp = Some((3, Pos::default()));
+        }
+    });
+    let vitd = ds.start();
+    let client = TcpStream::connect(("127.0.0.1", ds.port)).unwrap();
+    let mine = format!(":{}", client.local_addr().unwrap().port());
+    let filter = format!("( sport = :{} )", ds.port);
+    let mut seen = String::new();
+    for _ in 0..50 {
+        let out = Command::new("ss")
+            .args(["-tn", "--tos", "state", "established", &filter])
+            .output()
+            .unwrap();
+        seen = String::from_utf8_lossy(&out.stdout).into_owned();
+        // The kernel lists the connection before vitd has accepted (and marked) it.
+        if seen
+            .lines()
+            .any(|l| l.contains(&mine) && !l.contains("tos:0 "))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let line = seen
+        .lines()
+        .find(|l| l.contains(&mine))
+        .unwrap_or_else(|| panic!("no connection in ss: {seen}\n{}", vitd.log_text()));
+    assert!(
+        line.contains("tos:0xb8") && line.contains("class_id:0x3"),
+        "{line}"
+    );
+}
