@@ -555,6 +555,12 @@ fn bad_input_changes_nothing() {
         "no target",
     );
     ds.refused(&["target", "get", "nope"], "no target");
+    // Refused by the verifier: its place is in the text the change would have written, and
+    // the message says so.
+    ds.refused(
+        &["target", "add", "--alias", "w", "--listen", "0.0.0.0:3260"],
+        "a wildcard and an address of its family cannot both be listened on with one port (in the vit.conf this change would write: nothing was written)",
+    );
     ds.refused(&["target", "add", "--alias", "t1"], "exists");
     // An alias is sent as TargetAlias: a login text value has at most 255 bytes.
     let long = "a".repeat(256);

@@ -33,6 +33,10 @@ pub enum DatastoreError {
     Io { path: PathBuf, source: io::Error },
     #[error("{}", join_errors(.0))]
     Config(Vec<ConfigError>),
+    /// A change whose vit.conf would not verify: nothing was written, and the places name
+    /// lines of the text it would have written.
+    #[error("{}", refused_errors(.0))]
+    Refused(Vec<ConfigError>),
     #[error("no home object at {}: run `vitctl homeobject create` first", .0.display())]
     NoHomeObject(PathBuf),
     #[error("path {path:?} is not allowed: {why}")]
@@ -41,6 +45,14 @@ pub enum DatastoreError {
     Vmdk(#[from] crate::vmdk::VmdkError),
     #[error("{0}")]
     Invalid(String),
+}
+
+fn refused_errors(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{e} (in the vit.conf this change would write: nothing was written)"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn join_errors(errors: &[ConfigError]) -> String {
@@ -204,7 +216,7 @@ impl Datastore {
         let path = self.config_path();
         // Never write what we could not read back: the printer and the verifier must agree.
         let file = path.display().to_string();
-        config::load(&text, &file).map_err(DatastoreError::Config)?;
+        config::load(&text, &file).map_err(DatastoreError::Refused)?;
         write_atomic(&path, text.as_bytes())
     }
 
@@ -436,7 +448,7 @@ mod tests {
         });
         assert!(matches!(
             ds.commit(&lock, &mut cfg),
-            Err(DatastoreError::Config(_))
+            Err(DatastoreError::Refused(_))
         ));
         assert_eq!(
             std::fs::read(ds.config_path()).unwrap(),
