@@ -2757,6 +2757,27 @@ mod tests {
         assert!(a.grant_buffer(&mut pool), "a's buffer was taken");
     }
 
+    /// Sends a TEST UNIT READY (CmdSN `cmd_sn`) and returns its one answer: the status and,
+    /// with sense data, its key and ASC.
+    fn test_unit_ready(c: &mut Conn, pool: &mut BufferPool, cmd_sn: u32) -> (u8, Option<(u8, u8)>) {
+        let tur = command(&[0; 6], 0, false, false, cmd_sn, 0);
+        feed(c, pool, &tur, &[]);
+        let out: Vec<OutPdu> = std::iter::from_fn(|| c.pop_out()).collect();
+        let [p] = out.as_slice() else {
+            panic!("{} answers", out.len())
+        };
+        let TargetPdu::ScsiResponse(r) =
+            TargetPdu::decode(p.header[..BHS_LEN].try_into().unwrap()).unwrap()
+        else {
+            panic!("not a SCSI Response")
+        };
+        let sense = match &p.data {
+            OutData::Sense { bytes, .. } => Some((bytes[2 + 2] & 0xf, bytes[2 + 12])),
+            _ => None,
+        };
+        (r.status, sense)
+    }
+
     /// An immediate Logout Request (close the session), ITT 0x77.
     fn logout_bhs(cmd_sn: u32) -> [u8; BHS_LEN] {
         let logout = crate::iscsi::pdu::LogoutRequest {
@@ -3152,13 +3173,7 @@ mod tests {
         assert!(!c.waiting_for_buffer() && c.tasks_in_flight() == 0);
         assert_eq!(pool.available(), 1);
         // The next command meets the reset's unit attention.
-        let tur = command(&[0, 0, 0, 0, 0, 0], 0, false, false, 101, 0);
-        feed(&mut c, &mut pool, &tur, &[]);
-        let pdus = sent(&mut c);
-        assert!(
-            matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 2),
-            "{pdus:?}"
-        );
+        assert_eq!(test_unit_ready(&mut c, &mut pool, 101).0, 2);
     }
 
     #[test]
@@ -4026,13 +4041,7 @@ mod tests {
         assert!(c.io.is_empty(), "a task the reset aborted is not written");
         assert_eq!(c.tasks_in_flight(), 0);
         // The next command meets the reset's unit attention.
-        let tur = command(&[0, 0, 0, 0, 0, 0], 0, false, false, 101, 0);
-        feed(&mut c, &mut pool, &tur, &[]);
-        let pdus = sent(&mut c);
-        assert!(
-            matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 2),
-            "{pdus:?}"
-        );
+        assert_eq!(test_unit_ready(&mut c, &mut pool, 101).0, 2);
     }
 
     /// CLEAR TASK SET clears the commands of every I_T nexus on the LUN (SAM-5 7.6, whatever
@@ -4076,27 +4085,12 @@ mod tests {
         assert_eq!(b.tasks_in_flight(), 0);
         // B's next command meets COMMANDS CLEARED BY ANOTHER INITIATOR; A's and that of a
         // session that had no commands there meet nothing.
-        let tur = command(&[0, 0, 0, 0, 0, 0], 0, false, false, 101, 0);
-        feed(&mut b, &mut pool, &tur, &[]);
-        let out = b.pop_out().unwrap();
-        assert!(b.pop_out().is_none());
-        let pdu = TargetPdu::decode(out.header[..BHS_LEN].try_into().unwrap()).unwrap();
-        assert!(
-            matches!(pdu, TargetPdu::ScsiResponse(ref r) if r.status == 2),
-            "{pdu:?}"
+        assert_eq!(
+            test_unit_ready(&mut b, &mut pool, 101),
+            (2, Some((6, 0x2F)))
         );
-        let OutData::Sense { bytes: sense, .. } = out.data else {
-            panic!("no sense data")
-        };
-        assert_eq!((sense[2 + 2] & 0xf, sense[2 + 12]), (6, 0x2F), "{sense:?}");
         for (c, cmd_sn) in [(&mut a, 100), (&mut idle, 100)] {
-            let tur = command(&[0, 0, 0, 0, 0, 0], 0, false, false, cmd_sn, 0);
-            feed(c, &mut pool, &tur, &[]);
-            let pdus = sent(c);
-            assert!(
-                matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0),
-                "{pdus:?}"
-            );
+            assert_eq!(test_unit_ready(c, &mut pool, cmd_sn), (0, None));
         }
     }
 
@@ -4119,13 +4113,11 @@ mod tests {
         target.luns[0].shared.write_done(1);
         b.io_done(work.task, IoResult::Failed, &mut pool);
         assert!(sent(&mut b).is_empty(), "no answer for the cleared task");
-        let tur = command(&[0, 0, 0, 0, 0, 0], 0, false, false, 101, 0);
-        feed(&mut b, &mut pool, &tur, &[]);
-        let out = b.pop_out().unwrap();
-        let OutData::Sense { bytes: sense, .. } = out.data else {
-            panic!("no unit attention")
-        };
-        assert_eq!((sense[2 + 2] & 0xf, sense[2 + 12]), (6, 0x2F), "{sense:?}");
+        assert_eq!(
+            test_unit_ready(&mut b, &mut pool, 101),
+            (2, Some((6, 0x2F))),
+            "no unit attention"
+        );
     }
 
     /// A command whose status was already queued when another session's CLEAR TASK SET came
