@@ -2402,6 +2402,12 @@ mod tests {
         )
     }
 
+    /// `bhs` with Initiator Task Tag `itt`.
+    fn tagged(mut bhs: [u8; BHS_LEN], itt: u32) -> [u8; BHS_LEN] {
+        bhs[16..20].copy_from_slice(&itt.to_be_bytes());
+        bhs
+    }
+
     /// A connection whose pool has one buffer, taken: its commands must wait for it.
     fn conn_with_its_one_buffer_held() -> (Conn, BufferPool, BufId) {
         let (c, _) = conn(true);
@@ -2600,8 +2606,7 @@ mod tests {
             &write10(16, true, 100, 1024),
             &data[..1024],
         );
-        let mut read = read16(101);
-        read[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        let read = tagged(read16(101), 0x43);
         feed(&mut c, &mut pool, &read, &[]);
         assert!(sent(&mut c).is_empty(), "no TASK SET FULL, no R2T yet");
         assert!(c.io.is_empty() && c.waiting_for_buffer());
@@ -2633,16 +2638,17 @@ mod tests {
         // The buffer comes back before the data thread hands it out, and b's READ of 8 KiB
         // arrives: it waits behind a's instead of taking it.
         pool.release(big);
-        let mut read = read16(100);
-        read[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        let read = tagged(read16(100), 0x43);
         feed(&mut b, &mut pool, &read, &[]);
         assert!(
             b.io.is_empty() && b.waiting_for_buffer(),
             "b took a's buffer"
         );
         // A small command is not held back: no waiter could use a 4 KiB buffer.
-        let mut small = command(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512, true, false, 101, 0);
-        small[16..20].copy_from_slice(&0x44u32.to_be_bytes());
+        let small = tagged(
+            command(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512, true, false, 101, 0),
+            0x44,
+        );
         feed(&mut b, &mut pool, &small, &[]);
         assert!(
             b.io.iter().any(|w| w.req.byte_len == 512),
@@ -2656,8 +2662,7 @@ mod tests {
     /// Feeds `n` reads of 8 KiB to `c` (ITTs 0x50 on, CmdSN 100 on).
     fn feed_reads(c: &mut Conn, pool: &mut BufferPool, n: u32) {
         for k in 0..n {
-            let mut read = read16(100 + k);
-            read[16..20].copy_from_slice(&(0x50 + k).to_be_bytes());
+            let read = tagged(read16(100 + k), 0x50 + k);
             feed(c, pool, &read, &[]);
         }
     }
@@ -2703,8 +2708,7 @@ mod tests {
         // One of a's reads ends, and before the data thread shares the buffer out, b's second
         // read arrives: it waits behind a's.
         end_first_io(&mut a, &mut pool);
-        let mut read = read16(101);
-        read[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        let read = tagged(read16(101), 0x43);
         feed(&mut b, &mut pool, &read, &[]);
         assert!(
             b.io.len() == 1 && b.waiting_for_buffer(),
@@ -2724,8 +2728,7 @@ mod tests {
         feed_reads(&mut a, &mut pool, 3);
         assert_eq!(a.io.len(), 3);
         // A WRITE of 16 KiB with 8 KiB of immediate data: only a largest buffer holds that.
-        let mut write = write10(32, true, 103, 8192);
-        write[16..20].copy_from_slice(&0x60u32.to_be_bytes());
+        let write = tagged(write10(32, true, 103, 8192), 0x60);
         feed(&mut a, &mut pool, &write, &[7u8; 8192]);
         assert!(
             sent(&mut a).iter().all(|p| !matches!(p, TargetPdu::R2t(_))),
@@ -2747,8 +2750,7 @@ mod tests {
         feed(&mut a, &mut pool, &read16(100), &[]);
         assert!(a.waiting_for_buffer());
         pool.release(big);
-        let mut write = write10(16, true, 100, 8192);
-        write[16..20].copy_from_slice(&0x60u32.to_be_bytes());
+        let write = tagged(write10(16, true, 100, 8192), 0x60);
         feed(&mut b, &mut pool, &write, &[7u8; 8192]);
         assert!(
             b.io.is_empty() && sent(&mut b).iter().all(|p| !matches!(p, TargetPdu::R2t(_))),
@@ -2921,11 +2923,9 @@ mod tests {
         // none is taken past the allowance.
         let held = pool.alloc(1).unwrap();
         pool.set_spill_limit(1024);
-        let mut second = write10(16, true, 101, 512);
-        second[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        let second = tagged(write10(16, true, 101, 512), 0x43);
         feed(&mut c, &mut pool, &second, &data[..512]);
-        let mut third = write10(16, true, 102, 1024);
-        third[16..20].copy_from_slice(&0x44u32.to_be_bytes());
+        let third = tagged(write10(16, true, 102, 1024), 0x44);
         feed(&mut c, &mut pool, &third, &data[..1024]);
         assert!(
             matches!(sent(&mut c).as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0x28 && r.itt == 0x44),
@@ -3052,8 +3052,7 @@ mod tests {
         assert!(data.is_empty(), "{:?}", String::from_utf8_lossy(data));
         assert_eq!(c.params.initiator_max_recv_data_segment_length, 1024);
         // The same READ again: eight Data-In of 1024 bytes, the status in the last.
-        let mut read = read16(102);
-        read[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        let read = tagged(read16(102), 0x43);
         feed(&mut c, &mut pool, &read, &[]);
         let work = c.io.pop_front().unwrap();
         c.io_done(work.task, IoResult::Ok, &mut pool);
@@ -3902,15 +3901,13 @@ mod tests {
         let work = c.io.pop_front().expect("A's I/O");
         // Task B: a WRITE asking for its data; the header of its Data-Out is in and the data
         // thread receives the data segment straight into B's buffer.
-        let mut b = write10(16, true, 101, 0);
-        b[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        let b = tagged(write10(16, true, 101, 0), 0x43);
         feed(&mut c, &mut pool, &b, &[]);
         let ttt = match sent(&mut c).as_slice() {
             [TargetPdu::R2t(r)] => r.ttt,
             other => panic!("{other:?}"),
         };
-        let mut d = data_out(ttt, 0, 0, 8192, true);
-        d[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        let d = tagged(data_out(ttt, 0, 0, 8192, true), 0x43);
         let DataDest::Slot { buf, .. } = c.on_header(&d, 8192, &mut pool) else {
             panic!("B's data goes to its buffer");
         };
@@ -3938,8 +3935,7 @@ mod tests {
         let mut pool = BufferPool::new(&[(4096, 4), (65536, 2)]).unwrap();
         let big = pool.alloc(65536).unwrap();
         // Task B: a WRITE of 8 KiB asking for its data (the other large buffer).
-        let mut b = write10(16, true, 100, 0);
-        b[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        let b = tagged(write10(16, true, 100, 0), 0x43);
         feed(&mut c, &mut pool, &b, &[]);
         let ttt = match sent(&mut c).as_slice() {
             [TargetPdu::R2t(r)] => r.ttt,
@@ -3947,20 +3943,21 @@ mod tests {
         };
         // Task W: a WRITE of one block with an EDTL of 16 KiB and its block as immediate
         // data: no buffer of 16 KiB is free, it waits, its data kept in a small one.
-        let mut w = command(
-            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0],
-            16384,
-            false,
-            true,
-            101,
-            512,
+        let w = tagged(
+            command(
+                &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+                16384,
+                false,
+                true,
+                101,
+                512,
+            ),
+            0x44,
         );
-        w[16..20].copy_from_slice(&0x44u32.to_be_bytes());
         feed(&mut c, &mut pool, &w, &[5; 512]);
         assert!(c.waiting_for_buffer());
         // B's Data-Out header is in; its data segment is being received into B's buffer.
-        let mut d = data_out(ttt, 0, 0, 8192, true);
-        d[16..20].copy_from_slice(&0x43u32.to_be_bytes());
+        let d = tagged(data_out(ttt, 0, 0, 8192, true), 0x43);
         assert!(matches!(
             c.on_header(&d, 8192, &mut pool),
             DataDest::Slot { .. }
