@@ -1190,7 +1190,11 @@ fn media_request(lun: &LunInfo, m: MediaCommand) -> Result<Option<IoRequest>, Se
         byte_offset,
         byte_len: bytes,
         data_out_len,
-        fua: m.fua || (m.op.writes() && !lun.write_cache_enabled),
+        // WRITE AND VERIFY verifies what is on the medium, so its write goes through any
+        // cache (SBC-4 5.42: written to the medium, then verified), as FreeBSD's CTL does.
+        fua: m.fua
+            || matches!(m.op, MediaOp::WriteVerify { .. })
+            || (m.op.writes() && !lun.write_cache_enabled),
         dpo: m.dpo,
     }))
 }

@@ -490,6 +490,24 @@ fn write_protected_and_write_through() {
 }
 
 #[test]
+fn write_and_verify_goes_through_the_write_cache() {
+    // LUN 0 has its write cache on: a plain write may stay in it, WRITE AND VERIFY may not.
+    assert!(!io(&run(0, &cdb10(0x2A, 0, 0, 1))).fua);
+    for op in [0x2E, 0xAE, 0x8E] {
+        let cdb = match op {
+            0x2E => cdb10(op, 0, 0, 1).to_vec(),
+            0xAE => vec![op, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0],
+            _ => cdb16(op, 0, 0, 1).to_vec(),
+        };
+        let w = io(&run(0, &cdb));
+        assert!(
+            matches!(w.kind, IoKind::WriteVerify { .. }) && w.fua,
+            "{op:#x}: {w:?}"
+        );
+    }
+}
+
+#[test]
 fn rdprotect_and_reserved_bits_point_at_field() {
     // RDPROTECT = 011b: the three-bit field is pointed at its left-most bit, byte 1 bit 7.
     let r = run(0, &cdb10(0x28, 0x60, 0, 1));
