@@ -57,6 +57,8 @@ pub use pr::{ItNexusId, PrEffects, PrState};
 pub use sense::{Sense, SenseData, SenseFormat, SenseReason};
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_sbc;

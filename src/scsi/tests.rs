@@ -3,6 +3,7 @@
 use super::lun::*;
 use super::opcodes::OPCODES;
 use super::sense::SenseReason;
+use super::test_support::{Run, cdb10, cdb16, done, exec_on, good, io};
 use proptest::prelude::*;
 
 const NAME: &str = "iqn.2026-01.com.example:t1";
@@ -37,79 +38,15 @@ fn fresh(s: &DeviceServer) -> Nexus {
     Nexus::new(port(), s)
 }
 
-struct Run {
-    outcome: Outcome,
-    data: Vec<u8>,
-}
-
 fn run_with(s: &DeviceServer, n: &mut Nexus, lun: u16, cdb: &[u8], data_out: &[u8]) -> Run {
-    let mut buf = vec![0u8; 4096];
-    let outcome = execute(
-        s,
-        n,
-        &Request {
-            lun: encode_lun(lun),
-            cdb,
-            data_out,
-        },
-        &mut buf,
-    );
-    let len = match outcome {
-        Outcome::Done(c) => c.data_len,
-        Outcome::Io(_) => 0,
-    };
-    buf.truncate(len);
-    Run { outcome, data: buf }
+    exec_on(s, n, None, lun, cdb, data_out)
 }
 
 fn run(lun: u16, cdb: &[u8]) -> Run {
     run_with(&server(), &mut quiet(), lun, cdb, &[])
 }
 
-fn done(r: &Run) -> Completion {
-    match r.outcome {
-        Outcome::Done(c) => c,
-        Outcome::Io(io) => panic!("expected completion, got {io:?}"),
-    }
-}
-
-fn io(r: &Run) -> IoRequest {
-    match r.outcome {
-        Outcome::Io(io) => io,
-        Outcome::Done(c) => panic!("expected I/O, got {c:?}"),
-    }
-}
-
-/// (key, asc, ascq, sense-key-specific bytes) of a CHECK CONDITION.
-fn sense(c: Completion) -> (u8, u8, u8, [u8; 3]) {
-    assert_eq!(c.status, Status::CheckCondition);
-    let s = c.sense.expect("sense data");
-    let b = s.as_bytes();
-    (b[2], b[12], b[13], [b[15], b[16], b[17]])
-}
-
-fn good(r: &Run) {
-    let c = done(r);
-    assert_eq!(c.status, Status::Good, "{c:?}");
-}
-
-fn cdb10(op: u8, b1: u8, lba: u32, len: u16) -> [u8; 10] {
-    let mut c = [0u8; 10];
-    c[0] = op;
-    c[1] = b1;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&len.to_be_bytes());
-    c
-}
-
-fn cdb16(op: u8, b1: u8, lba: u64, len: u32) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = op;
-    c[1] = b1;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&len.to_be_bytes());
-    c
-}
+use super::test_support::sense_of as sense;
 
 const TUR: [u8; 6] = [0; 6];
 

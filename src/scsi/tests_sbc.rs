@@ -7,6 +7,7 @@ use super::lun::*;
 use super::pr::PrState;
 use super::sbc;
 use super::sense::SenseReason;
+use super::test_support::{Run, cdb10, cdb16, done, exec_on, good, io, sense_of};
 use super::xcopy;
 
 const NAME: &str = "iqn.2026-01.com.example:t1";
@@ -43,73 +44,16 @@ fn nexus(initiator: &str) -> Nexus {
     .with_initiator(initiator, [0x40, 0, 0, 0, 0, 1])
 }
 
-struct Run {
-    outcome: Outcome,
-    data: Vec<u8>,
-}
-
 fn exec(n: &mut Nexus, pr: Option<&mut PrState>, lun: u16, cdb: &[u8], data_out: &[u8]) -> Run {
-    let mut buf = vec![0u8; 4096];
-    let req = Request {
-        lun: encode_lun(lun),
-        cdb,
-        data_out,
-    };
-    let outcome = execute_with_pr(&server(), n, &req, &mut buf, pr);
-    let len = match outcome {
-        Outcome::Done(c) => c.data_len,
-        Outcome::Io(_) => 0,
-    };
-    buf.truncate(len);
-    Run { outcome, data: buf }
+    exec_on(&server(), n, pr, lun, cdb, data_out)
 }
 
 fn run(lun: u16, cdb: &[u8]) -> Run {
     exec(&mut nexus("iqn.i"), None, lun, cdb, &[])
 }
 
-fn done(r: &Run) -> Completion {
-    match r.outcome {
-        Outcome::Done(c) => c,
-        Outcome::Io(io) => panic!("expected completion, got {io:?}"),
-    }
-}
-
-fn io(r: &Run) -> IoRequest {
-    match r.outcome {
-        Outcome::Io(io) => io,
-        Outcome::Done(c) => panic!("expected I/O, got {c:?}"),
-    }
-}
-
 fn sense(r: &Run) -> (u8, u8, u8, [u8; 3]) {
-    let c = done(r);
-    assert_eq!(c.status, Status::CheckCondition, "{c:?}");
-    let s = c.sense.expect("sense data");
-    let b = s.as_bytes();
-    (b[2], b[12], b[13], [b[15], b[16], b[17]])
-}
-
-fn good(r: &Run) {
-    assert_eq!(done(r).status, Status::Good, "{:?}", done(r));
-}
-
-fn cdb10(op: u8, b1: u8, lba: u32, len: u16) -> [u8; 10] {
-    let mut c = [0u8; 10];
-    c[0] = op;
-    c[1] = b1;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&len.to_be_bytes());
-    c
-}
-
-fn cdb16(op: u8, b1: u8, lba: u64, len: u32) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = op;
-    c[1] = b1;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&len.to_be_bytes());
-    c
+    sense_of(done(r))
 }
 
 const INVALID_CDB: (u8, u8) = (0x05, 0x24);
