@@ -1,7 +1,9 @@
 //! Resolving a portal group's `listen` values to socket addresses.
 //!
 //! Forms accepted, as ctld and vSAN write them: `ADDR:PORT`, `[V6ADDR]:PORT`, a bare address (port
-//! 3260), and `IFNAME:PORT` (vSAN's `vmk0:3260`), which stands for every address of that interface.
+//! 3260), and `IFNAME:PORT` (vSAN's `vmk0:3260`), which stands for every address of that interface;
+//! failing those, `HOST:PORT` with a host name the system resolver knows (as ctld, which passes
+//! the value to getaddrinfo): every address it gives.
 
 use std::ffi::CStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -110,10 +112,23 @@ pub fn interface_addrs() -> std::io::Result<Vec<InterfaceAddr>> {
 }
 
 /// Resolves one `listen` value. `interfaces` is the machine's interface table (passed in so that
-/// tests can use their own).
+/// tests can use their own); a host name that is no interface goes to the system's resolver.
 pub fn resolve_listen(
     listen: &str,
     interfaces: &[InterfaceAddr],
+) -> Result<Vec<SocketAddr>, String> {
+    resolve_listen_with(listen, interfaces, &|host, port| {
+        std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map(Iterator::collect)
+    })
+}
+
+/// A host name and port to the addresses a resolver gives for them.
+type HostLookup<'a> = &'a dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
+
+fn resolve_listen_with(
+    listen: &str,
+    interfaces: &[InterfaceAddr],
+    lookup: HostLookup<'_>,
 ) -> Result<Vec<SocketAddr>, String> {
     let listen = listen.trim();
     if let Ok(sa) = listen.parse::<SocketAddr>() {
@@ -156,9 +171,32 @@ pub fn resolve_listen(
     if interfaces.iter().all(|i| i.name != host) && host == "localhost" {
         return Ok(vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)]);
     }
-    Err(format!(
-        "{listen:?}: {host:?} is neither an address nor an interface with an address"
-    ))
+    if interfaces.iter().any(|i| i.name == host) {
+        return Err(format!("{listen:?}: interface {host:?} has no address"));
+    }
+    let found = match lookup(host, port) {
+        Ok(found) if !found.is_empty() => found,
+        Ok(_) => {
+            return Err(format!(
+                "{listen:?}: {host:?} is neither an address, nor an interface with an address, \
+                 nor a host name with an address"
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "{listen:?}: {host:?} is neither an address nor an interface with an address, \
+                 and as a host name: {e}"
+            ));
+        }
+    };
+    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(found.len());
+    for sa in found {
+        let sa = scoped(sa, listen, interfaces)?;
+        if !addrs.contains(&sa) {
+            addrs.push(sa);
+        }
+    }
+    Ok(addrs)
 }
 
 /// A link-local IPv6 address means nothing without its interface (bind(2) refuses it with
@@ -326,6 +364,64 @@ mod tests {
             let got = resolve_listen(value, &ifs()).unwrap();
             assert_eq!(got.len(), 1);
             assert_eq!(got[0].ip(), IpAddr::V4(Ipv4Addr::LOCALHOST), "{value}");
+        }
+    }
+
+    #[test]
+    fn host_names_resolve_to_every_address_they_have() {
+        let lookup = |host: &str, port: u16| -> std::io::Result<Vec<SocketAddr>> {
+            match host {
+                "storage1" => Ok(vec![
+                    SocketAddr::new("10.0.0.7".parse().unwrap(), port),
+                    SocketAddr::new("fe80::1".parse().unwrap(), port),
+                    SocketAddr::new("10.0.0.7".parse().unwrap(), port),
+                ]),
+                "empty" => Ok(Vec::new()),
+                _ => Err(std::io::Error::other("Name or service not known")),
+            }
+        };
+        let got = resolve_listen_with("storage1:3262", &ifs(), &lookup).unwrap();
+        assert_eq!(got[0], "10.0.0.7:3262".parse().unwrap());
+        // A link-local address a name gives gets its interface's scope, as a literal one does.
+        match got[1..] {
+            [SocketAddr::V6(v6)] => assert_eq!((v6.port(), v6.scope_id()), (3262, 3)),
+            ref other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            resolve_listen_with("storage1", &ifs(), &lookup).unwrap()[0].port(),
+            ISCSI_PORT
+        );
+        // An interface name wins over the resolver; an unknown name says what the resolver said.
+        let got = resolve_listen_with("vmk0:3260", &ifs(), &lookup).unwrap();
+        assert_eq!(got[0], "10.0.0.5:3260".parse().unwrap());
+        let err = resolve_listen_with("nosuch:3260", &ifs(), &lookup).unwrap_err();
+        assert!(err.contains("Name or service not known"), "{err}");
+        let err = resolve_listen_with("empty:3260", &ifs(), &lookup).unwrap_err();
+        assert!(err.contains("nor a host name with an address"), "{err}");
+    }
+
+    #[test]
+    fn the_system_resolver_is_asked_for_host_names() {
+        // This machine's own name (no interface is given, so only the resolver can know it):
+        // whatever the system resolver says of it, resolve_listen says too.
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is writable for its whole length, which is what we pass.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(rc, 0);
+        let name = CStr::from_bytes_until_nul(&buf).unwrap().to_str().unwrap();
+        let system: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(name, 3263))
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        match resolve_listen(&format!("{name}:3263"), &[]) {
+            Ok(got) => {
+                assert!(!system.is_empty(), "{name}: {got:?}");
+                assert!(got.iter().all(|a| system.contains(a)), "{got:?} {system:?}");
+                assert!(system.iter().all(|a| got.contains(a)), "{got:?} {system:?}");
+            }
+            Err(e) => assert!(
+                system.is_empty(),
+                "{name}: {e}, the resolver said {system:?}"
+            ),
         }
     }
 
