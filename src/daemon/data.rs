@@ -229,6 +229,13 @@ struct FileOp {
     done: u64,
     /// Some of them write (a short write is the file system running out of space).
     writes: bool,
+    /// The LUN whose page cache these operations flush (an fdatasync, or an RWF_DSYNC write to
+    /// an extent without O_DIRECT): Linux reports a failed writeback to one such flush only,
+    /// so a failure is latched on the LUN ([`super::shared::LunShared::note_flush_failed`]).
+    flushes: Option<Arc<LunRt>>,
+    /// Some of them are fdatasyncs, which fail while that latch is set: a flush after a failed
+    /// one cannot vouch for the writes whose writeback failed.
+    syncs: bool,
     /// For VERIFY with BYTCHK: the buffer the media was read into.
     verify_buf: Option<BufId>,
     work: Option<IoWork>,
@@ -241,6 +248,7 @@ impl FileOp {
     fn new_step(&mut self) {
         (self.expect, self.done, self.writes) = (0, 0, false);
         (self.failed, self.no_space) = (false, false);
+        (self.flushes, self.syncs) = (None, false);
     }
 }
 
@@ -1242,6 +1250,9 @@ impl Worker {
                     at += len;
                 }
                 op.pending = sqes.len() as u16;
+                if flags != 0 && !lun.direct_io() {
+                    op.flushes = Some(lun.clone());
+                }
                 if let Some(s) = self.slots[idx].as_mut() {
                     s.inflight += sqes.len() as u32;
                     s.file_ops[usize::from(work.task)] = op;
@@ -1258,13 +1269,15 @@ impl Worker {
         }
     }
 
-    fn submit_sync(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork, mut op: FileOp) {
-        op.pending = self.submit_datasync(idx, work.task, lun);
-        let empty = op.pending == 0;
+    fn submit_sync(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork, op: FileOp) {
         if let Some(s) = self.slots[idx].as_mut() {
             s.file_ops[usize::from(work.task)] = op;
         }
-        if empty {
+        let pending = self.submit_datasync(idx, work.task, lun);
+        if let Some(s) = self.slots[idx].as_mut() {
+            s.file_ops[usize::from(work.task)].pending = pending;
+        }
+        if pending == 0 {
             self.finish_io(idx, work.task, IoResult::Ok);
         }
     }
@@ -1288,6 +1301,12 @@ impl Worker {
         }
         if let Some(s) = self.slots[idx].as_mut() {
             s.inflight += u32::from(count);
+            if count > 0
+                && let Some(op) = s.file_ops.get_mut(usize::from(task))
+            {
+                op.flushes = Some(lun.clone());
+                op.syncs = true;
+            }
         }
         count
     }
@@ -1306,14 +1325,33 @@ impl Worker {
                     std::io::Error::from_raw_os_error(-res)
                 );
             }
+            let no_space = -res == libc::ENOSPC || -res == libc::EDQUOT;
             op.failed = true;
-            op.no_space |= -res == libc::ENOSPC || -res == libc::EDQUOT;
+            op.no_space |= no_space;
+            // A write that found no space at once lost nothing written before; a failed
+            // fdatasync, or another failure of a flushing write, may have.
+            if let Some(lun) = &op.flushes
+                && (op.syncs || !no_space)
+                && lun.shared.note_flush_failed()
+            {
+                tracing::error!(
+                    "LUN {}: flushing its writes to the backing store failed ({}): data acknowledged before may be lost; every later SYNCHRONIZE CACHE of it fails until vitd restarts",
+                    lun.id,
+                    std::io::Error::from_raw_os_error(-res)
+                );
+            }
         } else {
             op.done += res as u64;
         }
         op.pending = op.pending.saturating_sub(1);
         if op.pending != 0 {
             return;
+        }
+        if op.syncs
+            && let Some(lun) = &op.flushes
+            && lun.shared.flush_failed()
+        {
+            op.failed = true;
         }
         if !op.failed && op.done != op.expect {
             if self.log_budget.allow() {

@@ -62,6 +62,10 @@ pub struct LunShared {
     /// LUN resets waiting for the writes in flight ([`Self::begin_reset`]); changed and read
     /// only under the `ranges` lock, which orders it against the holds.
     resets: AtomicUsize,
+    /// A flush of the LUN's writes failed: Linux reports a failed writeback to one fsync of
+    /// a file, and the next one succeeds though the data never reached the device, so every
+    /// later SYNCHRONIZE CACHE fails too (until vitd restarts).
+    flush_failed: AtomicBool,
 }
 
 /// Reads the reservation state saved at `path`: `None` when there is none; an error for a file
@@ -112,6 +116,16 @@ impl LunShared {
             pr_file,
             ..Default::default()
         }
+    }
+
+    /// Whether a flush of this LUN's writes has failed since vitd started.
+    pub fn flush_failed(&self) -> bool {
+        self.flush_failed.load(Ordering::Acquire)
+    }
+
+    /// Records that a flush failed; true the first time (to say so once).
+    pub fn note_flush_failed(&self) -> bool {
+        !self.flush_failed.swap(true, Ordering::AcqRel)
     }
 
     /// Whether a reservation or registration exists (one atomic load).

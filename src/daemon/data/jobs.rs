@@ -813,6 +813,9 @@ impl Worker {
             if let Some(f) = s.file_ops.get_mut(usize::from(task)) {
                 f.expect += expect;
                 f.writes |= op == RangeOp::Write;
+                if dsync && op == RangeOp::Write && !lun.direct_io() {
+                    f.flushes = Some(lun.clone());
+                }
             }
         }
         for sqe in sqes.drain(..) {

@@ -1,0 +1,429 @@
+//! The backing store failing under vitd: a LUN's extents on a small ext4 file system on a loop
+//! device (device-mapper is not in every kernel; these tests need only loop and ext4), which is
+//! then shut down (every I/O fails with EIO), filled (ENOSPC), or starved below (the loop
+//! device's image on a full tmpfs: writeback fails once, and the kernel reports it to one fsync
+//! only). Each failing command must get CHECK CONDITION with the sense its failure calls for,
+//! never GOOD; other LUNs keep working. They need root, loop devices and mkfs.ext4, and skip
+//! with a note where those are missing.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use vit::iscsi::initiator::{CommandResult, Session, login};
+
+const BS: usize = 512;
+
+/// Runs a program that must succeed; returns its stdout.
+fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Whether this machine lets a test make and mount loop-device file systems.
+fn can_mount_loops() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ok = root
+        && Path::new("/dev/loop-control").exists()
+        && have("losetup")
+        && have("mkfs.ext4")
+        && have("mount");
+    if !ok {
+        eprintln!("skipped: needs root, /dev/loop-control, losetup and mkfs.ext4");
+    }
+    ok
+}
+
+/// An ext4 file system of `mib` MiB (1 KiB blocks) on a loop device, mounted at `at`; its image
+/// lives in a directory of its own, optionally a tmpfs of `tmpfs_mib` MiB. Unmounted, detached
+/// and removed on drop (after whatever used it: declare it before the vitd serving it).
+struct LoopFs {
+    at: PathBuf,
+    dev: String,
+    image_dir: tempfile::TempDir,
+    tmpfs: bool,
+}
+
+impl LoopFs {
+    fn new(at: &Path, mib: u64, tmpfs_mib: Option<u64>) -> LoopFs {
+        let image_dir = tempfile::tempdir().unwrap();
+        let dir = image_dir.path().to_str().unwrap().to_string();
+        if let Some(t) = tmpfs_mib {
+            sh(
+                "mount",
+                &["-t", "tmpfs", "-o", &format!("size={t}M"), "tmpfs", &dir],
+            );
+        }
+        let image = image_dir.path().join("image");
+        let image = image.to_str().unwrap();
+        sh("truncate", &["-s", &format!("{mib}M"), image]);
+        let mut fs = LoopFs {
+            at: at.to_path_buf(),
+            dev: String::new(),
+            image_dir,
+            tmpfs: tmpfs_mib.is_some(),
+        };
+        fs.dev = sh("losetup", &["-f", "--show", image]);
+        // Metadata written in full now (nothing left for later in the image's holes): only the
+        // data blocks stay unallocated in the image.
+        sh(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-b",
+                "1024",
+                "-E",
+                "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+                &fs.dev,
+            ],
+        );
+        sh("mount", &[&fs.dev, at.to_str().unwrap()]);
+        fs
+    }
+
+    /// Shuts the file system down (EXT4_IOC_SHUTDOWN, not flushing the log): from now on every
+    /// read, write and fsync on it fails with EIO, as on a dead device.
+    fn shut_down(&self) {
+        const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
+        const NOLOGFLUSH: u32 = 2;
+        let dir = std::fs::File::open(&self.at).unwrap();
+        let flags = NOLOGFLUSH;
+        // SAFETY: the ioctl reads a u32 from a valid pointer on a descriptor we own.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&dir),
+                EXT4_IOC_SHUTDOWN,
+                &flags,
+            )
+        };
+        assert_eq!(rc, 0, "shutdown: {}", std::io::Error::last_os_error());
+    }
+
+    /// Fills the tmpfs under the image: the image's holes can no longer be written.
+    fn starve(&self) {
+        use std::io::Write;
+        assert!(self.tmpfs);
+        let mut f = std::fs::File::create(self.image_dir.path().join("fill")).unwrap();
+        let chunk = vec![0x55u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        // A process's io_uring lets go of its files a moment after it exits: retry a while
+        // before leaving the mount to a lazy unmount.
+        let umount = |path: &Path| {
+            for _ in 0..50 {
+                if Command::new("umount")
+                    .arg(path)
+                    .status()
+                    .is_ok_and(|s| s.success())
+                {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = Command::new("umount").arg("-l").arg(path).status();
+        };
+        umount(&self.at);
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        if self.tmpfs {
+            umount(self.image_dir.path());
+        }
+    }
+}
+
+/// (status, sense key, ASC, ASCQ) of a command's answer (fixed-format sense).
+fn outcome(r: &CommandResult) -> (u8, u8, u8, u8) {
+    match r.sense.as_slice() {
+        [_, _, key, _, _, _, _, _, _, _, _, _, asc, ascq, ..] => (r.status, key & 0xf, *asc, *ascq),
+        _ => (r.status, 0, 0, 0),
+    }
+}
+
+const GOOD: (u8, u8, u8, u8) = (0, 0, 0, 0);
+const READ_ERROR: (u8, u8, u8, u8) = (2, 3, 0x11, 0);
+const WRITE_ERROR: (u8, u8, u8, u8) = (2, 3, 0x0c, 0);
+const NO_SPACE: (u8, u8, u8, u8) = (2, 7, 0x27, 7);
+
+fn read(s: &mut Session, lba: u64, blocks: u32) -> CommandResult {
+    s.command(0, &cdb16(0x88, lba, blocks), &[], blocks * BS as u32)
+        .unwrap()
+}
+
+fn write(s: &mut Session, lba: u64, data: &[u8]) -> CommandResult {
+    s.command(0, &cdb16(0x8a, lba, (data.len() / BS) as u32), data, 0)
+        .unwrap()
+}
+
+fn sync_cache(s: &mut Session) -> CommandResult {
+    s.command(0, &cdb16(0x91, 0, 0), &[], 0).unwrap()
+}
+
+/// A WRITE SAME(16) of `block` over `blocks` blocks from `lba`.
+fn write_same(s: &mut Session, lba: u64, blocks: u32, block: &[u8]) -> CommandResult {
+    s.command(0, &cdb16(0x93, lba, blocks), block, 0).unwrap()
+}
+
+/// A session to LUN 0 of target `alias`, past its power-on unit attention.
+fn session(port: u16, alias: &str, n: u8) -> Session {
+    let mut s = login(
+        port,
+        &format!("iqn.2026-11.io.vit:faults-{n}"),
+        &iqn(alias),
+        [0x80, 0, 0, 0, 0x4a, n],
+    );
+    s.test_unit_ready().unwrap();
+    s
+}
+
+/// A datastore with target `alias` whose directory is a fresh ext4 file system of `mib` MiB
+/// (on a tmpfs of `tmpfs_mib` MiB when given), and LUN 0 of `size` on it (thick when
+/// `preallocate`).
+fn lun_on_loop(
+    ds: &Datastore,
+    alias: &str,
+    mib: u64,
+    tmpfs_mib: Option<u64>,
+    size: &str,
+    preallocate: bool,
+) -> LoopFs {
+    let uuid = ds.target(alias, &[]);
+    let fs = LoopFs::new(&ds.root().join(uuid), mib, tmpfs_mib);
+    let mut args = vec![
+        "target", "lun", "add", "--target", alias, "--id", "0", "--size", size,
+    ];
+    if preallocate {
+        args.push("--preallocate");
+    }
+    ds.json(&args);
+    fs
+}
+
+fn pattern(tag: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| tag ^ (i as u8).wrapping_mul(7)).collect()
+}
+
+fn vitd_flags(buffered: bool) -> &'static [&'static str] {
+    if buffered { &["--buffered"] } else { &[] }
+}
+
+/// A device that fails every I/O: reads get MEDIUM ERROR / UNRECOVERED READ ERROR, writes
+/// (plain and WRITE SAME) and SYNCHRONIZE CACHE MEDIUM ERROR / WRITE ERROR, nothing hangs, the
+/// failures are logged within the log budget, and a LUN on another file system is untouched.
+fn device_errors(buffered: bool) {
+    let ds = Datastore::new();
+    let fs = lun_on_loop(&ds, "bad", 32, None, "8M", false);
+    ds.target("good", &[]);
+    ds.lun("good", 0, "8M");
+    let vitd = Vitd::start(ds.root(), ds.port, vitd_flags(buffered));
+    let mut bad = session(ds.port, "bad", 1);
+    let mut good = session(ds.port, "good", 2);
+    let data = pattern(1, 8 * BS);
+    for s in [&mut bad, &mut good] {
+        assert_eq!(outcome(&write(s, 8, &data)), GOOD);
+        assert_eq!(outcome(&sync_cache(s)), GOOD);
+    }
+    fs.shut_down();
+    // Past the page cache: a block not read yet.
+    assert_eq!(outcome(&read(&mut bad, 1000, 8)), READ_ERROR);
+    assert_eq!(outcome(&write(&mut bad, 16, &data)), WRITE_ERROR);
+    // In buffered mode the write may land in the page cache: the flush must then fail.
+    assert_eq!(outcome(&sync_cache(&mut bad)), WRITE_ERROR);
+    assert_eq!(outcome(&sync_cache(&mut bad)), WRITE_ERROR);
+    assert_eq!(
+        outcome(&write_same(&mut bad, 100, 64, &pattern(3, BS))),
+        WRITE_ERROR
+    );
+    // A flood of failures, each answered.
+    for i in 0..300 {
+        let r = read(&mut bad, 2000 + i * 8, 8);
+        assert_eq!(outcome(&r), READ_ERROR, "read {i}");
+    }
+    assert_eq!(outcome(&bad.command(0, &[0u8; 6], &[], 0).unwrap()), GOOD);
+    // The other LUN, and a new session to it, are served as before.
+    let mut again = session(ds.port, "good", 3);
+    for s in [&mut good, &mut again] {
+        let r = read(s, 8, 8);
+        assert_eq!(outcome(&r), GOOD);
+        assert_eq!(r.data_in, data);
+        assert_eq!(outcome(&write(s, 40, &data)), GOOD);
+        assert_eq!(outcome(&sync_cache(s)), GOOD);
+    }
+    let log = vitd.log_text();
+    let lines = log.matches("backing-store I/O failed").count();
+    assert!(lines >= 1, "no failure logged: {log}");
+    assert!(
+        lines <= 60,
+        "{lines} failure lines: the log budget is not kept"
+    );
+    drop(vitd);
+    drop(fs);
+}
+
+#[test]
+fn device_errors_fail_commands_with_medium_errors_direct() {
+    if can_mount_loops() {
+        device_errors(false);
+    }
+}
+
+#[test]
+fn device_errors_fail_commands_with_medium_errors_buffered() {
+    if can_mount_loops() {
+        device_errors(true);
+    }
+}
+
+/// A thin LUN on a file system that fills up: the write that finds no space gets DATA PROTECT /
+/// SPACE ALLOCATION FAILED (so does a WRITE SAME), every write acknowledged before reads back,
+/// and once space is freed the same writes succeed.
+fn no_space(buffered: bool) {
+    let ds = Datastore::new();
+    let fs = lun_on_loop(&ds, "thin", 16, None, "32M", false);
+    let ballast = fs.at.join("ballast");
+    sh(
+        "dd",
+        &[
+            "if=/dev/zero",
+            &format!("of={}", ballast.display()),
+            "bs=1M",
+            "count=4",
+            "conv=fsync",
+        ],
+    );
+    let vitd = Vitd::start(ds.root(), ds.port, vitd_flags(buffered));
+    let mut s = session(ds.port, "thin", 1);
+    let chunk = 128u64; // blocks: 64 KiB, within the first burst
+    let mut failed_at = None;
+    for i in 0..(32 * 2048 / chunk) {
+        let r = write(&mut s, i * chunk, &pattern(i as u8, chunk as usize * BS));
+        match outcome(&r) {
+            GOOD => {}
+            NO_SPACE => {
+                failed_at = Some(i);
+                break;
+            }
+            other => panic!("write {i}: {other:?} {:?}", r.sense),
+        }
+    }
+    let full = failed_at.expect("the file system never filled");
+    // Still full: a WRITE SAME of data over new blocks finds no space either.
+    let ws = write_same(&mut s, (full + 8) * chunk, 2048, &pattern(9, BS));
+    assert_eq!(outcome(&ws), NO_SPACE, "{:?}", ws.sense);
+    assert_eq!(outcome(&sync_cache(&mut s)), GOOD);
+    for i in 0..full {
+        let r = read(&mut s, i * chunk, chunk as u32);
+        assert_eq!(outcome(&r), GOOD);
+        assert!(
+            r.data_in == pattern(i as u8, chunk as usize * BS),
+            "write {i} lost"
+        );
+    }
+    std::fs::remove_file(&ballast).unwrap();
+    let data = pattern(full as u8, chunk as usize * BS);
+    assert_eq!(outcome(&write(&mut s, full * chunk, &data)), GOOD);
+    let ws = write_same(&mut s, (full + 8) * chunk, 256, &pattern(9, BS));
+    assert_eq!(outcome(&ws), GOOD, "{:?}", ws.sense);
+    assert_eq!(outcome(&sync_cache(&mut s)), GOOD);
+    assert_eq!(read(&mut s, full * chunk, chunk as u32).data_in, data);
+    assert_eq!(
+        read(&mut s, (full + 8) * chunk + 255, 1).data_in,
+        pattern(9, BS)
+    );
+    drop(vitd);
+    drop(fs);
+}
+
+#[test]
+fn a_full_file_system_fails_writes_with_space_allocation_failed_direct() {
+    if can_mount_loops() {
+        no_space(false);
+    }
+}
+
+#[test]
+fn a_full_file_system_fails_writes_with_space_allocation_failed_buffered() {
+    if can_mount_loops() {
+        no_space(true);
+    }
+}
+
+/// Linux reports a writeback failure to one fsync of a file only: the next one succeeds though
+/// the data never reached the device. A flush that failed must make every later SYNCHRONIZE
+/// CACHE of the LUN fail too (from any session), never answer GOOD over lost writes.
+#[test]
+fn a_failed_flush_is_never_followed_by_good() {
+    if !can_mount_loops() {
+        return;
+    }
+    let ds = Datastore::new();
+    // The flat extent thick (its blocks placed now, unwritten), the image's data blocks holes.
+    let fs = lun_on_loop(&ds, "flush", 32, Some(40), "8M", true);
+    let vitd = Vitd::start(ds.root(), ds.port, &["--buffered"]);
+    let mut a = session(ds.port, "flush", 1);
+    let mut b = session(ds.port, "flush", 2);
+    fs.starve();
+    let data = pattern(5, 16 * BS);
+    // Write-back cache: acknowledged once in the page cache.
+    assert_eq!(outcome(&write(&mut a, 64, &data)), GOOD);
+    let first = outcome(&sync_cache(&mut b));
+    assert_ne!(
+        first, GOOD,
+        "the writeback of the image's holes cannot succeed"
+    );
+    assert_eq!(first.1, 7, "{first:?}"); // the loop device says ENOSPC
+    for s in [&mut a, &mut b] {
+        let r = sync_cache(s);
+        assert_ne!(
+            outcome(&r),
+            GOOD,
+            "a flush after a failed one answered GOOD"
+        );
+    }
+    drop(vitd);
+    drop(fs);
+}
+
+/// A flat extent truncated under vitd: a read past its new end fails (MEDIUM ERROR) rather than
+/// return data that is not there, a read before it is served, and a write past it is stored.
+#[test]
+fn a_truncated_extent_fails_reads_past_its_end() {
+    let (ds, vitd) = serve_one("trunc", "8M");
+    let mut s = session(ds.port, "trunc", 1);
+    let data = pattern(7, 8 * BS);
+    assert_eq!(outcome(&write(&mut s, 16000, &data)), GOOD);
+    assert_eq!(outcome(&write(&mut s, 0, &data)), GOOD);
+    let flat = std::fs::read_dir(ds.root())
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-flat.vmdk"))
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&flat)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    assert_eq!(outcome(&read(&mut s, 16000, 8)), READ_ERROR);
+    // Across the new end.
+    assert_eq!(outcome(&read(&mut s, 8190, 4)), READ_ERROR);
+    let r = read(&mut s, 0, 8);
+    assert_eq!((outcome(&r), r.data_in), (GOOD, data.clone()));
+    assert_eq!(outcome(&write(&mut s, 16000, &data)), GOOD);
+    let r = read(&mut s, 16000, 8);
+    assert_eq!((outcome(&r), r.data_in), (GOOD, data));
+    drop(vitd);
+}
