@@ -86,8 +86,21 @@ impl LoopFs {
                 &fs.dev,
             ],
         );
-        sh("mount", &[&fs.dev, at.to_str().unwrap()]);
+        sh(
+            "mount",
+            &["-o", "errors=remount-ro", &fs.dev, at.to_str().unwrap()],
+        );
         fs
+    }
+
+    /// Reports a file-system error (ext4's `trigger_fs_error`): mounted `errors=remount-ro`,
+    /// the file system turns read-only under the files open on it.
+    fn fail_read_only(&self) {
+        let name = Path::new(&self.dev).file_name().unwrap();
+        let knob = Path::new("/sys/fs/ext4")
+            .join(name)
+            .join("trigger_fs_error");
+        std::fs::write(knob, "vit test").unwrap();
     }
 
     /// Shuts the file system down (EXT4_IOC_SHUTDOWN, not flushing the log): from now on every
@@ -108,6 +121,23 @@ impl LoopFs {
         assert_eq!(rc, 0, "shutdown: {}", std::io::Error::last_os_error());
     }
 
+    /// Unmounts `path`. A process's io_uring lets go of its files a moment after it exits:
+    /// retries a while before leaving the mount to a lazy unmount.
+    fn unmount(path: &Path) {
+        for _ in 0..50 {
+            if Command::new("umount")
+                .arg(path)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = Command::new("umount").arg("-l").arg(path).status();
+    }
+
     /// Fills the tmpfs under the image: the image's holes can no longer be written.
     fn starve(&self) {
         use std::io::Write;
@@ -120,25 +150,10 @@ impl LoopFs {
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        // A process's io_uring lets go of its files a moment after it exits: retry a while
-        // before leaving the mount to a lazy unmount.
-        let umount = |path: &Path| {
-            for _ in 0..50 {
-                if Command::new("umount")
-                    .arg(path)
-                    .status()
-                    .is_ok_and(|s| s.success())
-                {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            let _ = Command::new("umount").arg("-l").arg(path).status();
-        };
-        umount(&self.at);
+        LoopFs::unmount(&self.at);
         let _ = Command::new("losetup").args(["-d", &self.dev]).status();
         if self.tmpfs {
-            umount(self.image_dir.path());
+            LoopFs::unmount(self.image_dir.path());
         }
     }
 }
@@ -426,4 +441,117 @@ fn a_truncated_extent_fails_reads_past_its_end() {
     let r = read(&mut s, 16000, 8);
     assert_eq!((outcome(&r), r.data_in), (GOOD, data));
     drop(vitd);
+}
+
+/// A file system that turns read-only under vitd (an error, `errors=remount-ro`): reads are
+/// served, writes fail, and no SYNCHRONIZE CACHE is answered GOOD over the writes still in the
+/// page cache.
+fn read_only(buffered: bool) {
+    let ds = Datastore::new();
+    let fs = lun_on_loop(&ds, "ro", 32, None, "8M", false);
+    let vitd = Vitd::start(ds.root(), ds.port, vitd_flags(buffered));
+    let mut s = session(ds.port, "ro", 1);
+    let data = pattern(2, 8 * BS);
+    assert_eq!(outcome(&write(&mut s, 8, &data)), GOOD);
+    assert_eq!(outcome(&sync_cache(&mut s)), GOOD);
+    assert_eq!(outcome(&write(&mut s, 80, &data)), GOOD);
+    fs.fail_read_only();
+    let r = read(&mut s, 8, 8);
+    assert_eq!((outcome(&r), r.data_in), (GOOD, data.clone()));
+    let w = write(&mut s, 16, &data);
+    assert_eq!(
+        outcome(&w).0,
+        2,
+        "a write to a read-only file system answered GOOD"
+    );
+    eprintln!("write on a read-only file system: {:?}", outcome(&w));
+    for _ in 0..2 {
+        let r = sync_cache(&mut s);
+        eprintln!("flush on a read-only file system: {:?}", outcome(&r));
+        if buffered {
+            assert_ne!(
+                outcome(&r),
+                GOOD,
+                "the write at 80 was only in the page cache"
+            );
+        }
+    }
+    drop(vitd);
+    drop(fs);
+}
+
+#[test]
+fn a_file_system_turned_read_only_fails_writes_direct() {
+    if can_mount_loops() {
+        read_only(false);
+    }
+}
+
+#[test]
+fn a_file_system_turned_read_only_fails_writes_buffered() {
+    if can_mount_loops() {
+        read_only(true);
+    }
+}
+
+/// A command spanning the two extents of a split LUN where the second one's device fails: it
+/// fails as a whole (the part on the first extent done or not), the first extent is still
+/// served alone, and the LUN is not left waiting on anything.
+#[test]
+fn a_command_across_two_extents_fails_when_one_extent_does() {
+    if !can_mount_loops() || !have("qemu-img") {
+        return;
+    }
+    let ds = Datastore::new();
+    let uuid = ds.target("split", &[]);
+    let vmdk = ds.root().join(&uuid).join("split.vmdk");
+    qemu_vmdk(&vmdk, "twoGbMaxExtentFlat", "3G");
+    ds.add_lun_body("split", 0, vmdk_lun(format!("{uuid}/split.vmdk"), 3 << 30));
+    // The second extent's file put on a file system of its own (a bind mount over it).
+    let mnt = tempfile::tempdir().unwrap();
+    let fs = LoopFs::new(mnt.path(), 32, None);
+    let second = ds.root().join(&uuid).join("split-f002.vmdk");
+    let other = fs.at.join("f002");
+    sh("truncate", &["-s", "1G", other.to_str().unwrap()]);
+    let _bind = Bind::new(&other, &second);
+    let vitd = ds.start();
+    let mut s = session(ds.port, "split", 1);
+    let boundary = (2u64 << 30) / BS as u64;
+    let data = pattern(4, 16 * BS);
+    assert_eq!(outcome(&write(&mut s, boundary - 8, &data)), GOOD);
+    let r = read(&mut s, boundary - 8, 16);
+    assert_eq!((outcome(&r), r.data_in), (GOOD, data.clone()));
+    fs.shut_down();
+    for _ in 0..20 {
+        assert_eq!(outcome(&read(&mut s, boundary - 8, 16)), READ_ERROR);
+        assert_eq!(outcome(&write(&mut s, boundary - 8, &data)), WRITE_ERROR);
+    }
+    let r = read(&mut s, boundary - 8, 8);
+    assert_eq!((outcome(&r), r.data_in), (GOOD, data[..8 * BS].to_vec()));
+    assert_eq!(
+        outcome(&write(&mut s, boundary - 16, &data[..8 * BS])),
+        GOOD
+    );
+    drop(vitd);
+    drop(_bind);
+    drop(fs);
+}
+
+/// A bind mount of `from` over `to`, undone on drop.
+struct Bind(PathBuf);
+
+impl Bind {
+    fn new(from: &Path, to: &Path) -> Bind {
+        sh(
+            "mount",
+            &["--bind", from.to_str().unwrap(), to.to_str().unwrap()],
+        );
+        Bind(to.to_path_buf())
+    }
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        LoopFs::unmount(&self.0);
+    }
 }
