@@ -279,6 +279,12 @@ fn device_errors(buffered: bool) {
     let lines = log.matches("backing-store I/O failed").count();
     assert!(lines >= 1, "no failure logged: {log}");
     assert!(
+        log.lines()
+            .filter(|l| l.contains("backing-store I/O failed"))
+            .all(|l| l.contains(&format!("(target {} LUN 0)", iqn("bad")))),
+        "a failure logged without its target and LUN: {log}"
+    );
+    assert!(
         lines <= 60,
         "{lines} failure lines: the log budget is not kept"
     );

@@ -200,6 +200,16 @@ fn task_lun(s: &Slot, task: u16) -> Option<(usize, Arc<LunRt>)> {
     Some((at, target.luns[at].clone()))
 }
 
+/// "target NAME LUN N" of the LUN a task addresses, for log lines: which LUN failed, so that
+/// the log leads to its datastore and files.
+fn lun_label(s: &Slot, task: u16) -> String {
+    let target = s.conn.target.as_ref().map_or("-", |t| t.name.as_str());
+    match task_lun(s, task) {
+        Some((_, l)) => format!("target {target} LUN {}", l.id),
+        None => format!("target {target}"),
+    }
+}
+
 /// How long a deeper queue than one command per connection turns polling off.
 const DEEP_QUEUE_HOLDOFF: Duration = Duration::from_millis(20);
 
@@ -1315,16 +1325,17 @@ impl Worker {
         let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
+        if res < 0 && self.log_budget.allow() {
+            tracing::warn!(
+                "backing-store I/O failed ({}): {}",
+                lun_label(s, task),
+                std::io::Error::from_raw_os_error(-res)
+            );
+        }
         let Some(op) = s.file_ops.get_mut(usize::from(task)) else {
             return;
         };
         if res < 0 {
-            if self.log_budget.allow() {
-                tracing::warn!(
-                    "backing-store I/O failed: {}",
-                    std::io::Error::from_raw_os_error(-res)
-                );
-            }
             let no_space = -res == libc::ENOSPC || -res == libc::EDQUOT;
             op.failed = true;
             op.no_space |= no_space;
@@ -1354,12 +1365,22 @@ impl Worker {
             op.failed = true;
         }
         if !op.failed && op.done != op.expect {
+            let (done, expect) = (op.done, op.expect);
             if self.log_budget.allow() {
-                tracing::warn!("backing-store I/O moved {} of {} bytes", op.done, op.expect);
+                tracing::warn!(
+                    "backing-store I/O moved {done} of {expect} bytes ({})",
+                    lun_label(s, task)
+                );
             }
+            let Some(op) = s.file_ops.get_mut(usize::from(task)) else {
+                return;
+            };
             op.failed = true;
             op.no_space |= op.writes;
         }
+        let Some(op) = s.file_ops.get_mut(usize::from(task)) else {
+            return;
+        };
         let result = match (op.failed, op.no_space) {
             (false, _) => IoResult::Ok,
             (true, true) => IoResult::NoSpace,
