@@ -266,6 +266,12 @@ fn device_errors(buffered: bool) {
         assert_eq!(outcome(&r), READ_ERROR, "read {i}");
     }
     assert_eq!(outcome(&bad.command(0, &[0u8; 6], &[], 0).unwrap()), GOOD);
+    // No failed write is still counted in flight: a COMPARE AND WRITE (which waits for the
+    // plain writes in flight) is answered, with the read error it meets.
+    let mut caw = cdb16(0x89, 8, 0);
+    caw[13] = 1;
+    let r = bad.command(0, &caw, &pattern(4, 2 * BS), 0).unwrap();
+    assert_eq!(outcome(&r), READ_ERROR);
     // The other LUN, and a new session to it, are served as before.
     let mut again = session(ds.port, "good", 3);
     for s in [&mut good, &mut again] {
@@ -342,6 +348,12 @@ fn no_space(buffered: bool) {
     // Still full: a WRITE SAME of data over new blocks finds no space either.
     let ws = write_same(&mut s, (full + 8) * chunk, 2048, &pattern(9, BS));
     assert_eq!(outcome(&ws), NO_SPACE, "{:?}", ws.sense);
+    // Nor does an EXTENDED COPY of written blocks onto new ones: the copy is aborted.
+    let me = naa(&mut s, 0);
+    let list = xcopy_list(me, me, 2048, 1, (full + 16) * chunk);
+    let r = s.command(0, &xcopy_cdb(list.len()), &list, 0).unwrap();
+    let (status, key, ..) = outcome(&r);
+    assert_eq!((status, key), (2, 0x0a), "COPY ABORTED: {:?}", r.sense);
     assert_eq!(outcome(&sync_cache(&mut s)), GOOD);
     for i in 0..full {
         let r = read(&mut s, i * chunk, chunk as u32);
@@ -352,6 +364,10 @@ fn no_space(buffered: bool) {
         );
     }
     std::fs::remove_file(&ballast).unwrap();
+    let r = s.command(0, &xcopy_cdb(list.len()), &list, 0).unwrap();
+    assert_eq!(outcome(&r), GOOD, "{:?}", r.sense);
+    let r = read(&mut s, (full + 16) * chunk, 2048);
+    assert!(r.data_in == read(&mut s, 0, 2048).data_in, "copy");
     let data = pattern(full as u8, chunk as usize * BS);
     assert_eq!(outcome(&write(&mut s, full * chunk, &data)), GOOD);
     let ws = write_same(&mut s, (full + 8) * chunk, 256, &pattern(9, BS));

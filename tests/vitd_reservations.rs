@@ -106,49 +106,6 @@ fn prout(s: &mut Session, lun: u8, sa: u8, rtype: u8, key: u64, sa_key: u64) -> 
     s.command(lun, &cdb, &params, 0).unwrap().status
 }
 
-/// The NAA designator of `lun` (INQUIRY, Device Identification VPD page).
-fn naa(s: &mut Session, lun: u8) -> [u8; 16] {
-    let d = vpd83_designator(s, lun, |d| {
-        d[0] & 0x0f == 1 && d[1] & 0x3f == 0x03 && d[3] == 16
-    });
-    d.try_into().unwrap()
-}
-
-/// The parameter list of an EXTENDED COPY (LID1, list identifier 0): `segments` times `blocks`
-/// blocks from LBA 0 of `src` to LBA 0 of `dst`.
-fn xcopy_list(src: [u8; 16], dst: [u8; 16], blocks: u16, segments: u32) -> Vec<u8> {
-    let mut list = vec![0u8; 16];
-    list[3] = 64; // two CSCD descriptors
-    list[8..12].copy_from_slice(&(28 * segments).to_be_bytes());
-    for naa in [src, dst] {
-        let mut d = [0u8; 32];
-        d[0] = 0xe4; // identification descriptor, block device
-        d[4] = 0x01; // binary
-        d[5] = 0x03; // logical unit, NAA
-        d[7] = 16;
-        d[8..24].copy_from_slice(&naa);
-        d[29..32].copy_from_slice(&[0, 2, 0]); // 512-byte blocks
-        list.extend_from_slice(&d);
-    }
-    let mut seg = [0u8; 28];
-    seg[0] = 0x02; // block to block
-    seg[3] = 24;
-    seg[6..8].copy_from_slice(&1u16.to_be_bytes()); // source CSCD 0, destination CSCD 1
-    seg[10..12].copy_from_slice(&blocks.to_be_bytes());
-    for _ in 0..segments {
-        list.extend_from_slice(&seg);
-    }
-    list
-}
-
-/// The EXTENDED COPY CDB for a parameter list of `len` bytes.
-fn xcopy_cdb(len: usize) -> [u8; 16] {
-    let mut cdb = [0u8; 16];
-    cdb[0] = 0x83;
-    cdb[10..14].copy_from_slice(&(len as u32).to_be_bytes());
-    cdb
-}
-
 /// EXTENDED COPY ([`xcopy_list`]) sent to LUN 0. Returns the status and the sense key.
 fn xcopy_n(
     s: &mut Session,
@@ -157,7 +114,7 @@ fn xcopy_n(
     blocks: u16,
     segments: u32,
 ) -> std::io::Result<(u8, Option<u8>)> {
-    let list = xcopy_list(src, dst, blocks, segments);
+    let list = xcopy_list(src, dst, blocks, segments, 0);
     let r = s.command(0, &xcopy_cdb(list.len()), &list, 0)?;
     Ok((r.status, r.sense.get(2).map(|k| k & 0x0f)))
 }
@@ -279,7 +236,7 @@ fn a_closed_connections_copy_stops_between_its_steps() {
         .command(0, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &marked, 0)
         .unwrap();
     assert_eq!(w.status, 0);
-    let mut list = xcopy_list(lun0, lun1, 0xffff, 64);
+    let mut list = xcopy_list(lun0, lun1, 0xffff, 64, 0);
     // The last segment lands on LUN 1's second half (LBA 65536).
     let last = list.len() - 28;
     list[last + 20..last + 28].copy_from_slice(&65536u64.to_be_bytes());
@@ -316,7 +273,7 @@ fn a_closed_connections_copy_stops_between_its_steps() {
     let _ = new.command(1, &[0; 6], &[], 0);
     // A copy onto LUN 1 waits for the range the old copy holds, if it still runs: once it is
     // answered, the old copy has ended, one way or the other.
-    let mut one = xcopy_list(lun0, lun1, 1, 1);
+    let mut one = xcopy_list(lun0, lun1, 1, 1, 0);
     one[16 + 64 + 20..16 + 64 + 28].copy_from_slice(&8u64.to_be_bytes());
     let r = watcher.command(0, &xcopy_cdb(one.len()), &one, 0).unwrap();
     assert_eq!(r.status, 0);
@@ -365,7 +322,7 @@ fn extended_copy_stopped(reset_destination: bool) {
         let _ = x.command(1, &[0; 6], &[], 0); // LUN 1's power-on unit attention
     }
     let (lun0, lun1) = (naa(&mut s, 0), naa(&mut s, 1));
-    let list = xcopy_list(lun0, lun1, 0xffff, 64);
+    let list = xcopy_list(lun0, lun1, 0xffff, 64, 0);
     s.itt += 1;
     let copy_itt = s.itt;
     let copy_sn = s.cmd_sn;

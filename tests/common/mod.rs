@@ -366,3 +366,53 @@ pub fn vpd83_designator(
     }
     panic!("no such designator: {:?}", r.data_in)
 }
+
+/// The parameter list of an EXTENDED COPY (LID1, list identifier 0): `segments` times `blocks`
+/// blocks from LBA 0 of `src` (NAA designator) to LBA `dst_lba` of `dst`.
+pub fn xcopy_list(
+    src: [u8; 16],
+    dst: [u8; 16],
+    blocks: u16,
+    segments: u32,
+    dst_lba: u64,
+) -> Vec<u8> {
+    let mut list = vec![0u8; 16];
+    list[3] = 64; // two CSCD descriptors
+    list[8..12].copy_from_slice(&(28 * segments).to_be_bytes());
+    for naa in [src, dst] {
+        let mut d = [0u8; 32];
+        d[0] = 0xe4; // identification descriptor, block device
+        d[4] = 0x01; // binary
+        d[5] = 0x03; // logical unit, NAA
+        d[7] = 16;
+        d[8..24].copy_from_slice(&naa);
+        d[29..32].copy_from_slice(&[0, 2, 0]); // 512-byte blocks
+        list.extend_from_slice(&d);
+    }
+    let mut seg = [0u8; 28];
+    seg[0] = 0x02; // block to block
+    seg[3] = 24;
+    seg[6..8].copy_from_slice(&1u16.to_be_bytes()); // source CSCD 0, destination CSCD 1
+    seg[10..12].copy_from_slice(&blocks.to_be_bytes());
+    seg[20..28].copy_from_slice(&dst_lba.to_be_bytes());
+    for _ in 0..segments {
+        list.extend_from_slice(&seg);
+    }
+    list
+}
+
+/// The EXTENDED COPY CDB for a parameter list of `len` bytes.
+pub fn xcopy_cdb(len: usize) -> [u8; 16] {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x83;
+    cdb[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+    cdb
+}
+
+/// The NAA designator of `lun` (INQUIRY, Device Identification VPD page).
+pub fn naa(s: &mut vit::iscsi::initiator::Session, lun: u8) -> [u8; 16] {
+    let d = vpd83_designator(s, lun, |d| {
+        d[0] & 0x0f == 1 && d[1] & 0x3f == 0x03 && d[3] == 16
+    });
+    d.try_into().unwrap()
+}
