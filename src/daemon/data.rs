@@ -233,6 +233,9 @@ struct FileOp {
     /// Some operation failed for want of space (ENOSPC, EDQUOT: a thin LUN on a full file
     /// system), which the initiator is told as SPACE ALLOCATION FAILED.
     no_space: bool,
+    /// Some operation was refused as the file system is read-only (EROFS: it turned
+    /// read-only under the LUN), which the initiator is told as WRITE PROTECTED.
+    read_only: bool,
     /// Bytes the read and write operations in flight asked for, and the bytes they moved: a
     /// short transfer is a failure, never a success with bytes missing.
     expect: u64,
@@ -257,7 +260,7 @@ impl FileOp {
     /// Starts counting a new step of a multi-step command: nothing asked, moved or failed yet.
     fn new_step(&mut self) {
         (self.expect, self.done, self.writes) = (0, 0, false);
-        (self.failed, self.no_space) = (false, false);
+        (self.failed, self.no_space, self.read_only) = (false, false, false);
         (self.flushes, self.syncs) = (None, false);
     }
 }
@@ -1339,6 +1342,7 @@ impl Worker {
             let no_space = -res == libc::ENOSPC || -res == libc::EDQUOT;
             op.failed = true;
             op.no_space |= no_space;
+            op.read_only |= -res == libc::EROFS;
             // A write that found no space at once lost nothing written before; a failed
             // fdatasync, or another failure of a flushing write, may have.
             if let Some(lun) = &op.flushes
@@ -1381,10 +1385,11 @@ impl Worker {
         let Some(op) = s.file_ops.get_mut(usize::from(task)) else {
             return;
         };
-        let result = match (op.failed, op.no_space) {
-            (false, _) => IoResult::Ok,
-            (true, true) => IoResult::NoSpace,
-            (true, false) => IoResult::Failed,
+        let result = match (op.failed, op.no_space, op.read_only) {
+            (false, ..) => IoResult::Ok,
+            (true, true, _) => IoResult::NoSpace,
+            (true, false, true) => IoResult::WriteProtected,
+            (true, false, false) => IoResult::Failed,
         };
         if let Some(job) = op.job.take() {
             return self.advance(idx, job, result);

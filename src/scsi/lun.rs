@@ -616,6 +616,9 @@ pub enum IoResult {
     Miscompare(u64),
     /// The backing store had no space left for a write (a thin LUN on a full file system).
     NoSpace,
+    /// The backing store refused a write as read-only (its file system turned read-only
+    /// under the LUN).
+    WriteProtected,
     /// Anything else went wrong.
     Failed,
 }
@@ -1236,6 +1239,7 @@ pub fn complete_io(req: &IoRequest, result: IoResult) -> Completion {
             offset,
         )),
         IoResult::NoSpace => Completion::check(SenseReason::SpaceAllocationFailed),
+        IoResult::WriteProtected => Completion::check(SenseReason::WriteProtected),
         IoResult::Failed => Completion::check(SenseReason::InternalTargetFailure),
     }
 }

@@ -106,7 +106,7 @@ fn pdu_spec() -> impl Strategy<Value = PduSpec> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => pdu_spec().prop_map(Op::Pdu),
-        3 => (any::<usize>(), 0u8..8).prop_map(|(pick, result)| Op::IoDone { pick, result }),
+        3 => (any::<usize>(), 0u8..9).prop_map(|(pick, result)| Op::IoDone { pick, result }),
         3 => (0usize..6).prop_map(|n| Op::Send { n }),
         1 => Just(Op::Ping),
         1 => Just(Op::RequestLogout),
@@ -284,6 +284,7 @@ fn result_of(r: u8) -> IoResult {
         4 => IoResult::ReadError(None),
         5 => IoResult::WriteError(Some(crate::scsi::Lba(3))),
         6 => IoResult::NoSpace,
+        7 => IoResult::WriteProtected,
         _ => IoResult::Failed,
     }
 }
@@ -413,7 +414,7 @@ fn op2() -> impl Strategy<Value = Op2> {
             Just(Between::OtherReset),
             any::<usize>().prop_map(Between::Retry),
         ]), prop::bool::weighted(0.1)).prop_map(|(s, b, d)| Op2::Pdu(s, b, d)),
-        3 => (any::<usize>(), 0u8..8).prop_map(|(pick, result)| Op2::IoDone { pick, result }),
+        3 => (any::<usize>(), 0u8..9).prop_map(|(pick, result)| Op2::IoDone { pick, result }),
         3 => (0usize..6).prop_map(|n| Op2::Send { n }),
         3 => Just(Op2::Grant),
         1 => Just(Op2::OtherReset),

@@ -470,7 +470,9 @@ impl Worker {
             }
             match result {
                 IoResult::Ok => {}
-                IoResult::NoSpace => return self.end_job(idx, *job, Ok(IoResult::NoSpace)),
+                IoResult::NoSpace | IoResult::WriteProtected => {
+                    return self.end_job(idx, *job, Ok(result));
+                }
                 _ => {
                     let r = if job.reading {
                         IoResult::ReadError(Some(job.work.req.lba))
