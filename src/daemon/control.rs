@@ -265,6 +265,7 @@ impl Control {
             }
         }
         self.expire();
+        self.log_budget.settle();
         true
     }
 

@@ -1494,6 +1494,7 @@ impl Worker {
     /// the recovery RFC 7143 §7.1.4.2 leaves to the target).
     fn tick(&mut self) {
         let now = Instant::now();
+        self.log_budget.settle();
         if self.shutdown_deadline.is_some_and(|d| now >= d) {
             for i in 0..self.slots.len() {
                 self.close(i, "vitd is stopping");

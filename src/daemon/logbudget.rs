@@ -28,14 +28,7 @@ impl LogBudget {
     /// Whether a line may be logged now; when a new second opens after lines were left out, says
     /// how many.
     pub fn allow(&mut self) -> bool {
-        if self.window.elapsed() >= Duration::from_secs(1) {
-            if self.dropped > 0 {
-                tracing::warn!("{} similar log lines left out", self.dropped);
-            }
-            self.window = Instant::now();
-            self.left = self.burst;
-            self.dropped = 0;
-        }
+        self.settle();
         if self.left > 0 {
             self.left -= 1;
             true
@@ -43,6 +36,22 @@ impl LogBudget {
             self.dropped += 1;
             false
         }
+    }
+
+    /// Opens a new second once the last one is over, saying how many lines it left out (also
+    /// called on a timer, so that the count of a burst is told when nothing follows it);
+    /// returns that count.
+    pub fn settle(&mut self) -> u64 {
+        if self.window.elapsed() < Duration::from_secs(1) {
+            return 0;
+        }
+        let dropped = std::mem::take(&mut self.dropped);
+        if dropped > 0 {
+            tracing::warn!("{dropped} similar log lines left out");
+        }
+        self.window = Instant::now();
+        self.left = self.burst;
+        dropped
     }
 }
 
@@ -59,5 +68,16 @@ mod tests {
         b.window -= Duration::from_secs(2);
         assert!(b.allow());
         assert_eq!(b.dropped, 0);
+    }
+
+    #[test]
+    fn a_burst_is_counted_once_its_second_is_over_without_a_line_after_it() {
+        let mut b = LogBudget::new(2);
+        assert_eq!((0..10).filter(|_| b.allow()).count(), 2);
+        assert_eq!(b.settle(), 0, "the second is not over");
+        b.window -= Duration::from_secs(1);
+        assert_eq!(b.settle(), 8);
+        assert_eq!(b.settle(), 0);
+        assert!(b.allow());
     }
 }
