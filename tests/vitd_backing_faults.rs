@@ -95,12 +95,18 @@ impl LoopFs {
 
     /// Reports a file-system error (ext4's `trigger_fs_error`): mounted `errors=remount-ro`,
     /// the file system turns read-only under the files open on it.
-    fn fail_read_only(&self) {
+    /// False where the kernel has no such knob.
+    fn fail_read_only(&self) -> bool {
         let name = Path::new(&self.dev).file_name().unwrap();
         let knob = Path::new("/sys/fs/ext4")
             .join(name)
             .join("trigger_fs_error");
+        if !knob.exists() {
+            eprintln!("skipped: this kernel has no {}", knob.display());
+            return false;
+        }
         std::fs::write(knob, "vit test").unwrap();
+        true
     }
 
     /// Shuts the file system down (EXT4_IOC_SHUTDOWN, not flushing the log): from now on every
@@ -489,7 +495,9 @@ fn read_only(buffered: bool) {
     assert_eq!(outcome(&write(&mut s, 8, &data)), GOOD);
     assert_eq!(outcome(&sync_cache(&mut s)), GOOD);
     assert_eq!(outcome(&write(&mut s, 80, &data)), GOOD);
-    fs.fail_read_only();
+    if !fs.fail_read_only() {
+        return;
+    }
     let r = read(&mut s, 8, 8);
     assert_eq!((outcome(&r), r.data_in), (GOOD, data.clone()));
     // The medium is write-protected now (EROFS), not failing: DATA PROTECT / WRITE PROTECTED.
