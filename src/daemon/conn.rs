@@ -15,7 +15,7 @@
 //! Data-In of a task, R2TSN per R2T of a task.
 
 use super::runtime::TargetRt;
-use super::shared::Mail;
+use super::shared::{Mail, Note};
 use super::uring::{BufId, BufferPool};
 use crate::iscsi::digest::{Crc32c, DIGEST_LEN, padding_for};
 use crate::iscsi::params::SessionParams;
@@ -265,6 +265,9 @@ pub struct Conn {
     busy: u32,
     /// Per LUN (index in the target's list): the last reservation effects looked at.
     mail_seen: Vec<u64>,
+    /// Per LUN: this session's key among the LUN's readers of mail
+    /// ([`super::shared::LunShared::register`]), given back when the connection goes.
+    mail_keys: Vec<usize>,
     /// The task a write command's header created (its immediate data is arriving).
     header_task: Option<usize>,
     /// A text response longer than the initiator's MaxRecvDataSegmentLength: what is left, and
@@ -305,6 +308,17 @@ pub struct Conn {
     plugged: Vec<u32>,
 }
 
+impl Drop for Conn {
+    /// The session's inboxes go with it (mail is no longer kept for it).
+    fn drop(&mut self) {
+        if let Some(t) = self.target.as_ref() {
+            for (l, &key) in t.luns.iter().zip(&self.mail_keys) {
+                l.shared.unregister(key);
+            }
+        }
+    }
+}
+
 /// A task management response waiting for aborted tasks' I/O, and for a reset, for the writes
 /// other sessions have in flight on the LUNs it reset.
 struct HeldTmf {
@@ -328,8 +342,8 @@ impl Conn {
     ) -> Self {
         let depth = depth.max(1);
         let inline_cap = params.target_max_recv_data_segment_length.min(1 << 20) as usize;
-        let mail_seen = target.as_ref().map_or_else(Vec::new, |t| {
-            t.luns.iter().map(|l| l.shared.mail_seq()).collect()
+        let (mail_keys, mail_seen) = target.as_ref().map_or_else(Default::default, |t| {
+            t.luns.iter().map(|l| l.shared.register(nexus.id())).unzip()
         });
         Conn {
             params,
@@ -351,6 +365,7 @@ impl Conn {
             logout_held: None,
             busy: 0,
             mail_seen,
+            mail_keys,
             header_task: None,
             text_out: None,
             local_addr: None,
@@ -1543,19 +1558,20 @@ impl Conn {
         let Some((i, id)) = target.lun_at(lun.to_be_bytes()) else {
             return;
         };
-        let (shared, seen) = (
+        let (shared, seen, Some(&key)) = (
             &target.luns[i].shared,
             self.mail_seen.get(i).copied().unwrap_or(0),
-        );
-        let seq = shared.mail_seq();
-        if seq == seen {
+            self.mail_keys.get(i),
+        ) else {
+            return;
+        };
+        if shared.mail_seq() == seen {
             return;
         }
-        let mail = shared.mail_since(seen);
+        let (seq, inbox) = shared.take_mail(key);
         if let Some(s) = self.mail_seen.get_mut(i) {
             *s = seq;
         }
-        let mut abort = false;
         // Whether this nexus has commands on the LUN that came before the mail and are not
         // answered yet (a CLEAR TASK SET of another nexus then reports their loss; one whose
         // status is queued loses nothing).
@@ -1564,23 +1580,16 @@ impl Conn {
                 && x.as_ref()
                     .is_some_and(|x| x.lun == lun && x.state != TaskState::Sending)
         });
-        for m in &mail {
-            match &**m {
-                Mail::Reservation(effects) => {
-                    let reasons: Vec<SenseReason> =
-                        effects.unit_attentions_for(self.nexus.id()).collect();
-                    for r in reasons {
-                        self.nexus.post(id, r);
-                    }
-                }
-                Mail::Reset { reason, .. } => self.nexus.post(id, *reason),
-                Mail::Clear { from } if had_tasks && from != self.nexus.id() => self
+        for n in inbox.notes {
+            match n {
+                Note::Attention(r) => self.nexus.post(id, r),
+                Note::Cleared if had_tasks => self
                     .nexus
                     .post(id, SenseReason::CommandsClearedByAnotherInitiator),
-                Mail::Clear { .. } => {}
+                Note::Cleared => {}
             }
-            abort |= m.aborts(self.nexus.id());
         }
+        let abort = inbox.aborts;
         if abort {
             for t in 0..self.tasks.len() {
                 if Some(t) != arriving && self.tasks[t].as_ref().is_some_and(|x| x.lun == lun) {
@@ -1672,11 +1681,12 @@ impl Conn {
             return;
         };
         let seen = self.mail_seen.get(at).copied().unwrap_or(0);
+        let Some(&key) = self.mail_keys.get(at) else {
+            return;
+        };
         if shared.mail_seq() == seen {
             return;
         }
-        let me = self.nexus.id();
-        let mail = shared.mail_since(seen);
         let Some(t) = self
             .tasks
             .get_mut(usize::from(task))
@@ -1685,15 +1695,13 @@ impl Conn {
         else {
             return;
         };
-        if !mail.iter().any(|m| m.aborts(me)) {
+        let (aborts, cleared) = shared.peek_mail(key);
+        if !aborts {
             return;
         }
         t.aborted = true;
         // The task may be gone before the mail is taken (`check_mail`, which reports a CLEAR
         // TASK SET to a nexus that had tasks then): its loss is reported now.
-        let cleared = mail
-            .iter()
-            .any(|m| matches!(&**m, Mail::Clear { from } if from != me));
         let id = self
             .target
             .as_ref()
@@ -3844,13 +3852,18 @@ mod tests {
 
     /// Another session of `c`'s target, as another initiator.
     fn other_session(c: &Conn) -> Conn {
+        other_session_as(c, "iqn.2026-11.io.vit:other")
+    }
+
+    /// Another session of `c`'s target, as initiator `name`.
+    fn other_session_as(c: &Conn, name: &str) -> Conn {
         let mut nexus = Nexus::without_attention(TargetPort {
             target_name: "iqn.2026-11.io.vit:t".into(),
             portal_group_tag: 1,
             relative_port_id: 1,
             target_ports: 1,
         });
-        nexus.set_initiator("iqn.2026-11.io.vit:other", [0; 6]);
+        nexus.set_initiator(name, [0; 6]);
         Conn::new(
             params(true),
             c.target.clone(),
@@ -4050,8 +4063,7 @@ mod tests {
     fn a_clear_task_set_clears_other_sessions_commands() {
         let (mut a, mut pool) = conn(true);
         let mut b = other_session(&a);
-        let mut idle = other_session(&a);
-        idle.nexus.set_initiator("iqn.2026-11.io.vit:idle", [0; 6]);
+        let mut idle = other_session_as(&a, "iqn.2026-11.io.vit:idle");
         // Session B: a WRITE waiting for its Data-Out.
         feed(&mut b, &mut pool, &write10(1, true, 100, 0), &[]);
         let pdus = sent(&mut b);
@@ -4197,6 +4209,68 @@ mod tests {
         assert!(
             matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0x18),
             "{pdus:?}"
+        );
+    }
+
+    /// A session that sends nothing to the LUN while other sessions post more than the
+    /// mailbox once kept (256 effects) still finds what was meant for it: the PREEMPT AND ABORT
+    /// of its write still waiting for Data-Out, and its REGISTRATIONS PREEMPTED. Before, the
+    /// oldest mail was dropped for every session alike: the preempted write landed after the
+    /// PREEMPT AND ABORT was answered, and no unit attention told its initiator.
+    #[test]
+    fn mail_is_not_lost_to_a_session_that_looks_late() {
+        let (mut a, mut pool) = conn(true);
+        let mut b = other_session(&a);
+        for (c, key) in [(&mut a, 0xA), (&mut b, 0xB)] {
+            let (bhs, data) = prout(0, 0, key, 100); // REGISTER
+            feed(c, &mut pool, &bhs, &data);
+            assert!(matches!(sent(c).as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0));
+        }
+        // B: a WRITE waiting for its Data-Out.
+        feed(&mut b, &mut pool, &write10(1, true, 101, 0), &[]);
+        let pdus = sent(&mut b);
+        let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        // A preempts B and aborts its commands; nothing is in flight, so it is answered.
+        let (bhs, data) = prout(5, 0xA, 0xB, 101);
+        feed(&mut a, &mut pool, &bhs, &data);
+        assert!(a.poll_resets(&mut pool));
+        assert!(matches!(sent(&mut a).as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0));
+        // Other sessions' reservation changes, none for B, fill the mailbox many times over.
+        let third = crate::scsi::pr::ItNexusId {
+            initiator: "iqn.2026-11.io.vit:third".into(),
+            ..Default::default()
+        };
+        let lun = a.target.as_ref().unwrap().luns[0].clone();
+        for _ in 0..1000 {
+            lun.shared.post(crate::daemon::shared::Mail::Reservation(
+                crate::scsi::pr::PrEffects {
+                    unit_attentions: vec![crate::scsi::pr::UaTarget {
+                        it: third.clone(),
+                        all_tg_pt: false,
+                        reason: SenseReason::ReservationsReleased,
+                    }],
+                    ..Default::default()
+                },
+            ));
+        }
+        // B's data comes: its task was aborted, nothing is written.
+        feed(
+            &mut b,
+            &mut pool,
+            &data_out(r2t.ttt, 0, 0, 512, true),
+            &[9; 512],
+        );
+        assert!(
+            b.io.is_empty(),
+            "a write PREEMPT AND ABORT aborted lands after its answer"
+        );
+        assert_eq!(b.tasks_in_flight(), 0);
+        assert_eq!(
+            test_unit_ready(&mut b, &mut pool, 102),
+            (2, Some((6, 0x2A))),
+            "REGISTRATIONS PREEMPTED"
         );
     }
 

@@ -8,13 +8,13 @@
 use crate::datastore::write_atomic;
 use crate::scsi::SenseReason;
 use crate::scsi::pr::{ItNexusId, PrEffects, PrState};
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
-/// How many reservation effects the mailbox keeps for sessions that have not looked yet.
-const MAILBOX: usize = 256;
+/// How many conditions one session's inbox keeps for a LUN (equal ones are kept once; past
+/// that the newest replaces the last, as [`crate::scsi::ua::UaQueue`] does).
+const INBOX: usize = crate::scsi::ua::UA_QUEUE_CAPACITY + 1;
 
 /// What one session posts for every other session of a LUN.
 #[derive(Debug)]
@@ -42,6 +42,62 @@ impl Mail {
     }
 }
 
+/// One condition mail left for a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// A unit attention for its nexus.
+    Attention(SenseReason),
+    /// Another nexus's CLEAR TASK SET: COMMANDS CLEARED BY ANOTHER INITIATOR if it had tasks.
+    Cleared,
+}
+
+/// What the mail posted for one session of the LUN since it last took it: bounded whatever
+/// was posted (equal conditions once; a reset's supersedes those before it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inbox {
+    /// The conditions, oldest first.
+    pub notes: Vec<Note>,
+    /// Whether its tasks on the LUN are aborted (PREEMPT AND ABORT, another nexus's reset or
+    /// CLEAR TASK SET).
+    pub aborts: bool,
+}
+
+impl Inbox {
+    fn deliver(&mut self, m: &Mail, me: &ItNexusId) {
+        match m {
+            Mail::Reservation(effects) => {
+                for r in effects.unit_attentions_for(me) {
+                    self.note(Note::Attention(r));
+                }
+            }
+            Mail::Reset { reason, .. } => self.note(Note::Attention(*reason)),
+            Mail::Clear { from } if from != me => self.note(Note::Cleared),
+            Mail::Clear { .. } => {}
+        }
+        self.aborts |= m.aborts(me);
+    }
+
+    fn note(&mut self, n: Note) {
+        if matches!(n, Note::Attention(r) if r.is_reset()) {
+            self.notes.clear();
+        }
+        if self.notes.contains(&n) {
+            return;
+        }
+        if self.notes.len() == INBOX {
+            self.notes.pop();
+        }
+        self.notes.push(n);
+    }
+}
+
+/// The sessions of a LUN, each with the mail it has not taken yet.
+#[derive(Debug, Default)]
+struct Readers {
+    slots: Vec<Option<(ItNexusId, Inbox)>>,
+    free: Vec<usize>,
+}
+
 /// Shared state of one LUN.
 #[derive(Debug, Default)]
 pub struct LunShared {
@@ -50,7 +106,10 @@ pub struct LunShared {
     pr_active: AtomicBool,
     /// Where the reservation state is kept when APTPL is set (beside the descriptor).
     pr_file: Option<PathBuf>,
-    mail: Mutex<VecDeque<(u64, Arc<Mail>)>>,
+    /// Every session of the LUN, on any thread, with what was posted for it and not taken:
+    /// mail is delivered to each at once, so none is lost however long a session waits.
+    mail: Mutex<Readers>,
+    /// Counts the mail posted (changed under the `mail` lock, after the delivery).
     mail_seq: AtomicU64,
     ranges: Mutex<Vec<(u64, u64)>>,
     ranges_held: AtomicUsize,
@@ -191,29 +250,77 @@ impl LunShared {
         Ok(())
     }
 
+    fn readers(&self) -> MutexGuard<'_, Readers> {
+        self.mail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A session of nexus `it` begins: mail posted from now on is kept for it until it takes
+    /// it ([`Self::take_mail`]) or ends ([`Self::unregister`]). Returns its key and the
+    /// [`Self::mail_seq`] it starts from.
+    pub fn register(&self, it: &ItNexusId) -> (usize, u64) {
+        let mut r = self.readers();
+        let entry = Some((it.clone(), Inbox::default()));
+        let key = match r.free.pop() {
+            Some(k) => {
+                r.slots[k] = entry;
+                k
+            }
+            None => {
+                r.slots.push(entry);
+                r.slots.len() - 1
+            }
+        };
+        (key, self.mail_seq.load(Ordering::Relaxed))
+    }
+
+    /// The session of `key` ended: nothing more is kept for it.
+    pub fn unregister(&self, key: usize) {
+        let mut r = self.readers();
+        if let Some(slot) = r.slots.get_mut(key)
+            && slot.take().is_some()
+        {
+            r.free.push(key);
+        }
+    }
+
     /// Posts mail for every session of the LUN (on any thread) to pick up.
     pub fn post(&self, m: Mail) {
-        let mut mail = self.mail.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = self.mail_seq.load(Ordering::Relaxed) + 1;
-        mail.push_back((seq, Arc::new(m)));
-        while mail.len() > MAILBOX {
-            mail.pop_front();
+        let mut r = self.readers();
+        for (it, inbox) in r.slots.iter_mut().flatten() {
+            inbox.deliver(&m, it);
         }
+        let seq = self.mail_seq.load(Ordering::Relaxed) + 1;
         self.mail_seq.store(seq, Ordering::Release);
     }
 
-    /// The sequence number of the latest posted effects (one atomic load).
+    /// The sequence number of the latest posted effects (one atomic load): a session that saw
+    /// this number has nothing new in its inbox.
     pub fn mail_seq(&self) -> u64 {
         self.mail_seq.load(Ordering::Acquire)
     }
 
-    /// Mail posted after `seen`, oldest first.
-    pub fn mail_since(&self, seen: u64) -> Vec<Arc<Mail>> {
-        let mail = self.mail.lock().unwrap_or_else(|p| p.into_inner());
-        mail.iter()
-            .filter(|(s, _)| *s > seen)
-            .map(|(_, e)| e.clone())
-            .collect()
+    /// Takes what was posted for session `key`, and the [`Self::mail_seq`] it is up to date with.
+    pub fn take_mail(&self, key: usize) -> (u64, Inbox) {
+        let mut r = self.readers();
+        let got = r
+            .slots
+            .get_mut(key)
+            .and_then(Option::as_mut)
+            .map(|(_, inbox)| std::mem::take(inbox))
+            .unwrap_or_default();
+        (self.mail_seq.load(Ordering::Relaxed), got)
+    }
+
+    /// What was posted for session `key` and not taken yet: whether it aborts its tasks, and
+    /// whether another nexus's CLEAR TASK SET is among it.
+    pub fn peek_mail(&self, key: usize) -> (bool, bool) {
+        let r = self.readers();
+        r.slots
+            .get(key)
+            .and_then(Option::as_ref)
+            .map_or((false, false), |(_, inbox)| {
+                (inbox.aborts, inbox.notes.contains(&Note::Cleared))
+            })
     }
 
     /// Takes byte range [start, end) for an atomic operation; false when it overlaps one held.
@@ -371,6 +478,48 @@ mod tests {
         std::fs::remove_dir(&path).unwrap();
         std::fs::write(&path, PrState::new().encode()).unwrap();
         assert_eq!(load_saved(&path), Ok(Some(PrState::new())));
+    }
+
+    /// Each session's inbox holds what was posted for it, bounded however much is posted and
+    /// however long it does not look; a session that ended leaves nothing behind.
+    #[test]
+    fn inboxes_are_bounded_and_go_with_their_sessions() {
+        let s = LunShared::new(None);
+        let it = |name: &str| ItNexusId {
+            initiator: name.into(),
+            ..Default::default()
+        };
+        let (a, seq) = s.register(&it("a"));
+        let (b, _) = s.register(&it("b"));
+        assert_eq!(seq, 0);
+        s.post(Mail::Clear { from: it("b") });
+        for _ in 0..1000 {
+            s.post(Mail::Reset {
+                reason: SenseReason::BusDeviceResetFunction,
+                from: it("a"),
+            });
+            s.post(Mail::Clear { from: it("a") });
+        }
+        assert_eq!(
+            s.peek_mail(a),
+            (true, false),
+            "b's CLEAR TASK SET, then a's own"
+        );
+        let (seq, got) = s.take_mail(a);
+        assert_eq!(seq, 2001);
+        assert!(got.aborts);
+        assert_eq!(
+            got.notes,
+            [Note::Attention(SenseReason::BusDeviceResetFunction)]
+        );
+        assert_eq!(s.take_mail(a).1, Inbox::default(), "taken once");
+        let (_, got) = s.take_mail(b);
+        assert!(got.aborts && got.notes.len() <= INBOX, "{got:?}");
+        s.unregister(b);
+        s.unregister(b);
+        let (c, _) = s.register(&it("c"));
+        assert_eq!(c, b, "the ended session's place is reused");
+        assert_eq!(s.readers().slots.len(), 2);
     }
 
     #[test]
