@@ -290,7 +290,7 @@ fn a_closed_connections_copy_stops_between_its_steps() {
 /// RECEIVE COPY RESULTS tells (the copy ran to its end before, the abort waiting for it).
 #[test]
 fn an_aborted_extended_copy_stops_between_its_steps() {
-    extended_copy_stopped(false);
+    extended_copy_stopped(Stop::AbortTask);
 }
 
 /// A LOGICAL UNIT RESET of an EXTENDED COPY's destination, from another session, aborts no
@@ -299,22 +299,74 @@ fn an_aborted_extended_copy_stops_between_its_steps() {
 /// end before and was answered GOOD, the reset waiting for all of it).
 #[test]
 fn a_reset_of_its_destination_stops_an_extended_copy() {
-    extended_copy_stopped(true);
+    extended_copy_stopped(Stop::ResetDestination);
 }
 
-/// Starts a long EXTENDED COPY from LUN 0 to LUN 1 (64 segments of 32 MiB, 2 GiB in synced
+/// A LOGICAL UNIT RESET of the LUN an EXTENDED COPY was sent to (its source), from another
+/// session, aborts the copy; it is answered only once the copy has stopped, so no step of it
+/// lands on the destination after the answer. Before, the reset waited only for what was in
+/// flight on its own LUN (nothing: the copy writes another), and was answered while the
+/// copy's write in flight still landed.
+#[test]
+fn a_reset_of_its_own_lun_is_answered_once_an_extended_copy_has_stopped() {
+    extended_copy_stopped(Stop::ResetOwnLun);
+}
+
+/// How [`extended_copy_stopped`] stops the copy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// ABORT TASK from the copy's session.
+    AbortTask,
+    /// LOGICAL UNIT RESET of LUN 1, the destination, from another session.
+    ResetDestination,
+    /// LOGICAL UNIT RESET of LUN 0, the copy's own LUN, from another session.
+    ResetOwnLun,
+}
+
+/// Starts a long EXTENDED COPY from LUN 0 to LUN 1 (64 segments of 32 MiB one after the
+/// other on the destination, 2 GiB in synced
 /// steps of 1 MiB: seconds, so it is still under way when the test, on a busy machine, stops
-/// it), stops it once its first step has landed (an ABORT TASK from its session, or
-/// `reset_destination`: a LOGICAL UNIT RESET of LUN 1 from another), and checks it ended early.
-fn extended_copy_stopped(reset_destination: bool) {
+/// it), stops it once its first step has landed (`how`), checks that nothing of it lands on the
+/// destination after the stop was answered, and that it ended early.
+fn extended_copy_stopped(how: Stop) {
+    let reset_destination = how == Stop::ResetDestination;
     use vit::iscsi::initiator::frame;
     use vit::iscsi::pdu::{BHS_LEN, ScsiCommand, TargetPdu, TaskMgmtRequest};
     let ds = Datastore::new();
     ds.target("pr", &[]);
-    ds.lun("pr", 0, "64M");
+    let flat = |descriptor: std::path::PathBuf| {
+        let name = descriptor.file_name().unwrap().to_str().unwrap();
+        descriptor.with_file_name(name.replace(".vmdk", "-flat.vmdk"))
+    };
+    // The source's first 32 MiB, what every segment copies, is not zeroes.
+    let src = flat(ds.lun("pr", 0, "64M"));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+        f.write_all_at(&vec![0xa5; 32 << 20], 0).unwrap();
+    }
     // The destination: a sparse file written through (each 1 MiB step of the copy synced), so
     // the copy takes seconds, and GET LBA STATUS shows it under way.
-    ds.lun("pr", 1, "64M");
+    let dst = flat(ds.lun("pr", 1, "2G"));
+    // The copy's steps that have landed on the destination, read from its file at once: the
+    // 1 MiB chunks (written one after the other from its start) that hold the source's bytes.
+    // Blocks are allocated as a step's write is issued, so the chunks in the allocated part
+    // are read (the last of them may still be zeroes: a write in flight).
+    // Returns those and the chunks allocated.
+    let landed = || {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let f = std::fs::File::open(&dst).unwrap();
+        let chunks = (f.metadata().unwrap().blocks() * 512).div_ceil(1 << 20);
+        let mut b = [0u8; 512];
+        let landed = (0..chunks + 1)
+            .rev()
+            .find(|&c| {
+                let n = f.read_at(&mut b, c << 20).unwrap();
+                n == 512 && b.iter().all(|&x| x == 0xa5)
+            })
+            .map_or(0, |c| c + 1);
+        (landed, chunks)
+    };
     let vitd = ds.start();
     let mut s = session(&ds, 9);
     let mut watcher = session(&ds, 10);
@@ -322,7 +374,8 @@ fn extended_copy_stopped(reset_destination: bool) {
         let _ = x.command(1, &[0; 6], &[], 0); // LUN 1's power-on unit attention
     }
     let (lun0, lun1) = (naa(&mut s, 0), naa(&mut s, 1));
-    let list = xcopy_list(lun0, lun1, 0xffff, 64, 0);
+    // Each segment to blocks of its own, so every step allocates more of the destination.
+    let list = xcopy_list_spread(lun0, lun1, 0xffff, 64);
     s.itt += 1;
     let copy_itt = s.itt;
     let copy_sn = s.cmd_sn;
@@ -342,28 +395,20 @@ fn extended_copy_stopped(reset_destination: bool) {
     let mut bhs = [0u8; BHS_LEN];
     cmd.encode(&mut bhs);
     std::io::Write::write_all(&mut s.stream, &frame(&bhs, &list, false)).unwrap();
-    // GET LBA STATUS of LBA 0 of the destination until it is mapped: the copy is under way.
-    let mapped = |w: &mut Session| {
-        let mut cdb = [0u8; 16];
-        cdb[0] = 0x9e;
-        cdb[1] = 0x12;
-        cdb[13] = 24;
-        let r = w.command(1, &cdb, &[], 24).unwrap();
-        assert_eq!(r.status, 0, "{r:?}");
-        r.data_in[20] & 0x0f == 0
-    };
+    // A few steps in, and a write of the copy in flight (its blocks allocated, its bytes not
+    // there yet): the copy is under way, reading and writing in turn.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !mapped(&mut watcher) {
+    while !matches!(landed(), (n, allocated) if n >= 2 && allocated > n) {
         assert!(
             std::time::Instant::now() < deadline,
             "the copy never began\n{}",
             vitd.log_text()
         );
     }
-    let (stopper, function, lun, referenced) = if reset_destination {
-        (&mut watcher, 5, 1u64, 0xffff_ffff) // LOGICAL UNIT RESET of LUN 1
-    } else {
-        (&mut s, 1, 0, copy_itt) // ABORT TASK
+    let (stopper, function, lun, referenced) = match how {
+        Stop::ResetDestination => (&mut watcher, 5, 1u64, 0xffff_ffff), // LUN RESET of LUN 1
+        Stop::ResetOwnLun => (&mut watcher, 5, 0u64, 0xffff_ffff),      // LUN RESET of LUN 0
+        Stop::AbortTask => (&mut s, 1, 0, copy_itt),
     };
     stopper.itt += 1;
     let tmf = TaskMgmtRequest {
@@ -394,6 +439,21 @@ fn extended_copy_stopped(reset_destination: bool) {
             }
             _ => {}
         }
+    }
+    // Nothing of the copy lands after the answer.
+    let at_answer = landed().0;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        landed().0,
+        at_answer,
+        "the copy wrote its destination after the stop was answered\n{}",
+        vitd.log_text()
+    );
+    if how == Stop::ResetOwnLun {
+        // The reset's unit attention; the copy was aborted unanswered.
+        let r = s.command(0, &[0; 6], &[], 0).unwrap();
+        assert_eq!((r.status, r.sense.get(12)), (2, Some(&0x29)), "{r:?}");
+        return;
     }
     if reset_destination {
         // The copy's own answer: CHECK CONDITION, COPY ABORTED.

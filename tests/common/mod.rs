@@ -401,6 +401,20 @@ pub fn xcopy_list(
     list
 }
 
+/// [`xcopy_list`] with segment i copied to LBA i times `blocks` of `dst`, so each segment writes
+/// blocks none before it did.
+pub fn xcopy_list_spread(src: [u8; 16], dst: [u8; 16], blocks: u16, segments: u32) -> Vec<u8> {
+    let mut list = xcopy_list(src, dst, blocks, segments, 0);
+    // Header (16 bytes), two CSCD descriptors (32 each), then 28-byte segments whose
+    // destination LBA is at bytes 20..28.
+    for i in 0..segments as usize {
+        let at = 16 + 64 + 28 * i + 20;
+        let lba = i as u64 * u64::from(blocks);
+        list[at..at + 8].copy_from_slice(&lba.to_be_bytes());
+    }
+    list
+}
+
 /// The EXTENDED COPY CDB for a parameter list of `len` bytes.
 pub fn xcopy_cdb(len: usize) -> [u8; 16] {
     let mut cdb = [0u8; 16];

@@ -264,6 +264,12 @@ impl Worker {
             IoKind::ExtendedCopy => match self.copy_steps_from_data_out(idx, &work) {
                 Ok((steps, list_id)) => {
                     held = spans(steps.iter().map(|s| (&s.dst, s.dst_off, s.len)));
+                    // On its own LUN, when it writes only others, an empty span: it overlaps
+                    // nothing, but a reset (or PREEMPT AND ABORT) of that LUN, which aborts the
+                    // copy, waits for it to stop, so no write of it lands after the answer.
+                    if !held.iter().any(|(l, ..)| Arc::ptr_eq(l, lun)) {
+                        held.push((lun.clone(), 0, 0));
+                    }
                     if !hold_all(&held) {
                         return false;
                     }
