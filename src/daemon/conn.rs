@@ -4162,12 +4162,9 @@ mod tests {
         (command(&cdb, 24, false, true, cmd_sn, 24), data)
     }
 
-    /// PREEMPT AND ABORT aborts the preempted nexuses' commands before it completes (SPC-4,
-    /// the fencing of a cluster node): its GOOD waits, as a reset's answer does, until no
-    /// write is in flight on the LUN. Before, it was answered at once while the preempted
-    /// initiator's write already handed to the backing store could still land after it.
-    #[test]
-    fn a_preempt_and_abort_is_answered_once_the_writes_in_flight_have_ended() {
+    /// Two sessions of one target, A and B (another initiator), registered with keys 0xA and
+    /// 0xB (CmdSN 100 taken).
+    fn registered_pair() -> (Conn, Conn, BufferPool) {
         let (mut a, mut pool) = conn(true);
         let mut b = other_session(&a);
         for (c, key) in [(&mut a, 0xA), (&mut b, 0xB)] {
@@ -4179,6 +4176,16 @@ mod tests {
                 "{pdus:?}"
             );
         }
+        (a, b, pool)
+    }
+
+    /// PREEMPT AND ABORT aborts the preempted nexuses' commands before it completes (SPC-4,
+    /// the fencing of a cluster node): its GOOD waits, as a reset's answer does, until no
+    /// write is in flight on the LUN. Before, it was answered at once while the preempted
+    /// initiator's write already handed to the backing store could still land after it.
+    #[test]
+    fn a_preempt_and_abort_is_answered_once_the_writes_in_flight_have_ended() {
+        let (mut a, _b, mut pool) = registered_pair();
         // B's write is in flight on the backing store (counted in on its data thread).
         let lun = a.target.as_ref().unwrap().luns[0].clone();
         assert!(lun.shared.write_start(7, 0, 4096));
@@ -4219,13 +4226,7 @@ mod tests {
     /// PREEMPT AND ABORT was answered, and no unit attention told its initiator.
     #[test]
     fn mail_is_not_lost_to_a_session_that_looks_late() {
-        let (mut a, mut pool) = conn(true);
-        let mut b = other_session(&a);
-        for (c, key) in [(&mut a, 0xA), (&mut b, 0xB)] {
-            let (bhs, data) = prout(0, 0, key, 100); // REGISTER
-            feed(c, &mut pool, &bhs, &data);
-            assert!(matches!(sent(c).as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0));
-        }
+        let (mut a, mut b, mut pool) = registered_pair();
         // B: a WRITE waiting for its Data-Out.
         feed(&mut b, &mut pool, &write10(1, true, 101, 0), &[]);
         let pdus = sent(&mut b);
