@@ -597,3 +597,60 @@ impl Drop for Bind {
         LoopFs::unmount(&self.0);
     }
 }
+
+/// A LUN whose flat extent is gone when vitd starts is brought up offline: listed, answering
+/// INQUIRY and NOT READY, MANUAL INTERVENTION REQUIRED to the rest, with an error in the log
+/// that names it, while the target's other LUN and every other target are served (vitd refused
+/// to start at all, taking every target of the datastore down for one missing file).
+#[test]
+fn a_lun_whose_extent_is_missing_at_start_is_offline_and_the_rest_are_served() {
+    let ds = Datastore::new();
+    ds.target("broken", &[]);
+    ds.lun("broken", 0, "4M");
+    let descriptor = ds.lun("broken", 1, "4M");
+    ds.target("fine", &[]);
+    ds.lun("fine", 0, "4M");
+    let flat = descriptor.with_file_name(format!(
+        "{}-flat.vmdk",
+        descriptor.file_stem().unwrap().to_str().unwrap()
+    ));
+    std::fs::remove_file(&flat).unwrap();
+    let vitd = ds.start();
+    let log = std::fs::read_to_string(&vitd.log).unwrap();
+    assert!(
+        log.contains("LUN 1: offline") && log.contains(flat.to_str().unwrap()),
+        "{log}"
+    );
+
+    let mut s = session(ds.port, "broken", 1);
+    let data = pattern(3, 8 * BS);
+    assert_eq!(outcome(&write(&mut s, 8, &data)), GOOD);
+    let r = read(&mut s, 8, 8);
+    assert_eq!((outcome(&r), r.data_in), (GOOD, data));
+    const NOT_READY: (u8, u8, u8, u8) = (2, 2, 0x04, 0x03);
+    let _ = s.command(1, &[0u8; 6], &[], 0); // LUN 1's power-on unit attention
+    let mut rc16 = vec![0x9e, 0x10];
+    rc16.extend([0u8; 8].iter().chain(&32u32.to_be_bytes()).chain(&[0, 0]));
+    for cdb in [vec![0u8; 6], cdb16(0x88, 0, 1), rc16] {
+        let want = match cdb[0] {
+            0x88 => BS as u32,
+            0x9e => 32,
+            _ => 0,
+        };
+        let r = s.command(1, &cdb, &[], want).unwrap();
+        assert_eq!(outcome(&r), NOT_READY, "{cdb:02x?}");
+    }
+    let r = s.command(1, &[0x12, 0, 0, 0, 36, 0], &[], 36).unwrap();
+    assert_eq!((r.status, r.data_in.first()), (0, Some(&0)), "INQUIRY");
+
+    // Real clients: the other target as ever, and the offline LUN's condition as they see it.
+    let (ok, out) = client("iscsi-readcapacity16", &[&ds.url("fine", 0)]);
+    assert!(ok && out.contains("Total size:4194304"), "{out}");
+    // libiscsi's tools send TEST UNIT READY after login, and stop at what it says.
+    let (ok, out) = client("iscsi-readcapacity16", &[&ds.url("broken", 1)]);
+    assert!(
+        !ok && out.contains("NOT READY") && out.contains("0x0403"),
+        "{out}"
+    );
+    drop(vitd);
+}

@@ -1208,6 +1208,8 @@ impl Worker {
                 }
                 self.finish_io(idx, work.task, r);
             }
+            // The device server answers NOT READY for an offline LUN before any I/O.
+            Backing::Offline { .. } => self.finish_io(idx, work.task, IoResult::Failed),
             Backing::Vmdk { map, .. } => {
                 let segments = match map.map(req.byte_offset, req.byte_len as u64, op_kind) {
                     Ok(s) => s,
@@ -1300,7 +1302,7 @@ impl Worker {
     fn submit_datasync(&mut self, idx: usize, task: u16, lun: &Arc<LunRt>) -> u16 {
         let n = match &lun.backing {
             Backing::Vmdk { files, .. } => files.len(),
-            Backing::Ramdisk { .. } => 0,
+            Backing::Ramdisk { .. } | Backing::Offline { .. } => 0,
         };
         let mut count = 0u16;
         for e in 0..n {

@@ -119,6 +119,10 @@ pub enum Backing {
     },
     /// Memory (ctl.conf `backend ramdisk`), for protocol benchmarks.
     Ramdisk { mem: super::ramdisk::RamDisk },
+    /// Nothing: the LUN's descriptor or extents could not be opened at start (`reason` says
+    /// why). It is listed and answers INQUIRY, and every other command NOT READY, MANUAL
+    /// INTERVENTION REQUIRED, while the target's other LUNs and every other target are served.
+    Offline { reason: String },
 }
 
 /// A LUN as served.
@@ -431,13 +435,29 @@ pub fn build(
             let Some(body) = lun_body(cfg, &tl.lun) else {
                 continue;
             };
-            let lun = open_lun(ds, t.name.as_str(), tl.id, body, open).map_err(|msg| {
-                RuntimeError::Lun {
-                    target: t.name.clone(),
-                    lun: tl.id,
-                    msg,
+            let lun = match open_lun(ds, t.name.as_str(), tl.id, body, open) {
+                Ok(lun) => lun,
+                // A LUN whose files on the datastore cannot be served (a descriptor or extent
+                // missing, damaged or unreadable) is brought up offline, as ctld and LIO carry
+                // on past a LUN they fail to open: one broken file does not take every target
+                // of the datastore down with it.
+                Err(msg) if body.effective_backend() != Backend::Ramdisk => {
+                    tracing::error!(
+                        "target {} LUN {}: offline (NOT READY to initiators) until vitd is \
+                         restarted with it repaired: {msg}",
+                        t.name,
+                        tl.id
+                    );
+                    offline_lun(tl.id, body, msg)
                 }
-            })?;
+                Err(msg) => {
+                    return Err(RuntimeError::Lun {
+                        target: t.name.clone(),
+                        lun: tl.id,
+                        msg,
+                    });
+                }
+            };
             luns.push(Arc::new(lun));
         }
         let portals = pgs
@@ -687,6 +707,39 @@ fn open_lun(
     })
 }
 
+/// A LUN that could not be opened: the block size and size vit.conf gives it (one block when
+/// it gives none), no backing store.
+fn offline_lun(id: u64, body: &LunBody, reason: String) -> LunRt {
+    let block_size = body.blocksize.map_or(512, |(b, _)| b as u32);
+    let key = body
+        .path
+        .as_ref()
+        .map_or_else(|| format!("offline/{id}"), |p| p.name.clone());
+    let identity = stable_hash(&key);
+    let blocks = body
+        .size
+        .map_or(1, |(bytes, _)| bytes / u64::from(block_size))
+        .max(1);
+    LunRt {
+        id,
+        block_size,
+        num_blocks: blocks,
+        read_only: false,
+        serial: body
+            .serial
+            .as_ref()
+            .map_or_else(|| format!("{identity:016x}"), |s| s.name.clone()),
+        alias: body.lun_alias().map(str::to_string),
+        identity,
+        backing: Backing::Offline { reason },
+        shared: super::shared::LunShared::new(None),
+        thin: false,
+        write_cache: None,
+        physical: (None, 0),
+        unmap_granule: (None, 0),
+    }
+}
+
 /// A granule's size and offset options as given (bytes; an unreadable one as absent: the
 /// config was verified before it got here).
 fn granule_option(body: &LunBody, kind: crate::config::GranuleKind) -> (Option<u64>, u64) {
@@ -726,6 +779,7 @@ fn lun_info(l: &LunRt) -> Result<LunInfo, RuntimeError> {
         .map_err(|_| RuntimeError::Other(format!("LUN id {} too large", l.id)))?;
     let mut info = LunInfo::new(id, l.block_size, l.num_blocks, l.identity, &l.serial);
     info.read_only = l.read_only;
+    info.offline = matches!(l.backing, Backing::Offline { .. });
     if l.thin {
         info.provisioning = crate::scsi::lun::Provisioning::thin();
     }
@@ -755,6 +809,7 @@ fn lun_info(l: &LunRt) -> Result<LunInfo, RuntimeError> {
             })
             .unwrap_or(4096),
         Backing::Ramdisk { .. } => super::ramdisk::CHUNK as u64,
+        Backing::Offline { .. } => 4096,
     };
     let block = u64::from(l.block_size);
     let [p, u] =
@@ -789,8 +844,19 @@ pub fn sync_all(r: &Running) {
 /// A summary for the startup log.
 pub fn describe(r: &Running) -> String {
     let luns: usize = r.targets.iter().map(|t| t.luns.len()).sum();
+    let offline = r
+        .targets
+        .iter()
+        .flat_map(|t| t.luns.iter())
+        .filter(|l| matches!(l.backing, Backing::Offline { .. }))
+        .count();
+    let offline = if offline > 0 {
+        format!(" ({offline} offline)")
+    } else {
+        String::new()
+    };
     format!(
-        "generation {}: {} targets, {} LUNs, {} portal groups",
+        "generation {}: {} targets, {} LUNs{offline}, {} portal groups",
         r.generation,
         r.targets.len(),
         luns,

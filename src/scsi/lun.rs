@@ -99,6 +99,10 @@ pub struct LunInfo {
     pub physical_exp: u8,
     /// LOWEST ALIGNED LOGICAL BLOCK ADDRESS: the first LBA at the start of a physical block.
     pub lowest_aligned: u16,
+    /// The logical unit is defined but cannot be served (its backing store could not be opened):
+    /// every command but INQUIRY, REPORT LUNS and REQUEST SENSE is answered NOT READY, LOGICAL
+    /// UNIT NOT READY, MANUAL INTERVENTION REQUIRED, as a disk that needs its operator.
+    pub offline: bool,
 }
 
 /// Why a logical unit definition cannot be served.
@@ -200,6 +204,7 @@ impl LunInfo {
             unmap_alignment: 0,
             physical_exp: 0,
             lowest_aligned: 0,
+            offline: false,
         }
     }
 }
@@ -703,6 +708,9 @@ pub fn execute_with_pr(
     if !exempt && let Some(ua) = nexus.pop(lun.id) {
         return Outcome::Done(Completion::check(ua));
     }
+    if lun.offline && !exempt {
+        return Outcome::Done(Completion::check(SenseReason::NotReadyManualIntervention));
+    }
     let cmd = match Command::parse(req.cdb) {
         Ok(cmd) => cmd,
         Err(reason) => return Outcome::Done(Completion::check(reason)),
@@ -836,7 +844,11 @@ fn run_local(
             Ok(0)
         }
         Command::RequestSense { desc, alloc_len } => {
-            let reason = nexus.pop(lun.id).unwrap_or(SenseReason::NoSense);
+            let reason = nexus.pop(lun.id).unwrap_or(if lun.offline {
+                SenseReason::NotReadyManualIntervention
+            } else {
+                SenseReason::NoSense
+            });
             Ok(request_sense(reason, desc, alloc_len, data_in))
         }
         Command::Inquiry {

@@ -63,6 +63,8 @@ pub enum SenseReason {
     NotReady,
     /// NOT READY, LOGICAL UNIT NOT READY, INITIALIZING COMMAND REQUIRED (2h/04h/02h).
     NotReadyInitializingCommandRequired,
+    /// NOT READY, LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED (2h/04h/03h).
+    NotReadyManualIntervention,
     /// NOT READY, MEDIUM NOT PRESENT (2h/3Ah/00h).
     MediumNotPresent,
     /// MEDIUM ERROR, UNRECOVERED READ ERROR (3h/11h/00h).
@@ -149,6 +151,7 @@ impl SenseReason {
             Self::NoSense => (K::NoSense, 0x00, 0x00),
             Self::NotReady => (K::NotReady, 0x04, 0x00),
             Self::NotReadyInitializingCommandRequired => (K::NotReady, 0x04, 0x02),
+            Self::NotReadyManualIntervention => (K::NotReady, 0x04, 0x03),
             Self::MediumNotPresent => (K::NotReady, 0x3A, 0x00),
             Self::UnrecoveredReadError => (K::MediumError, 0x11, 0x00),
             Self::WriteError => (K::MediumError, 0x0C, 0x00),
@@ -361,6 +364,7 @@ mod tests {
                 0x04,
                 0x02,
             ),
+            (SenseReason::NotReadyManualIntervention, 0x2, 0x04, 0x03),
             (SenseReason::MediumNotPresent, 0x2, 0x3A, 0x00),
             (SenseReason::UnrecoveredReadError, 0x3, 0x11, 0x00),
             (SenseReason::WriteError, 0x3, 0x0C, 0x00),

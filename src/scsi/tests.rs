@@ -751,3 +751,57 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_offline_lun_is_not_ready_but_still_answers_inquiry_and_request_sense() {
+    let mut lun = LunInfo::new(4, 512, 100, 0x44, "OFF");
+    lun.offline = true;
+    let s = DeviceServer::new(vec![lun, LunInfo::new(0, 512, 100, 0x45, "ON")]).expect("valid");
+    let not_ready = (0x02, 0x04, 0x03, [0, 0, 0]);
+    for cdb in [
+        TUR.to_vec(),
+        cdb10(0x28, 0, 0, 1).to_vec(),
+        cdb10(0x2A, 0, 0, 1).to_vec(),
+        cdb16(0x9E, 0x10, 0, 32).to_vec(),
+        vec![0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        vec![0x1A, 0, 0x3F, 0, 255, 0],
+    ] {
+        let r = run_with(&s, &mut quiet(), 4, &cdb, &[]);
+        assert_eq!(sense(done(&r)), not_ready, "{cdb:02x?}");
+    }
+    // The other LUN of the target is served.
+    good(&run_with(&s, &mut quiet(), 0, &TUR, &[]));
+    // INQUIRY: a LUN that is there (peripheral qualifier 0), its VPD too.
+    let r = run_with(&s, &mut quiet(), 4, &[0x12, 0, 0, 0, 96, 0], &[]);
+    good(&r);
+    assert_eq!(r.data[0], 0x00);
+    good(&run_with(
+        &s,
+        &mut quiet(),
+        4,
+        &[0x12, 1, 0x83, 0, 255, 0],
+        &[],
+    ));
+    // REPORT LUNS lists it; REQUEST SENSE tells why it is not ready.
+    let r = run_with(
+        &s,
+        &mut quiet(),
+        4,
+        &[0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+        &[],
+    );
+    good(&r);
+    assert_eq!(r.data[3], 16, "two LUNs listed");
+    let r = run_with(&s, &mut quiet(), 4, &[0x03, 0, 0, 0, 18, 0], &[]);
+    good(&r);
+    assert_eq!(
+        (r.data[2] & 0x0F, r.data[12], r.data[13]),
+        (0x02, 0x04, 0x03)
+    );
+    // A unit attention pending on it is reported first.
+    let mut n = fresh(&s);
+    let r = run_with(&s, &mut n, 4, &TUR, &[]);
+    assert_eq!(sense(done(&r)).0, 0x06);
+    let r = run_with(&s, &mut n, 4, &TUR, &[]);
+    assert_eq!(sense(done(&r)), not_ready);
+}

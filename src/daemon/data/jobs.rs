@@ -420,6 +420,7 @@ impl Worker {
         let mut probe = |lba: u64, max: u64| -> Result<(LbaState, u64), ()> {
             let (map, files) = match &lun.backing {
                 Backing::Vmdk { map, files, .. } => (map, files),
+                Backing::Offline { .. } => return Err(()),
                 Backing::Ramdisk { mem } => {
                     let (held, bytes) = mem.allocation(lba * bs, max * bs);
                     let state = if held {
@@ -752,6 +753,7 @@ impl Worker {
                 return if r == IoResult::Ok { Ok(0) } else { Err(r) };
             }
             Backing::Vmdk { map, .. } => map,
+            Backing::Offline { .. } => return Err(IoResult::Failed),
         };
         let mode = if op == RangeOp::Read {
             Op::Read
