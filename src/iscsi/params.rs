@@ -333,7 +333,7 @@ pub struct TargetLimits {
     pub data_sequence_in_order: bool,
     /// The ErrorRecoveryLevel we offer (0).
     pub error_recovery_level: u8,
-    /// The portal group tag we declare on normal sessions.
+    /// The portal group tag we declare to a login that names a target.
     pub target_portal_group_tag: u16,
 }
 
@@ -747,12 +747,13 @@ impl Negotiator {
         self.seen |= Self::bit(key);
     }
 
-    /// Our declarations: TargetPortalGroupTag in the first response of a normal session,
-    /// MaxRecvDataSegmentLength once in the operational stage.
+    /// Our declarations: TargetPortalGroupTag in the first response when the first request
+    /// named a target (a normal session always does; RFC 7143 §6.3: "for all session types
+    /// when TargetName is given"), MaxRecvDataSegmentLength once in the operational stage.
     fn declare(&mut self, stage: Stage, out: &mut dyn TextSink) -> Result<(), NegotiateError> {
         // An initiator that sent TargetPortalGroupTag itself got `Reject` for it instead.
         let tpgt_answered = self.was_seen(Key::TargetPortalGroupTag);
-        if !self.first_done && self.params.session_type == SessionType::Normal && !tpgt_answered {
+        if !self.first_done && self.params.target_name.is_some() && !tpgt_answered {
             let tag = self.ours.target_portal_group_tag;
             out.push_fmt("TargetPortalGroupTag", format_args!("{tag}"))?;
         }
@@ -1294,6 +1295,34 @@ SendTargets=Irrelevant;MaxRecvDataSegmentLength=262144;"
         assert_eq!(p.session_type, SessionType::Discovery);
         assert_eq!(p.target_name, None);
         assert_eq!(p.initiator_max_recv_data_segment_length, 8192);
+    }
+
+    /// RFC 7143 §6.3: the target returns TargetPortalGroupTag in its first response "for all
+    /// session types when TargetName is given". A discovery session that named a target got
+    /// none.
+    #[test]
+    fn a_discovery_session_naming_a_target_is_told_the_portal_group_tag() {
+        let mut n = leading();
+        let first = run(
+            &mut n,
+            Stage::Security,
+            b"InitiatorName=iqn.a:b\0SessionType=Discovery\0TargetName=iqn.a:t\0",
+        )
+        .unwrap();
+        assert_eq!(first, "TargetPortalGroupTag=1;");
+        // Without a TargetName a discovery session is told none; once only.
+        let mut n = leading();
+        let first = run(
+            &mut n,
+            Stage::Security,
+            b"InitiatorName=iqn.a:b\0SessionType=Discovery\0",
+        )
+        .unwrap();
+        assert_eq!(first, "");
+        assert_eq!(
+            run(&mut n, Stage::Security, b"TargetName=iqn.a:t\0").unwrap(),
+            ""
+        );
     }
 
     #[test]
