@@ -2058,11 +2058,19 @@ impl Conn {
                     Vec::new()
                 } else {
                     let request = std::mem::take(&mut self.text);
-                    let answer = super::discovery::answer_text(
+                    let answer = match super::discovery::answer_text(
                         &request,
                         &self.target_list(),
                         self.local_addr,
-                    );
+                    ) {
+                        Ok(answer) => answer,
+                        // A text breaking RFC 7143 §6.1 (a key repeated, a pair without `=`):
+                        // a protocol error, nothing of it taken.
+                        Err(e) => {
+                            tracing::debug!(itt = t.itt, "Text Request: {e}: rejected");
+                            return self.reject(RejectReason::ProtocolError, bhs);
+                        }
+                    };
                     // A new MaxRecvDataSegmentLength holds for every PDU queued from here on:
                     // the Data-In of tasks that end later is cut to it. PDUs queued before
                     // (whole Data-In sequences of tasks already answered) go out ahead of this
@@ -3125,6 +3133,41 @@ mod tests {
             assert_eq!(String::from_utf8_lossy(data), String::from_utf8_lossy(want));
         }
         assert_eq!(c.params, before);
+    }
+
+    /// A Text Request whose text breaks RFC 7143 §6.1 (a key repeated, a pair without `=`, a
+    /// last pair without its NUL, a key name over 63 bytes) is a protocol error: Reject, and
+    /// nothing in it is taken. It was answered with an empty Text Response, as if it had asked
+    /// nothing (a SendTargets=All among them: "no targets").
+    #[test]
+    fn a_malformed_text_request_is_rejected_and_changes_nothing() {
+        let (mut c, mut pool) = conn(true);
+        let before = c.params.clone();
+        let long_key = format!("{}=1\0", "K".repeat(64));
+        let bad: [&[u8]; 4] = [
+            b"MaxRecvDataSegmentLength=1024\0SendTargets=All\0SendTargets=All\0",
+            b"MaxRecvDataSegmentLength=1024\0SendTargets\0",
+            b"MaxRecvDataSegmentLength=1024\0SendTargets=All",
+            long_key.as_bytes(),
+        ];
+        for (k, ask) in bad.into_iter().enumerate() {
+            let pdus: Vec<TargetPdu> = text_request(&mut c, &mut pool, 100 + k as u32, ask)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+            assert!(
+                rejected(&pdus, RejectReason::ProtocolError),
+                "{:?}: {pdus:?}",
+                String::from_utf8_lossy(ask)
+            );
+        }
+        assert_eq!(c.params, before);
+        // The connection goes on: a well-formed request is answered.
+        let pdus = text_request(&mut c, &mut pool, 104, b"SendTargets=All\0");
+        assert!(
+            matches!(pdus.as_slice(), [(TargetPdu::Text(r), data)] if r.final_bit && data.starts_with(b"TargetName=")),
+            "{pdus:?}"
+        );
     }
 
     /// NOP-In reflects at most the initiator's MaxRecvDataSegmentLength of ping data

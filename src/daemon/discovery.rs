@@ -5,7 +5,7 @@ use super::runtime::{AuthPolicy, Running, TargetRt};
 use crate::config::{AuthType, DiscoveryFilter};
 use crate::iscsi::chap::ChapProof;
 use crate::iscsi::params::{FullFeatureKey, full_feature_key};
-use crate::iscsi::text::TextList;
+use crate::iscsi::text::{TextError, TextList};
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
@@ -131,15 +131,15 @@ pub struct TextAnswer {
 /// be negotiated in full feature phase are answered `Reject`, unknown keys `NotUnderstood`.
 ///
 /// A `Reject` fails the negotiation, and RFC 7143 §7.12 keeps the values agreed before: none
-/// of the request's declarations are returned then. A malformed request gets an empty answer.
+/// of the request's declarations are returned then. A request whose text breaks RFC 7143 §6.1
+/// (a key repeated, a pair without `=` or its NUL, a key name too long) is the error: a
+/// protocol error the connection answers with a Reject, taking nothing of it.
 pub fn answer_text(
     request: &[u8],
     targets: &[TargetEntry],
     local: Option<SocketAddr>,
-) -> TextAnswer {
-    let Ok(list) = TextList::parse(request) else {
-        return TextAnswer::default();
-    };
+) -> Result<TextAnswer, TextError> {
+    let list = TextList::parse(request)?;
     let mut answer = TextAnswer::default();
     let mut failed = false;
     let mut out = String::new();
@@ -191,7 +191,7 @@ pub fn answer_text(
         answer.initiator_alias = None;
     }
     answer.text = out.into_bytes();
-    answer
+    Ok(answer)
 }
 
 #[cfg(test)]
@@ -410,7 +410,7 @@ mod tests {
     }
 
     fn text_of(request: &[u8], local: Option<SocketAddr>) -> String {
-        String::from_utf8(answer_text(request, &entries(), local).text).unwrap()
+        String::from_utf8(answer_text(request, &entries(), local).unwrap().text).unwrap()
     }
 
     #[test]
@@ -435,7 +435,8 @@ mod tests {
             ],
         }];
         let text = |local: &str| {
-            let answer = answer_text(b"SendTargets=All\0", &targets, Some(local.parse().unwrap()));
+            let answer =
+                answer_text(b"SendTargets=All\0", &targets, Some(local.parse().unwrap())).unwrap();
             String::from_utf8(answer.text).unwrap()
         };
         // Reached over IPv4 (another group's portal): `[::]` listens with IPV6_V6ONLY, so
@@ -462,7 +463,7 @@ mod tests {
         assert!(text_of(b"SendTargets=iqn.x:none\0", None).is_empty());
         assert_eq!(
             answer_text(b"no-equals\0", &entries(), None),
-            TextAnswer::default()
+            Err(TextError::MissingEquals { offset: 0 })
         );
         assert_eq!(
             text_of(b"X-com.example.Foo=1\0X#Bar=2\0", None),
@@ -476,7 +477,8 @@ mod tests {
             b"MaxRecvDataSegmentLength=4096\0InitiatorAlias=db1\0",
             &entries(),
             None,
-        );
+        )
+        .unwrap();
         assert_eq!(
             a,
             TextAnswer {
@@ -490,7 +492,8 @@ mod tests {
             b"MaxRecvDataSegmentLength=512\0SendTargets=iqn.2026-11.io.vit:b\0",
             &entries(),
             None,
-        );
+        )
+        .unwrap();
         assert_eq!(a.max_recv_data_segment_length, Some(512));
         assert!(a.text.starts_with(b"TargetName=iqn.2026-11.io.vit:b\0"));
     }
@@ -539,18 +542,19 @@ mod tests {
     fn a_bad_declaration_or_a_reject_keeps_the_values_in_force() {
         for bad in ["511", "16777216", "0x", "4k", ""] {
             let request = format!("MaxRecvDataSegmentLength={bad}\0");
-            let a = answer_text(request.as_bytes(), &entries(), None);
+            let a = answer_text(request.as_bytes(), &entries(), None).unwrap();
             assert_eq!(a.text, b"MaxRecvDataSegmentLength=Reject\0", "{bad}");
             assert_eq!(a.max_recv_data_segment_length, None, "{bad}");
         }
-        let a = answer_text(b"MaxRecvDataSegmentLength=16777215\0", &entries(), None);
+        let a = answer_text(b"MaxRecvDataSegmentLength=16777215\0", &entries(), None).unwrap();
         assert_eq!(a.max_recv_data_segment_length, Some(16_777_215));
         // A negotiation that fails leaves no partial result (RFC 7143 §7.12).
         let a = answer_text(
             b"MaxRecvDataSegmentLength=4096\0InitiatorAlias=x\0MaxBurstLength=512\0",
             &entries(),
             None,
-        );
+        )
+        .unwrap();
         assert_eq!(a.text, b"MaxBurstLength=Reject\0");
         assert_eq!(
             (a.max_recv_data_segment_length, a.initiator_alias),

@@ -1036,7 +1036,8 @@ mod tests {
             b"SendTargets=All\0",
             &[entry],
             Some("127.0.0.1:3999".parse().unwrap()),
-        );
+        )
+        .unwrap();
         assert_eq!(
             String::from_utf8(answer.text).unwrap(),
             "TargetName=iqn.2000-01.com.x:t\0TargetAddress=127.0.0.1:3999,1\0\
