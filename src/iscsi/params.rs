@@ -19,7 +19,9 @@
 //! - A malformed MaxRecvDataSegmentLength declaration ends the login (it is declarative, so
 //!   there is no `Reject` answer for it).
 //! - When only MaxBurstLength is negotiated, below the default FirstBurstLength, the
-//!   FirstBurstLength in force is lowered to MaxBurstLength.
+//!   FirstBurstLength in force is lowered to MaxBurstLength; offered together, FirstBurstLength
+//!   is answered within the MaxBurstLength the same response settles (SPDK does so too), and
+//!   a MaxBurstLength offered later below the FirstBurstLength settled ends the login.
 //! - In full feature phase ([`full_feature_key`]) a key whose Use is LO or IO, or that only
 //!   targets send, is answered `Reject` (the value stays as login left it), and so is a
 //!   malformed MaxRecvDataSegmentLength or InitiatorAlias declaration (the negotiation fails and
@@ -551,6 +553,9 @@ pub struct Negotiator {
     seen: u64,
     first_done: bool,
     declared_mrdsl: bool,
+    /// The MaxBurstLength the request being answered settles, when it offers one: its
+    /// FirstBurstLength is answered within it whichever of the two comes first.
+    max_burst_ahead: Option<u32>,
     params: SessionParams,
 }
 
@@ -587,6 +592,7 @@ impl Negotiator {
             seen: 0,
             first_done: false,
             declared_mrdsl: false,
+            max_burst_ahead: None,
             params,
         }
     }
@@ -627,6 +633,11 @@ impl Negotiator {
         if !self.first_done {
             self.first_pdu(keys)?;
         }
+        self.max_burst_ahead = keys
+            .get("MaxBurstLength")
+            .filter(|_| !self.was_seen(Key::MaxBurstLength))
+            .and_then(|v| number_in(key_def(Key::MaxBurstLength).rule, v))
+            .map(|n| n.min(self.ours.max_burst_length));
         for pair in keys.iter() {
             let Some(def) = lookup(pair.key) else {
                 out.push(pair.key, "NotUnderstood")?;
@@ -843,7 +854,10 @@ impl Negotiator {
                 p.max_burst_length = n
             }),
             Key::FirstBurstLength => {
-                let cap = ours.first_burst_length.min(p.max_burst_length);
+                // RFC 7143 §13.14: never past the MaxBurstLength in force, nor past the one
+                // this request settles.
+                let ahead = self.max_burst_ahead.unwrap_or(u32::MAX);
+                let cap = ours.first_burst_length.min(p.max_burst_length).min(ahead);
                 numeric(def.rule, value, cap, |n| p.first_burst_length = n)
             }
             Key::DefaultTime2Wait => numeric(def.rule, value, ours.default_time2wait.into(), |n| {
@@ -1376,8 +1390,31 @@ SendTargets=Irrelevant;MaxRecvDataSegmentLength=262144;"
         assert_eq!(n.finish().unwrap().first_burst_length, 4096);
     }
 
+    /// RFC 7143 §13.14: FirstBurstLength MUST NOT exceed MaxBurstLength. Offered in one
+    /// request, FirstBurstLength before a lower MaxBurstLength, the target answered each on its
+    /// own (65536, 4096), then failed the login for the pair it had chosen itself; it answers
+    /// FirstBurstLength within the MaxBurstLength it settles in the same response, as it did
+    /// with the keys the other way round.
     #[test]
-    fn first_burst_above_max_burst_fails() {
+    fn first_burst_answered_within_the_max_burst_of_the_same_request() {
+        for text in [
+            &b"FirstBurstLength=65536\0MaxBurstLength=4096\0"[..],
+            b"MaxBurstLength=4096\0FirstBurstLength=65536\0",
+        ] {
+            let mut n = leading();
+            run(
+                &mut n,
+                Stage::Security,
+                b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0",
+            )
+            .unwrap();
+            let op = run(&mut n, Stage::Operational, text).unwrap();
+            assert!(op.contains("FirstBurstLength=4096;"), "{op}");
+            assert!(op.contains("MaxBurstLength=4096;"), "{op}");
+            let p = n.finish().unwrap();
+            assert_eq!((p.first_burst_length, p.max_burst_length), (4096, 4096));
+        }
+        // A MaxBurstLength that is not taken (out of range, or an answer) caps nothing.
         let mut n = leading();
         run(
             &mut n,
@@ -1385,12 +1422,30 @@ SendTargets=Irrelevant;MaxRecvDataSegmentLength=262144;"
             b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0",
         )
         .unwrap();
-        run(
+        let op = run(
             &mut n,
             Stage::Operational,
-            b"FirstBurstLength=65536\0MaxBurstLength=4096\0",
+            b"FirstBurstLength=65536\0MaxBurstLength=100\0",
         )
         .unwrap();
+        assert_eq!(
+            op,
+            "FirstBurstLength=65536;MaxBurstLength=Reject;MaxRecvDataSegmentLength=262144;"
+        );
+    }
+
+    /// A MaxBurstLength below the FirstBurstLength settled in an earlier request cannot be met
+    /// (neither answer may grow past the offer): the login fails.
+    #[test]
+    fn first_burst_above_a_later_max_burst_fails() {
+        let mut n = leading();
+        run(
+            &mut n,
+            Stage::Security,
+            b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0FirstBurstLength=65536\0",
+        )
+        .unwrap();
+        run(&mut n, Stage::Operational, b"MaxBurstLength=4096\0").unwrap();
         assert_eq!(
             n.finish(),
             Err(NegotiateError::FirstBurstExceedsMaxBurst {
