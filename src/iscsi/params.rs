@@ -484,6 +484,10 @@ pub enum NegotiateError {
     /// A key was negotiated twice during login.
     #[error("key {0} negotiated twice")]
     Renegotiated(&'static str),
+    /// A declaration that only the first login request may make came later and differs from
+    /// what is in force (SessionType).
+    #[error("key {0} is settled by the first login request")]
+    LateDeclaration(&'static str),
     /// A key appeared in a stage where it is not allowed.
     #[error("key {key} not allowed in the {stage:?} stage")]
     WrongStage {
@@ -779,7 +783,8 @@ impl Negotiator {
 
     /// InitiatorName, TargetName, SessionType are recorded from the first PDU by `first_pdu`
     /// (repeating them later is a renegotiation); a discovery session may still declare its
-    /// TargetName later.
+    /// TargetName later. The first request settled the session type (Normal when it gave
+    /// none): a later SessionType may only say the same.
     fn late_declaration<'v>(
         &mut self,
         def: &KeyDef,
@@ -787,6 +792,12 @@ impl Negotiator {
     ) -> Result<Answer<'v>, NegotiateError> {
         if self.first_done && def.key == Key::TargetName {
             self.params.target_name = Some(declared_text(def.key, value)?.to_owned());
+        }
+        if self.first_done
+            && def.key == Key::SessionType
+            && parse_session_type(value) != Ok(self.params.session_type)
+        {
+            return Err(NegotiateError::LateDeclaration(def.name));
         }
         Ok(Answer::Silent)
     }
@@ -1388,6 +1399,47 @@ SendTargets=Irrelevant;MaxRecvDataSegmentLength=262144;"
         assert_eq!(err, NegotiateError::Renegotiated("InitiatorName"));
         // Only MaxBurstLength was negotiated: FirstBurstLength follows it down.
         assert_eq!(n.finish().unwrap().first_burst_length, 4096);
+    }
+
+    /// The session type is settled by the first request (RFC 7143 §6.3: SessionType comes with
+    /// the initial Login Request; without it the session is Normal, and the target was chosen,
+    /// checked and authenticated as such). A later SessionType=Discovery was taken silently and
+    /// the session stayed Normal, the two sides then holding different session types; a later
+    /// one that says what is in force changes nothing.
+    #[test]
+    fn a_session_type_changed_after_the_first_request_fails_the_login() {
+        let mut n = leading();
+        run(
+            &mut n,
+            Stage::Security,
+            b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0",
+        )
+        .unwrap();
+        let err = run(&mut n, Stage::Operational, b"SessionType=Discovery\0").unwrap_err();
+        assert_eq!(err, NegotiateError::LateDeclaration("SessionType"));
+        assert_eq!(err.login_status(), LoginStatus::InitiatorError);
+        let mut n = leading();
+        run(
+            &mut n,
+            Stage::Security,
+            b"InitiatorName=iqn.a:b\0SessionType=Discovery\0",
+        )
+        .unwrap();
+        // Given in the first request, it is not given again.
+        let err = run(&mut n, Stage::Operational, b"SessionType=Discovery\0").unwrap_err();
+        assert_eq!(err, NegotiateError::Renegotiated("SessionType"));
+        let mut n = leading();
+        run(
+            &mut n,
+            Stage::Security,
+            b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0",
+        )
+        .unwrap();
+        assert_eq!(
+            run(&mut n, Stage::Operational, b"SessionType=Normal\0").unwrap(),
+            "MaxRecvDataSegmentLength=262144;"
+        );
+        assert_eq!(n.finish().unwrap().session_type, SessionType::Normal);
     }
 
     /// RFC 7143 §13.14: FirstBurstLength MUST NOT exceed MaxBurstLength. Offered in one
