@@ -3136,16 +3136,17 @@ mod tests {
     }
 
     /// A Text Request whose text breaks RFC 7143 §6.1 (a key repeated, a pair without `=`, a
-    /// last pair without its NUL, a key name over 63 bytes) is a protocol error: Reject, and
-    /// nothing in it is taken. It was answered with an empty Text Response, as if it had asked
+    /// last pair without its NUL, a key name over 63 bytes) or offers a value reserved for
+    /// answers (§6.2) is a protocol error: Reject, and nothing in it is taken. It was answered with an empty Text Response, as if it had asked
     /// nothing (a SendTargets=All among them: "no targets").
     #[test]
     fn a_malformed_text_request_is_rejected_and_changes_nothing() {
         let (mut c, mut pool) = conn(true);
         let before = c.params.clone();
         let long_key = format!("{}=1\0", "K".repeat(64));
-        let bad: [&[u8]; 4] = [
+        let bad: [&[u8]; 5] = [
             b"MaxRecvDataSegmentLength=1024\0SendTargets=All\0SendTargets=All\0",
+            b"MaxRecvDataSegmentLength=1024\0MaxBurstLength=Reject\0",
             b"MaxRecvDataSegmentLength=1024\0SendTargets\0",
             b"MaxRecvDataSegmentLength=1024\0SendTargets=All",
             long_key.as_bytes(),
@@ -3163,7 +3164,7 @@ mod tests {
         }
         assert_eq!(c.params, before);
         // The connection goes on: a well-formed request is answered.
-        let pdus = text_request(&mut c, &mut pool, 104, b"SendTargets=All\0");
+        let pdus = text_request(&mut c, &mut pool, 105, b"SendTargets=All\0");
         assert!(
             matches!(pdus.as_slice(), [(TargetPdu::Text(r), data)] if r.final_bit && data.starts_with(b"TargetName=")),
             "{pdus:?}"

@@ -5,7 +5,7 @@ use super::runtime::{AuthPolicy, Running, TargetRt};
 use crate::config::{AuthType, DiscoveryFilter};
 use crate::iscsi::chap::ChapProof;
 use crate::iscsi::params::{FullFeatureKey, full_feature_key};
-use crate::iscsi::text::{TextError, TextList};
+use crate::iscsi::text::{KeyName, TextError, TextList};
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
@@ -113,6 +113,17 @@ fn target_address(addr: SocketAddr, tag: u16, local: Option<SocketAddr>) -> Opti
     })
 }
 
+/// A Text Request that is a protocol error: the connection answers it with a Reject PDU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TextRequestError {
+    /// The text breaks RFC 7143 §6.1 (a key repeated, a pair without `=` or its NUL).
+    #[error(transparent)]
+    Text(#[from] TextError),
+    /// A key offered with a value reserved for answers (RFC 7143 §6.2).
+    #[error("key {0} offered with a value reserved for answers")]
+    ReservedValue(KeyName),
+}
+
 /// The answer to a full-feature-phase Text Request, and what it changes on the connection.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TextAnswer {
@@ -132,13 +143,14 @@ pub struct TextAnswer {
 ///
 /// A `Reject` fails the negotiation, and RFC 7143 §7.12 keeps the values agreed before: none
 /// of the request's declarations are returned then. A request whose text breaks RFC 7143 §6.1
-/// (a key repeated, a pair without `=` or its NUL, a key name too long) is the error: a
-/// protocol error the connection answers with a Reject, taking nothing of it.
+/// (a key repeated, a pair without `=` or its NUL, a key name too long), or that offers a value
+/// reserved for answers (§6.2), is the error: a protocol error the connection answers with a
+/// Reject, taking nothing of it.
 pub fn answer_text(
     request: &[u8],
     targets: &[TargetEntry],
     local: Option<SocketAddr>,
-) -> Result<TextAnswer, TextError> {
+) -> Result<TextAnswer, TextRequestError> {
     let list = TextList::parse(request)?;
     let mut answer = TextAnswer::default();
     let mut failed = false;
@@ -163,7 +175,9 @@ pub fn answer_text(
                 let _ = write!(out, "{}=NotUnderstood\0", pair.key);
                 continue;
             }
-            FullFeatureKey::Ignored => continue,
+            FullFeatureKey::ReservedValue => {
+                return Err(TextRequestError::ReservedValue(KeyName::new(pair.key)));
+            }
         };
         let chosen: Vec<&TargetEntry> = match value {
             "All" => targets.iter().collect(),
@@ -463,7 +477,9 @@ mod tests {
         assert!(text_of(b"SendTargets=iqn.x:none\0", None).is_empty());
         assert_eq!(
             answer_text(b"no-equals\0", &entries(), None),
-            Err(TextError::MissingEquals { offset: 0 })
+            Err(TextRequestError::Text(TextError::MissingEquals {
+                offset: 0
+            }))
         );
         assert_eq!(
             text_of(b"X-com.example.Foo=1\0X#Bar=2\0", None),
@@ -534,8 +550,11 @@ mod tests {
                 "{key}"
             );
         }
-        // Answers to negotiations the target never opened are ignored.
-        assert!(text_of(b"MaxBurstLength=NotUnderstood\0", None).is_empty());
+        // Answers to negotiations the target never opened are a protocol error (RFC 7143 §6.2).
+        assert_eq!(
+            answer_text(b"MaxBurstLength=NotUnderstood\0", &entries(), None).unwrap_err(),
+            TextRequestError::ReservedValue(KeyName::new("MaxBurstLength"))
+        );
     }
 
     #[test]

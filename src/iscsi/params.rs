@@ -13,6 +13,10 @@
 //!   irrelevant for discovery sessions are answered `Irrelevant`.
 //! - Security keys in the operational stage and a key negotiated twice during login are protocol
 //!   errors (login fails with 0x0200). Operational keys in the security stage are accepted.
+//! - `Reject`, `Irrelevant` or `NotUnderstood` offered as a proposal is a protocol error (RFC
+//!   7143 §6.2; LIO lets `Irrelevant` pass): login fails with 0x0200, a full-feature-phase Text
+//!   Request is answered with a Reject PDU. Sent to a key the target declares
+//!   (MaxRecvDataSegmentLength, the target-only keys) such a value is an answer, let be.
 //! - Keys sent only by targets (`TargetAlias`, `TargetAddress`, `TargetPortalGroupTag`) are
 //!   answered `Reject` when an initiator sends them; `SendTargets` in login is `Irrelevant`.
 //! - CHAP keys (`CHAP_*`) are left to [`super::chap`]: the negotiator skips them.
@@ -242,9 +246,10 @@ pub enum FullFeatureKey<'v> {
     Reject,
     /// Answered with `key=NotUnderstood`: an unknown key (`X-` and `X#` keys included).
     NotUnderstood,
-    /// A value that answers a negotiation (`Reject`, `Irrelevant`, `NotUnderstood`) sent to a
-    /// key the target never offered: ignored, as in login.
-    Ignored,
+    /// A value reserved for answers (`Reject`, `Irrelevant`, `NotUnderstood`) offered as a
+    /// proposal: a protocol error (RFC 7143 §6.2), as in login; the target sends no key in
+    /// full feature phase that it could answer.
+    ReservedValue,
 }
 
 /// How a target at ErrorRecoveryLevel 0 with one connection a session takes one key of a
@@ -261,7 +266,7 @@ pub fn full_feature_key<'v>(key: &str, value: &'v str) -> FullFeatureKey<'v> {
         return FullFeatureKey::NotUnderstood;
     };
     if is_negotiation_answer(value) {
-        return FullFeatureKey::Ignored;
+        return FullFeatureKey::ReservedValue;
     }
     match (def.usage, def.key) {
         (Usage::FullFeatureOnly, Key::SendTargets) => FullFeatureKey::SendTargets(value),
@@ -484,6 +489,10 @@ pub enum NegotiateError {
     /// A key was negotiated twice during login.
     #[error("key {0} negotiated twice")]
     Renegotiated(&'static str),
+    /// A value reserved for answers (`Reject`, `Irrelevant`, `NotUnderstood`) offered as a
+    /// proposal (RFC 7143 §6.2: a protocol error).
+    #[error("key {0} offered with a value reserved for answers")]
+    ReservedValue(&'static str),
     /// A declaration that only the first login request may make came later and differs from
     /// what is in force (SessionType).
     #[error("key {0} is settled by the first login request")]
@@ -657,7 +666,12 @@ impl Negotiator {
                 continue;
             }
             if is_negotiation_answer(pair.value) {
-                continue;
+                // An answer to a key the target sends (its declarations) needs nothing; to any
+                // other, it is a proposal of a reserved value (RFC 7143 §6.2).
+                if target_declares(def.key) {
+                    continue;
+                }
+                return Err(NegotiateError::ReservedValue(def.name));
             }
             self.check_stage(def, stage)?;
             // The first PDU's declarations were recorded by `first_pdu` already.
@@ -908,10 +922,15 @@ fn is_first_pdu_declaration(key: Key) -> bool {
     matches!(key, Key::InitiatorName | Key::TargetName | Key::SessionType)
 }
 
-/// Values that answer a negotiation rather than open one; an initiator sending them to keys we
-/// never offered is ignored.
+/// Values that answer a negotiation rather than open one (RFC 7143 §6.2: reserved; offered as
+/// a proposal they are a protocol error).
 fn is_negotiation_answer(value: &str) -> bool {
     matches!(value, "Reject" | "Irrelevant" | "NotUnderstood")
+}
+
+/// Keys the target sends during login (declarations): an initiator's answer to them is let be.
+fn target_declares(key: Key) -> bool {
+    key == Key::MaxRecvDataSegmentLength || key_def(key).rule == Rule::TargetOnly
 }
 
 fn clamp_u16(n: u32) -> u16 {
@@ -1124,9 +1143,48 @@ mod tests {
                 FullFeatureKey::NotUnderstood
             );
         }
+        for reserved in ["Reject", "Irrelevant", "NotUnderstood"] {
+            assert_eq!(
+                full_feature_key("MaxBurstLength", reserved),
+                FullFeatureKey::ReservedValue
+            );
+        }
+    }
+
+    /// RFC 7143 §6.2: "Reject", "Irrelevant" and "NotUnderstood" only answer a key; offered
+    /// as a proposal they are a protocol error. They were ignored, leaving the key unnegotiated
+    /// (a later real offer of it was then taken). An answer to a key the target declares stays
+    /// ignored; an unknown key is still NotUnderstood whatever its value.
+    #[test]
+    fn answer_values_offered_as_proposals_fail_the_login() {
+        for reserved in ["Reject", "Irrelevant", "NotUnderstood"] {
+            let mut n = leading();
+            let text =
+                format!("InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0MaxBurstLength={reserved}\0");
+            let err = run(&mut n, Stage::Operational, text.as_bytes()).unwrap_err();
+            assert_eq!(err, NegotiateError::ReservedValue("MaxBurstLength"));
+            assert_eq!(err.login_status(), LoginStatus::InitiatorError);
+        }
+        let mut n = leading();
+        let op = run(
+            &mut n,
+            Stage::Operational,
+            b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0TargetPortalGroupTag=NotUnderstood\0\
+X-com.example.k=Reject\0",
+        )
+        .unwrap();
         assert_eq!(
-            full_feature_key("MaxBurstLength", "Irrelevant"),
-            FullFeatureKey::Ignored
+            op,
+            "X-com.example.k=NotUnderstood;TargetPortalGroupTag=1;MaxRecvDataSegmentLength=262144;"
+        );
+        assert_eq!(
+            run(
+                &mut n,
+                Stage::Operational,
+                b"MaxRecvDataSegmentLength=Irrelevant\0"
+            )
+            .unwrap(),
+            ""
         );
     }
 
