@@ -881,6 +881,18 @@ fn a_max_recv_data_segment_length_declared_in_full_feature_phase_cuts_data_in() 
         String::from_utf8_lossy(&answer),
         "X-io.vit.test=NotUnderstood\0MaxRecvDataSegmentLength=Reject\0"
     );
+    // A text repeating a key, or offering a value reserved for answers, is a protocol error
+    // (RFC 7143 §6.1, §6.2): a Reject PDU, where an empty Text Response had answered it.
+    for bad in [
+        &b"MaxRecvDataSegmentLength=512\0MaxRecvDataSegmentLength=512\0"[..],
+        b"MaxRecvDataSegmentLength=512\0MaxBurstLength=Irrelevant\0",
+    ] {
+        let err = s.text(bad).unwrap_err().to_string();
+        assert!(
+            err.contains("Reject(") && err.contains("reason: 4"),
+            "{err}"
+        );
+    }
     // The session keeps working, its Data-In still cut to 4096 bytes.
     let r = s.command(0, &rw(0x28), &[], 65_536).unwrap();
     assert_eq!((r.status, r.data_in == data), (0, true));
