@@ -674,6 +674,69 @@ pub(super) mod tests {
         }
     }
 
+    /// The C bit both ways (RFC 7143 §6.1, §11.12.2, §11.13.2): a request split inside a pair
+    /// is answered with empty responses until its last PDU, then negotiated whole; a response
+    /// longer than 8192 bytes (the login's MaxRecvDataSegmentLength) goes out in chunks with C
+    /// set and T clear, each after an empty request, and the last one transits with the TSIH,
+    /// the session starting only then.
+    #[test]
+    fn long_texts_are_continued_both_ways() {
+        let mut l = Login::new(
+            running(AuthPolicy::none()),
+            0,
+            "127.0.0.1:5000".parse().unwrap(),
+            9,
+        );
+        // 150 unknown keys of 60 bytes: about 11 KiB of NotUnderstood answers.
+        let unknown: String = (0..150).map(|i| format!("X-io.vit.{i:0>51}=1\0")).collect();
+        let text = format!("{FIRST}MaxBurstLength=16384\0{unknown}");
+        let (a, b) = text.split_at(FIRST.len() + 8);
+        let (mut req, data) = request(Stage::Security, Stage::FullFeature, false, a);
+        req.cont = true;
+        let (r, body) = response(&l.on_request(&req, &data));
+        assert_eq!(
+            (status_of(&r), r.transit, r.cont, body.as_str()),
+            (0, false, false, "")
+        );
+        let (req, data) = request(Stage::Security, Stage::FullFeature, true, b);
+        let mut joined = String::new();
+        let mut bytes = l.on_request(&req, &data);
+        let mut chunks = 0;
+        loop {
+            let (r, body) = response(&bytes);
+            assert_eq!(status_of(&r), 0);
+            assert!(r.data_segment_length <= 8192);
+            joined.push_str(&body);
+            chunks += 1;
+            if !r.cont {
+                assert_eq!((r.transit, r.nsg, r.tsih), (true, 3, 9));
+                break;
+            }
+            assert!(!r.transit && r.tsih == 0, "{r:?}");
+            assert!(l.take_outcome().is_none());
+            let (req, data) = request(Stage::Security, Stage::FullFeature, true, "");
+            bytes = l.on_request(&req, &data);
+        }
+        assert!(chunks >= 2, "{chunks}");
+        let pairs: Vec<&str> = joined.split(';').filter(|p| !p.is_empty()).collect();
+        assert_eq!(pairs.len(), 150 + 4, "{joined}");
+        assert!(pairs.contains(&"MaxBurstLength=16384"));
+        assert!(pairs.contains(&"TargetPortalGroupTag=7"));
+        assert_eq!(
+            pairs
+                .iter()
+                .filter(|p| p.ends_with("=NotUnderstood"))
+                .count(),
+            150
+        );
+        match l.take_outcome() {
+            Some(LoginOutcome::Session { params, tsih, .. }) => {
+                assert_eq!((params.max_burst_length, tsih), (16384, 9));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn refusals_carry_the_right_status() {
         let cases: [(AuthPolicy, &str, LoginStatus); 4] = [
