@@ -2071,6 +2071,12 @@ impl Conn {
                             return self.reject(RejectReason::ProtocolError, bhs);
                         }
                     };
+                    // A discovery session takes only Text Requests with SendTargets (RFC 7143
+                    // §4.3: all other requests MUST be rejected).
+                    if self.target.is_none() && !answer.send_targets {
+                        tracing::debug!(itt = t.itt, "discovery Text Request without SendTargets");
+                        return self.reject(RejectReason::ProtocolError, bhs);
+                    }
                     // A new MaxRecvDataSegmentLength holds for every PDU queued from here on:
                     // the Data-In of tasks that end later is cut to it. PDUs queued before
                     // (whole Data-In sequences of tasks already answered) go out ahead of this
@@ -3169,6 +3175,48 @@ mod tests {
             matches!(pdus.as_slice(), [(TargetPdu::Text(r), data)] if r.final_bit && data.starts_with(b"TargetName=")),
             "{pdus:?}"
         );
+    }
+
+    /// RFC 7143 §4.3: a discovery session takes only Text Requests with the SendTargets key
+    /// (and Logout); "all other requests MUST be rejected". A Text Request without SendTargets
+    /// was answered (a MaxRecvDataSegmentLength declaration taken).
+    #[test]
+    fn a_discovery_session_rejects_a_text_request_without_send_targets() {
+        let (mut c, mut pool) = conn(true);
+        c.visible = c.target_list();
+        c.target = None;
+        let before = c.params.clone();
+        for (k, ask) in [
+            &b"MaxRecvDataSegmentLength=1024\0"[..],
+            b"X-io.vit.k=1\0",
+            b"",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let pdus: Vec<TargetPdu> = text_request(&mut c, &mut pool, 100 + k as u32, ask)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+            assert!(
+                rejected(&pdus, RejectReason::ProtocolError),
+                "{:?}: {pdus:?}",
+                String::from_utf8_lossy(ask)
+            );
+        }
+        assert_eq!(c.params, before);
+        // With SendTargets the other keys are taken too.
+        let pdus = text_request(
+            &mut c,
+            &mut pool,
+            103,
+            b"MaxRecvDataSegmentLength=1024\0SendTargets=All\0",
+        );
+        assert!(
+            matches!(pdus.as_slice(), [(TargetPdu::Text(r), data)] if r.final_bit && data.starts_with(b"TargetName=iqn.2026-11.io.vit:t\0")),
+            "{pdus:?}"
+        );
+        assert_eq!(c.params.initiator_max_recv_data_segment_length, 1024);
     }
 
     /// NOP-In reflects at most the initiator's MaxRecvDataSegmentLength of ping data

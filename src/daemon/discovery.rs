@@ -133,6 +133,9 @@ pub struct TextAnswer {
     pub max_recv_data_segment_length: Option<u32>,
     /// The initiator's new alias, when it declared one.
     pub initiator_alias: Option<String>,
+    /// Whether the request asked SendTargets (a discovery session takes no other request,
+    /// RFC 7143 §4.3).
+    pub send_targets: bool,
 }
 
 /// Answers a text request: `SendTargets=All` lists every target in `targets`, `SendTargets=NAME`
@@ -179,6 +182,7 @@ pub fn answer_text(
                 return Err(TextRequestError::ReservedValue(KeyName::new(pair.key)));
             }
         };
+        answer.send_targets = true;
         let chosen: Vec<&TargetEntry> = match value {
             "All" => targets.iter().collect(),
             "" => targets.iter().take(1).collect(),
@@ -501,6 +505,7 @@ mod tests {
                 text: Vec::new(),
                 max_recv_data_segment_length: Some(4096),
                 initiator_alias: Some("db1".into()),
+                send_targets: false,
             }
         );
         // Alongside SendTargets, only SendTargets is answered.
@@ -512,6 +517,7 @@ mod tests {
         .unwrap();
         assert_eq!(a.max_recv_data_segment_length, Some(512));
         assert!(a.text.starts_with(b"TargetName=iqn.2026-11.io.vit:b\0"));
+        assert!(a.send_targets);
     }
 
     #[test]
