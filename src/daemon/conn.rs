@@ -2017,6 +2017,14 @@ impl Conn {
         if !self.take_cmd_sn(t.immediate, t.cmd_sn) {
             return;
         }
+        // RFC 7143 §11.10.2: a request continued (C) is not final (F); the text it would have
+        // continued is dropped with it.
+        if t.final_bit && t.cont {
+            tracing::debug!(itt = t.itt, "Text Request with F and C both set: rejected");
+            self.text.clear();
+            self.text_overflow = false;
+            return self.reject(RejectReason::ProtocolError, bhs);
+        }
         let mrdsl = self.params.initiator_max_recv_data_segment_length.max(512) as usize;
         let mut resp = TextResponse {
             final_bit: true,
@@ -3173,6 +3181,35 @@ mod tests {
         let pdus = text_request(&mut c, &mut pool, 105, b"SendTargets=All\0");
         assert!(
             matches!(pdus.as_slice(), [(TargetPdu::Text(r), data)] if r.final_bit && data.starts_with(b"TargetName=")),
+            "{pdus:?}"
+        );
+    }
+
+    /// RFC 7143 §11.10.2: a Text Request with the C bit set MUST have the F bit clear. One with
+    /// both set was taken as the first piece of a continued text (answered F=0, its text kept to
+    /// be joined with the next request's); it is a protocol error, and nothing of it is kept.
+    #[test]
+    fn a_text_request_with_f_and_c_both_set_is_rejected() {
+        let (mut c, mut pool) = conn(true);
+        let text = b"SendTargets=All\0";
+        let t = crate::iscsi::pdu::TextRequest {
+            final_bit: true,
+            cont: true,
+            itt: 0x66,
+            ttt: RESERVED_TAG,
+            cmd_sn: 100,
+            data_segment_length: text.len() as u32,
+            ..Default::default()
+        };
+        let mut b = [0u8; BHS_LEN];
+        t.encode(&mut b);
+        feed(&mut c, &mut pool, &b, text);
+        let pdus = sent(&mut c);
+        assert!(rejected(&pdus, RejectReason::ProtocolError), "{pdus:?}");
+        // Nothing of it was kept: the next request is answered on its own.
+        let pdus = text_request(&mut c, &mut pool, 101, b"SendTargets=All\0");
+        assert!(
+            matches!(pdus.as_slice(), [(TargetPdu::Text(r), data)] if r.final_bit && data.starts_with(b"TargetName=iqn.2026-11.io.vit:t\0")),
             "{pdus:?}"
         );
     }
