@@ -1070,8 +1070,8 @@ fn number_in(rule: Rule, value: &str) -> Option<u32> {
     (lo..=hi).contains(&n).then_some(n)
 }
 
-/// Parses a numerical value: decimal digits, or hex digits after `0x`/`0X`; `None` when
-/// malformed or above `u32::MAX`.
+/// Parses a numerical value (RFC 7143 §6.1): a decimal-constant (a single 0, or digits not
+/// starting with 0), or hex digits after `0x`/`0X`; `None` when malformed or above `u32::MAX`.
 pub fn parse_number(value: &str) -> Option<u32> {
     let (digits, radix) = match value
         .strip_prefix("0x")
@@ -1081,6 +1081,9 @@ pub fn parse_number(value: &str) -> Option<u32> {
         None => (value, 10),
     };
     if digits.is_empty() || digits.len() > 16 || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    if radix == 10 && digits.len() > 1 && digits.starts_with('0') {
         return None;
     }
     u32::from_str_radix(digits, radix).ok()
@@ -1667,6 +1670,12 @@ TargetPortalGroupTag=1;MaxRecvDataSegmentLength=262144;"
         assert_eq!(parse_number("+1"), None);
         assert_eq!(parse_number(""), None);
         assert_eq!(parse_number("0x"), None);
+        // RFC 7143 §6.1: a decimal-constant is a single 0 or starts with 1-9; a hex-constant
+        // may have leading zeros. "010" was taken as 10.
+        assert_eq!(parse_number("0"), Some(0));
+        assert_eq!(parse_number("010"), None);
+        assert_eq!(parse_number("00"), None);
+        assert_eq!(parse_number("0x0010"), Some(16));
     }
 
     fn pair_strategy() -> impl Strategy<Value = (String, String)> {
