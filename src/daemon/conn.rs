@@ -3151,8 +3151,9 @@ mod tests {
 
     /// A Text Request whose text breaks RFC 7143 §6.1 (a key repeated, a pair without `=`, a
     /// last pair without its NUL, a key name over 63 bytes) or offers a value reserved for
-    /// answers (§6.2) is a protocol error: Reject, and nothing in it is taken. It was answered with an empty Text Response, as if it had asked
-    /// nothing (a SendTargets=All among them: "no targets").
+    /// answers (§6.2) is a protocol error: Reject, and nothing in it is taken. It was answered
+    /// with an empty Text Response, as if it had asked nothing (a SendTargets=All among them:
+    /// "no targets").
     #[test]
     fn a_malformed_text_request_is_rejected_and_changes_nothing() {
         let (mut c, mut pool) = conn(true);
@@ -3165,8 +3166,18 @@ mod tests {
             b"MaxRecvDataSegmentLength=1024\0SendTargets=All",
             long_key.as_bytes(),
         ];
-        for (k, ask) in bad.into_iter().enumerate() {
-            let pdus: Vec<TargetPdu> = text_request(&mut c, &mut pool, 100 + k as u32, ask)
+        each_rejected(&mut c, &mut pool, 100, &bad);
+        assert_eq!(c.params, before);
+        // The connection goes on: a well-formed request is answered.
+        let pdus = text_request(&mut c, &mut pool, 105, b"SendTargets=All\0");
+        assert!(lists_the_target(&pdus), "{pdus:?}");
+    }
+
+    /// Feeds each of `asks` as a one-PDU Text Request (CmdSN from `cmd_sn` on): each is
+    /// rejected as a protocol error.
+    fn each_rejected(c: &mut Conn, pool: &mut BufferPool, cmd_sn: u32, asks: &[&[u8]]) {
+        for (k, ask) in asks.iter().enumerate() {
+            let pdus: Vec<TargetPdu> = text_request(c, pool, cmd_sn + k as u32, ask)
                 .into_iter()
                 .map(|(p, _)| p)
                 .collect();
@@ -3176,13 +3187,12 @@ mod tests {
                 String::from_utf8_lossy(ask)
             );
         }
-        assert_eq!(c.params, before);
-        // The connection goes on: a well-formed request is answered.
-        let pdus = text_request(&mut c, &mut pool, 105, b"SendTargets=All\0");
-        assert!(
-            matches!(pdus.as_slice(), [(TargetPdu::Text(r), data)] if r.final_bit && data.starts_with(b"TargetName=")),
-            "{pdus:?}"
-        );
+    }
+
+    /// Whether `pdus` is one final Text Response listing the session's target.
+    fn lists_the_target(pdus: &[(TargetPdu, Vec<u8>)]) -> bool {
+        matches!(pdus, [(TargetPdu::Text(r), data)]
+            if r.final_bit && data.starts_with(b"TargetName=iqn.2026-11.io.vit:t\0"))
     }
 
     /// RFC 7143 §11.10.2: a Text Request with the C bit set MUST have the F bit clear. One with
@@ -3208,10 +3218,7 @@ mod tests {
         assert!(rejected(&pdus, RejectReason::ProtocolError), "{pdus:?}");
         // Nothing of it was kept: the next request is answered on its own.
         let pdus = text_request(&mut c, &mut pool, 101, b"SendTargets=All\0");
-        assert!(
-            matches!(pdus.as_slice(), [(TargetPdu::Text(r), data)] if r.final_bit && data.starts_with(b"TargetName=iqn.2026-11.io.vit:t\0")),
-            "{pdus:?}"
-        );
+        assert!(lists_the_target(&pdus), "{pdus:?}");
     }
 
     /// RFC 7143 §4.3: a discovery session takes only Text Requests with the SendTargets key
@@ -3223,24 +3230,8 @@ mod tests {
         c.visible = c.target_list();
         c.target = None;
         let before = c.params.clone();
-        for (k, ask) in [
-            &b"MaxRecvDataSegmentLength=1024\0"[..],
-            b"X-io.vit.k=1\0",
-            b"",
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let pdus: Vec<TargetPdu> = text_request(&mut c, &mut pool, 100 + k as u32, ask)
-                .into_iter()
-                .map(|(p, _)| p)
-                .collect();
-            assert!(
-                rejected(&pdus, RejectReason::ProtocolError),
-                "{:?}: {pdus:?}",
-                String::from_utf8_lossy(ask)
-            );
-        }
+        let asks: [&[u8]; 3] = [b"MaxRecvDataSegmentLength=1024\0", b"X-io.vit.k=1\0", b""];
+        each_rejected(&mut c, &mut pool, 100, &asks);
         assert_eq!(c.params, before);
         // With SendTargets the other keys are taken too.
         let pdus = text_request(
@@ -3249,10 +3240,7 @@ mod tests {
             103,
             b"MaxRecvDataSegmentLength=1024\0SendTargets=All\0",
         );
-        assert!(
-            matches!(pdus.as_slice(), [(TargetPdu::Text(r), data)] if r.final_bit && data.starts_with(b"TargetName=iqn.2026-11.io.vit:t\0")),
-            "{pdus:?}"
-        );
+        assert!(lists_the_target(&pdus), "{pdus:?}");
         assert_eq!(c.params.initiator_max_recv_data_segment_length, 1024);
     }
 

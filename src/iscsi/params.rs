@@ -1109,6 +1109,14 @@ mod tests {
         Negotiator::new_leading(TargetLimits::default()).unwrap()
     }
 
+    /// A leading connection's negotiator that has taken `first` (the first request, in the
+    /// security stage), with its answer.
+    fn opened(first: &[u8]) -> (Negotiator, String) {
+        let mut n = leading();
+        let answer = run(&mut n, Stage::Security, first).unwrap();
+        (n, answer)
+    }
+
     #[test]
     fn full_feature_phase_takes_only_keys_whose_use_allows_it() {
         for d in KEYS {
@@ -1313,13 +1321,7 @@ TaskReporting=Reject;MaxRecvDataSegmentLength=262144;"
 
     #[test]
     fn malformed_max_recv_data_segment_length_ends_login() {
-        let mut n = leading();
-        run(
-            &mut n,
-            Stage::Security,
-            b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0",
-        )
-        .unwrap();
+        let (mut n, _) = opened(b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0");
         let err = run(
             &mut n,
             Stage::Operational,
@@ -1388,22 +1390,11 @@ SendTargets=Irrelevant;MaxRecvDataSegmentLength=262144;"
     /// none.
     #[test]
     fn a_discovery_session_naming_a_target_is_told_the_portal_group_tag() {
-        let mut n = leading();
-        let first = run(
-            &mut n,
-            Stage::Security,
-            b"InitiatorName=iqn.a:b\0SessionType=Discovery\0TargetName=iqn.a:t\0",
-        )
-        .unwrap();
+        let (_, first) =
+            opened(b"InitiatorName=iqn.a:b\0SessionType=Discovery\0TargetName=iqn.a:t\0");
         assert_eq!(first, "TargetPortalGroupTag=1;");
         // Without a TargetName a discovery session is told none; once only.
-        let mut n = leading();
-        let first = run(
-            &mut n,
-            Stage::Security,
-            b"InitiatorName=iqn.a:b\0SessionType=Discovery\0",
-        )
-        .unwrap();
+        let (mut n, first) = opened(b"InitiatorName=iqn.a:b\0SessionType=Discovery\0");
         assert_eq!(first, "");
         assert_eq!(
             run(&mut n, Stage::Security, b"TargetName=iqn.a:t\0").unwrap(),
@@ -1431,13 +1422,7 @@ SendTargets=Irrelevant;MaxRecvDataSegmentLength=262144;"
         .unwrap_err();
         assert_eq!(err.login_status(), LoginStatus::SessionTypeNotSupported);
 
-        let mut n = leading();
-        run(
-            &mut n,
-            Stage::Security,
-            b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0",
-        )
-        .unwrap();
+        let (mut n, _) = opened(b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0");
         // An operational key in the security stage is negotiated there (as ctld and SPDK do).
         run(&mut n, Stage::Security, b"MaxBurstLength=4096\0").unwrap();
         let err = run(&mut n, Stage::Operational, b"MaxBurstLength=8192\0").unwrap_err();
@@ -1469,33 +1454,15 @@ SendTargets=Irrelevant;MaxRecvDataSegmentLength=262144;"
     /// one that says what is in force changes nothing.
     #[test]
     fn a_session_type_changed_after_the_first_request_fails_the_login() {
-        let mut n = leading();
-        run(
-            &mut n,
-            Stage::Security,
-            b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0",
-        )
-        .unwrap();
+        let (mut n, _) = opened(b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0");
         let err = run(&mut n, Stage::Operational, b"SessionType=Discovery\0").unwrap_err();
         assert_eq!(err, NegotiateError::LateDeclaration("SessionType"));
         assert_eq!(err.login_status(), LoginStatus::InitiatorError);
-        let mut n = leading();
-        run(
-            &mut n,
-            Stage::Security,
-            b"InitiatorName=iqn.a:b\0SessionType=Discovery\0",
-        )
-        .unwrap();
+        let (mut n, _) = opened(b"InitiatorName=iqn.a:b\0SessionType=Discovery\0");
         // Given in the first request, it is not given again.
         let err = run(&mut n, Stage::Operational, b"SessionType=Discovery\0").unwrap_err();
         assert_eq!(err, NegotiateError::Renegotiated("SessionType"));
-        let mut n = leading();
-        run(
-            &mut n,
-            Stage::Security,
-            b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0",
-        )
-        .unwrap();
+        let (mut n, _) = opened(b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0");
         assert_eq!(
             run(&mut n, Stage::Operational, b"SessionType=Normal\0").unwrap(),
             "MaxRecvDataSegmentLength=262144;"
@@ -1514,13 +1481,7 @@ SendTargets=Irrelevant;MaxRecvDataSegmentLength=262144;"
             &b"FirstBurstLength=65536\0MaxBurstLength=4096\0"[..],
             b"MaxBurstLength=4096\0FirstBurstLength=65536\0",
         ] {
-            let mut n = leading();
-            run(
-                &mut n,
-                Stage::Security,
-                b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0",
-            )
-            .unwrap();
+            let (mut n, _) = opened(b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0");
             let op = run(&mut n, Stage::Operational, text).unwrap();
             assert!(op.contains("FirstBurstLength=4096;"), "{op}");
             assert!(op.contains("MaxBurstLength=4096;"), "{op}");
@@ -1528,13 +1489,7 @@ SendTargets=Irrelevant;MaxRecvDataSegmentLength=262144;"
             assert_eq!((p.first_burst_length, p.max_burst_length), (4096, 4096));
         }
         // A MaxBurstLength that is not taken (out of range, or an answer) caps nothing.
-        let mut n = leading();
-        run(
-            &mut n,
-            Stage::Security,
-            b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0",
-        )
-        .unwrap();
+        let (mut n, _) = opened(b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0");
         let op = run(
             &mut n,
             Stage::Operational,
@@ -1551,13 +1506,8 @@ SendTargets=Irrelevant;MaxRecvDataSegmentLength=262144;"
     /// (neither answer may grow past the offer): the login fails.
     #[test]
     fn first_burst_above_a_later_max_burst_fails() {
-        let mut n = leading();
-        run(
-            &mut n,
-            Stage::Security,
-            b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0FirstBurstLength=65536\0",
-        )
-        .unwrap();
+        let (mut n, _) =
+            opened(b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0FirstBurstLength=65536\0");
         run(&mut n, Stage::Operational, b"MaxBurstLength=4096\0").unwrap();
         assert_eq!(
             n.finish(),
@@ -1632,13 +1582,7 @@ TargetPortalGroupTag=1;MaxRecvDataSegmentLength=262144;"
 
     #[test]
     fn transit_without_operational_stage_keeps_defaults() {
-        let mut n = leading();
-        run(
-            &mut n,
-            Stage::Security,
-            b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0AuthMethod=None\0",
-        )
-        .unwrap();
+        let (n, _) = opened(b"InitiatorName=iqn.a:b\0TargetName=iqn.c:d\0AuthMethod=None\0");
         let p = n.finish().unwrap();
         assert_eq!(p.target_max_recv_data_segment_length, 8192);
         assert_eq!(p.initiator_max_recv_data_segment_length, 8192);
