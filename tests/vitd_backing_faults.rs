@@ -621,6 +621,10 @@ fn a_lun_whose_extent_is_missing_at_start_is_offline_and_the_rest_are_served() {
         log.contains("LUN 1: offline") && log.contains(flat.to_str().unwrap()),
         "{log}"
     );
+    assert!(
+        !log.contains('\x1b'),
+        "terminal colour codes in a log file: {log:?}"
+    );
 
     let mut s = session(ds.port, "broken", 1);
     let data = pattern(3, 8 * BS);
