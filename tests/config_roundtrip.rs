@@ -142,7 +142,7 @@ fn lun_body() -> impl Strategy<Value = LunBody> {
                     });
                 }
                 let path = match (backend, path) {
-                    (Some(Backend::Vmdk), None) => Some(Named::new("t/l.vmdk")),
+                    (Some(Backend::Vmdk | Backend::Block), None) => Some(Named::new("t/l.vmdk")),
                     (_, path) => path.map(Named::new),
                 };
                 // A ramdisk LUN needs a size.

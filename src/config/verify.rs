@@ -492,10 +492,10 @@ impl Checker<'_> {
         {
             self.report(pos, format!("blocksize {bs} is not 512 or 4096"));
         }
-        if let Some((Backend::Vmdk, pos)) = b.backend
+        if let Some((backend @ (Backend::Vmdk | Backend::Block), pos)) = b.backend
             && b.path.is_none()
         {
-            self.report(pos, "backend vmdk needs a `path`");
+            self.report(pos, format!("backend {} needs a `path`", backend.as_str()));
         }
         if let Some((Backend::Ramdisk, pos)) = b.backend
             && b.size.is_none()
@@ -919,7 +919,7 @@ mod tests {
              lun f {{ backend ramdisk }}\nlun g {{ backend ramdisk\n size 1G\n option capacity 512M }}\n\
              lun h {{ backend ramdisk\n size 1G\n option capacity lots }}\n\
              lun i {{ backend ramdisk\n size 1G\n option capacity 0 }}\n\
-             lun j {{ backend ramdisk\n size 1G\n option capacity 2G }}"
+             lun j {{ backend ramdisk\n size 1G\n option capacity 2G }}\nlun k {{ backend block }}"
         );
         assert_eq!(
             errs(&text),
@@ -932,6 +932,7 @@ mod tests {
                 "6:51: path \"..\" must not contain a `..` component",
                 "7:17: backend ramdisk needs a `size`",
                 "13:2: option capacity: size \"lots\": expected a number with optional suffix K, M, G, T or B",
+                "20:17: backend block needs a `path`",
             ]
         );
     }

@@ -437,11 +437,19 @@ pub fn build(
             };
             let lun = match open_lun(ds, t.name.as_str(), tl.id, body, open) {
                 Ok(lun) => lun,
+                // A fault of vit.conf itself stops vitd, located there.
+                Err(OpenFault::Config(pos, msg)) => {
+                    let at = ds.config_path().display().to_string();
+                    let msg = format!("target {} LUN {}: {msg}", t.name, tl.id);
+                    return Err(RuntimeError::Other(
+                        crate::config::ConfigError::at(&at, pos, msg).to_string(),
+                    ));
+                }
                 // A LUN whose files on the datastore cannot be served (a descriptor or extent
                 // missing, damaged or unreadable) is brought up offline, as ctld and LIO carry
                 // on past a LUN they fail to open: one broken file does not take every target
                 // of the datastore down with it.
-                Err(msg) if body.effective_backend() != Backend::Ramdisk => {
+                Err(OpenFault::Files(msg)) if body.effective_backend() != Backend::Ramdisk => {
                     tracing::error!(
                         "target {} LUN {}: offline (NOT READY to initiators) until vitd is \
                          restarted with it repaired: {msg}",
@@ -450,7 +458,7 @@ pub fn build(
                     );
                     offline_lun(tl.id, body, msg)
                 }
-                Err(msg) => {
+                Err(OpenFault::Files(msg)) => {
                     return Err(RuntimeError::Lun {
                         target: t.name.clone(),
                         lun: tl.id,
@@ -573,13 +581,33 @@ fn shared_addresses(
     Ok(())
 }
 
+/// Why a LUN could not be opened.
+enum OpenFault {
+    /// vit.conf itself is wrong, at this place (vitd stops).
+    Config(crate::config::Pos, String),
+    /// Its files on the datastore fail it (the LUN is served offline).
+    Files(String),
+}
+
+impl From<String> for OpenFault {
+    fn from(msg: String) -> Self {
+        OpenFault::Files(msg)
+    }
+}
+
+impl From<&str> for OpenFault {
+    fn from(msg: &str) -> Self {
+        OpenFault::Files(msg.to_string())
+    }
+}
+
 fn open_lun(
     ds: &Datastore,
     target: &str,
     id: u64,
     body: &LunBody,
     open: OpenOptions,
-) -> Result<LunRt, String> {
+) -> Result<LunRt, OpenFault> {
     let block_size = body.blocksize.map_or(512, |(b, _)| b as u32);
     let backend = body.effective_backend();
     let alias = body.lun_alias().map(str::to_string);
@@ -612,16 +640,27 @@ fn open_lun(
             )
         }
         Backend::Vmdk | Backend::Block => {
-            let path = body.path.as_ref().ok_or("no path")?;
+            let Some(path) = body.path.as_ref() else {
+                let pos = body.backend.map_or(body.pos, |(_, p)| p);
+                return Err(OpenFault::Config(
+                    pos,
+                    format!("backend {} needs a `path`", backend.as_str()),
+                ));
+            };
+            crate::datastore::lun_path_parts(&path.name)
+                .map_err(|e| OpenFault::Config(path.pos, e.to_string()))?;
             let descriptor = ds.resolve_lun_path(&path.name).map_err(|e| e.to_string())?;
             let desc = vmdk::check(&descriptor).map_err(|e| e.to_string())?;
             let capacity = desc.capacity_bytes();
-            if let Some((size, _)) = body.size
+            if let Some((size, pos)) = body.size
                 && size != capacity
             {
-                return Err(format!(
-                    "size {size} bytes disagrees with {} ({capacity} bytes)",
-                    descriptor.display()
+                return Err(OpenFault::Config(
+                    pos,
+                    format!(
+                        "size {size} bytes disagrees with {} ({capacity} bytes)",
+                        descriptor.display()
+                    ),
                 ));
             }
             let dir = descriptor.parent().ok_or("descriptor has no directory")?;
@@ -655,7 +694,7 @@ fn open_lun(
                         direct = false;
                         vmdk::open_extent(dir, name, writable, false).map_err(|e| e.to_string())?
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e.to_string().into()),
                 };
                 files.push(Some(file));
             }
@@ -672,8 +711,10 @@ fn open_lun(
         }
     };
     if bytes % u64::from(block_size) != 0 {
-        return Err(format!(
-            "size {bytes} is not a multiple of the block size {block_size}"
+        let pos = body.blocksize.map_or(body.pos, |(_, p)| p);
+        return Err(OpenFault::Config(
+            pos,
+            format!("size {bytes} is not a multiple of the block size {block_size}"),
         ));
     }
     let identity = stable_hash(&key);
@@ -1089,6 +1130,58 @@ mod tests {
                 tdir.join("a-flat.vmdk").display()
             )
         );
+    }
+
+    /// A LUN is served offline only when its files fail it. A fault of vit.conf itself (a path
+    /// that is no TARGET-UUID/FILE, a size or block size the
+    /// descriptor contradicts) stops vitd with its place in vit.conf, as it did before offline
+    /// LUNs: it was served offline, vitd starting as if the configuration were sound.
+    #[test]
+    fn configuration_faults_stop_vitd_and_only_file_faults_are_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        ds.create_home_object(&crate::ctl::initial_config("127.0.0.1:3260"))
+            .unwrap();
+        let tdir = ds.create_target_dir("u").unwrap();
+        vmdk::create(&tdir, "a", 1 << 20, &vmdk::CreateOptions::default()).unwrap();
+        vmdk::create(&tdir, "odd", 1536, &vmdk::CreateOptions::default()).unwrap();
+        let built = |lun: &str| {
+            let text = format!("target iqn.2000-01.com.x:t {{\n lun 0 {lun}\n}}");
+            let cfg = crate::config::load(&text, "v.conf").unwrap();
+            build(&cfg, &ds, &[], OpenOptions { direct: false })
+        };
+        let conf = ds.config_path().display().to_string();
+        for (lun, want) in [
+            (
+                "{ path a.vmdk }",
+                "2:15: target iqn.2000-01.com.x:t LUN 0: path \"a.vmdk\" is not allowed: it must \
+                 be TARGET-UUID/FILE.vmdk",
+            ),
+            (
+                "{ path u/a.vmdk\n size 2M }",
+                "3:7: target iqn.2000-01.com.x:t LUN 0: size 2097152 bytes disagrees with",
+            ),
+            (
+                "{ path u/odd.vmdk\n blocksize 4096 }",
+                "3:12: target iqn.2000-01.com.x:t LUN 0: size 1536 is not a multiple of the block \
+                 size 4096",
+            ),
+        ] {
+            let e = built(lun).map(|_| ()).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{conf}:{want}")), "{lun}: {e}");
+        }
+        // Files that fail it: offline, with the identity it has when served.
+        let online = built("{ path u/a.vmdk }").unwrap();
+        std::fs::remove_file(tdir.join("a-flat.vmdk")).unwrap();
+        let offline = built("{ path u/a.vmdk }").unwrap();
+        let (on, off) = (&online.targets[0].luns[0], &offline.targets[0].luns[0]);
+        assert!(matches!(off.backing, Backing::Offline { .. }));
+        assert_eq!((off.identity, &off.serial), (on.identity, &on.serial));
+        let missing = built("{ path v/a.vmdk }").unwrap();
+        assert!(matches!(
+            missing.targets[0].luns[0].backing,
+            Backing::Offline { .. }
+        ));
     }
 
     #[test]

@@ -229,24 +229,10 @@ impl Datastore {
             path: path.to_string(),
             why: why.to_string(),
         };
-        let p = Path::new(path);
-        let mut parts = Vec::new();
-        for c in p.components() {
-            match c {
-                Component::Normal(s) => parts.push(s),
-                Component::RootDir | Component::Prefix(_) => {
-                    return Err(unsafe_path("it is absolute"));
-                }
-                Component::ParentDir => return Err(unsafe_path("it has a `..` component")),
-                Component::CurDir => return Err(unsafe_path("it has a `.` component")),
-            }
-        }
+        let parts = lun_path_parts(path)?;
         let [first, rest @ ..] = parts.as_slice() else {
             return Err(unsafe_path("it is empty"));
         };
-        if rest.is_empty() {
-            return Err(unsafe_path("it must be TARGET-UUID/FILE.vmdk"));
-        }
         let link = self.targets_dir().join(first);
         let expected = Path::new("..").join("..").join(first);
         match fs::read_link(&link) {
@@ -382,6 +368,32 @@ pub fn default_root() -> PathBuf {
         return PathBuf::from(h).join(".local/share/vit");
     }
     PathBuf::from("vit-data")
+}
+
+/// The components of a LUN `path` from vit.conf, TARGET-UUID first, when its form alone allows
+/// it (relative, no `..` or `.` component, at least TARGET-UUID/FILE); what is on disk is
+/// [`Datastore::resolve_lun_path`]'s to check. A form refused is a fault of vit.conf itself.
+pub fn lun_path_parts(path: &str) -> Result<Vec<&std::ffi::OsStr>> {
+    let unsafe_path = |why: &str| DatastoreError::UnsafePath {
+        path: path.to_string(),
+        why: why.to_string(),
+    };
+    let mut parts = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(s) => parts.push(s),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(unsafe_path("it is absolute"));
+            }
+            Component::ParentDir => return Err(unsafe_path("it has a `..` component")),
+            Component::CurDir => return Err(unsafe_path("it has a `.` component")),
+        }
+    }
+    match parts.len() {
+        0 => Err(unsafe_path("it is empty")),
+        1 => Err(unsafe_path("it must be TARGET-UUID/FILE.vmdk")),
+        _ => Ok(parts),
+    }
 }
 
 #[cfg(test)]
