@@ -216,11 +216,12 @@ pub fn resolve<'a>(server: &'a DeviceServer, naa: &[u8; 16]) -> Option<&'a LunIn
     server.luns().iter().find(|l| &naa_designator(l) == naa)
 }
 
-/// Checks one resolved segment: equal block sizes, both ranges inside their LUNs (else COPY
-/// ABORTED), the destination writable, the length within [`MAX_SEGMENT_BYTES`]. A segment
+/// Checks one resolved segment: neither LUN offline, equal block sizes (else COPY TARGET DEVICE
+/// NOT REACHABLE), both ranges inside their LUNs (else COPY ABORTED), the destination writable, the length within [`MAX_SEGMENT_BYTES`]. A segment
 /// whose medium I/O fails also ends the command with [`SenseReason::CopyAborted`].
 pub fn check_segment(src: &LunInfo, dst: &LunInfo, seg: &CopySegment) -> Result<(), SenseReason> {
-    if src.block_size != dst.block_size {
+    // A LUN served offline (its files could not be opened) cannot be read or written.
+    if src.offline || dst.offline || src.block_size != dst.block_size {
         return Err(SenseReason::CopyTargetDeviceNotReachable);
     }
     if dst.read_only {
@@ -436,6 +437,44 @@ mod tests {
             check_segment(&a, &a, &CopySegment { blocks: 10, ..seg }),
             Ok(())
         );
+    }
+
+    /// A LUN served offline (its files could not be opened) is a copy target the copy manager
+    /// cannot reach, as source or destination: the copy is refused before it moves anything.
+    /// It was started and ended by the failed I/O with COPY ABORTED and no reason, or, past the
+    /// one block an offline LUN without a configured size has, as a range error.
+    #[test]
+    fn an_offline_lun_is_a_copy_target_not_reachable() {
+        let a = LunInfo::new(0, 512, 100, 7, "A");
+        let off = LunInfo {
+            offline: true,
+            ..LunInfo::new(1, 512, 100, 8, "OFF")
+        };
+        let seg = CopySegment {
+            src: naa_designator(&a),
+            src_lba: 0,
+            dst: naa_designator(&off),
+            dst_lba: 0,
+            blocks: 1,
+            at: 48,
+        };
+        for (src, dst) in [(&a, &off), (&off, &a)] {
+            assert_eq!(
+                check_segment(src, dst, &seg),
+                Err(SenseReason::CopyTargetDeviceNotReachable)
+            );
+            assert_eq!(
+                check_segment(
+                    src,
+                    dst,
+                    &CopySegment {
+                        dst_lba: 500,
+                        ..seg
+                    }
+                ),
+                Err(SenseReason::CopyTargetDeviceNotReachable)
+            );
+        }
     }
 
     #[test]
