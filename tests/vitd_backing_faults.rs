@@ -614,6 +614,11 @@ fn a_lun_whose_extent_is_missing_at_start_is_offline_and_the_rest_are_served() {
         "{}-flat.vmdk",
         descriptor.file_stem().unwrap().to_str().unwrap()
     ));
+    // Initiators match LUNs by their NAA designator: offline, it is the one it had online.
+    let online = {
+        let _vitd = ds.start();
+        naa(&mut session(ds.port, "broken", 1), 1)
+    };
     std::fs::remove_file(&flat).unwrap();
     let vitd = ds.start();
     let log = std::fs::read_to_string(&vitd.log).unwrap();
@@ -646,6 +651,19 @@ fn a_lun_whose_extent_is_missing_at_start_is_offline_and_the_rest_are_served() {
     }
     let r = s.command(1, &[0x12, 0, 0, 0, 36, 0], &[], 36).unwrap();
     assert_eq!((r.status, r.data_in.first()), (0, Some(&0)), "INQUIRY");
+    let offline = naa(&mut s, 1);
+    assert_eq!(offline, online);
+    // An EXTENDED COPY through LUN 0 naming the offline LUN, as source or destination, cannot
+    // reach it: COPY ABORTED, COPY TARGET DEVICE NOT REACHABLE, before anything is moved (it
+    // was started, and ended by its failed I/O with COPY ABORTED and no reason).
+    let me = naa(&mut s, 0);
+    let before = read(&mut s, 0, 1).data_in;
+    for (src, dst) in [(me, offline), (offline, me)] {
+        let list = xcopy_list(src, dst, 1, 1, 0);
+        let r = s.command(0, &xcopy_cdb(list.len()), &list, 0).unwrap();
+        assert_eq!(outcome(&r), (2, 0x0A, 0x0D, 0x02));
+    }
+    assert_eq!(read(&mut s, 0, 1).data_in, before);
 
     // Real clients: the other target as ever, and the offline LUN's condition as they see it.
     let (ok, out) = client("iscsi-readcapacity16", &[&ds.url("fine", 0)]);
