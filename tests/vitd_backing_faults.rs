@@ -598,6 +598,41 @@ impl Drop for Bind {
     }
 }
 
+/// A FUA write through the page cache (RWF_DSYNC) flushes its range, and a writeback failure
+/// it meets is reported to it alone: Linux tells it to no later fsync. Its ENOSPC then says
+/// that acknowledged writes sharing its pages never reached the device, not only that it found
+/// no space: the next SYNCHRONIZE CACHE must not answer GOOD. It did (only a failure other than
+/// ENOSPC of such a write was latched).
+#[test]
+fn a_fua_write_whose_flush_found_no_space_is_followed_by_no_good_flush() {
+    if !can_mount_loops() {
+        return;
+    }
+    let ds = Datastore::new();
+    let fs = lun_on_loop(&ds, "fua", 32, Some(40), "8M", true);
+    let vitd = Vitd::start(ds.root(), ds.port, &["--buffered"]);
+    let mut s = session(ds.port, "fua", 1);
+    fs.starve();
+    // Block 64 acknowledged from the page cache; block 65, in the same page, written FUA.
+    assert_eq!(outcome(&write(&mut s, 64, &pattern(6, BS))), GOOD);
+    let mut fua = cdb16(0x8a, 65, 1);
+    fua[1] |= 0x08;
+    let r = s.command(0, &fua, &pattern(7, BS), 0).unwrap();
+    assert_ne!(
+        outcome(&r),
+        GOOD,
+        "the writeback of the image's holes cannot succeed"
+    );
+    let r = sync_cache(&mut s);
+    assert_ne!(
+        outcome(&r),
+        GOOD,
+        "a flush after a FUA write whose flush failed answered GOOD"
+    );
+    drop(vitd);
+    drop(fs);
+}
+
 /// A LUN whose flat extent is gone when vitd starts is brought up offline: listed, answering
 /// INQUIRY and NOT READY, MANUAL INTERVENTION REQUIRED to the rest, with an error in the log
 /// that names it, while the target's other LUN and every other target are served (vitd refused

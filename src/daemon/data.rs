@@ -1345,10 +1345,13 @@ impl Worker {
             op.failed = true;
             op.no_space |= no_space;
             op.read_only |= -res == libc::EROFS;
-            // A write that found no space at once lost nothing written before; a failed
-            // fdatasync, or another failure of a flushing write, may have.
+            // A failed fdatasync, or any failure of a write through the page cache with
+            // RWF_DSYNC, may have lost writes acknowledged before. Such a write's ENOSPC too:
+            // the kernel flushes its range once it is in the page cache and answers a
+            // writeback failure there (of acknowledged writes sharing its pages, or any of
+            // the file's it had not told yet) with that errno, and tells no later fsync; an
+            // ENOSPC found at once cannot be told apart from it.
             if let Some(lun) = &op.flushes
-                && (op.syncs || !no_space)
                 && lun.shared.note_flush_failed()
             {
                 tracing::error!(
