@@ -684,6 +684,12 @@ fn a_lun_whose_extent_is_missing_at_start_is_offline_and_the_rest_are_served() {
         let r = s.command(1, &cdb, &[], want).unwrap();
         assert_eq!(outcome(&r), NOT_READY, "{cdb:02x?}");
     }
+    // A write with its data (immediate, for more than the target asks): answered, its data
+    // dropped, the session goes on.
+    let big = pattern(4, 128 * BS);
+    let r = s.command(1, &cdb16(0x8a, 0, 256), &big, 0).unwrap();
+    assert_eq!(outcome(&r), NOT_READY);
+    assert_eq!(outcome(&read(&mut s, 8, 1)), GOOD);
     let r = s.command(1, &[0x12, 0, 0, 0, 36, 0], &[], 36).unwrap();
     assert_eq!((r.status, r.data_in.first()), (0, Some(&0)), "INQUIRY");
     let offline = naa(&mut s, 1);
