@@ -661,6 +661,7 @@ fn a_lun_whose_extent_is_missing_at_start_is_offline_and_the_rest_are_served() {
         log.contains("LUN 1: offline") && log.contains(flat.to_str().unwrap()),
         "{log}"
     );
+    assert!(!log.contains("O_DIRECT refused"), "{log}");
     assert!(
         !log.contains('\x1b'),
         "terminal colour codes in a log file: {log:?}"

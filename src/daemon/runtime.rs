@@ -687,12 +687,16 @@ fn open_lun(
                     }
                     Ok(f) => f,
                     Err(_) if direct => {
+                        // Opened without O_DIRECT, it says that O_DIRECT was what failed; an
+                        // extent that cannot be opened at all says why (and nothing of O_DIRECT).
+                        let f = vmdk::open_extent(dir, name, writable, false)
+                            .map_err(|e| e.to_string())?;
                         tracing::warn!(
                             "{}: O_DIRECT refused by the file system; using buffered I/O (SYNCHRONIZE CACHE and FUA flush)",
                             descriptor.display()
                         );
                         direct = false;
-                        vmdk::open_extent(dir, name, writable, false).map_err(|e| e.to_string())?
+                        f
                     }
                     Err(e) => return Err(e.to_string().into()),
                 };
