@@ -38,6 +38,7 @@ mod jobs;
 
 use super::conn::{Conn, DataDest, IoWork, OutData, OutPdu};
 use super::runtime::{Backing, LunRt};
+use super::shared::FlushTurn;
 use super::uring::{self, BufId, BufferPool, Waker};
 use crate::iscsi::pdu::BHS_LEN;
 use crate::iscsi::reader::{Event, PduReader, ReadError, Want};
@@ -249,6 +250,9 @@ struct FileOp {
     /// Some of them are fdatasyncs, which fail while that latch is set: a flush after a failed
     /// one cannot vouch for the writes whose writeback failed.
     syncs: bool,
+    /// They are flush round `n` of that LUN ([`super::shared::LunShared::flush_join`]): a
+    /// SYNCHRONIZE CACHE, whose end serves the requests that waited for that round.
+    round: Option<u64>,
     /// For VERIFY with BYTCHK: the buffer the media was read into.
     verify_buf: Option<BufId>,
     work: Option<IoWork>,
@@ -261,7 +265,7 @@ impl FileOp {
     fn new_step(&mut self) {
         (self.expect, self.done, self.writes) = (0, 0, false);
         (self.failed, self.no_space, self.read_only) = (false, false, false);
-        (self.flushes, self.syncs) = (None, false);
+        (self.flushes, self.syncs, self.round) = (None, false, None);
     }
 }
 
@@ -336,6 +340,9 @@ struct Worker {
     sqe_scratch: Vec<squeue::Entry>,
     /// Requests waiting for a range held by an atomic operation.
     deferred: Vec<(usize, IoWork)>,
+    /// SYNCHRONIZE CACHEs waiting for their LUN's next flush round (one round of a LUN in
+    /// flight at a time, on any thread): asked again on every pass of the loop.
+    flush_waiting: Vec<FlushWait>,
     /// Connections with a reset whose answer waits for other sessions' writes to end.
     resetting: Vec<usize>,
     /// Connections with commands waiting for a buffer, served in turn.
@@ -353,6 +360,15 @@ struct Worker {
     /// Atomic operations (connection, task) holding their range while the plain writes in
     /// flight finish, with what they hold.
     draining: Vec<Drain>,
+}
+
+/// A SYNCHRONIZE CACHE (request `work` of connection `idx`) waiting for flush round `round` of
+/// `lun` ([`super::shared::FlushTurn::Wait`]). It holds nothing: no buffer, nothing in flight.
+struct FlushWait {
+    idx: usize,
+    work: IoWork,
+    lun: Arc<LunRt>,
+    round: u64,
 }
 
 /// An atomic operation waiting for the plain writes in flight ([`LunShared::begin_drain`]).
@@ -397,6 +413,7 @@ impl Worker {
             cqes: Vec::with_capacity(1024),
             sqe_scratch: Vec::with_capacity(16),
             deferred: Vec::new(),
+            flush_waiting: Vec::new(),
             resetting: Vec::new(),
             buffer_waiters: Vec::new(),
             poll: timing.poll,
@@ -434,8 +451,8 @@ impl Worker {
 
     fn run(&mut self) {
         let ts = types::Timespec::new().sec(1);
-        // While requests wait for another thread's atomic operation, or a reset for other
-        // threads' writes, look again soon.
+        // While requests wait for another thread's atomic operation or flush round, or a reset
+        // for other threads' writes, look again soon.
         let short = types::Timespec::new().nsec(200_000);
         let mut last_tick = Instant::now();
         loop {
@@ -444,6 +461,9 @@ impl Worker {
             }
             if !self.resetting.is_empty() {
                 self.poll_resets();
+            }
+            if !self.flush_waiting.is_empty() {
+                self.retry_flushes();
             }
             if !self.buffer_waiters.is_empty() {
                 self.grant_buffers();
@@ -461,7 +481,10 @@ impl Worker {
                 self.spin();
             }
             let args = types::SubmitArgs::new().timespec(
-                if self.deferred.is_empty() && self.resetting.is_empty() {
+                if self.deferred.is_empty()
+                    && self.resetting.is_empty()
+                    && self.flush_waiting.is_empty()
+                {
                     &ts
                 } else {
                     &short
@@ -1284,16 +1307,79 @@ impl Worker {
         }
     }
 
+    /// SYNCHRONIZE CACHE: flush round of its LUN run now, or waited for (see
+    /// [`super::shared::LunShared::flush_join`]: one round of a LUN in flight at a time).
     fn submit_sync(&mut self, idx: usize, lun: &Arc<LunRt>, work: IoWork, op: FileOp) {
         if let Some(s) = self.slots[idx].as_mut() {
             s.file_ops[usize::from(work.task)] = op;
         }
-        let pending = self.submit_datasync(idx, work.task, lun);
-        if let Some(s) = self.slots[idx].as_mut() {
-            s.file_ops[usize::from(work.task)].pending = pending;
+        if !matches!(lun.backing, Backing::Vmdk { .. }) {
+            return self.finish_io(idx, work.task, IoResult::Ok);
+        }
+        match lun.shared.flush_join() {
+            FlushTurn::Issue(n) => self.run_flush_round(idx, lun, work.task, n),
+            FlushTurn::Wait(round) => self.flush_waiting.push(FlushWait {
+                idx,
+                work,
+                lun: lun.clone(),
+                round,
+            }),
+            FlushTurn::Done(good) => self.finish_io(idx, work.task, flush_result(good)),
+        }
+    }
+
+    /// Issues flush round `n` of `lun` for request `task` of connection `idx` (its file op
+    /// already in place); the round ends when its last fdatasync completes (`on_file`).
+    fn run_flush_round(&mut self, idx: usize, lun: &Arc<LunRt>, task: u16, n: u64) {
+        let pending = self.submit_datasync(idx, task, lun);
+        if let Some(op) = self
+            .slots
+            .get_mut(idx)
+            .and_then(Option::as_mut)
+            .and_then(|s| s.file_ops.get_mut(usize::from(task)))
+        {
+            op.pending = pending;
+            op.round = Some(n);
         }
         if pending == 0 {
-            self.finish_io(idx, work.task, IoResult::Ok);
+            let good = lun.shared.flush_finish(n, false);
+            self.finish_io(idx, task, flush_result(good));
+        }
+    }
+
+    /// Asks again for each SYNCHRONIZE CACHE waiting for a flush round: answered once its round
+    /// has ended, started when its round is due and no other waiter started it; one aborted
+    /// while it waited (or whose connection is closing) ends here, leaving nothing behind.
+    fn retry_flushes(&mut self) {
+        for w in std::mem::take(&mut self.flush_waiting) {
+            let (idx, task) = (w.idx, w.work.task);
+            let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
+            // A reset by another session may have aborted it while it waited.
+            s.conn.check_task_mail(task);
+            self.dirty.push(idx);
+            if s.closing || s.conn.aborted(task) {
+                self.finish_io(idx, task, IoResult::Failed);
+                continue;
+            }
+            match w.lun.shared.flush_poll(w.round) {
+                FlushTurn::Wait(_) => self.flush_waiting.push(w),
+                FlushTurn::Issue(n) => {
+                    s.file_ops[usize::from(task)] = FileOp {
+                        work: Some(w.work),
+                        ..Default::default()
+                    };
+                    self.run_flush_round(idx, &w.lun, task, n);
+                }
+                FlushTurn::Done(good) => {
+                    s.file_ops[usize::from(task)] = FileOp {
+                        work: Some(w.work),
+                        ..Default::default()
+                    };
+                    self.finish_io(idx, task, flush_result(good));
+                }
+            }
         }
     }
 
@@ -1366,6 +1452,13 @@ impl Worker {
         op.pending = op.pending.saturating_sub(1);
         if op.pending != 0 {
             return;
+        }
+        // A flush round's end serves the requests that waited for it; its own request, and
+        // every other fdatasync, fails while the latch is set.
+        if let (Some(n), Some(lun)) = (op.round.take(), &op.flushes)
+            && !lun.shared.flush_finish(n, op.failed)
+        {
+            op.failed = true;
         }
         if op.syncs
             && let Some(lun) = &op.flushes
@@ -1467,8 +1560,9 @@ impl Worker {
         if s.inflight > 0 {
             return;
         }
-        // Requests of it still waiting for a range or a reset go with it: its slot may be
-        // given to a new connection before they would be looked at again.
+        // Requests of it still waiting for a range, a reset or a flush round go with it: its
+        // slot may be given to a new connection before they would be looked at again.
+        self.flush_waiting.retain(|w| w.idx != idx);
         if self.deferred.iter().any(|&(i, _)| i == idx) {
             for (i, work) in std::mem::take(&mut self.deferred) {
                 if i == idx {
@@ -1543,6 +1637,11 @@ impl Worker {
             }
         }
     }
+}
+
+/// A SYNCHRONIZE CACHE's result from its flush round's verdict.
+fn flush_result(good: bool) -> IoResult {
+    if good { IoResult::Ok } else { IoResult::Failed }
 }
 
 fn lun_of(conn: &Conn, task: u16) -> [u8; 8] {

@@ -125,6 +125,69 @@ pub struct LunShared {
     /// a file, and the next one succeeds though the data never reached the device, so every
     /// later SYNCHRONIZE CACHE fails too (until vitd restarts).
     flush_failed: AtomicBool,
+    /// The LUN's flush rounds ([`Self::flush_join`]): at most one in flight, on any thread.
+    flushes: Mutex<FlushRounds>,
+}
+
+/// Where a request for a flush of a LUN's writes (SYNCHRONIZE CACHE) stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushTurn {
+    /// It runs round `n` now: it issues the fdatasyncs, and reports their end to
+    /// [`LunShared::flush_finish`].
+    Issue(u64),
+    /// It waits for round `n`, which began (or will begin) after it arrived: it asks again
+    /// later ([`LunShared::flush_poll`]); nothing is kept for it meanwhile.
+    Wait(u64),
+    /// Round `n` it waited for is over: GOOD when true, else the flush failed (that round's, or
+    /// one before it: the latch).
+    Done(bool),
+}
+
+/// The flush rounds of a LUN: `started` rounds began, the first `done` of them ended; one is
+/// in flight while `started > done` (never more than one).
+///
+/// Linux reports a failed writeback to one fsync of an open file only (errseq): with two
+/// fdatasyncs of the same extent in flight, the kernel may give the error to one and 0 to the
+/// other, and the one that got 0 would be answered GOOD before the other's failure is latched.
+/// With one round at a time, the round that gets the error latches it before any request it
+/// or a later round serves is answered. A request that arrives while a round runs waits for
+/// the next one (the running one may have begun before the writes it must cover were
+/// acknowledged), and all that waited are served by that one round.
+#[derive(Debug, Default)]
+struct FlushRounds {
+    started: u64,
+    done: u64,
+}
+
+impl FlushRounds {
+    /// A request arrives: it starts a round when none runs, else waits for the next.
+    fn join(&mut self) -> FlushTurn {
+        if self.started == self.done {
+            self.started += 1;
+            FlushTurn::Issue(self.started)
+        } else {
+            FlushTurn::Wait(self.started + 1)
+        }
+    }
+
+    /// A request waiting for round `n` asks again: served (`Done`, the verdict filled in by the
+    /// caller), still waiting, or it starts round `n` (the one before has ended, and no other
+    /// request waiting for it started it yet).
+    fn poll(&mut self, n: u64) -> FlushTurn {
+        if self.done >= n {
+            FlushTurn::Done(true)
+        } else if self.started == self.done {
+            self.started += 1;
+            debug_assert_eq!(self.started, n);
+            FlushTurn::Issue(self.started)
+        } else {
+            FlushTurn::Wait(n)
+        }
+    }
+
+    fn finish(&mut self, n: u64) {
+        self.done = self.done.max(n);
+    }
 }
 
 /// Reads the reservation state saved at `path`: `None` when there is none; an error for a file
@@ -185,6 +248,38 @@ impl LunShared {
     /// Records that a flush failed; true the first time (to say so once).
     pub fn note_flush_failed(&self) -> bool {
         !self.flush_failed.swap(true, Ordering::AcqRel)
+    }
+
+    fn rounds(&self) -> MutexGuard<'_, FlushRounds> {
+        self.flushes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A SYNCHRONIZE CACHE of the LUN: it issues the next flush round now (`Issue`), or waits
+    /// for one (`Wait`, then [`Self::flush_poll`] from its own data thread: no thread blocks).
+    /// A request that waits and goes away (aborted, its connection ended) leaves nothing here.
+    pub fn flush_join(&self) -> FlushTurn {
+        self.rounds().join()
+    }
+
+    /// A request waiting for round `n` asks again: `Done` with its verdict, `Wait`, or `Issue`
+    /// (it runs round `n` itself).
+    pub fn flush_poll(&self, n: u64) -> FlushTurn {
+        match self.rounds().poll(n) {
+            FlushTurn::Done(_) => FlushTurn::Done(!self.flush_failed()),
+            other => other,
+        }
+    }
+
+    /// Round `n`'s fdatasyncs have all completed, `failed` when one of them did (latched
+    /// before the round ends, so every request it serves sees it). Returns the verdict of the
+    /// requests it serves: GOOD when true.
+    pub fn flush_finish(&self, n: u64, failed: bool) -> bool {
+        let mut r = self.rounds();
+        if failed {
+            self.note_flush_failed();
+        }
+        r.finish(n);
+        !self.flush_failed()
     }
 
     /// Whether a reservation or registration exists (one atomic load).
@@ -520,6 +615,57 @@ mod tests {
         let (c, _) = s.register(&it("c"));
         assert_eq!(c, b, "the ended session's place is reused");
         assert_eq!(s.readers().slots.len(), 2);
+    }
+
+    /// Two SYNCHRONIZE CACHEs of one LUN from two sessions: the second arrives while the
+    /// first one's fdatasync is in flight. The writeback error goes to that fdatasync; the
+    /// second must not be answered GOOD, though its own fdatasync (issued after) returns 0.
+    #[test]
+    fn a_flush_arriving_during_a_failing_round_is_not_good() {
+        let s = LunShared::new(None);
+        let FlushTurn::Issue(r1) = s.flush_join() else {
+            panic!("the first request runs a round at once");
+        };
+        // The second waits: no second fdatasync of the LUN while one is in flight.
+        let FlushTurn::Wait(r2) = s.flush_join() else {
+            panic!("a second fdatasync issued while the first is in flight");
+        };
+        assert_eq!(s.flush_poll(r2), FlushTurn::Wait(r2));
+        // Round 1 fails (the kernel reported the failed writeback to it).
+        assert!(!s.flush_finish(r1, true), "round 1's own request fails");
+        // The waiter is not served by round 1 (it began before the waiter arrived): it runs
+        // round 2, whose fdatasync returns 0 (errseq was consumed by round 1).
+        assert_eq!(s.flush_poll(r2), FlushTurn::Issue(r2));
+        assert!(!s.flush_finish(r2, false), "GOOD over lost writes");
+        assert_eq!(s.flush_poll(r2), FlushTurn::Done(false));
+    }
+
+    /// Requests that arrive while a round runs are served together by the next; one that
+    /// arrives during that one waits for the one after; a waiter that goes away blocks nothing.
+    #[test]
+    fn flush_rounds_coalesce_waiters_and_never_overlap() {
+        let s = LunShared::new(None);
+        assert_eq!(s.flush_join(), FlushTurn::Issue(1));
+        let waiters: Vec<FlushTurn> = (0..3).map(|_| s.flush_join()).collect();
+        assert!(
+            waiters.iter().all(|&t| t == FlushTurn::Wait(2)),
+            "{waiters:?}"
+        );
+        assert_eq!(s.flush_poll(2), FlushTurn::Wait(2), "round 1 still runs");
+        assert!(s.flush_finish(1, false));
+        // The first waiter to ask again runs round 2 for all three.
+        assert_eq!(s.flush_poll(2), FlushTurn::Issue(2));
+        assert_eq!(s.flush_poll(2), FlushTurn::Wait(2));
+        // A newcomer during round 2 waits for round 3.
+        assert_eq!(s.flush_join(), FlushTurn::Wait(3));
+        assert!(s.flush_finish(2, false));
+        assert_eq!(s.flush_poll(2), FlushTurn::Done(true));
+        assert_eq!(s.flush_poll(2), FlushTurn::Done(true));
+        // The newcomer went away (aborted) without asking again: the next request runs
+        // round 3 at once.
+        assert_eq!(s.flush_join(), FlushTurn::Issue(3));
+        assert!(s.flush_finish(3, false));
+        assert_eq!(s.flush_join(), FlushTurn::Issue(4));
     }
 
     #[test]
