@@ -474,24 +474,23 @@ fn flush_burst_after_a_failed_writeback() {
     let mut sessions: Vec<Session> = (1..=SESSIONS)
         .map(|n| session(ds.port, "flushes", n))
         .collect();
+    // While the device works: FUA writes (RWF_DSYNC through the page cache) and flushes of
+    // all sessions at once, every one GOOD (a round waits for the FUA writes in flight when it
+    // ends, and nothing is left waiting).
+    let healthy = burst(&mut sessions, |i, s| {
+        let mut fua = cdb16(0x8a, 1024 + 16 * i as u64, 16);
+        fua[1] |= 0x08;
+        let r = s.command(0, &fua, &pattern(i as u8, 16 * BS), 0).unwrap();
+        [outcome(&r), outcome(&sync_cache(s))]
+    });
+    assert!(healthy.iter().flatten().all(|&o| o == GOOD), "{healthy:?}");
     fs.starve();
     for (i, s) in sessions.iter_mut().enumerate() {
         let data = pattern(i as u8, 16 * BS);
         assert_eq!(outcome(&write(s, 64 + 16 * i as u64, &data)), GOOD);
     }
-    let start = std::sync::Barrier::new(usize::from(SESSIONS));
-    let answers: Vec<Vec<(u8, u8, u8, u8)>> = std::thread::scope(|scope| {
-        let start = &start;
-        let runs: Vec<_> = sessions
-            .iter_mut()
-            .map(|s| {
-                scope.spawn(move || {
-                    start.wait();
-                    (0..2).map(|_| outcome(&sync_cache(s))).collect()
-                })
-            })
-            .collect();
-        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    let answers = burst(&mut sessions, |_, s| {
+        [outcome(&sync_cache(s)), outcome(&sync_cache(s))]
     });
     for (i, a) in answers.iter().enumerate() {
         assert!(
@@ -501,6 +500,28 @@ fn flush_burst_after_a_failed_writeback() {
     }
     drop(vitd);
     drop(fs);
+}
+
+/// Runs `each` on every session at once (one thread each, started together); their answers.
+fn burst(
+    sessions: &mut [Session],
+    each: impl Fn(usize, &mut Session) -> [(u8, u8, u8, u8); 2] + Sync,
+) -> Vec<[(u8, u8, u8, u8); 2]> {
+    let start = std::sync::Barrier::new(sessions.len());
+    std::thread::scope(|scope| {
+        let (start, each) = (&start, &each);
+        let runs: Vec<_> = sessions
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| {
+                scope.spawn(move || {
+                    start.wait();
+                    each(i, s)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    })
 }
 
 /// A flat extent truncated under vitd: a read past its new end fails (MEDIUM ERROR) rather than

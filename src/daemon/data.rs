@@ -253,6 +253,9 @@ struct FileOp {
     /// They are flush round `n` of that LUN ([`super::shared::LunShared::flush_join`]): a
     /// SYNCHRONIZE CACHE, whose end serves the requests that waited for that round.
     round: Option<u64>,
+    /// They are a flush of that LUN other than a round, counted in its epoch
+    /// ([`super::shared::LunShared::other_flush_start`]) until they are all done.
+    other_flush: Option<usize>,
     /// For VERIFY with BYTCHK: the buffer the media was read into.
     verify_buf: Option<BufId>,
     work: Option<IoWork>,
@@ -266,6 +269,7 @@ impl FileOp {
         (self.expect, self.done, self.writes) = (0, 0, false);
         (self.failed, self.no_space, self.read_only) = (false, false, false);
         (self.flushes, self.syncs, self.round) = (None, false, None);
+        self.other_flush = None;
     }
 }
 
@@ -1288,8 +1292,9 @@ impl Worker {
                     at += len;
                 }
                 op.pending = sqes.len() as u16;
-                if flags != 0 && !lun.direct_io() {
+                if flags != 0 && !lun.direct_io() && !sqes.is_empty() {
                     op.flushes = Some(lun.clone());
+                    op.other_flush = Some(lun.shared.other_flush_start());
                 }
                 if let Some(s) = self.slots[idx].as_mut() {
                     s.inflight += sqes.len() as u32;
@@ -1342,8 +1347,49 @@ impl Worker {
             op.round = Some(n);
         }
         if pending == 0 {
-            let good = lun.shared.flush_finish(n, false);
-            self.finish_io(idx, task, flush_result(good));
+            self.end_flush_round(idx, lun, task, n);
+        }
+    }
+
+    /// Round `n` of `lun`, run by request `task` of connection `idx`, ended without any
+    /// fdatasync (no extent file to flush): the request is answered by the round's verdict,
+    /// or waits for it like the others the round serves (other flushes of the LUN still in
+    /// flight).
+    fn end_flush_round(&mut self, idx: usize, lun: &Arc<LunRt>, task: u16, n: u64) {
+        match lun.shared.flush_finish(n, false) {
+            Some(good) => self.finish_io(idx, task, flush_result(good)),
+            None => {
+                let work = self
+                    .slots
+                    .get_mut(idx)
+                    .and_then(Option::as_mut)
+                    .and_then(|s| s.file_ops.get_mut(usize::from(task)))
+                    .and_then(|op| op.work);
+                match work {
+                    Some(work) => self.flush_waiting.push(FlushWait {
+                        idx,
+                        work,
+                        lun: lun.clone(),
+                        round: n,
+                    }),
+                    None => self.finish_io(idx, task, IoResult::Failed),
+                }
+            }
+        }
+    }
+
+    /// Counts a flush of `lun` other than a round (an RWF_DSYNC write through the page cache,
+    /// a job's fdatasync) for request `task` of connection `idx`, until its operations end.
+    fn count_other_flush(&mut self, idx: usize, task: u16, lun: &Arc<LunRt>) {
+        if let Some(op) = self
+            .slots
+            .get_mut(idx)
+            .and_then(Option::as_mut)
+            .and_then(|s| s.file_ops.get_mut(usize::from(task)))
+            && op.other_flush.is_none()
+        {
+            op.other_flush = Some(lun.shared.other_flush_start());
+            op.flushes = Some(lun.clone());
         }
     }
 
@@ -1453,12 +1499,28 @@ impl Worker {
         if op.pending != 0 {
             return;
         }
-        // A flush round's end serves the requests that waited for it; its own request, and
-        // every other fdatasync, fails while the latch is set.
-        if let (Some(n), Some(lun)) = (op.round.take(), &op.flushes)
-            && !lun.shared.flush_finish(n, op.failed)
-        {
-            op.failed = true;
+        // Counted out once its failure, if any, is latched (above).
+        if let (Some(slot), Some(lun)) = (op.other_flush.take(), &op.flushes) {
+            lun.shared.other_flush_done(slot);
+        }
+        // A flush round's end serves the requests that waited for it (its own request among
+        // them once the other flushes in flight are done).
+        if let (Some(n), Some(lun)) = (op.round.take(), op.flushes.clone()) {
+            match lun.shared.flush_finish(n, op.failed) {
+                Some(good) => op.failed |= !good,
+                None => {
+                    if let Some(work) = op.work {
+                        self.flush_waiting.push(FlushWait {
+                            idx,
+                            work,
+                            lun,
+                            round: n,
+                        });
+                        return;
+                    }
+                    op.failed = true;
+                }
+            }
         }
         if op.syncs
             && let Some(lun) = &op.flushes

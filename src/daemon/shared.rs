@@ -127,6 +127,12 @@ pub struct LunShared {
     flush_failed: AtomicBool,
     /// The LUN's flush rounds ([`Self::flush_join`]): at most one in flight, on any thread.
     flushes: Mutex<FlushRounds>,
+    /// The other flushes in flight ([`Self::other_flush_start`]), counted in two alternating
+    /// epochs: a round that ends waits for those of the epoch it ends, while new ones count in
+    /// the next (so the wait ends within one flush's time however many follow).
+    other_flushes: [AtomicUsize; 2],
+    /// The epoch other flushes count in now (its low bit picks the counter).
+    flush_epoch: AtomicUsize,
 }
 
 /// Where a request for a flush of a LUN's writes (SYNCHRONIZE CACHE) stands.
@@ -157,6 +163,9 @@ pub enum FlushTurn {
 struct FlushRounds {
     started: u64,
     done: u64,
+    /// The round whose fdatasyncs have ended, waiting for the other flushes of the LUN that were
+    /// in flight then (counted in `LunShared::other_flushes[.1]`) before it is done.
+    draining: Option<(u64, usize)>,
 }
 
 impl FlushRounds {
@@ -264,7 +273,9 @@ impl LunShared {
     /// A request waiting for round `n` asks again: `Done` with its verdict, `Wait`, or `Issue`
     /// (it runs round `n` itself).
     pub fn flush_poll(&self, n: u64) -> FlushTurn {
-        match self.rounds().poll(n) {
+        let mut r = self.rounds();
+        self.drain_round(&mut r);
+        match r.poll(n) {
             FlushTurn::Done(_) => FlushTurn::Done(!self.flush_failed()),
             other => other,
         }
@@ -272,14 +283,53 @@ impl LunShared {
 
     /// Round `n`'s fdatasyncs have all completed, `failed` when one of them did (latched
     /// before the round ends, so every request it serves sees it). Returns the verdict of the
-    /// requests it serves: GOOD when true.
-    pub fn flush_finish(&self, n: u64, failed: bool) -> bool {
+    /// requests it serves (GOOD when true), or `None` while other flushes that were in flight
+    /// then are not done: any of them may have been told the writeback error the round's
+    /// fdatasync was not, and latches it when it ends. The round's own request then waits for
+    /// round `n` as the others do ([`Self::flush_poll`]).
+    pub fn flush_finish(&self, n: u64, failed: bool) -> Option<bool> {
         let mut r = self.rounds();
         if failed {
             self.note_flush_failed();
         }
-        r.finish(n);
-        !self.flush_failed()
+        // New other flushes count in the next epoch from now: those of this one were in flight
+        // before the round's fdatasyncs ended.
+        let slot = self.flush_epoch.fetch_add(1, Ordering::SeqCst) & 1;
+        r.draining = Some((n, slot));
+        self.drain_round(&mut r);
+        (r.done >= n).then(|| !self.flush_failed())
+    }
+
+    /// Ends the round that waits for other flushes if they are done.
+    fn drain_round(&self, r: &mut FlushRounds) {
+        if let Some((n, slot)) = r.draining
+            && self.other_flushes[slot].load(Ordering::SeqCst) == 0
+        {
+            r.draining = None;
+            r.finish(n);
+        }
+    }
+
+    /// A flush of the LUN that is not a round begins (an RWF_DSYNC write through the page
+    /// cache, a job's fdatasync): Linux may report to it a writeback error that a round in
+    /// flight needed, so a round that ends while it is in flight waits for it
+    /// ([`Self::flush_finish`]). Returns what [`Self::other_flush_done`] takes. It must be
+    /// counted out after any failure of it is latched ([`Self::note_flush_failed`]).
+    pub fn other_flush_start(&self) -> usize {
+        loop {
+            let slot = self.flush_epoch.load(Ordering::SeqCst) & 1;
+            self.other_flushes[slot].fetch_add(1, Ordering::SeqCst);
+            // Counted in the epoch that is still current: a round that ends later sees it.
+            if self.flush_epoch.load(Ordering::SeqCst) & 1 == slot {
+                return slot;
+            }
+            self.other_flushes[slot].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A flush counted by [`Self::other_flush_start`] ended.
+    pub fn other_flush_done(&self, slot: usize) {
+        self.other_flushes[slot & 1].fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Whether a reservation or registration exists (one atomic load).
@@ -632,11 +682,15 @@ mod tests {
         };
         assert_eq!(s.flush_poll(r2), FlushTurn::Wait(r2));
         // Round 1 fails (the kernel reported the failed writeback to it).
-        assert!(!s.flush_finish(r1, true), "round 1's own request fails");
+        assert_eq!(s.flush_finish(r1, true), Some(false), "round 1's request");
         // The waiter is not served by round 1 (it began before the waiter arrived): it runs
         // round 2, whose fdatasync returns 0 (errseq was consumed by round 1).
         assert_eq!(s.flush_poll(r2), FlushTurn::Issue(r2));
-        assert!(!s.flush_finish(r2, false), "GOOD over lost writes");
+        assert_eq!(
+            s.flush_finish(r2, false),
+            Some(false),
+            "GOOD over lost writes"
+        );
         assert_eq!(s.flush_poll(r2), FlushTurn::Done(false));
     }
 
@@ -652,20 +706,54 @@ mod tests {
             "{waiters:?}"
         );
         assert_eq!(s.flush_poll(2), FlushTurn::Wait(2), "round 1 still runs");
-        assert!(s.flush_finish(1, false));
+        assert_eq!(s.flush_finish(1, false), Some(true));
         // The first waiter to ask again runs round 2 for all three.
         assert_eq!(s.flush_poll(2), FlushTurn::Issue(2));
         assert_eq!(s.flush_poll(2), FlushTurn::Wait(2));
         // A newcomer during round 2 waits for round 3.
         assert_eq!(s.flush_join(), FlushTurn::Wait(3));
-        assert!(s.flush_finish(2, false));
+        assert_eq!(s.flush_finish(2, false), Some(true));
         assert_eq!(s.flush_poll(2), FlushTurn::Done(true));
         assert_eq!(s.flush_poll(2), FlushTurn::Done(true));
         // The newcomer went away (aborted) without asking again: the next request runs
         // round 3 at once.
         assert_eq!(s.flush_join(), FlushTurn::Issue(3));
-        assert!(s.flush_finish(3, false));
+        assert_eq!(s.flush_finish(3, false), Some(true));
         assert_eq!(s.flush_join(), FlushTurn::Issue(4));
+    }
+
+    /// A FUA write through the page cache (RWF_DSYNC) is in flight when a round runs, and the
+    /// kernel reports the failed writeback to it: the round's fdatasync returns 0, and its
+    /// request must not be answered GOOD before the write's failure is latched. A flush that
+    /// begins once the round's fdatasyncs have ended does not hold it up.
+    #[test]
+    fn a_round_waits_for_the_other_flushes_in_flight_when_it_ends() {
+        let s = LunShared::new(None);
+        let fua = s.other_flush_start();
+        assert_eq!(s.flush_join(), FlushTurn::Issue(1));
+        assert_eq!(s.flush_finish(1, false), None, "the FUA write is in flight");
+        let later = s.other_flush_start();
+        assert_eq!(s.flush_poll(1), FlushTurn::Wait(1));
+        assert_eq!(
+            s.flush_join(),
+            FlushTurn::Wait(2),
+            "still one round at a time"
+        );
+        // The write failed: latched, then counted out.
+        s.note_flush_failed();
+        s.other_flush_done(fua);
+        assert_eq!(s.flush_poll(1), FlushTurn::Done(false));
+        // Round 2 runs while `later` is still in flight: it waits for it in turn.
+        assert_eq!(s.flush_poll(2), FlushTurn::Issue(2));
+        assert_eq!(s.flush_finish(2, false), None);
+        s.other_flush_done(later);
+        assert_eq!(s.flush_poll(2), FlushTurn::Done(false));
+        // With none in flight, a round ends with its fdatasyncs.
+        assert_eq!(s.flush_join(), FlushTurn::Issue(3));
+        assert_eq!(s.flush_finish(3, false), Some(false));
+        let fresh = LunShared::new(None);
+        assert_eq!(fresh.flush_join(), FlushTurn::Issue(1));
+        assert_eq!(fresh.flush_finish(1, false), Some(true));
     }
 
     #[test]

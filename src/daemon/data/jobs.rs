@@ -539,7 +539,11 @@ impl Worker {
         };
         if job.durable && punched_all && !job.synced {
             job.synced = true;
-            return Ok(self.submit_datasync(idx, task, &lun));
+            let n = self.submit_datasync(idx, task, &lun);
+            if n > 0 {
+                self.count_other_flush(idx, task, &lun);
+            }
+            return Ok(n);
         }
         let durable = job.durable;
         let run = move |w: &mut Worker,
@@ -827,6 +831,9 @@ impl Worker {
                     f.flushes = Some(lun.clone());
                 }
             }
+        }
+        if count > 0 && dsync && op == RangeOp::Write && !lun.direct_io() {
+            self.count_other_flush(idx, task, lun);
         }
         for sqe in sqes.drain(..) {
             self.push(sqe);
