@@ -450,6 +450,43 @@ fn a_failed_flush_is_never_followed_by_good() {
     drop(fs);
 }
 
+/// A writeback that failed in the background (here forced by sync(1)) is reported to the next
+/// flush of the file, whichever it is: a FUA write through the page cache (RWF_DSYNC) that is
+/// told it (ENOSPC from the starved device) must latch it, or the SYNCHRONIZE CACHE after it
+/// finds nothing to report and is answered GOOD over the lost write.
+#[test]
+fn a_fua_write_told_of_a_failed_writeback_latches_it() {
+    if !can_mount_loops() {
+        return;
+    }
+    let ds = Datastore::new();
+    let fs = lun_on_loop(&ds, "fua", 32, Some(40), "8M", true);
+    let vitd = Vitd::start(ds.root(), ds.port, &["--buffered"]);
+    let mut a = session(ds.port, "fua", 1);
+    let mut b = session(ds.port, "fua", 2);
+    fs.starve();
+    assert_eq!(outcome(&write(&mut a, 64, &pattern(6, 16 * BS))), GOOD);
+    sh("sync", &[]);
+    let mut fua = cdb16(0x8a, 512, 16);
+    fua[1] |= 0x08;
+    let r = b.command(0, &fua, &pattern(7, 16 * BS), 0).unwrap();
+    assert_ne!(
+        outcome(&r),
+        GOOD,
+        "the FUA write's own writeback cannot succeed"
+    );
+    for s in [&mut a, &mut b] {
+        let r = sync_cache(s);
+        assert_ne!(
+            outcome(&r),
+            GOOD,
+            "GOOD over a write whose writeback failed"
+        );
+    }
+    drop(vitd);
+    drop(fs);
+}
+
 /// As above, with the SYNCHRONIZE CACHEs of many sessions (on both data threads) sent at once
 /// after writes the starved device cannot take: the kernel reports the failed writeback to one
 /// fdatasync only, and none of them may be answered GOOD (vitd runs one flush round of a LUN at
