@@ -188,8 +188,22 @@ fn write(s: &mut Session, lba: u64, data: &[u8]) -> CommandResult {
         .unwrap()
 }
 
+/// A WRITE(16) with FUA.
+fn fua_write(s: &mut Session, lba: u64, data: &[u8]) -> CommandResult {
+    let mut cdb = cdb16(0x8a, lba, (data.len() / BS) as u32);
+    cdb[1] |= 0x08;
+    s.command(0, &cdb, data, 0).unwrap()
+}
+
 fn sync_cache(s: &mut Session) -> CommandResult {
     s.command(0, &cdb16(0x91, 0, 0), &[], 0).unwrap()
+}
+
+/// A SYNCHRONIZE CACHE of each session: none may be answered GOOD (`why` says what that would be).
+fn flushes_fail(sessions: [&mut Session; 2], why: &str) {
+    for s in sessions {
+        assert_ne!(outcome(&sync_cache(s)), GOOD, "{why}");
+    }
 }
 
 /// A WRITE SAME(16) of `block` over `blocks` blocks from `lba`.
@@ -414,6 +428,18 @@ fn a_full_file_system_fails_writes_with_space_allocation_failed_buffered() {
     }
 }
 
+/// LUN 0 of target `alias`, buffered, on a file system whose loop device's image can be kept
+/// from growing (`LoopFs::starve`: then its writeback of new blocks fails with ENOSPC), and `n`
+/// sessions to it. The flat extent is thick (its blocks placed, unwritten), the image's data
+/// blocks holes.
+fn starvable_lun(alias: &str, n: u8) -> (Datastore, LoopFs, Vitd, Vec<Session>) {
+    let ds = Datastore::new();
+    let fs = lun_on_loop(&ds, alias, 32, Some(40), "8M", true);
+    let vitd = Vitd::start(ds.root(), ds.port, &["--buffered"]);
+    let sessions = (1..=n).map(|i| session(ds.port, alias, i)).collect();
+    (ds, fs, vitd, sessions)
+}
+
 /// Linux reports a writeback failure to one fsync of a file only: the next one succeeds though
 /// the data never reached the device. A flush that failed must make every later SYNCHRONIZE
 /// CACHE of the LUN fail too (from any session), never answer GOOD over lost writes.
@@ -422,30 +448,21 @@ fn a_failed_flush_is_never_followed_by_good() {
     if !can_mount_loops() {
         return;
     }
-    let ds = Datastore::new();
-    // The flat extent thick (its blocks placed now, unwritten), the image's data blocks holes.
-    let fs = lun_on_loop(&ds, "flush", 32, Some(40), "8M", true);
-    let vitd = Vitd::start(ds.root(), ds.port, &["--buffered"]);
-    let mut a = session(ds.port, "flush", 1);
-    let mut b = session(ds.port, "flush", 2);
+    let (_ds, fs, vitd, mut sessions) = starvable_lun("flush", 2);
+    let [a, b] = &mut sessions[..] else {
+        unreachable!()
+    };
     fs.starve();
     let data = pattern(5, 16 * BS);
     // Write-back cache: acknowledged once in the page cache.
-    assert_eq!(outcome(&write(&mut a, 64, &data)), GOOD);
-    let first = outcome(&sync_cache(&mut b));
+    assert_eq!(outcome(&write(a, 64, &data)), GOOD);
+    let first = outcome(&sync_cache(b));
     assert_ne!(
         first, GOOD,
         "the writeback of the image's holes cannot succeed"
     );
     assert_eq!(first.1, 7, "{first:?}"); // the loop device says ENOSPC
-    for s in [&mut a, &mut b] {
-        let r = sync_cache(s);
-        assert_ne!(
-            outcome(&r),
-            GOOD,
-            "a flush after a failed one answered GOOD"
-        );
-    }
+    flushes_fail([a, b], "a flush after a failed one answered GOOD");
     drop(vitd);
     drop(fs);
 }
@@ -459,38 +476,29 @@ fn a_fua_write_told_of_a_failed_writeback_latches_it() {
     if !can_mount_loops() {
         return;
     }
-    let ds = Datastore::new();
-    let fs = lun_on_loop(&ds, "fua", 32, Some(40), "8M", true);
-    let vitd = Vitd::start(ds.root(), ds.port, &["--buffered"]);
-    let mut a = session(ds.port, "fua", 1);
-    let mut b = session(ds.port, "fua", 2);
+    let (_ds, fs, vitd, mut sessions) = starvable_lun("fua", 2);
+    let [a, b] = &mut sessions[..] else {
+        unreachable!()
+    };
     fs.starve();
-    assert_eq!(outcome(&write(&mut a, 64, &pattern(6, 16 * BS))), GOOD);
+    assert_eq!(outcome(&write(a, 64, &pattern(6, 16 * BS))), GOOD);
     sh("sync", &[]);
-    let mut fua = cdb16(0x8a, 512, 16);
-    fua[1] |= 0x08;
-    let r = b.command(0, &fua, &pattern(7, 16 * BS), 0).unwrap();
+    let r = fua_write(b, 512, &pattern(7, 16 * BS));
     assert_ne!(
         outcome(&r),
         GOOD,
         "the FUA write's own writeback cannot succeed"
     );
-    for s in [&mut a, &mut b] {
-        let r = sync_cache(s);
-        assert_ne!(
-            outcome(&r),
-            GOOD,
-            "GOOD over a write whose writeback failed"
-        );
-    }
+    flushes_fail([a, b], "GOOD over a write whose writeback failed");
     drop(vitd);
     drop(fs);
 }
 
-/// As above, with the SYNCHRONIZE CACHEs of many sessions (on both data threads) sent at once
-/// after writes the starved device cannot take: the kernel reports the failed writeback to one
-/// fdatasync only, and none of them may be answered GOOD (vitd runs one flush round of a LUN at
-/// a time, and those that arrive meanwhile are served by the next, after the failure is latched).
+/// As `a_failed_flush_is_never_followed_by_good`, with the SYNCHRONIZE CACHEs of many sessions
+/// (on both data threads) sent at once after writes the starved device cannot take: the kernel
+/// reports the failed writeback to one fdatasync only, and none of them may be answered GOOD
+/// (vitd runs one flush round of a LUN at a time, and those that arrive meanwhile are served by
+/// the next, after the failure is latched).
 /// The race is a matter of timing: several fresh file systems and daemons, one burst each
 /// (before the fix about one burst in five had a GOOD answer).
 #[test]
@@ -504,20 +512,12 @@ fn concurrent_flushes_after_a_failed_writeback_are_never_good() {
 }
 
 fn flush_burst_after_a_failed_writeback() {
-    const SESSIONS: u8 = 8;
-    let ds = Datastore::new();
-    let fs = lun_on_loop(&ds, "flushes", 32, Some(40), "8M", true);
-    let vitd = Vitd::start(ds.root(), ds.port, &["--buffered"]);
-    let mut sessions: Vec<Session> = (1..=SESSIONS)
-        .map(|n| session(ds.port, "flushes", n))
-        .collect();
+    let (_ds, fs, vitd, mut sessions) = starvable_lun("flushes", 8);
     // While the device works: FUA writes (RWF_DSYNC through the page cache) and flushes of
     // all sessions at once, every one GOOD (a round waits for the FUA writes in flight when it
     // ends, and nothing is left waiting).
     let healthy = burst(&mut sessions, |i, s| {
-        let mut fua = cdb16(0x8a, 1024 + 16 * i as u64, 16);
-        fua[1] |= 0x08;
-        let r = s.command(0, &fua, &pattern(i as u8, 16 * BS), 0).unwrap();
+        let r = fua_write(s, 1024 + 16 * i as u64, &pattern(i as u8, 16 * BS));
         [outcome(&r), outcome(&sync_cache(s))]
     });
     assert!(healthy.iter().flatten().all(|&o| o == GOOD), "{healthy:?}");
