@@ -1,7 +1,8 @@
 //! The little state a LUN shares between data threads: its persistent reservations (with the
 //! unit attentions and aborts they cause for sessions on any thread) and the block ranges held
 //! by COMPARE AND WRITE, ORWRITE and WRITE ATOMIC, with the count of plain writes in flight those
-//! wait for. Everything else on the data path is owned by one thread. The READ fast path touches
+//! wait for, and its flush rounds (one round of SYNCHRONIZE CACHE fdatasyncs at a time, on any
+//! thread). Everything else on the data path is owned by one thread. The READ fast path touches
 //! two atomics (`pr_active`, `ranges_held`); a plain WRITE also counts itself in and out on its
 //! data thread's own cache line.
 
