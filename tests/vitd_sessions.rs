@@ -970,24 +970,87 @@ fn dropped_for(s: &mut Session, vitd: &Vitd, why: &str) -> bool {
     false
 }
 
-/// The header of a READ(16) of 1 MiB at `lba` on `s`.
-fn large_read_bhs(s: &mut Session, lba: u64) -> [u8; 48] {
+/// The header of command `cdb` (16 bytes) on `s` with the next ITT and CmdSN, reading
+/// `read_len` bytes (none: no data either way).
+fn command_bhs(s: &mut Session, cdb: Vec<u8>, read_len: u32) -> [u8; 48] {
     s.itt += 1;
     let mut bhs = [0u8; 48];
     vit::iscsi::pdu::ScsiCommand {
         final_bit: true,
-        read: true,
+        read: read_len > 0,
         attr: 1,
         itt: s.itt,
-        expected_data_length: 1 << 20,
+        expected_data_length: read_len,
         cmd_sn: s.cmd_sn,
         exp_stat_sn: s.exp_stat_sn,
-        cdb: cdb16(0x88, lba, 2048).try_into().unwrap(),
+        cdb: cdb.try_into().unwrap(),
         ..Default::default()
     }
     .encode(&mut bhs);
     s.cmd_sn = s.cmd_sn.wrapping_add(1);
     bhs
+}
+
+/// The header of a READ(16) of 1 MiB at `lba` on `s`.
+fn large_read_bhs(s: &mut Session, lba: u64) -> [u8; 48] {
+    command_bhs(s, cdb16(0x88, lba, 2048), 1 << 20)
+}
+
+/// SYNCHRONIZE CACHEs of many sessions at once on a buffered LUN with data to write back: those
+/// that arrive while a flush round of the LUN runs wait for the next (vitd runs one at a time).
+/// Connections that end while theirs wait, and a SIGTERM while some wait, leave nothing behind:
+/// the others are answered GOOD, so is a new session's, and vitd stops.
+#[test]
+fn flushes_waiting_for_a_round_go_with_their_connections() {
+    let ds = Datastore::new();
+    ds.target("s", &[]);
+    ds.lun("s", 0, "64M");
+    let mut vitd = Vitd::start(ds.root(), ds.port, &["--buffered"]);
+    let chunk = 128u64; // blocks of 512 bytes: 64 KiB, within the first burst
+    let burst = |round: u8, keep: fn(usize) -> bool| {
+        let mut sessions: Vec<Session> =
+            (0..8u8).map(|i| session(ds.port, round * 8 + i)).collect();
+        for (i, s) in sessions.iter_mut().enumerate() {
+            for c in 0..16 {
+                let lba = (i as u64 * 16 + c) * chunk;
+                let data = vec![round ^ i as u8; chunk as usize * 512];
+                let r = s.command(0, &cdb16(0x8a, lba, chunk as u32), &data, 0);
+                assert_eq!(r.unwrap().status, 0);
+            }
+        }
+        for s in &mut sessions {
+            let bhs = command_bhs(s, cdb16(0x91, 0, 0), 0);
+            s.raw(&bhs).unwrap();
+        }
+        for (i, mut s) in sessions.into_iter().enumerate() {
+            if !keep(i) {
+                let _ = s.stream.shutdown(std::net::Shutdown::Both);
+                continue;
+            }
+            s.stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            loop {
+                match initiator::read_pdu(&mut s.stream).unwrap() {
+                    (TargetPdu::NopIn(_), _) => {}
+                    (TargetPdu::ScsiResponse(r), _) => {
+                        assert_eq!(r.status, 0, "session {i}'s flush");
+                        break;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    };
+    for round in 0..4 {
+        burst(round, |i| i % 2 == 0);
+    }
+    let mut s = session(ds.port, 100);
+    let r = s.command(0, &cdb16(0x91, 0, 0), &[], 0).unwrap();
+    assert_eq!(r.status, 0, "{r:?}");
+    // The last burst's flushes are not waited for: vitd stops with them in flight or waiting.
+    burst(5, |_| false);
+    assert!(vitd.stop().success(), "{}", vitd.log_text());
 }
 
 /// Sends a read of 1 MiB on `s` and checks it is not answered within a second: it waits for
