@@ -719,26 +719,21 @@ fn a_fua_write_whose_flush_found_no_space_is_followed_by_no_good_flush() {
     if !can_mount_loops() {
         return;
     }
-    let ds = Datastore::new();
-    let fs = lun_on_loop(&ds, "fua", 32, Some(40), "8M", true);
-    let vitd = Vitd::start(ds.root(), ds.port, &["--buffered"]);
-    let mut s = session(ds.port, "fua", 1);
+    let (_ds, fs, vitd, mut sessions) = starvable_lun("fuapage", 2);
+    let [a, b] = &mut sessions[..] else {
+        unreachable!()
+    };
     fs.starve();
     // Block 64 acknowledged from the page cache; block 65, in the same page, written FUA.
-    assert_eq!(outcome(&write(&mut s, 64, &pattern(6, BS))), GOOD);
-    let mut fua = cdb16(0x8a, 65, 1);
-    fua[1] |= 0x08;
-    let r = s.command(0, &fua, &pattern(7, BS), 0).unwrap();
+    assert_eq!(outcome(&write(a, 64, &pattern(6, BS))), GOOD);
     assert_ne!(
-        outcome(&r),
+        outcome(&fua_write(a, 65, &pattern(7, BS))),
         GOOD,
         "the writeback of the image's holes cannot succeed"
     );
-    let r = sync_cache(&mut s);
-    assert_ne!(
-        outcome(&r),
-        GOOD,
-        "a flush after a FUA write whose flush failed answered GOOD"
+    flushes_fail(
+        [a, b],
+        "a flush after a FUA write whose flush failed answered GOOD",
     );
     drop(vitd);
     drop(fs);
