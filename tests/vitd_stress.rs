@@ -398,7 +398,7 @@ fn many_sessions_flushing_resetting_and_dropping_keep_every_promise() {
     // A fresh session is served at once: no flush round, reset or range left waiting.
     let mut s = new_session(ds.port, 98, 1);
     s.stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
+        .set_read_timeout(Some(Duration::from_secs(6)))
         .unwrap();
     let _ = s.test_unit_ready().unwrap(); // its unit attention, if any
     // The reservation the workers may have left (Write Exclusive, Registrants Only) goes.
@@ -415,7 +415,7 @@ fn many_sessions_flushing_resetting_and_dropping_keep_every_promise() {
         let t0 = Instant::now();
         let r = s.command(0, &cdb, &[], 0);
         assert!(
-            t0.elapsed() < Duration::from_secs(2),
+            t0.elapsed() < Duration::from_secs(5),
             "{what} took {:?}: {r:?}\n{}",
             t0.elapsed(),
             tail(&vitd.log_text())
@@ -436,7 +436,7 @@ fn many_sessions_flushing_resetting_and_dropping_keep_every_promise() {
     }
     for x in &mut trio {
         x.stream
-            .set_read_timeout(Some(Duration::from_secs(3)))
+            .set_read_timeout(Some(Duration::from_secs(6)))
             .unwrap();
     }
     let start = std::sync::Barrier::new(trio.len());
@@ -456,7 +456,7 @@ fn many_sessions_flushing_resetting_and_dropping_keep_every_promise() {
                         let t0 = Instant::now();
                         let r = x.command(0, &cdb(0x91, 0, 0, false), &[], 0);
                         let took = t0.elapsed();
-                        if took > Duration::from_secs(2) || !matches!(&r, Ok(r) if r.status == 0) {
+                        if took > Duration::from_secs(5) || !matches!(&r, Ok(r) if r.status == 0) {
                             slow.push(format!("round {round}: {took:?} {r:?}"));
                         }
                     }
