@@ -955,3 +955,45 @@ fn target_set_keeps_the_authentication_a_hand_written_target_has() {
     );
     ds.ok(&["config", "validate"]);
 }
+
+/// A datastore that is not there (a wrong `--datastore`, or vitd never started for the default
+/// one) or a directory without a home object: vitctl and vitd both say which command makes it, one
+/// that names this datastore (a bare `vitctl homeobject create` would make it elsewhere), and that
+/// command works.
+#[test]
+fn a_missing_datastore_or_home_object_names_the_command_that_makes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-datastore");
+    let empty = dir.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    for root in [&missing, &empty] {
+        let hint = format!("`vitctl --datastore {} homeobject create`", root.display());
+        let vitctl = Command::new(env!("CARGO_BIN_EXE_vitctl"))
+            .arg("--datastore")
+            .arg(root)
+            .args(["target", "list"])
+            .env_remove("VIT_DATASTORE")
+            .output()
+            .unwrap();
+        let vitd = Command::new(env!("CARGO_BIN_EXE_vitd"))
+            .arg("--datastore")
+            .arg(root)
+            .env_remove("VIT_DATASTORE")
+            .output()
+            .unwrap();
+        for (who, out) in [("vitctl", vitctl), ("vitd", vitd)] {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{who} on {}: {err}", root.display());
+            assert!(err.contains(&hint), "{who} on {}: {err}", root.display());
+        }
+        let made = Command::new(env!("CARGO_BIN_EXE_vitctl"))
+            .arg("--datastore")
+            .arg(root)
+            .args(["homeobject", "create"])
+            .env_remove("VIT_DATASTORE")
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        assert!(root.join(".iSCSI-Config/etc/vit.conf").is_file());
+    }
+}

@@ -72,7 +72,7 @@ pub fn open_datastore(opts: &DaemonOptions) -> Result<Datastore, DaemonError> {
     if let Some(root) = &opts.datastore {
         let ds = Datastore::open(root)?;
         if !ds.home_object_exists() {
-            return Err(datastore::DatastoreError::NoHomeObject(ds.config_path()).into());
+            return Err(datastore::DatastoreError::NoHomeObject(ds.root().to_path_buf()).into());
         }
         return Ok(ds);
     }

@@ -37,7 +37,22 @@ pub enum DatastoreError {
     /// lines of the text it would have written.
     #[error("{}", refused_errors(.0))]
     Refused(Vec<ConfigError>),
-    #[error("no home object at {}: run `vitctl homeobject create` first", .0.display())]
+    /// The datastore directory does not exist (a wrong `--datastore`, or the default one before
+    /// vitd first made it).
+    #[error(
+        "no datastore at {}: the directory does not exist; make one with \
+         `vitctl --datastore {} homeobject create`",
+        .0.display(),
+        .0.display()
+    )]
+    NoDatastore(PathBuf),
+    /// The datastore (its root here) has no vit.conf; the hint names it, since a bare
+    /// `vitctl homeobject create` would make the default datastore instead.
+    #[error(
+        "no home object at {}: run `vitctl --datastore {} homeobject create` first",
+        home_config(.0).display(),
+        .0.display()
+    )]
     NoHomeObject(PathBuf),
     #[error("path {path:?} is not allowed: {why}")]
     UnsafePath { path: String, why: String },
@@ -45,6 +60,10 @@ pub enum DatastoreError {
     Vmdk(#[from] crate::vmdk::VmdkError),
     #[error("{0}")]
     Invalid(String),
+}
+
+fn home_config(root: &Path) -> PathBuf {
+    root.join(HOME_DIR).join("etc").join("vit.conf")
 }
 
 fn refused_errors(errors: &[ConfigError]) -> String {
@@ -105,7 +124,12 @@ impl Datastore {
     /// Opens a datastore root; the directory must exist.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        let meta = fs::metadata(&root).map_err(io_err(&root))?;
+        let meta = match fs::metadata(&root) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(DatastoreError::NoDatastore(root));
+            }
+            r => r.map_err(io_err(&root))?,
+        };
         if !meta.is_dir() {
             return Err(DatastoreError::Invalid(format!(
                 "{} is not a directory",
@@ -125,7 +149,7 @@ impl Datastore {
         self.root.join(HOME_DIR).join("targets")
     }
     pub fn config_path(&self) -> PathBuf {
-        self.etc_dir().join("vit.conf")
+        home_config(&self.root)
     }
     /// The directory holding a target's LUNs.
     pub fn target_dir(&self, uuid: &str) -> PathBuf {
@@ -157,7 +181,7 @@ impl Datastore {
     pub fn lock(&self) -> Result<ConfigLock> {
         let etc = self.etc_dir();
         if !etc.is_dir() {
-            return Err(DatastoreError::NoHomeObject(self.config_path()));
+            return Err(DatastoreError::NoHomeObject(self.root.clone()));
         }
         let path = etc.join("vit.conf.lock");
         let file = File::options()
@@ -175,7 +199,7 @@ impl Datastore {
     pub fn read_config_text(&self) -> Result<String> {
         let path = self.config_path();
         if !path.is_file() {
-            return Err(DatastoreError::NoHomeObject(path));
+            return Err(DatastoreError::NoHomeObject(self.root.clone()));
         }
         let file = path.display().to_string();
         let bytes = match read_bounded(&path, MAX_CONFIG_BYTES) {
