@@ -952,3 +952,30 @@ fn a_portal_groups_dscp_and_pcp_mark_its_connections() {
         "{line}"
     );
 }
+
+/// vitd reads vit.conf only when it starts, so a change made by vitctl while it serves the
+/// datastore (a LUN added, or removed with its files) is not what initiators see until vitd
+/// restarts: vitctl says so then, and only then (not after vitd has stopped, nor for a look).
+#[test]
+fn vitctl_warns_that_a_change_waits_for_a_restart_while_vitd_serves() {
+    const WARNING: &str = "restart vitd";
+    let (ds, mut vitd) = serve_one("live", "16M");
+    let warned = |args: &[&str]| {
+        let out = ds.vitctl_out(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "vitctl {args:?}: {err}");
+        err.contains(WARNING)
+    };
+    let add = |id: &'static str| {
+        [
+            "target", "lun", "add", "--target", "live", "--id", id, "--size", "1M",
+        ]
+    };
+    assert!(warned(&add("1")), "a LUN added while vitd serves");
+    assert!(warned(&[
+        "target", "lun", "remove", "--target", "live", "--id", "1"
+    ]));
+    assert!(!warned(&["target", "list"]), "a look changes nothing");
+    assert!(vitd.stop().success());
+    assert!(!warned(&add("2")), "no vitd serves the datastore now");
+}

@@ -413,6 +413,15 @@ impl Ctl {
                 .map(|_| out)
                 .map_err(CtlError::from)
         });
+        if result.is_ok() && self.ds.served() {
+            self.warnings.push(
+                "vitd is serving this datastore and reads vit.conf only when it starts: \
+                 restart vitd for this change to take effect (until then initiators see the \
+                 targets and LUNs it started with, a LUN removed here served from its deleted \
+                 files)"
+                    .to_string(),
+            );
+        }
         if result.is_err() {
             for u in undo.into_iter().rev() {
                 if let Err(e) = u.run(&self.ds) {

@@ -289,6 +289,13 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let open_files = raise_open_files_limit();
     tracing::info!("open files limit {open_files}");
     let ds = open_datastore(&opts)?;
+    // Held until vitd stops, so that vitctl can say a change waits for a restart.
+    let _served = ds
+        .mark_served()
+        .inspect_err(|e| {
+            tracing::warn!("cannot mark the datastore as served ({e}): vitctl will not know")
+        })
+        .ok();
     let cfg = ds.load_config()?;
     for w in crate::config::warnings(&cfg, &ds.config_path().display().to_string()) {
         tracing::warn!("{w}");

@@ -20,6 +20,7 @@ pub use validate::lun_body;
 use crate::config::{self, Config, ConfigError};
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 
 /// The home object's directory, relative to the datastore root.
@@ -120,6 +121,22 @@ pub struct ConfigLock {
     _file: File,
 }
 
+/// A vitd's mark on the datastore it serves ([`Datastore::mark_served`]); released on drop.
+#[derive(Debug)]
+pub struct Served {
+    _file: File,
+}
+
+/// A lock of the whole file, of `kind` (`F_RDLCK` or `F_WRLCK`), for the OFD fcntl commands.
+fn whole_file_lock(kind: libc::c_int) -> libc::flock {
+    // SAFETY: an all-zero flock is a valid value of this plain C struct (l_pid 0, as OFD
+    // locks require).
+    let mut lk: libc::flock = unsafe { std::mem::zeroed() };
+    lk.l_type = kind as libc::c_short;
+    lk.l_whence = libc::SEEK_SET as libc::c_short;
+    lk
+}
+
 impl Datastore {
     /// Opens a datastore root; the directory must exist.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
@@ -192,6 +209,44 @@ impl Datastore {
             .map_err(io_err(&path))?;
         file.lock().map_err(io_err(&path))?;
         Ok(ConfigLock { _file: file })
+    }
+
+    /// `etc/vitd.lock`: a vitd that serves this datastore holds a read lock on it (an open file
+    /// description lock, so nothing else in the process can drop it), for vitctl to tell that
+    /// vit.conf, read at vitd's start, has changed under it. A file of its own: the writers'
+    /// flock on `vit.conf.lock` never meets it, even where a file system maps flock to fcntl locks.
+    fn served_lock_path(&self) -> PathBuf {
+        self.etc_dir().join("vitd.lock")
+    }
+
+    /// Marks this datastore as served by the calling process until the returned value is dropped.
+    pub fn mark_served(&self) -> Result<Served> {
+        let path = self.served_lock_path();
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let mut lk = whole_file_lock(libc::F_RDLCK);
+        // SAFETY: `file` is an open descriptor and `lk` a valid flock struct that outlives the call.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut lk) } != 0 {
+            return Err(io_err(&path)(io::Error::last_os_error()));
+        }
+        Ok(Served { _file: file })
+    }
+
+    /// Whether some vitd serves this datastore now ([`Datastore::mark_served`]); false when that
+    /// cannot be told.
+    pub fn served(&self) -> bool {
+        let Ok(file) = File::open(self.served_lock_path()) else {
+            return false;
+        };
+        let mut lk = whole_file_lock(libc::F_WRLCK);
+        // SAFETY: `file` is an open descriptor and `lk` a valid flock struct that outlives the call.
+        let ok = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut lk) } == 0;
+        ok && i32::from(lk.l_type) != libc::F_UNLCK
     }
 
     /// Reads vit.conf as text, bounded by [`MAX_CONFIG_BYTES`]; bytes that are not UTF-8 are a
