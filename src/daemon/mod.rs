@@ -51,7 +51,10 @@ pub enum DaemonError {
     Ctl(#[from] ctl::CtlError),
     #[error("{0}")]
     Runtime(#[from] runtime::RuntimeError),
-    #[error("portal group {group}: cannot listen on {addr}: {source}")]
+    #[error(
+        "portal group {group}: cannot listen on {addr}: {source}{}",
+        bind_hint(source, addr)
+    )]
     Bind {
         group: String,
         addr: SocketAddr,
@@ -59,6 +62,28 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// What an operator can do about a portal that cannot be listened on.
+fn bind_hint(e: &std::io::Error, addr: &SocketAddr) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::AddrInUse => format!(
+            " (another process listens there, another vitd or iSCSI target perhaps: \
+             `ss -ltnp 'sport = :{}'` names it; stop it, or change this portal group's `listen` \
+             in vit.conf)",
+            addr.port()
+        ),
+        ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)".to_string()
+        }
+        ErrorKind::AddrNotAvailable => {
+            " (no interface of this host has that address: change the portal group's `listen` \
+             in vit.conf)"
+                .to_string()
+        }
+        _ => String::new(),
+    }
 }
 
 /// The IQN of the embedded default target.
@@ -376,6 +401,25 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_portal_that_cannot_be_listened_on_says_what_to_do() {
+        let bind = |kind: std::io::ErrorKind, addr: &str| {
+            DaemonError::Bind {
+                group: "default".into(),
+                addr: addr.parse().unwrap(),
+                source: kind.into(),
+            }
+            .to_string()
+        };
+        use std::io::ErrorKind::*;
+        let busy = bind(AddrInUse, "127.0.0.1:3260");
+        assert!(busy.contains("`ss -ltnp 'sport = :3260'`"), "{busy}");
+        let low = bind(PermissionDenied, "0.0.0.0:860");
+        assert!(low.contains("CAP_NET_BIND_SERVICE"), "{low}");
+        let gone = bind(AddrNotAvailable, "192.0.2.1:3260");
+        assert!(gone.contains("no interface of this host"), "{gone}");
+    }
 
     #[test]
     fn the_default_datastore_is_made_whole_even_by_two_at_once() {
