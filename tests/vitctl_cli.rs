@@ -997,3 +997,37 @@ fn a_missing_datastore_or_home_object_names_the_command_that_makes_it() {
         assert!(root.join(".iSCSI-Config/etc/vit.conf").is_file());
     }
 }
+
+/// A name that is no iSCSI name at all is refused in one line that says so once (it was said
+/// twice: "\"x\" is not an iSCSI name: \"x\" is not an iSCSI name: expected ..."), and one with a
+/// bad IQN says what is wrong with it.
+#[test]
+fn a_name_that_is_not_an_iscsi_name_is_refused_saying_so_once() {
+    let ds = Ds::new();
+    ds.ok(&["target", "add", "--alias", "t"]);
+    for (args, why) in [
+        (
+            &["target", "set", "t", "--iqn", "notaniqn"][..],
+            "expected iqn., eui. or naa.",
+        ),
+        (
+            &["initiatorgroup", "add", "g", "bad"][..],
+            "expected iqn., eui. or naa.",
+        ),
+        (
+            &["target", "set", "t", "--iqn", "iqn.2000-13.com.x:t"][..],
+            "month 13",
+        ),
+    ] {
+        let out = ds.run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert_eq!(
+            err.matches("is not an iSCSI name").count(),
+            1,
+            "{args:?}: {err}"
+        );
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+}

@@ -262,8 +262,14 @@ fn check_alias(what: &str, s: &str) -> Result<()> {
 }
 
 fn check_iqn(s: &str) -> Result<()> {
-    names::validate_iscsi_name(s)
-        .map_err(|why| CtlError::Input(format!("{s:?} is not an iSCSI name: {why}")))
+    names::validate_iscsi_name(s).map_err(|why| {
+        // Some reasons already say that the name is none (and quote it).
+        CtlError::Input(if why.contains("is not an iSCSI name") {
+            why
+        } else {
+            format!("{s:?} is not an iSCSI name: {why}")
+        })
+    })
 }
 
 /// The initial configuration of a new home object.
