@@ -979,3 +979,24 @@ fn vitctl_warns_that_a_change_waits_for_a_restart_while_vitd_serves() {
     assert!(vitd.stop().success());
     assert!(!warned(&add("2")), "no vitd serves the datastore now");
 }
+
+/// `vitd --help` tells an operator what the README tells: vit.conf is read at start, the locked
+/// memory each data thread needs, RUST_LOG and the stop signals.
+#[test]
+fn vitd_help_says_what_an_operator_needs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vitd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needed in [
+        "read at start",
+        "48 MiB of locked memory",
+        "ulimit -l",
+        "RUST_LOG",
+        "SIGTERM",
+    ] {
+        assert!(help.contains(needed), "no {needed:?} in: {help}");
+    }
+}
