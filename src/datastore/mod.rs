@@ -3,6 +3,7 @@
 //! ```text
 //! <ds>/.iSCSI-Config/etc/vit.conf                 the whole configuration
 //! <ds>/.iSCSI-Config/etc/vit.conf.lock            serializes writers (an flock)
+//! <ds>/.iSCSI-Config/etc/vitd.lock                read-locked by each vitd serving it
 //! <ds>/.iSCSI-Config/targets/<uuid> -> ../../<uuid>
 //! <ds>/<uuid>/<lun-uuid>.vmdk                      a LUN descriptor, extents beside it
 //! ```
