@@ -966,33 +966,28 @@ fn a_missing_datastore_or_home_object_names_the_command_that_makes_it() {
     let missing = dir.path().join("no-such-datastore");
     let empty = dir.path().join("empty");
     fs::create_dir(&empty).unwrap();
+    let run = |bin: &str, root: &Path, args: &[&str]| {
+        Command::new(bin)
+            .arg("--datastore")
+            .arg(root)
+            .args(args)
+            .env_remove("VIT_DATASTORE")
+            .output()
+            .unwrap()
+    };
+    let (vitctl, vitd) = (env!("CARGO_BIN_EXE_vitctl"), env!("CARGO_BIN_EXE_vitd"));
     for root in [&missing, &empty] {
         let hint = format!("`vitctl --datastore {} homeobject create`", root.display());
-        let vitctl = Command::new(env!("CARGO_BIN_EXE_vitctl"))
-            .arg("--datastore")
-            .arg(root)
-            .args(["target", "list"])
-            .env_remove("VIT_DATASTORE")
-            .output()
-            .unwrap();
-        let vitd = Command::new(env!("CARGO_BIN_EXE_vitd"))
-            .arg("--datastore")
-            .arg(root)
-            .env_remove("VIT_DATASTORE")
-            .output()
-            .unwrap();
-        for (who, out) in [("vitctl", vitctl), ("vitd", vitd)] {
+        let outs = [
+            ("vitctl", run(vitctl, root, &["target", "list"])),
+            ("vitd", run(vitd, root, &[])),
+        ];
+        for (who, out) in outs {
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{who} on {}: {err}", root.display());
             assert!(err.contains(&hint), "{who} on {}: {err}", root.display());
         }
-        let made = Command::new(env!("CARGO_BIN_EXE_vitctl"))
-            .arg("--datastore")
-            .arg(root)
-            .args(["homeobject", "create"])
-            .env_remove("VIT_DATASTORE")
-            .output()
-            .unwrap();
+        let made = run(vitctl, root, &["homeobject", "create"]);
         assert!(made.status.success(), "{made:?}");
         assert!(root.join(".iSCSI-Config/etc/vit.conf").is_file());
     }
