@@ -65,8 +65,10 @@ struct AuthArgs {
     /// none, chap or chap-mutual
     #[arg(long, value_parser = parse_auth_type)]
     auth_type: Option<AuthType>,
+    /// The initiator's CHAP user name (chap, chap-mutual)
     #[arg(long)]
     chap_user: Option<String>,
+    /// The initiator's CHAP secret (12 to 16 characters for most initiators)
     #[arg(long)]
     chap_secret: Option<String>,
     /// The target's user name for mutual CHAP
@@ -100,6 +102,7 @@ fn parse_auth_type(s: &str) -> Result<AuthType, String> {
 enum TargetCmd {
     /// Add a target
     Add {
+        /// The target's name for vitctl and TargetAlias (unique among aliases and IQNs)
         #[arg(long)]
         alias: String,
         /// The target's iSCSI name [default: generated]
@@ -115,22 +118,33 @@ enum TargetCmd {
         initiator_group: Option<String>,
     },
     /// Show a target (by alias or IQN)
-    Get { target: String },
+    Get {
+        /// The target's alias or IQN
+        target: String,
+    },
     /// List targets
     List,
     /// Remove a target, its LUNs and their files
-    Remove { target: String },
+    Remove {
+        /// The target's alias or IQN
+        target: String,
+    },
     /// Change a target
     Set {
+        /// The target's alias or IQN
         target: String,
+        /// A new alias
         #[arg(long)]
         new_alias: Option<String>,
+        /// A new iSCSI name
         #[arg(long)]
         iqn: Option<String>,
+        /// ADDR:PORT or IFNAME:PORT; targets with the same value share a portal group
         #[arg(long)]
         listen: Option<String>,
         #[command(flatten)]
         auth: AuthArgs,
+        /// Only initiators of this group may log in
         #[arg(long, conflicts_with = "no_initiator_group")]
         initiator_group: Option<String>,
         /// Open the target to every initiator again
@@ -146,13 +160,16 @@ enum TargetCmd {
 enum LunCmd {
     /// Add a LUN: a VMDK descriptor and its flat extent
     Add {
+        /// The target's alias or IQN
         #[arg(long)]
         target: String,
+        /// The LUN number
         #[arg(long)]
         id: u64,
-        /// With a unit: 512M, 10G, 1T
+        /// With a unit (B, K, M, G or T): 512M, 10G, 1T; a multiple of 512 bytes
         #[arg(long, allow_hyphen_values = true)]
         size: String,
+        /// The LUN's alias (vit.conf's option lun-alias)
         #[arg(long)]
         alias: Option<String>,
         /// Allocate the extent now (thick) instead of sparse (thin)
@@ -161,32 +178,40 @@ enum LunCmd {
     },
     /// Show a LUN
     Get {
+        /// The target's alias or IQN
         #[arg(long)]
         target: String,
+        /// The LUN number
         #[arg(long)]
         id: u64,
     },
     /// List a target's LUNs
     List {
+        /// The target's alias or IQN
         #[arg(long)]
         target: String,
     },
     /// Remove a LUN and delete its files
     Remove {
+        /// The target's alias or IQN
         #[arg(long)]
         target: String,
+        /// The LUN number
         #[arg(long)]
         id: u64,
     },
     /// Grow (never shrink) or rename a LUN
     Set {
+        /// The target's alias or IQN
         #[arg(long)]
         target: String,
+        /// The LUN number
         #[arg(long)]
         id: u64,
         /// The new, larger size, with a unit
         #[arg(long, allow_hyphen_values = true)]
         size: Option<String>,
+        /// The LUN's alias (vit.conf's option lun-alias)
         #[arg(long)]
         alias: Option<String>,
         /// Serve the LUN read-only (on) or read-write (off)
@@ -207,15 +232,23 @@ fn parse_on_off(s: &str) -> Result<bool, String> {
 enum GroupCmd {
     /// Add an initiator group
     Add {
+        /// The group's name
         name: String,
+        /// Initiator names (IQNs) in the group
         initiators: Vec<String>,
     },
     /// Show an initiator group
-    Get { name: String },
+    Get {
+        /// The group's name
+        name: String,
+    },
     /// List initiator groups
     List,
     /// Remove an initiator group no target uses
-    Remove { name: String },
+    Remove {
+        /// The group's name
+        name: String,
+    },
     /// Add or remove initiators of a group
     #[command(subcommand)]
     Initiator(InitiatorCmd),
@@ -223,13 +256,19 @@ enum GroupCmd {
 
 #[derive(Subcommand)]
 enum InitiatorCmd {
+    /// Add initiators to a group
     Add {
+        /// The group's name
         name: String,
+        /// Initiator names (IQNs)
         #[arg(required = true)]
         initiators: Vec<String>,
     },
+    /// Remove initiators from a group
     Remove {
+        /// The group's name
         name: String,
+        /// Initiator names (IQNs)
         #[arg(required = true)]
         initiators: Vec<String>,
     },
@@ -447,5 +486,34 @@ fn group(ctl: &mut Ctl, cmd: GroupCmd, format: Format) -> Result<(), CtlError> {
             &[ctl.group_initiators(&name, &initiators, false)?],
             true,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `vitctl ... --help` says what every command and argument is (a newcomer found blank
+    /// lines for --target, --id, --alias, --chap-user, a group's NAME, ...).
+    #[test]
+    fn every_command_and_argument_says_what_it_is() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                if a.get_help().is_none() && !matches!(a.get_id().as_str(), "help" | "version") {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let at = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(at.clone());
+                }
+                walk(sub, &at, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "vitctl", &mut missing);
+        assert!(missing.is_empty(), "no help for: {missing:#?}");
     }
 }
