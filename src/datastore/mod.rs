@@ -223,12 +223,16 @@ impl Datastore {
     /// Marks this datastore as served by the calling process until the returned value is dropped.
     pub fn mark_served(&self) -> Result<Served> {
         let path = self.served_lock_path();
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
+        // Read-only when it exists (a read lock needs no more; a datastore vitd may not write).
+        let file = File::open(&path)
+            .or_else(|_| {
+                File::options()
+                    .create(true)
+                    .truncate(false)
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+            })
             .map_err(io_err(&path))?;
         let mut lk = whole_file_lock(libc::F_RDLCK);
         // SAFETY: `file` is an open descriptor and `lk` a valid flock struct that outlives the call.
