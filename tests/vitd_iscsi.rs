@@ -1000,3 +1000,79 @@ fn vitd_help_says_what_an_operator_needs() {
         assert!(help.contains(needed), "no {needed:?} in: {help}");
     }
 }
+
+/// What Linux does for `echo "write through" > .../scsi_disk/*/cache_type` (sd's
+/// cache_type_store): MODE SENSE of the caching page with DBD, WCE flipped in the page as
+/// returned, PS cleared, sent back by MODE SELECT with PF = 1 and SP = PS. vitd cannot change
+/// its write cache, so the changeable values say WCE is not changeable and the MODE SELECT is
+/// refused (ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST pointing at WCE), for (6) and
+/// (10) alike: the initiator is never left believing in a cache setting vitd does not apply.
+/// Nothing changed, so another session gets no MODE PARAMETERS CHANGED and reads the same page.
+#[test]
+fn a_write_cache_change_by_mode_select_is_refused_and_changes_nothing() {
+    use vit::iscsi::initiator::login;
+    let (ds, _vitd) = serve_one("wc", "8M");
+    let open = |n: u8| {
+        let mut s = login(
+            ds.port,
+            &format!("iqn.2026-11.io.vit:wc-{n}"),
+            &iqn("wc"),
+            [0x80, 0, 0, 0, 2, n],
+        );
+        s.test_unit_ready().unwrap(); // the power-on unit attention
+        s
+    };
+    let (mut a, mut b) = (open(1), open(2));
+    // (MODE SENSE CDB, MODE SELECT opcode, header length)
+    for (sense_cdb, select_op, hl) in [
+        (vec![0x1A, 0x08, 0x08, 0, 255, 0], 0x15u8, 4usize),
+        (vec![0x5A, 0x08, 0x08, 0, 0, 0, 0, 0, 255, 0], 0x55, 8),
+    ] {
+        let cur = a.command(0, &sense_cdb, &[], 255).unwrap();
+        assert_eq!(cur.status, 0, "{cur:?}");
+        let page = cur.data_in[hl..].to_vec();
+        assert_eq!(&page[..2], &[0x08, 0x12], "{cur:?}");
+        let wce = page[2] & 0x04 != 0;
+        let mut ch_cdb = sense_cdb.clone();
+        ch_cdb[2] |= 0x40; // PC = 01b: changeable values
+        let ch = a.command(0, &ch_cdb, &[], 255).unwrap();
+        assert_eq!(ch.status, 0, "{ch:?}");
+        assert_eq!(
+            ch.data_in[hl + 2] & 0x04,
+            0,
+            "WCE is not changeable: {ch:?}"
+        );
+        // Linux's list: header with medium type and device-specific 0, no block descriptor.
+        let mut list = vec![0u8; hl];
+        list.extend_from_slice(&page);
+        list[hl] &= !0x80;
+        list[hl + 2] ^= 0x04;
+        let sp = u8::from(page[0] & 0x80 != 0);
+        let select_cdb = if select_op == 0x15 {
+            vec![0x15, 0x10 | sp, 0, 0, list.len() as u8, 0]
+        } else {
+            vec![0x55, 0x10 | sp, 0, 0, 0, 0, 0, 0, list.len() as u8, 0]
+        };
+        let r = a.command(0, &select_cdb, &list, 0).unwrap();
+        assert_eq!(r.status, 2, "MODE SELECT flipping WCE={wce}: {r:?}");
+        // Fixed sense: key 5, ASC/ASCQ 26h/00h, SKSV with C/D = 0 and BPV, bit 2 of byte hl+2.
+        assert_eq!(
+            (r.sense[2] & 0x0f, r.sense[12], r.sense[13]),
+            (5, 0x26, 0),
+            "{r:?}"
+        );
+        assert_eq!(&r.sense[15..18], &[0x8A, 0, (hl + 2) as u8], "{r:?}");
+        // The same list unflipped is accepted (it changes nothing) and the page is as it was.
+        list[hl + 2] ^= 0x04;
+        let r = a.command(0, &select_cdb, &list, 0).unwrap();
+        assert_eq!(r.status, 0, "{r:?}");
+        for s in [&mut a, &mut b] {
+            let again = s.command(0, &sense_cdb, &[], 255).unwrap();
+            assert_eq!(
+                (again.status, &again.data_in),
+                (0, &cur.data_in),
+                "{again:?}"
+            );
+        }
+    }
+}
