@@ -1011,7 +1011,12 @@ fn vitd_help_says_what_an_operator_needs() {
 #[test]
 fn a_write_cache_change_by_mode_select_is_refused_and_changes_nothing() {
     use vit::iscsi::initiator::login;
-    let (ds, _vitd) = serve_one("wc", "8M");
+    // LUN 0 a file (write-through where O_DIRECT works), LUN 1 memory (write-back).
+    let ds = Datastore::new();
+    ds.target("wc", &[]);
+    ds.lun("wc", 0, "8M");
+    ds.add_lun_body("wc", 1, memory_lun(8 << 20, None));
+    let _vitd = ds.start();
     let open = |n: u8| {
         let mut s = login(
             ds.port,
@@ -1019,23 +1024,30 @@ fn a_write_cache_change_by_mode_select_is_refused_and_changes_nothing() {
             &iqn("wc"),
             [0x80, 0, 0, 0, 2, n],
         );
-        s.test_unit_ready().unwrap(); // the power-on unit attention
+        // Each LUN reports the power-on unit attention once.
+        for lun in [0, 1] {
+            s.command(lun, &[0; 6], &[], 0).unwrap();
+        }
         s
     };
     let (mut a, mut b) = (open(1), open(2));
     // (MODE SENSE CDB, MODE SELECT opcode, header length)
-    for (sense_cdb, select_op, hl) in [
-        (vec![0x1A, 0x08, 0x08, 0, 255, 0], 0x15u8, 4usize),
-        (vec![0x5A, 0x08, 0x08, 0, 0, 0, 0, 0, 255, 0], 0x55, 8),
-    ] {
-        let cur = a.command(0, &sense_cdb, &[], 255).unwrap();
+    let mut seen = Vec::new();
+    for (lun, sense_cdb, select_op, hl) in [0, 1].into_iter().flat_map(|lun| {
+        [
+            (lun, vec![0x1A, 0x08, 0x08, 0, 255, 0], 0x15u8, 4usize),
+            (lun, vec![0x5A, 0x08, 0x08, 0, 0, 0, 0, 0, 255, 0], 0x55, 8),
+        ]
+    }) {
+        let cur = a.command(lun, &sense_cdb, &[], 255).unwrap();
         assert_eq!(cur.status, 0, "{cur:?}");
         let page = cur.data_in[hl..].to_vec();
         assert_eq!(&page[..2], &[0x08, 0x12], "{cur:?}");
         let wce = page[2] & 0x04 != 0;
+        seen.push(wce);
         let mut ch_cdb = sense_cdb.clone();
         ch_cdb[2] |= 0x40; // PC = 01b: changeable values
-        let ch = a.command(0, &ch_cdb, &[], 255).unwrap();
+        let ch = a.command(lun, &ch_cdb, &[], 255).unwrap();
         assert_eq!(ch.status, 0, "{ch:?}");
         assert_eq!(
             ch.data_in[hl + 2] & 0x04,
@@ -1053,7 +1065,7 @@ fn a_write_cache_change_by_mode_select_is_refused_and_changes_nothing() {
         } else {
             vec![0x55, 0x10 | sp, 0, 0, 0, 0, 0, 0, list.len() as u8, 0]
         };
-        let r = a.command(0, &select_cdb, &list, 0).unwrap();
+        let r = a.command(lun, &select_cdb, &list, 0).unwrap();
         assert_eq!(r.status, 2, "MODE SELECT flipping WCE={wce}: {r:?}");
         // Fixed sense: key 5, ASC/ASCQ 26h/00h, SKSV with C/D = 0 and BPV, bit 2 of byte hl+2.
         assert_eq!(
@@ -1064,10 +1076,10 @@ fn a_write_cache_change_by_mode_select_is_refused_and_changes_nothing() {
         assert_eq!(&r.sense[15..18], &[0x8A, 0, (hl + 2) as u8], "{r:?}");
         // The same list unflipped is accepted (it changes nothing) and the page is as it was.
         list[hl + 2] ^= 0x04;
-        let r = a.command(0, &select_cdb, &list, 0).unwrap();
+        let r = a.command(lun, &select_cdb, &list, 0).unwrap();
         assert_eq!(r.status, 0, "{r:?}");
         for s in [&mut a, &mut b] {
-            let again = s.command(0, &sense_cdb, &[], 255).unwrap();
+            let again = s.command(lun, &sense_cdb, &[], 255).unwrap();
             assert_eq!(
                 (again.status, &again.data_in),
                 (0, &cur.data_in),
@@ -1075,4 +1087,8 @@ fn a_write_cache_change_by_mode_select_is_refused_and_changes_nothing() {
             );
         }
     }
+    assert!(
+        seen.contains(&true),
+        "the memory LUN has a write cache: {seen:?}"
+    );
 }
