@@ -991,6 +991,26 @@ fn a_missing_datastore_or_home_object_names_the_command_that_makes_it() {
         assert!(made.status.success(), "{made:?}");
         assert!(root.join(".iSCSI-Config/etc/vit.conf").is_file());
     }
+    // A home object that is there but cannot be looked into (here `.iSCSI-Config` is a file; a
+    // directory the user may not search is the same) is no missing one: `homeobject create`
+    // would fail on it, so neither says to run it, and both name what stood in the way.
+    let blocked = dir.path().join("blocked");
+    fs::create_dir(&blocked).unwrap();
+    fs::write(blocked.join(".iSCSI-Config"), "").unwrap();
+    let outs = [
+        ("vitctl", run(vitctl, &blocked, &["target", "list"])),
+        (
+            "vitctl",
+            run(vitctl, &blocked, &["target", "add", "--alias", "t"]),
+        ),
+        ("vitd", run(vitd, &blocked, &[])),
+    ];
+    for (who, out) in outs {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{who}: {err}");
+        assert!(!err.contains("homeobject create"), "{who}: {err}");
+        assert!(err.contains("Not a directory"), "{who}: {err}");
+    }
 }
 
 /// A name that is no iSCSI name at all is refused in one line that says so once (it was said

@@ -96,9 +96,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:3260";
 pub fn open_datastore(opts: &DaemonOptions) -> Result<Datastore, DaemonError> {
     if let Some(root) = &opts.datastore {
         let ds = Datastore::open(root)?;
-        if !ds.home_object_exists() {
-            return Err(datastore::DatastoreError::NoHomeObject(ds.root().to_path_buf()).into());
-        }
+        ds.check_home_object()?;
         return Ok(ds);
     }
     let root = datastore::default_root();

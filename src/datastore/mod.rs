@@ -178,6 +178,25 @@ impl Datastore {
         self.config_path().is_file()
     }
 
+    /// Ok when vit.conf is a file; [`DatastoreError::NoHomeObject`] only when it (or a directory
+    /// above it in the home object) does not exist. Any other failure to look (a directory this
+    /// user may not search, a file where a directory belongs) is that error at its path, since
+    /// `vitctl homeobject create` would fail on it too.
+    pub fn check_home_object(&self) -> Result<()> {
+        let path = self.config_path();
+        match fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(()),
+            Ok(_) => Err(DatastoreError::Invalid(format!(
+                "{} is not a file",
+                path.display()
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(DatastoreError::NoHomeObject(self.root.clone()))
+            }
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
     /// Creates the home object with `initial` as generation 1, unless one exists (then it is left
     /// exactly as it was and `Ok(false)` is returned).
     pub fn create_home_object(&self, initial: &Config) -> Result<bool> {
@@ -198,8 +217,12 @@ impl Datastore {
     /// Takes the exclusive writer lock (blocking until other writers are done).
     pub fn lock(&self) -> Result<ConfigLock> {
         let etc = self.etc_dir();
-        if !etc.is_dir() {
-            return Err(DatastoreError::NoHomeObject(self.root.clone()));
+        if let Err(e) = fs::metadata(&etc) {
+            return Err(if e.kind() == io::ErrorKind::NotFound {
+                DatastoreError::NoHomeObject(self.root.clone())
+            } else {
+                io_err(&etc)(e)
+            });
         }
         let path = etc.join("vit.conf.lock");
         let file = File::options()
@@ -257,10 +280,8 @@ impl Datastore {
     /// Reads vit.conf as text, bounded by [`MAX_CONFIG_BYTES`]; bytes that are not UTF-8 are a
     /// config error at their line and column.
     pub fn read_config_text(&self) -> Result<String> {
+        self.check_home_object()?;
         let path = self.config_path();
-        if !path.is_file() {
-            return Err(DatastoreError::NoHomeObject(self.root.clone()));
-        }
         let file = path.display().to_string();
         let bytes = match read_bounded(&path, MAX_CONFIG_BYTES) {
             Err(DatastoreError::Invalid(_)) => {
