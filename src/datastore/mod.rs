@@ -138,6 +138,19 @@ fn whole_file_lock(kind: libc::c_int) -> libc::flock {
     lk
 }
 
+/// Opens `etc/vitd.lock` to read, or with `create` to read and write, creating it when missing;
+/// never waiting (O_NONBLOCK: whatever is at the path, a FIFO too, the open returns at once).
+fn open_mark(path: &Path, create: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    File::options()
+        .read(true)
+        .write(create)
+        .create(create)
+        .truncate(false)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
 impl Datastore {
     /// Opens a datastore root; the directory must exist.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
@@ -247,15 +260,8 @@ impl Datastore {
     pub fn mark_served(&self) -> Result<Served> {
         let path = self.served_lock_path();
         // Read-only when it exists (a read lock needs no more; a datastore vitd may not write).
-        let file = File::open(&path)
-            .or_else(|_| {
-                File::options()
-                    .create(true)
-                    .truncate(false)
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-            })
+        let file = open_mark(&path, false)
+            .or_else(|_| open_mark(&path, true))
             .map_err(io_err(&path))?;
         let mut lk = whole_file_lock(libc::F_RDLCK);
         // SAFETY: `file` is an open descriptor and `lk` a valid flock struct that outlives the call.
@@ -268,7 +274,7 @@ impl Datastore {
     /// Whether some vitd serves this datastore now ([`Datastore::mark_served`]); false when that
     /// cannot be told.
     pub fn served(&self) -> bool {
-        let Ok(file) = File::open(self.served_lock_path()) else {
+        let Ok(file) = open_mark(&self.served_lock_path(), false) else {
             return false;
         };
         let mut lk = whole_file_lock(libc::F_WRLCK);
@@ -514,6 +520,26 @@ mod tests {
                 .unwrap()
         );
         (dir, ds)
+    }
+
+    /// Something that is no file at etc/vitd.lock (here a FIFO, whose plain open waits for a
+    /// writer) blocks neither vitctl's probe nor vitd's start.
+    #[test]
+    fn the_served_mark_never_waits_on_what_is_at_its_path() {
+        let (_dir, ds) = ds();
+        let fifo =
+            std::ffi::CString::new(ds.served_lock_path().into_os_string().into_encoded_bytes())
+                .unwrap();
+        // SAFETY: `fifo` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let served = ds.served();
+            let marked = ds.mark_served().is_ok();
+            let _ = tx.send((served, marked));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert!(matches!(got, Ok((false, _))), "{got:?}");
     }
 
     #[test]
