@@ -45,7 +45,7 @@ pub enum DatastoreError {
         "no datastore at {}: the directory does not exist; make one with \
          `vitctl --datastore {} homeobject create`",
         .0.display(),
-        .0.display()
+        shell_word(.0)
     )]
     NoDatastore(PathBuf),
     /// The datastore (its root here) has no vit.conf; the hint names it, since a bare
@@ -53,7 +53,7 @@ pub enum DatastoreError {
     #[error(
         "no home object at {}: run `vitctl --datastore {} homeobject create` first",
         home_config(.0).display(),
-        .0.display()
+        shell_word(.0)
     )]
     NoHomeObject(PathBuf),
     #[error("path {path:?} is not allowed: {why}")]
@@ -62,6 +62,18 @@ pub enum DatastoreError {
     Vmdk(#[from] crate::vmdk::VmdkError),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// `path` as one shell word: bare when it has only characters no shell treats specially, else
+/// in single quotes (a quote in it as `'\''`), so that a command naming it can be pasted.
+fn shell_word(path: &Path) -> String {
+    let s = path.to_string_lossy();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@%=".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn home_config(root: &Path) -> PathBuf {
@@ -520,6 +532,26 @@ mod tests {
                 .unwrap()
         );
         (dir, ds)
+    }
+
+    /// The command a missing datastore's or home object's message gives can be pasted into a
+    /// shell as it is, a path with a space or a quote in it too.
+    #[test]
+    fn the_command_that_makes_a_datastore_names_it_as_a_shell_reads_it() {
+        for (root, word) in [
+            ("/srv/vit", "/srv/vit"),
+            ("/srv/my vit", "'/srv/my vit'"),
+            ("/srv/bob's", "'/srv/bob'\\''s'"),
+        ] {
+            let command = format!("`vitctl --datastore {word} homeobject create`");
+            for e in [
+                DatastoreError::NoDatastore(root.into()),
+                DatastoreError::NoHomeObject(root.into()),
+            ] {
+                let msg = e.to_string();
+                assert!(msg.contains(&command), "{msg}");
+            }
+        }
     }
 
     /// Something that is no file at etc/vitd.lock (here a FIFO, whose plain open waits for a
