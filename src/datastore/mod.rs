@@ -169,7 +169,15 @@ impl Datastore {
         let root = root.into();
         let meta = match fs::metadata(&root) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(DatastoreError::NoDatastore(root));
+                // A link to nothing (a mount that is not there) is no directory to make.
+                return Err(match fs::read_link(&root) {
+                    Ok(to) => DatastoreError::Invalid(format!(
+                        "{} is a symbolic link to {}, which does not exist",
+                        root.display(),
+                        to.display()
+                    )),
+                    Err(_) => DatastoreError::NoDatastore(root),
+                });
             }
             r => r.map_err(io_err(&root))?,
         };
@@ -552,6 +560,19 @@ mod tests {
                 assert!(msg.contains(&command), "{msg}");
             }
         }
+    }
+
+    /// A datastore path that is a symbolic link to nothing (a mount not there) is not called a
+    /// missing directory to make: `homeobject create` fails on the link; the message names where it
+    /// points.
+    #[test]
+    fn a_datastore_link_to_nothing_is_not_called_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("ds");
+        std::os::unix::fs::symlink("/nonexistent-vit-mount/ds", &link).unwrap();
+        let e = Datastore::open(&link).unwrap_err().to_string();
+        assert!(!e.contains("homeobject create"), "{e}");
+        assert!(e.contains("/nonexistent-vit-mount/ds"), "{e}");
     }
 
     /// Something that is no file at etc/vitd.lock (here a FIFO, whose plain open waits for a
