@@ -980,6 +980,27 @@ fn vitctl_warns_that_a_change_waits_for_a_restart_while_vitd_serves() {
     assert!(!warned(&add("2")), "no vitd serves the datastore now");
 }
 
+/// The mark vitd leaves on a datastore (etc/vitd.lock) is readable by every user, whatever
+/// vitd's umask (root's is 027 or 077 on hardened hosts): vitctl, run by the datastore's owner,
+/// tests the lock through a read-only open, and a mark it cannot open is a vitd it never warns of.
+#[test]
+fn the_served_mark_is_readable_whatever_vitds_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let ds = Datastore::new();
+    ds.target("t", &[]);
+    ds.lun("t", 0, "1M");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("umask 077 && exec \"$0\" --datastore \"$1\" --cores 1")
+        .arg(env!("CARGO_BIN_EXE_vitd"))
+        .arg(ds.root());
+    let mut vitd = Vitd::spawn(cmd, ds.port);
+    let mark = ds.root().join(".iSCSI-Config/etc/vitd.lock");
+    let mode = std::fs::metadata(&mark).unwrap().permissions().mode() & 0o777;
+    assert!(vitd.stop().success());
+    assert_eq!(mode, 0o644, "{mode:o}");
+}
+
 /// `vitd --help` tells an operator what the README tells: vit.conf is read at start, the locked
 /// memory each data thread needs, RUST_LOG and the stop signals.
 #[test]

@@ -150,17 +150,22 @@ fn whole_file_lock(kind: libc::c_int) -> libc::flock {
     lk
 }
 
-/// Opens `etc/vitd.lock` to read, or with `create` to read and write, creating it when missing;
-/// never waiting (O_NONBLOCK: whatever is at the path, a FIFO too, the open returns at once).
+/// Opens `etc/vitd.lock` to read, or with `create` makes it (read and write; failing when it
+/// exists) readable by every user, whatever the umask: vitctl, run by whoever may change the
+/// datastore, tests the lock through a read-only open. Never waits (O_NONBLOCK: whatever is at the
+/// path, a FIFO too, the open returns at once).
 fn open_mark(path: &Path, create: bool) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    File::options()
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = File::options()
         .read(true)
         .write(create)
-        .create(create)
-        .truncate(false)
+        .create_new(create)
         .custom_flags(libc::O_NONBLOCK)
-        .open(path)
+        .open(path)?;
+    if create {
+        file.set_permissions(fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(file)
 }
 
 impl Datastore {
@@ -281,7 +286,11 @@ impl Datastore {
         let path = self.served_lock_path();
         // Read-only when it exists (a read lock needs no more; a datastore vitd may not write).
         let file = open_mark(&path, false)
-            .or_else(|_| open_mark(&path, true))
+            .or_else(|_| match open_mark(&path, true) {
+                // Another vitd made it between the two opens.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_mark(&path, false),
+                r => r,
+            })
             .map_err(io_err(&path))?;
         let mut lk = whole_file_lock(libc::F_RDLCK);
         // SAFETY: `file` is an open descriptor and `lk` a valid flock struct that outlives the call.
