@@ -108,7 +108,7 @@ enum TargetCmd {
         /// The target's iSCSI name [default: generated]
         #[arg(long)]
         iqn: Option<String>,
-        /// ADDR:PORT or IFNAME:PORT; targets with the same value share a portal group
+        /// ADDR:PORT, IFNAME:PORT or HOST:PORT; targets with the same value share a portal group
         #[arg(long)]
         listen: Option<String>,
         #[command(flatten)]
@@ -139,7 +139,7 @@ enum TargetCmd {
         /// A new iSCSI name
         #[arg(long)]
         iqn: Option<String>,
-        /// ADDR:PORT or IFNAME:PORT; targets with the same value share a portal group
+        /// ADDR:PORT, IFNAME:PORT or HOST:PORT; targets with the same value share a portal group
         #[arg(long)]
         listen: Option<String>,
         #[command(flatten)]
