@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -219,11 +220,33 @@ def read_text(path):
         return None
 
 
-def machine():
+def backing_device(path):
+    """The block device holding `path` and its I/O scheduler, as "vda, I/O scheduler
+    mq-deadline", or None where sysfs does not tell (a tmpfs, an overlay). The scheduler is part
+    of every file-LUN I/O's kernel work, the targets' and the device run's alike (on the Intel
+    host mq-deadline cost about 2.5 µs of CPU per 16 KiB mix I/O against none: perf/HISTORY.md,
+    2026-11-27 12:48 UTC)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    dev = f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    # A partition has no queue of its own: its disk, the directory above it, has.
+    for queue in (f"{dev}/queue", f"{dev}/../queue"):
+        sched = read_text(f"{queue}/scheduler")
+        if sched is not None:
+            name = os.path.basename(os.path.realpath(f"{queue}/.."))
+            chosen = re.search(r"\[([^\]]+)\]", sched)
+            return f"{name}, I/O scheduler {chosen.group(1) if chosen else sched}"
+    return None
+
+
+def machine(backing_dir=None):
     """This machine, as the report's Machine line gives it. On a virtual machine the hypervisor
     and how an idle CPU waits (whether it polls before it halts) are part of what a wakeup
     costs, so they are named too; and the TCP congestion control every socket gets unless it
-    asks for another (targets and fio alike), since some pace their sends."""
+    asks for another (targets and fio alike), since some pace their sends; and the block device
+    under the file LUNs with its I/O scheduler."""
     model, hypervisor = "?", None
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
@@ -240,7 +263,8 @@ def machine():
     return {"cpu_model": model, "cpus": os.cpu_count(), "kernel": platform.release(),
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "hypervisor": hypervisor, "cpuidle": idle,
-            "tcp_congestion": read_text("/proc/sys/net/ipv4/tcp_congestion_control")}
+            "tcp_congestion": read_text("/proc/sys/net/ipv4/tcp_congestion_control"),
+            "backing": backing_device(backing_dir) if backing_dir else None}
 
 
 def describe(host):
@@ -252,6 +276,8 @@ def describe(host):
         text += f" (cpuidle {host['cpuidle']})"
     if host.get("tcp_congestion"):
         text += f", TCP congestion control {host['tcp_congestion']}"
+    if host.get("backing"):
+        text += f"; file LUNs on {host['backing']}"
     return text
 
 
@@ -588,10 +614,11 @@ def vit_rss(records):
 
 
 def main():
-    if sys.argv[1:] == ["--print-machine"]:
+    if sys.argv[1:2] == ["--print-machine"] and len(sys.argv) <= 3:
         # perf/bench.sh keeps this beside a run's records, so a report made later (or pooled
-        # with runs from elsewhere) names the machine each run was made on.
-        print(json.dumps(machine()))
+        # with runs from elsewhere) names the machine each run was made on; the optional
+        # directory is where the backing files are (its block device and I/O scheduler).
+        print(json.dumps(machine(sys.argv[2] if len(sys.argv) == 3 else None)))
         return
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--records", required=True, action="append",

@@ -545,7 +545,7 @@ main() {
     ensure_tools || { log "cannot install tgt/python3; giving up"; exit 0; }
     # The machine the runs are made on, kept with the records (logs/machine.jsonl) so that a
     # report made again from them, or pooled with runs from another machine, names it.
-    python3 "$here/bench-report.py" --print-machine >"$work/machine.jsonl" 2>/dev/null ||
+    python3 "$here/bench-report.py" --print-machine "$work" >"$work/machine.jsonl" 2>/dev/null ||
         rm -f "$work/machine.jsonl"
     FIO=${FIO:-$("$here/build-fio.sh")} || { log "no fio with libiscsi; giving up"; exit 0; }
     ensure_binaries || { log "no vitd/vitctl binaries; giving up"; exit 0; }

@@ -339,14 +339,14 @@ fn bench_report_names_the_machine_each_run_was_made_on() {
     let host = |model: &str| {
         json!({"cpu_model": model, "cpus": 2, "kernel": "6.18.44", "memory_gib": 23.5,
                "hypervisor": "KVM", "cpuidle": "haltpoll, guest_halt_poll_ns 0",
-               "tcp_congestion": "bbr"})
+               "tcp_congestion": "bbr", "backing": "vda, I/O scheduler mq-deadline"})
     };
     let (amd, intel) = (host("AMD EPYC"), host("Intel Xeon"));
     // Pooled runs from two machines: each named, with the runs made on it.
     let (summary, md) =
         report_of_runs_on(&[run(), run(), run()], &[amd.clone(), intel.clone(), amd]);
     let tail = "2 CPUs, 23.5 GiB, kernel 6.18.44, KVM guest (cpuidle haltpoll, guest_halt_poll_ns 0), \
-         TCP congestion control bbr";
+         TCP congestion control bbr; file LUNs on vda, I/O scheduler mq-deadline";
     assert!(
         md.contains(&format!(
             "Machines: AMD EPYC, {tail} (runs 1, 3); Intel Xeon, {tail} (run 2)."
