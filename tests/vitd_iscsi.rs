@@ -837,6 +837,54 @@ fn discovery_filter_portal_name_auth_lists_chap_targets_for_their_credentials() 
     assert_eq!(listed(&ds, "carol", "caroldisc1234"), ["open"]);
 }
 
+/// An auth-group's `initiator-portal` list (ctl.conf(5)) admits logins from its networks only:
+/// one from elsewhere is refused with AUTHORIZATION FAILURE (0202) and a log line naming its
+/// address, and discovery does not list the target to it.
+#[test]
+fn initiator_portals_restrict_logins_and_discovery() {
+    if !have("iscsi-inq") || !have("iscsi-ls") {
+        return;
+    }
+    let ds = Datastore::new();
+    for (alias, net) in [("near", "127.0.0.0/8"), ("far", "10.0.0.0/8")] {
+        ds.target(alias, &[]);
+        ds.lun(alias, 0, "8M");
+        ds.edit(|cfg| {
+            let t = cfg.targets.iter().find(|t| t.name == iqn(alias)).unwrap();
+            let ag = t.auth_group.clone().unwrap().name;
+            let g = cfg.auth_groups.iter_mut().find(|g| g.name == ag).unwrap();
+            g.auth.initiator_portals.push(Named {
+                name: net.into(),
+                pos: Pos::default(),
+            });
+        });
+    }
+    let vitd = ds.start();
+    let (ok, out) = client("iscsi-inq", &[&ds.url("near", 0)]);
+    assert!(ok && out.contains("Vendor:VIT"), "{out}");
+    let (ok, out) = client("iscsi-inq", &[&ds.url("far", 0)]);
+    assert!(!ok, "a login from 127.0.0.1 passed 10.0.0.0/8: {out}");
+    let e = vit::iscsi::initiator::try_login(
+        ds.port,
+        "iqn.2026-11.io.vit:tester",
+        &iqn("far"),
+        [0x80, 0, 0, 0, 0, 1],
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert!(e.to_string().contains("0x0202"), "{e}");
+    let (ok, out) = client("iscsi-ls", &[&ds.portal()]);
+    assert!(
+        ok && out.contains(&iqn("near")) && !out.contains(&iqn("far")),
+        "{out}"
+    );
+    let log = vitd.log_text();
+    assert!(
+        log.contains("initiator portal 127.0.0.1 is not allowed"),
+        "{log}"
+    );
+}
+
 #[test]
 fn chap_mutual_with_one_secret_both_ways_is_served_with_a_warning() {
     if !have("iscsi-ls") {
