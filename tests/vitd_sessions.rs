@@ -114,6 +114,19 @@ fn the_same_isid_through_two_portal_groups_is_two_sessions() {
     // lists them: its own group first (port 1), then the default one (port 2).
     assert_eq!(relative_port(&mut other), 1);
     assert_eq!(relative_port(&mut first), 2);
+    // REPORT TARGET PORT GROUPS lists both ports, whichever of them asks.
+    let rtpg = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    for s in [&mut other, &mut first] {
+        let r = s.command(0, &rtpg, &[], 256).unwrap();
+        assert_eq!(r.status, 0, "{r:?}");
+        // TARGET PORT COUNT, then each port's RELATIVE TARGET PORT IDENTIFIER.
+        assert_eq!(
+            r.data_in.get(11..20),
+            Some(&[2, 0, 0, 0, 1, 0, 0, 0, 2][..]),
+            "{:?}",
+            r.data_in
+        );
+    }
 }
 
 /// The relative target port identifier of the session's nexus (INQUIRY, VPD page 83h).
