@@ -322,7 +322,9 @@ fn block_geometry_options_are_reported_and_pass_their_conformance_tests() {
     }
     let ds = Datastore::new();
     ds.target("g", &[]);
-    ds.lun("g", 0, "8M");
+    let descriptor = ds.lun("g", 0, "8M");
+    // LUN 2: a thin memory LUN, its unmap granule the 64 KiB chunk it takes memory in.
+    ds.add_lun_body("g", 2, memory_lun(8 << 20, Some("4M")));
     let mut body = memory_lun(8 << 20, Some("8M"));
     for (name, value) in [
         ("pblocksize", "4K"),
@@ -362,10 +364,13 @@ fn block_geometry_options_are_reported_and_pass_their_conformance_tests() {
         ]
     };
     // LUN 0 (no options): one logical block per physical block, unmap granules of the file
-    // system's block from LBA 0.
-    let fs_blocks = geometry(0)[3];
-    assert!(fs_blocks >= 8 && fs_blocks.is_power_of_two(), "{fs_blocks}");
+    // system's block (its extent's st_blksize, beside the descriptor) from LBA 0.
+    let fs_blocks = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&descriptor).unwrap().blksize() / 512
+    };
     assert_eq!(geometry(0), [0, 0, 1, fs_blocks, 1, 0]);
+    assert_eq!(geometry(2), [0, 0, 1, 128, 1, 0]);
     // LUN 1: 4 KiB physical blocks offset by 1 KiB, as ctld computes it: LBA (8 - 2) % 8 = 6 is
     // the first aligned one; 128 KiB unmap granules (256 blocks) offset by 64 KiB: LBA 128.
     assert_eq!(geometry(1), [3, 6, 8, 256, 1, 128]);
