@@ -890,6 +890,49 @@ fn initiator_portals_restrict_logins_and_discovery() {
     );
 }
 
+/// ctld's predefined auth-groups: a target naming none (and no inline authentication) gets
+/// `default`, which denies every login, as `no-access` does; `no-authentication` admits all.
+#[test]
+fn the_predefined_auth_groups_deny_or_admit_as_ctlds() {
+    if !have("iscsi-inq") {
+        return;
+    }
+    let ds = Datastore::new();
+    let groups = [
+        ("unnamed", None),
+        ("default", Some("default")),
+        ("noaccess", Some("no-access")),
+        ("open", Some("no-authentication")),
+    ];
+    for (alias, group) in groups {
+        ds.target(alias, &[]);
+        ds.lun(alias, 0, "8M");
+        ds.edit(|cfg| {
+            cfg.auth_groups.retain(|g| g.name != "default");
+            let t = cfg
+                .targets
+                .iter_mut()
+                .find(|t| t.name == iqn(alias))
+                .unwrap();
+            t.auth_group = group.map(|g| Named {
+                name: g.into(),
+                pos: Pos::default(),
+            });
+            t.auth = Default::default();
+        });
+    }
+    let vitd = ds.start();
+    for (alias, group) in groups {
+        let (ok, out) = client("iscsi-inq", &[&ds.url(alias, 0)]);
+        assert_eq!(
+            ok,
+            group == Some("no-authentication"),
+            "{alias}: {out}\n{}",
+            vitd.log_text()
+        );
+    }
+}
+
 #[test]
 fn chap_mutual_with_one_secret_both_ways_is_served_with_a_warning() {
     if !have("iscsi-ls") {
