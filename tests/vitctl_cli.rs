@@ -1046,3 +1046,121 @@ fn a_name_that_is_not_an_iscsi_name_is_refused_saying_so_once() {
         assert!(err.contains(why), "{args:?}: {err}");
     }
 }
+
+/// The README's "JSON output (stable field names)": each kind of object has exactly the fields
+/// it lists, `get`, `add`, `set` and `remove` print one object and `list` an array, and no
+/// output holds a secret.
+#[test]
+fn json_output_has_exactly_the_documented_field_names() {
+    let ds = Ds::new();
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let want = |names: &[&str]| -> Vec<String> {
+        let mut k: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        k.sort();
+        k
+    };
+    let home = want(&[
+        "datastore",
+        "config",
+        "generation",
+        "targets",
+        "luns",
+        "initiator_groups",
+    ]);
+    let target = want(&[
+        "alias",
+        "iqn",
+        "uuid",
+        "owner_id",
+        "portal_groups",
+        "listen",
+        "auth_group",
+        "auth_type",
+        "chap_user",
+        "mutual_chap_user",
+        "initiator_groups",
+        "luns",
+    ]);
+    let lun = want(&[
+        "target",
+        "target_alias",
+        "id",
+        "alias",
+        "backend",
+        "path",
+        "descriptor",
+        "size_bytes",
+        "read_only",
+    ]);
+    let group = want(&["name", "initiators"]);
+    let (secret, mutual) = ("s3cret-0123456", "mutual-654321x");
+    let mut printed = String::new();
+    let mut json = |args: &[&str]| -> Value {
+        let mut a = vec!["--format", "json"];
+        a.extend_from_slice(args);
+        let out = ds.ok(&a);
+        printed.push_str(&out);
+        serde_json::from_str(&out).unwrap()
+    };
+    let one = |v: Value, fields: &Vec<String>| assert_eq!(&keys(&v), fields, "{v}");
+    let list = |v: Value, fields: &Vec<String>| {
+        let items = v.as_array().unwrap_or_else(|| panic!("an array: {v}"));
+        assert!(!items.is_empty());
+        for i in items {
+            assert_eq!(&keys(i), fields, "{i}");
+        }
+    };
+    one(json(&["homeobject", "get"]), &home);
+    one(
+        json(&["initiatorgroup", "add", "g", "iqn.2000-01.a:b"]),
+        &group,
+    );
+    one(json(&["initiatorgroup", "get", "g"]), &group);
+    list(json(&["initiatorgroup", "list"]), &group);
+    let add = [
+        "target",
+        "add",
+        "--alias",
+        "t",
+        "--auth-type",
+        "chap-mutual",
+        "--chap-user",
+        "u",
+        "--chap-secret",
+        secret,
+        "--mutual-user",
+        "m",
+        "--mutual-secret",
+        mutual,
+        "--initiator-group",
+        "g",
+    ];
+    one(json(&add), &target);
+    one(json(&["target", "get", "t"]), &target);
+    one(json(&["target", "set", "t", "--new-alias", "t2"]), &target);
+    list(json(&["target", "list"]), &target);
+    let lun_args = ["--target", "t2", "--id", "0"];
+    let with = |cmd: &[&'static str], extra: &[&'static str]| -> Vec<&'static str> {
+        [&["target", "lun"][..], cmd, &lun_args[..], extra].concat()
+    };
+    one(json(&with(&["add"], &["--size", "1M"])), &lun);
+    one(json(&with(&["get"], &[])), &lun);
+    one(json(&with(&["set"], &["--read-only", "on"])), &lun);
+    list(json(&["target", "lun", "list", "--target", "t2"]), &lun);
+    one(json(&with(&["remove"], &[])), &lun);
+    one(
+        json(&["target", "set", "t2", "--no-initiator-group"]),
+        &target,
+    );
+    one(json(&["initiatorgroup", "remove", "g"]), &group);
+    one(json(&["target", "remove", "t2"]), &target);
+    one(json(&["config", "validate"]), &want(&["valid", "problems"]));
+    assert!(
+        !printed.contains(secret) && !printed.contains(mutual),
+        "a secret was printed: {printed}"
+    );
+}
