@@ -821,6 +821,24 @@ fn validate_reports_disk_problems_with_location() {
     let out = ds.run(&["config", "validate"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("disagrees"));
+    fs::write(ds.conf(), text).unwrap();
+    ds.ok(&["config", "validate"]);
+
+    // A target (with no LUN to stumble on it) whose targets/ link is gone.
+    let uuid = ds.json(&["target", "add", "--alias", "bare"])["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let link = ds.root().join(".iSCSI-Config/targets").join(&uuid);
+    fs::remove_file(&link).unwrap();
+    let out = ds.run(&["config", "validate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.starts_with(&format!("{conf}:"))
+            && stderr.contains(&format!("{} does not resolve", link.display())),
+        "{stderr}"
+    );
 }
 
 #[test]
