@@ -190,7 +190,11 @@ fn a_connection_that_never_logs_in_is_closed() {
         itt: 0,
         digests: false,
     };
+    // After the README's login timeout of 15 s, not before.
+    let started = std::time::Instant::now();
     s.closed_within(Duration::from_secs(25)).unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(14), "closed after {took:?}");
 }
 
 #[test]
