@@ -711,6 +711,29 @@ fn chap_targets_and_secret_warning() {
     let v = ds.json(&["target", "set", "c1", "--auth-type", "none"]);
     assert_eq!(v["auth_type"], "none");
     ds.ok(&["config", "validate"]);
+    // Counted in bytes, as vitd (and ctld) count them at start: a secret of 12 two-byte
+    // characters is 24 bytes.
+    for (secret, warns) in [
+        ("0123456789ab", false),
+        ("0123456789abcdef", false),
+        ("0123456789abcdefg", true),
+        ("éééééééééééé", true),
+    ] {
+        let out = ds.run(&[
+            "target",
+            "set",
+            "c1",
+            "--auth-type",
+            "chap",
+            "--chap-user",
+            "alice",
+            "--chap-secret",
+            secret,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(stderr.contains("12 to 16"), warns, "{secret}: {stderr}");
+    }
 }
 
 #[test]

@@ -68,7 +68,7 @@ struct AuthArgs {
     /// The initiator's CHAP user name (chap, chap-mutual)
     #[arg(long)]
     chap_user: Option<String>,
-    /// The initiator's CHAP secret (12 to 16 characters for most initiators)
+    /// The initiator's CHAP secret (12 to 16 bytes for most initiators)
     #[arg(long)]
     chap_secret: Option<String>,
     /// The target's user name for mutual CHAP

@@ -534,10 +534,11 @@ impl Ctl {
                 "{secret_flag} cannot be stored (it has a quote or control character)"
             ));
         }
-        if !CHAP_SECRET_RECOMMENDED.contains(&secret.chars().count()) {
+        // In bytes, as the secret goes on the wire and as vitd (and ctld) count it at start.
+        if !CHAP_SECRET_RECOMMENDED.contains(&secret.len()) {
             self.warnings.push(format!(
-                "{secret_flag} is {} characters; many initiators (Windows among them) accept only 12 to 16",
-                secret.chars().count()
+                "{secret_flag} is {} bytes; many initiators (Windows among them) accept only 12 to 16",
+                secret.len()
             ));
         }
         Ok(())
