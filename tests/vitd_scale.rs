@@ -277,3 +277,67 @@ fn luns_past_the_registered_file_table_serve_the_right_data() {
         }
     }
 }
+
+/// Runs `cmd` (a vitd that must stop by itself) to its end within 20 s: (exit status, log).
+fn run_to_end(mut cmd: std::process::Command) -> (std::process::ExitStatus, String) {
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("vitd.log");
+    let mut child = cmd
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "vitd did not stop: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (status, std::fs::read_to_string(&log).unwrap())
+}
+
+/// More extent files than the open-files limit allows: vitd stops at once, saying the limit ran
+/// out and what to raise; it does not call LUNs broken (offline "until repaired") for it.
+#[test]
+fn extents_beyond_the_open_files_limit_stop_vitd_naming_the_limit() {
+    let ds = Datastore::new();
+    populate(&ds, 2, |_| (0..100).collect(), 1 << 20);
+    let (status, log) = run_to_end(vitd_with_nofile(&ds, 128, &["--cores", "1"]));
+    assert!(!status.success(), "{log}");
+    assert!(
+        !log.contains("offline (NOT READY"),
+        "LUNs called broken for want of descriptors: {log}"
+    );
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("open-files limit (128)") && last.contains("LimitNOFILE"),
+        "{log}"
+    );
+}
+
+/// Extents that fit within the limit but leave few descriptors for connections: vitd serves,
+/// and says at start how many connections the limit leaves room for.
+#[test]
+fn an_open_files_limit_leaving_few_connections_is_reported() {
+    let ds = Datastore::new();
+    populate(&ds, 2, |_| (0..50).collect(), 1 << 20);
+    let vitd = Vitd::spawn(vitd_with_nofile(&ds, 128, &["--cores", "1"]), ds.port);
+    let mut s = session(ds.port, "t1");
+    let r = command(&mut s, 49, &cdb16(0x88, 0, 1), &[], 512);
+    assert_eq!(r.status, 0, "{r:?}");
+    let log = vitd.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("open-files limit (128)")),
+        "{log}"
+    );
+}

@@ -77,6 +77,11 @@ fn bind_hint(e: &std::io::Error, addr: &SocketAddr) -> String {
         ErrorKind::PermissionDenied if addr.port() < 1024 => {
             " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)".to_string()
         }
+        _ if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+            " (the LUNs' extent files, each held open, took the open-files limit: raise it, \
+             `ulimit -n` before starting vitd, systemd's LimitNOFILE=)"
+                .to_string()
+        }
         ErrorKind::AddrNotAvailable => {
             " (no interface of this host has that address: change the portal group's `listen` \
              in vit.conf)"
@@ -305,6 +310,31 @@ fn raise_open_files_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// Says how many connections the open-files limit leaves room for once the extents, listeners
+/// and rings are open (each connection is a socket), warning when that is fewer than
+/// `max_sessions`: the limit, not `--max-sessions`, would then refuse logins (accept fails).
+fn report_open_files(max_sessions: usize) {
+    let (Some(lim), Ok(dir)) = (open_files_limit(), std::fs::read_dir("/proc/self/fd")) else {
+        return;
+    };
+    // Less the descriptor reading the directory.
+    let in_use = dir.count().saturating_sub(1) as u64;
+    let room = lim.rlim_cur.saturating_sub(in_use);
+    let text = format!(
+        "{in_use} files open (extents, listeners, rings): the open-files limit ({}) leaves room \
+         for about {room} connections",
+        lim.rlim_cur
+    );
+    if room < max_sessions as u64 {
+        tracing::warn!(
+            "{text}, fewer than --max-sessions ({max_sessions}): raise it (`ulimit -n` before \
+             starting vitd, systemd's LimitNOFILE=)"
+        );
+    } else {
+        tracing::info!("{text}");
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // Block the stop signals before any thread starts, so that only the control thread sees them.
@@ -381,6 +411,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         )?);
     }
     tracing::info!("{n} data threads ready");
+    report_open_files(opts.max_sessions);
     let running = std::sync::Arc::new(running);
     let control = control::Control::new(
         running.clone(),
@@ -417,6 +448,13 @@ mod tests {
         assert!(low.contains("CAP_NET_BIND_SERVICE"), "{low}");
         let gone = bind(AddrNotAvailable, "192.0.2.1:3260");
         assert!(gone.contains("no interface of this host"), "{gone}");
+        let spent = DaemonError::Bind {
+            group: "default".into(),
+            addr: "127.0.0.1:3260".parse().unwrap(),
+            source: std::io::Error::from_raw_os_error(libc::EMFILE),
+        }
+        .to_string();
+        assert!(spent.contains("LimitNOFILE"), "{spent}");
     }
 
     #[test]

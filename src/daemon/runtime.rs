@@ -458,6 +458,22 @@ pub fn build(
                     );
                     offline_lun(tl.id, body, msg)
                 }
+                Err(OpenFault::Descriptors(msg)) => {
+                    let opened: usize = targets.iter().map(|t: &Arc<TargetRt>| t.luns.len()).sum();
+                    let all: usize = cfg.targets.iter().map(|t| t.luns.len()).sum();
+                    let limit = super::open_files_limit()
+                        .map_or_else(|| "?".to_string(), |l| l.rlim_cur.to_string());
+                    return Err(RuntimeError::Lun {
+                        target: t.name.clone(),
+                        lun: tl.id,
+                        msg: format!(
+                            "{msg}: vitd holds every extent file open, and the open-files limit \
+                             ({limit}) ran out after {} of the {all} LUNs; raise it (`ulimit -n` \
+                             before starting vitd, systemd's LimitNOFILE=)",
+                            opened + luns.len()
+                        ),
+                    });
+                }
                 Err(OpenFault::Files(msg)) => {
                     return Err(RuntimeError::Lun {
                         target: t.name.clone(),
@@ -587,6 +603,23 @@ enum OpenFault {
     Config(crate::config::Pos, String),
     /// Its files on the datastore fail it (the LUN is served offline).
     Files(String),
+    /// This process ran out of open files (EMFILE, ENFILE): a fault of the host's limits, not of
+    /// the LUN (vitd stops, naming the limit).
+    Descriptors(String),
+}
+
+impl From<vmdk::VmdkError> for OpenFault {
+    fn from(e: vmdk::VmdkError) -> Self {
+        let errno = match &e {
+            vmdk::VmdkError::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        };
+        if matches!(errno, Some(libc::EMFILE | libc::ENFILE)) {
+            OpenFault::Descriptors(e.to_string())
+        } else {
+            OpenFault::Files(e.to_string())
+        }
+    }
 }
 
 impl From<String> for OpenFault {
@@ -650,7 +683,7 @@ fn open_lun(
             crate::datastore::lun_path_parts(&path.name)
                 .map_err(|e| OpenFault::Config(path.pos, e.to_string()))?;
             let descriptor = ds.resolve_lun_path(&path.name).map_err(|e| e.to_string())?;
-            let desc = vmdk::check(&descriptor).map_err(|e| e.to_string())?;
+            let desc = vmdk::check(&descriptor)?;
             let capacity = desc.capacity_bytes();
             if let Some((size, pos)) = body.size
                 && size != capacity
@@ -683,14 +716,13 @@ fn open_lun(
                             descriptor.display()
                         );
                         direct = false;
-                        vmdk::open_extent(dir, name, writable, false).map_err(|e| e.to_string())?
+                        vmdk::open_extent(dir, name, writable, false)?
                     }
                     Ok(f) => f,
                     Err(_) if direct => {
                         // Opened without O_DIRECT, it says that O_DIRECT was what failed; an
                         // extent that cannot be opened at all says why (and nothing of O_DIRECT).
-                        let f = vmdk::open_extent(dir, name, writable, false)
-                            .map_err(|e| e.to_string())?;
+                        let f = vmdk::open_extent(dir, name, writable, false)?;
                         tracing::warn!(
                             "{}: O_DIRECT refused by the file system; using buffered I/O (SYNCHRONIZE CACHE and FUA flush)",
                             descriptor.display()
@@ -698,7 +730,7 @@ fn open_lun(
                         direct = false;
                         f
                     }
-                    Err(e) => return Err(e.to_string().into()),
+                    Err(e) => return Err(e.into()),
                 };
                 files.push(Some(file));
             }
