@@ -341,3 +341,53 @@ fn an_open_files_limit_leaving_few_connections_is_reported() {
         "{log}"
     );
 }
+
+/// ctl.conf's LUN ids run to 1023 (ctld: below MAX_LUNS, 1024): a target with LUNs 0, 256 and
+/// 1023 loads, REPORT LUNS names the high ones in flat space addressing, and libiscsi's tools
+/// reach LUN 1023 by that number (16384 + 1023).
+#[test]
+fn lun_ids_up_to_ctl_confs_largest_are_served() {
+    let ds = Datastore::new();
+    populate(&ds, 1, |_| vec![0, 256, 1023], 1 << 20);
+    ds.vitctl(&["config", "validate"]);
+    let vitd = ds.start();
+    let mut s = session(ds.port, "t0");
+    let r = command(
+        &mut s,
+        0,
+        &[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+        &[],
+        256,
+    );
+    assert_eq!(r.status, 0, "{r:?}");
+    assert_eq!(&r.data_in[..4], &24u32.to_be_bytes());
+    let luns: Vec<&[u8]> = r.data_in[8..32].chunks(8).collect();
+    assert_eq!(luns[1], &[0x41, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(luns[2], &[0x43, 0xff, 0, 0, 0, 0, 0, 0]);
+    if have("iscsi-ls") && have("iscsi-inq") && have("iscsi-readcapacity16") {
+        let (ok, text) = client_within(20, "iscsi-ls", &["-s", &ds.portal()]);
+        assert!(ok, "{text}");
+        assert_eq!(listed(&text), [(iqn("t0"), 3)], "{text}");
+        let url = ds.url("t0", 16384 + 1023);
+        let (ok, text) = client_within(20, "iscsi-inq", &[&url]);
+        assert!(
+            ok && text.contains("DIRECT_ACCESS"),
+            "{text}: {}",
+            vitd.log_text()
+        );
+        let (ok, text) = client_within(20, "iscsi-readcapacity16", &[&url]);
+        assert!(ok && text.contains("Total size:1048576"), "{text}");
+    }
+    let added = ds.json(&[
+        "target", "lun", "add", "--target", "t0", "--id", "1000", "--size", "1M",
+    ]);
+    assert_eq!(added["id"], 1000, "{added}");
+    let out = ds.vitctl_out(&[
+        "target", "lun", "add", "--target", "t0", "--id", "1024", "--size", "1M",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0..=1023"),
+        "{out:?}"
+    );
+}

@@ -292,7 +292,7 @@ pub enum LunRef {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetLun {
-    /// The LUN id, 0..=255 once verified (parsed as written, so the verifier can report it).
+    /// The LUN id, 0..=1023 once verified (parsed as written, so the verifier can report it).
     pub id: u64,
     pub pos: Pos,
     pub lun: LunRef,

@@ -13,8 +13,9 @@ pub(crate) const PREDEFINED_AUTH_GROUPS: [&str; 3] = ["default", "no-authenticat
 pub(crate) const PREDEFINED_PORTAL_GROUPS: [&str; 1] = ["default"];
 /// The largest 802.1Q priority code point.
 pub(crate) const MAX_PCP: u8 = 7;
-/// The largest LUN id.
-pub(crate) const MAX_LUN_ID: u64 = 255;
+/// The largest LUN id: ctl.conf's (ctld refuses an id of MAX_LUNS, 1024, or more). Ids from 256
+/// on are reported in flat space addressing (`scsi::encode_lun`).
+pub const MAX_LUN_ID: u64 = 1023;
 
 /// See [`super::verify`].
 /// Longest target alias: a login text value (RFC 7143 §6.1).
@@ -915,7 +916,7 @@ mod tests {
         let text = format!(
             "lun a {{ blocksize 1024 }}\nlun b {{ backend vmdk }}\nlun c {{ path /etc/passwd }}\n\
              lun d {{ path x/../../y }}\nlun e {{ path ..foo/x..y }}\n\
-             target {T} {{ lun 256 {{ path .. }} }}\n\
+             target {T} {{ lun 1024 {{ path .. }} }}\n\
              lun f {{ backend ramdisk }}\nlun g {{ backend ramdisk\n size 1G\n option capacity 512M }}\n\
              lun h {{ backend ramdisk\n size 1G\n option capacity lots }}\n\
              lun i {{ backend ramdisk\n size 1G\n option capacity 0 }}\n\
@@ -928,8 +929,8 @@ mod tests {
                 "2:17: backend vmdk needs a `path`",
                 "3:14: path \"/etc/passwd\" must be relative to .iSCSI-Config/targets/",
                 "4:14: path \"x/../../y\" must not contain a `..` component",
-                "6:40: LUN id 256 is out of range 0..=255",
-                "6:51: path \"..\" must not contain a `..` component",
+                "6:40: LUN id 1024 is out of range 0..=1023",
+                "6:52: path \"..\" must not contain a `..` component",
                 "7:17: backend ramdisk needs a `size`",
                 "13:2: option capacity: size \"lots\": expected a number with optional suffix K, M, G, T or B",
                 "20:17: backend block needs a `path`",

@@ -17,8 +17,8 @@ use crate::names;
 use crate::vmdk;
 pub use view::{HomeObjectView, InitiatorGroupView, LunView, TargetView};
 
-/// The largest LUN id (vSAN and ctl.conf allow 0..=255).
-pub const MAX_LUN_ID: u64 = 255;
+/// The largest LUN id, ctl.conf's.
+pub use crate::config::MAX_LUN_ID;
 /// CHAP secret lengths that every common initiator (Windows's included) accepts.
 pub const CHAP_SECRET_RECOMMENDED: std::ops::RangeInclusive<usize> = 12..=16;
 
@@ -782,7 +782,7 @@ impl Ctl {
     /// `vitctl target lun add`: creates the descriptor and flat extent, then names them in vit.conf.
     pub fn lun_add(&mut self, target: &str, spec: &LunSpec) -> Result<LunView> {
         if spec.id > MAX_LUN_ID {
-            return input(format!("LUN id {} is outside 0..{MAX_LUN_ID}", spec.id));
+            return input(format!("LUN id {} is outside 0..={MAX_LUN_ID}", spec.id));
         }
         if let Some(a) = &spec.alias {
             check_value("--alias", a)?;
