@@ -542,7 +542,7 @@ fn bad_input_changes_nothing() {
         ds.refused(&a, expect)
     };
     refused(lun_add("3", "1M"), "already has LUN 3");
-    refused(lun_add("1024", "1M"), "outside 0..=1023");
+    refused(lun_add("256", "1M"), "outside 0..=255");
     refused(lun_add("1", "-1M"), "negative");
     refused(lun_add("1", "0M"), "zero");
     refused(lun_add("1", "abc"), "size");

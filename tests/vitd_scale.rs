@@ -343,8 +343,9 @@ fn an_open_files_limit_leaving_few_connections_is_reported() {
 }
 
 /// ctl.conf's LUN ids run to 1023 (ctld: below MAX_LUNS, 1024): a target with LUNs 0, 256 and
-/// 1023 loads, REPORT LUNS names the high ones in flat space addressing, and libiscsi's tools
-/// reach LUN 1023 by that number (16384 + 1023).
+/// 1023 in vit.conf loads, REPORT LUNS names the high ones in flat space addressing, libiscsi's
+/// tools reach LUN 1023 by that number (16384 + 1023), and vitctl lists them but adds no LUN
+/// above 255 (vSAN's range).
 #[test]
 fn lun_ids_up_to_ctl_confs_largest_are_served() {
     let ds = Datastore::new();
@@ -378,16 +379,21 @@ fn lun_ids_up_to_ctl_confs_largest_are_served() {
         let (ok, text) = client_within(20, "iscsi-readcapacity16", &[&url]);
         assert!(ok && text.contains("Total size:1048576"), "{text}");
     }
-    let added = ds.json(&[
-        "target", "lun", "add", "--target", "t0", "--id", "1000", "--size", "1M",
-    ]);
-    assert_eq!(added["id"], 1000, "{added}");
+    // vitctl lists them, but adds none above vSAN's 255 (its management's range).
+    let listed_ids: Vec<u64> = ds
+        .json(&["target", "lun", "list", "--target", "t0"])
+        .as_array()
+        .expect("lun list is an array")
+        .iter()
+        .filter_map(|l| l["id"].as_u64())
+        .collect();
+    assert_eq!(listed_ids, [0, 256, 1023]);
     let out = ds.vitctl_out(&[
-        "target", "lun", "add", "--target", "t0", "--id", "1024", "--size", "1M",
+        "target", "lun", "add", "--target", "t0", "--id", "256", "--size", "1M",
     ]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("0..=1023"),
+        String::from_utf8_lossy(&out.stderr).contains("0..=255"),
         "{out:?}"
     );
 }

@@ -17,8 +17,10 @@ use crate::names;
 use crate::vmdk;
 pub use view::{HomeObjectView, InitiatorGroupView, LunView, TargetView};
 
-/// The largest LUN id, ctl.conf's.
-pub use crate::config::MAX_LUN_ID;
+/// The largest LUN id vitctl adds: vSAN's (its LUN ids are 0..=255, as esxcli's). vit.conf, in
+/// ctl.conf's syntax, takes ctld's range (`config::MAX_LUN_ID`, 1023), so a hand-written LUN above
+/// 255 is served and listed, but vitctl, modelling vSAN's management, makes none.
+pub const MAX_LUN_ID: u64 = 255;
 /// CHAP secret lengths that every common initiator (Windows's included) accepts.
 pub const CHAP_SECRET_RECOMMENDED: std::ops::RangeInclusive<usize> = 12..=16;
 
