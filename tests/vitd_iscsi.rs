@@ -6,7 +6,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vit::config::{Named, Pos};
 
 const RC16: &str = "iscsi-readcapacity16";
@@ -469,6 +469,25 @@ fn stops_cleanly_on_sigterm() {
     let (ds, mut vitd) = serve_one("s", "8M");
     let (ok, _) = client(RC16, &[&ds.url("s", 0)]);
     assert!(ok);
+    // SIGHUP (an operator's reload habit) is answered in the log and vitd serves on: its default
+    // action would end vitd and every session.
+    signal(vitd.child.as_ref().unwrap(), libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !vitd.log_text().contains("SIGHUP received") {
+        assert!(
+            Instant::now() < deadline,
+            "no SIGHUP line: {}",
+            vitd.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        vitd.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "vitd ended on SIGHUP: {}",
+        vitd.log_text()
+    );
+    let (ok, out) = client(RC16, &[&ds.url("s", 0)]);
+    assert!(ok, "after SIGHUP: {out}");
     let status = vitd.stop();
     assert!(
         status.success(),

@@ -13,7 +13,9 @@ use vit::daemon::{self, DaemonOptions};
     after_help = "vit.conf is read at start: restart vitd for a change (vitctl's) to take effect. \
                   Each data thread pins 48 MiB of locked memory: run as root, with CAP_IPC_LOCK, \
                   or with `ulimit -l` at least that per thread. RUST_LOG sets the log level \
-                  (info by default, e.g. RUST_LOG=debug); SIGTERM or SIGINT stops vitd cleanly."
+                  (info by default, e.g. RUST_LOG=debug); SIGTERM or SIGINT stops vitd cleanly; SIGHUP \
+                  does not reload vit.conf (a change takes effect at the next start): vitd logs \
+                  so and serves on."
 )]
 struct Cli {
     /// The datastore directory [default: an embedded one under the user's data directory,

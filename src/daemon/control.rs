@@ -104,8 +104,11 @@ pub struct Control {
     ended_since_trim: usize,
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later) and returns a
-/// signalfd that reports them.
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and the threads it starts later) and
+/// returns a signalfd that reports them. SIGHUP is taken so that an operator's habit (ctld and most
+/// daemons reload their configuration on it; `kill -HUP`, a reload from a service manager) does not
+/// kill vitd and every session with it, the signal's default action: vitd says it does not reload
+/// and goes on serving.
 pub fn signal_fd() -> std::io::Result<OwnedFd> {
     // SAFETY: sigset operations on a local, zero-initialised set.
     let fd = unsafe {
@@ -113,6 +116,7 @@ pub fn signal_fd() -> std::io::Result<OwnedFd> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -245,8 +249,7 @@ impl Control {
             }
             return true;
         }
-        if fds[0].revents != 0 {
-            tracing::info!("signal received: stopping");
+        if fds[0].revents != 0 && self.take_signals() {
             return false;
         }
         for i in 0..self.listeners.len() {
@@ -267,6 +270,51 @@ impl Control {
         self.expire();
         self.log_budget.settle();
         true
+    }
+
+    /// Reads the signals that came; true when one of them asks vitd to stop (SIGINT, SIGTERM, or
+    /// the signal descriptor failing). SIGHUP is answered with a warning: vit.conf is read at
+    /// start only (no live reload yet), so a changed vit.conf waits for the next start.
+    fn take_signals(&mut self) -> bool {
+        const INFO: usize = std::mem::size_of::<libc::signalfd_siginfo>();
+        let mut buf = [0u8; INFO * 8];
+        loop {
+            // SAFETY: read(2) into a live buffer of buf.len() bytes.
+            let n =
+                unsafe { libc::read(self.signals.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => continue,
+                    std::io::ErrorKind::WouldBlock => return false,
+                    _ => {
+                        tracing::error!("reading signals failed ({e}): stopping");
+                        return true;
+                    }
+                }
+            }
+            if n == 0 {
+                tracing::error!("the signal descriptor closed: stopping");
+                return true;
+            }
+            let n = n as usize;
+            for rec in buf[..n - n % INFO].chunks_exact(INFO) {
+                // ssi_signo is the record's first field, a u32 in the machine's byte order.
+                let signo = u32::from_ne_bytes(rec[..4].try_into().expect("4 bytes"));
+                if signo == libc::SIGHUP as u32 {
+                    tracing::warn!(
+                        "SIGHUP received: vitd does not reload vit.conf while it runs (no live \
+                         reload yet); a changed vit.conf takes effect when vitd restarts; serving on"
+                    );
+                } else {
+                    tracing::info!("signal {signo} received: stopping");
+                    return true;
+                }
+            }
+            if n < buf.len() {
+                return false;
+            }
+        }
     }
 
     fn accept(&mut self, li: usize) {
@@ -895,6 +943,26 @@ mod tests {
     fn control(max_sessions: usize) -> (Control, crossbeam_channel::Receiver<Msg>, OwnedFd) {
         let (c, rx, _, signals) = control_on(vec![], max_sessions);
         (c, rx, signals)
+    }
+
+    /// SIGHUP (sent as a signalfd record) leaves the control thread serving; SIGTERM stops it.
+    #[test]
+    fn sighup_is_answered_and_serving_goes_on_until_sigterm() {
+        let (mut c, _mail, signals) = control(1);
+        let send = |signo: libc::c_int| {
+            let mut rec = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+            rec[..4].copy_from_slice(&(signo as u32).to_ne_bytes());
+            let mut w = std::fs::File::from(signals.try_clone().unwrap());
+            std::io::Write::write_all(&mut w, &rec).unwrap();
+        };
+        send(libc::SIGHUP);
+        assert!(c.turn(), "SIGHUP stopped the control thread");
+        send(libc::SIGHUP);
+        send(libc::SIGHUP);
+        assert!(c.turn(), "two SIGHUPs stopped the control thread");
+        send(libc::SIGHUP);
+        send(libc::SIGTERM);
+        assert!(!c.turn(), "SIGTERM after SIGHUP did not stop it");
     }
 
     /// A connection in login on `stream` from `peer`, with `wire` received.

@@ -267,9 +267,14 @@ impl Drop for Vitd {
 
 /// Sends SIGTERM to a child process.
 pub fn sigterm(child: &Child) {
+    signal(child, libc::SIGTERM);
+}
+
+/// Sends `sig` to a child process.
+pub fn signal(child: &Child, sig: libc::c_int) {
     let pid = libc::pid_t::try_from(child.id()).expect("pid");
     // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    unsafe { libc::kill(pid, sig) };
 }
 
 /// Runs a client with a time limit of 60 s; returns (success, stdout + stderr).
