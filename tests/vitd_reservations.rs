@@ -558,3 +558,55 @@ fn a_restored_reservation_is_in_force_after_the_power_on_unit_attention() {
         assert_eq!(r.status, want, "nexus {isid}: {r:?}");
     }
 }
+
+/// Reservations saved with APTPL that cannot be read back (the file damaged) keep their LUN
+/// offline, NOT READY with MANUAL INTERVENTION REQUIRED, rather than serving it without them: a
+/// cluster node they fenced out could write. The target's other LUN is served; the file removed,
+/// the LUN comes back at the next start with no reservations.
+#[test]
+fn a_lun_whose_saved_reservations_are_damaged_is_offline_not_unfenced() {
+    let ds = Datastore::new();
+    ds.target("pr", &[]);
+    let descriptor = ds.lun("pr", 0, "8M");
+    ds.lun("pr", 1, "8M");
+    {
+        let _vitd = ds.start();
+        let mut s = session(&ds, 1);
+        register(&mut s, 0x42, true);
+    }
+    let pr = descriptor.with_extension("pr");
+    let saved = std::fs::read(&pr).unwrap();
+    std::fs::write(&pr, &saved[..saved.len() / 2]).unwrap();
+    let mut vitd = ds.start();
+    let log = vitd.log_text();
+    assert!(
+        log.contains("LUN 0: offline")
+            && log.contains("saved persistent reservations")
+            && log.contains(pr.to_str().unwrap()),
+        "{log}"
+    );
+    let mut s = session(&ds, 2);
+    let mut keys = [0u8; 10];
+    keys[0] = 0x5e; // PERSISTENT RESERVE IN, READ KEYS
+    keys[8] = 255;
+    let r = s.command(0, &keys, &[], 255).unwrap();
+    assert_eq!(
+        (
+            r.status,
+            r.sense.get(2).map(|k| k & 0x0f),
+            r.sense.get(12),
+            r.sense.get(13)
+        ),
+        (2, Some(2), Some(&0x04), Some(&0x03)),
+        "LUN 0 with damaged saved reservations: {r:?}"
+    );
+    let _ = s.command(1, &[0u8; 6], &[], 0); // LUN 1's power-on unit attention
+    let r = s.command(1, &keys, &[], 255).unwrap();
+    assert_eq!(r.status, 0, "LUN 1: {r:?}");
+    drop(s);
+    assert!(vitd.stop().success());
+    std::fs::remove_file(&pr).unwrap();
+    let _vitd = ds.start();
+    let mut s = session(&ds, 3);
+    assert_eq!(read_keys(&mut s), Vec::<u64>::new());
+}

@@ -608,6 +608,23 @@ enum OpenFault {
     Descriptors(String),
 }
 
+/// A LUN's saved reservations (APTPL) that exist but cannot be read back: the LUN is served
+/// offline rather than without them (its initiators' fencing would be gone), unless the process
+/// ran out of descriptors (vitd stops, naming the limit).
+fn saved_reservations_fault(path: &std::path::Path, e: &std::io::Error) -> OpenFault {
+    let msg = format!(
+        "its saved persistent reservations {} cannot be read back ({e}); it is not served \
+         without them, since a node they fenced out could then write: restore the file, or \
+         remove it to start the LUN with no reservations",
+        path.display()
+    );
+    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+        OpenFault::Descriptors(msg)
+    } else {
+        OpenFault::Files(msg)
+    }
+}
+
 impl From<vmdk::VmdkError> for OpenFault {
     fn from(e: vmdk::VmdkError) -> Self {
         let errno = match &e {
@@ -774,7 +791,11 @@ fn open_lun(
         alias,
         identity,
         backing,
-        shared: super::shared::LunShared::new(pr_file),
+        shared: match pr_file {
+            Some(path) => super::shared::LunShared::open(path.clone())
+                .map_err(|e| saved_reservations_fault(&path, &e))?,
+            None => super::shared::LunShared::new(),
+        },
         thin,
         write_cache: body
             .option("writecache")
@@ -809,7 +830,7 @@ fn offline_lun(id: u64, body: &LunBody, reason: String) -> LunRt {
         alias: body.lun_alias().map(str::to_string),
         identity,
         backing: Backing::Offline { reason },
-        shared: super::shared::LunShared::new(None),
+        shared: super::shared::LunShared::new(),
         thin: false,
         write_cache: None,
         physical: (None, 0),
@@ -953,7 +974,7 @@ pub(crate) fn test_memory_lun(mem: super::ramdisk::RamDisk) -> LunRt {
         alias: None,
         identity: 1,
         backing: Backing::Ramdisk { mem },
-        shared: super::shared::LunShared::new(None),
+        shared: super::shared::LunShared::new(),
         thin: true,
         write_cache: None,
         physical: (None, 0),

@@ -201,24 +201,28 @@ impl FlushRounds {
 }
 
 /// Reads the reservation state saved at `path`: `None` when there is none; an error for a file
-/// that cannot be read or decoded. At most [`crate::scsi::pr::MAX_ENCODED_LEN`] + 1 bytes are
-/// read, whatever the file's size.
-fn load_saved(path: &std::path::Path) -> Result<Option<PrState>, String> {
-    use std::io::Read;
+/// that cannot be read (its OS error kept, so running out of descriptors can be told apart) or
+/// decoded (`InvalidData`). At most [`crate::scsi::pr::MAX_ENCODED_LEN`] + 1 bytes are read,
+/// whatever the file's size.
+fn load_saved(path: &std::path::Path) -> std::io::Result<Option<PrState>> {
+    use std::io::{Error, ErrorKind, Read};
     let limit = crate::scsi::pr::MAX_ENCODED_LEN;
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
     };
     let mut bytes = Vec::new();
-    file.take(limit as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
+    file.take(limit as u64 + 1).read_to_end(&mut bytes)?;
     if bytes.len() > limit {
-        return Err(format!("larger than {limit} bytes"));
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
     }
-    PrState::decode(&bytes).map(Some).map_err(|e| e.to_string())
+    PrState::decode(&bytes)
+        .map(Some)
+        .map_err(|e| Error::new(ErrorKind::InvalidData, e.to_string()))
 }
 
 /// Counters of plain writes in flight; a data thread uses shard `index % WRITE_SHARDS`.
@@ -230,17 +234,21 @@ pub const WRITE_SHARDS: usize = 16;
 struct Shard(AtomicUsize);
 
 impl LunShared {
-    /// State for a LUN whose saved reservations (if any) live in `pr_file`; a file that
-    /// cannot be read back is reported and ignored (the LUN starts without reservations).
-    pub fn new(pr_file: Option<PathBuf>) -> Self {
-        let mut pr = PrState::new();
-        if let Some(path) = &pr_file {
-            match load_saved(path) {
-                Ok(Some(saved)) => pr = saved,
-                Ok(None) => {}
-                Err(e) => tracing::error!("{}: saved reservations ignored: {e}", path.display()),
-            }
-        }
+    /// State for a LUN that keeps no reservations across restarts (a memory LUN).
+    pub fn new() -> Self {
+        Self::with_state(PrState::new(), None)
+    }
+
+    /// State for a LUN whose reservations made with APTPL are saved at `pr_file`, starting
+    /// from what is saved there (none when there is no file). A file that exists but cannot be
+    /// read back is an error, never ignored: serving the LUN without the reservations its
+    /// initiators made would drop a cluster's fencing (a node it fenced out could write).
+    pub fn open(pr_file: PathBuf) -> std::io::Result<Self> {
+        let pr = load_saved(&pr_file)?.unwrap_or_else(PrState::new);
+        Ok(Self::with_state(pr, Some(pr_file)))
+    }
+
+    fn with_state(pr: PrState, pr_file: Option<PathBuf>) -> Self {
         let active = pr.is_active();
         LunShared {
             pr: Mutex::new(pr),
@@ -605,32 +613,34 @@ mod tests {
     fn saved_state_is_read_within_bounds_and_damage_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lun.pr");
-        assert_eq!(load_saved(&path), Ok(None), "none saved");
+        assert_eq!(load_saved(&path).unwrap(), None, "none saved");
+        assert!(!LunShared::open(path.clone()).unwrap().pr_active());
         // A huge (sparse) file is refused without reading it into memory.
         let f = std::fs::File::create(&path).unwrap();
         f.set_len(1 << 40).unwrap();
         drop(f);
         let e = load_saved(&path).unwrap_err();
-        assert!(e.contains("larger than"), "{e}");
-        let s = LunShared::new(Some(path.clone()));
-        assert!(!s.pr_active());
+        assert!(e.to_string().contains("larger than"), "{e}");
+        // A LUN whose saved state cannot be read back is not served without it.
+        assert!(LunShared::open(path.clone()).is_err());
         // Truncated, and a directory in its place: errors, never a panic.
         std::fs::write(&path, b"VITPR\x01\0").unwrap();
         assert!(load_saved(&path).is_err());
+        assert!(LunShared::open(path.clone()).is_err());
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
         assert!(load_saved(&path).is_err());
         // What encode wrote comes back.
         std::fs::remove_dir(&path).unwrap();
         std::fs::write(&path, PrState::new().encode()).unwrap();
-        assert_eq!(load_saved(&path), Ok(Some(PrState::new())));
+        assert_eq!(load_saved(&path).unwrap(), Some(PrState::new()));
     }
 
     /// Each session's inbox holds what was posted for it, bounded however much is posted and
     /// however long it does not look; a session that ended leaves nothing behind.
     #[test]
     fn inboxes_are_bounded_and_go_with_their_sessions() {
-        let s = LunShared::new(None);
+        let s = LunShared::new();
         let it = |name: &str| ItNexusId {
             initiator: name.into(),
             ..Default::default()
@@ -673,7 +683,7 @@ mod tests {
     /// second must not be answered GOOD, though its own fdatasync (issued after) returns 0.
     #[test]
     fn a_flush_arriving_during_a_failing_round_is_not_good() {
-        let s = LunShared::new(None);
+        let s = LunShared::new();
         let FlushTurn::Issue(r1) = s.flush_join() else {
             panic!("the first request runs a round at once");
         };
@@ -699,7 +709,7 @@ mod tests {
     /// arrives during that one waits for the one after; a waiter that goes away blocks nothing.
     #[test]
     fn flush_rounds_coalesce_waiters_and_never_overlap() {
-        let s = LunShared::new(None);
+        let s = LunShared::new();
         assert_eq!(s.flush_join(), FlushTurn::Issue(1));
         let waiters: Vec<FlushTurn> = (0..3).map(|_| s.flush_join()).collect();
         assert!(
@@ -729,7 +739,7 @@ mod tests {
     /// begins once the round's fdatasyncs have ended does not hold it up.
     #[test]
     fn a_round_waits_for_the_other_flushes_in_flight_when_it_ends() {
-        let s = LunShared::new(None);
+        let s = LunShared::new();
         let fua = s.other_flush_start();
         assert_eq!(s.flush_join(), FlushTurn::Issue(1));
         assert_eq!(s.flush_finish(1, false), None, "the FUA write is in flight");
@@ -752,14 +762,14 @@ mod tests {
         // With none in flight, a round ends with its fdatasyncs.
         assert_eq!(s.flush_join(), FlushTurn::Issue(3));
         assert_eq!(s.flush_finish(3, false), Some(false));
-        let fresh = LunShared::new(None);
+        let fresh = LunShared::new();
         assert_eq!(fresh.flush_join(), FlushTurn::Issue(1));
         assert_eq!(fresh.flush_finish(1, false), Some(true));
     }
 
     #[test]
     fn ranges_exclude_overlaps_only() {
-        let s = LunShared::new(None);
+        let s = LunShared::new();
         assert!(!s.write_blocked(0, 4096));
         assert!(s.try_hold(4096, 8192));
         assert!(!s.try_hold(8191, 8200), "overlap");
@@ -773,7 +783,7 @@ mod tests {
 
     #[test]
     fn atomic_operations_wait_for_writes_in_flight() {
-        let s = LunShared::new(None);
+        let s = LunShared::new();
         // Two plain writes in flight on two data threads.
         assert!(s.write_start(0, 0, 4096));
         assert!(s.write_start(1, 1 << 20, (1 << 20) + 4096));
@@ -809,7 +819,7 @@ mod tests {
 
     #[test]
     fn a_reset_waits_for_every_write_and_range_in_flight() {
-        let s = LunShared::new(None);
+        let s = LunShared::new();
         assert!(s.write_start(0, 0, 4096));
         assert!(s.try_hold(1 << 20, 2 << 20), "a job of another session");
         s.begin_reset();
