@@ -496,9 +496,11 @@ fn aptpl_state_that_cannot_be_saved_fails_the_command() {
     ds.target("pr", &[]);
     let descriptor = ds.lun("pr", 0, "8M");
     let pr = descriptor.with_extension("pr");
+    // Put in the way once vitd has started (at start it would keep the LUN offline: saved
+    // reservations it cannot read back).
+    let vitd = ds.start();
     std::fs::create_dir(&pr).unwrap();
     std::fs::write(pr.join("in-the-way"), b"x").unwrap();
-    let vitd = ds.start();
     let mut s = session(&ds, 1);
     let mut cdb = [0u8; 10];
     cdb[0] = 0x5f; // PERSISTENT RESERVE OUT, REGISTER
