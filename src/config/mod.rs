@@ -11,7 +11,7 @@ mod verify;
 
 pub use model::*;
 pub use printer::{is_printable_value, print};
-pub use verify::{MAX_ALIAS_BYTES, MAX_LUN_ID};
+pub use verify::{MAX_ALIAS_BYTES, MAX_LUN_ID, MAX_TARGET_PORTS};
 
 /// The largest vit.conf accepted, in bytes. It bounds every allocation the parser makes.
 pub const MAX_CONFIG_BYTES: usize = 16 << 20;

@@ -20,6 +20,9 @@ pub const MAX_LUN_ID: u64 = 1023;
 /// See [`super::verify`].
 /// Longest target alias: a login text value (RFC 7143 §6.1).
 pub const MAX_ALIAS_BYTES: usize = 255;
+/// The most portal groups one target may be in: one target port each, numbered by the
+/// relative target port identifier, 1..=65535 (SPC-4 7.8.6.5).
+pub const MAX_TARGET_PORTS: u16 = u16::MAX;
 
 pub(crate) fn verify(cfg: &Config, file: &str) -> Vec<ConfigError> {
     let mut c = Checker {
@@ -681,7 +684,21 @@ impl Checker<'_> {
         // One target port per portal group (ctld refuses a duplicate port): a group listed
         // twice would count as two ports in REPORT TARGET PORT GROUPS.
         let mut groups: HashMap<&str, Pos> = HashMap::new();
-        for pg in &t.portal_groups {
+        for (at, pg) in t.portal_groups.iter().enumerate() {
+            // Its target port is numbered by its place: relative target port identifiers are
+            // 1..=65535 (SPC-4 7.8.6.5, 0 reserved), while tags 0..=65535 allow one group more.
+            if at == usize::from(MAX_TARGET_PORTS) {
+                self.report(
+                    pg.portal_group.pos,
+                    format!(
+                        "portal-group \"{}\" is the {}th of this target: a target is in at most \
+                         {MAX_TARGET_PORTS} portal groups (one relative target port identifier \
+                         each, 1..={MAX_TARGET_PORTS})",
+                        pg.portal_group.name,
+                        at + 1
+                    ),
+                );
+            }
             self.reference("portal-group", &refs.pgs, &pg.portal_group);
             if let Some(ag) = &pg.auth_group {
                 self.reference("auth-group", &refs.ags, ag);
@@ -982,6 +999,27 @@ mod tests {
             [
                 "6:8: size 17592186044416000 bytes is more than a ramdisk LUN may have (70368744177664 bytes, 64 TiB)",
                 "8:14: size 70368744177665 bytes is more than a ramdisk LUN may have (70368744177664 bytes, 64 TiB)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_target_in_more_portal_groups_than_relative_port_ids_is_refused() {
+        // Tags 0..=65535 make 65536 portal groups; a target port's relative identifier is
+        // 1..=65535 (SPC-4 7.8.6.5; 0 is reserved), so a target can be in 65535 of them only.
+        // The 65536th was numbered 65535 + 1, which wrapped to 0 in a release build.
+        let groups: String = (0..=65535u32)
+            .map(|t| format!("portal-group p{t} {{ tag {t} }}\n"))
+            .collect();
+        let listed = |n: u32| -> String {
+            let pgs: String = (0..n).map(|t| format!(" portal-group p{t}\n")).collect();
+            format!("{groups}target {T} {{\n{pgs}}}\n")
+        };
+        assert!(errs(&listed(65535)).is_empty());
+        assert_eq!(
+            errs(&listed(65536)),
+            [
+                "131073:15: portal-group \"p65535\" is the 65536th of this target: a target is in at most 65535 portal groups (one relative target port identifier each, 1..=65535)"
             ]
         );
     }

@@ -557,11 +557,15 @@ impl Control {
                     exp_cmd_sn,
                 };
                 // One target port per portal group the target is in, numbered in the order
-                // vit.conf lists them (SPC-4 7.8.6.5: unique within the target).
+                // vit.conf lists them (SPC-4 7.8.6.5: unique within the target, 1..=65535;
+                // vit.conf holds a target to that many portal groups, `MAX_TARGET_PORTS`).
                 let (relative_port_id, target_ports) = target.as_ref().map_or((1, 1), |t| {
                     let at = t.portal_groups.iter().position(|&g| g == pg).unwrap_or(0);
-                    let n = t.portal_groups.len().clamp(1, usize::from(u16::MAX));
-                    (at as u16 + 1, n as u16)
+                    let id = u16::try_from(at + 1).unwrap_or(crate::config::MAX_TARGET_PORTS);
+                    let n = u16::try_from(t.portal_groups.len())
+                        .unwrap_or(crate::config::MAX_TARGET_PORTS)
+                        .max(1);
+                    (id, n)
                 });
                 let port = TargetPort {
                     target_name: target.as_ref().map_or_else(String::new, |t| t.name.clone()),
