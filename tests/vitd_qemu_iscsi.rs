@@ -510,34 +510,82 @@ fn mapped_data(url: &str) -> Vec<(u64, u64)> {
 
 /// `qemu-img map` of a thin LUN: what was never written is reported as zero and not data, what
 /// was written as data, each range as the extent file's holes and data say. Exercises GET LBA
-/// STATUS (qemu's block status), answered from SEEK_DATA/SEEK_HOLE on the extent.
+/// STATUS (qemu's block status), answered from SEEK_DATA/SEEK_HOLE on the extent; on a 3 TiB
+/// LUN too, whose hole between its first and last blocks is longer than a descriptor's 32-bit
+/// count.
 #[test]
 fn qemu_img_map_of_a_thin_lun_follows_the_extents_holes() {
     if !have_qemu_iscsi() {
         return;
     }
-    let (ds, _vitd, extent) = thin_lun("qmap", "16M");
-    let url = ds.url("qmap", 0);
+    let tib3 = 3u64 << 40;
+    for (size, written) in [
+        (
+            "16M",
+            vec![
+                (MIB, 2 * MIB),
+                (6 * MIB, 6 * MIB + 64 * KIB),
+                (15 * MIB, 15 * MIB + 4 * KIB),
+            ],
+        ),
+        ("3T", vec![(0, 4 * KIB), (tib3 - 64 * KIB, tib3)]),
+    ] {
+        let (ds, _vitd, extent) = thin_lun("qmap", size);
+        let url = ds.url("qmap", 0);
+        let writes: Vec<String> = written
+            .iter()
+            .map(|(a, b)| format!("write -P 0x11 {a} {}", b - a))
+            .collect();
+        let writes: Vec<&str> = writes.iter().map(String::as_str).collect();
+        qemu_io(&url, &writes);
+        assert_eq!(data_ranges(&extent), written, "the extent's data");
+        let tap = Tap::new(ds.port);
+        assert_eq!(mapped_data(&tap.url(&url)), written, "qemu-img map's data");
+        let cmds = tap.commands(&format!("qemu-img map ({size})"));
+        let status: Vec<&Cmd> = cmds.iter().filter(|c| c.is("GET LBA STATUS")).collect();
+        assert!(status.len() >= 2, "qemu asked no GET LBA STATUS");
+        assert!(status.iter().all(|c| c.good()));
+    }
+}
+
+/// `qemu-img map` and `qemu-io discard` on a thin memory LUN (`backend ramdisk` with a
+/// capacity below its size, a bit per 64 KiB chunk): GET LBA STATUS answered from the chunk
+/// bitmap, UNMAP of whole chunks giving them back; data and zeroes read back.
+#[test]
+fn qemu_on_a_thin_memory_lun() {
+    if !have_qemu_iscsi() {
+        return;
+    }
+    let ds = Datastore::new();
+    ds.target("qmem", &[]);
+    ds.add_lun_body("qmem", 0, memory_lun(64 * MIB, Some("32M")));
+    let _vitd = ds.start();
+    let tap = Tap::new(ds.port);
+    let url = tap.url(&ds.url("qmem", 0));
+    qemu_io(&url, &["write -P 0x66 1M 2M", "write -P 0x67 40M 64k"]);
+    tap.commands("writes to a memory LUN");
+    assert_eq!(
+        mapped_data(&url),
+        vec![(MIB, 3 * MIB), (40 * MIB, 40 * MIB + 64 * KIB)]
+    );
+    let cmds = tap.commands("qemu-img map (memory LUN)");
+    assert!(cmds.iter().any(|c| c.is("GET LBA STATUS") && c.good()));
+    qemu_io(&url, &["discard 2M 1M"]);
+    let cmds = tap.commands("discard 2M 1M (memory LUN)");
+    assert!(cmds.iter().any(|c| c.is("UNMAP") && c.good()));
+    assert_eq!(
+        mapped_data(&url),
+        vec![(MIB, 2 * MIB), (40 * MIB, 40 * MIB + 64 * KIB)]
+    );
     qemu_io(
         &url,
         &[
-            "write -P 0x11 1M 1M",
-            "write -P 0x22 6M 64k",
-            "write -P 0x33 15M 4k",
+            "read -P 0x66 1M 1M",
+            "read -P 0 2M 1M",
+            "read -P 0x67 40M 64k",
         ],
     );
-    let written = vec![
-        (MIB, 2 * MIB),
-        (6 * MIB, 6 * MIB + 64 * KIB),
-        (15 * MIB, 15 * MIB + 4 * KIB),
-    ];
-    assert_eq!(data_ranges(&extent), written, "the extent's data");
-    let tap = Tap::new(ds.port);
-    assert_eq!(mapped_data(&tap.url(&url)), written, "qemu-img map's data");
-    let cmds = tap.commands("qemu-img map");
-    let status: Vec<&Cmd> = cmds.iter().filter(|c| c.is("GET LBA STATUS")).collect();
-    assert!(status.len() >= 2, "qemu asked no GET LBA STATUS");
-    assert!(status.iter().all(|c| c.good()));
+    tap.commands("map and reads after it (memory LUN)");
 }
 
 /// `qemu-io -c 'discard OFF LEN'`: UNMAP; the range reads back zeroes (qemu and the extent
@@ -568,6 +616,63 @@ fn qemu_io_discard_unmaps_and_punches_a_hole() {
         &["read -P 0x44 0 1M", "read -P 0 1M 1M", "read -P 0x44 2M 2M"],
     );
     tap.commands("the reads after it");
+}
+
+/// A discard and a write-zeroes longer than the Block Limits page allows one command: qemu
+/// splits the discard into UNMAPs within MAXIMUM UNMAP LBA COUNT (2^20 blocks), the
+/// write-zeroes into WRITE SAMEs within the smaller of MAXIMUM WRITE SAME LENGTH (2^15) and
+/// MAXIMUM TRANSFER LENGTH (2048 blocks); vitd takes every one, and the extent is left with no
+/// data in the ranges.
+#[test]
+fn qemu_discards_and_write_zeroes_past_the_block_limits_are_split() {
+    if !have_qemu_iscsi() {
+        return;
+    }
+    let (ds, _vitd, extent) = thin_lun("qlim", "2G");
+    let url = ds.url("qlim", 0);
+    let data = [
+        "write -P 0x44 0 1M",
+        "write -P 0x44 700M 1M",
+        "write -P 0x44 1500M 1M",
+    ];
+    qemu_io(&url, &data);
+    let tap = Tap::new(ds.port);
+    qemu_io(&tap.url(&url), &["discard 0 1600M"]);
+    let cmds = tap.commands("discard 0 1600M");
+    let unmaps: Vec<&Cmd> = cmds.iter().filter(|c| c.is("UNMAP")).collect();
+    assert!(
+        unmaps.len() >= 4,
+        "1600M is over three times the UNMAP limit"
+    );
+    assert!(unmaps.iter().all(|c| c.good()));
+    assert_eq!(data_ranges(&extent), vec![], "all discarded");
+
+    qemu_io(&url, &data);
+    qemu_io(
+        &tap.url(&url),
+        &["write -z -u 0 64M", "write -z -u 700M 64M"],
+    );
+    let cmds = tap.commands("write -z -u 0 64M, write -z -u 700M 64M");
+    let ws: Vec<&Cmd> = cmds.iter().filter(|c| c.is_write_same()).collect();
+    assert!(ws.len() >= 8, "64M is over the WRITE SAME limit");
+    assert!(
+        ws.iter()
+            .all(|c| c.good() && c.unmap_bit() && c.blocks() <= 2048)
+    );
+    assert_eq!(
+        data_ranges(&extent),
+        vec![(1500 * MIB, 1501 * MIB)],
+        "only the data past both"
+    );
+    qemu_io(
+        &tap.url(&url),
+        &[
+            "read -P 0 0 1M",
+            "read -P 0 700M 1M",
+            "read -P 0x44 1500M 1M",
+        ],
+    );
+    tap.commands("the reads after them");
 }
 
 /// `qemu-io -c 'write -z OFF LEN'` and `write -z -u`: WRITE SAME of a zero block, without and
