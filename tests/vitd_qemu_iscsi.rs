@@ -338,15 +338,23 @@ fn flat(descriptor: &Path) -> PathBuf {
     descriptor.with_file_name(format!("{stem}-flat.vmdk"))
 }
 
-/// `len` bytes of `path` at `off`.
-fn file_bytes(path: &Path, off: u64, len: u64) -> Vec<u8> {
+/// Whether the `len` bytes of `path` at `off` are all `byte`.
+fn holds(path: &Path, off: u64, len: u64, byte: u8) -> bool {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; usize::try_from(len).unwrap()];
     std::fs::File::open(path)
         .unwrap()
         .read_exact_at(&mut buf, off)
         .unwrap();
-    buf
+    buf.iter().all(|&b| b == byte)
+}
+
+/// Writes `len` bytes of `byte` into `path` at `off` (behind vitd's back, with no client on it).
+fn fill(path: &Path, off: u64, len: u64, byte: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&vec![byte; usize::try_from(len).unwrap()], off)
+        .unwrap();
 }
 
 /// The ranges `[start, end)` of `path` holding data, as SEEK_DATA/SEEK_HOLE tell them.
@@ -433,15 +441,7 @@ fn qemu_img_convert_onto_a_lun_then_compare() {
     );
     assert!(ok, "{out}");
     // Old data where the source has none: convert must overwrite it with zeroes.
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&extent)
-            .unwrap();
-        f.write_all_at(&vec![0x99u8; MIB as usize], 8 * MIB)
-            .unwrap();
-    }
+    fill(&extent, 8 * MIB, MIB, 0x99);
     let tap = Tap::new(ds.port);
     let url = tap.url(&ds.url("qconv", 0));
     let (ok, out) = client_within(
@@ -475,7 +475,7 @@ fn qemu_img_convert_onto_a_lun_then_compare() {
     tap.commands("qemu-img compare");
     let expect = |off: u64, len: u64, byte: u8| {
         assert!(
-            file_bytes(&extent, off, len).iter().all(|&b| b == byte),
+            holds(&extent, off, len, byte),
             "extent at {off}: not {byte:#x}"
         );
     };
@@ -610,7 +610,7 @@ fn qemu_io_discard_unmaps_and_punches_a_hole() {
         vec![(0, MIB), (2 * MIB, 4 * MIB)],
         "a hole where discarded"
     );
-    assert!(file_bytes(&extent, MIB, MIB).iter().all(|&b| b == 0));
+    assert!(holds(&extent, MIB, MIB, 0));
     qemu_io(
         &tap.url(&url),
         &["read -P 0x44 0 1M", "read -P 0 1M 1M", "read -P 0x44 2M 2M"],
@@ -696,7 +696,7 @@ fn qemu_io_write_zeroes_is_write_same() {
         assert_eq!(ws[0].op(), op);
         assert!(!ws[0].unmap_bit() && ws[0].good());
         assert_eq!((ws[0].lba(), u64::from(ws[0].blocks())), (2048, 2048));
-        assert!(file_bytes(&extent, MIB, MIB).iter().all(|&b| b == 0));
+        assert!(holds(&extent, MIB, MIB, 0));
         assert_eq!(data_ranges(&extent), vec![(0, 4 * MIB)], "still allocated");
 
         qemu_io(&tap.url(&url), &["write -z -u 2M 1M"]);
@@ -706,7 +706,7 @@ fn qemu_io_write_zeroes_is_write_same() {
         assert_eq!(ws[0].op(), op);
         assert!(ws[0].unmap_bit() && ws[0].good());
         assert_eq!((ws[0].lba(), u64::from(ws[0].blocks())), (4096, 2048));
-        assert!(file_bytes(&extent, 2 * MIB, MIB).iter().all(|&b| b == 0));
+        assert!(holds(&extent, 2 * MIB, MIB, 0));
         assert_eq!(
             data_ranges(&extent),
             vec![(0, 2 * MIB), (3 * MIB, 4 * MIB)],
@@ -731,14 +731,7 @@ fn qemu_io_on_a_read_only_lun_reads_and_does_not_write() {
     let ds = Datastore::new();
     ds.target("qro", &[]);
     let extent = flat(&ds.lun("qro", 0, "8M"));
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&extent)
-            .unwrap();
-        f.write_all_at(&vec![0x77u8; MIB as usize], 0).unwrap();
-    }
+    fill(&extent, 0, MIB, 0x77);
     ds.vitctl(&[
         "target",
         "lun",
@@ -769,7 +762,7 @@ fn qemu_io_on_a_read_only_lun_reads_and_does_not_write() {
         .then_some(())
         .expect("read-only open reads");
     tap.commands("read-only reads");
-    assert!(file_bytes(&extent, 0, MIB).iter().all(|&b| b == 0x77));
+    assert!(holds(&extent, 0, MIB, 0x77));
 }
 
 /// One 8 MiB write and one 8 MiB read from qemu-io: qemu splits each by the Block Limits
@@ -808,6 +801,6 @@ fn qemu_io_large_transfers_are_split_by_the_block_limits() {
             assert_eq!(total * 512, 8 * MIB, "{op:#x}s add up to 8 MiB");
             assert_eq!(io.iter().map(|c| c.lba()).min(), Some(off / 512));
         }
-        assert!(file_bytes(&extent, off, 8 * MIB).iter().all(|&b| b == 0x5a));
+        assert!(holds(&extent, off, 8 * MIB, 0x5a));
     }
 }
