@@ -5,48 +5,8 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// The fio with the libiscsi engine that perf/build-fio.sh builds, if it is there.
-fn fio() -> Option<PathBuf> {
-    let path = match std::env::var_os("FIO") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let cache = std::env::var_os("VIT_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/vit")
-                });
-            cache.join("fio/fio")
-        }
-    };
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "note: no fio with libiscsi at {}; skipping (./scripts/test builds it)",
-            path.display()
-        );
-        None
-    }
-}
-
-/// Runs fio with `args` under a time limit of `secs`: whether it exited 0, and all it printed.
-fn run_fio(fio: &Path, secs: u32, args: &[&str]) -> (bool, String) {
-    let out = Command::new("timeout")
-        .arg(secs.to_string())
-        .arg(fio)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 /// One fio pass over [offset, offset+size): random writes of mixed sizes stamped with crc32c,
 /// or (`verify_only`) the read-back check of exactly those blocks.

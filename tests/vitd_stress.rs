@@ -28,26 +28,6 @@ fn seed() -> u64 {
     s
 }
 
-/// Threads of process `pid` (the kernel's io_uring workers, which come and go with the
-/// kernel's load, left out) and its open descriptors.
-fn resources(pid: u32) -> (usize, usize) {
-    let threads = names(pid).iter().filter(|n| !n.starts_with("iou-")).count();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |r| r.count());
-    (threads, fds)
-}
-
-/// The names of process `pid`'s threads.
-fn names(pid: u32) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|r| {
-            r.flatten()
-                .map(|t| std::fs::read_to_string(t.path().join("comm")).unwrap_or_default())
-                .map(|n| n.trim_end().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// One command of a batch: its ITT, CmdSN, and what it was (for messages).
 struct Sent {
     itt: u32,

@@ -21,6 +21,66 @@ pub fn have(program: &str) -> bool {
     found
 }
 
+/// The fio with the libiscsi engine that perf/build-fio.sh builds, if it is there.
+pub fn fio() -> Option<PathBuf> {
+    let path = match std::env::var_os("FIO") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let cache = std::env::var_os("VIT_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/vit")
+                });
+            cache.join("fio/fio")
+        }
+    };
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!(
+            "note: no fio with libiscsi at {}; skipping (./scripts/test builds it)",
+            path.display()
+        );
+        None
+    }
+}
+
+/// Runs fio with `args` under a time limit of `secs`: whether it exited 0, and all it printed.
+pub fn run_fio(fio: &Path, secs: u32, args: &[&str]) -> (bool, String) {
+    let out = Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(fio)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Threads of process `pid` (the kernel's io_uring workers, which come and go with the
+/// kernel's load, left out) and its open descriptors.
+pub fn resources(pid: u32) -> (usize, usize) {
+    let threads = names(pid).iter().filter(|n| !n.starts_with("iou-")).count();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |r| r.count());
+    (threads, fds)
+}
+
+/// The names of process `pid`'s threads.
+pub fn names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|r| {
+            r.flatten()
+                .map(|t| std::fs::read_to_string(t.path().join("comm")).unwrap_or_default())
+                .map(|n| n.trim_end().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Raises this process's open-files limit to its hard limit; false (with a note) when that is
 /// under `need` (a test holding many connections then skips).
 pub fn raise_open_files(need: u64) -> bool {
