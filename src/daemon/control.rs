@@ -68,6 +68,29 @@ struct CtlConn {
     held_back: bool,
 }
 
+impl CtlConn {
+    /// Whose connection this is, for log lines.
+    fn who(&self) -> String {
+        let peer = self.peer;
+        match &self.phase {
+            Phase::Login(login) => login.who(),
+            Phase::Discovery(c) => {
+                format!(
+                    "discovery session of {} from {peer}",
+                    c.params.initiator_name
+                )
+            }
+            Phase::Handoff(c) => {
+                let target = c.target.as_ref().map_or("-", |t| t.name.as_str());
+                format!(
+                    "session of {} from {peer} to {target}",
+                    c.params.initiator_name
+                )
+            }
+        }
+    }
+}
+
 /// A session handed to a data thread, for reinstatement (same initiator and ISID).
 struct SessionRec {
     initiator: String,
@@ -307,7 +330,15 @@ impl Control {
                          reload yet); a changed vit.conf takes effect when vitd restarts; serving on"
                     );
                 } else {
-                    tracing::info!("signal {signo} received: stopping");
+                    let name = match signo as i32 {
+                        libc::SIGTERM => "SIGTERM".to_string(),
+                        libc::SIGINT => "SIGINT".to_string(),
+                        other => format!("signal {other}"),
+                    };
+                    tracing::info!(
+                        "{name} received: stopping; {} sessions asked to log out",
+                        self.sessions.len()
+                    );
                     return true;
                 }
             }
@@ -395,16 +426,16 @@ impl Control {
             return;
         }
         let n = match c.stream.read(&mut c.rx[c.rx_len..]) {
-            Ok(0) => return self.drop_conn(idx),
+            Ok(0) => return self.peer_closed(idx),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-            Err(_) => return self.drop_conn(idx),
+            Err(_) => return self.peer_closed(idx),
         };
         c.rx_len += n;
         if let Err(why) = self.process(idx) {
             if let Some(c) = self.conns[idx].as_ref() {
-                let peer = c.peer;
-                self.log_failure(&format!("{peer}: {why}"));
+                let who = c.who();
+                self.log_failure(&format!("{who}: {why}: connection closed"));
             }
             return self.drop_conn(idx);
         }
@@ -475,8 +506,8 @@ impl Control {
                     };
                     c.tx.extend_from_slice(&response);
                     if let Some(outcome) = login.take_outcome() {
-                        let initiator = login.initiator().to_string();
-                        self.login_done(idx, outcome, &initiator);
+                        let who = login.who();
+                        self.login_done(idx, outcome, &who);
                     }
                     return Ok(());
                 };
@@ -496,8 +527,8 @@ impl Control {
                 let response = login.on_request(&req, &data);
                 c.tx.extend_from_slice(&response);
                 if let Some(outcome) = login.take_outcome() {
-                    let initiator = login.initiator().to_string();
-                    self.login_done(idx, outcome, &initiator);
+                    let who = login.who();
+                    self.login_done(idx, outcome, &who);
                 }
                 return Ok(());
             }
@@ -538,7 +569,7 @@ impl Control {
                     c.close_after_flush = true;
                 }
                 self.log_failure(&format!(
-                    "login of {who} from {peer} refused ({}): {reason}",
+                    "{who} refused ({}): {reason}",
                     status_name(status)
                 ));
             }
@@ -698,21 +729,21 @@ impl Control {
             }
             while !c.tx.is_empty() {
                 match c.stream.write(&c.tx) {
-                    Ok(0) => return self.drop_conn(idx),
+                    Ok(0) => return self.peer_closed(idx),
                     Ok(n) => {
                         c.tx.drain(..n);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => return self.drop_conn(idx),
+                    Err(_) => return self.peer_closed(idx),
                 }
             }
             // Requests held back while too many answers waited are answered now, and their
             // answers sent (each round answers at least one request, so this ends).
             if c.held_back && c.tx.len() <= TX_HELD_MAX {
                 c.held_back = false;
-                let peer = c.peer;
+                let who = c.who();
                 if let Err(why) = self.process(idx) {
-                    self.log_failure(&format!("{peer}: {why}"));
+                    self.log_failure(&format!("{who}: {why}: connection closed"));
                     return self.drop_conn(idx);
                 }
                 continue;
@@ -771,13 +802,30 @@ impl Control {
             if let Some(c) = self.conns[idx].as_ref()
                 && now > c.deadline
             {
-                let (peer, login) = (c.peer, matches!(c.phase, Phase::Login(_)));
-                if login {
-                    self.log_failure(&format!("login from {peer} timed out"));
+                if matches!(c.phase, Phase::Login(_)) {
+                    let who = c.who();
+                    self.log_failure(&format!(
+                        "{who} timed out: not ended within {} s",
+                        LOGIN_TIMEOUT.as_secs()
+                    ));
                 }
                 self.drop_conn(idx);
             }
         }
+    }
+
+    /// The initiator closed the connection (or it failed): a login it had begun and not ended
+    /// is logged (a mutual CHAP secret the initiator refuses shows only so), then it goes.
+    fn peer_closed(&mut self, idx: usize) {
+        if let Some(CtlConn {
+            phase: Phase::Login(login),
+            ..
+        }) = self.conns.get(idx).and_then(Option::as_ref)
+            && let Some(line) = login.abandoned()
+        {
+            self.log_failure(&line);
+        }
+        self.drop_conn(idx);
     }
 
     fn drop_conn(&mut self, idx: usize) {
@@ -875,8 +923,18 @@ fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
     }
 }
 
+/// A login status for log lines: its words as RFC 7143 §11.13.5 names it, and its code
+/// ("authentication failure, 0x0201").
 fn status_name(s: LoginStatus) -> String {
-    format!("{:?} 0x{:04x}", s, s as u16)
+    let name = format!("{s:?}");
+    let mut words = String::new();
+    for ch in name.chars() {
+        if ch.is_ascii_uppercase() && !words.is_empty() {
+            words.push(' ');
+        }
+        words.push(ch.to_ascii_lowercase());
+    }
+    format!("{words}, 0x{:04x}", s as u16)
 }
 
 #[cfg(test)]

@@ -75,6 +75,16 @@ pub struct Login {
     /// it reinstates one of these sessions with its ISID (initiator name, target name, portal
     /// group tag).
     full: Option<Vec<(String, String, u16)>>,
+    /// What the first request asked for, for log lines: the TargetName of a normal session
+    /// (found or not), `None` for a discovery session or before the first request named it.
+    asked: Option<String>,
+    /// The first request asked for a discovery session.
+    discovery: bool,
+    /// The last response sent vitd's own mutual CHAP response: an initiator that closes the
+    /// connection then most likely refused it (a mutual secret that differs on both sides).
+    mutual_answered: bool,
+    /// The outcome was taken: the login ended (with a session or a refusal).
+    ended: bool,
 }
 
 impl Login {
@@ -101,6 +111,10 @@ impl Login {
             stage: None,
             deferred: None,
             full: None,
+            asked: None,
+            discovery: false,
+            mutual_answered: false,
+            ended: false,
         }
     }
 
@@ -124,7 +138,39 @@ impl Login {
 
     /// Takes the outcome once the last response has been produced.
     pub fn take_outcome(&mut self) -> Option<LoginOutcome> {
-        self.outcome.take()
+        let outcome = self.outcome.take();
+        self.ended |= outcome.is_some();
+        outcome
+    }
+
+    /// Who logs in where, for log lines: "login of INITIATOR from ADDR to TARGET", "discovery
+    /// login of INITIATOR from ADDR", or "login from ADDR" before the first request named them.
+    pub fn who(&self) -> String {
+        let peer = self.peer;
+        match (&self.initiator, &self.asked) {
+            (None, _) => format!("login from {peer}"),
+            (Some(i), _) if self.discovery => format!("discovery login of {i} from {peer}"),
+            (Some(i), Some(t)) => format!("login of {i} from {peer} to {t}"),
+            (Some(i), None) => format!("login of {i} from {peer}"),
+        }
+    }
+
+    /// The log line for a connection the initiator closed while this login had begun and not
+    /// ended (`None` for one that sent no Login Request, or whose login ended: nothing to say).
+    pub fn abandoned(&self) -> Option<String> {
+        if self.first || self.ended {
+            return None;
+        }
+        let hint = if self.mutual_answered {
+            ", after vitd's mutual CHAP response: the initiator most likely refused it; check \
+             that the target's mutual CHAP user and secret are those the initiator expects"
+        } else {
+            ""
+        };
+        Some(format!(
+            "{}: the initiator closed the connection before the login ended{hint}",
+            self.who()
+        ))
     }
 
     /// A PDU other than a Login Request arrived (its Initiator Task Tag `itt`). Before any
@@ -272,7 +318,10 @@ impl Login {
                     let lookup = |user: &str| chap_secrets(&policy, user);
                     match self.chap.step(&keys, lookup, &mut out) {
                         Ok(ChapStep::ChallengeSent) => {}
-                        Ok(ChapStep::Authenticated { .. }) => self.authenticated = true,
+                        Ok(ChapStep::Authenticated { .. }) => {
+                            self.authenticated = true;
+                            self.mutual_answered = keys.get("CHAP_C").is_some();
+                        }
                         Err(e) => return Err((e.login_status(), e.to_string())),
                     }
                 } else if !needs_chap {
@@ -384,6 +433,7 @@ impl Login {
         }
         self.initiator = Some(initiator.clone());
         let discovery = keys.get("SessionType") == Some("Discovery");
+        self.discovery = discovery;
         let pg = self
             .running
             .portal_groups
@@ -415,6 +465,7 @@ impl Login {
                 })?
                 .clone();
             let policy = target.auth_for(self.pg).clone();
+            self.asked = Some(target.name.clone());
             self.target = Some(target);
             policy
         };

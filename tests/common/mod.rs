@@ -254,21 +254,29 @@ pub struct Vitd {
 
 impl Vitd {
     pub fn start(root: &Path, port: u16, extra: &[&str]) -> Vitd {
+        Vitd::spawn(Vitd::command(root, extra), port)
+    }
+
+    /// The command [`Vitd::start`] runs: vitd on `root` with 2 data threads and `extra`.
+    pub fn command(root: &Path, extra: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitd"));
         cmd.arg("--datastore")
             .arg(root)
             .arg("--cores")
             .arg("2")
             .args(extra);
-        Vitd::spawn(cmd, port)
+        cmd
     }
 
     /// Runs `cmd` (which ends up exec'ing vitd) and waits until it accepts connections on `port`.
+    /// vitd logs at info unless `cmd` sets RUST_LOG.
     pub fn spawn(mut cmd: Command, port: u16) -> Vitd {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("vitd.log");
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "info");
+        }
         let child = cmd
-            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
