@@ -152,3 +152,79 @@ fn chap_logins_log_who_and_why_but_never_a_secret_even_at_trace() {
         "{log}"
     );
 }
+
+/// At info a session is one line at its login and one at its end, saying why it ended (logged
+/// out, closed by the initiator, reinstated by a new login) and naming its initiator, target
+/// and address; the commands between add nothing. The start says the version, what is served,
+/// where and with what limits; the stop says why and that it is done.
+#[test]
+fn sessions_log_their_login_and_why_they_ended_never_their_commands() {
+    let (ds, mut vitd) = serve_one("s", "8M");
+    let initiator = "iqn.2026-11.io.vit:log-initiator";
+    let isid = [0x80, 0, 0, 0, 0x10, 0x01];
+    let mut s = login(ds.port, initiator, &iqn("s"), isid);
+    let addr = s.stream.local_addr().unwrap().to_string();
+    s.test_unit_ready().unwrap();
+    let before = vitd.log_text().lines().count();
+    for _ in 0..300 {
+        s.test_unit_ready().unwrap();
+        s.command(0, &cdb16(0x88, 0, 8), &[], 4096).unwrap();
+    }
+    let log = vitd.log_text();
+    assert_eq!(log.lines().count(), before, "lines per command: {log}");
+    let logged_in = lines_with(
+        &log,
+        &["INFO", "session logged in", initiator, &iqn("s"), &addr],
+    );
+    assert_eq!(logged_in.len(), 1, "{log}");
+    // Reinstated: the same initiator and ISID log in again.
+    let mut again = login(ds.port, initiator, &iqn("s"), isid);
+    let again_addr = again.stream.local_addr().unwrap().to_string();
+    again.test_unit_ready().unwrap();
+    assert!(
+        wait_for_line(
+            &vitd,
+            &["session ended: reinstated by a new login", initiator, &addr]
+        ),
+        "{}",
+        vitd.log_text()
+    );
+    // Closed by the initiator, without a logout.
+    drop(again);
+    assert!(
+        wait_for_line(
+            &vitd,
+            &[
+                "session ended: connection closed by the initiator",
+                &again_addr
+            ]
+        ),
+        "{}",
+        vitd.log_text()
+    );
+    // Logged out.
+    if have(RC16) {
+        let (ok, out) = client(RC16, &[&ds.url("s", 0)]);
+        assert!(ok, "{out}");
+        assert!(
+            wait_for_line(&vitd, &["session ended: logged out", "libiscsi", &iqn("s")]),
+            "{}",
+            vitd.log_text()
+        );
+    }
+    assert!(vitd.stop().success());
+    let log = vitd.log_text();
+    let port = format!("listening on 127.0.0.1:{}", ds.port);
+    let version = format!("vitd {} starting", env!("CARGO_PKG_VERSION"));
+    for start in [
+        version.as_str(),
+        "1 target, 1 LUN, 1 portal group",
+        &port,
+        "2 data threads ready",
+        "--max-sessions",
+        "SIGTERM received: stopping",
+    ] {
+        assert!(log.contains(start), "{start}: {log}");
+    }
+    assert!(log.trim_end().ends_with("stopped"), "{log}");
+}

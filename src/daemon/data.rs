@@ -276,6 +276,9 @@ impl FileOp {
 struct Slot {
     stream: TcpStream,
     fd: RawFd,
+    /// The initiator's address, for log lines (taken at the handoff: after the peer has gone
+    /// the socket may no longer say).
+    peer: Option<std::net::SocketAddr>,
     conn: Conn,
     reader: PduReader,
     rx: Box<[u8]>,
@@ -394,7 +397,11 @@ impl Worker {
         ended: Sender<u64>,
     ) -> std::io::Result<Self> {
         let (ring, features) = uring::build_ring(256)?;
-        tracing::debug!(?features, "data ring ready");
+        tracing::debug!(
+            single_issuer = features.single_issuer,
+            defer_taskrun = features.defer_taskrun,
+            "data ring ready"
+        );
         let pool = BufferPool::new(buffers)?;
         pool.register(&ring)?;
         let fixed_files = fixed_table_size();
@@ -621,10 +628,12 @@ impl Worker {
     fn add(&mut self, stream: TcpStream, conn: Conn, prefix: &[u8]) {
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
+        let peer = stream.peer_addr().ok();
         let reader = PduReader::new(conn.params.reader_limits());
         let mut slot = Box::new(Slot {
             stream,
             fd,
+            peer,
             conn,
             reader,
             rx: vec![0u8; RX_BYTES].into_boxed_slice(),
@@ -1607,7 +1616,13 @@ impl Worker {
             return;
         };
         if !s.closing {
-            tracing::info!(initiator = %s.conn.params.initiator_name, target = %s.conn.target.as_ref().map_or("-", |t| t.name.as_str()), "connection closed: {why}");
+            let peer = s.peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+            tracing::info!(
+                initiator = %s.conn.params.initiator_name,
+                target = %s.conn.target.as_ref().map_or("-", |t| t.name.as_str()),
+                peer = %peer,
+                "session ended: {why}"
+            );
             s.closing = true;
             // SAFETY: shutdown(2) on a socket we own; pending receives then complete.
             unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };

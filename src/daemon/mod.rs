@@ -339,6 +339,11 @@ fn report_open_files(max_sessions: usize) {
 pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // Block the stop signals before any thread starts, so that only the control thread sees them.
     let signals = control::signal_fd()?;
+    tracing::info!(
+        "vitd {} starting (pid {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    );
     let open_files = raise_open_files_limit();
     tracing::info!("open files limit {open_files}");
     let ds = open_datastore(&opts)?;
@@ -410,7 +415,25 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             ended_tx.clone(),
         )?);
     }
-    tracing::info!("{n} data threads ready");
+    let stall = if opts.stall_timeout.is_zero() {
+        DEFAULT_STALL_TIMEOUT
+    } else {
+        opts.stall_timeout
+    };
+    let poll = if opts.poll_us > 0 {
+        format!(
+            ", the ring polled {} µs before sleeping (--poll-us)",
+            opts.poll_us
+        )
+    } else {
+        String::new()
+    };
+    tracing::info!(
+        "{n} data threads ready; at most {} sessions (--max-sessions), a connection stalled \
+         {} s dropped (--stall-timeout){poll}",
+        opts.max_sessions,
+        stall.as_secs()
+    );
     report_open_files(opts.max_sessions);
     let running = std::sync::Arc::new(running);
     let control = control::Control::new(

@@ -953,12 +953,14 @@ pub fn describe(r: &Running) -> String {
     } else {
         String::new()
     };
+    let count =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     format!(
-        "generation {}: {} targets, {} LUNs{offline}, {} portal groups",
+        "generation {}: {}, {}{offline}, {}",
         r.generation,
-        r.targets.len(),
-        luns,
-        r.portal_groups.len()
+        count(r.targets.len(), "target", "targets"),
+        count(luns, "LUN", "LUNs"),
+        count(r.portal_groups.len(), "portal group", "portal groups")
     )
 }
 
