@@ -463,6 +463,14 @@ fn a_failed_flush_is_never_followed_by_good() {
     );
     assert_eq!(first.1, 7, "{first:?}"); // the loop device says ENOSPC
     flushes_fail([a, b], "a flush after a failed one answered GOOD");
+    // The operator reads which LUN of which target may have lost writes.
+    let log = vitd.log_text();
+    let target_lun = format!("target {} LUN 0: flushing its writes", iqn("flush"));
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains(&target_lun)),
+        "{log}"
+    );
     drop(vitd);
     drop(fs);
 }

@@ -1496,7 +1496,10 @@ impl Worker {
                 && lun.shared.note_flush_failed()
             {
                 tracing::error!(
-                    "LUN {}: flushing its writes to the backing store failed ({}): data acknowledged before may be lost; every later SYNCHRONIZE CACHE of it fails until vitd restarts",
+                    "target {} LUN {}: flushing its writes to the backing store failed ({}): \
+                     data acknowledged before may be lost; every later SYNCHRONIZE CACHE of it \
+                     fails until vitd restarts",
+                    s.conn.target.as_ref().map_or("-", |t| t.name.as_str()),
                     lun.id,
                     std::io::Error::from_raw_os_error(-res)
                 );

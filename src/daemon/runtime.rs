@@ -928,11 +928,18 @@ fn lun_info(l: &LunRt) -> Result<LunInfo, RuntimeError> {
 
 /// Flushes every extent to stable storage (at shutdown, after the data threads stopped).
 pub fn sync_all(r: &Running) {
-    for lun in r.targets.iter().flat_map(|t| t.luns.iter()) {
-        if let Backing::Vmdk { files, .. } = &lun.backing {
-            for f in files.iter().flatten() {
-                if let Err(e) = f.sync_data() {
-                    tracing::error!("LUN {}: flushing an extent failed: {e}", lun.id);
+    for t in &r.targets {
+        for lun in &t.luns {
+            if let Backing::Vmdk { files, .. } = &lun.backing {
+                for f in files.iter().flatten() {
+                    if let Err(e) = f.sync_data() {
+                        tracing::error!(
+                            "target {} LUN {}: flushing an extent at stop failed ({e}): writes \
+                             acknowledged before may be lost",
+                            t.name,
+                            lun.id
+                        );
+                    }
                 }
             }
         }
