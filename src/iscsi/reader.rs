@@ -59,7 +59,7 @@ impl ReaderLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum ReadError {
     /// DataSegmentLength exceeds our MaxRecvDataSegmentLength. Fatal for the connection.
-    #[error("BHS field DataSegmentLength: {len} exceeds the limit {max}")]
+    #[error("BHS field DataSegmentLength: {len} bytes exceeds the limit of {max} bytes")]
     DataSegmentTooLong {
         /// The length received.
         len: u32,
@@ -67,7 +67,7 @@ pub enum ReadError {
         max: u32,
     },
     /// TotalAHSLength exceeds the AHS limit. Fatal for the connection.
-    #[error("BHS field TotalAHSLength: {len} bytes exceeds the limit {max}")]
+    #[error("BHS field TotalAHSLength: {len} bytes exceeds the limit of {max} bytes")]
     AhsTooLong {
         /// The AHS length in bytes.
         len: usize,
