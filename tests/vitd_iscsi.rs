@@ -97,34 +97,7 @@ fn chap_and_mutual_chap() {
         return;
     }
     let ds = Datastore::new();
-    ds.target(
-        "c",
-        &[
-            "--auth-type",
-            "chap",
-            "--chap-user",
-            "alice",
-            "--chap-secret",
-            "alicesecret12",
-        ],
-    );
-    ds.lun("c", 0, "8M");
-    ds.target(
-        "m",
-        &[
-            "--auth-type",
-            "chap-mutual",
-            "--chap-user",
-            "bob",
-            "--chap-secret",
-            "bobsecret1234",
-            "--mutual-user",
-            "tgt",
-            "--mutual-secret",
-            "tgtsecret1234",
-        ],
-    );
-    ds.lun("m", 0, "8M");
+    ds.chap_targets();
     let vitd = ds.start();
     let url = |user: &str, secret: &str, alias: &str, extra: &str| {
         format!(

@@ -52,34 +52,7 @@ fn chap_logins_log_who_and_why_but_never_a_secret_even_at_trace() {
         return;
     }
     let ds = Datastore::new();
-    ds.target(
-        "c",
-        &[
-            "--auth-type",
-            "chap",
-            "--chap-user",
-            "alice",
-            "--chap-secret",
-            "alicesecret12",
-        ],
-    );
-    ds.lun("c", 0, "8M");
-    ds.target(
-        "m",
-        &[
-            "--auth-type",
-            "chap-mutual",
-            "--chap-user",
-            "bob",
-            "--chap-secret",
-            "bobsecret1234",
-            "--mutual-user",
-            "tgt",
-            "--mutual-secret",
-            "tgtsecret1234",
-        ],
-    );
-    ds.lun("m", 0, "8M");
+    ds.chap_targets();
     let mut cmd = Vitd::command(ds.root(), &[]);
     cmd.env("RUST_LOG", "trace");
     let mut vitd = Vitd::spawn(cmd, ds.port);

@@ -220,6 +220,39 @@ impl Datastore {
             });
         });
     }
+    /// Targets `c` (CHAP: user alice, secret alicesecret12) and `m` (mutual CHAP: user bob,
+    /// secret bobsecret1234; the target's user tgt, secret tgtsecret1234), each with an 8 MiB
+    /// LUN 0.
+    pub fn chap_targets(&self) {
+        self.target(
+            "c",
+            &[
+                "--auth-type",
+                "chap",
+                "--chap-user",
+                "alice",
+                "--chap-secret",
+                "alicesecret12",
+            ],
+        );
+        self.lun("c", 0, "8M");
+        self.target(
+            "m",
+            &[
+                "--auth-type",
+                "chap-mutual",
+                "--chap-user",
+                "bob",
+                "--chap-secret",
+                "bobsecret1234",
+                "--mutual-user",
+                "tgt",
+                "--mutual-secret",
+                "tgtsecret1234",
+            ],
+        );
+        self.lun("m", 0, "8M");
+    }
     pub fn url(&self, alias: &str, lun: u32) -> String {
         format!("iscsi://127.0.0.1:{}/{}/{lun}", self.port, iqn(alias))
     }
