@@ -264,7 +264,7 @@ fn fio_rides_through_cut_connections_and_vitd_keeps_no_session() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let log = vitd.log_text();
-        let closed = log.matches("connection closed").count();
+        let closed = log.matches("session ended: ").count();
         let now = resources(pid);
         if closed == logins(&log) && now == before {
             break;
