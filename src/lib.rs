@@ -7,6 +7,9 @@
 //! - [`datastore`]: the on-disk layout of a datastore, safe path resolution, atomic config updates.
 //! - [`iscsi`]: the iSCSI transport: PDU codec, login keys, CHAP, digests.
 //! - [`scsi`]: the SCSI device server: CDB decode, sense data, command execution.
+//! - [`fsutil`]: the one crash-safe file writer.
+//! - [`ctl`]: the operations behind `vitctl`.
+//! - [`daemon`]: `vitd`: the control thread and the io_uring data threads.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod config;

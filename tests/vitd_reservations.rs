@@ -1,5 +1,8 @@
 //! Persistent reservations registered with APTPL survive a restart of vitd (the state is kept
-//! beside the LUN, written atomically); without APTPL they do not.
+//! beside the LUN, written atomically); without APTPL they do not. A state that cannot be saved
+//! fails its command, and one that cannot be read back keeps its LUN offline. EXTENDED COPY
+//! honours the reservations of both its LUNs and stops between its steps when it is aborted, its
+//! connection ends or a LUN it writes is reset.
 
 mod common;
 use common::*;

@@ -1,5 +1,5 @@
 //! Session behaviours libiscsi's tools cannot trigger: reinstatement, dead peers, silence,
-//! malformed PDUs in full feature phase. Driven by a minimal initiator (tests/common/initiator.rs).
+//! malformed PDUs in full feature phase. Driven by a minimal initiator (`vit::iscsi::initiator`).
 
 mod common;
 use common::*;

@@ -1,6 +1,8 @@
 //! A data thread: one io_uring ring, one pool of registered buffers, the fixed files of the
 //! extents it serves, and the connections handed to it. Nothing here is shared with other threads
-//! except the handoff channel (and its eventfd), so the data path takes no locks.
+//! except the handoff channel (and its eventfd), the channel of ended sessions and each LUN's
+//! `shared.rs` state, which a plain READ or WRITE reads with atomics alone while no reservation,
+//! mail or held range is there, so the data path takes no locks.
 //!
 //! Per connection, at most one receive and one send are in flight. Receives land in a staging
 //! buffer, except a large data segment whose destination is a task's registered buffer: that is

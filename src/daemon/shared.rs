@@ -3,8 +3,8 @@
 //! by COMPARE AND WRITE, ORWRITE and WRITE ATOMIC, with the count of plain writes in flight those
 //! wait for, and its flush rounds (one round of SYNCHRONIZE CACHE fdatasyncs at a time, on any
 //! thread). Everything else on the data path is owned by one thread. The READ fast path touches
-//! two atomics (`pr_active`, `ranges_held`); a plain WRITE also counts itself in and out on its
-//! data thread's own cache line.
+//! two atomics (`pr_active`, `mail_seq`); a plain WRITE also reads `ranges_held` and counts
+//! itself in and out on its data thread's own cache line.
 
 use crate::datastore::write_atomic;
 use crate::scsi::SenseReason;

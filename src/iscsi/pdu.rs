@@ -1,5 +1,6 @@
-//! The 48-byte Basic Header Segment (RFC 7143 section 11): typed decode of initiator PDUs and
-//! encode of target PDUs.
+//! The 48-byte Basic Header Segment (RFC 7143 section 11): typed decode and encode of initiator
+//! and target PDUs (the target decodes the initiator's and encodes its own; [`super::initiator`]
+//! and tests the reverse).
 //!
 //! Every PDU type is a plain struct whose fields sit at fixed offsets of the BHS. One table per
 //! struct (the `bhs_pdu!` invocations below) drives both directions, so encode and decode cannot
