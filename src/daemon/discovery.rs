@@ -1,4 +1,5 @@
-//! SendTargets (RFC 7143 appendix D): which targets an initiator sees and where.
+//! SendTargets (RFC 7143 appendix D): which targets an initiator sees and where; and the answer
+//! to every full-feature-phase Text Request ([`answer_text`]), SendTargets or other keys.
 
 use super::login::chap_secrets;
 use super::runtime::{AuthPolicy, Running, TargetRt};
