@@ -1,7 +1,7 @@
 //! vit.conf: FreeBSD ctl.conf(5) syntax with VMware's additions.
 //!
 //! [`parse`] turns text into the typed [`Config`] (stopping at the first syntax error),
-//! [`verify`] reports every semantic error, [`load`] does both, and [`print`] writes the canonical
+//! [`verify()`] reports every semantic error, [`load`] does both, and [`print()`] writes the canonical
 //! text that parses back to an equal model.
 mod lexer;
 pub mod model;
@@ -65,7 +65,7 @@ pub fn verify(cfg: &Config, file: &str) -> Vec<ConfigError> {
 }
 
 /// What a valid configuration says that it should not (ctld accepts it too), in file order: for
-/// vitd to log at start. See [`verify::warnings`].
+/// vitd to log at start. See `verify::warnings`.
 pub fn warnings(cfg: &Config, file: &str) -> Vec<ConfigError> {
     verify::warnings(cfg, file)
 }

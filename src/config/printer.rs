@@ -12,7 +12,7 @@ pub fn is_printable_value(s: &str) -> bool {
     !s.is_empty() && !s.chars().any(|c| c == '"' || c.is_control())
 }
 
-/// Prints `cfg` as canonical vit.conf text. For every model that [`super::verify`] accepts and
+/// Prints `cfg` as canonical vit.conf text. For every model that [`super::verify()`] accepts and
 /// whose strings are printable, the text parses back to an equal model.
 pub fn print(cfg: &Config) -> String {
     let mut p = Printer {

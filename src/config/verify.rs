@@ -17,7 +17,7 @@ pub(crate) const MAX_PCP: u8 = 7;
 /// on are reported in flat space addressing (`scsi::encode_lun`).
 pub const MAX_LUN_ID: u64 = 1023;
 
-/// See [`super::verify`].
+/// See [`super::verify()`].
 /// Longest target alias: a login text value (RFC 7143 §6.1).
 pub const MAX_ALIAS_BYTES: usize = 255;
 /// The most portal groups one target may be in: one target port each, numbered by the

@@ -1655,7 +1655,7 @@ impl Conn {
     /// its tasks there; if so the task is marked aborted ([`Conn::aborted`]).
     /// The data thread calls this between PDUs, while a receive may be filling a task's
     /// buffer: no task is freed here, and the mail is left for the next command or Data-Out
-    /// to take whole ([`Conn::check_mail`]: unit attentions, the other tasks aborted).
+    /// to take whole (`Conn::check_mail`: unit attentions, the other tasks aborted).
     pub fn check_task_mail(&mut self, task: u16) {
         let at = self
             .tasks

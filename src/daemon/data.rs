@@ -309,7 +309,7 @@ struct Slot {
     /// Backing-store work in flight, by task slot.
     file_ops: Vec<FileOp>,
     /// Per task: the index (in the target's LUN list) of the LUN a plain write in flight is
-    /// counted on ([`LunShared::write_start`]), so that its end is counted out.
+    /// counted on ([`LunShared::write_start`](super::shared::LunShared::write_start)), so that its end is counted out.
     counted_write: Vec<Option<usize>>,
     inflight: u32,
     closing: bool,
@@ -380,7 +380,7 @@ struct FlushWait {
     round: u64,
 }
 
-/// An atomic operation waiting for the plain writes in flight ([`LunShared::begin_drain`]).
+/// An atomic operation waiting for the plain writes in flight ([`LunShared::begin_drain`](super::shared::LunShared::begin_drain)).
 struct Drain {
     idx: usize,
     task: u16,

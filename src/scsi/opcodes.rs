@@ -693,7 +693,7 @@ fn field_start(opcode: u8, byte: usize, bit: u8) -> (usize, u8) {
 
 /// Checks a CDB against the row's allowed-bit mask. The first byte with a bit set outside the
 /// mask yields INVALID FIELD IN CDB pointing at the field of its most significant offending bit
-/// ([`field_start`]). The CONTROL byte's vendor bits are ignored; NACA, LINK and reserved
+/// (`field_start`). The CONTROL byte's vendor bits are ignored; NACA, LINK and reserved
 /// control bits are rejected.
 pub fn check_fields(info: &OpcodeInfo, cdb: &[u8]) -> Result<(), SenseReason> {
     let len = usize::from(info.cdb_len);

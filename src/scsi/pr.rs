@@ -678,7 +678,7 @@ fn crh_exempt(pr: &PrState, it: &ItNexusId) -> bool {
 }
 
 /// SPC-2 RESERVE (6)/(10). Conflicts were checked by [`conflicts`]. Under a persistent
-/// reservation that [`crh_exempt`] lets it through, it establishes nothing.
+/// reservation that `crh_exempt` lets it through, it establishes nothing.
 pub fn reserve_spc2(pr: &mut PrState, it: &ItNexusId) {
     if crh_exempt(pr, it) {
         return;
