@@ -246,6 +246,8 @@ pub struct Conn {
     /// instead of a whole task.
     itts: Vec<u32>,
     next_ttt: u32,
+    /// Whether `next_ttt` has come round: until then the TTTs vitd gave are `1..next_ttt`.
+    ttt_wrapped: bool,
     pub out: VecDeque<OutPdu>,
     /// Memory the PDUs in `out` hold (see [`Conn::out_bytes`]).
     out_bytes: usize,
@@ -355,6 +357,7 @@ impl Conn {
             tasks: (0..depth).map(|_| None).collect(),
             itts: vec![RESERVED_TAG; usize::from(depth)],
             next_ttt: 1,
+            ttt_wrapped: false,
             out: VecDeque::with_capacity(usize::from(depth) * 2),
             out_bytes: 0,
             io: VecDeque::with_capacity(usize::from(depth)),
@@ -516,6 +519,41 @@ impl Conn {
             self.itts.iter().zip(&self.tasks).position(|(&x, t)| {
                 x == d.itt && t.as_ref().is_some_and(|t| t.ttt == d.ttt && !t.aborted)
             })
+        }
+    }
+
+    /// A Data-Out that no live task takes (its data was discarded, `data_out_dest`). Data of a
+    /// task that ended is absorbed: an aborted task's R2Ts are still answered (RFC 7143
+    /// §11.5.1) and a write answered at its CDB may be followed by the unsolicited data sent
+    /// with it. Anything else names a transfer that does not exist, an invalid TTT/ITT, and is
+    /// rejected as such (§11.17.1, Note 2) at once, rather than leave a write that waits for the
+    /// right data to the stall timeout; with InitialR2T=Yes no Data-Out is unsolicited (§13.10).
+    fn on_stray_data_out(&mut self, d: &pdu::DataOut, bhs: &[u8; BHS_LEN]) {
+        let live = |tag: &dyn Fn(usize, &Task) -> bool| {
+            self.tasks
+                .iter()
+                .enumerate()
+                .any(|(i, t)| t.as_ref().is_some_and(|t| !t.aborted && tag(i, t)))
+        };
+        let reason = if d.ttt == RESERVED_TAG {
+            self.params
+                .initial_r2t
+                .then_some(RejectReason::ProtocolError)
+        } else if !self.ttt_given(d.ttt)
+            || live(&|i, _| self.itts[i] == d.itt)
+            || live(&|_, t| t.ttt == d.ttt)
+        {
+            Some(RejectReason::InvalidPduField)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            tracing::debug!(
+                itt = d.itt,
+                ttt = d.ttt,
+                "Data-Out for no transfer of a live task"
+            );
+            self.reject(reason, bhs);
         }
     }
 
@@ -1033,8 +1071,7 @@ impl Conn {
 
     fn on_data_out(&mut self, d: &pdu::DataOut, bhs: &[u8; BHS_LEN], pool: &mut BufferPool) {
         let Some(i) = self.find_data_out_task(d) else {
-            // Data for a task that already ended (e.g. failed before its data): absorbed.
-            return;
+            return self.on_stray_data_out(d, bhs);
         };
         let Some(t) = self.tasks[i].as_ref() else {
             return;
@@ -2125,10 +2162,16 @@ impl Conn {
     fn fresh_ttt(&mut self) -> u32 {
         let t = self.next_ttt;
         self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
-        if self.next_ttt == RESERVED_TAG {
+        if self.next_ttt == RESERVED_TAG || self.next_ttt == 1 {
             self.next_ttt = 1;
+            self.ttt_wrapped = true;
         }
         t
+    }
+
+    /// Whether vitd may have given `ttt` on this connection.
+    fn ttt_given(&self, ttt: u32) -> bool {
+        ttt != RESERVED_TAG && (self.ttt_wrapped || (1..self.next_ttt).contains(&ttt))
     }
 
     /// The targets visible in a normal session's SendTargets: the session's own.
@@ -3443,6 +3486,106 @@ mod tests {
         matches!(pdus, [TargetPdu::Reject(r)] if r.reason == reason as u8)
     }
 
+    /// [`data_out`] for task `itt`.
+    fn data_out_of(itt: u32, ttt: u32, data_sn: u32, offset: u32, len: u32) -> [u8; BHS_LEN] {
+        let mut b = data_out(ttt, data_sn, offset, len, true);
+        b[16..20].copy_from_slice(&itt.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn a_data_out_naming_no_r2t_of_its_task_is_rejected_as_an_invalid_field() {
+        let (mut c, mut pool) = conn(true);
+        soil(&mut pool, 0xee);
+        feed(&mut c, &mut pool, &write10(8, true, 100, 0), &[]);
+        let pdus = sent(&mut c);
+        let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        let ttt = r2t.ttt;
+        // Its ITT with a TTT vitd never gave; its TTT under another ITT; an ITT and TTT neither
+        // of which names anything: each an invalid TTT/ITT (RFC 7143 §11.17.1, Note 2), told at
+        // once rather than left to the stall timeout, none of its data taken.
+        for (bhs, fill) in [
+            (data_out_of(0x42, ttt.wrapping_add(1000), 0, 0, 512), 1),
+            (data_out_of(0x43, ttt, 0, 0, 512), 2),
+            (data_out_of(0x7777, 0x0bad_0bad, 0, 0, 512), 3),
+        ] {
+            feed(&mut c, &mut pool, &bhs, &[fill; 512]);
+            let pdus = sent(&mut c);
+            assert!(rejected(&pdus, RejectReason::InvalidPduField), "{pdus:?}");
+            assert!(c.io.is_empty(), "no write before all its data is in");
+        }
+        // The task still takes its own data.
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out_of(0x42, ttt, 0, 0, 4096),
+            &[5; 4096],
+        );
+        let work = c.io.pop_front().expect("backing-store write");
+        let data = &pool.slice(work.buf.unwrap())[..work.req.byte_len];
+        assert!(data.iter().all(|&b| b == 5));
+    }
+
+    #[test]
+    fn data_out_for_a_task_that_ended_is_absorbed_unanswered() {
+        // Aborted with its R2T outstanding: the initiator still answers the TTT (RFC 7143
+        // §11.5.1), and its Data-Out may be on the wire when the abort is answered.
+        let (mut c, mut pool) = conn(true);
+        feed(&mut c, &mut pool, &write10(8, true, 100, 0), &[]);
+        let pdus = sent(&mut c);
+        let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        let ttt = r2t.ttt;
+        feed(&mut c, &mut pool, &abort_task(0x42, 101), &[]);
+        assert!(matches!(sent(&mut c).as_slice(), [TargetPdu::TaskMgmt(_)]));
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out_of(0x42, ttt, 0, 0, 512),
+            &[1; 512],
+        );
+        assert!(sent(&mut c).is_empty(), "late data of an aborted task");
+        assert!(c.io.is_empty());
+        // InitialR2T=No (vitd offers Yes, and the key is an OR: a different offer only): a
+        // write answered at its CDB (past the end of the LUN) may still be followed by the
+        // unsolicited data the initiator sent with it.
+        let (mut c, mut pool) = conn(false);
+        c.params.initial_r2t = false;
+        let cdb = [0x2a, 0, 0xff, 0xff, 0, 0, 0, 0, 8, 0];
+        feed(
+            &mut c,
+            &mut pool,
+            &command(&cdb, 4096, false, true, 100, 0),
+            &[],
+        );
+        let pdus = sent(&mut c);
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 2),
+            "{pdus:?}"
+        );
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out_of(0x42, RESERVED_TAG, 0, 0, 4096),
+            &[1; 4096],
+        );
+        let pdus = sent(&mut c);
+        assert!(pdus.is_empty(), "late unsolicited data: {pdus:?}");
+        // With InitialR2T=Yes no Data-Out is ever unsolicited: one is a protocol error.
+        let (mut c, mut pool) = conn(true);
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out_of(0x42, RESERVED_TAG, 0, 0, 512),
+            &[1; 512],
+        );
+        let pdus = sent(&mut c);
+        assert!(rejected(&pdus, RejectReason::ProtocolError), "{pdus:?}");
+    }
+
     #[test]
     fn data_out_must_continue_where_the_data_stands() {
         let (mut c, mut pool) = conn(true);
@@ -3526,7 +3669,8 @@ mod tests {
         assert!(rejected(&sent(&mut c), RejectReason::DataDigestError));
         assert_eq!(c.tasks_in_flight(), 0);
         assert_eq!(pool.available(), 8, "its buffer came back");
-        // Nothing answers to its tag: an empty Data-Out for it runs nothing.
+        // Nothing answers to its tag: an empty Data-Out for it runs nothing (and is unsolicited
+        // under InitialR2T=Yes: a protocol error).
         feed(
             &mut c,
             &mut pool,
@@ -3534,6 +3678,7 @@ mod tests {
             &[],
         );
         assert!(c.io.is_empty());
+        assert!(rejected(&sent(&mut c), RejectReason::ProtocolError));
         // The command sent again (its CmdSN was not taken) is served.
         feed(&mut c, &mut pool, &bhs, &[7; 512]);
         let pdus = sent(&mut c);
