@@ -199,6 +199,13 @@ fn sync_cache(s: &mut Session) -> CommandResult {
     s.command(0, &cdb16(0x91, 0, 0), &[], 0).unwrap()
 }
 
+/// A SYNCHRONIZE CACHE(16) with IMMED set.
+fn sync_cache_immed(s: &mut Session) -> CommandResult {
+    let mut cdb = cdb16(0x91, 0, 0);
+    cdb[1] |= 0x02;
+    s.command(0, &cdb, &[], 0).unwrap()
+}
+
 /// A SYNCHRONIZE CACHE of each session: none may be answered GOOD (`why` says what that would be).
 fn flushes_fail(sessions: [&mut Session; 2], why: &str) {
     for s in sessions {
@@ -456,7 +463,9 @@ fn a_failed_flush_is_never_followed_by_good() {
     let data = pattern(5, 16 * BS);
     // Write-back cache: acknowledged once in the page cache.
     assert_eq!(outcome(&write(a, 64, &data)), GOOD);
-    let first = outcome(&sync_cache(b));
+    // With IMMED set, too: vitd answers it once its flush is done, with the flush's verdict
+    // (SBC-4 would have it answered at once; a GOOD then would tell nothing of this failure).
+    let first = outcome(&sync_cache_immed(b));
     assert_ne!(
         first, GOOD,
         "the writeback of the image's holes cannot succeed"
