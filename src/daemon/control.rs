@@ -66,6 +66,8 @@ struct CtlConn {
     /// Requests received and left in `rx` while more than [`TX_HELD_MAX`] of answers waited:
     /// taken up once the peer has read enough of them ([`Control::flush`]).
     held_back: bool,
+    /// The TSIH its session gets (or has, a discovery session's).
+    tsih: u16,
 }
 
 impl CtlConn {
@@ -101,6 +103,7 @@ struct SessionRec {
     tag: u16,
     thread: usize,
     id: u64,
+    tsih: u16,
     /// Asked to end (a new login reinstated it); its record goes once its data thread reports
     /// it ended.
     ending: bool,
@@ -115,6 +118,8 @@ pub struct Control {
     pool: BufferPool,
     sessions: Vec<SessionRec>,
     next_tsih: u16,
+    /// Whether `next_tsih` has come round: from then on a TSIH may still be in use.
+    tsih_wrapped: bool,
     next_session: u64,
     log_budget: super::logbudget::LogBudget,
     /// No accepting until then (see [`ACCEPT_BACKOFF`]).
@@ -173,6 +178,7 @@ impl Control {
             pool: BufferPool::new(&[(4096, 1)])?,
             sessions: Vec::new(),
             next_tsih: 1,
+            tsih_wrapped: false,
             next_session: 1,
             log_budget: super::logbudget::LogBudget::new(super::logbudget::LINES_PER_SECOND),
             accept_paused: None,
@@ -389,7 +395,11 @@ impl Control {
                     g.name
                 ));
             }
-            let login = Login::new(self.running.clone(), pg, peer, self.next_tsih);
+            let Some(tsih) = self.fresh_tsih() else {
+                // Every TSIH in use (more sessions and logins than vitd allows): not served.
+                continue;
+            };
+            let login = Login::new(self.running.clone(), pg, peer, tsih);
             let c = CtlConn {
                 stream,
                 peer,
@@ -405,8 +415,8 @@ impl Control {
                 saw_header: false,
                 after: Vec::new(),
                 held_back: false,
+                tsih,
             };
-            self.next_tsih = self.next_tsih.wrapping_add(1).max(1);
             match self.conns.iter().position(Option::is_none) {
                 Some(i) => self.conns[i] = Some(c),
                 None => self.conns.push(Some(c)),
@@ -557,6 +567,23 @@ impl Control {
         Ok(())
     }
 
+    /// The TSIH for a new connection's session: the next one, passing over those of live
+    /// sessions and of connections in login or discovery once the counter has come round (RFC
+    /// 7143 §11.12.6: a TSIH names one session of the target); `None` when all are taken.
+    fn fresh_tsih(&mut self) -> Option<u16> {
+        let in_use: std::collections::HashSet<u16> = if self.tsih_wrapped {
+            let live = self.sessions.iter().map(|s| s.tsih);
+            live.chain(self.conns.iter().flatten().map(|c| c.tsih))
+                .collect()
+        } else {
+            Default::default()
+        };
+        let (tsih, next, wrapped) = next_free_tsih(self.next_tsih, |t| in_use.contains(&t))?;
+        self.next_tsih = next;
+        self.tsih_wrapped |= wrapped;
+        Some(tsih)
+    }
+
     fn login_done(&mut self, idx: usize, outcome: LoginOutcome, who: &str) {
         let Some(c) = self.conns[idx].as_ref() else {
             return;
@@ -577,7 +604,7 @@ impl Control {
                 params,
                 target,
                 isid,
-                tsih: _,
+                tsih,
                 stat_sn,
                 exp_cmd_sn,
                 chap,
@@ -624,6 +651,7 @@ impl Control {
                             tag,
                             thread: usize::MAX,
                             id: conn.session_id,
+                            tsih,
                             ending: false,
                         });
                         Phase::Handoff(Box::new(conn))
@@ -937,6 +965,26 @@ fn status_name(s: LoginStatus) -> String {
     format!("{words}, 0x{:04x}", s as u16)
 }
 
+/// The first TSIH from `next` on (1..=65535, 0 being reserved) that is not `in_use`, the
+/// counter's next value after it, and whether the counter came round on the way.
+fn next_free_tsih(next: u16, in_use: impl Fn(u16) -> bool) -> Option<(u16, u16, bool)> {
+    let (mut t, mut wrapped) = (next.max(1), false);
+    for _ in 0..u16::MAX {
+        let after = match t.checked_add(1) {
+            Some(n) => n,
+            None => {
+                wrapped = true;
+                1
+            }
+        };
+        if !in_use(t) {
+            return Some((t, after, wrapped));
+        }
+        t = after;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1028,7 +1076,8 @@ mod tests {
     }
 
     /// A connection in login on `stream` from `peer`, with `wire` received.
-    fn in_login(c: &Control, stream: TcpStream, peer: SocketAddr, wire: &[u8]) -> CtlConn {
+    fn in_login(c: &mut Control, stream: TcpStream, peer: SocketAddr, wire: &[u8]) -> CtlConn {
+        let tsih = c.fresh_tsih().expect("a free TSIH");
         let mut rx = vec![0u8; 16 << 10].into_boxed_slice();
         rx[..wire.len()].copy_from_slice(wire);
         CtlConn {
@@ -1039,13 +1088,14 @@ mod tests {
             rx_len: wire.len(),
             data: Vec::new(),
             tx: Vec::new(),
-            phase: Phase::Login(Box::new(Login::new(c.running.clone(), 0, peer, 1))),
+            phase: Phase::Login(Box::new(Login::new(c.running.clone(), 0, peer, tsih))),
             deadline: Instant::now() + LOGIN_TIMEOUT,
             close_after_flush: false,
             pg: 0,
             saw_header: false,
             after: Vec::new(),
             held_back: false,
+            tsih,
         }
     }
 
@@ -1073,6 +1123,63 @@ mod tests {
             panic!("not a login response");
         };
         u16::from_be_bytes([r.status_class, r.status_detail])
+    }
+
+    /// The login response waiting to be sent on slot `idx`.
+    fn login_response(c: &Control, idx: usize) -> crate::iscsi::pdu::LoginResponse {
+        let tx = &c.conns[idx].as_ref().unwrap().tx;
+        let TargetPdu::Login(r) = TargetPdu::decode(tx[..BHS_LEN].try_into().unwrap()).unwrap()
+        else {
+            panic!("not a login response");
+        };
+        r
+    }
+
+    /// TSIHs are 16 bits: after 65,535 logins the counter comes round, and a TSIH still held by
+    /// a live session (or a connection still in login) is passed over, never given twice (it
+    /// was: a new session could get the TSIH of one logged in 65,535 logins before).
+    #[test]
+    fn a_tsih_in_use_is_never_given_to_a_new_session() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut c, _mail, _signals) = control(16);
+        let login = |c: &mut Control, n: u8| {
+            let (idx, client) = connect(c, &listener, [0x80, 0, 0, 0, 0, n]);
+            let r = login_response(c, idx);
+            assert_eq!(u16::from_be_bytes([r.status_class, r.status_detail]), 0);
+            (idx, r.tsih, client)
+        };
+        let (a, tsih_a, _ca) = login(&mut c, 1);
+        let (_, tsih_b, _cb) = login(&mut c, 2);
+        assert_eq!((tsih_a, tsih_b), (1, 2));
+        // 65,532 logins later (their sessions long ended): the last TSIH, then round.
+        c.next_tsih = u16::MAX;
+        let (_, tsih, _cc) = login(&mut c, 3);
+        assert_eq!(tsih, u16::MAX);
+        let (_, tsih, _cd) = login(&mut c, 4);
+        assert_eq!(tsih, 3, "0 is reserved, 1 and 2 are in use");
+        // Once A's session has ended, its TSIH is free again.
+        c.conns[a] = None;
+        c.sessions.retain(|s| s.tsih != tsih_a);
+        c.next_tsih = 1;
+        let (_, tsih, _ce) = login(&mut c, 5);
+        assert_eq!(tsih, 1);
+        let (_, tsih, _cf) = login(&mut c, 6);
+        assert_eq!(tsih, 4, "2 and 3 are in use");
+    }
+
+    #[test]
+    fn the_tsih_counter_skips_0_and_what_is_in_use() {
+        assert_eq!(
+            next_free_tsih(65534, |_| false),
+            Some((65534, 65535, false))
+        );
+        assert_eq!(next_free_tsih(65535, |_| false), Some((65535, 1, true)));
+        assert_eq!(
+            next_free_tsih(65534, |t| !(5..65534).contains(&t)),
+            Some((5, 6, true))
+        );
+        assert_eq!(next_free_tsih(0, |_| false), Some((1, 2, false)));
+        assert_eq!(next_free_tsih(7, |_| true), None);
     }
 
     /// A session whose connection ends while its final login response is still being sent
@@ -1132,7 +1239,7 @@ mod tests {
         let mut nop_bhs = [0u8; BHS_LEN];
         nop.encode(&mut nop_bhs);
         wire.extend_from_slice(&nop_bhs);
-        let conn = in_login(&c, stream, peer, &wire);
+        let conn = in_login(&mut c, stream, peer, &wire);
         c.conns.push(Some(conn));
         c.process(0).expect("answered, not dropped");
         let conn = c.conns[0].as_ref().unwrap();
@@ -1449,7 +1556,8 @@ mod tests {
             wire.extend_from_slice(&frame(&h, body, false));
         }
         assert!(wire.len() <= 16 << 10, "more than one read");
-        c.conns.push(Some(in_login(&c, stream, peer, &wire)));
+        let conn = in_login(&mut c, stream, peer, &wire);
+        c.conns.push(Some(conn));
         c.process(0).unwrap();
         let conn = c.conns[0].as_ref().unwrap();
         assert!(matches!(conn.phase, Phase::Discovery(_)));
