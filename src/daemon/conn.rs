@@ -3486,6 +3486,17 @@ mod tests {
         matches!(pdus, [TargetPdu::Reject(r)] if r.reason == reason as u8)
     }
 
+    /// A WRITE(10) of 8 blocks (ITT 0x42, CmdSN 100) without immediate data; the TTT of the R2T
+    /// it gets for all 4096 bytes.
+    fn write_awaiting_r2t(c: &mut Conn, pool: &mut BufferPool) -> u32 {
+        feed(c, pool, &write10(8, true, 100, 0), &[]);
+        let pdus = sent(c);
+        let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
+            panic!("{pdus:?}")
+        };
+        r2t.ttt
+    }
+
     /// [`data_out`] for task `itt`.
     fn data_out_of(itt: u32, ttt: u32, data_sn: u32, offset: u32, len: u32) -> [u8; BHS_LEN] {
         let mut b = data_out(ttt, data_sn, offset, len, true);
@@ -3497,12 +3508,7 @@ mod tests {
     fn a_data_out_naming_no_r2t_of_its_task_is_rejected_as_an_invalid_field() {
         let (mut c, mut pool) = conn(true);
         soil(&mut pool, 0xee);
-        feed(&mut c, &mut pool, &write10(8, true, 100, 0), &[]);
-        let pdus = sent(&mut c);
-        let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
-            panic!("{pdus:?}")
-        };
-        let ttt = r2t.ttt;
+        let ttt = write_awaiting_r2t(&mut c, &mut pool);
         // Its ITT with a TTT vitd never gave; its TTT under another ITT; an ITT and TTT neither
         // of which names anything: each an invalid TTT/ITT (RFC 7143 §11.17.1, Note 2), told at
         // once rather than left to the stall timeout, none of its data taken.
@@ -3533,12 +3539,7 @@ mod tests {
         // Aborted with its R2T outstanding: the initiator still answers the TTT (RFC 7143
         // §11.5.1), and its Data-Out may be on the wire when the abort is answered.
         let (mut c, mut pool) = conn(true);
-        feed(&mut c, &mut pool, &write10(8, true, 100, 0), &[]);
-        let pdus = sent(&mut c);
-        let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
-            panic!("{pdus:?}")
-        };
-        let ttt = r2t.ttt;
+        let ttt = write_awaiting_r2t(&mut c, &mut pool);
         feed(&mut c, &mut pool, &abort_task(0x42, 101), &[]);
         assert!(matches!(sent(&mut c).as_slice(), [TargetPdu::TaskMgmt(_)]));
         feed(
@@ -3697,12 +3698,7 @@ mod tests {
     fn a_data_out_digest_error_ends_the_write_with_a_crc_error_once_its_data_is_in() {
         let (mut c, mut pool) = conn(true);
         // WRITE(10) of 8 blocks, no immediate data: one R2T for all 4096 bytes.
-        feed(&mut c, &mut pool, &write10(8, true, 100, 0), &[]);
-        let pdus = sent(&mut c);
-        let [TargetPdu::R2t(r2t)] = pdus.as_slice() else {
-            panic!("{pdus:?}")
-        };
-        let ttt = r2t.ttt;
+        let ttt = write_awaiting_r2t(&mut c, &mut pool);
         // Its first 512 bytes arrive with a bad digest.
         let bad = data_out(ttt, 0, 0, 512, false);
         let DataDest::Slot { buf, .. } = c.on_header(&bad, 512, &mut pool) else {
