@@ -3534,6 +3534,31 @@ mod tests {
         assert!(data.iter().all(|&b| b == 5));
     }
 
+    /// A LUN RESET answered while a write's R2T was outstanding: the Data-Out already on the
+    /// wire for it is absorbed, never rejected, and the TTT counter's wrap leaves TTTs given
+    /// before it valid.
+    #[test]
+    fn data_out_after_a_reset_and_across_the_ttt_wrap_is_absorbed() {
+        let (mut c, mut pool) = conn(true);
+        let ttt = write_awaiting_r2t(&mut c, &mut pool);
+        feed(&mut c, &mut pool, &tmf(5, 101), &[]); // LOGICAL UNIT RESET
+        assert!(c.resets_pending() && c.poll_resets(&mut pool));
+        assert!(matches!(sent(&mut c).as_slice(), [TargetPdu::TaskMgmt(_)]));
+        // The counter comes round while that Data-Out is still on its way.
+        c.next_ttt = RESERVED_TAG - 1;
+        assert_eq!(c.fresh_ttt(), RESERVED_TAG - 1);
+        assert_eq!(c.next_ttt, 1);
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out_of(0x42, ttt, 0, 0, 4096),
+            &[1; 4096],
+        );
+        let pdus = sent(&mut c);
+        assert!(pdus.is_empty(), "late data of a task the reset ended: {pdus:?}");
+        assert!(c.io.is_empty());
+    }
+
     #[test]
     fn data_out_for_a_task_that_ended_is_absorbed_unanswered() {
         // Aborted with its R2T outstanding: the initiator still answers the TTT (RFC 7143
