@@ -3555,7 +3555,10 @@ mod tests {
             &[1; 4096],
         );
         let pdus = sent(&mut c);
-        assert!(pdus.is_empty(), "late data of a task the reset ended: {pdus:?}");
+        assert!(
+            pdus.is_empty(),
+            "late data of a task the reset ended: {pdus:?}"
+        );
         assert!(c.io.is_empty());
     }
 
