@@ -128,7 +128,7 @@ fn chap_logins_log_who_and_why_but_never_a_secret_even_at_trace() {
 
 /// At info a session is one line at its login and one at its end, saying why it ended (logged
 /// out, closed by the initiator, reinstated by a new login) and naming its initiator, target
-/// and address; the commands between add nothing. The start says the version, what is served,
+/// and address, at INFO (those are how sessions end); the commands between add nothing. The start says the version, what is served,
 /// where and with what limits; the stop says why and that it is done.
 #[test]
 fn sessions_log_their_login_and_why_they_ended_never_their_commands() {
@@ -157,7 +157,12 @@ fn sessions_log_their_login_and_why_they_ended_never_their_commands() {
     assert!(
         wait_for_line(
             &vitd,
-            &["session ended: reinstated by a new login", initiator, &addr]
+            &[
+                "INFO",
+                "session ended: reinstated by a new login",
+                initiator,
+                &addr
+            ]
         ),
         "{}",
         vitd.log_text()
@@ -168,6 +173,7 @@ fn sessions_log_their_login_and_why_they_ended_never_their_commands() {
         wait_for_line(
             &vitd,
             &[
+                "INFO",
                 "session ended: connection closed by the initiator",
                 &again_addr
             ]
@@ -180,7 +186,10 @@ fn sessions_log_their_login_and_why_they_ended_never_their_commands() {
         let (ok, out) = client(RC16, &[&ds.url("s", 0)]);
         assert!(ok, "{out}");
         assert!(
-            wait_for_line(&vitd, &["session ended: logged out", "libiscsi", &iqn("s")]),
+            wait_for_line(
+                &vitd,
+                &["INFO", "session ended: logged out", "libiscsi", &iqn("s")]
+            ),
             "{}",
             vitd.log_text()
         );
@@ -200,4 +209,56 @@ fn sessions_log_their_login_and_why_they_ended_never_their_commands() {
         assert!(log.contains(start), "{start}: {log}");
     }
     assert!(log.trim_end().ends_with("stopped"), "{log}");
+}
+
+/// A session that ends because something went wrong is logged at WARN, so that an operator who
+/// filters for warnings sees the initiators that misbehaved and not every logout: here a PDU
+/// longer than vitd takes (a protocol error) and a connection reset by the peer. They were
+/// logged at INFO, as a logout is.
+#[test]
+fn sessions_that_end_in_a_fault_are_logged_at_warn() {
+    use std::io::Write;
+    let (ds, mut vitd) = serve_one("w", "8M");
+    let initiator = "iqn.2026-11.io.vit:log-faults";
+    let mut s = login(ds.port, initiator, &iqn("w"), [0x80, 0, 0, 0, 0x20, 0x01]);
+    let addr = s.stream.local_addr().unwrap().to_string();
+    s.test_unit_ready().unwrap();
+    // An immediate NOP-Out whose DataSegmentLength (16 MiB - 1) is past any
+    // MaxRecvDataSegmentLength: fatal to the connection.
+    let mut bhs = [0u8; 48];
+    bhs[0] = 0x40;
+    bhs[1] = 0x80;
+    bhs[5..8].copy_from_slice(&[0xff; 3]);
+    bhs[16..20].copy_from_slice(&[0xff; 4]);
+    s.stream.write_all(&bhs).unwrap();
+    assert!(
+        wait_for_line(
+            &vitd,
+            &["WARN", "session ended: protocol error", initiator, &addr]
+        ),
+        "{}",
+        vitd.log_text()
+    );
+    // Reset: SO_LINGER 0, then close, sends an RST instead of a FIN.
+    let r = login(ds.port, initiator, &iqn("w"), [0x80, 0, 0, 0, 0x20, 0x02]);
+    socket2::SockRef::from(&r.stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(r);
+    assert!(
+        wait_for_line(
+            &vitd,
+            &["WARN", "session ended: ", "reset by peer", initiator]
+        ),
+        "{}",
+        vitd.log_text()
+    );
+    assert!(vitd.stop().success());
+    let log = vitd.log_text();
+    let ended = lines_with(&log, &["session ended"]);
+    assert_eq!(ended.len(), 2, "{log}");
+    assert!(
+        lines_with(&log, &["INFO", "session ended"]).is_empty(),
+        "{log}"
+    );
 }

@@ -88,6 +88,18 @@ const OUT_QUEUE_BYTES: usize = 1 << 20;
 /// How long initiators have to log out when vitd stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// How a session ended, which sets the level its "session ended: WHY" line is logged at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// As sessions end (logged out, closed by the initiator, reinstated by a new login, vitd
+    /// stopping): INFO.
+    Normal,
+    /// Something went wrong (a protocol or header digest error, a NOP-In unanswered, a stalled
+    /// write or send, a reset or failed connection): WARN, so that an operator filtering for
+    /// warnings sees the initiators that misbehaved and not every logout.
+    Fault,
+}
+
 /// Messages to a data thread.
 pub enum Msg {
     /// A connection that completed login (a normal session in full feature phase), with any
@@ -608,7 +620,7 @@ impl Worker {
                         if let Some(s) = self.slots[i].as_mut() {
                             s.replaced = true;
                         }
-                        self.close(i, "reinstated by a new login");
+                        self.close(i, Ending::Normal, "reinstated by a new login");
                     }
                 }
                 Msg::Shutdown => {
@@ -692,7 +704,7 @@ impl Worker {
         if n > 0
             && let Err(e) = self.process_rx(idx)
         {
-            self.close(idx, &e);
+            self.close(idx, Ending::Fault, &e);
         }
     }
 
@@ -738,7 +750,7 @@ impl Worker {
             let at = offset + (total - remaining) as usize;
             let len = (remaining as usize).min(self.pool.len_of(buf).saturating_sub(at));
             if len == 0 {
-                return self.close(idx, "data segment beyond its buffer");
+                return self.close(idx, Ending::Fault, "data segment beyond its buffer");
             }
             s.recv_direct = Some((buf, at, len));
             // SAFETY: `at + len` stays inside the slot (checked above); the task owning the buffer
@@ -791,12 +803,11 @@ impl Worker {
         let Some(s) = self.slot(idx) else { return };
         s.recv_inflight = false;
         if res <= 0 {
-            let why = if res == 0 {
-                "connection closed by the initiator".to_string()
-            } else {
-                std::io::Error::from_raw_os_error(-res).to_string()
-            };
-            return self.close(idx, &why);
+            if res == 0 {
+                return self.close(idx, Ending::Normal, "connection closed by the initiator");
+            }
+            let why = std::io::Error::from_raw_os_error(-res).to_string();
+            return self.close(idx, Ending::Fault, &why);
         }
         s.last_rx = now;
         s.ping_at = None;
@@ -814,13 +825,13 @@ impl Worker {
             if let Some(r) = r
                 && let Err(e) = self.on_event(idx, r)
             {
-                return self.close(idx, &e);
+                return self.close(idx, Ending::Fault, &e);
             }
         } else {
             s.rx_len += n;
         }
         if let Err(e) = self.process_rx(idx) {
-            self.close(idx, &e);
+            self.close(idx, Ending::Fault, &e);
         }
     }
 
@@ -989,7 +1000,7 @@ impl Worker {
         s.send_inflight = false;
         if res < 0 {
             let e = std::io::Error::from_raw_os_error(-res);
-            return self.close(idx, &format!("send failed: {e}"));
+            return self.close(idx, Ending::Fault, &format!("send failed: {e}"));
         }
         s.send_stalled_at = self.now;
         s.send_done += res as usize;
@@ -1003,7 +1014,7 @@ impl Worker {
         }
         if close {
             s.close_after_send = true;
-            self.close(idx, "logged out");
+            self.close(idx, Ending::Normal, "logged out");
         }
     }
 
@@ -1616,18 +1627,29 @@ impl Worker {
     // ------------------------------------------------------------------ lifecycle
 
     /// Marks a connection closing: no new work starts; it is freed when nothing is in flight.
-    fn close(&mut self, idx: usize, why: &str) {
+    /// Its end is logged once, saying why, at the level `ending` gives it.
+    fn close(&mut self, idx: usize, ending: Ending, why: &str) {
         let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
         if !s.closing {
             let peer = s.peer.map_or_else(|| "-".to_string(), |p| p.to_string());
-            tracing::info!(
-                initiator = %s.conn.params.initiator_name,
-                target = %s.conn.target.as_ref().map_or("-", |t| t.name.as_str()),
-                peer = %peer,
-                "session ended: {why}"
-            );
+            let initiator = &s.conn.params.initiator_name;
+            let target = s.conn.target.as_ref().map_or("-", |t| t.name.as_str());
+            match ending {
+                Ending::Normal => tracing::info!(
+                    initiator = %initiator,
+                    target = %target,
+                    peer = %peer,
+                    "session ended: {why}"
+                ),
+                Ending::Fault => tracing::warn!(
+                    initiator = %initiator,
+                    target = %target,
+                    peer = %peer,
+                    "session ended: {why}"
+                ),
+            }
             s.closing = true;
             // SAFETY: shutdown(2) on a socket we own; pending receives then complete.
             unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
@@ -1678,7 +1700,7 @@ impl Worker {
         self.log_budget.settle();
         if self.shutdown_deadline.is_some_and(|d| now >= d) {
             for i in 0..self.slots.len() {
-                self.close(i, "vitd is stopping");
+                self.close(i, Ending::Normal, "vitd is stopping");
             }
         }
         for idx in 0..self.slots.len() {
@@ -1693,7 +1715,7 @@ impl Worker {
                     "a write waited {} s for Data-Out that did not come",
                     self.stall.as_secs()
                 );
-                self.close(idx, &why);
+                self.close(idx, Ending::Fault, &why);
                 continue;
             }
             if !s.send_inflight {
@@ -1703,12 +1725,12 @@ impl Worker {
                     "the initiator read nothing vitd sent for {} s",
                     self.stall.as_secs()
                 );
-                self.close(idx, &why);
+                self.close(idx, Ending::Fault, &why);
                 continue;
             }
             match s.ping_at {
                 Some(t) if now.duration_since(t) > PING_TIMEOUT => {
-                    self.close(idx, "no answer to NOP-In")
+                    self.close(idx, Ending::Fault, "no answer to NOP-In")
                 }
                 None if now.duration_since(s.last_rx) > PING_IDLE => {
                     s.conn.ping();
