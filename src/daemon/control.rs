@@ -821,7 +821,7 @@ impl Control {
             rec.thread = ti;
         }
         let prefix = c.rx[..c.rx_len].to_vec();
-        self.threads[ti].give(c.stream, *conn, prefix);
+        self.threads[ti].give(c.stream, *conn, prefix, c.peer);
     }
 
     fn expire(&mut self) {

@@ -103,8 +103,9 @@ enum Ending {
 /// Messages to a data thread.
 pub enum Msg {
     /// A connection that completed login (a normal session in full feature phase), with any
-    /// bytes the control thread already received after the login.
-    Conn(Box<(TcpStream, Conn, Vec<u8>)>),
+    /// bytes the control thread already received after the login and the initiator's address
+    /// (taken at accept: a socket the peer has reset no longer says it).
+    Conn(Box<(TcpStream, Conn, Vec<u8>, std::net::SocketAddr)>),
     /// Close the session with this id (it was reinstated by a new login).
     Drop(u64),
     /// Close every connection and exit.
@@ -173,12 +174,12 @@ impl DataThread {
         })
     }
 
-    /// Hands a connection over.
-    pub fn give(&self, stream: TcpStream, conn: Conn, prefix: Vec<u8>) {
+    /// Hands a connection from `peer` over.
+    pub fn give(&self, stream: TcpStream, conn: Conn, prefix: Vec<u8>, peer: std::net::SocketAddr) {
         self.load.fetch_add(1, Ordering::Relaxed);
         if self
             .tx
-            .send(Msg::Conn(Box::new((stream, conn, prefix))))
+            .send(Msg::Conn(Box::new((stream, conn, prefix, peer))))
             .is_ok()
         {
             self.waker.wake();
@@ -290,9 +291,10 @@ impl FileOp {
 struct Slot {
     stream: TcpStream,
     fd: RawFd,
-    /// The initiator's address, for log lines (taken at the handoff: after the peer has gone
-    /// the socket may no longer say).
-    peer: Option<std::net::SocketAddr>,
+    /// The initiator's address, for log lines (the control thread's, from accept: once the
+    /// peer has reset the connection, which may be before the handoff, the socket no longer
+    /// says it).
+    peer: std::net::SocketAddr,
     conn: Conn,
     reader: PduReader,
     rx: Box<[u8]>,
@@ -607,8 +609,8 @@ impl Worker {
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 Msg::Conn(b) => {
-                    let (stream, conn, prefix) = *b;
-                    self.add(stream, conn, &prefix);
+                    let (stream, conn, prefix, peer) = *b;
+                    self.add(stream, conn, &prefix, peer);
                 }
                 Msg::Drop(id) => {
                     let found = self
@@ -639,10 +641,9 @@ impl Worker {
         }
     }
 
-    fn add(&mut self, stream: TcpStream, conn: Conn, prefix: &[u8]) {
+    fn add(&mut self, stream: TcpStream, conn: Conn, prefix: &[u8], peer: std::net::SocketAddr) {
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
-        let peer = stream.peer_addr().ok();
         let reader = PduReader::new(conn.params.reader_limits());
         let mut slot = Box::new(Slot {
             stream,
@@ -1633,7 +1634,7 @@ impl Worker {
             return;
         };
         if !s.closing {
-            let peer = s.peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+            let peer = s.peer;
             let initiator = &s.conn.params.initiator_name;
             let target = s.conn.target.as_ref().map_or("-", |t| t.name.as_str());
             match ending {
