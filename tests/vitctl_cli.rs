@@ -12,10 +12,14 @@ struct Ds {
 
 impl Ds {
     fn new() -> Ds {
+        Ds::listening("127.0.0.1:3260")
+    }
+    /// A datastore whose `default` portal group listens on `listen`.
+    fn listening(listen: &str) -> Ds {
         let ds = Ds {
             dir: tempfile::tempdir().unwrap(),
         };
-        ds.ok(&["homeobject", "create", "--listen", "127.0.0.1:3260"]);
+        ds.ok(&["homeobject", "create", "--listen", listen]);
         ds
     }
     fn root(&self) -> &Path {
@@ -1204,4 +1208,93 @@ fn json_output_has_exactly_the_documented_field_names() {
         !printed.contains(secret) && !printed.contains(mutual),
         "a secret was printed: {printed}"
     );
+}
+
+/// What vitctl says on standard error of `args`, which must succeed.
+fn warned(ds: &Ds, args: &[&str]) -> String {
+    let out = ds.run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "vitctl {args:?}: {stderr}");
+    stderr
+}
+
+/// vitctl shares a portal group only with the same literal address, so `--listen lo:PORT` beside
+/// the `default` group on 127.0.0.1:PORT makes a second group, and vitd on this host refuses to
+/// start with the two (both listen on 127.0.0.1:PORT). vitctl may run on another host than vitd,
+/// where `lo` may be something else, so it makes the change, but warns (it said nothing), as this
+/// host resolves the two without DNS: naming both groups, saying vitd here would refuse to start,
+/// and giving the `--listen` that shares the other group. `config validate` stays
+/// host-independent.
+#[test]
+fn portal_groups_that_would_clash_on_this_host_are_warned_of() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let here = format!("127.0.0.1:{port}");
+    let lo = format!("lo:{port}");
+    let ds = Ds::listening(&here);
+    assert_eq!(warned(&ds, &["target", "add", "--alias", "d"]), "");
+    let err = warned(&ds, &["target", "add", "--alias", "a", "--listen", &lo]);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for part in [
+        "vitctl: warning: ",
+        &format!("portal group pg-lo-{port} (--listen {lo})"),
+        "portal group default",
+        &format!("both listen on {here}"),
+        "vitd on this host would refuse to start",
+        &format!("--listen {here}"),
+    ] {
+        assert!(err.contains(part), "{part:?} not in {err:?}");
+    }
+    // vitd on this host does refuse, naming the same two groups.
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(env!("CARGO_BIN_EXE_vitd"))
+        .arg("--datastore")
+        .arg(ds.root())
+        .env_remove("VIT_DATASTORE")
+        .output()
+        .unwrap();
+    let vitd = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{vitd}");
+    assert!(
+        vitd.contains(&format!(
+            "portal group pg-lo-{port}: listens on {here}, where portal group default listens too"
+        )),
+        "{vitd}"
+    );
+    // Host-independent: vit.conf itself is valid.
+    assert_eq!(warned(&ds, &["config", "validate"]), "");
+    // Done as the warning says: nothing to warn of.
+    let err = warned(&ds, &["target", "set", "a", "--listen", &here]);
+    assert_eq!(err, "");
+    // An interface this host lacks, or a name only DNS could resolve (vitctl does not ask it):
+    // nothing to warn of.
+    for (alias, listen) in [
+        ("v", format!("vmk9:{port}")),
+        ("n", format!("storage-x:{port}")),
+    ] {
+        let err = warned(
+            &ds,
+            &["target", "add", "--alias", alias, "--listen", &listen],
+        );
+        assert_eq!(err, "", "{listen}");
+    }
+    // A wildcard and an address of its family on one port.
+    let wild = format!("0.0.0.0:{port}");
+    let ds = Ds::listening(&wild);
+    assert_eq!(warned(&ds, &["target", "add", "--alias", "d"]), "");
+    let err = warned(&ds, &["target", "add", "--alias", "a", "--listen", &lo]);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for part in [
+        &format!("portal group pg-lo-{port} (--listen {lo}) listens on {here}"),
+        &format!("portal group default (--listen {wild}) on {wild}"),
+        "wildcard",
+        "vitd on this host would refuse to start",
+        &format!("--listen {wild}"),
+    ] {
+        assert!(err.contains(part), "{part:?} not in {err:?}");
+    }
 }

@@ -2,11 +2,13 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vit::config::AuthType;
 use vit::ctl::view::{Tabular, table};
 use vit::ctl::{self, AuthSpec, Ctl, CtlError, LunSpec, TargetChange, TargetSpec};
+use vit::daemon::portal;
 use vit::datastore::{self, Datastore};
 
 #[derive(Parser)]
@@ -398,7 +400,9 @@ fn target(ctl: &mut Ctl, cmd: TargetCmd, format: Format) -> Result<(), CtlError>
                 auth: auth.spec(),
                 initiator_group,
             };
-            show(format, &[ctl.target_add(&spec)?], true)
+            show(format, &[ctl.target_add(&spec)?], true)?;
+            warn_of_listen_clash(ctl);
+            Ok(())
         }
         TargetCmd::Get { target } => show(format, &[ctl.target_get(&target)?], true),
         TargetCmd::List => show(format, &ctl.target_list()?, false),
@@ -424,10 +428,62 @@ fn target(ctl: &mut Ctl, cmd: TargetCmd, format: Format) -> Result<(), CtlError>
                 auth: auth.spec(),
                 initiator_group,
             };
-            show(format, &[ctl.target_set(&target, &change)?], true)
+            show(format, &[ctl.target_set(&target, &change)?], true)?;
+            warn_of_listen_clash(ctl);
+            Ok(())
         }
         TargetCmd::Lun(l) => lun(ctl, l, format),
     }
+}
+
+/// After a change of the portal groups targets use: a warning when, as this host resolves
+/// them (its interfaces and literal addresses; no DNS), two would clash as vitd's start check
+/// says ([`portal::first_clash`]), so that vitd on this host would refuse to start. Only a
+/// warning: vitctl may run on another host than vitd, where names resolve differently.
+fn warn_of_listen_clash(ctl: &mut Ctl) {
+    let (Ok(cfg), Ok(interfaces)) = (ctl.load(), portal::interface_addrs()) else {
+        return;
+    };
+    // Each address with its group, and the `listen` value it came from.
+    let mut listened: Vec<(SocketAddr, &str)> = Vec::new();
+    let mut values: Vec<&str> = Vec::new();
+    for (group, listens) in cfg.listened_portal_groups() {
+        for value in listens {
+            if let Ok(Some(addrs)) = portal::resolve_listen_locally(value, &interfaces) {
+                values.extend(std::iter::repeat_n(value, addrs.len()));
+                listened.extend(addrs.into_iter().map(|a| (a, group)));
+            }
+        }
+    }
+    let Some((at, with)) = portal::first_clash(&listened) else {
+        return;
+    };
+    let ((a, group), (b, other)) = (listened[at], listened[with]);
+    let (value, other_value) = (values[at], values[with]);
+    let clash = if a == b {
+        format!(
+            "portal group {group} (--listen {value}) and portal group {other} (--listen \
+             {other_value}) both listen on {a} as this host resolves them"
+        )
+    } else {
+        format!(
+            "portal group {group} (--listen {value}) listens on {a} as this host resolves it, \
+             and portal group {other} (--listen {other_value}) on {b}: a wildcard and an \
+             address of its family cannot both be listened on with one port"
+        )
+    };
+    // vitctl shares a group written with that value; the implied `default` is written nowhere.
+    let share = if cfg.portal_groups.iter().any(|p| p.name == other) {
+        format!(
+            "; for {group}'s targets to share portal group {other}, give them --listen \
+             {other_value}"
+        )
+    } else {
+        String::new()
+    };
+    ctl.warnings.push(format!(
+        "{clash}; vitd on this host would refuse to start (on another host it may not){share}"
+    ));
 }
 
 fn lun(ctl: &mut Ctl, cmd: LunCmd, format: Format) -> Result<(), CtlError> {

@@ -68,6 +68,28 @@ pub struct Config {
 pub const DEFAULT_PORTAL_GROUP_LISTEN: [&str; 2] = ["0.0.0.0:3260", "[::]:3260"];
 
 impl Config {
+    /// The portal groups vitd listens for, in the order it takes them, each with its `listen`
+    /// values: the implied `default` (on [`DEFAULT_PORTAL_GROUP_LISTEN`]) first, then each
+    /// written group a target uses that is not `foreign` (the first section of a name).
+    pub fn listened_portal_groups(&self) -> Vec<(&str, Vec<&str>)> {
+        let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
+        if self.implied_default_portal_group().is_some() {
+            out.push(("default", DEFAULT_PORTAL_GROUP_LISTEN.to_vec()));
+        }
+        let used = |name: &str| {
+            self.targets.iter().any(|t| {
+                (t.portal_groups.is_empty() && name == "default")
+                    || t.portal_groups.iter().any(|p| p.portal_group.name == name)
+            })
+        };
+        for g in &self.portal_groups {
+            if !g.foreign && used(&g.name) && out.iter().all(|(n, _)| *n != g.name) {
+                out.push((&g.name, g.listen.iter().map(|l| l.name.as_str()).collect()));
+            }
+        }
+        out
+    }
+
     /// The first target that uses the predefined portal group `default` (by naming it, or by
     /// naming no portal group) when no `portal-group default { }` section defines it: vitd then
     /// serves that group on [`DEFAULT_PORTAL_GROUP_LISTEN`], ahead of the groups written.
@@ -626,4 +648,28 @@ pub fn dscp_codepoint(value: &str) -> Option<u8> {
         }
     };
     (n <= 63).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The groups vitd listens for: the implied `default` first, then the written ones a target
+    /// uses, foreign ones left out (announced, not listened on).
+    #[test]
+    fn listened_portal_groups_are_the_used_served_ones_in_vitds_order() {
+        let cfg = crate::config::parse(
+            "portal-group a { listen lo:3999 }\nportal-group unused { listen 10.0.0.1 }\n\
+             portal-group far { foreign\n listen 10.9.9.9 }\n\
+             target iqn.2000-01.com.x:t { portal-group a\n portal-group far }\n\
+             target iqn.2000-01.com.x:u { }",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.listened_portal_groups(),
+            [
+                ("default", vec!["0.0.0.0:3260", "[::]:3260"]),
+                ("a", vec!["lo:3999"])
+            ]
+        );
+    }
 }

@@ -122,6 +122,50 @@ pub fn resolve_listen(
     })
 }
 
+/// Resolves one `listen` value as [`resolve_listen`] does, but with the interface table and
+/// literal addresses only: `Ok(None)` for a host name that only the system resolver (DNS) could
+/// resolve, which is not asked. For a view of this host that asks no name server (vitctl's).
+pub fn resolve_listen_locally(
+    listen: &str,
+    interfaces: &[InterfaceAddr],
+) -> Result<Option<Vec<SocketAddr>>, String> {
+    let asked = std::cell::Cell::new(false);
+    let resolved = resolve_listen_with(listen, interfaces, &|_, _| {
+        asked.set(true);
+        Ok(Vec::new())
+    });
+    if asked.get() {
+        return Ok(None);
+    }
+    resolved.map(Some)
+}
+
+/// Whether a listener on `wildcard` takes the connections to `addr` too: the unspecified
+/// address of its family on the same port (`[::]` is listened on with IPV6_V6ONLY). Linux
+/// refuses to listen on both (EADDRINUSE, even with SO_REUSEADDR).
+pub fn covers(wildcard: &SocketAddr, addr: &SocketAddr) -> bool {
+    wildcard.ip().is_unspecified()
+        && wildcard != addr
+        && wildcard.port() == addr.port()
+        && wildcard.is_ipv4() == addr.is_ipv4()
+}
+
+/// vitd's start check of its portal groups' addresses. `listened` holds each address vitd
+/// would listen on with the portal group it is of, in the order vitd takes them; the first
+/// address that cannot be listened on beside an earlier one of another group is returned with
+/// that earlier one, as indices into `listened`: the same address (vitd would listen there for
+/// one group alone, and the other's targets, which discovery advertises there, could not be
+/// logged in to), or a wildcard and an address of its family on one port (Linux lets only one
+/// of the two listen). The two are equal addresses in the first case, not in the second.
+pub fn first_clash<G: PartialEq>(listened: &[(SocketAddr, G)]) -> Option<(usize, usize)> {
+    listened.iter().enumerate().find_map(|(i, (a, g))| {
+        listened[..i]
+            .iter()
+            .position(|(b, h)| h != g && (b == a || covers(b, a) || covers(a, b)))
+            .map(|j| (i, j))
+    })
+}
+
 /// A host name and port to the addresses a resolver gives for them.
 type HostLookup<'a> = &'a dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
 
@@ -423,6 +467,55 @@ mod tests {
                 "{name}: {e}, the resolver said {system:?}"
             ),
         }
+    }
+
+    /// Without the resolver: literal addresses and interfaces resolve as they do for vitd, a
+    /// name only DNS could know is left unresolved (no lookup is made), and bad values still
+    /// say why.
+    #[test]
+    fn resolving_locally_asks_no_resolver() {
+        let r = |s| resolve_listen_locally(s, &ifs());
+        assert_eq!(
+            r("lo:3261").unwrap().unwrap(),
+            vec!["127.0.0.1:3261".parse().unwrap()]
+        );
+        assert_eq!(r("vmk0:3260").unwrap().unwrap().len(), 2);
+        assert_eq!(
+            r("[::ffff:127.0.0.1]:3260").unwrap().unwrap(),
+            vec!["127.0.0.1:3260".parse().unwrap()]
+        );
+        assert_eq!(r("storage1:3260").unwrap(), None);
+        assert!(r("lo:0").unwrap_err().contains("port"));
+    }
+
+    #[test]
+    fn clashes_are_the_same_address_or_a_wildcard_and_its_family_on_one_port() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let clash =
+            |l: &[(&str, u8)]| first_clash(&l.iter().map(|&(s, g)| (a(s), g)).collect::<Vec<_>>());
+        assert_eq!(
+            clash(&[("127.0.0.1:1", 0), ("127.0.0.1:1", 1)]),
+            Some((1, 0))
+        );
+        assert_eq!(clash(&[("127.0.0.1:1", 0), ("0.0.0.0:1", 1)]), Some((1, 0)));
+        assert_eq!(
+            clash(&[("[::]:1", 0), ("10.0.0.1:1", 1), ("[::1]:1", 2)]),
+            Some((2, 0))
+        );
+        // One group may name an address twice, or a wildcard and an address under it.
+        assert_eq!(clash(&[("127.0.0.1:1", 0), ("127.0.0.1:1", 0)]), None);
+        assert_eq!(clash(&[("127.0.0.1:1", 0), ("0.0.0.0:1", 0)]), None);
+        // Other ports, other families, two wildcards of different families.
+        assert_eq!(
+            clash(&[
+                ("127.0.0.1:1", 0),
+                ("127.0.0.1:2", 1),
+                ("[::]:1", 1),
+                ("0.0.0.0:3", 0),
+                ("[::]:3", 1)
+            ]),
+            None
+        );
     }
 
     #[test]

@@ -230,7 +230,7 @@ impl Running {
             }
             for a in &pg.addrs {
                 // The group's own wildcard on that port takes these connections already.
-                if pg.addrs.iter().any(|w| covers(w, a)) {
+                if pg.addrs.iter().any(|w| portal::covers(w, a)) {
                     continue;
                 }
                 if seen.insert(*a) {
@@ -540,21 +540,10 @@ fn foreign_addrs(listen: &str) -> Vec<SocketAddr> {
     }
 }
 
-/// Whether a listener on `wildcard` takes the connections to `addr` too: the unspecified
-/// address of its family on the same port (`[::]` is listened on with IPV6_V6ONLY). Linux
-/// refuses to listen on both (EADDRINUSE, even with SO_REUSEADDR).
-fn covers(wildcard: &SocketAddr, addr: &SocketAddr) -> bool {
-    wildcard.ip().is_unspecified()
-        && wildcard != addr
-        && wildcard.port() == addr.port()
-        && wildcard.is_ipv4() == addr.is_ipv4()
-}
-
 /// No two portal groups that targets use may resolve to one address (`lo:3260` and
-/// `127.0.0.1:3260`, which verify cannot see are the same): vitd listens there for the first
-/// alone, and the other's targets, which discovery advertises there, could not be logged in to.
-/// Nor may one listen on a wildcard and another on an address of its family on the same port:
-/// Linux lets only one of the two listen.
+/// `127.0.0.1:3260`, which verify cannot see are the same), nor may one listen on a wildcard
+/// and another on an address of its family on the same port: [`portal::first_clash`], which
+/// vitctl warns with too.
 fn shared_addresses(
     groups: &[PortalGroupRt],
     targets: &[Arc<TargetRt>],
@@ -563,38 +552,33 @@ fn shared_addresses(
         .iter()
         .flat_map(|t| t.portal_groups.iter().copied())
         .collect();
-    let mut listened: Vec<(SocketAddr, usize)> = Vec::new();
-    for (i, pg) in groups.iter().enumerate() {
-        if pg.foreign || !used.contains(&i) {
-            continue;
-        }
-        for a in &pg.addrs {
-            let clash = listened
-                .iter()
-                .find(|(b, j)| *j != i && (b == a || covers(b, a) || covers(a, b)));
-            if let Some((b, j)) = clash {
-                let msg = if b == a {
-                    format!(
-                        "listens on {a}, where portal group {} listens too; vitd would serve \
-                         only one group on an address",
-                        groups[*j].name
-                    )
-                } else {
-                    format!(
-                        "listens on {a}, and portal group {} on {b}: a wildcard and an address \
-                         of its family cannot both be listened on with one port",
-                        groups[*j].name
-                    )
-                };
-                return Err(RuntimeError::Portal {
-                    group: pg.name.clone(),
-                    msg,
-                });
-            }
-            listened.push((*a, i));
-        }
-    }
-    Ok(())
+    let listened: Vec<(SocketAddr, usize)> = groups
+        .iter()
+        .enumerate()
+        .filter(|(i, pg)| !pg.foreign && used.contains(i))
+        .flat_map(|(i, pg)| pg.addrs.iter().map(move |a| (*a, i)))
+        .collect();
+    let Some((at, with)) = portal::first_clash(&listened) else {
+        return Ok(());
+    };
+    let ((a, i), (b, j)) = (listened[at], listened[with]);
+    let msg = if b == a {
+        format!(
+            "listens on {a}, where portal group {} listens too; vitd would serve only one group \
+             on an address",
+            groups[j].name
+        )
+    } else {
+        format!(
+            "listens on {a}, and portal group {} on {b}: a wildcard and an address of its family \
+             cannot both be listened on with one port",
+            groups[j].name
+        )
+    };
+    Err(RuntimeError::Portal {
+        group: groups[i].name.clone(),
+        msg,
+    })
 }
 
 /// Why a LUN could not be opened.
