@@ -582,6 +582,29 @@ fn a_lun_whose_saved_reservations_are_damaged_is_offline_not_unfenced() {
     let pr = descriptor.with_extension("pr");
     let saved = std::fs::read(&pr).unwrap();
     std::fs::write(&pr, &saved[..saved.len() / 2]).unwrap();
+    // `config validate` names the same cause, at the LUN's path in vit.conf, before a restart.
+    let out = ds.vitctl_out(&["config", "validate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "validate passed a damaged {pr:?}");
+    let conf = std::fs::read_to_string(ds.conf()).unwrap();
+    let rel = descriptor
+        .strip_prefix(ds.root())
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let line = conf.lines().position(|l| l.contains(rel)).unwrap() + 1;
+    let place = format!("{}:{line}:", ds.conf().display());
+    let cause = format!(
+        "target {} LUN 0: its saved persistent reservations {} cannot be read back",
+        iqn("pr"),
+        pr.display()
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&place) && l.contains(&cause)),
+        "{place} {cause}:\n{stderr}"
+    );
     let mut vitd = ds.start();
     let log = vitd.log_text();
     assert!(
@@ -611,6 +634,7 @@ fn a_lun_whose_saved_reservations_are_damaged_is_offline_not_unfenced() {
     drop(s);
     assert!(vitd.stop().success());
     std::fs::remove_file(&pr).unwrap();
+    ds.vitctl(&["config", "validate"]);
     let _vitd = ds.start();
     let mut s = session(&ds, 3);
     assert_eq!(read_keys(&mut s), Vec::<u64>::new());

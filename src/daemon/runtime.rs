@@ -596,12 +596,7 @@ enum OpenFault {
 /// offline rather than without them (its initiators' fencing would be gone), unless the process
 /// ran out of descriptors (vitd stops, naming the limit).
 fn saved_reservations_fault(path: &std::path::Path, e: &std::io::Error) -> OpenFault {
-    let msg = format!(
-        "its saved persistent reservations {} cannot be read back ({e}); it is not served \
-         without them, since a node they fenced out could then write: restore the file, or \
-         remove it to start the LUN with no reservations",
-        path.display()
-    );
+    let msg = crate::datastore::saved_reservations_unreadable(path, e);
     if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
         OpenFault::Descriptors(msg)
     } else {

@@ -200,31 +200,6 @@ impl FlushRounds {
     }
 }
 
-/// Reads the reservation state saved at `path`: `None` when there is none; an error for a file
-/// that cannot be read (its OS error kept, so running out of descriptors can be told apart) or
-/// decoded (`InvalidData`). At most [`crate::scsi::pr::MAX_ENCODED_LEN`] + 1 bytes are read,
-/// whatever the file's size.
-fn load_saved(path: &std::path::Path) -> std::io::Result<Option<PrState>> {
-    use std::io::{Error, ErrorKind, Read};
-    let limit = crate::scsi::pr::MAX_ENCODED_LEN;
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut bytes = Vec::new();
-    file.take(limit as u64 + 1).read_to_end(&mut bytes)?;
-    if bytes.len() > limit {
-        return Err(Error::new(
-            ErrorKind::InvalidData,
-            format!("larger than {limit} bytes"),
-        ));
-    }
-    PrState::decode(&bytes)
-        .map(Some)
-        .map_err(|e| Error::new(ErrorKind::InvalidData, e.to_string()))
-}
-
 /// Counters of plain writes in flight; a data thread uses shard `index % WRITE_SHARDS`.
 pub const WRITE_SHARDS: usize = 16;
 
@@ -244,7 +219,7 @@ impl LunShared {
     /// read back is an error, never ignored: serving the LUN without the reservations its
     /// initiators made would drop a cluster's fencing (a node it fenced out could write).
     pub fn open(pr_file: PathBuf) -> std::io::Result<Self> {
-        let pr = load_saved(&pr_file)?.unwrap_or_else(PrState::new);
+        let pr = crate::datastore::load_saved_reservations(&pr_file)?.unwrap_or_else(PrState::new);
         Ok(Self::with_state(pr, Some(pr_file)))
     }
 
@@ -613,27 +588,34 @@ mod tests {
     fn saved_state_is_read_within_bounds_and_damage_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lun.pr");
-        assert_eq!(load_saved(&path).unwrap(), None, "none saved");
+        assert_eq!(
+            crate::datastore::load_saved_reservations(&path).unwrap(),
+            None,
+            "none saved"
+        );
         assert!(!LunShared::open(path.clone()).unwrap().pr_active());
         // A huge (sparse) file is refused without reading it into memory.
         let f = std::fs::File::create(&path).unwrap();
         f.set_len(1 << 40).unwrap();
         drop(f);
-        let e = load_saved(&path).unwrap_err();
+        let e = crate::datastore::load_saved_reservations(&path).unwrap_err();
         assert!(e.to_string().contains("larger than"), "{e}");
         // A LUN whose saved state cannot be read back is not served without it.
         assert!(LunShared::open(path.clone()).is_err());
         // Truncated, and a directory in its place: errors, never a panic.
         std::fs::write(&path, b"VITPR\x01\0").unwrap();
-        assert!(load_saved(&path).is_err());
+        assert!(crate::datastore::load_saved_reservations(&path).is_err());
         assert!(LunShared::open(path.clone()).is_err());
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
-        assert!(load_saved(&path).is_err());
+        assert!(crate::datastore::load_saved_reservations(&path).is_err());
         // What encode wrote comes back.
         std::fs::remove_dir(&path).unwrap();
         std::fs::write(&path, PrState::new().encode()).unwrap();
-        assert_eq!(load_saved(&path).unwrap(), Some(PrState::new()));
+        assert_eq!(
+            crate::datastore::load_saved_reservations(&path).unwrap(),
+            Some(PrState::new())
+        );
     }
 
     /// Each session's inbox holds what was posted for it, bounded however much is posted and

@@ -510,6 +510,30 @@ pub fn default_root() -> PathBuf {
     PathBuf::from("vit-data")
 }
 
+/// Reads the reservations a LUN saved with APTPL at `pr_file`
+/// ([`crate::vmdk::reservations_path`] of its descriptor): `None` when there is none; an error
+/// for a file that exists but cannot be read or decoded ([`crate::scsi::pr::PrState::read_saved`]).
+/// vitd starts a LUN from it (and keeps the LUN offline on an error); `config validate` reports
+/// the error with [`saved_reservations_unreadable`].
+pub fn load_saved_reservations(pr_file: &Path) -> io::Result<Option<crate::scsi::pr::PrState>> {
+    match File::open(pr_file) {
+        Ok(f) => crate::scsi::pr::PrState::read_saved(f).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Why a LUN whose saved reservations at `pr_file` cannot be read back (`e`) is not served: the
+/// words vitd logs when it keeps the LUN offline and `config validate` reports.
+pub fn saved_reservations_unreadable(pr_file: &Path, e: &io::Error) -> String {
+    format!(
+        "its saved persistent reservations {} cannot be read back ({e}); it is not served \
+         without them, since a node they fenced out could then write: restore the file, or \
+         remove it to start the LUN with no reservations",
+        pr_file.display()
+    )
+}
+
 /// The components of a LUN `path` from vit.conf, TARGET-UUID first, when its form alone allows
 /// it (relative, no `..` or `.` component, at least TARGET-UUID/FILE); what is on disk is
 /// [`Datastore::resolve_lun_path`]'s to check. A form refused is a fault of vit.conf itself.
@@ -710,6 +734,36 @@ mod tests {
         assert!(
             e.ends_with(":1:14: byte 0xc3 is not UTF-8 (vit.conf is UTF-8 text)"),
             "{e}"
+        );
+    }
+
+    /// A size that is not a whole number of the LUN's blocks stops vitd at start (runtime.rs,
+    /// `open_lun`), so validate names it, where vitd does.
+    #[test]
+    fn a_size_that_is_not_whole_blocks_is_reported() {
+        let (_dir, ds) = ds();
+        std::fs::write(
+            ds.config_path(),
+            "generation 3\ntarget iqn.2026-11.io.vit:x {\n  lun 0 {\n    backend ramdisk\n    \
+             size 1000B\n  }\n  lun 1 {\n    backend ramdisk\n    blocksize 4096\n    \
+             size 6144B\n  }\n  lun 2 {\n    backend ramdisk\n    blocksize 4096\n    \
+             size 8192B\n  }\n}\n",
+        )
+        .unwrap();
+        let file = ds.config_path().display().to_string();
+        let problems: Vec<String> = ds.validate().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                format!(
+                    "{file}:3:9: target iqn.2026-11.io.vit:x LUN 0: size 1000 is not a multiple \
+                     of the block size 512"
+                ),
+                format!(
+                    "{file}:9:15: target iqn.2026-11.io.vit:x LUN 1: size 6144 is not a multiple \
+                     of the block size 4096"
+                ),
+            ]
         );
     }
 }

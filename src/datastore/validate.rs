@@ -121,6 +121,12 @@ fn check_target_link(ds: &Datastore, target: &Target, report: &mut dyn FnMut(Pos
 }
 
 fn check_lun(ds: &Datastore, body: &LunBody, lun_pos: Pos, report: &mut dyn FnMut(Pos, String)) {
+    if body.effective_backend() == Backend::Ramdisk {
+        if let Some((size, _)) = body.size {
+            block_multiple(body, size, report);
+        }
+        return;
+    }
     let Some(path) = &body.path else {
         if body
             .backend
@@ -134,20 +140,39 @@ fn check_lun(ds: &Datastore, body: &LunBody, lun_pos: Pos, report: &mut dyn FnMu
         Ok(p) => p,
         Err(e) => return report(path.pos, e.to_string()),
     };
+    // vitd keeps a LUN whose saved reservations cannot be read back offline.
+    let pr_file = crate::vmdk::reservations_path(&descriptor);
+    if let Err(e) = super::load_saved_reservations(&pr_file) {
+        report(path.pos, super::saved_reservations_unreadable(&pr_file, &e));
+    }
     let desc = match crate::vmdk::check(&descriptor) {
         Ok(d) => d,
         Err(e) => return report(path.pos, e.to_string()),
     };
-    if let Some((size, pos)) = body.size {
-        let capacity = desc.capacity_bytes();
-        if size != capacity {
-            report(
-                pos,
-                format!(
-                    "size {size} bytes disagrees with {} ({capacity} bytes)",
-                    descriptor.display()
-                ),
-            );
-        }
+    let capacity = desc.capacity_bytes();
+    if let Some((size, pos)) = body.size
+        && size != capacity
+    {
+        report(
+            pos,
+            format!(
+                "size {size} bytes disagrees with {} ({capacity} bytes)",
+                descriptor.display()
+            ),
+        );
+    } else {
+        block_multiple(body, capacity, report);
+    }
+}
+
+/// vitd refuses to start with a LUN whose size (`bytes`: its descriptor's, or a memory LUN's in
+/// vit.conf) is not a whole number of its blocks; located as vitd locates it.
+fn block_multiple(body: &LunBody, bytes: u64, report: &mut dyn FnMut(Pos, String)) {
+    let (block_size, pos) = body.blocksize.unwrap_or((512, body.pos));
+    if block_size != 0 && !bytes.is_multiple_of(block_size) {
+        report(
+            pos,
+            format!("size {bytes} is not a multiple of the block size {block_size}"),
+        );
     }
 }

@@ -998,6 +998,26 @@ impl PrState {
         out
     }
 
+    /// Reads a state written by [`PrState::encode`] from `source` (a saved file, opened by the
+    /// caller), taking at most [`MAX_ENCODED_LEN`] + 1 bytes whatever it holds: a longer or
+    /// damaged state is `InvalidData`; a read error keeps its OS error (so running out of
+    /// descriptors can be told apart). vitd's start and `vitctl config validate` both read a
+    /// LUN's saved reservations through this.
+    pub fn read_saved(source: impl std::io::Read) -> std::io::Result<Self> {
+        use std::io::{Error, ErrorKind, Read};
+        let mut bytes = Vec::new();
+        source
+            .take(MAX_ENCODED_LEN as u64 + 1)
+            .read_to_end(&mut bytes)?;
+        if bytes.len() > MAX_ENCODED_LEN {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("larger than {MAX_ENCODED_LEN} bytes"),
+            ));
+        }
+        Self::decode(&bytes).map_err(|e| Error::new(ErrorKind::InvalidData, e.to_string()))
+    }
+
     /// Loads a state written by [`PrState::encode`]; any damage is an error, never a panic.
     pub fn decode(data: &[u8]) -> Result<Self, PrDecodeError> {
         if data.len() > MAX_ENCODED_LEN || data.len() < MAGIC.len() + 4 {
