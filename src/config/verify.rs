@@ -506,6 +506,12 @@ impl Checker<'_> {
         {
             self.report(pos, "backend ramdisk needs a `size`");
         }
+        // vitd cannot serve a LUN of no blocks (READ CAPACITY has no last block to give).
+        if let Some((0, pos)) = b.size
+            && b.effective_backend() == Backend::Ramdisk
+        {
+            self.report(pos, "size 0: a ramdisk LUN needs at least one block");
+        }
         if let Some((size, pos)) = b.size
             && b.effective_backend() == Backend::Ramdisk
             && size > MAX_RAMDISK_BYTES

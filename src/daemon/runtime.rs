@@ -1222,6 +1222,18 @@ mod tests {
         let (on, off) = (&online.targets[0].luns[0], &offline.targets[0].luns[0]);
         assert!(matches!(off.backing, Backing::Offline { .. }));
         assert_eq!((off.identity, &off.serial), (on.identity, &on.serial));
+        // A descriptor that gives no sectors is a damaged file: offline, saying so.
+        std::fs::write(
+            tdir.join("z.vmdk"),
+            "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+             createType=\"monolithicFlat\"\nRW 0 FLAT \"a-flat.vmdk\" 0\n",
+        )
+        .unwrap();
+        let zero = built("{ path u/z.vmdk }").unwrap();
+        match &zero.targets[0].luns[0].backing {
+            Backing::Offline { reason } => assert!(reason.contains("0 sectors"), "{reason}"),
+            _ => panic!("a descriptor of no sectors was served"),
+        }
         let missing = built("{ path v/a.vmdk }").unwrap();
         assert!(matches!(
             missing.targets[0].luns[0].backing,

@@ -766,4 +766,57 @@ mod tests {
             ]
         );
     }
+
+    /// What vitd cannot serve is named at its place in vit.conf by `config validate` and by
+    /// the load vitd starts with (`load_config`, before `runtime::build`): a memory LUN of no
+    /// blocks, a LUN id given twice in one target. Nothing is written.
+    #[test]
+    fn a_ramdisk_of_size_0_and_a_lun_id_given_twice_are_reported_where_they_stand() {
+        let (_dir, ds) = ds();
+        let text = "generation 3\ntarget iqn.2026-11.io.vit:x {\n  lun 0 {\n    backend ramdisk\n    \
+                    size 0\n  }\n  lun 1 {\n    backend ramdisk\n    size 1M\n  }\n  \
+                    lun 1 {\n    backend ramdisk\n    size 1M\n  }\n}\n";
+        std::fs::write(ds.config_path(), text).unwrap();
+        let file = ds.config_path().display().to_string();
+        let want = [
+            format!("{file}:5:10: size 0: a ramdisk LUN needs at least one block"),
+            format!("{file}:11:7: LUN 1 is defined twice in this target (first at 7:7)"),
+        ];
+        let problems: Vec<String> = ds.validate().iter().map(ToString::to_string).collect();
+        assert_eq!(problems, want);
+        match ds.load_config() {
+            Err(DatastoreError::Config(errors)) => {
+                let got: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                assert_eq!(got, want);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(ds.config_path()).unwrap(), text);
+    }
+
+    /// A VMDK descriptor that gives no sectors is no disk: validate names it at the LUN's path.
+    #[test]
+    fn a_vmdk_of_no_sectors_is_reported_at_its_path() {
+        let (_dir, ds) = ds();
+        let tdir = ds.create_target_dir("u").unwrap();
+        let desc = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+                    createType=\"monolithicFlat\"\nRW 0 FLAT \"z-flat.vmdk\" 0\n";
+        std::fs::write(tdir.join("z.vmdk"), desc).unwrap();
+        std::fs::write(tdir.join("z-flat.vmdk"), b"").unwrap();
+        let text =
+            "generation 3\ntarget iqn.2026-11.io.vit:x {\n  lun 0 {\n    path u/z.vmdk\n  }\n}\n";
+        std::fs::write(ds.config_path(), text).unwrap();
+        let problems: Vec<String> = ds.validate().iter().map(ToString::to_string).collect();
+        let want = format!(
+            "{}:4:10: target iqn.2026-11.io.vit:x LUN 0: ",
+            ds.config_path().display()
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with(&want) && problems[0].contains("0 sectors"),
+            "{problems:?}"
+        );
+        assert_eq!(std::fs::read_to_string(ds.config_path()).unwrap(), text);
+        assert_eq!(std::fs::read_to_string(tdir.join("z.vmdk")).unwrap(), desc);
+    }
 }
