@@ -271,3 +271,32 @@ fn sessions_that_end_in_a_fault_are_logged_at_warn() {
         "{log}"
     );
 }
+
+/// The stop line counts the sessions it asks to log out, in words that agree: one session held
+/// open across SIGTERM is "1 session" (it read "1 sessions"); one that ended before is not
+/// counted.
+#[test]
+fn the_stop_line_counts_the_sessions_asked_to_log_out() {
+    let (ds, mut vitd) = serve_one("q", "8M");
+    let initiator = "iqn.2026-11.io.vit:log-stop";
+    let mut held = login(ds.port, initiator, &iqn("q"), [0x80, 0, 0, 0, 0x30, 0x01]);
+    held.test_unit_ready().unwrap();
+    let mut gone = login(ds.port, initiator, &iqn("q"), [0x80, 0, 0, 0, 0x30, 0x02]);
+    gone.test_unit_ready().unwrap();
+    let gone_addr = gone.stream.local_addr().unwrap().to_string();
+    drop(gone);
+    assert!(
+        wait_for_line(&vitd, &["session ended", &gone_addr]),
+        "{}",
+        vitd.log_text()
+    );
+    // Its data thread reports the end to the control thread just after that line.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(vitd.stop().success());
+    let log = vitd.log_text();
+    let stop = lines_with(&log, &["SIGTERM received: stopping"]);
+    assert!(
+        stop.len() == 1 && stop[0].ends_with("stopping; 1 session asked to log out"),
+        "{log}"
+    );
+}

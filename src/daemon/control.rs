@@ -341,10 +341,7 @@ impl Control {
                         libc::SIGINT => "SIGINT".to_string(),
                         other => format!("signal {other}"),
                     };
-                    tracing::info!(
-                        "{name} received: stopping; {} sessions asked to log out",
-                        self.sessions.len()
-                    );
+                    tracing::info!("{}", self.stop_line(&name));
                     return true;
                 }
             }
@@ -352,6 +349,21 @@ impl Control {
                 return false;
             }
         }
+    }
+
+    /// The line logged when signal `name` stops vitd, counting the sessions the data threads
+    /// will ask to log out: those handed to one, less those already ending (reinstated, or
+    /// reported ended since the last round).
+    fn stop_line(&mut self, name: &str) -> String {
+        let gone: Vec<u64> = self.ended.try_iter().collect();
+        self.sessions.retain(|s| !gone.contains(&s.id));
+        let asked = self
+            .sessions
+            .iter()
+            .filter(|s| !s.ending && s.thread != usize::MAX)
+            .count();
+        let noun = if asked == 1 { "session" } else { "sessions" };
+        format!("{name} received: stopping; {asked} {noun} asked to log out")
     }
 
     fn accept(&mut self, li: usize) {
@@ -1053,6 +1065,39 @@ mod tests {
     fn control(max_sessions: usize) -> (Control, crossbeam_channel::Receiver<Msg>, OwnedFd) {
         let (c, rx, _, signals) = control_on(vec![], max_sessions);
         (c, rx, signals)
+    }
+
+    /// The stop line counts the sessions asked to log out: those on a data thread and not
+    /// already ending (reinstated), in words that agree with the number.
+    #[test]
+    fn the_stop_line_counts_live_sessions_only() {
+        let (mut c, _mail, _signals) = control(4);
+        let rec = |id: u64, thread: usize, ending: bool| SessionRec {
+            initiator: "iqn.2026-11.io.vit:i".into(),
+            isid: [0x80, 0, 0, 0, 0, id as u8],
+            target: "iqn.2026-11.io.vit:t".into(),
+            tag: 1,
+            thread,
+            id,
+            tsih: id as u16,
+            ending,
+        };
+        assert_eq!(
+            c.stop_line("SIGTERM"),
+            "SIGTERM received: stopping; 0 sessions asked to log out"
+        );
+        c.sessions.push(rec(1, 0, false));
+        c.sessions.push(rec(2, 0, true));
+        c.sessions.push(rec(3, usize::MAX, false));
+        assert_eq!(
+            c.stop_line("SIGTERM"),
+            "SIGTERM received: stopping; 1 session asked to log out"
+        );
+        c.sessions.push(rec(4, 0, false));
+        assert_eq!(
+            c.stop_line("SIGINT"),
+            "SIGINT received: stopping; 2 sessions asked to log out"
+        );
     }
 
     /// SIGHUP (sent as a signalfd record) leaves the control thread serving; SIGTERM stops it.
