@@ -290,7 +290,8 @@ fn the_stop_line_counts_the_sessions_asked_to_log_out() {
         "{}",
         vitd.log_text()
     );
-    // Its data thread reports the end to the control thread just after that line (a second leaves room on a loaded machine).
+    // Its data thread reports the end to the control thread just after that line (a second
+    // leaves room on a loaded machine).
     std::thread::sleep(Duration::from_millis(1000));
     assert!(vitd.stop().success());
     let log = vitd.log_text();
