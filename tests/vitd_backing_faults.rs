@@ -311,15 +311,13 @@ fn device_errors(buffered: bool) {
     }
     // The count of the lines the flood left out is told within a second or two, though no
     // failure follows it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !vitd.log_text().contains("similar log lines left out") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the lines left out were never counted: {}",
-            vitd.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    assert!(
+        wait_until(20, || vitd
+            .log_text()
+            .contains("similar log lines left out")),
+        "the lines left out were never counted: {}",
+        vitd.log_text()
+    );
     let log = vitd.log_text();
     let lines = log.matches("backing-store I/O failed").count();
     assert!(lines >= 1, "no failure logged: {log}");

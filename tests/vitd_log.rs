@@ -17,18 +17,9 @@ fn lines_with<'a>(log: &'a str, parts: &[&str]) -> Vec<&'a str> {
         .collect()
 }
 
-/// Waits (up to 10 s) for a line holding every one of `parts`.
+/// Waits (up to 20 s) for a line holding every one of `parts`.
 fn wait_for_line(vitd: &Vitd, parts: &[&str]) -> bool {
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if !lines_with(&vitd.log_text(), parts).is_empty() {
-            return true;
-        }
-        if std::time::Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(20, || !lines_with(&vitd.log_text(), parts).is_empty())
 }
 
 /// The longest run of hexadecimal digits in `s` (a CHAP challenge or response is 32 or more).

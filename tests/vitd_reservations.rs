@@ -180,6 +180,7 @@ fn a_reinstated_session_keeps_the_reserve_it_takes() {
     let mut old = session(&ds, 7);
     let _ = old.command(1, &[0; 6], &[], 0);
     let (lun0, lun1) = (naa(&mut old, 0), naa(&mut old, 1));
+    let old_addr = old.stream.local_addr().unwrap().to_string();
     // 64 segments of 32 MiB: seconds of copying on the old session (whose connection the
     // reinstatement closes: no answer comes).
     let copying = std::thread::spawn(move || {
@@ -207,8 +208,15 @@ fn a_reinstated_session_keeps_the_reserve_it_takes() {
     };
     assert_eq!(write(&mut other), 0x18, "RESERVATION CONFLICT");
     copying.join().unwrap();
-    // The old session is gone by now (its copy ended with the connection).
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The old session's end (its copy ended with the connection) is logged before the check.
+    assert!(
+        wait_until(20, || vitd
+            .log_text()
+            .lines()
+            .any(|l| l.contains("session ended") && l.contains(&old_addr))),
+        "the old session never ended: {}",
+        vitd.log_text()
+    );
     assert_eq!(
         write(&mut other),
         0x18,

@@ -365,10 +365,7 @@ fn many_sessions_flushing_resetting_and_dropping_keep_every_promise() {
     assert!(answered > 100 && dropped > 0, "too little ran");
     // The sessions are gone (their sockets closed when the workers ended): vitd's threads and
     // descriptors are back where they were.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while resources(pid) != before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(20, || resources(pid) == before);
     assert_eq!(
         resources(pid),
         before,

@@ -125,6 +125,21 @@ pub fn peer_closed(s: &mut TcpStream) -> bool {
     }
 }
 
+/// Polls `ok` every 50 ms until it holds (true) or `secs` pass (false). For conditions that
+/// a loaded machine may delay: the deadline is generous, the wait ends as soon as they hold.
+pub fn wait_until(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if ok() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
