@@ -235,8 +235,7 @@ fn fio_rides_through_cut_connections_and_vitd_keeps_no_session() {
     let vitd = ds.start();
     let pid = vitd.child.as_ref().unwrap().id();
     // Vitd::start's probe connection may still be open on the control thread; let it go.
-    std::thread::sleep(Duration::from_millis(300));
-    let before = resources(pid);
+    let before = settled_resources(pid);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("fio.out");
     let fio = spawn_workload(&fio().unwrap(), &ds.url("cut", 0), &out);

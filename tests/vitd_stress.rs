@@ -342,8 +342,7 @@ fn many_sessions_flushing_resetting_and_dropping_keep_every_promise() {
         let _ = s.command(0, &cdb(0x8a, 0, 1, true), &[0; BS], 0);
         let _ = s.command(0, &cdb(0x91, 0, 0, false), &[], 0);
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let before = resources(pid);
+    let before = settled_resources(pid);
     let seed = seed();
     let until = Instant::now() + Duration::from_secs(4);
     let tallies: Vec<Tally> = std::thread::scope(|scope| {

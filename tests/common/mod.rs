@@ -69,6 +69,21 @@ pub fn resources(pid: u32) -> (usize, usize) {
     (threads, fds)
 }
 
+/// [`resources`] once they have held still for half a second (at most 10 s of looking): a
+/// baseline taken while a connection just closed is still open would be one too high.
+pub fn settled_resources(pid: u32) -> (usize, usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = resources(pid);
+    let mut still = 0;
+    while still < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = resources(pid);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
 /// The names of process `pid`'s threads.
 pub fn names(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
