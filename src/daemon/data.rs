@@ -725,6 +725,14 @@ impl Worker {
         }
     }
 
+    /// The file operation of request `task` of connection `idx`, while the connection is there.
+    fn file_op(&mut self, idx: usize, task: u16) -> Option<&mut FileOp> {
+        self.slots
+            .get_mut(idx)
+            .and_then(Option::as_mut)
+            .and_then(|s| s.file_ops.get_mut(usize::from(task)))
+    }
+
     fn slot(&mut self, idx: usize) -> Option<&mut Slot> {
         self.slots
             .get_mut(idx)
@@ -1360,12 +1368,7 @@ impl Worker {
     /// already in place); the round ends when its last fdatasync completes (`on_file`).
     fn run_flush_round(&mut self, idx: usize, lun: &Arc<LunRt>, task: u16, n: u64) {
         let pending = self.submit_datasync(idx, task, lun);
-        if let Some(op) = self
-            .slots
-            .get_mut(idx)
-            .and_then(Option::as_mut)
-            .and_then(|s| s.file_ops.get_mut(usize::from(task)))
-        {
+        if let Some(op) = self.file_op(idx, task) {
             op.pending = pending;
             op.round = Some(n);
         }
@@ -1382,12 +1385,7 @@ impl Worker {
         match lun.shared.flush_finish(n, false) {
             Some(good) => self.finish_io(idx, task, flush_result(good)),
             None => {
-                let work = self
-                    .slots
-                    .get_mut(idx)
-                    .and_then(Option::as_mut)
-                    .and_then(|s| s.file_ops.get_mut(usize::from(task)))
-                    .and_then(|op| op.work);
+                let work = self.file_op(idx, task).and_then(|op| op.work);
                 match work {
                     Some(work) => self.flush_waiting.push(FlushWait {
                         idx,
@@ -1404,11 +1402,7 @@ impl Worker {
     /// Counts a flush of `lun` other than a round (an RWF_DSYNC write through the page cache,
     /// a job's fdatasync) for request `task` of connection `idx`, until its operations end.
     fn count_other_flush(&mut self, idx: usize, task: u16, lun: &Arc<LunRt>) {
-        if let Some(op) = self
-            .slots
-            .get_mut(idx)
-            .and_then(Option::as_mut)
-            .and_then(|s| s.file_ops.get_mut(usize::from(task)))
+        if let Some(op) = self.file_op(idx, task)
             && op.other_flush.is_none()
         {
             op.other_flush = Some(lun.shared.other_flush_start());
@@ -1432,22 +1426,20 @@ impl Worker {
                 self.finish_io(idx, task, IoResult::Failed);
                 continue;
             }
-            match w.lun.shared.flush_poll(w.round) {
-                FlushTurn::Wait(_) => self.flush_waiting.push(w),
-                FlushTurn::Issue(n) => {
-                    s.file_ops[usize::from(task)] = FileOp {
-                        work: Some(w.work),
-                        ..Default::default()
-                    };
-                    self.run_flush_round(idx, &w.lun, task, n);
-                }
-                FlushTurn::Done(good) => {
-                    s.file_ops[usize::from(task)] = FileOp {
-                        work: Some(w.work),
-                        ..Default::default()
-                    };
-                    self.finish_io(idx, task, flush_result(good));
-                }
+            let turn = w.lun.shared.flush_poll(w.round);
+            if matches!(turn, FlushTurn::Wait(_)) {
+                self.flush_waiting.push(w);
+                continue;
+            }
+            // The request takes its file op back: to run the round, or to be answered.
+            s.file_ops[usize::from(task)] = FileOp {
+                work: Some(w.work),
+                ..Default::default()
+            };
+            match turn {
+                FlushTurn::Issue(n) => self.run_flush_round(idx, &w.lun, task, n),
+                FlushTurn::Done(good) => self.finish_io(idx, task, flush_result(good)),
+                FlushTurn::Wait(_) => {}
             }
         }
     }
