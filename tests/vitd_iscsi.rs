@@ -931,21 +931,7 @@ fn chap_mutual_with_one_secret_both_ways_is_served_with_a_warning() {
         return;
     }
     let ds = Datastore::new();
-    ds.target(
-        "same",
-        &[
-            "--auth-type",
-            "chap-mutual",
-            "--chap-user",
-            "bob",
-            "--chap-secret",
-            "bobsecret1234",
-            "--mutual-user",
-            "tgt",
-            "--mutual-secret",
-            "tgtsecret1234",
-        ],
-    );
+    ds.target("same", &MUTUAL_CHAP);
     // vitctl refuses one secret for both directions; a hand-written vit.conf may have it.
     ds.edit(|cfg| {
         let t = cfg

@@ -266,21 +266,7 @@ impl Datastore {
             ],
         );
         self.lun("c", 0, "8M");
-        self.target(
-            "m",
-            &[
-                "--auth-type",
-                "chap-mutual",
-                "--chap-user",
-                "bob",
-                "--chap-secret",
-                "bobsecret1234",
-                "--mutual-user",
-                "tgt",
-                "--mutual-secret",
-                "tgtsecret1234",
-            ],
-        );
+        self.target("m", &MUTUAL_CHAP);
         self.lun("m", 0, "8M");
     }
     pub fn url(&self, alias: &str, lun: u32) -> String {
@@ -307,6 +293,21 @@ pub fn serve_one(alias: &str, size: &str) -> (Datastore, Vitd) {
 pub fn iqn(alias: &str) -> String {
     format!("iqn.2026-11.io.vit:{alias}")
 }
+
+/// vitctl's flags for a target with mutual CHAP: user bob (secret bobsecret1234) answered by
+/// tgt (secret tgtsecret1234).
+pub const MUTUAL_CHAP: [&str; 10] = [
+    "--auth-type",
+    "chap-mutual",
+    "--chap-user",
+    "bob",
+    "--chap-secret",
+    "bobsecret1234",
+    "--mutual-user",
+    "tgt",
+    "--mutual-secret",
+    "tgtsecret1234",
+];
 
 /// A running vitd, stopped (SIGTERM) on drop.
 pub struct Vitd {
