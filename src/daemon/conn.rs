@@ -529,19 +529,17 @@ impl Conn {
     /// rejected as such (§11.17.1, Note 2) at once, rather than leave a write that waits for the
     /// right data to the stall timeout; with InitialR2T=Yes no Data-Out is unsolicited (§13.10).
     fn on_stray_data_out(&mut self, d: &pdu::DataOut, bhs: &[u8; BHS_LEN]) {
-        let live = |tag: &dyn Fn(usize, &Task) -> bool| {
-            self.tasks
-                .iter()
-                .enumerate()
-                .any(|(i, t)| t.as_ref().is_some_and(|t| !t.aborted && tag(i, t)))
-        };
         let reason = if d.ttt == RESERVED_TAG {
             self.params
                 .initial_r2t
                 .then_some(RejectReason::ProtocolError)
         } else if !self.ttt_given(d.ttt)
-            || live(&|i, _| self.itts[i] == d.itt)
-            || live(&|_, t| t.ttt == d.ttt)
+            || self.find_itt(d.itt).is_some()
+            || self
+                .tasks
+                .iter()
+                .flatten()
+                .any(|t| !t.aborted && t.ttt == d.ttt)
         {
             Some(RejectReason::InvalidPduField)
         } else {
