@@ -76,18 +76,24 @@ impl Config {
         if self.implied_default_portal_group().is_some() {
             out.push(("default", DEFAULT_PORTAL_GROUP_LISTEN.to_vec()));
         }
-        let used = |name: &str| {
-            self.targets.iter().any(|t| {
-                (t.portal_groups.is_empty() && name == "default")
-                    || t.portal_groups.iter().any(|p| p.portal_group.name == name)
-            })
-        };
         for g in &self.portal_groups {
-            if !g.foreign && used(&g.name) && out.iter().all(|(n, _)| *n != g.name) {
+            if !g.foreign
+                && self.portal_group_used(&g.name)
+                && out.iter().all(|(n, _)| *n != g.name)
+            {
                 out.push((&g.name, g.listen.iter().map(|l| l.name.as_str()).collect()));
             }
         }
         out
+    }
+
+    /// Whether some target is in portal group `name` (by naming it; `default` also by naming
+    /// none).
+    pub fn portal_group_used(&self, name: &str) -> bool {
+        self.targets.iter().any(|t| {
+            (t.portal_groups.is_empty() && name == "default")
+                || t.portal_groups.iter().any(|p| p.portal_group.name == name)
+        })
     }
 
     /// The first target that uses the predefined portal group `default` (by naming it, or by

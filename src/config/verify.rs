@@ -1,7 +1,7 @@
 //! Semantic checks of a [`Config`]: references, duplicates, ranges, names and consistency.
 //! Every error names the position of the offending item; all are reported, in file order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::model::*;
 use super::{ConfigError, is_printable_value};
@@ -376,13 +376,6 @@ impl Checker<'_> {
     /// No two portal groups that targets use listen on one address: vitd would listen there for
     /// the first alone, and the other's targets could not be reached through it.
     fn shared_listen_addresses(&mut self, cfg: &Config) {
-        let mut used: HashSet<&str> = HashSet::new();
-        for t in &cfg.targets {
-            if t.portal_groups.is_empty() {
-                used.insert("default");
-            }
-            used.extend(t.portal_groups.iter().map(|p| p.portal_group.name.as_str()));
-        }
         let mut seen: HashMap<ListenAddr, (&str, Pos)> = HashMap::new();
         if let Some(t) = cfg.implied_default_portal_group() {
             for l in DEFAULT_PORTAL_GROUP_LISTEN {
@@ -394,7 +387,7 @@ impl Checker<'_> {
         let served = cfg
             .portal_groups
             .iter()
-            .filter(|g| !g.foreign && used.contains(g.name.as_str()));
+            .filter(|g| !g.foreign && cfg.portal_group_used(&g.name));
         for g in served {
             for l in &g.listen {
                 let Ok(addr) = ListenAddr::parse(&l.name) else {
