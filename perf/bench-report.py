@@ -101,6 +101,22 @@ def floor_figures(rec):
     return out, rec.get("error")
 
 
+def machine_busy_pct(rec, window_s):
+    """The busy time of all the machine's CPUs over a run's sampled window, in % of one CPU, or
+    None. /proc/stat's busy counters are sampled at the clock tick, and a CPU that sleeps between
+    short bursts (a QD 1 run) has its tick stopped, so they miss most of the bursts; its idle time
+    is measured exactly, so busy is every CPU's wall time less the idle time (records before
+    machine_idle_ticks were kept fall back to the busy counters)."""
+    i0, i1 = rec.get("machine_idle_ticks_start"), rec.get("machine_idle_ticks_end")
+    cpus = rec.get("machine_cpus")
+    if None not in (i0, i1, cpus) and i1 >= i0:
+        return 100.0 * (cpus - (i1 - i0) / CLK_TCK / window_s)
+    b0, b1 = rec.get("machine_busy_ticks_start"), rec.get("machine_busy_ticks_end")
+    if b0 is not None and b1 is not None and b1 >= b0:
+        return 100.0 * (b1 - b0) / CLK_TCK / window_s
+    return None
+
+
 def figures(rec):
     """The figures of one run, or (None, reason) when the run gave none."""
     if "floor" in rec:
@@ -149,10 +165,13 @@ def figures(rec):
         s0, s1 = rec.get("sleeps_start"), rec.get("sleeps_end")
         if s0 is not None and s1 is not None and s1 >= s0:
             out["sleeps_per_io"] = (s1 - s0) / ((n1 - n0) / 1e9) / out["iops"]
-        b0, b1 = rec.get("machine_busy_ticks_start"), rec.get("machine_busy_ticks_end")
-        if b0 is not None and b1 is not None and b1 >= b0:
-            busy = 100.0 * (b1 - b0) / CLK_TCK / ((n1 - n0) / 1e9)
-            out["other_cpu_pct"] = max(0.0, busy - out["target_cpu_pct"] - out["fio_cpu_pct"])
+        busy = machine_busy_pct(rec, (n1 - n0) / 1e9)
+        if busy is not None:
+            # The kernel's workers on the targets' CPU work for the target (their own column).
+            ours = out["target_cpu_pct"] + out["fio_cpu_pct"]
+            if out["kworker_us_per_io"] is not None:
+                ours += out["kworker_us_per_io"] * out["iops"] / 1e4
+            out["other_cpu_pct"] = max(0.0, busy - ours)
     return out, rec.get("error")
 
 
@@ -716,8 +735,10 @@ def main():
           "as a rate over a window from just after the ramp to fio's end, divided by fio's "
           "IOPS (so µs of target CPU per I/O; clock-tick resolution).  ",
           "CPU % is of one CPU; \"other CPU %\" is what the rest of the machine used during the "
-          "run (busy time of all CPUs minus target and fio): high values mean the figures are "
-          "disturbed by other load.  ",
+          "run (busy time of all CPUs, their wall time less their idle time, minus the target, "
+          "fio and the kernel workers on the targets' CPU): high values mean the figures are "
+          "disturbed by other load (interrupts taken on an idle CPU and fio's threads other "
+          "than its job's count here too).  ",
           "Over loopback a target's send runs the client's TCP receive and wakes the client "
           "in the target's own context (softirq), so the target CPU per I/O includes that "
           "kernel work, for both targets alike; at QD 1 it dominates (one wakeup each way per "

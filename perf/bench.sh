@@ -131,22 +131,29 @@ wait_port() {
     return 1
 }
 
-# "TICKS NANOSECONDS BUSY USER SLEEPS": user+system CPU ticks of a whole process (all
-# threads), the time they were read at, the busy ticks of the whole machine (all CPUs, to see
-# what else ran), the process's user ticks alone, and its voluntary context switches (all
-# threads: each a sleep that a wakeup ended), or nothing when the process is gone.
+# "TICKS NANOSECONDS BUSY USER SLEEPS KWORKERS IDLE CPUS": user+system CPU ticks of a whole
+# process (all threads), the time they were read at, the busy ticks of the whole machine (all
+# CPUs, to see what else ran), the process's user ticks alone, its voluntary context switches
+# (all threads: each a sleep that a wakeup ended), the kernel workers' ticks on the targets' CPU,
+# the idle ticks of the whole machine and its CPUs, or nothing when the process is gone. The
+# report takes the machine's busy time as its CPUs' wall time less the idle ticks: the kernel
+# measures idle time exactly, where it samples the busy counters at the clock tick, which misses
+# most of the short bursts of a CPU that sleeps between them (fio's at QD 1), while a process's
+# own ticks are scaled to its exact run time.
 cpu_sample() {
     local stat now busy sleeps
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
     now=$(date +%s%N)
-    # The first line of /proc/stat: cpu user nice system idle iowait irq softirq steal.
-    busy=$(awk 'NR == 1 {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat)
+    # The first line of /proc/stat: cpu user nice system idle iowait irq softirq steal; then a
+    # line per CPU.
+    busy=$(awk '$1 == "cpu" {b = $2 + $3 + $4 + $7 + $8 + $9; i = $5 + $6} /^cpu[0-9]/ {n++}
+        END {print b, i, n}' /proc/stat)
     # Fields after the ")" that closes the command name: utime is the 12th, stime the 13th.
     sleeps=$(cat /proc/"$1"/task/*/status 2>/dev/null |
         awk '/^voluntary_ctxt_switches:/ {s += $2} END {print s + 0}')
     stat=${stat##*) }
     awk -v now="$now" -v busy="$busy" -v sleeps="$sleeps" -v kw="$(kworker_ticks "$TARGET_CPU")" \
-        '{print $12 + $13, now, busy, $12, sleeps, kw}' <<<"$stat"
+        '{split(busy, m, " "); print $12 + $13, now, m[1], $12, sleeps, kw, m[2], m[3]}' <<<"$stat"
 }
 
 # kworker_ticks CPUS: user+system clock ticks of the kernel's per-CPU workers on those CPUs
@@ -408,9 +415,9 @@ except Exception:
 num = lambda v: int(v) if v.strip().isdigit() else None
 def sample(v):
     parts = [num(p) for p in v.split()]
-    return parts if len(parts) == 6 and None not in parts else [None] * 6
-((ticks0, ns0, busy0, user0, sleeps0, kw0),
- (ticks1, ns1, busy1, user1, sleeps1, kw1)) = sample(t0), sample(t1)
+    return parts if len(parts) == 8 and None not in parts else [None] * 8
+((ticks0, ns0, busy0, user0, sleeps0, kw0, idle0, cpus0),
+ (ticks1, ns1, busy1, user1, sleeps1, kw1, idle1, cpus1)) = sample(t0), sample(t1)
 rec = {"matrix": matrix, "job": job, "target": target, "round": int(rnd), "rw": rw,
        "bs": bs, "iodepth": int(qd), "numjobs": int(numjobs),
        "cpu_ticks_start": ticks0, "cpu_ticks_end": ticks1,
@@ -419,6 +426,9 @@ rec = {"matrix": matrix, "job": job, "target": target, "round": int(rnd), "rw": 
        "machine_busy_ticks_start": busy0, "machine_busy_ticks_end": busy1,
        "sleeps_start": sleeps0, "sleeps_end": sleeps1,
        "kworker_ticks_start": kw0, "kworker_ticks_end": kw1,
+       "machine_idle_ticks_start": idle0, "machine_idle_ticks_end": idle1,
+       # A CPU brought on or off line within the window leaves the idle ticks meaningless.
+       "machine_cpus": cpus0 if cpus0 == cpus1 else None,
        "rss_kib_start": num(rss0), "rss_kib_end": num(rss1),
        "error": err or None, "fio": fio}
 with open(out, "a") as f:
