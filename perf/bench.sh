@@ -377,17 +377,21 @@ run_fio() {
     log "$matrix $name $target (round $rep)"
     local rss0 t0 t1 rss1 rc=0
     rss0=$(rss_kib "$pid")
-    # Sample the target's CPU (in the background) a little after the ramp (fio's login
-    # comes first), and again when fio ends: the report divides the CPU rate over that
-    # window by fio's IOPS.
+    # Sample the target's CPU (in the background) within the period fio measures: a little
+    # after the ramp (fio's login comes first), and when the ramp and the run would have
+    # ended had fio started at once (its login puts its own end later). The report divides
+    # the CPU rate over that window by fio's IOPS; sampled at fio's exit instead, the window
+    # took in fio's logout and exit, idle time for the target (40-50 ms).
     (sleep "$(awk -v r="$RAMP" -v t="$RUNTIME" 'BEGIN {print r + (t >= 2 ? 0.5 : 0)}')"
         cpu_sample "$pid" >"$base.t0") &
-    local sampler=$!
+    local sampler0=$!
+    (sleep "$((RAMP + RUNTIME))"; cpu_sample "$pid" >"$base.t1") &
+    local sampler1=$!
     timeout -k 5 $((RAMP + RUNTIME + 60)) taskset -c "$fcpus" "$FIO" "${args[@]}" \
         >"$base.out" 2>"$base.err" </dev/null || rc=$?
-    t1=$(cpu_sample "$pid")
-    wait "$sampler" 2>/dev/null
+    wait "$sampler0" "$sampler1" 2>/dev/null
     t0=$(cat "$base.t0" 2>/dev/null)
+    t1=$(cat "$base.t1" 2>/dev/null)
     rss1=$(rss_kib "$pid")
     local err=""
     if [[ $rc -ge 124 ]]; then

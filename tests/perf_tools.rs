@@ -41,6 +41,14 @@ fn qd1_floor() -> PathBuf {
         .clone()
 }
 
+/// The first CPU this process may use (a CI runner's cpuset may not hold CPU 0).
+fn first_cpu() -> String {
+    core_affinity::get_core_ids()
+        .and_then(|ids| ids.first().map(|c| c.id))
+        .unwrap_or(0)
+        .to_string()
+}
+
 /// Runs qd1_floor: (exit code, None when killed by a signal; its JSON; its stderr).
 fn floor_run(args: &[&str]) -> (Option<i32>, Value, String) {
     let out = Command::new(qd1_floor())
@@ -62,12 +70,8 @@ fn qd1_floor_measures_round_trips_with_and_without_a_file() {
     let file = dir.path().join("backing");
     std::fs::write(&file, vec![0u8; 1 << 20]).unwrap();
     let file = file.to_str().unwrap();
-    // Client and server on the first CPU this process may use (a CI runner's cpuset may not
-    // hold CPU 0).
-    let cpu = core_affinity::get_core_ids()
-        .and_then(|ids| ids.first().map(|c| c.id))
-        .unwrap_or(0)
-        .to_string();
+    // Client and server on the first CPU this process may use.
+    let cpu = first_cpu();
     let cpu = cpu.as_str();
     for args in [
         vec!["read", "1", cpu, cpu],
@@ -550,4 +554,102 @@ fn bench_report_other_cpu_is_the_machines_exact_busy_time_less_the_runs() {
         "other CPU {other}%, want {want}% (busy 100 ticks less the target's 50, the workers' 10 \
          and fio's 30%)"
     );
+}
+
+/// A stand-in for fio: 0.1 s of login, then `--ramp_time` and `--runtime` (the measured period,
+/// whose start and end in ns it writes to $MEASURED), then a second of logging out and exiting,
+/// then its JSON (2000 reads in 2 s) to `--output`.
+const STAND_IN_FIO: &str = r#"#!/usr/bin/env bash
+for a in "$@"; do
+    case $a in
+    --ramp_time=*) ramp=${a#*=} ;;
+    --runtime=*) runtime=${a#*=} ;;
+    --output=*) output=${a#*=} ;;
+    esac
+done
+sleep 0.1
+start=$(($(date +%s%N) + ramp * 1000000000))
+end=$((start + runtime * 1000000000))
+sleep "$ramp"
+sleep "$runtime"
+echo "$start $end" >"$MEASURED"
+sleep 1
+side='{"total_ios": 2000, "iops": 1000, "bw_bytes": 4096000,
+       "clat_ns": {"percentile": {"50.000000": 1e5, "99.000000": 2e5, "99.900000": 3e5}}}'
+none='{"total_ios": 0, "iops": 0, "bw_bytes": 0, "clat_ns": {}}'
+echo "{\"jobs\": [{\"error\": 0, \"read\": $side, \"write\": $none, \"usr_cpu\": 1, \"sys_cpu\": 1}]}" >"$output"
+"#;
+
+/// perf/bench.sh's run_fio samples the target's CPU within the period fio measures (after its
+/// ramp, before its end), not up to fio's exit: what fio does after its last measured I/O
+/// (logging out, writing its report) is idle time for the target, and counted in the window it
+/// made the CPU per I/O smaller (about 1% with real fio: 40-50 ms of a 4.75 s window).
+#[test]
+fn bench_samples_the_targets_cpu_within_fios_measured_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fio = d.join("fio");
+    std::fs::write(&fio, STAND_IN_FIO).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fio, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The target: any live process will do (its CPU is not what is checked).
+    let script = r#"
+        source "$REPO/perf/bench.sh"
+        trap - EXIT INT TERM
+        work=$D records=$D/records.jsonl errors=$D/errors.txt
+        : >"$records"; : >"$errors"
+        sleep 30 & vit_pid=$!
+        run_fio disk vit "4k-randread-qd1 randread 4k 1 -" 1 "$CPU" 1
+        kill "$vit_pid"
+    "#;
+    let st = Command::new("bash")
+        .args(["-c", script])
+        .env("REPO", repo())
+        .env("D", d)
+        .env("CPU", first_cpu())
+        .env("FIO", &fio)
+        .env("MEASURED", d.join("measured"))
+        .env("OUT", d)
+        .env("RAMP", "1")
+        .env("RUNTIME", "2")
+        .env("TARGET_CPU", first_cpu())
+        .output()
+        .expect("run bash");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let rec: Value = serde_json::from_str(
+        std::fs::read_to_string(d.join("records.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .expect("no record"),
+    )
+    .unwrap();
+    let measured = std::fs::read_to_string(d.join("measured")).expect("fio's measured period");
+    let [start, end]: [u64; 2] = measured
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    let (n0, n1) = (
+        rec["cpu_sample_ns_start"]
+            .as_u64()
+            .expect("a first CPU sample"),
+        rec["cpu_sample_ns_end"]
+            .as_u64()
+            .expect("a second CPU sample"),
+    );
+    let ms = |t: u64, from: u64| (t as f64 - from as f64) / 1e6;
+    assert!(
+        start <= n0 && n1 <= end,
+        "CPU sampled from {:.0} ms to {:.0} ms of fio's measured period (0 to {:.0} ms)",
+        ms(n0, start),
+        ms(n1, start),
+        ms(end, start)
+    );
+    assert!(n1 - n0 >= 1_000_000_000, "a window of {} ms", ms(n1, n0));
 }
