@@ -732,7 +732,8 @@ def main():
           + f"; figures are the mean of the rounds. LUNs of {a.size}.  ",
           "Latency is fio's completion latency (read side for the mixed job). Target CPU is "
           "user+system time of the whole target process (all threads) from /proc/PID/stat, "
-          "as a rate over a window from just after the ramp to fio's end, divided by fio's "
+          "as a rate over a window within fio's measured period (from just after the ramp to the "
+          "run's end, fio's logout left out), divided by fio's "
           "IOPS (so µs of target CPU per I/O; clock-tick resolution).  ",
           "CPU % is of one CPU; \"other CPU %\" is what the rest of the machine used during the "
           "run (busy time of all CPUs, their wall time less their idle time, minus the target, "
