@@ -161,9 +161,10 @@ cpu_sample() {
 # /proc/PID/stat does not count. The one that matters here: an O_DIRECT write issued through
 # io_uring completes in the kernel's dio workqueue (io_uring does not take a file system's
 # completion into the caller's context), while a blocking pwrite, tgt's, completes in the
-# thread that waits for it.
+# thread that waits for it. (KWORKER_PROC, default /proc: where the processes are read, for
+# tests/perf_tools.rs.)
 kworker_ticks() {
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v cpus="$1" '
+    cat "${KWORKER_PROC:-/proc}"/[0-9]*/stat 2>/dev/null | awk -v cpus="$1" '
         BEGIN {
             n = split(cpus, parts, ",")
             for (i = 1; i <= n; i++) {
