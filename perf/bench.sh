@@ -134,7 +134,7 @@ wait_port() {
 # "TICKS NANOSECONDS BUSY USER SLEEPS KWORKERS IDLE CPUS": user+system CPU ticks of a whole
 # process (all threads), the time they were read at, the busy ticks of the whole machine (all
 # CPUs, to see what else ran), the process's user ticks alone, its voluntary context switches
-# (all threads: each a sleep that a wakeup ended), the kernel workers' ticks on the targets' CPU,
+# (all threads: each a sleep that a wakeup ended), the kernel workers' ticks on the targets' CPU (each's, see kworker_ticks),
 # the idle ticks of the whole machine and its CPUs, or nothing when the process is gone. The
 # report takes the machine's busy time as its CPUs' wall time less the idle ticks: the kernel
 # measures idle time exactly, where it samples the busy counters at the clock tick, which misses
@@ -156,8 +156,10 @@ cpu_sample() {
         '{split(busy, m, " "); print $12 + $13, now, m[1], $12, sleeps, kw, m[2], m[3]}' <<<"$stat"
 }
 
-# kworker_ticks CPUS: user+system clock ticks of the kernel's per-CPU workers on those CPUs
-# ("1", "0,1", "0-3"): work the kernel does there for a target outside its process, which
+# kworker_ticks CPUS: "PID:TICKS,...", user+system clock ticks of each of the kernel's per-CPU
+# workers on those CPUs ("-" for none; each worker's own, since workers come and go: one that
+# exits takes its ticks with it)
+# CPUS: "1", "0,1", "0-3". Work the kernel does there for a target outside its process, which
 # /proc/PID/stat does not count. The one that matters here: an O_DIRECT write issued through
 # io_uring completes in the kernel's dio workqueue (io_uring does not take a file system's
 # completion into the caller's context), while a blocking pwrite, tgt's, completes in the
@@ -179,9 +181,9 @@ kworker_ticks() {
             prefix = comm; sub(/:.*/, ":", prefix)
             if (!(prefix in want)) next
             split(substr($0, rp + 2), f, " ")
-            ticks += f[12] + f[13]
+            list = list (list == "" ? "" : ",") substr($0, 1, lp - 2) ":" f[12] + f[13]
         }
-        END { print ticks + 0 }'
+        END { print (list == "" ? "-" : list) }'
 }
 
 rss_kib() {
@@ -418,11 +420,28 @@ try:
 except Exception:
     fio = None
 num = lambda v: int(v) if v.strip().isdigit() else None
+def workers(v):
+    """{pid: ticks} of the kernel workers' field, or None."""
+    if v == "-":
+        return {}
+    try:
+        return {int(p): int(t) for p, t in (w.split(":") for w in v.split(","))}
+    except ValueError:
+        return None
 def sample(v):
-    parts = [num(p) for p in v.split()]
-    return parts if len(parts) == 8 and None not in parts else [None] * 8
+    parts = v.split()
+    nums = [num(p) for i, p in enumerate(parts) if i != 5]
+    kw = workers(parts[5]) if len(parts) == 8 else None
+    return nums[:5] + [kw] + nums[5:] if len(parts) == 8 and None not in nums + [kw] else [None] * 8
 ((ticks0, ns0, busy0, user0, sleeps0, kw0, idle0, cpus0),
  (ticks1, ns1, busy1, user1, sleeps1, kw1, idle1, cpus1)) = sample(t0), sample(t1)
+# The workers' ticks over the run: each worker's at the end less its own at the start (none for
+# one started since; one that exited took its ticks with it). Kept as a start and an end: the
+# start is what the workers still there at the end had then.
+if kw0 is not None and kw1 is not None:
+    kw0, kw1 = sum(kw0.get(p, 0) for p in kw1), sum(kw1.values())
+else:
+    kw0 = kw1 = None
 rec = {"matrix": matrix, "job": job, "target": target, "round": int(rnd), "rw": rw,
        "bs": bs, "iodepth": int(qd), "numjobs": int(numjobs),
        "cpu_ticks_start": ticks0, "cpu_ticks_end": ticks1,

@@ -580,12 +580,11 @@ none='{"total_ios": 0, "iops": 0, "bw_bytes": 0, "clat_ns": {}}'
 echo "{\"jobs\": [{\"error\": 0, \"read\": $side, \"write\": $none, \"usr_cpu\": 1, \"sys_cpu\": 1}]}" >"$output"
 "#;
 
-/// perf/bench.sh's run_fio samples the target's CPU within the period fio measures (after its
-/// ramp, before its end), not up to fio's exit: what fio does after its last measured I/O
-/// (logging out, writing its report) is idle time for the target, and counted in the window it
-/// made the CPU per I/O smaller (about 1% with real fio: 40-50 ms of a 4.75 s window).
-#[test]
-fn bench_samples_the_targets_cpu_within_fios_measured_period() {
+/// Runs perf/bench.sh's run_fio once (RAMP 1, RUNTIME 2: CPU samples at about 1.5 s and 3 s)
+/// with [`STAND_IN_FIO`] and a stand-in target, with `env` added and `before` run in bash
+/// before it; returns its record and the directory it ran in ($D; fio's measured period is in
+/// `measured`).
+fn run_fio_stand_in(env: &[(&str, &Path)], before: &str) -> (Value, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let fio = d.join("fio");
@@ -593,17 +592,20 @@ fn bench_samples_the_targets_cpu_within_fios_measured_period() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&fio, std::fs::Permissions::from_mode(0o755)).unwrap();
     // The target: any live process will do (its CPU is not what is checked).
-    let script = r#"
+    let script = format!(
+        r#"
         source "$REPO/perf/bench.sh"
         trap - EXIT INT TERM
         work=$D records=$D/records.jsonl errors=$D/errors.txt
         : >"$records"; : >"$errors"
+        {before}
         sleep 30 & vit_pid=$!
         run_fio disk vit "4k-randread-qd1 randread 4k 1 -" 1 "$CPU" 1
         kill "$vit_pid"
-    "#;
+    "#
+    );
     let st = Command::new("bash")
-        .args(["-c", script])
+        .args(["-c", &script])
         .env("REPO", repo())
         .env("D", d)
         .env("CPU", first_cpu())
@@ -612,7 +614,8 @@ fn bench_samples_the_targets_cpu_within_fios_measured_period() {
         .env("OUT", d)
         .env("RAMP", "1")
         .env("RUNTIME", "2")
-        .env("TARGET_CPU", first_cpu())
+        .env("TARGET_CPU", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run bash");
     assert!(
@@ -628,7 +631,18 @@ fn bench_samples_the_targets_cpu_within_fios_measured_period() {
             .expect("no record"),
     )
     .unwrap();
-    let measured = std::fs::read_to_string(d.join("measured")).expect("fio's measured period");
+    (rec, dir)
+}
+
+/// perf/bench.sh's run_fio samples the target's CPU within the period fio measures (after its
+/// ramp, before its end), not up to fio's exit: what fio does after its last measured I/O
+/// (logging out, writing its report) is idle time for the target, and counted in the window it
+/// made the CPU per I/O smaller (about 1% with real fio: 40-50 ms of a 4.75 s window).
+#[test]
+fn bench_samples_the_targets_cpu_within_fios_measured_period() {
+    let (rec, dir) = run_fio_stand_in(&[], "");
+    let measured =
+        std::fs::read_to_string(dir.path().join("measured")).expect("fio's measured period");
     let [start, end]: [u64; 2] = measured
         .split_whitespace()
         .map(|v| v.parse().unwrap())
@@ -652,4 +666,65 @@ fn bench_samples_the_targets_cpu_within_fios_measured_period() {
         ms(end, start)
     );
     assert!(n1 - n0 >= 1_000_000_000, "a window of {} ms", ms(n1, n0));
+}
+
+/// The kernel's per-CPU workers come and go (an idle one exits after a few minutes): their CPU
+/// over a run is each worker's ticks at the end less its own at the start (none for one started
+/// since). Sums of all workers' ticks at each end took a worker that exited within the run off
+/// with all the ticks it ever had: a negative total (the figure dropped, one run in 70 in the
+/// 14:12 report), or one too small.
+#[test]
+fn bench_counts_kernel_workers_that_come_and_go() {
+    // /proc as the two samples see it: worker 10 (500 ticks) exits, 11 goes from 3 to 40, 12
+    // starts and does 5; worker 13 is on another CPU; 99 is no worker.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let stat = |pid: u32, comm: &str, ticks: u32| {
+        format!("{pid} ({comm}) I 2 0 0 0 -1 69238880 0 0 0 0 {ticks} 0 0 0 20 0 1 0 5 0 0\n")
+    };
+    for (side, procs) in [
+        (
+            "a",
+            &[
+                (10, "kworker/1:0-events", 500),
+                (11, "kworker/1:1H-kblockd", 3),
+                (13, "kworker/0:1-events", 7),
+                (99, "bash", 70),
+            ][..],
+        ),
+        (
+            "b",
+            &[
+                (11, "kworker/1:1H-kblockd", 40),
+                (12, "kworker/1:2", 5),
+                (13, "kworker/0:1-events", 900),
+                (99, "bash", 1000),
+            ][..],
+        ),
+    ] {
+        for &(pid, comm, ticks) in procs {
+            let p = d.join(side).join(pid.to_string());
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("stat"), stat(pid, comm, ticks)).unwrap();
+        }
+    }
+    std::os::unix::fs::symlink(d.join("a"), d.join("proc")).unwrap();
+    // Between the samples (1.5 s and 3 s into the run), the second state.
+    let swap = format!(
+        "(sleep 2.25; ln -sfn {} {}) &",
+        d.join("b").display(),
+        d.join("proc").display()
+    );
+    let (rec, _run) = run_fio_stand_in(&[("KWORKER_PROC", &d.join("proc"))], &swap);
+    let ticks = |k: &str| rec[k].as_i64();
+    let got = ticks("kworker_ticks_end")
+        .zip(ticks("kworker_ticks_start"))
+        .map(|(e, s)| e - s);
+    assert_eq!(
+        got,
+        Some(37 + 5),
+        "kernel workers' ticks over the run: {:?} to {:?}",
+        rec["kworker_ticks_start"],
+        rec["kworker_ticks_end"]
+    );
 }
