@@ -2350,6 +2350,43 @@ impl Conn {
     }
 }
 
+/// Shares the pool's free buffers out among the connections with commands waiting for one
+/// (`waiters`, indexes into `conns`, each reached through `conn`; `None` for one that takes no
+/// part, a closing one), one command per connection in turn ([`Conn::grant_buffer`]), and
+/// tells `served` of each one given a buffer. The turn goes on where it stopped: `waiters` is
+/// rotated so that the next sharing begins with the connection after the last one served.
+/// Buffers are mostly freed one at a time (one completion per wakeup), and a sharing that
+/// always began with the first in line gave every one of them to a connection that never stops
+/// waiting (a deep queue keeps its wait full), while the others waited as long as it did.
+pub fn grant_in_turn<T>(
+    waiters: &mut [usize],
+    conns: &mut [T],
+    conn: fn(&mut T) -> Option<&mut Conn>,
+    pool: &mut BufferPool,
+    mut served: impl FnMut(usize, &Conn),
+) {
+    let mut last = None;
+    loop {
+        let mut any = false;
+        for (at, &idx) in waiters.iter().enumerate() {
+            let Some(c) = conns.get_mut(idx).and_then(conn) else {
+                continue;
+            };
+            if c.grant_buffer(pool) {
+                any = true;
+                last = Some(at);
+                served(idx, c);
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    if let Some(at) = last {
+        waiters.rotate_left(at + 1);
+    }
+}
+
 #[cfg(test)]
 mod props;
 
@@ -2763,6 +2800,42 @@ mod tests {
         // Once one of a's reads ends, its fourth goes on.
         end_first_io(&mut a, &mut pool);
         assert!(a.grant_buffer(&mut pool) && !a.waiting_for_buffer());
+    }
+
+    /// A connection that always has commands waiting for a buffer (a deep queue: each of its
+    /// commands that ends is followed by a new one) does not take every buffer freed while
+    /// another connection waits too: buffers freed one at a time go to the two in turn.
+    #[test]
+    fn buffers_freed_one_at_a_time_go_to_the_waiting_connections_in_turn() {
+        let (greedy, _) = conn(true);
+        let (quiet, _) = conn(true);
+        let mut conns = [greedy, quiet];
+        // Four buffers that an 8 KiB read can use, none of the largest class only (no share).
+        let mut pool = BufferPool::new(&[(8192, 3), (65536, 1)]).unwrap();
+        // The greedy connection holds all four and has two more reads waiting, first in line.
+        feed_reads(&mut conns[0], &mut pool, 6);
+        assert!(conns[0].io.len() == 4 && conns[0].waiting_for_buffer());
+        let mut waiters = vec![0, 1];
+        let quiet_read = tagged(read16(100), 0x43);
+        feed(&mut conns[1], &mut pool, &quiet_read, &[]);
+        assert!(conns[1].waiting_for_buffer());
+        let (mut itt, mut cmd_sn) = (0x70, 106);
+        for round in 0..4 {
+            // One of the greedy connection's reads ends and it sends another: one buffer free.
+            end_first_io(&mut conns[0], &mut pool);
+            let read = tagged(read16(cmd_sn), itt);
+            feed(&mut conns[0], &mut pool, &read, &[]);
+            (itt, cmd_sn) = (itt + 1, cmd_sn + 1);
+            grant_in_turn(&mut waiters, &mut conns, |c| Some(c), &mut pool, |_, _| {});
+            if !conns[1].io.is_empty() {
+                assert!(
+                    round <= 1,
+                    "the quiet read got a buffer only in round {round}"
+                );
+                return;
+            }
+        }
+        panic!("four buffers freed one at a time all went to the greedy connection");
     }
 
     /// A connection held back by its share comes back under it as one of its tasks ends: the

@@ -1082,26 +1082,24 @@ impl Worker {
     }
 
     /// Shares the free buffers out among the connections with commands waiting for one, one
-    /// command per connection in turn (a session that asks for many cannot take them all while
-    /// another waits), oldest waiter first.
+    /// command per connection in turn, the turn going on where the last sharing left it (a
+    /// session that asks for many cannot take them all while another waits,
+    /// [`grant_in_turn`](super::conn::grant_in_turn)).
     fn grant_buffers(&mut self) {
-        let mut any = true;
-        while any {
-            any = false;
-            for &idx in &self.buffer_waiters {
-                let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
-                    continue;
-                };
-                if !s.closing && s.conn.grant_buffer(&mut self.pool) {
-                    any = true;
-                    self.dirty.push(idx);
-                    // A command run now may wait as a reset does (PREEMPT AND ABORT).
-                    if s.conn.resets_pending() && !self.resetting.contains(&idx) {
-                        self.resetting.push(idx);
-                    }
+        let (dirty, resetting) = (&mut self.dirty, &mut self.resetting);
+        super::conn::grant_in_turn(
+            &mut self.buffer_waiters,
+            &mut self.slots,
+            |s| s.as_mut().filter(|s| !s.closing).map(|s| &mut s.conn),
+            &mut self.pool,
+            |idx, c| {
+                dirty.push(idx);
+                // A command run now may wait as a reset does (PREEMPT AND ABORT).
+                if c.resets_pending() && !resetting.contains(&idx) {
+                    resetting.push(idx);
                 }
-            }
-        }
+            },
+        );
         let slots = &self.slots;
         self.buffer_waiters.retain(|&idx| {
             slots
