@@ -1117,8 +1117,8 @@ fn large_read_answered(s: &mut Session) {
 }
 
 /// Sends `n` writes of 1 MiB on `s` and reads the R2Ts vitd answers them with until `r2ts`
-/// came (each such write holds one of the thread's large buffers).
-fn writes_taken(s: &mut Session, vitd: &Vitd, n: u32, r2ts: u32) {
+/// came (each such write holds one of the thread's large buffers); returns them.
+fn writes_taken(s: &mut Session, vitd: &Vitd, n: u32, r2ts: u32) -> Vec<vit::iscsi::pdu::R2t> {
     for k in 0..n {
         s.itt += 1;
         let cdb: [u8; 16] = cdb16(0x8a, u64::from(k % 20) * 2048, 2048)
@@ -1131,14 +1131,15 @@ fn writes_taken(s: &mut Session, vitd: &Vitd, n: u32, r2ts: u32) {
     s.stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut got = 0;
-    while got < r2ts {
+    let mut got = Vec::new();
+    while got.len() < r2ts as usize {
         match initiator::read_pdu(&mut s.stream) {
-            Ok((TargetPdu::R2t(_), _)) => got += 1,
+            Ok((TargetPdu::R2t(r), _)) => got.push(r),
             Ok(_) => {}
-            Err(e) => panic!("{e} after {got} R2Ts: {}", vitd.log_text()),
+            Err(e) => panic!("{e} after {} R2Ts: {}", got.len(), vitd.log_text()),
         }
     }
+    got
 }
 
 /// Writes that ask for data and get none hold a buffer each: an initiator that stalls them
@@ -1169,6 +1170,57 @@ fn writes_whose_data_out_never_comes_cost_their_connection() {
     second
         .closed_within(Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
+    large_read_answered(&mut other);
+}
+
+/// Writes whose data comes a trickle at a time (512 bytes of each a second, in order) hold their
+/// buffers as long as writes whose data never comes, and cost their connection the same way:
+/// a Data-Out that moves a write on by less than vitd asks for in `--stall-timeout` does not
+/// count as progress. (Each such Data-Out restarted the write's clock, so two trickling
+/// sessions kept all 32 large buffers, and another session's large read waited, for ever.)
+#[test]
+fn writes_whose_data_out_trickles_cost_their_connection() {
+    use vit::iscsi::pdu::DataOut;
+    let (ds, vitd, mut other) = one_thread_stalling_after_3_s();
+    let mut first = session(ds.port, 1);
+    let first_r2ts = writes_taken(&mut first, &vitd, 24, 24);
+    let mut second = session(ds.port, 3);
+    let second_r2ts = writes_taken(&mut second, &vitd, 8, 8);
+    large_read_waits(&mut other);
+    let mut sent = 0u32;
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    while !vitd.log_text().contains("waited 3 s for Data-Out") && std::time::Instant::now() < end {
+        for (s, r2ts) in [(&mut first, &first_r2ts), (&mut second, &second_r2ts)] {
+            let mut wire = Vec::new();
+            for r in r2ts {
+                let mut bhs = [0u8; 48];
+                DataOut {
+                    itt: r.itt,
+                    ttt: r.ttt,
+                    exp_stat_sn: s.exp_stat_sn,
+                    data_sn: sent,
+                    buffer_offset: r.buffer_offset + sent * 512,
+                    data_segment_length: 512,
+                    ..Default::default()
+                }
+                .encode(&mut bhs);
+                wire.extend_from_slice(&initiator::frame(&bhs, &[0x33; 512], false));
+            }
+            // A connection vitd dropped refuses it: the check above ends the loop.
+            let _ = s.raw(&wire);
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        vitd.log_text().contains("waited 3 s for Data-Out"),
+        "still served after {sent} trickles: {}",
+        vitd.log_text()
+    );
+    for s in [&mut first, &mut second] {
+        s.closed_within(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e}: {}", vitd.log_text()));
+    }
     large_read_answered(&mut other);
 }
 

@@ -129,6 +129,12 @@ pub struct IoWork {
 
 /// The buffer a command's task takes: its expected data transfer length, at most the largest
 /// slot (a larger command fails when it runs).
+/// The Data-Out a write waiting for its data must take within `--stall-timeout` for its
+/// connection to keep it ([`Conn::data_out_stall`]): 64 KiB, so that an initiator keeping a
+/// buffer pays for it at least that (one small buffer's worth) per stall period, and a write
+/// of a small buffer is whole by then.
+const STALL_PROGRESS: u32 = 64 << 10;
+
 fn buffer_len(cmd: &ScsiCommand, pool: &BufferPool) -> usize {
     (cmd.expected_data_length as usize).min(pool.max_len())
 }
@@ -209,8 +215,11 @@ struct Task {
     zeroes: bool,
     /// Its data-out goes from its buffer to a device ([`Conn::data_for_device`]).
     device: bool,
-    /// [`Conn::data_out_stall`]'s count when it was made or last took a Data-Out.
+    /// [`Conn::data_out_stall`]'s count when it was made, got its buffer, or last moved on by
+    /// [`STALL_PROGRESS`] bytes of Data-Out.
     data_at: u32,
+    /// `received` when `data_at` was last set by Data-Out.
+    data_mark: u32,
     /// `Conn::r2ts_queued` once its last R2T was queued.
     r2t_mark: u64,
     /// A Data-Out of it failed its data digest ([`Conn::data_digest_error`]): its data is not
@@ -732,6 +741,7 @@ impl Conn {
             zeroes: false,
             device,
             data_at: self.clock,
+            data_mark: 0,
             r2t_mark: 0,
             digest_failed: false,
             spill,
@@ -1101,9 +1111,15 @@ impl Conn {
             return;
         };
         t.data_out_sn = t.data_out_sn.wrapping_add(1);
-        t.data_at = self.clock;
         // In order and within `want` (`data_out_fits`): these bytes are new.
         t.received += d.data_segment_length;
+        // Its stall clock restarts once its data has moved on by a good step, not at every
+        // Data-Out: a trickle of them (a few bytes of each write now and then) would keep
+        // the buffers other sessions wait for as long as the initiator liked.
+        if t.received.saturating_sub(t.data_mark) >= STALL_PROGRESS {
+            t.data_at = self.clock;
+            t.data_mark = t.received;
+        }
         if d.final_bit {
             t.data_out_sn = 0;
             if d.ttt != RESERVED_TAG {
@@ -2302,8 +2318,8 @@ impl Conn {
     }
 
     /// Called once a second: for how many seconds (calls) the write that has waited longest
-    /// for the initiator's Data-Out has had none (it holds a buffer meanwhile); 0 when no write
-    /// waits. The data thread drops a connection whose writes wait too long.
+    /// for the initiator's Data-Out has had none, or less than [`STALL_PROGRESS`] bytes (it
+    /// holds a buffer meanwhile); 0 when no write waits. The data thread drops a connection whose writes wait too long.
     /// A write is counted from when its last R2T was taken to be sent, not while the R2T is
     /// still queued (behind Data-In on a slow link, say): vitd's own backlog is not held
     /// against the initiator (a send that makes no progress is the data thread's to judge).
@@ -3458,14 +3474,15 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!((c.data_out_stall(), c.data_out_stall()), (1, 2));
-        // Data for it, though not all: it counts from there.
+        // Data for it, though not all, and less than a step: the count goes on (a trickle of
+        // Data-Out would keep the buffer otherwise).
         feed(
             &mut c,
             &mut pool,
             &data_out(ttt, 0, 1024, 1024, false),
             &data[1024..2048],
         );
-        assert_eq!(c.data_out_stall(), 1);
+        assert_eq!(c.data_out_stall(), 3);
         feed(
             &mut c,
             &mut pool,
@@ -3478,6 +3495,45 @@ mod tests {
             "all in: it waits for the device, not the initiator"
         );
         assert!(c.io.pop_front().is_some());
+    }
+
+    /// The count restarts once a write's data has moved on by [`STALL_PROGRESS`] bytes since
+    /// it last did, whatever the bursts and PDUs it came in.
+    #[test]
+    fn a_writes_stall_restarts_once_its_data_moves_on_by_a_step() {
+        let (mut c, _) = conn(true);
+        let mut pool = BufferPool::new(&[(1 << 20, 2)]).unwrap();
+        let data = vec![0x5au8; 160 * 512];
+        feed(&mut c, &mut pool, &write10(160, true, 100, 0), &[]);
+        // Bursts of 16 KiB (MaxBurstLength) in PDUs of 4 KiB, a second apart.
+        let mut counts = Vec::new();
+        let mut done = 0;
+        while done < STALL_PROGRESS {
+            let r2t = match sent(&mut c).as_slice() {
+                [TargetPdu::R2t(r)] => *r,
+                other => panic!("{other:?}"),
+            };
+            counts.push(c.data_out_stall());
+            let end = r2t.buffer_offset + r2t.desired_length;
+            for (sn, at) in (r2t.buffer_offset..end).step_by(4096).enumerate() {
+                let n = (end - at).min(4096);
+                let bhs = data_out(r2t.ttt, sn as u32, at, n, at + n == end);
+                feed(
+                    &mut c,
+                    &mut pool,
+                    &bhs,
+                    &data[at as usize..(at + n) as usize],
+                );
+            }
+            done = end;
+        }
+        assert_eq!(
+            counts,
+            [1, 2, 3, 4],
+            "a burst short of the step restarted it"
+        );
+        sent(&mut c);
+        assert_eq!(c.data_out_stall(), 1, "64 KiB came: it counts from there");
     }
 
     #[test]
