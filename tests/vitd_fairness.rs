@@ -40,27 +40,35 @@ fn session(port: u16, alias: &str, isid: u8) -> Session {
 /// Sends READ(10) (`read` true) or WRITE(10) without immediate data (its data waits for an
 /// R2T) of `blocks` at `lba`; returns its ITT. The answer is not read.
 fn send_rw(s: &mut Session, read: bool, lba: u32, blocks: u16) -> u32 {
-    s.itt += 1;
     let mut cdb = [0u8; 16];
     cdb[0] = if read { 0x28 } else { 0x2a };
     cdb[2..6].copy_from_slice(&lba.to_be_bytes());
     cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    let len = u32::from(blocks) * 512;
+    send_command(s, cdb, if read { (0, len) } else { (len, 0) }, &[])
+}
+
+/// Sends command `cdb` expecting `lengths` (data-out, data-in) bytes, with `immediate` data;
+/// returns its ITT. The answer is not read.
+fn send_command(s: &mut Session, cdb: [u8; 16], lengths: (u32, u32), immediate: &[u8]) -> u32 {
+    s.itt += 1;
     let cmd = ScsiCommand {
         final_bit: true,
-        read,
-        write: !read,
+        read: lengths.1 > 0,
+        write: lengths.0 > 0,
         attr: 1,
         itt: s.itt,
-        expected_data_length: u32::from(blocks) * 512,
+        expected_data_length: lengths.0.max(lengths.1),
         cmd_sn: s.cmd_sn,
         exp_stat_sn: s.exp_stat_sn,
         cdb,
+        data_segment_length: immediate.len() as u32,
         ..Default::default()
     };
     s.cmd_sn = s.cmd_sn.wrapping_add(1);
     let mut bhs = [0u8; BHS_LEN];
     cmd.encode(&mut bhs);
-    s.stream.write_all(&frame(&bhs, &[], false)).unwrap();
+    s.stream.write_all(&frame(&bhs, immediate, false)).unwrap();
     s.itt
 }
 
@@ -88,6 +96,91 @@ fn hold_buffers(s: &mut Session, n: usize, log: &dyn Fn() -> String) -> VecDeque
     r2ts(s, n, log)
 }
 
+/// A session whose queue of 64 KiB writes always has commands waiting for a buffer, beside
+/// sessions that hold every other buffer of the thread (writes whose data never comes).
+struct Busy {
+    s: Session,
+    /// R2Ts answered by no Data-Out yet: (ITT, TTT).
+    open: VecDeque<(u32, u32)>,
+    next_lba: u32,
+    /// The sessions holding the small buffers.
+    _holders: Vec<Session>,
+}
+
+impl Busy {
+    /// Two sessions hold the 256 small buffers; the busy one holds the 32 large ones (a 64 KiB
+    /// command takes one when no small one is left) and has four more writes waiting: it is
+    /// first in line for a buffer.
+    fn start(port: u16, alias: &str, log: &dyn Fn() -> String) -> Busy {
+        let mut holders: Vec<Session> = (0..2).map(|k| session(port, alias, 1 + k)).collect();
+        for h in &mut holders {
+            hold_buffers(h, 128, log);
+        }
+        let mut s = session(port, alias, 3);
+        let open = hold_buffers(&mut s, 32, log);
+        let mut busy = Busy {
+            s,
+            open,
+            next_lba: 32 * u32::from(HOLD_BLOCKS),
+            _holders: holders,
+        };
+        for _ in 0..4 {
+            busy.another();
+        }
+        busy
+    }
+
+    fn another(&mut self) {
+        send_rw(&mut self.s, false, self.next_lba, HOLD_BLOCKS);
+        self.next_lba += u32::from(HOLD_BLOCKS);
+    }
+
+    /// Completes one write (its Data-Out sent, its answer read) and sends another: one buffer
+    /// freed, and the session still has commands waiting.
+    fn round(&mut self, log: &dyn Fn() -> String) {
+        let (itt, ttt) = self.open.pop_front().expect("an open R2T");
+        let d = DataOut {
+            final_bit: true,
+            itt,
+            ttt,
+            exp_stat_sn: self.s.exp_stat_sn,
+            data_segment_length: HOLD_BYTES as u32,
+            ..Default::default()
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        d.encode(&mut bhs);
+        let data = vec![0x5au8; HOLD_BYTES];
+        self.s.stream.write_all(&frame(&bhs, &data, false)).unwrap();
+        loop {
+            match read_pdu(&mut self.s.stream) {
+                Ok((TargetPdu::R2t(r), _)) => self.open.push_back((r.itt, r.ttt)),
+                Ok((TargetPdu::ScsiResponse(r), _)) if r.itt == itt => {
+                    assert_eq!(r.status, 0, "{}", log());
+                    self.s.exp_stat_sn = r.stat_sn.wrapping_add(1);
+                    break;
+                }
+                Ok((TargetPdu::NopIn(_), _)) => {}
+                other => panic!("{other:?}\n{}", log()),
+            }
+        }
+        self.another();
+    }
+}
+
+/// The next answer on `s`, waiting up to `secs` (NOP-Ins skipped); `None` if none came.
+fn answer_within(s: &mut Session, secs: u64) -> Option<(TargetPdu, Vec<u8>)> {
+    s.stream
+        .set_read_timeout(Some(Duration::from_secs(secs)))
+        .unwrap();
+    loop {
+        match read_pdu(&mut s.stream) {
+            Ok((TargetPdu::NopIn(_), _)) => {}
+            Ok(a) => return Some(a),
+            Err(_) => return None,
+        }
+    }
+}
+
 /// A session whose queue of 64 KiB writes always has commands waiting for a buffer (each write
 /// that ends is followed by a new one), and a quiet session's single 4 KiB read, on one data
 /// thread whose every buffer is held: the buffers the busy session frees one at a time must not
@@ -98,81 +191,101 @@ fn hold_buffers(s: &mut Session, n: usize, log: &dyn Fn() -> String) -> VecDeque
 fn a_session_always_waiting_for_buffers_does_not_take_every_one_freed() {
     let (ds, vitd) = one_thread("fair");
     let log = || vitd.log_text();
-    // Two sessions hold the 256 small buffers with writes whose data never comes.
-    let mut holders: Vec<Session> = (0..2).map(|k| session(ds.port, "fair", 1 + k)).collect();
-    for h in &mut holders {
-        hold_buffers(h, 128, &log);
-    }
-    // The busy session holds the 32 large ones (a 64 KiB command takes one when no small one is
-    // left) and has four more writes waiting: it is first in line.
-    let mut busy = session(ds.port, "fair", 3);
-    let mut open = hold_buffers(&mut busy, 32, &log);
-    let mut next_lba = 32 * u32::from(HOLD_BLOCKS);
-    for _ in 0..4 {
-        send_rw(&mut busy, false, next_lba, HOLD_BLOCKS);
-        next_lba += u32::from(HOLD_BLOCKS);
-    }
+    let mut busy = Busy::start(ds.port, "fair", &log);
     // The quiet session's 4 KiB read waits behind it.
     let mut quiet = session(ds.port, "fair", 4);
     let quiet_itt = send_rw(&mut quiet, true, 120_000, 8);
-    // The busy session completes writes one at a time, each followed by a new one: one buffer
-    // freed at a time, and it always has commands waiting.
-    let data = vec![0x5au8; HOLD_BYTES];
     let rounds = 16;
-    for round in 0..rounds {
-        let (itt, ttt) = open.pop_front().expect("an open R2T");
-        let d = DataOut {
-            final_bit: true,
-            itt,
-            ttt,
-            exp_stat_sn: busy.exp_stat_sn,
-            data_segment_length: HOLD_BYTES as u32,
-            ..Default::default()
-        };
-        let mut bhs = [0u8; BHS_LEN];
-        d.encode(&mut bhs);
-        busy.stream.write_all(&frame(&bhs, &data, false)).unwrap();
-        loop {
-            match read_pdu(&mut busy.stream) {
-                Ok((TargetPdu::R2t(r), _)) => open.push_back((r.itt, r.ttt)),
-                Ok((TargetPdu::ScsiResponse(r), _)) if r.itt == itt => {
-                    assert_eq!(r.status, 0, "round {round}\n{}", log());
-                    busy.exp_stat_sn = r.stat_sn.wrapping_add(1);
-                    break;
-                }
-                Ok((TargetPdu::NopIn(_), _)) => {}
-                other => panic!("round {round}: {other:?}\n{}", log()),
-            }
-        }
-        send_rw(&mut busy, false, next_lba, HOLD_BLOCKS);
-        next_lba += u32::from(HOLD_BLOCKS);
+    for _ in 0..rounds {
+        busy.round(&log);
     }
     // The quiet read got one of the buffers freed meanwhile. (Nothing frees another now: the
     // holders' writes wait for the stall timeout, and they are pinged only after 5 s idle.)
-    quiet
-        .stream
-        .set_read_timeout(Some(Duration::from_secs(4)))
-        .unwrap();
-    let answer = loop {
-        match read_pdu(&mut quiet.stream) {
-            Ok((TargetPdu::NopIn(_), _)) => {}
-            Ok(a) => break a,
-            Err(e) => panic!(
-                "the quiet 4 KiB read is unanswered after the busy session completed {rounds} \
-                 writes one at a time ({e})\n{}",
-                log()
-            ),
-        }
-    };
-    match answer {
-        (TargetPdu::DataIn(d), bytes) => {
+    match answer_within(&mut quiet, 4) {
+        Some((TargetPdu::DataIn(d), bytes)) => {
             assert!(
                 d.itt == quiet_itt && d.status_present && d.status == 0,
                 "{d:?}"
             );
             assert!(bytes == [0u8; 4096], "the quiet read returned other bytes");
         }
-        other => panic!("quiet read: {other:?}"),
+        None => panic!(
+            "the quiet 4 KiB read is unanswered after the busy session completed {rounds} \
+             writes one at a time\n{}",
+            log()
+        ),
+        Some(other) => panic!("quiet read: {other:?}"),
     }
     assert!(!log().contains("panicked"), "{}", log());
+}
+
+/// A COMPARE AND WRITE (VMware's ATS, its heartbeat among them) of a quiet session while other
+/// sessions' commands wait for every buffer the thread frees: once its turn gives it a buffer,
+/// it runs, rather than ending in TASK SET FULL for want of a second buffer to read the medium
+/// into, which it did every time it was sent again for as long as the others kept waiting.
+#[test]
+fn a_compare_and_write_runs_while_other_sessions_wait_for_buffers() {
+    let (ds, vitd) = one_thread("ats");
+    let log = || vitd.log_text();
+    let mut busy = Busy::start(ds.port, "ats", &log);
+    let mut quiet = session(ds.port, "ats", 4);
+    // One block at LBA 120000: compare with zeroes (the LUN's), write 0x77s.
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x89;
+    cdb[2..10].copy_from_slice(&120_000u64.to_be_bytes());
+    cdb[13] = 1;
+    let mut data = vec![0u8; 1024];
+    data[512..].fill(0x77);
+    let (mut sent, mut full) = (0, 0);
+    send_command(&mut quiet, cdb, (1024, 0), &data);
+    sent += 1;
+    let mut answered = None;
+    for _ in 0..16 {
+        busy.round(&log);
+        quiet.stream.set_nonblocking(true).unwrap();
+        let ready = quiet.stream.peek(&mut [0u8; 1]).is_ok();
+        quiet.stream.set_nonblocking(false).unwrap();
+        if !ready {
+            continue;
+        }
+        match answer_within(&mut quiet, 4) {
+            // TASK SET FULL: an initiator sends it again.
+            Some((TargetPdu::ScsiResponse(r), _)) if r.status == 0x28 => {
+                quiet.exp_stat_sn = r.stat_sn.wrapping_add(1);
+                full += 1;
+                send_command(&mut quiet, cdb, (1024, 0), &data);
+                sent += 1;
+            }
+            Some(a) => {
+                answered = Some(a);
+                break;
+            }
+            None => panic!("a partial answer\n{}", log()),
+        }
+    }
+    let answer = answered.or_else(|| answer_within(&mut quiet, 4));
+    match answer {
+        Some((TargetPdu::ScsiResponse(r), _)) => assert_eq!(
+            (r.response, r.status),
+            (0, 0),
+            "after {sent} sent, {full} TASK SET FULL\n{}",
+            log()
+        ),
+        other => panic!(
+            "COMPARE AND WRITE sent {sent} times, {full} TASK SET FULL, then {other:?}\n{}",
+            log()
+        ),
+    }
+    // It wrote its block (the read waits for its turn too).
+    send_rw(&mut quiet, true, 120_000, 1);
+    for _ in 0..4 {
+        busy.round(&log);
+    }
+    match answer_within(&mut quiet, 4) {
+        Some((TargetPdu::DataIn(d), bytes)) => {
+            assert!(d.status_present && d.status == 0, "{d:?}");
+            assert!(bytes == [0x77u8; 512], "the block was not written");
+        }
+        other => panic!("read back: {other:?}\n{}", log()),
+    }
 }

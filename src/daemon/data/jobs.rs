@@ -44,12 +44,25 @@ struct CopyStep {
     len: u64,
 }
 
+/// Where COMPARE AND WRITE and ORWRITE read the medium: the task's own buffer past its
+/// data-out when it has room (`own`), else a buffer of its own.
+#[derive(Clone, Copy)]
+struct Scratch {
+    buf: BufId,
+    at: usize,
+    own: bool,
+}
+
+/// Alignment of [`Scratch::at`] in the task's buffer: what O_DIRECT asks of a read's memory on
+/// any device (its logical block size at most).
+const SCRATCH_ALIGN: usize = 4096;
+
 enum JobKind {
     CompareAndWrite {
-        tmp: BufId,
+        tmp: Scratch,
     },
     OrWrite {
-        tmp: BufId,
+        tmp: Scratch,
     },
     Atomic,
     WriteSame {
@@ -195,7 +208,24 @@ impl Worker {
         // the initiator retries, as for a command that finds no task slot.
         let kind = match req.kind {
             IoKind::CompareAndWrite | IoKind::OrWrite => {
-                let Some(tmp) = self.pool.alloc(req.byte_len) else {
+                // The medium is read into the task's own buffer, past its data-out, when there
+                // is room (a COMPARE AND WRITE always has: its buffer is at least 64 KiB, or a
+                // 1 MiB one for more than that, and 32 blocks of 4 KiB need 384 KiB): a second
+                // buffer is rarely free while other sessions' commands wait for every one freed,
+                // and without it the command could only end in TASK SET FULL each time it came.
+                let at = req.data_out_len.next_multiple_of(SCRATCH_ALIGN);
+                let own = work
+                    .buf
+                    .filter(|&b| at + req.byte_len <= self.pool.len_of(b))
+                    .map(|buf| Scratch { buf, at, own: true });
+                let Some(tmp) = own.or_else(|| {
+                    let buf = self.pool.alloc(req.byte_len)?;
+                    Some(Scratch {
+                        buf,
+                        at: 0,
+                        own: false,
+                    })
+                }) else {
                     return fail(self, &held, Completion::task_set_full());
                 };
                 if req.kind == IoKind::OrWrite {
@@ -558,10 +588,10 @@ impl Worker {
         };
         match &mut job.kind {
             JobKind::CompareAndWrite { tmp } => match phase {
-                0 => run(self, RangeOp::Read, off, len, Some(*tmp), 0, &lun),
+                0 => run(self, RangeOp::Read, off, len, Some(tmp.buf), tmp.at, &lun),
                 1 => {
                     let (t, d) = (*tmp, data.ok_or(Next::Finish(Ok(IoResult::Failed)))?);
-                    let media = self.pool.slice(t)[..len].to_vec();
+                    let media = self.pool.slice(t.buf)[t.at..t.at + len].to_vec();
                     if let Some(at) = scsi::first_mismatch(&media, &self.pool.slice(d)[..len]) {
                         return Err(Next::Finish(Ok(IoResult::Miscompare(at as u64))));
                     }
@@ -570,12 +600,12 @@ impl Worker {
                 _ => Err(Next::Finish(Ok(IoResult::Ok))),
             },
             JobKind::OrWrite { tmp } => match phase {
-                0 => run(self, RangeOp::Read, off, len, Some(*tmp), 0, &lun),
+                0 => run(self, RangeOp::Read, off, len, Some(tmp.buf), tmp.at, &lun),
                 1 => {
                     let (t, d) = (*tmp, data.ok_or(Next::Finish(Ok(IoResult::Failed)))?);
                     let src = self.pool.slice(d)[..len].to_vec();
-                    sbc::or_into(&mut self.pool.slice(t)[..len], &src);
-                    run(self, RangeOp::Write, off, len, Some(t), 0, &lun)
+                    sbc::or_into(&mut self.pool.slice(t.buf)[t.at..t.at + len], &src);
+                    run(self, RangeOp::Write, off, len, Some(t.buf), t.at, &lun)
                 }
                 _ => Err(Next::Finish(Ok(IoResult::Ok))),
             },
@@ -668,7 +698,11 @@ impl Worker {
     /// Gives back the pool buffers a job's kind took.
     fn release_buffers(&mut self, kind: &JobKind) {
         match kind {
-            JobKind::CompareAndWrite { tmp } | JobKind::OrWrite { tmp } => self.pool.release(*tmp),
+            JobKind::CompareAndWrite { tmp } | JobKind::OrWrite { tmp } => {
+                if !tmp.own {
+                    self.pool.release(tmp.buf);
+                }
+            }
             JobKind::WriteSame { chunk, .. } => self.pool.release(*chunk),
             JobKind::Copy { buf, .. } => self.pool.release(*buf),
             JobKind::Atomic | JobKind::Unmap { .. } => {}
