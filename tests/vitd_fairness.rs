@@ -167,6 +167,14 @@ impl Busy {
     }
 }
 
+/// vitd on one thread whose every buffer is held ([`Busy::start`]), and a quiet session on it.
+fn crowded(alias: &str) -> (Datastore, Vitd, Busy, Session) {
+    let (ds, vitd) = one_thread(alias);
+    let busy = Busy::start(ds.port, alias, &|| vitd.log_text());
+    let quiet = session(ds.port, alias, 4);
+    (ds, vitd, busy, quiet)
+}
+
 /// The next answer on `s`, waiting up to `secs` (NOP-Ins skipped); `None` if none came.
 fn answer_within(s: &mut Session, secs: u64) -> Option<(TargetPdu, Vec<u8>)> {
     s.stream
@@ -189,11 +197,9 @@ fn answer_within(s: &mut Session, secs: u64) -> Option<(TargetPdu, Vec<u8>)> {
 /// quiet read was answered only once other sessions were dropped.)
 #[test]
 fn a_session_always_waiting_for_buffers_does_not_take_every_one_freed() {
-    let (ds, vitd) = one_thread("fair");
+    let (_ds, vitd, mut busy, mut quiet) = crowded("fair");
     let log = || vitd.log_text();
-    let mut busy = Busy::start(ds.port, "fair", &log);
-    // The quiet session's 4 KiB read waits behind it.
-    let mut quiet = session(ds.port, "fair", 4);
+    // The quiet session's 4 KiB read waits behind the busy one.
     let quiet_itt = send_rw(&mut quiet, true, 120_000, 8);
     let rounds = 16;
     for _ in 0..rounds {
@@ -225,10 +231,8 @@ fn a_session_always_waiting_for_buffers_does_not_take_every_one_freed() {
 /// into, which it did every time it was sent again for as long as the others kept waiting.
 #[test]
 fn a_compare_and_write_runs_while_other_sessions_wait_for_buffers() {
-    let (ds, vitd) = one_thread("ats");
+    let (_ds, vitd, mut busy, mut quiet) = crowded("ats");
     let log = || vitd.log_text();
-    let mut busy = Busy::start(ds.port, "ats", &log);
-    let mut quiet = session(ds.port, "ats", 4);
     // One block at LBA 120000: compare with zeroes (the LUN's), write 0x77s.
     let mut cdb = [0u8; 16];
     cdb[0] = 0x89;
