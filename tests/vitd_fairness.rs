@@ -167,12 +167,14 @@ impl Busy {
     }
 }
 
-/// vitd on one thread whose every buffer is held ([`Busy::start`]), and a quiet session on it.
-fn crowded(alias: &str) -> (Datastore, Vitd, Busy, Session) {
+/// vitd on one thread whose every buffer is held ([`Busy::start`]), and a quiet session on it
+/// with the NAA designator of LUN 0 (asked before the buffers were taken).
+fn crowded(alias: &str) -> (Datastore, Vitd, Busy, Session, [u8; 16]) {
     let (ds, vitd) = one_thread(alias);
+    let mut quiet = session(ds.port, alias, 4);
+    let naa = naa(&mut quiet, 0);
     let busy = Busy::start(ds.port, alias, &|| vitd.log_text());
-    let quiet = session(ds.port, alias, 4);
-    (ds, vitd, busy, quiet)
+    (ds, vitd, busy, quiet, naa)
 }
 
 /// The next answer on `s`, waiting up to `secs` (NOP-Ins skipped); `None` if none came.
@@ -197,7 +199,7 @@ fn answer_within(s: &mut Session, secs: u64) -> Option<(TargetPdu, Vec<u8>)> {
 /// quiet read was answered only once other sessions were dropped.)
 #[test]
 fn a_session_always_waiting_for_buffers_does_not_take_every_one_freed() {
-    let (_ds, vitd, mut busy, mut quiet) = crowded("fair");
+    let (_ds, vitd, mut busy, mut quiet, _) = crowded("fair");
     let log = || vitd.log_text();
     // The quiet session's 4 KiB read waits behind the busy one.
     let quiet_itt = send_rw(&mut quiet, true, 120_000, 8);
@@ -225,71 +227,121 @@ fn a_session_always_waiting_for_buffers_does_not_take_every_one_freed() {
     assert!(!log().contains("panicked"), "{}", log());
 }
 
-/// A COMPARE AND WRITE (VMware's ATS, its heartbeat among them) of a quiet session while other
-/// sessions' commands wait for every buffer the thread frees: once its turn gives it a buffer,
-/// it runs, rather than ending in TASK SET FULL for want of a second buffer to read the medium
-/// into, which it did every time it was sent again for as long as the others kept waiting.
-#[test]
-fn a_compare_and_write_runs_while_other_sessions_wait_for_buffers() {
-    let (_ds, vitd, mut busy, mut quiet) = crowded("ats");
-    let log = || vitd.log_text();
-    // One block at LBA 120000: compare with zeroes (the LUN's), write 0x77s.
-    let mut cdb = [0u8; 16];
-    cdb[0] = 0x89;
-    cdb[2..10].copy_from_slice(&120_000u64.to_be_bytes());
-    cdb[13] = 1;
-    let mut data = vec![0u8; 1024];
-    data[512..].fill(0x77);
-    let (mut sent, mut full) = (0, 0);
-    send_command(&mut quiet, cdb, (1024, 0), &data);
-    sent += 1;
-    let mut answered = None;
+/// Sends `cdb` on the quiet session (data-out `data`, all immediate) while the busy session
+/// completes writes one at a time, sending it again each time it ends in TASK SET FULL, as an
+/// initiator does; its answer: (status, TASK SET FULLs before it).
+fn run_in_turn(
+    busy: &mut Busy,
+    quiet: &mut Session,
+    cdb: [u8; 16],
+    data: &[u8],
+    log: &dyn Fn() -> String,
+) -> (u8, u32) {
+    let lengths = (data.len() as u32, 0);
+    send_command(quiet, cdb, lengths, data);
+    let mut full = 0;
     for _ in 0..16 {
-        busy.round(&log);
+        busy.round(log);
         quiet.stream.set_nonblocking(true).unwrap();
         let ready = quiet.stream.peek(&mut [0u8; 1]).is_ok();
         quiet.stream.set_nonblocking(false).unwrap();
         if !ready {
             continue;
         }
-        match answer_within(&mut quiet, 4) {
-            // TASK SET FULL: an initiator sends it again.
+        match answer_within(quiet, 4) {
             Some((TargetPdu::ScsiResponse(r), _)) if r.status == 0x28 => {
                 quiet.exp_stat_sn = r.stat_sn.wrapping_add(1);
                 full += 1;
-                send_command(&mut quiet, cdb, (1024, 0), &data);
-                sent += 1;
+                send_command(quiet, cdb, lengths, data);
             }
-            Some(a) => {
-                answered = Some(a);
-                break;
+            Some((TargetPdu::ScsiResponse(r), _)) => {
+                quiet.exp_stat_sn = r.stat_sn.wrapping_add(1);
+                return (r.status, full);
             }
-            None => panic!("a partial answer\n{}", log()),
+            other => panic!("{other:?}\n{}", log()),
         }
     }
-    let answer = answered.or_else(|| answer_within(&mut quiet, 4));
-    match answer {
-        Some((TargetPdu::ScsiResponse(r), _)) => assert_eq!(
-            (r.response, r.status),
-            (0, 0),
-            "after {sent} sent, {full} TASK SET FULL\n{}",
-            log()
-        ),
+    match answer_within(quiet, 4) {
+        Some((TargetPdu::ScsiResponse(r), _)) => {
+            quiet.exp_stat_sn = r.stat_sn.wrapping_add(1);
+            (r.status, full)
+        }
         other => panic!(
-            "COMPARE AND WRITE sent {sent} times, {full} TASK SET FULL, then {other:?}\n{}",
+            "command {:#04x} after {full} TASK SET FULL: {other:?}\n{}",
+            cdb[0],
             log()
         ),
     }
-    // It wrote its block (the read waits for its turn too).
-    send_rw(&mut quiet, true, 120_000, 1);
+}
+
+/// Reads `blocks` at `lba` on the quiet session while the busy session completes writes.
+fn read_in_turn(
+    busy: &mut Busy,
+    quiet: &mut Session,
+    lba: u32,
+    blocks: u16,
+    log: &dyn Fn() -> String,
+) -> Vec<u8> {
+    send_rw(quiet, true, lba, blocks);
     for _ in 0..4 {
-        busy.round(&log);
+        busy.round(log);
     }
-    match answer_within(&mut quiet, 4) {
-        Some((TargetPdu::DataIn(d), bytes)) => {
-            assert!(d.status_present && d.status == 0, "{d:?}");
-            assert!(bytes == [0x77u8; 512], "the block was not written");
+    let mut data = Vec::new();
+    loop {
+        match answer_within(quiet, 4) {
+            Some((TargetPdu::DataIn(d), bytes)) => {
+                data.extend_from_slice(&bytes);
+                if d.status_present {
+                    assert_eq!(d.status, 0);
+                    quiet.exp_stat_sn = d.stat_sn.wrapping_add(1);
+                    return data;
+                }
+            }
+            other => panic!("read: {other:?}\n{}", log()),
         }
-        other => panic!("read back: {other:?}\n{}", log()),
     }
+}
+
+/// The commands that run as jobs, of a quiet session while other sessions' commands wait for
+/// every buffer the thread frees: once its turn gives one its buffer, it runs, rather than
+/// ending in TASK SET FULL for want of a second buffer, which it did each time it was sent
+/// again for as long as the others kept waiting. COMPARE AND WRITE (VMware's ATS, its heartbeat
+/// among them) reads the medium into its own buffer; WRITE SAME and EXTENDED COPY move their
+/// data through it when the pool has none.
+#[test]
+fn jobs_run_while_other_sessions_wait_for_buffers() {
+    let (_ds, vitd, mut busy, mut quiet, naa) = crowded("jobs");
+    let log = || vitd.log_text();
+    // COMPARE AND WRITE of one block at LBA 120000: compare with zeroes (the LUN's), write
+    // 0x77s.
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x89;
+    cdb[2..10].copy_from_slice(&120_000u64.to_be_bytes());
+    cdb[13] = 1;
+    let mut data = vec![0u8; 1024];
+    data[512..].fill(0x77);
+    let (status, full) = run_in_turn(&mut busy, &mut quiet, cdb, &data, &log);
+    assert_eq!(status, 0, "COMPARE AND WRITE, after {full} TASK SET FULL");
+    let back = read_in_turn(&mut busy, &mut quiet, 120_000, 1, &log);
+    assert!(back == [0x77u8; 512], "COMPARE AND WRITE did not write");
+    // WRITE SAME(16) of 0x66s over 256 blocks at LBA 110000.
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x93;
+    cdb[2..10].copy_from_slice(&110_000u64.to_be_bytes());
+    cdb[10..14].copy_from_slice(&256u32.to_be_bytes());
+    let (status, full) = run_in_turn(&mut busy, &mut quiet, cdb, &[0x66; 512], &log);
+    assert_eq!(status, 0, "WRITE SAME, after {full} TASK SET FULL");
+    let back = read_in_turn(&mut busy, &mut quiet, 110_000, 256, &log);
+    assert!(back == [0x66u8; 256 * 512], "WRITE SAME did not write");
+    // EXTENDED COPY of 256 blocks from LBA 0 (the busy session's first writes) to LBA 100000.
+    let list = xcopy_list(naa, naa, 256, 1, 100_000);
+    let (status, full) = run_in_turn(&mut busy, &mut quiet, xcopy_cdb(list.len()), &list, &log);
+    assert_eq!(status, 0, "EXTENDED COPY, after {full} TASK SET FULL");
+    let copied = read_in_turn(&mut busy, &mut quiet, 100_000, 256, &log);
+    let source = read_in_turn(&mut busy, &mut quiet, 0, 256, &log);
+    assert!(
+        source == [0x5au8; 256 * 512],
+        "the busy session's writes are not there"
+    );
+    assert!(copied == source, "EXTENDED COPY did not copy");
 }

@@ -44,8 +44,8 @@ struct CopyStep {
     len: u64,
 }
 
-/// Where COMPARE AND WRITE and ORWRITE read the medium: the task's own buffer past its
-/// data-out when it has room (`own`), else a buffer of its own.
+/// The buffer a job moves its data through: from `at` in the task's own buffer (`own`: its
+/// data-out is past it, or taken already), or a buffer of the job's.
 #[derive(Clone, Copy)]
 struct Scratch {
     buf: BufId,
@@ -66,7 +66,7 @@ enum JobKind {
     },
     Atomic,
     WriteSame {
-        chunk: BufId,
+        chunk: Scratch,
         chunk_len: usize,
         next: u64,
         end: u64,
@@ -80,7 +80,8 @@ enum JobKind {
         steps: Vec<CopyStep>,
         next: usize,
         done_in_step: u64,
-        buf: BufId,
+        buf: Scratch,
+        buf_len: usize,
         wrote: bool,
         list_id: u8,
         bytes: u64,
@@ -249,12 +250,12 @@ impl Worker {
                 let punch = info
                     .as_ref()
                     .is_some_and(|i| sbc::write_same_deallocates(i, &req, &pattern));
-                let Some(chunk) = self.pool.alloc(CHUNK.min(req.byte_len.max(bs))) else {
+                let Some(chunk) = self.job_buffer(CHUNK.min(req.byte_len.max(bs)), work.buf) else {
                     return fail(self, &held, Completion::task_set_full());
                 };
-                let len = self.pool.len_of(chunk).min(req.byte_len.max(bs)) / bs * bs;
+                let len = self.pool.len_of(chunk.buf).min(req.byte_len.max(bs)) / bs * bs;
                 if pattern.len() >= bs {
-                    for blk in self.pool.slice(chunk)[..len].chunks_mut(bs) {
+                    for blk in self.pool.slice(chunk.buf)[..len].chunks_mut(bs) {
                         blk.copy_from_slice(&pattern[..bs]);
                     }
                 }
@@ -306,7 +307,7 @@ impl Worker {
                     if aborted(self) {
                         return fail(self, &held, gone);
                     }
-                    let Some(buf) = self.pool.alloc(CHUNK) else {
+                    let Some(buf) = self.job_buffer(CHUNK, work.buf) else {
                         return fail(self, &held, Completion::task_set_full());
                     };
                     JobKind::Copy {
@@ -314,6 +315,7 @@ impl Worker {
                         next: 0,
                         done_in_step: 0,
                         buf,
+                        buf_len: self.pool.len_of(buf.buf).min(CHUNK),
                         wrote: false,
                         list_id,
                         bytes: 0,
@@ -631,7 +633,7 @@ impl Worker {
                 let n = ((*end - *next) as usize).min(*chunk_len);
                 let at = *next;
                 *next += n as u64;
-                let c = *chunk;
+                let c = chunk.buf;
                 run(self, RangeOp::Write, at, n, Some(c), 0, &lun)
             }
             JobKind::Unmap { ranges, next } => {
@@ -646,6 +648,7 @@ impl Worker {
                 next,
                 done_in_step,
                 buf,
+                buf_len,
                 wrote,
                 list_id,
                 bytes,
@@ -660,14 +663,14 @@ impl Worker {
                     self.record_copy(idx, task, result);
                     return Err(Next::Finish(Ok(IoResult::Ok)));
                 };
-                let n = ((s.len - *done_in_step) as usize).min(CHUNK);
+                let n = ((s.len - *done_in_step) as usize).min(*buf_len);
                 if n == 0 {
                     *next += 1;
                     *done_in_step = 0;
                     return Ok(0);
                 }
                 let (src, dst, so, dof, b) =
-                    (s.src.clone(), s.dst.clone(), s.src_off, s.dst_off, *buf);
+                    (s.src.clone(), s.dst.clone(), s.src_off, s.dst_off, buf.buf);
                 if !*wrote {
                     *wrote = true;
                     run(self, RangeOp::Read, so + *done_in_step, n, Some(b), 0, &src)
@@ -694,17 +697,38 @@ impl Worker {
         }
     }
 
+    /// A buffer of up to `want` bytes for a job that has taken its data-out (a WRITE SAME's
+    /// pattern, an EXTENDED COPY's parameter list) to move its data through: one of the pool's,
+    /// or, none being free, the task's own buffer `own` (smaller steps, but the job runs: while
+    /// other sessions' commands wait for every buffer freed, a second one is rarely free, and
+    /// the command would end in TASK SET FULL each time it came). `None` without either.
+    fn job_buffer(&mut self, want: usize, own: Option<BufId>) -> Option<Scratch> {
+        match self.pool.alloc(want) {
+            Some(buf) => Some(Scratch {
+                buf,
+                at: 0,
+                own: false,
+            }),
+            None => own.map(|buf| Scratch {
+                buf,
+                at: 0,
+                own: true,
+            }),
+        }
+    }
+
     /// Ends a job: releases its buffers and range, then lets the connection respond.
     /// Gives back the pool buffers a job's kind took.
     fn release_buffers(&mut self, kind: &JobKind) {
         match kind {
-            JobKind::CompareAndWrite { tmp } | JobKind::OrWrite { tmp } => {
-                if !tmp.own {
-                    self.pool.release(tmp.buf);
+            JobKind::CompareAndWrite { tmp: b }
+            | JobKind::OrWrite { tmp: b }
+            | JobKind::WriteSame { chunk: b, .. }
+            | JobKind::Copy { buf: b, .. } => {
+                if !b.own {
+                    self.pool.release(b.buf);
                 }
             }
-            JobKind::WriteSame { chunk, .. } => self.pool.release(*chunk),
-            JobKind::Copy { buf, .. } => self.pool.release(*buf),
             JobKind::Atomic | JobKind::Unmap { .. } => {}
         }
     }
