@@ -292,3 +292,109 @@ fn the_stop_line_counts_the_sessions_asked_to_log_out() {
         "{log}"
     );
 }
+
+/// Connections that never make a session, opened as fast as four peers can (junk from the first
+/// byte, a login text without `=`, an unknown target, no CHAP to a CHAP target, a header
+/// announcing 16 MiB of data, a SCSI command before any login, nothing at all), cost the log at
+/// most its budget for failures: `LINES_PER_SECOND` a second and one line a second counting
+/// those left out, however many connections come.
+#[test]
+fn garbage_connections_at_a_high_rate_stay_within_the_log_budget() {
+    use rand::{Rng, SeedableRng};
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+    use vit::iscsi::initiator::login_bhs;
+    use vit::iscsi::pdu::Stage;
+    let ds = Datastore::new();
+    ds.chap_targets();
+    let vitd = ds.start();
+    let port = ds.port;
+    // The start lines are written by the time vitd listens; let them settle.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = vitd.log_text().lines().count();
+    let made = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let secs = 3;
+    let peers: Vec<_> = (0..4u64)
+        .map(|p| {
+            let made = made.clone();
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(p);
+                let mut k = 0usize;
+                while t0.elapsed() < Duration::from_secs(secs) {
+                    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        continue;
+                    };
+                    let login = |text: &str| {
+                        let isid = [0x80, 0, 0, 0, 0x40, p as u8];
+                        let stages = (Stage::Security, Stage::Operational);
+                        let mut w = login_bhs(stages, isid, 0, text.len()).to_vec();
+                        w.extend_from_slice(text.as_bytes());
+                        w.resize(w.len().next_multiple_of(4), 0);
+                        w
+                    };
+                    let wire = match k % 7 {
+                        0 => {
+                            let mut junk = vec![0u8; rng.random_range(48..600)];
+                            rng.fill(&mut junk[..]);
+                            junk
+                        }
+                        1 => login("InitiatorName\0"),
+                        2 => login(
+                            "InitiatorName=iqn.2026-11.io.vit:flood\0\
+                             TargetName=iqn.2026-11.io.vit:nosuch\0AuthMethod=None\0",
+                        ),
+                        3 => login(&format!(
+                            "InitiatorName=iqn.2026-11.io.vit:flood\0TargetName={}\0\
+                             AuthMethod=None\0",
+                            iqn("c")
+                        )),
+                        4 => {
+                            let mut w = login("");
+                            w[5..8].copy_from_slice(&[0xff; 3]);
+                            w
+                        }
+                        5 => {
+                            let mut w = vec![0u8; 48];
+                            w[0] = 0x01;
+                            w
+                        }
+                        _ => Vec::new(),
+                    };
+                    let _ = c.write_all(&wire);
+                    if k % 2 == 0 {
+                        // Wait for vitd's answer or close (bounded), or drop at once.
+                        let _ = c.shutdown(std::net::Shutdown::Write);
+                        c.set_read_timeout(Some(Duration::from_millis(500)))
+                            .unwrap();
+                        let mut buf = [0u8; 512];
+                        while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+                    }
+                    made.fetch_add(1, Ordering::Relaxed);
+                    k += 1;
+                }
+            })
+        })
+        .collect();
+    for p in peers {
+        p.join().unwrap();
+    }
+    // Lines of the flood still to come (a budget's count of those left out is told at the next
+    // second) have come by then.
+    std::thread::sleep(Duration::from_millis(2500));
+    let elapsed = t0.elapsed().as_secs() + 1;
+    let log = vitd.log_text();
+    let lines = log.lines().count() - before;
+    let made = made.load(Ordering::Relaxed);
+    eprintln!("{made} connections in {secs} s: {lines} log lines");
+    let budget = (vit::daemon::logbudget::LINES_PER_SECOND as usize + 1) * (elapsed as usize + 1);
+    assert!(made > 4 * budget, "too few connections to tell: {made}");
+    assert!(
+        lines <= budget,
+        "{lines} lines for {made} connections: {log}"
+    );
+    assert!(log.contains("similar log lines left out"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
