@@ -73,6 +73,9 @@ struct Seed {
     pdus: Vec<Pdu>,
 }
 
+/// A CHAP login's user and secret, and whether it asks the target to authenticate too.
+type Chap = (&'static str, &'static [u8], bool);
+
 /// Builds one session's PDUs as a real initiator would number them.
 struct Builder {
     pdus: Vec<Pdu>,
@@ -162,13 +165,7 @@ impl Builder {
     }
 
     /// A normal session's login to `target`, `auth` being (user, secret, mutual).
-    fn login_normal(
-        &mut self,
-        target: &str,
-        auth: Option<(&str, &'static [u8], bool)>,
-        digests: bool,
-        isid: [u8; 6],
-    ) {
+    fn login_normal(&mut self, target: &str, auth: Option<Chap>, digests: bool, isid: [u8; 6]) {
         let head = format!("InitiatorName={FUZZER}\0TargetName={target}\0SessionType=Normal\0");
         let op = self.operational(digests);
         match auth {
@@ -483,7 +480,7 @@ fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
 /// (mutual CHAP), and discovery sessions, each with and without digests.
 fn seeds(seed: u64) -> Vec<Seed> {
     let mut out = Vec::new();
-    let auths: [(&str, Option<(&str, &'static [u8], bool)>); 3] = [
+    let auths: [(&str, Option<Chap>); 3] = [
         ("f", None),
         ("c", Some(("alice", b"alicesecret12", false))),
         ("m", Some(("bob", b"bobsecret1234", true))),
@@ -792,11 +789,13 @@ struct Heard {
 
 /// Reads all the target sends on `s` until it closes or `stop` (then a little longer), checking
 /// that every byte frames as target PDUs: each header decodes, no AHS, digests right once the
-/// final Login Response has settled them.
+/// final Login Response has settled them. With `must_close` (the initiator has ended its side)
+/// vitd must close the connection within 5 s of `stop`: nothing it was sent may hold it open.
 fn read_answers(
     mut s: TcpStream,
     stop: Arc<AtomicBool>,
     heard: Arc<Mutex<Heard>>,
+    must_close: bool,
 ) -> Result<Vec<u8>, String> {
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let mut seen = Vec::new();
@@ -856,7 +855,12 @@ fn read_answers(
         }
         if stop.load(Ordering::Relaxed) {
             let at = *stopped_at.get_or_insert_with(Instant::now);
-            if at.elapsed() > Duration::from_millis(150) {
+            if must_close && at.elapsed() > Duration::from_secs(5) {
+                return Err(format!(
+                    "still open 5 s after the initiator's end; answers {seen:02x?}"
+                ));
+            }
+            if !must_close && at.elapsed() > Duration::from_millis(150) {
                 break;
             }
         }
@@ -890,7 +894,8 @@ fn replay(port: u16, case: &Case, rng: &mut StdRng) -> Result<Vec<u8>, String> {
     let heard = Arc::new(Mutex::new(Heard::default()));
     let reader = {
         let (r, stop, heard) = (s.try_clone().unwrap(), stop.clone(), heard.clone());
-        std::thread::spawn(move || read_answers(r, stop, heard))
+        let must_close = case.half_close;
+        std::thread::spawn(move || read_answers(r, stop, heard, must_close))
     };
     let mut sent = 0usize;
     'pdus: for p in &case.pdus {
@@ -912,10 +917,10 @@ fn replay(port: u16, case: &Case, rng: &mut StdRng) -> Result<Vec<u8>, String> {
             }
         }
         let mut wire = frame(&p, case.digests);
-        if let Some(cut) = case.cut {
-            if sent + wire.len() > cut {
-                wire.truncate(cut - sent);
-            }
+        if let Some(cut) = case.cut
+            && sent + wire.len() > cut
+        {
+            wire.truncate(cut - sent);
         }
         let mut at = 0;
         while at < wire.len() {
@@ -1104,9 +1109,15 @@ fn mutated_sessions_cost_only_their_own_connections() {
         .collect();
     // The watchdog's longest wait for a round, and vitd's largest size, while the workers run.
     let (mut worst_gap, mut rss_peak, mut prev) = (0u64, rss_start, 0u64);
+    let mut report = 0;
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(200));
-        rss_peak = rss_peak.max(vm_rss_kib(pid));
+        let rss = vm_rss_kib(pid);
+        rss_peak = rss_peak.max(rss);
+        if t0.elapsed().as_secs() / 30 > report {
+            report = t0.elapsed().as_secs() / 30;
+            eprintln!("{} s: vitd VmRSS {rss} KiB", t0.elapsed().as_secs());
+        }
         let now = t0.elapsed().as_millis() as u64;
         let l = last.load(Ordering::Relaxed);
         worst_gap = worst_gap.max(now - l.max(prev));

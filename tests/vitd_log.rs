@@ -364,7 +364,7 @@ fn garbage_connections_at_a_high_rate_stay_within_the_log_budget() {
                         _ => Vec::new(),
                     };
                     let _ = c.write_all(&wire);
-                    if k % 2 == 0 {
+                    if k.is_multiple_of(2) {
                         // Wait for vitd's answer or close (bounded), or drop at once.
                         let _ = c.shutdown(std::net::Shutdown::Write);
                         c.set_read_timeout(Some(Duration::from_millis(500)))
