@@ -67,9 +67,12 @@ struct Pdu {
     raw: bool,
 }
 
+/// Whether a session's full feature phase carries header and data digests.
+type Digests = (bool, bool);
+
 struct Seed {
     name: String,
-    digests: bool,
+    digests: Digests,
     pdus: Vec<Pdu>,
 }
 
@@ -498,7 +501,7 @@ fn seeds(seed: u64) -> Vec<Seed> {
                 b.operations(n);
                 out.push(Seed {
                     name: format!("{alias} digests={digests} #{variant}"),
-                    digests,
+                    digests: (digests, digests),
                     pdus: b.pdus,
                 });
             }
@@ -520,9 +523,207 @@ fn seeds(seed: u64) -> Vec<Seed> {
         b.logout();
         out.push(Seed {
             name: format!("discovery digests={digests}"),
-            digests,
+            digests: (digests, digests),
             pdus: b.pdus,
         });
+    }
+    out
+}
+
+/// Copies `from` to `to` until `from` ends, keeping the bytes; then ends both.
+fn relay(mut from: TcpStream, mut to: TcpStream) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let (mut kept, mut buf) = (Vec::new(), vec![0u8; 256 * 1024]);
+        from.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+        kept
+    })
+}
+
+/// Runs `client` (given the port of a relay in front of vitd on `port`) and returns what each
+/// of its connections sent and was answered: (initiator's bytes, target's bytes).
+fn record(port: u16, client: impl FnOnce(u16)) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let relay_port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let accept = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut pairs = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((c, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                c.set_nonblocking(false).unwrap();
+                let t = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let up = relay(c.try_clone().unwrap(), t.try_clone().unwrap());
+                pairs.push((up, relay(t, c)));
+            }
+            pairs
+        })
+    };
+    client(relay_port);
+    stop.store(true, Ordering::Relaxed);
+    let pairs = accept.join().unwrap();
+    pairs
+        .into_iter()
+        .map(|(u, d)| (u.join().unwrap(), d.join().unwrap()))
+        .collect()
+}
+
+/// The digests a target's bytes `down` settle in their final Login Response.
+fn negotiated(down: &[u8]) -> Digests {
+    let mut text = Vec::new();
+    let mut at = 0;
+    while at + BHS_LEN <= down.len() && down[at] & 0x3f == 0x23 {
+        let dsl = u32::from_be_bytes([0, down[at + 5], down[at + 6], down[at + 7]]) as usize;
+        let end = (at + BHS_LEN + dsl).min(down.len());
+        text.extend_from_slice(&down[at + BHS_LEN..end]);
+        at += BHS_LEN + dsl.next_multiple_of(4);
+    }
+    let text = String::from_utf8_lossy(&text);
+    (
+        text.contains("HeaderDigest=CRC32C"),
+        text.contains("DataDigest=CRC32C"),
+    )
+}
+
+/// A recorded connection as a seed: the initiator's PDUs, digests as negotiated, the CHAP
+/// response left for the replay to compute for the challenge it gets.
+fn recorded_seed(name: String, up: &[u8], down: &[u8]) -> Seed {
+    let digests = negotiated(down);
+    let mut pdus = Vec::new();
+    let mut at = 0;
+    while at + BHS_LEN <= up.len() {
+        let bhs: [u8; BHS_LEN] = up[at..at + BHS_LEN].try_into().unwrap();
+        let login = bhs[0] & 0x3f == 0x03;
+        let ahs = usize::from(bhs[4]) * 4;
+        let dsl = u32::from_be_bytes([0, bhs[5], bhs[6], bhs[7]]) as usize;
+        let h = if digests.0 && !login { 4 } else { 0 };
+        let d = if digests.1 && !login && dsl > 0 { 4 } else { 0 };
+        let data_at = at + BHS_LEN + ahs + h;
+        let end = data_at + dsl.next_multiple_of(4) + d;
+        if end > up.len() {
+            break;
+        }
+        let mut data = up[data_at..data_at + dsl].to_vec();
+        let mut fix = Fix::None;
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if let Some(r) = text.find("CHAP_R=0x") {
+            let secret: &'static [u8] = if text.contains("CHAP_N=bob") {
+                b"bobsecret1234"
+            } else {
+                b"alicesecret12"
+            };
+            let n = CHAP_R_PLACEHOLDER.len().min(data.len() - r);
+            data[r..r + n].copy_from_slice(&CHAP_R_PLACEHOLDER.as_bytes()[..n]);
+            fix = Fix::ChapResponse(secret);
+        }
+        pdus.push(Pdu {
+            bhs,
+            ahs: up[at + BHS_LEN..at + BHS_LEN + ahs].to_vec(),
+            data,
+            ffp: !login,
+            fix,
+            bad_header_digest: false,
+            bad_data_digest: false,
+            raw: false,
+        });
+        at = end;
+    }
+    Seed {
+        name,
+        digests,
+        pdus,
+    }
+}
+
+/// A client run against the relay's port.
+type Client = Box<dyn FnOnce(u16)>;
+
+/// Sessions of real initiators recorded through a relay: libiscsi's tools (no authentication,
+/// CHAP, mutual CHAP with header digests, discovery with a login to each target) and fio's
+/// libiscsi engine (writes past the first burst, solicited by R2Ts, and reads). None where the
+/// clients are not installed.
+fn recorded_seeds(port: u16) -> Vec<Seed> {
+    let mut out = Vec::new();
+    let url = |p: u16, creds: &str, alias: &str, lun: u32, extra: &str| {
+        format!("iscsi://{creds}127.0.0.1:{p}/{}/{lun}{extra}", iqn(alias))
+    };
+    let mut runs: Vec<(&str, Client)> = Vec::new();
+    if have("iscsi-inq") && have("iscsi-ls") && have("iscsi-readcapacity16") {
+        runs.push((
+            "iscsi-inq",
+            Box::new(move |p| {
+                client_within(30, "iscsi-inq", &[&url(p, "", "f", 0, "")]);
+            }),
+        ));
+        runs.push((
+            "iscsi-readcapacity16 chap",
+            Box::new(move |p| {
+                let u = url(p, "alice%alicesecret12@", "c", 0, "");
+                client_within(30, "iscsi-readcapacity16", &[&u]);
+            }),
+        ));
+        runs.push((
+            "iscsi-inq mutual chap crc32c",
+            Box::new(move |p| {
+                let extra = "?target_user=tgt&target_password=tgtsecret1234&header_digest=crc32c";
+                let u = url(p, "bob%bobsecret1234@", "m", 0, extra);
+                client_within(30, "iscsi-inq", &["-e", "1", "-c", "0x83", &u]);
+            }),
+        ));
+        runs.push((
+            "iscsi-ls",
+            Box::new(move |p| {
+                // Discovery only: the logins it goes on to make are to the portal that
+                // SendTargets names, vitd's own.
+                client_within(30, "iscsi-ls", &["-s", &format!("iscsi://127.0.0.1:{p}/")]);
+            }),
+        ));
+    }
+    if let Some(fio) = fio() {
+        runs.push((
+            "fio",
+            Box::new(move |p| {
+                let u = url(p, "", "f", 1, "").replace(':', "\\:");
+                run_fio(
+                    &fio,
+                    60,
+                    &[
+                        "--name=seed",
+                        "--ioengine=libiscsi",
+                        &format!("--filename={u}"),
+                        "--rw=randrw",
+                        "--bs=128k",
+                        "--size=2m",
+                        "--io_size=1m",
+                        "--iodepth=4",
+                        "--verify=crc32c",
+                    ],
+                );
+            }),
+        ));
+    }
+    for (name, run) in runs {
+        for (k, (up, down)) in record(port, run).into_iter().enumerate() {
+            let seed = recorded_seed(format!("{name} #{k}"), &up, &down);
+            let ops: Vec<u8> = seed.pdus.iter().map(|p| p.bhs[0] & 0x3f).collect();
+            eprintln!("recorded {}: {ops:02x?}", seed.name);
+            if !seed.pdus.is_empty() {
+                out.push(seed);
+            }
+        }
     }
     out
 }
@@ -530,7 +731,7 @@ fn seeds(seed: u64) -> Vec<Seed> {
 /// One replay: the PDUs, whether the session negotiates digests, and where the stream is cut.
 struct Case {
     name: String,
-    digests: bool,
+    digests: Digests,
     pdus: Vec<Pdu>,
     cut: Option<usize>,
     /// Half-close after the last byte (vitd sees EOF) rather than a plain close.
@@ -755,14 +956,14 @@ fn mutate(seeds: &[Seed], rng: &mut StdRng) -> Case {
 }
 
 /// The PDU as it goes on the wire.
-fn frame(p: &Pdu, digests: bool) -> Vec<u8> {
+fn frame(p: &Pdu, digests: Digests) -> Vec<u8> {
     if p.raw {
         return p.data.clone();
     }
-    let dig = digests && p.ffp;
+    let (hd, dd) = (digests.0 && p.ffp, digests.1 && p.ffp);
     let mut w = p.bhs.to_vec();
     w.extend_from_slice(&p.ahs);
-    if dig {
+    if hd {
         let mut d = header_digest(&p.bhs, &p.ahs);
         if p.bad_header_digest {
             d[0] ^= 1;
@@ -771,7 +972,7 @@ fn frame(p: &Pdu, digests: bool) -> Vec<u8> {
     }
     w.extend_from_slice(&p.data);
     w.resize(w.len() + p.data.len().next_multiple_of(4) - p.data.len(), 0);
-    if dig && !p.data.is_empty() {
+    if dd && !p.data.is_empty() {
         let mut d = data_digest(&[&p.data]);
         if p.bad_data_digest {
             d[0] ^= 1;
@@ -1072,8 +1273,9 @@ fn mutated_sessions_cost_only_their_own_connections() {
     let pid = vitd.child.as_ref().unwrap().id();
     let baseline = settled_resources(pid);
     let rss_start = vm_rss_kib(pid);
-    let seeds = seeds(seed);
     let port = ds.port;
+    let mut seeds = seeds(seed);
+    seeds.extend(recorded_seeds(port));
     seeds_work(port, &seeds, &vitd);
 
     let t0 = Instant::now();
