@@ -530,24 +530,6 @@ fn seeds(seed: u64) -> Vec<Seed> {
     out
 }
 
-/// Copies `from` to `to` until `from` ends, keeping the bytes; then ends both.
-fn relay(mut from: TcpStream, mut to: TcpStream) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let (mut kept, mut buf) = (Vec::new(), vec![0u8; 256 * 1024]);
-        from.set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-            kept.extend_from_slice(&buf[..n]);
-        }
-        let _ = to.shutdown(Shutdown::Both);
-        let _ = from.shutdown(Shutdown::Both);
-        kept
-    })
-}
-
 /// Runs `client` (given the port of a relay in front of vitd on `port`) and returns what each
 /// of its connections sent and was answered: (initiator's bytes, target's bytes).
 fn record(port: u16, client: impl FnOnce(u16)) -> Vec<(Vec<u8>, Vec<u8>)> {

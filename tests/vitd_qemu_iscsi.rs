@@ -11,8 +11,7 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -237,25 +236,6 @@ impl Drop for Tap {
             let _ = t.join();
         }
     }
-}
-
-/// Copies `from` to `to` until `from` ends, keeping the bytes; then ends `to`'s sending side.
-fn relay(mut from: TcpStream, mut to: TcpStream) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        from.set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-            kept.extend_from_slice(&buf[..n]);
-        }
-        let _ = to.shutdown(Shutdown::Both);
-        let _ = from.shutdown(Shutdown::Both);
-        kept
-    })
 }
 
 /// The PDUs of one direction of an iSCSI connection: (BHS, data segment). Login PDUs carry no

@@ -127,6 +127,27 @@ pub fn connect_from(from: std::net::Ipv4Addr, port: u16) -> TcpStream {
     s.into()
 }
 
+/// Copies `from` to `to` until `from` ends (or is silent for 2 minutes), keeping the bytes;
+/// then shuts both down. A recording relay's one direction.
+pub fn relay(mut from: TcpStream, mut to: TcpStream) -> std::thread::JoinHandle<Vec<u8>> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        from.set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+        let _ = from.shutdown(std::net::Shutdown::Both);
+        kept
+    })
+}
+
 /// Whether the peer has closed `s` (reads EOF or a reset within its read timeout).
 pub fn peer_closed(s: &mut TcpStream) -> bool {
     let mut byte = [0u8; 1];
