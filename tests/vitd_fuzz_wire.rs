@@ -986,6 +986,7 @@ fn read_answers(
     let mut chunk = vec![0u8; 256 * 1024];
     let (mut ffp, mut hd, mut dd) = (false, false, false);
     let mut stopped_at: Option<Instant> = None;
+    let mut stat_sn: Option<u32> = None;
     loop {
         match s.read(&mut chunk) {
             Ok(0) => break,
@@ -1033,7 +1034,32 @@ fn read_answers(
                     dd = text.contains("DataDigest=CRC32C");
                 }
             }
-            seen.push(bhs[0] & 0x3f);
+            // Each status a connection carries takes the next StatSN, in the order sent (RFC
+            // 7143 §4.2.2.2): Login, SCSI, task management, Text and Logout Responses, Rejects,
+            // NOP-Ins answering a NOP-Out, Data-In with status.
+            let op = bhs[0] & 0x3f;
+            let itt = u32::from_be_bytes(bhs[16..20].try_into().unwrap());
+            let status = match op {
+                0x21..=0x24 | 0x26 | 0x3f => true,
+                0x20 => itt != 0xffff_ffff,
+                0x25 => bhs[1] & 0x01 != 0,
+                _ => false,
+            };
+            if status {
+                let sn = u32::from_be_bytes(bhs[24..28].try_into().unwrap());
+                if let Some(prev) = stat_sn
+                    && sn != prev.wrapping_add(1)
+                {
+                    return Err(format!(
+                        "StatSN {sn} after {prev} in {pdu:?}; answers before {seen:02x?}"
+                    ));
+                }
+                stat_sn = Some(sn);
+            }
+            if op == 0x3f && dsl != BHS_LEN {
+                return Err(format!("a Reject carrying {dsl} bytes, not the header"));
+            }
+            seen.push(op);
             buf.drain(..total);
         }
         if stop.load(Ordering::Relaxed) {
