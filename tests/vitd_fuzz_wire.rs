@@ -987,6 +987,8 @@ fn read_answers(
     let (mut ffp, mut hd, mut dd) = (false, false, false);
     let mut stopped_at: Option<Instant> = None;
     let mut stat_sn: Option<u32> = None;
+    let mut reads: std::collections::HashMap<u32, (u32, u32)> = Default::default();
+    const UNSURE: u32 = u32::MAX;
     loop {
         match s.read(&mut chunk) {
             Ok(0) => break,
@@ -1055,6 +1057,31 @@ fn read_answers(
                     ));
                 }
                 stat_sn = Some(sn);
+            }
+            // A task's Data-In come numbered from 0 with their data contiguous from offset 0
+            // (vitd negotiates DataPDUInOrder=Yes), until its status.
+            match pdu {
+                TargetPdu::DataIn(d) => {
+                    let (sn, off) = match reads.remove(&d.itt).unwrap_or((0, 0)) {
+                        (UNSURE, _) => (d.data_sn, d.buffer_offset),
+                        next => next,
+                    };
+                    if (d.data_sn, d.buffer_offset) != (sn, off) {
+                        return Err(format!(
+                            "Data-In {d:?} where DataSN {sn} at offset {off} comes next"
+                        ));
+                    }
+                    if !d.status_present {
+                        reads.insert(d.itt, (sn + 1, off + dsl as u32));
+                    }
+                }
+                TargetPdu::ScsiResponse(r) => {
+                    reads.remove(&r.itt);
+                }
+                // The tasks it aborted send nothing more and their tags are free again, while
+                // the others go on: whose is the next Data-In of a tag is not known.
+                TargetPdu::TaskMgmt(_) => reads.values_mut().for_each(|v| v.0 = UNSURE),
+                _ => {}
             }
             if op == 0x3f && dsl != BHS_LEN {
                 return Err(format!("a Reject carrying {dsl} bytes, not the header"));
