@@ -12,8 +12,9 @@
 //! descriptors.
 //!
 //! The seed is fixed unless `VIT_FUZZ_SEED` names another; `VIT_FUZZ_SECS` (default 6) is how
-//! long the workers run, `VIT_FUZZ_WORKERS` (default 12) how many, `VIT_FUZZ_LOG` vitd's
-//! RUST_LOG. vitd's resident size is printed at the start, at its peak and at the end.
+//! long the workers run (at most 1000 connections a second), `VIT_FUZZ_WORKERS` (default 12) how
+//! many, `VIT_FUZZ_LOG` vitd's RUST_LOG. vitd's resident size is printed at the start, every
+//! 30 s, at its peak and at the end.
 
 mod common;
 use common::*;
@@ -1298,6 +1299,8 @@ fn mutated_sessions_cost_only_their_own_connections() {
     let seed = env_u64("VIT_FUZZ_SEED", 0x5eed_0001);
     let secs = env_u64("VIT_FUZZ_SECS", 6);
     let workers = env_u64("VIT_FUZZ_WORKERS", 12);
+    // Bounded in count too: at most 1000 connections a second of the run.
+    let most = secs * 1000;
     eprintln!("VIT_FUZZ_SEED={seed} VIT_FUZZ_SECS={secs} VIT_FUZZ_WORKERS={workers}");
     let ds = fuzz_datastore();
     let mut cmd = Vitd::command(ds.root(), &[]);
@@ -1330,7 +1333,7 @@ fn mutated_sessions_cost_only_their_own_connections() {
             std::thread::spawn(move || {
                 let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(w));
                 let mut k = 0;
-                while Instant::now() < end {
+                while Instant::now() < end && cases.load(Ordering::Relaxed) < most {
                     let case = mutate(&seeds, &mut rng);
                     if let Err(e) = replay(port, &case, &mut rng) {
                         failures
