@@ -719,6 +719,8 @@ struct Case {
     cut: Option<usize>,
     /// Half-close after the last byte (vitd sees EOF) rather than a plain close.
     half_close: bool,
+    /// Otherwise, how long vitd's answers may pause (5 s at most in all) before the close.
+    quiet: Duration,
 }
 
 fn interesting_u32(rng: &mut StdRng, old: u32) -> u32 {
@@ -935,6 +937,7 @@ fn mutate(seeds: &[Seed], rng: &mut StdRng) -> Case {
         pdus,
         cut,
         half_close: rng.random_bool(0.5),
+        quiet: Duration::from_millis(150),
     }
 }
 
@@ -974,12 +977,13 @@ struct Heard {
 /// Reads all the target sends on `s` until it closes or `stop` (then a little longer), checking
 /// that every byte frames as target PDUs: each header decodes, no AHS, digests right once the
 /// final Login Response has settled them. With `must_close` (the initiator has ended its side)
-/// vitd must close the connection within 5 s of `stop`: nothing it was sent may hold it open.
+/// vitd must close the connection within 5 s of `stop`: nothing it was sent may hold it open;
+/// otherwise reading ends once vitd's answers have paused for `quiet` after `stop`.
 fn read_answers(
     mut s: TcpStream,
     stop: Arc<AtomicBool>,
     heard: Arc<Mutex<Heard>>,
-    must_close: bool,
+    (must_close, quiet): (bool, Duration),
 ) -> Result<Vec<u8>, String> {
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let mut seen = Vec::new();
@@ -987,13 +991,17 @@ fn read_answers(
     let mut chunk = vec![0u8; 256 * 1024];
     let (mut ffp, mut hd, mut dd) = (false, false, false);
     let mut stopped_at: Option<Instant> = None;
+    let mut last_byte = Instant::now();
     let mut stat_sn: Option<u32> = None;
     let mut reads: std::collections::HashMap<u32, (u32, u32)> = Default::default();
     const UNSURE: u32 = u32::MAX;
     loop {
         match s.read(&mut chunk) {
             Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                last_byte = Instant::now();
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -1097,7 +1105,8 @@ fn read_answers(
                     "still open 5 s after the initiator's end; answers {seen:02x?}"
                 ));
             }
-            if !must_close && at.elapsed() > Duration::from_millis(150) {
+            let paused = at.elapsed().min(last_byte.elapsed()) > quiet;
+            if !must_close && (paused || at.elapsed() > Duration::from_secs(5)) {
                 break;
             }
         }
@@ -1131,8 +1140,8 @@ fn replay(port: u16, case: &Case, rng: &mut StdRng) -> Result<Vec<u8>, String> {
     let heard = Arc::new(Mutex::new(Heard::default()));
     let reader = {
         let (r, stop, heard) = (s.try_clone().unwrap(), stop.clone(), heard.clone());
-        let must_close = case.half_close;
-        std::thread::spawn(move || read_answers(r, stop, heard, must_close))
+        let wait = (case.half_close, case.quiet);
+        std::thread::spawn(move || read_answers(r, stop, heard, wait))
     };
     let mut sent = 0usize;
     'pdus: for p in &case.pdus {
@@ -1270,8 +1279,9 @@ fn fuzz_datastore() -> Datastore {
     ds
 }
 
-/// Each seed, unmutated, is a session vitd serves to its end: every login reaches full feature
-/// phase and a Logout at the end is answered (so the mutations start from sessions that work).
+/// Each seed, unmutated, is a session vitd serves to its end: a Logout at the end is answered
+/// (so the mutations start from sessions that work). Each connection is half-closed after its
+/// last PDU and read until vitd closes it, so a slow machine only takes longer.
 fn seeds_work(port: u16, seeds: &[Seed], vitd: &Vitd) {
     let mut rng = StdRng::seed_from_u64(1);
     for seed in seeds {
@@ -1281,6 +1291,7 @@ fn seeds_work(port: u16, seeds: &[Seed], vitd: &Vitd) {
             pdus: seed.pdus.clone(),
             cut: None,
             half_close: false,
+            quiet: Duration::from_secs(1),
         };
         let seen = replay(port, &case, &mut rng).unwrap_or_else(|e| panic!("{}: {e}", seed.name));
         let logs_out = seed.pdus.last().is_some_and(|p| p.bhs[0] & 0x3f == 0x06);
