@@ -35,6 +35,7 @@ FIGURES = [
     ("target_cpu_pct", "target CPU %", "{:,.0f}", "lo"),
     ("fio_cpu_pct", "fio CPU %", "{:,.0f}", "lo"),
     ("other_cpu_pct", "other CPU %", "{:,.0f}", "lo"),
+    ("steal_cpu_pct", "of which steal %", "{:,.0f}", "lo"),
 ]
 
 
@@ -146,6 +147,7 @@ def figures(rec):
         "sleeps_per_io": None,
         "target_cpu_pct": None,
         "other_cpu_pct": None,
+        "steal_cpu_pct": None,
     }
     t0, t1 = rec.get("cpu_ticks_start"), rec.get("cpu_ticks_end")
     n0, n1 = rec.get("cpu_sample_ns_start"), rec.get("cpu_sample_ns_end")
@@ -172,6 +174,11 @@ def figures(rec):
             if out["kworker_us_per_io"] is not None:
                 ours += out["kworker_us_per_io"] * out["iops"] / 1e4
             out["other_cpu_pct"] = max(0.0, busy - ours)
+        # Steal: time the hypervisor ran something else on the machine's CPUs while the guest
+        # wanted them (the host's load); busy time counts it, so it is part of "other CPU".
+        st0, st1 = rec.get("machine_steal_ticks_start"), rec.get("machine_steal_ticks_end")
+        if st0 is not None and st1 is not None and st1 >= st0:
+            out["steal_cpu_pct"] = 100.0 * (st1 - st0) / CLK_TCK / ((n1 - n0) / 1e9)
     return out, rec.get("error")
 
 
@@ -739,7 +746,9 @@ def main():
           "run (busy time of all CPUs, their wall time less their idle time, minus the target, "
           "fio and the kernel workers on the targets' CPU): high values mean the figures are "
           "disturbed by other load (interrupts taken on an idle CPU and fio's threads other "
-          "than its job's count here too).  ",
+          "than its job's count here too); \"of which steal %\" is the part of it the hypervisor "
+          "took for other guests or its own work (the host's load, which no process in this "
+          "machine causes).  ",
           "Over loopback a target's send runs the client's TCP receive and wakes the client "
           "in the target's own context (softirq), so the target CPU per I/O includes that "
           "kernel work, for both targets alike; at QD 1 it dominates (one wakeup each way per "

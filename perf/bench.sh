@@ -131,11 +131,12 @@ wait_port() {
     return 1
 }
 
-# "TICKS NANOSECONDS BUSY USER SLEEPS KWORKERS IDLE CPUS": user+system CPU ticks of a whole
+# "TICKS NANOSECONDS BUSY USER SLEEPS KWORKERS IDLE CPUS STEAL": user+system CPU ticks of a whole
 # process (all threads), the time they were read at, the busy ticks of the whole machine (all
 # CPUs, to see what else ran), the process's user ticks alone, its voluntary context switches
 # (all threads: each a sleep that a wakeup ended), the kernel workers' ticks on the targets' CPU (each's, see kworker_ticks),
-# the idle ticks of the whole machine and its CPUs, or nothing when the process is gone. The
+# the idle ticks of the whole machine, its CPUs and the ticks the hypervisor took from them (steal:
+# the host's other load, which the guest sees as busy time), or nothing when the process is gone. The
 # report takes the machine's busy time as its CPUs' wall time less the idle ticks: the kernel
 # measures idle time exactly, where it samples the busy counters at the clock tick, which misses
 # most of the short bursts of a CPU that sleeps between them (fio's at QD 1), while a process's
@@ -146,14 +147,14 @@ cpu_sample() {
     now=$(date +%s%N)
     # The first line of /proc/stat: cpu user nice system idle iowait irq softirq steal; then a
     # line per CPU.
-    busy=$(awk '$1 == "cpu" {b = $2 + $3 + $4 + $7 + $8 + $9; i = $5 + $6} /^cpu[0-9]/ {n++}
-        END {print b, i, n}' /proc/stat)
+    busy=$(awk '$1 == "cpu" {b = $2 + $3 + $4 + $7 + $8 + $9; i = $5 + $6; s = $9} /^cpu[0-9]/ {n++}
+        END {print b, i, n, s}' /proc/stat)
     # Fields after the ")" that closes the command name: utime is the 12th, stime the 13th.
     sleeps=$(cat /proc/"$1"/task/*/status 2>/dev/null |
         awk '/^voluntary_ctxt_switches:/ {s += $2} END {print s + 0}')
     stat=${stat##*) }
     awk -v now="$now" -v busy="$busy" -v sleeps="$sleeps" -v kw="$(kworker_ticks "$TARGET_CPU")" \
-        '{split(busy, m, " "); print $12 + $13, now, m[1], $12, sleeps, kw, m[2], m[3]}' <<<"$stat"
+        '{split(busy, m, " "); print $12 + $13, now, m[1], $12, sleeps, kw, m[2], m[3], m[4]}' <<<"$stat"
 }
 
 # kworker_ticks CPUS: "PID:TICKS,...", user+system clock ticks of each of the kernel's per-CPU
@@ -431,10 +432,10 @@ def workers(v):
 def sample(v):
     parts = v.split()
     nums = [num(p) for i, p in enumerate(parts) if i != 5]
-    kw = workers(parts[5]) if len(parts) == 8 else None
-    return nums[:5] + [kw] + nums[5:] if len(parts) == 8 and None not in nums + [kw] else [None] * 8
-((ticks0, ns0, busy0, user0, sleeps0, kw0, idle0, cpus0),
- (ticks1, ns1, busy1, user1, sleeps1, kw1, idle1, cpus1)) = sample(t0), sample(t1)
+    kw = workers(parts[5]) if len(parts) == 9 else None
+    return nums[:5] + [kw] + nums[5:] if len(parts) == 9 and None not in nums + [kw] else [None] * 9
+((ticks0, ns0, busy0, user0, sleeps0, kw0, idle0, cpus0, steal0),
+ (ticks1, ns1, busy1, user1, sleeps1, kw1, idle1, cpus1, steal1)) = sample(t0), sample(t1)
 # The workers' ticks over the run: each worker's at the end less its own at the start (none for
 # one started since; one that exited took its ticks with it). Kept as a start and an end: the
 # start is what the workers still there at the end had then.
@@ -451,6 +452,7 @@ rec = {"matrix": matrix, "job": job, "target": target, "round": int(rnd), "rw": 
        "sleeps_start": sleeps0, "sleeps_end": sleeps1,
        "kworker_ticks_start": kw0, "kworker_ticks_end": kw1,
        "machine_idle_ticks_start": idle0, "machine_idle_ticks_end": idle1,
+       "machine_steal_ticks_start": steal0, "machine_steal_ticks_end": steal1,
        # A CPU brought on or off line within the window leaves the idle ticks meaningless.
        "machine_cpus": cpus0 if cpus0 == cpus1 else None,
        "rss_kib_start": num(rss0), "rss_kib_end": num(rss1),

@@ -544,16 +544,25 @@ fn bench_report_other_cpu_is_the_machines_exact_busy_time_less_the_runs() {
     r["machine_idle_ticks_start"] = json!(5000);
     r["machine_idle_ticks_end"] = json!(5000 + 2 * clk_tck() - 100);
     r["machine_cpus"] = json!(2);
-    let (summary, _) = report_of_runs(&[vec![r]]);
-    let other = summary["results"][0]["mean"]["other_cpu_pct"]
-        .as_f64()
-        .unwrap();
+    // Of the busy time, 7 ticks the hypervisor took (steal): the host's load, shown apart.
+    r["machine_steal_ticks_start"] = json!(300);
+    r["machine_steal_ticks_end"] = json!(307);
+    let (summary, md) = report_of_runs(&[vec![r]]);
+    let mean = &summary["results"][0]["mean"];
+    let other = mean["other_cpu_pct"].as_f64().unwrap();
     let want = 100.0 * (100.0 - 50.0 - 10.0) / t - 30.0;
     assert!(
         (other - want).abs() < 1e-6,
         "other CPU {other}%, want {want}% (busy 100 ticks less the target's 50, the workers' 10 \
          and fio's 30%)"
     );
+    let steal = mean["steal_cpu_pct"].as_f64().unwrap();
+    assert!(
+        (steal - 700.0 / t).abs() < 1e-6,
+        "steal {steal}%, want {}%",
+        700.0 / t
+    );
+    assert!(md.contains("| of which steal % |"), "{md}");
 }
 
 /// A stand-in for fio: 0.1 s of login, then `--ramp_time` and `--runtime` (the measured period,
@@ -666,6 +675,16 @@ fn bench_samples_the_targets_cpu_within_fios_measured_period() {
         ms(end, start)
     );
     assert!(n1 - n0 >= 1_000_000_000, "a window of {} ms", ms(n1, n0));
+    // The machine's counters come with the samples: its idle and steal ticks, its CPUs.
+    for key in [
+        "machine_idle_ticks_start",
+        "machine_idle_ticks_end",
+        "machine_steal_ticks_start",
+        "machine_steal_ticks_end",
+        "machine_cpus",
+    ] {
+        assert!(rec[key].is_u64(), "{key} not recorded: {rec}");
+    }
 }
 
 /// The kernel's per-CPU workers come and go (an idle one exits after a few minutes): their CPU
