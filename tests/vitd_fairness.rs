@@ -333,6 +333,19 @@ fn jobs_run_while_other_sessions_wait_for_buffers() {
     assert_eq!(status, 0, "WRITE SAME, after {full} TASK SET FULL");
     let back = read_in_turn(&mut busy, &mut quiet, 110_000, 256, &log);
     assert!(back == [0x66u8; 256 * 512], "WRITE SAME did not write");
+    // WRITE SAME(16) with NDOB and UNMAP over the same blocks: no data-out, so no buffer of its
+    // own, and a hole punched needs none.
+    cdb[1] = 0x08 | 0x01;
+    let (status, full) = run_in_turn(&mut busy, &mut quiet, cdb, &[], &log);
+    assert_eq!(
+        status, 0,
+        "WRITE SAME (NDOB, UNMAP), after {full} TASK SET FULL"
+    );
+    let back = read_in_turn(&mut busy, &mut quiet, 110_000, 256, &log);
+    assert!(
+        back == [0u8; 256 * 512],
+        "WRITE SAME (NDOB, UNMAP) did not deallocate"
+    );
     // EXTENDED COPY of 256 blocks from LBA 0 (the busy session's first writes) to LBA 100000.
     let list = xcopy_list(naa, naa, 256, 1, 100_000);
     let (status, full) = run_in_turn(&mut busy, &mut quiet, xcopy_cdb(list.len()), &list, &log);

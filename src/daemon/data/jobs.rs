@@ -66,7 +66,9 @@ enum JobKind {
     },
     Atomic,
     WriteSame {
-        chunk: Scratch,
+        /// The pattern repeated, `chunk_len` bytes of it; none when the range is deallocated
+        /// (`punch`), which needs no data (a WRITE SAME with NDOB has no buffer of its own).
+        chunk: Option<Scratch>,
         chunk_len: usize,
         next: u64,
         end: u64,
@@ -250,15 +252,22 @@ impl Worker {
                 let punch = info
                     .as_ref()
                     .is_some_and(|i| sbc::write_same_deallocates(i, &req, &pattern));
-                let Some(chunk) = self.job_buffer(CHUNK.min(req.byte_len.max(bs)), work.buf) else {
-                    return fail(self, &held, Completion::task_set_full());
-                };
-                let len = self.pool.len_of(chunk.buf).min(req.byte_len.max(bs)) / bs * bs;
-                if pattern.len() >= bs {
-                    for blk in self.pool.slice(chunk.buf)[..len].chunks_mut(bs) {
-                        blk.copy_from_slice(&pattern[..bs]);
+                let mut len = bs;
+                let chunk = if punch {
+                    None
+                } else {
+                    let want = CHUNK.min(req.byte_len.max(bs));
+                    let Some(chunk) = self.job_buffer(want, work.buf) else {
+                        return fail(self, &held, Completion::task_set_full());
+                    };
+                    len = self.pool.len_of(chunk.buf).min(req.byte_len.max(bs)) / bs * bs;
+                    if pattern.len() >= bs {
+                        for blk in self.pool.slice(chunk.buf)[..len].chunks_mut(bs) {
+                            blk.copy_from_slice(&pattern[..bs]);
+                        }
                     }
-                }
+                    Some(chunk)
+                };
                 JobKind::WriteSame {
                     chunk,
                     chunk_len: len.max(bs),
@@ -630,10 +639,12 @@ impl Worker {
                     *next = *end;
                     return run(self, RangeOp::Punch, off, n, None, 0, &lun);
                 }
+                let Some(c) = chunk.map(|c| c.buf) else {
+                    return Err(Next::Finish(Ok(IoResult::Failed)));
+                };
                 let n = ((*end - *next) as usize).min(*chunk_len);
                 let at = *next;
                 *next += n as u64;
-                let c = chunk.buf;
                 run(self, RangeOp::Write, at, n, Some(c), 0, &lun)
             }
             JobKind::Unmap { ranges, next } => {
@@ -723,13 +734,13 @@ impl Worker {
         match kind {
             JobKind::CompareAndWrite { tmp: b }
             | JobKind::OrWrite { tmp: b }
-            | JobKind::WriteSame { chunk: b, .. }
+            | JobKind::WriteSame { chunk: Some(b), .. }
             | JobKind::Copy { buf: b, .. } => {
                 if !b.own {
                     self.pool.release(b.buf);
                 }
             }
-            JobKind::Atomic | JobKind::Unmap { .. } => {}
+            JobKind::Atomic | JobKind::Unmap { .. } | JobKind::WriteSame { chunk: None, .. } => {}
         }
     }
 
