@@ -127,14 +127,14 @@ pub struct IoWork {
     pub req: IoRequest,
 }
 
-/// The buffer a command's task takes: its expected data transfer length, at most the largest
-/// slot (a larger command fails when it runs).
 /// The Data-Out a write waiting for its data must take within `--stall-timeout` for its
 /// connection to keep it ([`Conn::data_out_stall`]): 64 KiB, so that an initiator keeping a
 /// buffer pays for it at least that (one small buffer's worth) per stall period, and a write
 /// of a small buffer is whole by then.
 const STALL_PROGRESS: u32 = 64 << 10;
 
+/// The buffer a command's task takes: its expected data transfer length, at most the largest
+/// slot (a larger command fails when it runs).
 fn buffer_len(cmd: &ScsiCommand, pool: &BufferPool) -> usize {
     (cmd.expected_data_length as usize).min(pool.max_len())
 }
@@ -2319,7 +2319,8 @@ impl Conn {
 
     /// Called once a second: for how many seconds (calls) the write that has waited longest
     /// for the initiator's Data-Out has had none, or less than [`STALL_PROGRESS`] bytes (it
-    /// holds a buffer meanwhile); 0 when no write waits. The data thread drops a connection whose writes wait too long.
+    /// holds a buffer meanwhile); 0 when no write waits. The data thread drops a connection
+    /// whose writes wait too long.
     /// A write is counted from when its last R2T was taken to be sent, not while the R2T is
     /// still queued (behind Data-In on a slow link, say): vitd's own backlog is not held
     /// against the initiator (a send that makes no progress is the data thread's to judge).
