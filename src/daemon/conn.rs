@@ -218,7 +218,7 @@ struct Task {
     /// [`Conn::data_out_stall`]'s count when it was made, got its buffer, or last moved on by
     /// [`STALL_PROGRESS`] bytes of Data-Out.
     data_at: u32,
-    /// `received` when `data_at` was last set by Data-Out.
+    /// `received` when `data_at` was last set by Data-Out (its immediate data until then).
     data_mark: u32,
     /// `Conn::r2ts_queued` once its last R2T was queued.
     r2t_mark: u64,
@@ -1021,6 +1021,9 @@ impl Conn {
             return;
         }
         t.received = immediate.min(t.want);
+        // Immediate data came with the command, before its stall clock started: the first
+        // step of Data-Out is counted from there.
+        t.data_mark = t.received;
         // Unsolicited data may follow (InitialR2T=No) up to FirstBurstLength.
         let unsolicited_end = if self.params.initial_r2t {
             t.received
@@ -3496,6 +3499,40 @@ mod tests {
             "all in: it waits for the device, not the initiator"
         );
         assert!(c.io.pop_front().is_some());
+    }
+
+    /// A write's immediate data came with it, before its stall clock started: it is not a step
+    /// of Data-Out, and the first trickle after its R2T does not restart the count.
+    #[test]
+    fn a_writes_immediate_data_does_not_count_as_data_out_progress() {
+        let (mut c, _) = conn(true);
+        c.params.first_burst_length = 65536;
+        c.params.target_max_recv_data_segment_length = 65536;
+        let mut pool = BufferPool::new(&[(1 << 20, 2)]).unwrap();
+        let data = vec![0x5au8; 160 * 512];
+        feed(
+            &mut c,
+            &mut pool,
+            &write10(160, true, 100, 65536),
+            &data[..65536],
+        );
+        let r2t = match sent(&mut c).as_slice() {
+            [TargetPdu::R2t(r)] => *r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(r2t.buffer_offset, 65536);
+        assert_eq!((c.data_out_stall(), c.data_out_stall()), (1, 2));
+        feed(
+            &mut c,
+            &mut pool,
+            &data_out(r2t.ttt, 0, 65536, 512, false),
+            &data[65536..65536 + 512],
+        );
+        assert_eq!(
+            c.data_out_stall(),
+            3,
+            "512 bytes of Data-Out after 64 KiB of immediate data restarted the count"
+        );
     }
 
     /// The count restarts once a write's data has moved on by [`STALL_PROGRESS`] bytes since
