@@ -765,6 +765,19 @@ def main():
           "per-I/O cost on this VM; a target that is the bottleneck finds work queued and sleeps "
           "less per I/O than one that waits on its client.  ",
           "⚠ marks a figure where some round failed (see Errors).", ""]
+    # Records made before the machine's idle ticks were kept (2026-11-27 15:41 UTC, c1c9dab;
+    # the window moved within fio's measured period just after, d1a046a) were measured the
+    # older way, which the paragraphs above do not describe.
+    before = sorted({r["round"] for r in records
+                     if r.get("machine_busy_ticks_start") is not None
+                     and r.get("machine_idle_ticks_start") is None})
+    if before:
+        md.insert(-2, f"Round(s) {', '.join(map(str, before))} were recorded before the "
+                  "machine's idle ticks were kept: their \"other CPU %\" is the busy counters "
+                  "sampled at the clock tick less the target, fio and the kernel workers, which "
+                  "misses short bursts (it can read 0 with up to about a fifth of a CPU of other "
+                  "load at QD 1), and their CPU window ran to fio's exit (CPU figures about 1% "
+                  "low), with kernel workers counted from those alive at its two ends.  ")
     titles = {"disk": "File LUNs, O_DIRECT (vit vmdk preallocated vs tgt rdwr --bsoflags direct)",
               "mem": "In-memory LUNs without backing store (vit backend ramdisk, no capacity, "
                      "vs tgt --bstype null: reads return zeroes, writes are discarded)",

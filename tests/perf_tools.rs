@@ -563,6 +563,10 @@ fn bench_report_other_cpu_is_the_machines_exact_busy_time_less_the_runs() {
         700.0 / t
     );
     assert!(md.contains("| of which steal % |"), "{md}");
+    assert!(
+        !md.contains("recorded before the machine's idle ticks were kept"),
+        "{md}"
+    );
 }
 
 /// A record made before the machine's idle and steal ticks were kept (every run's records up to
@@ -588,6 +592,11 @@ fn bench_report_reads_records_made_before_the_idle_and_steal_ticks() {
     assert!(mean["target_cpu_pct"].as_f64().unwrap() > 0.0, "{mean}");
     assert!(mean["kworker_us_per_io"].as_f64().unwrap() > 0.0, "{mean}");
     assert!(md.contains("| of which steal % |"), "{md}");
+    // Its report does not describe its figures as measured the new way only.
+    assert!(
+        md.contains("recorded before the machine's idle ticks were kept"),
+        "{md}"
+    );
 }
 
 /// A stand-in for fio: 0.1 s of login, then `--ramp_time` and `--runtime` (the measured period,
