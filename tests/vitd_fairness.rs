@@ -15,6 +15,8 @@ const INITIATOR: &str = "iqn.2026-11.io.vit:fairness";
 /// data thread's small buffers (256 of them; 32 more of 1 MiB).
 const HOLD_BLOCKS: u16 = 128;
 const HOLD_BYTES: usize = HOLD_BLOCKS as usize * 512;
+/// The first of the last 200 blocks of the LUN (64 MiB).
+const LAST_200: u32 = (64 << 20) / 512 - 200;
 
 /// vitd on one data thread, so every session shares its buffers, with a stall timeout far past
 /// the test (writes left waiting for Data-Out hold their buffers throughout).
@@ -324,37 +326,71 @@ fn jobs_run_while_other_sessions_wait_for_buffers() {
     assert_eq!(status, 0, "COMPARE AND WRITE, after {full} TASK SET FULL");
     let back = read_in_turn(&mut busy, &mut quiet, 120_000, 1, &log);
     assert!(back == [0x77u8; 512], "COMPARE AND WRITE did not write");
-    // WRITE SAME(16) of 0x66s over 256 blocks at LBA 110000.
-    let mut cdb = [0u8; 16];
-    cdb[0] = 0x93;
-    cdb[2..10].copy_from_slice(&110_000u64.to_be_bytes());
-    cdb[10..14].copy_from_slice(&256u32.to_be_bytes());
+    // WRITE SAME(16) of 0x66s over 2100 blocks at LBA 110000: a step of 1 MiB (its buffer's
+    // or a job buffer's) and a part of one; the blocks after it stay as they were.
+    let write_same = |lba: u32, blocks: u32, flags: u8| {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x93;
+        cdb[1] = flags;
+        cdb[2..10].copy_from_slice(&u64::from(lba).to_be_bytes());
+        cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+        cdb
+    };
+    // The 2100 blocks at `lba` and the 56 after them, read in two (1 MiB at most each).
+    let read_2156 = |busy: &mut Busy, quiet: &mut Session, lba: u32| {
+        let mut all = read_in_turn(busy, quiet, lba, 2048, &log);
+        all.extend(read_in_turn(busy, quiet, lba + 2048, 108, &log));
+        all
+    };
+    let cdb = write_same(110_000, 2100, 0);
     let (status, full) = run_in_turn(&mut busy, &mut quiet, cdb, &[0x66; 512], &log);
     assert_eq!(status, 0, "WRITE SAME, after {full} TASK SET FULL");
-    let back = read_in_turn(&mut busy, &mut quiet, 110_000, 256, &log);
-    assert!(back == [0x66u8; 256 * 512], "WRITE SAME did not write");
+    let back = read_2156(&mut busy, &mut quiet, 110_000);
+    assert!(
+        back[..2100 * 512].iter().all(|&b| b == 0x66),
+        "WRITE SAME did not write"
+    );
+    assert!(
+        back[2100 * 512..].iter().all(|&b| b == 0),
+        "WRITE SAME wrote past its range"
+    );
     // WRITE SAME(16) with NDOB and UNMAP over the same blocks: no data-out, so no buffer of its
     // own, and a hole punched needs none.
-    cdb[1] = 0x08 | 0x01;
+    let cdb = write_same(110_000, 2100, 0x09);
     let (status, full) = run_in_turn(&mut busy, &mut quiet, cdb, &[], &log);
     assert_eq!(
         status, 0,
         "WRITE SAME (NDOB, UNMAP), after {full} TASK SET FULL"
     );
-    let back = read_in_turn(&mut busy, &mut quiet, 110_000, 256, &log);
+    let back = read_2156(&mut busy, &mut quiet, 110_000);
     assert!(
-        back == [0u8; 256 * 512],
+        back.iter().all(|&b| b == 0),
         "WRITE SAME (NDOB, UNMAP) did not deallocate"
     );
-    // EXTENDED COPY of 256 blocks from LBA 0 (the busy session's first writes) to LBA 100000.
-    let list = xcopy_list(naa, naa, 256, 1, 100_000);
+    // WRITE SAME over the LUN's last 200 blocks.
+    let cdb = write_same(LAST_200, 200, 0);
+    let (status, full) = run_in_turn(&mut busy, &mut quiet, cdb, &[0x44; 512], &log);
+    assert_eq!(
+        status, 0,
+        "WRITE SAME at the end, after {full} TASK SET FULL"
+    );
+    let back = read_in_turn(&mut busy, &mut quiet, LAST_200, 200, &log);
+    assert!(
+        back == [0x44u8; 200 * 512],
+        "WRITE SAME at the end did not write"
+    );
+    // EXTENDED COPY of 2100 blocks from LBA 0 (the busy session's first writes) to LBA 100000:
+    // a step of 1 MiB and a part of one; the blocks after it stay as they were.
+    let list = xcopy_list(naa, naa, 2100, 1, 100_000);
     let (status, full) = run_in_turn(&mut busy, &mut quiet, xcopy_cdb(list.len()), &list, &log);
     assert_eq!(status, 0, "EXTENDED COPY, after {full} TASK SET FULL");
-    let copied = read_in_turn(&mut busy, &mut quiet, 100_000, 256, &log);
-    let source = read_in_turn(&mut busy, &mut quiet, 0, 256, &log);
+    let copied = read_2156(&mut busy, &mut quiet, 100_000);
     assert!(
-        source == [0x5au8; 256 * 512],
-        "the busy session's writes are not there"
+        copied[..2100 * 512].iter().all(|&b| b == 0x5a),
+        "EXTENDED COPY did not copy the busy session's writes"
     );
-    assert!(copied == source, "EXTENDED COPY did not copy");
+    assert!(
+        copied[2100 * 512..].iter().all(|&b| b == 0),
+        "EXTENDED COPY wrote past its range"
+    );
 }
