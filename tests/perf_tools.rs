@@ -524,6 +524,34 @@ fn bench_report_sets_each_round_against_the_device_of_that_round() {
     assert_eq!(summary["device_rounds"], json!({}));
 }
 
+/// A record of one second in which the target used 50 ticks, fio 30% of a CPU and the kernel
+/// workers 10 ticks, and the machine's busy counters `busy` ticks.
+fn record_with_busy(busy: i64) -> Value {
+    let mut r = record("disk", "4k-randread-qd1", "vit", 1, 1000.0, 100.0);
+    r["kworker_ticks_start"] = json!(0);
+    r["kworker_ticks_end"] = json!(10);
+    r["machine_busy_ticks_start"] = json!(1000);
+    r["machine_busy_ticks_end"] = json!(1000 + busy);
+    r
+}
+
+/// The report of the one run `r` ([`record_with_busy`]), whose machine was busy 100 ticks: its
+/// mean figures (other CPU checked: those ticks less the target's 50, the workers' 10 and fio's
+/// 30%) and its markdown.
+fn report_with_100_ticks_busy(r: Value) -> (Value, String) {
+    let t = clk_tck() as f64;
+    let (summary, md) = report_of_runs(&[vec![r]]);
+    let mean = summary["results"][0]["mean"].clone();
+    let other = mean["other_cpu_pct"].as_f64().unwrap();
+    let want = 100.0 * (100.0 - 50.0 - 10.0) / t - 30.0;
+    assert!(
+        (other - want).abs() < 1e-6,
+        "other CPU {other}%, want {want}% (busy 100 ticks less the target's 50, the workers' 10 \
+         and fio's 30%)"
+    );
+    (mean, md)
+}
+
 /// "other CPU %" sets the machine's busy time against the target's and fio's, which the kernel
 /// gives exactly (scheduler run time). Its busy counters in /proc/stat are sampled at the clock
 /// tick instead, and with an idle CPU's tick stopped they miss most of a QD 1 run's short bursts
@@ -536,26 +564,14 @@ fn bench_report_other_cpu_is_the_machines_exact_busy_time_less_the_runs() {
     let t = clk_tck() as f64;
     // One second; 2 CPUs; the target 50 ticks, fio 30% (usr 10 + sys 20), kernel workers 10
     // ticks; the busy counters sampled 60 ticks, the idle counters 2 s less 100 ticks.
-    let mut r = record("disk", "4k-randread-qd1", "vit", 1, 1000.0, 100.0);
-    r["kworker_ticks_start"] = json!(0);
-    r["kworker_ticks_end"] = json!(10);
-    r["machine_busy_ticks_start"] = json!(1000);
-    r["machine_busy_ticks_end"] = json!(1060);
+    let mut r = record_with_busy(60);
     r["machine_idle_ticks_start"] = json!(5000);
     r["machine_idle_ticks_end"] = json!(5000 + 2 * clk_tck() - 100);
     r["machine_cpus"] = json!(2);
     // Of the busy time, 7 ticks the hypervisor took (steal): the host's load, shown apart.
     r["machine_steal_ticks_start"] = json!(300);
     r["machine_steal_ticks_end"] = json!(307);
-    let (summary, md) = report_of_runs(&[vec![r]]);
-    let mean = &summary["results"][0]["mean"];
-    let other = mean["other_cpu_pct"].as_f64().unwrap();
-    let want = 100.0 * (100.0 - 50.0 - 10.0) / t - 30.0;
-    assert!(
-        (other - want).abs() < 1e-6,
-        "other CPU {other}%, want {want}% (busy 100 ticks less the target's 50, the workers' 10 \
-         and fio's 30%)"
-    );
+    let (mean, md) = report_with_100_ticks_busy(r);
     let steal = mean["steal_cpu_pct"].as_f64().unwrap();
     assert!(
         (steal - 700.0 / t).abs() < 1e-6,
@@ -574,20 +590,7 @@ fn bench_report_other_cpu_is_the_machines_exact_busy_time_less_the_runs() {
 /// counters, and every other figure; its steal is unknown, not 0.
 #[test]
 fn bench_report_reads_records_made_before_the_idle_and_steal_ticks() {
-    let t = clk_tck() as f64;
-    let mut r = record("disk", "4k-randread-qd1", "vit", 1, 1000.0, 100.0);
-    r["kworker_ticks_start"] = json!(0);
-    r["kworker_ticks_end"] = json!(10);
-    r["machine_busy_ticks_start"] = json!(1000);
-    r["machine_busy_ticks_end"] = json!(1100);
-    let (summary, md) = report_of_runs(&[vec![r]]);
-    let mean = &summary["results"][0]["mean"];
-    let other = mean["other_cpu_pct"].as_f64().unwrap();
-    let want = 100.0 * (100.0 - 50.0 - 10.0) / t - 30.0;
-    assert!(
-        (other - want).abs() < 1e-6,
-        "other CPU {other}%, want {want}%"
-    );
+    let (mean, md) = report_with_100_ticks_busy(record_with_busy(100));
     assert!(mean["steal_cpu_pct"].is_null(), "{mean}");
     assert!(mean["target_cpu_pct"].as_f64().unwrap() > 0.0, "{mean}");
     assert!(mean["kworker_us_per_io"].as_f64().unwrap() > 0.0, "{mean}");
