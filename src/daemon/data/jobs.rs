@@ -53,6 +53,22 @@ struct Scratch {
     own: bool,
 }
 
+impl Scratch {
+    /// A buffer the job took from the pool (given back when it ends).
+    fn pooled(buf: BufId) -> Self {
+        Scratch {
+            buf,
+            at: 0,
+            own: false,
+        }
+    }
+
+    /// From `at` in the task's own buffer (the task gives it back).
+    fn own(buf: BufId, at: usize) -> Self {
+        Scratch { buf, at, own: true }
+    }
+}
+
 /// Alignment of [`Scratch::at`] in the task's buffer: what O_DIRECT asks of a read's memory on
 /// any device (its logical block size at most).
 const SCRATCH_ALIGN: usize = 4096;
@@ -83,7 +99,6 @@ enum JobKind {
         next: usize,
         done_in_step: u64,
         buf: Scratch,
-        buf_len: usize,
         wrote: bool,
         list_id: u8,
         bytes: u64,
@@ -220,15 +235,9 @@ impl Worker {
                 let own = work
                     .buf
                     .filter(|&b| at + req.byte_len <= self.pool.len_of(b))
-                    .map(|buf| Scratch { buf, at, own: true });
-                let Some(tmp) = own.or_else(|| {
-                    let buf = self.pool.alloc(req.byte_len)?;
-                    Some(Scratch {
-                        buf,
-                        at: 0,
-                        own: false,
-                    })
-                }) else {
+                    .map(|buf| Scratch::own(buf, at));
+                let Some(tmp) = own.or_else(|| self.pool.alloc(req.byte_len).map(Scratch::pooled))
+                else {
                     return fail(self, &held, Completion::task_set_full());
                 };
                 if req.kind == IoKind::OrWrite {
@@ -324,7 +333,6 @@ impl Worker {
                         next: 0,
                         done_in_step: 0,
                         buf,
-                        buf_len: self.pool.len_of(buf.buf).min(CHUNK),
                         wrote: false,
                         list_id,
                         bytes: 0,
@@ -659,7 +667,6 @@ impl Worker {
                 next,
                 done_in_step,
                 buf,
-                buf_len,
                 wrote,
                 list_id,
                 bytes,
@@ -674,7 +681,9 @@ impl Worker {
                     self.record_copy(idx, task, result);
                     return Err(Next::Finish(Ok(IoResult::Ok)));
                 };
-                let n = ((s.len - *done_in_step) as usize).min(*buf_len);
+                // Steps as large as the job's buffer allows (its own may be the smaller).
+                let n =
+                    ((s.len - *done_in_step) as usize).min(self.pool.len_of(buf.buf).min(CHUNK));
                 if n == 0 {
                     *next += 1;
                     *done_in_step = 0;
@@ -714,18 +723,7 @@ impl Worker {
     /// other sessions' commands wait for every buffer freed, a second one is rarely free, and
     /// the command would end in TASK SET FULL each time it came). `None` without either.
     fn job_buffer(&mut self, want: usize, own: Option<BufId>) -> Option<Scratch> {
-        match self.pool.alloc(want) {
-            Some(buf) => Some(Scratch {
-                buf,
-                at: 0,
-                own: false,
-            }),
-            None => own.map(|buf| Scratch {
-                buf,
-                at: 0,
-                own: true,
-            }),
-        }
+        (self.pool.alloc(want).map(Scratch::pooled)).or_else(|| own.map(|buf| Scratch::own(buf, 0)))
     }
 
     /// Ends a job: releases its buffers and range, then lets the connection respond.
