@@ -720,27 +720,11 @@ pub fn execute_with_pr(
     {
         return Outcome::Done(Completion::conflict());
     }
+    if let Some(r) = block_request(lun, cmd) {
+        return to_outcome(r);
+    }
     match cmd {
-        Command::Media(m) => media(lun, m),
         Command::SyncCache { lba, blocks, immed } => sync_cache(lun, lba, blocks, immed),
-        Command::WriteSame {
-            lba,
-            blocks,
-            unmap,
-            anchor,
-            ndob,
-            length_field,
-        } => to_outcome(write_same(
-            lun,
-            WriteSameCdb {
-                lba,
-                blocks,
-                unmap,
-                anchor,
-                ndob,
-                length_field,
-            },
-        )),
         Command::Unmap { anchor, param_len } => to_outcome(unmap(lun, anchor, param_len)),
         Command::GetLbaStatus { lba, alloc_len } => get_lba_status(lun, lba, alloc_len, data_in),
         Command::ExtendedCopy { param_len } => to_outcome(extended_copy(param_len)),
@@ -989,50 +973,48 @@ fn control_request(kind: IoKind, data_out_len: usize) -> IoRequest {
     }
 }
 
-/// The decoded WRITE SAME fields.
-#[derive(Clone, Copy, Debug)]
-struct WriteSameCdb {
-    lba: Lba,
-    blocks: Blocks,
-    unmap: bool,
-    anchor: bool,
-    ndob: bool,
-    length_field: u16,
-}
-
-fn write_same(lun: &LunInfo, c: WriteSameCdb) -> Result<Option<IoRequest>, SenseReason> {
-    if c.anchor {
+/// WRITE SAME (`cmd`, a [`Command::WriteSame`]).
+fn write_same(lun: &LunInfo, cmd: Command) -> Result<Option<IoRequest>, SenseReason> {
+    let Command::WriteSame {
+        lba,
+        blocks,
+        unmap,
+        anchor,
+        ndob,
+        length_field,
+    } = cmd
+    else {
+        return Err(SenseReason::InternalTargetFailure);
+    };
+    if anchor {
         return Err(SenseReason::InvalidFieldInCdb(FieldPointer::bit(1, 4)));
     }
-    let ten = c.length_field == 7;
+    let ten = length_field == 7;
     let p = &lun.provisioning;
-    if c.unmap && !(if ten { p.lbpws10 } else { p.lbpws }) {
+    if unmap && !(if ten { p.lbpws10 } else { p.lbpws }) {
         return Err(SenseReason::InvalidFieldInCdb(FieldPointer::bit(1, 3)));
     }
     if lun.read_only {
         return Err(SenseReason::WriteProtected);
     }
-    check_range(lun, c.lba, c.blocks)?;
+    check_range(lun, lba, blocks)?;
     // WSNZ = 1: a zero NUMBER OF LOGICAL BLOCKS is refused (after the range check: a zero
     // length past the end is LBA OUT OF RANGE).
-    if c.blocks.0 == 0 || c.blocks.0 > sbc::MAX_WRITE_SAME_BLOCKS {
+    if blocks.0 == 0 || blocks.0 > sbc::MAX_WRITE_SAME_BLOCKS {
         return Err(SenseReason::InvalidFieldInCdb(FieldPointer::byte(
-            c.length_field,
+            length_field,
         )));
     }
     let bs = u64::from(lun.block_size);
-    let byte_len = usize::try_from(u64::from(c.blocks.0) * bs)
-        .map_err(|_| SenseReason::InvalidFieldInCdb(FieldPointer::byte(c.length_field)))?;
+    let byte_len = usize::try_from(u64::from(blocks.0) * bs)
+        .map_err(|_| SenseReason::InvalidFieldInCdb(FieldPointer::byte(length_field)))?;
     Ok(Some(IoRequest {
-        kind: IoKind::WriteSame {
-            unmap: c.unmap,
-            ndob: c.ndob,
-        },
-        lba: c.lba,
-        blocks: c.blocks,
-        byte_offset: c.lba.0.checked_mul(bs).ok_or(SenseReason::LbaOutOfRange)?,
+        kind: IoKind::WriteSame { unmap, ndob },
+        lba,
+        blocks,
+        byte_offset: lba.0.checked_mul(bs).ok_or(SenseReason::LbaOutOfRange)?,
         byte_len,
-        data_out_len: if c.ndob { 0 } else { lun.block_size as usize },
+        data_out_len: if ndob { 0 } else { lun.block_size as usize },
         fua: !lun.write_cache_enabled,
         dpo: false,
     }))
@@ -1144,13 +1126,29 @@ fn check_range(lun: &LunInfo, lba: Lba, blocks: Blocks) -> Result<(), SenseReaso
     }
 }
 
-/// Validates a media command and turns it into an [`IoRequest`].
-fn media(lun: &LunInfo, m: MediaCommand) -> Outcome {
-    match media_request(lun, m) {
-        Ok(Some(io)) => Outcome::Io(io),
-        Ok(None) => Outcome::Done(Completion::good(0)),
-        Err(reason) => Outcome::Done(Completion::check(reason)),
+/// The request a media command (READ, WRITE, VERIFY and the like) or WRITE SAME becomes on
+/// `lun`, validated; `None` for any other command.
+fn block_request(lun: &LunInfo, cmd: Command) -> Option<Result<Option<IoRequest>, SenseReason>> {
+    Some(match cmd {
+        Command::Media(m) => media_request(lun, m),
+        Command::WriteSame { .. } => write_same(lun, cmd),
+        _ => return None,
+    })
+}
+
+/// The request a media command (READ, WRITE, VERIFY and the like) or WRITE SAME `cdb` would
+/// become on `lun`, decoded and checked as [`execute`] does but executing nothing: no unit
+/// attention, reservation or other state is looked at. For a transport that sizes a command's
+/// buffer before running it (a VERIFY, or a WRITE SAME with NDOB, moves more bytes through
+/// memory than its data-out). `None` for any other command, one that would fail, and one of an
+/// offline LUN.
+pub fn block_io(lun: &LunInfo, cdb: &[u8]) -> Option<IoRequest> {
+    if lun.offline {
+        return None;
     }
+    block_request(lun, Command::parse(cdb).ok()?)?
+        .ok()
+        .flatten()
 }
 
 fn media_request(lun: &LunInfo, m: MediaCommand) -> Result<Option<IoRequest>, SenseReason> {

@@ -50,8 +50,8 @@ pub mod xcopy;
 pub use cdb::{Blocks, Command, Lba};
 pub use lun::{
     Completion, DeviceServer, IoKind, IoRequest, IoResult, LunConfigError, LunInfo, Nexus, Outcome,
-    Provisioning, Request, Status, TargetPort, complete_io, decode_lun, encode_lun, execute,
-    execute_with_pr, first_mismatch, needs_pr_state,
+    Provisioning, Request, Status, TargetPort, block_io, complete_io, decode_lun, encode_lun,
+    execute, execute_with_pr, first_mismatch, needs_pr_state,
 };
 pub use pr::{ItNexusId, PrEffects, PrState};
 pub use sense::{Sense, SenseData, SenseFormat, SenseReason};

@@ -628,3 +628,35 @@ fn compatible_reservation_handling_as_report_capabilities_claims() {
         assert_eq!(pr.registrations(), before.registrations());
     }
 }
+
+#[test]
+fn block_io_is_the_request_execute_makes_without_touching_state() {
+    // VERIFY (10) without BYTCHK, VERIFY (16) with it, WRITE SAME (16) with NDOB, ORWRITE,
+    // READ (16): what `execute` would ask for, worked out without it.
+    let cdbs: [&[u8]; 5] = [
+        &cdb10(0x2F, 0, 8, 16),
+        &cdb16(0x8F, 0x02, 8, 16),
+        &cdb16(0x93, 0x01, 100, 300),
+        &cdb16(0x8B, 0, 0, 4),
+        &cdb16(0x88, 0, 999, 1),
+    ];
+    for cdb in cdbs {
+        assert_eq!(block_io(&thin(), cdb), Some(io(&run(0, cdb))), "{cdb:02x?}");
+    }
+    // A unit attention pending is left for `execute` to report (`block_io` sees no nexus).
+    let mut n = nexus("iqn.i");
+    n.post(0, SenseReason::PowerOnReset);
+    let verify = cdb10(0x2F, 0, 8, 16);
+    assert_eq!(
+        block_io(&thin(), &verify).map(|r| r.byte_len),
+        Some(16 * 512)
+    );
+    assert_eq!(sense(&exec(&mut n, None, 0, &verify, &[])).0, 0x06);
+    // No request: another command, one past the end, zero blocks, an offline LUN.
+    assert_eq!(block_io(&thin(), &[0u8; 6]), None);
+    assert_eq!(block_io(&thin(), &cdb16(0x8F, 0, 999, 2)), None);
+    assert_eq!(block_io(&thin(), &cdb10(0x2F, 0, 8, 0)), None);
+    let mut offline = thin();
+    offline.offline = true;
+    assert_eq!(block_io(&offline, &cdb10(0x2F, 0, 8, 16)), None);
+}
