@@ -27,6 +27,7 @@ use crate::scsi::opcodes::{self, MediaAccess, op};
 use crate::scsi::sense::FieldPointer;
 use crate::scsi::{
     self, Completion, IoKind, IoRequest, IoResult, Nexus, Outcome, Request, SenseReason, Status,
+    sbc,
 };
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -122,7 +123,8 @@ pub struct OutPdu {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IoWork {
     pub task: u16,
-    /// The task's buffer (none when the request moves no data: VERIFY without BYTCHK, SYNC).
+    /// The task's buffer (none when the request moves no data through memory: SYNCHRONIZE
+    /// CACHE, a WRITE SAME with NDOB that deallocates).
     pub buf: Option<BufId>,
     pub req: IoRequest,
 }
@@ -132,12 +134,6 @@ pub struct IoWork {
 /// buffer pays for it at least that (one small buffer's worth) per stall period, and a write
 /// of a small buffer is whole by then.
 const STALL_PROGRESS: u32 = 64 << 10;
-
-/// The buffer a command's task takes: its expected data transfer length, at most the largest
-/// slot (a larger command fails when it runs).
-fn buffer_len(cmd: &ScsiCommand, pool: &BufferPool) -> usize {
-    (cmd.expected_data_length as usize).min(pool.max_len())
-}
 
 /// Executes a command, taking the LUN's reservation lock when reservations are involved (a
 /// reservation command, or a LUN that has registrations): otherwise one atomic load.
@@ -678,8 +674,8 @@ impl Conn {
             .iter()
             .zip(&self.tasks)
             .position(|(&x, t)| x == RESERVED_TAG && t.is_none())?;
-        let needs_buf = cmd.expected_data_length > 0 || cmd.read;
-        let want = buffer_len(cmd, pool);
+        let want = self.buffer_len(cmd, pool);
+        let needs_buf = want > 0 || cmd.read;
         let mut spill = 0;
         let buf = if needs_buf {
             let free = (!self.over_large_share(want, pool))
@@ -750,6 +746,47 @@ impl Conn {
         Some(i)
     }
 
+    /// The buffer a command's task takes: its expected data transfer length, at most the
+    /// largest slot (a larger command fails when it runs). A VERIFY reads the medium into it,
+    /// and a WRITE SAME with NDOB that writes zeroes (one that deallocates needs no buffer)
+    /// writes them from it: theirs is as long as what they read or write, like a READ's or a
+    /// WRITE's, though they have no data-in and no data-out (or less), so that it comes to them
+    /// through the same wait for a buffer as any command's. Other commands pay one test of
+    /// the opcode for it.
+    fn buffer_len(&self, cmd: &ScsiCommand, pool: &BufferPool) -> usize {
+        let edtl = cmd.expected_data_length as usize;
+        let len = match cmd.cdb[0] {
+            op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 | op::WRITE_SAME_16 => {
+                edtl.max(self.medium_len(cmd))
+            }
+            _ => edtl,
+        };
+        len.min(pool.max_len())
+    }
+
+    /// The bytes a VERIFY reads, or a WRITE SAME with NDOB writes without deallocating them,
+    /// through its buffer (0 for another command, or one that fails before any I/O).
+    fn medium_len(&self, cmd: &ScsiCommand) -> usize {
+        let Some(lun) = self.target.as_ref().and_then(|t| {
+            let id = scsi::decode_lun(cmd.lun.to_be_bytes())?;
+            t.server.lun(id)
+        }) else {
+            return 0;
+        };
+        match scsi::block_io(lun, &cmd.cdb) {
+            Some(io) => match io.kind {
+                IoKind::Verify { .. } => io.byte_len,
+                IoKind::WriteSame { ndob: true, .. }
+                    if !sbc::write_same_deallocates(lun, &io, &[]) =>
+                {
+                    io.byte_len
+                }
+                _ => 0,
+            },
+            None => 0,
+        }
+    }
+
     /// Whether a command may wait for a buffer: no data of it comes before an R2T asks for it
     /// but its immediate data (with InitialR2T=Yes, vitd's offer, no unsolicited Data-Out).
     fn may_wait_for_buffer(&self, cmd: &ScsiCommand) -> bool {
@@ -784,7 +821,7 @@ impl Conn {
             return None;
         }
         let (_, cmd) = self.buffer_wait.front()?;
-        let len = buffer_len(cmd, pool);
+        let len = self.buffer_len(cmd, pool);
         (!self.over_large_share(len, pool)).then_some(len)
     }
 
@@ -818,7 +855,7 @@ impl Conn {
                 self.buffer_wait.pop_front();
                 continue;
             }
-            let len = buffer_len(&cmd, pool);
+            let len = self.buffer_len(&cmd, pool);
             if self.over_large_share(len, pool) {
                 return false;
             }
@@ -937,7 +974,7 @@ impl Conn {
                 }
                 t.kept = Some(self.inline.as_slice().into());
             }
-            let len = buffer_len(cmd, pool);
+            let len = self.buffer_len(cmd, pool);
             // One held back by its connection's share leaves the free buffers to others.
             if !self.over_large_share(len, pool) {
                 pool.note_waiting(len);
@@ -1270,10 +1307,14 @@ impl Conn {
                 self.finish(i, &c, pool)
             }
             Outcome::Io(io) => {
+                // VERIFY reads the medium into its buffer (`buffer_len`), with or without BYTCHK.
                 let needs_buf = matches!(
                     io.kind,
-                    IoKind::Read | IoKind::Write | IoKind::WriteVerify { .. }
-                ) || matches!(io.kind, IoKind::Verify { bytchk: true });
+                    IoKind::Read
+                        | IoKind::Write
+                        | IoKind::WriteVerify { .. }
+                        | IoKind::Verify { .. }
+                );
                 // A read larger than the buffer the EDTL chose (an overflow): take a bigger one.
                 if needs_buf
                     && t.buf.is_none_or(|b| io.byte_len > pool.len_of(b))
@@ -2652,6 +2693,41 @@ mod tests {
             panic!()
         };
         assert!(d.overflow && d.residual_count == 512 && d.data_segment_length == 512);
+    }
+
+    /// A VERIFY without BYTCHK and a WRITE SAME with NDOB that writes zeroes have no data-out,
+    /// yet read the medium into a buffer or write zeroes from one: each waits for a buffer as
+    /// long as that, as a READ does, instead of running with none (and, needing one then,
+    /// ending in TASK SET FULL while other commands held every buffer freed).
+    #[test]
+    fn verify_and_a_zero_writing_write_same_wait_for_a_buffer_of_what_they_move() {
+        let verify = command(&[0x2F, 0, 0, 0, 0, 8, 0, 0, 16, 0], 0, false, false, 100, 0);
+        let mut ws = [0u8; 16];
+        ws[0] = 0x93;
+        ws[1] = 0x01; // NDOB
+        ws[10..14].copy_from_slice(&100u32.to_be_bytes());
+        let write_same = command(&ws, 0, false, false, 101, 0);
+        let (mut c, mut pool, big) = conn_with_its_one_buffer_held();
+        for (bhs, len) in [(verify, 16 * 512), (write_same, 100 * 512)] {
+            feed(&mut c, &mut pool, &bhs, &[]);
+            assert!(
+                c.io.is_empty() && c.waiting_for_buffer(),
+                "ran with no buffer"
+            );
+            assert_eq!(c.wait_len(&pool), Some(len));
+            pool.release(big);
+            assert!(c.grant_buffer(&mut pool));
+            let work = c.io.pop_front().expect("its I/O");
+            assert_eq!(work.buf, Some(big));
+            c.io_done(work.task, IoResult::Ok, &mut pool);
+            let pdus = sent(&mut c);
+            assert!(
+                matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(r)] if r.status == 0),
+                "{pdus:?}"
+            );
+            assert_eq!(pool.available(), 1);
+            assert_eq!(pool.alloc(65536), Some(big));
+        }
     }
 
     #[test]

@@ -44,7 +44,7 @@ use super::shared::FlushTurn;
 use super::uring::{self, BufId, BufferPool, Waker};
 use crate::iscsi::pdu::BHS_LEN;
 use crate::iscsi::reader::{Event, PduReader, ReadError, Want};
-use crate::scsi::{self, Completion, IoKind, IoResult};
+use crate::scsi::{self, IoKind, IoResult};
 use crate::vmdk::{Op, SegmentKind};
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::{IoUring, opcode, squeue, types};
@@ -271,8 +271,9 @@ struct FileOp {
     /// They are a flush of that LUN other than a round, counted in its epoch
     /// ([`super::shared::LunShared::other_flush_start`]) until they are all done.
     other_flush: Option<usize>,
-    /// For VERIFY with BYTCHK: the buffer the media was read into.
-    verify_buf: Option<BufId>,
+    /// For VERIFY with BYTCHK: its data-out, kept here while the medium is read over it into
+    /// its buffer.
+    verify_data: Option<Vec<u8>>,
     work: Option<IoWork>,
     /// A multi-step command between two of its steps.
     job: Option<Box<jobs::Job>>,
@@ -1220,21 +1221,16 @@ impl Worker {
         };
         let (target_buf, op_kind) = match (req.kind, work.buf) {
             (IoKind::Sync { .. }, _) => return self.submit_sync(idx, lun, work, op),
-            // VERIFY reads the medium into a scratch buffer (and compares it with BYTCHK).
-            (IoKind::Verify { .. }, _) => match self.pool.alloc(req.byte_len) {
-                Some(b) => {
-                    op.verify_buf = Some(b);
-                    (b, Op::Read)
+            // VERIFY reads the medium into its own buffer, which is as long (`Conn::buffer_len`):
+            // no second buffer, which would rarely be free while other sessions' commands wait
+            // for every one freed. With BYTCHK its data-out, there first, is kept aside to
+            // compare (`finish_io`).
+            (IoKind::Verify { bytchk }, Some(b)) => {
+                if bytchk {
+                    op.verify_data = Some(self.task_bytes(Some(b), req.data_out_len));
                 }
-                None => {
-                    // No buffer now (large reads may hold them all): the initiator retries.
-                    if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
-                        s.conn
-                            .finish_with(work.task, &Completion::task_set_full(), &mut self.pool);
-                    }
-                    return;
-                }
-            },
+                (b, Op::Read)
+            }
             (IoKind::Read, Some(b)) => (b, Op::Read),
             (IoKind::Write | IoKind::WriteVerify { .. }, Some(b)) => (b, Op::Write),
             _ => return self.finish_io(idx, work.task, IoResult::Failed),
@@ -1339,6 +1335,12 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// A copy of the first `n` bytes of a task's buffer (its data-out; empty without one).
+    fn task_bytes(&mut self, buf: Option<BufId>, n: usize) -> Vec<u8> {
+        buf.and_then(|b| self.pool.slice(b).get(..n).map(<[u8]>::to_vec))
+            .unwrap_or_default()
     }
 
     /// SYNCHRONIZE CACHE: flush round of its LUN run now, or waited for (see
@@ -1591,18 +1593,14 @@ impl Worker {
             .get_mut(usize::from(task))
             .map(std::mem::take)
             .unwrap_or_default();
-        if let (Some(vb), Some(work)) = (op.verify_buf, op.work) {
-            if result == IoResult::Ok
-                && let (IoKind::Verify { bytchk: true }, Some(b)) = (work.req.kind, work.buf)
-            {
-                let (vl, bl) = (self.pool.len_of(vb), self.pool.len_of(b));
-                let media = self.pool.slice(vb)[..work.req.byte_len.min(vl)].to_vec();
-                let out = &self.pool.slice(b)[..work.req.data_out_len.min(bl)];
-                if let Some(off) = scsi::first_mismatch(&media, out) {
-                    result = IoResult::Miscompare(off as u64);
-                }
+        if let (Some(out), Some(work)) = (&op.verify_data, op.work)
+            && result == IoResult::Ok
+            && let Some(b) = work.buf
+        {
+            let media = self.pool.slice(b).get(..work.req.byte_len).unwrap_or(&[]);
+            if let Some(off) = scsi::first_mismatch(media, out) {
+                result = IoResult::Miscompare(off as u64);
             }
-            self.pool.release(vb);
         }
         if let IoResult::Failed = result
             && let Some(work) = op.work

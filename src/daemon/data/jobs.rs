@@ -44,46 +44,42 @@ struct CopyStep {
     len: u64,
 }
 
-/// The buffer a job moves its data through: from `at` in the task's own buffer (`own`: its
-/// data-out is past it, or taken already), or a buffer of the job's.
+/// The buffer a job moves its data through: the task's own (`own`: its data-out taken
+/// already), or a buffer of the job's.
 #[derive(Clone, Copy)]
 struct Scratch {
     buf: BufId,
-    at: usize,
     own: bool,
 }
 
 impl Scratch {
     /// A buffer the job took from the pool (given back when it ends).
     fn pooled(buf: BufId) -> Self {
-        Scratch {
-            buf,
-            at: 0,
-            own: false,
-        }
+        Scratch { buf, own: false }
     }
 
-    /// From `at` in the task's own buffer (the task gives it back).
-    fn own(buf: BufId, at: usize) -> Self {
-        Scratch { buf, at, own: true }
+    /// The task's own buffer (the task gives it back).
+    fn own(buf: BufId) -> Self {
+        Scratch { buf, own: true }
     }
 }
 
-/// Alignment of [`Scratch::at`] in the task's buffer: what O_DIRECT asks of a read's memory on
-/// any device (its logical block size at most).
-const SCRATCH_ALIGN: usize = 4096;
-
 enum JobKind {
+    /// The medium is read into the task's buffer over the first half of its data-out, kept
+    /// here (`verify`) to compare with; the second half is written.
     CompareAndWrite {
-        tmp: Scratch,
+        verify: Vec<u8>,
     },
+    /// The medium is read into the task's buffer over its data-out, kept here (`data`) to OR
+    /// into it; the result is written from there.
     OrWrite {
-        tmp: Scratch,
+        data: Vec<u8>,
     },
     Atomic,
     WriteSame {
         /// The pattern repeated, `chunk_len` bytes of it; none when the range is deallocated
-        /// (`punch`), which needs no data (a WRITE SAME with NDOB has no buffer of its own).
+        /// (`punch`), which needs no data (a WRITE SAME with NDOB that deallocates is given no
+        /// buffer of its own).
         chunk: Option<Scratch>,
         chunk_len: usize,
         next: u64,
@@ -211,39 +207,28 @@ impl Worker {
         if atomic && aborted(self) {
             return fail(self, &held, gone);
         }
-        let data_out = |w: &mut Worker| -> Vec<u8> {
-            work.buf
-                .map(|b| {
-                    w.pool
-                        .slice(b)
-                        .get(..req.data_out_len)
-                        .unwrap_or(&[])
-                        .to_vec()
-                })
-                .unwrap_or_default()
-        };
+        let data_out = |w: &mut Worker| w.task_bytes(work.buf, req.data_out_len);
         // A buffer the pool cannot give now (large reads may hold them all) is TASK SET FULL:
         // the initiator retries, as for a command that finds no task slot.
         let kind = match req.kind {
             IoKind::CompareAndWrite | IoKind::OrWrite => {
-                // The medium is read into the task's own buffer, past its data-out, when there
-                // is room (a COMPARE AND WRITE always has: its buffer is at least 64 KiB, or a
-                // 1 MiB one for more than that, and 32 blocks of 4 KiB need 384 KiB): a second
-                // buffer is rarely free while other sessions' commands wait for every one freed,
-                // and without it the command could only end in TASK SET FULL each time it came.
-                let at = req.data_out_len.next_multiple_of(SCRATCH_ALIGN);
-                let own = work
-                    .buf
-                    .filter(|&b| at + req.byte_len <= self.pool.len_of(b))
-                    .map(|buf| Scratch::own(buf, at));
-                let Some(tmp) = own.or_else(|| self.pool.alloc(req.byte_len).map(Scratch::pooled))
-                else {
-                    return fail(self, &held, Completion::task_set_full());
-                };
+                // The medium is read into the task's own buffer over the data-out it is
+                // compared with or ORed into, which is kept on the heap meanwhile (no more
+                // than the buffer): no second buffer, which would rarely be free while other
+                // sessions' commands wait for every one freed (the command ended in TASK SET
+                // FULL each time it came), and no length past which it would need one.
+                let kept = self.task_bytes(work.buf, req.byte_len);
+                if kept.len() != req.byte_len {
+                    return fail(
+                        self,
+                        &held,
+                        Completion::check(SenseReason::InternalTargetFailure),
+                    );
+                }
                 if req.kind == IoKind::OrWrite {
-                    JobKind::OrWrite { tmp }
+                    JobKind::OrWrite { data: kept }
                 } else {
-                    JobKind::CompareAndWrite { tmp }
+                    JobKind::CompareAndWrite { verify: kept }
                 }
             }
             IoKind::WriteAtomic => JobKind::Atomic,
@@ -386,11 +371,7 @@ impl Worker {
         idx: usize,
         work: &IoWork,
     ) -> Result<(Vec<CopyStep>, u8), SenseReason> {
-        let n = work.req.data_out_len;
-        let data = work
-            .buf
-            .map(|b| self.pool.slice(b).get(..n).unwrap_or(&[]).to_vec())
-            .unwrap_or_default();
+        let data = self.task_bytes(work.buf, work.req.data_out_len);
         self.copy_steps(idx, &data)
     }
 
@@ -606,25 +587,24 @@ impl Worker {
                 .map_err(|r| Next::Finish(Ok(r)))
         };
         match &mut job.kind {
-            JobKind::CompareAndWrite { tmp } => match phase {
-                0 => run(self, RangeOp::Read, off, len, Some(tmp.buf), tmp.at, &lun),
+            JobKind::CompareAndWrite { verify } => match phase {
+                0 => run(self, RangeOp::Read, off, len, data, 0, &lun),
                 1 => {
-                    let (t, d) = (*tmp, data.ok_or(Next::Finish(Ok(IoResult::Failed)))?);
-                    let media = self.pool.slice(t.buf)[t.at..t.at + len].to_vec();
-                    if let Some(at) = scsi::first_mismatch(&media, &self.pool.slice(d)[..len]) {
+                    let d = data.ok_or(Next::Finish(Ok(IoResult::Failed)))?;
+                    let media = &self.pool.slice(d)[..len];
+                    if let Some(at) = scsi::first_mismatch(media, verify) {
                         return Err(Next::Finish(Ok(IoResult::Miscompare(at as u64))));
                     }
                     run(self, RangeOp::Write, off, len, Some(d), len, &lun)
                 }
                 _ => Err(Next::Finish(Ok(IoResult::Ok))),
             },
-            JobKind::OrWrite { tmp } => match phase {
-                0 => run(self, RangeOp::Read, off, len, Some(tmp.buf), tmp.at, &lun),
+            JobKind::OrWrite { data: src } => match phase {
+                0 => run(self, RangeOp::Read, off, len, data, 0, &lun),
                 1 => {
-                    let (t, d) = (*tmp, data.ok_or(Next::Finish(Ok(IoResult::Failed)))?);
-                    let src = self.pool.slice(d)[..len].to_vec();
-                    sbc::or_into(&mut self.pool.slice(t.buf)[t.at..t.at + len], &src);
-                    run(self, RangeOp::Write, off, len, Some(t.buf), t.at, &lun)
+                    let d = data.ok_or(Next::Finish(Ok(IoResult::Failed)))?;
+                    sbc::or_into(&mut self.pool.slice(d)[..len], src);
+                    run(self, RangeOp::Write, off, len, Some(d), 0, &lun)
                 }
                 _ => Err(Next::Finish(Ok(IoResult::Ok))),
             },
@@ -718,27 +698,33 @@ impl Worker {
     }
 
     /// A buffer of up to `want` bytes for a job that has taken its data-out (a WRITE SAME's
-    /// pattern, an EXTENDED COPY's parameter list) to move its data through: one of the pool's,
-    /// or, none being free, the task's own buffer `own` (smaller steps, but the job runs: while
-    /// other sessions' commands wait for every buffer freed, a second one is rarely free, and
-    /// the command would end in TASK SET FULL each time it came). `None` without either.
+    /// pattern, an EXTENDED COPY's parameter list) to move its data through: the task's own
+    /// buffer `own` when it is that long (a WRITE SAME with NDOB that writes zeroes is given
+    /// one, `Conn::buffer_len`), else one of the pool's, or, none being free, `own` all the
+    /// same (smaller steps, but the job runs: while other sessions' commands wait for every
+    /// buffer freed, a second one is rarely free, and the command would end in TASK SET FULL
+    /// each time it came). `None` without either.
     fn job_buffer(&mut self, want: usize, own: Option<BufId>) -> Option<Scratch> {
-        (self.pool.alloc(want).map(Scratch::pooled)).or_else(|| own.map(|buf| Scratch::own(buf, 0)))
+        if let Some(b) = own.filter(|&b| self.pool.len_of(b) >= want) {
+            return Some(Scratch::own(b));
+        }
+        (self.pool.alloc(want).map(Scratch::pooled)).or_else(|| own.map(Scratch::own))
     }
 
     /// Ends a job: releases its buffers and range, then lets the connection respond.
     /// Gives back the pool buffers a job's kind took.
     fn release_buffers(&mut self, kind: &JobKind) {
         match kind {
-            JobKind::CompareAndWrite { tmp: b }
-            | JobKind::OrWrite { tmp: b }
-            | JobKind::WriteSame { chunk: Some(b), .. }
-            | JobKind::Copy { buf: b, .. } => {
+            JobKind::WriteSame { chunk: Some(b), .. } | JobKind::Copy { buf: b, .. } => {
                 if !b.own {
                     self.pool.release(b.buf);
                 }
             }
-            JobKind::Atomic | JobKind::Unmap { .. } | JobKind::WriteSame { chunk: None, .. } => {}
+            JobKind::CompareAndWrite { .. }
+            | JobKind::OrWrite { .. }
+            | JobKind::Atomic
+            | JobKind::Unmap { .. }
+            | JobKind::WriteSame { chunk: None, .. } => {}
         }
     }
 
