@@ -1242,6 +1242,26 @@ fn deaf_session(port: u16, isid: u8) -> Session {
     deaf
 }
 
+/// Sends `n` reads of 1 MiB on `s` (of the LUN's first 32 MiB).
+fn large_reads(s: &mut Session, n: u64) {
+    for k in 0..n {
+        let bhs = large_read_bhs(s, k % 32 * 2048);
+        s.raw(&bhs).unwrap();
+    }
+}
+
+/// Two sessions whose sockets take little ([`deaf_session`]), each with 64 reads of 1 MiB sent,
+/// more than the thread's 32 large buffers: those past them wait for one, and take those the
+/// first few reads' sends give back.
+fn deaf_sessions_reading(port: u16) -> [Session; 2] {
+    let mut sessions = [deaf_session(port, 1), deaf_session(port, 3)];
+    for s in &mut sessions {
+        large_reads(s, 64);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    sessions
+}
+
 /// Answers an initiator never reads hold their buffers while vitd's sends wait: past
 /// `--stall-timeout` without a byte taken, the connection goes and the buffers serve others.
 /// (It sends, so vitd keeps reading it and never pings it.) Two such initiators, since one
@@ -1249,23 +1269,129 @@ fn deaf_session(port: u16, isid: u8) -> Session {
 #[test]
 fn an_initiator_that_reads_nothing_costs_its_connection() {
     let (ds, vitd, mut other) = one_thread_stalling_after_3_s();
-    let mut deaf = deaf_session(ds.port, 1);
-    let mut second = deaf_session(ds.port, 3);
-    // 64 reads of 1 MiB each, more than the 32 buffers: those past them wait for one, and take
-    // those the first few reads' sends give back.
-    for s in [&mut deaf, &mut second] {
-        for k in 0..64u64 {
-            let bhs = large_read_bhs(s, k % 32 * 2048);
-            s.raw(&bhs).unwrap();
-        }
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    let [mut deaf, _second] = deaf_sessions_reading(ds.port);
     large_read_waits(&mut other);
     assert!(
-        dropped_for(&mut deaf, &vitd, "read nothing vitd sent for 3 s"),
+        dropped_for(&mut deaf, &vitd, "of what vitd sent in 3 s"),
         "still served: {}",
         vitd.log_text()
     );
+    large_read_answered(&mut other);
+}
+
+/// A session on a socket that offers vitd a small window (a 16 KiB receive buffer) and small
+/// segments (an MSS of 536 bytes) from before it connects, so that vitd's send buffer for it
+/// stays small (the kernel sizes it by the segments): a few KiB the initiator reads free room
+/// there, and complete vitd's waiting send. (On loopback's 64 KiB segments it grows to
+/// megabytes, and only a read of a third of it wakes the send.)
+fn narrow_session(port: u16, isid: u8) -> Session {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 << 10).unwrap();
+    let mss: libc::c_int = 536;
+    // SAFETY: setsockopt on a socket this test owns, with a c_int option value of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mss as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let isid = [0x80, 0, 0, 0, 0, isid];
+    let mut s = initiator::try_login_on(sock.into(), INITIATOR, &iqn("s"), isid).unwrap();
+    s.test_unit_ready().unwrap();
+    s
+}
+
+/// Answers an initiator takes a little of now and then (1 KiB every 100 ms, 30 KiB in the
+/// 3 s of `--stall-timeout`) hold their buffers as long as answers it never takes: the
+/// connection goes once it has taken less than 64 KiB in that time, and the buffers serve the
+/// other sessions. A reader slow but steady (128 KiB every half second) keeps its connection
+/// and gets every answer. (Any progress of a send restarted the clock, so a trickle kept the
+/// buffers of its reads, and another session's read waited, for ever.)
+#[test]
+fn an_initiator_that_reads_a_trickle_costs_its_connection() {
+    use std::io::Read;
+    let (ds, vitd, mut other) = one_thread_stalling_after_3_s();
+    let mut steady = narrow_session(ds.port, 1);
+    let mut trickle = narrow_session(ds.port, 3);
+    // The steady reader's 8 reads take 8 of the thread's 32 large buffers; the trickle's 64
+    // take the other 24 (the rest of its reads wait for those), and a read of a third session
+    // waits.
+    large_reads(&mut steady, 8);
+    std::thread::sleep(Duration::from_millis(300));
+    large_reads(&mut trickle, 64);
+    std::thread::sleep(Duration::from_millis(300));
+    large_read_waits(&mut other);
+    let why = "of what vitd sent in 3 s";
+    // The steady reader's answers: (reads answered, bytes of data).
+    let mut got = (0u32, 0usize);
+    let steady_pdu =
+        |s: &mut Session, got: &mut (u32, usize)| match initiator::read_pdu(&mut s.stream) {
+            Ok((TargetPdu::DataIn(d), bytes)) => {
+                got.1 += bytes.len();
+                if d.status_present {
+                    assert_eq!(d.status, 0);
+                    got.0 += 1;
+                }
+            }
+            Ok((TargetPdu::NopIn(_), _)) => {}
+            other => panic!("{other:?}: {}", vitd.log_text()),
+        };
+    steady
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    trickle
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut ticks = 0u32;
+    // At least 8 s of steady reading (more than twice the stall limit, with most of its 8 MiB
+    // still to come), and until the trickle's connection is dropped; at most 20 s.
+    while (start.elapsed() < Duration::from_secs(8) || !vitd.log_text().contains(why))
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        let _ = trickle.stream.read(&mut [0u8; 1024]);
+        if ticks.is_multiple_of(5) {
+            for _ in 0..2 {
+                steady_pdu(&mut steady, &mut got);
+            }
+            // Each session sends now and then, so vitd never pings it.
+            for s in [&mut steady, &mut trickle, &mut other] {
+                let _ = s.answer_ping(0xffff_ffff);
+            }
+        }
+        ticks += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = vitd.log_text();
+    assert_eq!(log.matches(why).count(), 1, "after {ticks} ticks: {log}");
+    // The trickle's connection is closed: what is left in its socket, then the end.
+    trickle
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = vec![0u8; 64 << 10];
+    let closed = (0..1000).find_map(|_| match trickle.stream.read(&mut rest) {
+        Ok(0) => Some(true),
+        Ok(_) => None,
+        Err(e) => Some(!matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+    });
+    assert_eq!(closed, Some(true), "{log}");
+    while got.0 < 8 {
+        steady_pdu(&mut steady, &mut got);
+    }
+    assert_eq!(got.1, 8 << 20);
     large_read_answered(&mut other);
 }
 

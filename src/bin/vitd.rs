@@ -40,8 +40,9 @@ struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_sessions: u32,
     /// Drop a connection whose initiator leaves a write waiting this long for its Data-Out (or
-    /// sends less than 64 KiB of it in that time), or reads nothing of what vitd sends for this
-    /// long (each holds one of the data thread's I/O buffers, which its other sessions need)
+    /// sends less than 64 KiB of it in that time), or leaves vitd's answers waiting this long
+    /// (takes less than 64 KiB of them in that time) (each holds one of the data thread's I/O
+    /// buffers, which its other sessions need)
     #[arg(long, default_value_t = daemon::DEFAULT_STALL_TIMEOUT.as_secs(), value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     stall_timeout: u64,

@@ -130,10 +130,11 @@ pub struct IoWork {
 }
 
 /// The Data-Out a write waiting for its data must take within `--stall-timeout` for its
-/// connection to keep it ([`Conn::data_out_stall`]): 64 KiB, so that an initiator keeping a
-/// buffer pays for it at least that (one small buffer's worth) per stall period, and a write
-/// of a small buffer is whole by then.
-const STALL_PROGRESS: u32 = 64 << 10;
+/// connection to keep it ([`Conn::data_out_stall`]), and what the initiator must take of the
+/// answers vitd sends it in that time while they wait on it (the data thread's send clock): 64
+/// KiB, so that an initiator keeping a buffer pays for it at least that (one small buffer's
+/// worth) per stall period, and a write of a small buffer is whole by then.
+pub const STALL_PROGRESS: u32 = 64 << 10;
 
 /// Executes a command, taking the LUN's reservation lock when reservations are involved (a
 /// reservation command, or a LUN that has registrations): otherwise one atomic load.

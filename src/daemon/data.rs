@@ -38,7 +38,7 @@ macro_rules! on_file {
 
 mod jobs;
 
-use super::conn::{Conn, DataDest, IoWork, OutData, OutPdu};
+use super::conn::{Conn, DataDest, IoWork, OutData, OutPdu, STALL_PROGRESS};
 use super::runtime::{Backing, LunRt};
 use super::shared::FlushTurn;
 use super::uring::{self, BufId, BufferPool, Waker};
@@ -127,7 +127,8 @@ pub struct Timing {
     /// Busy-poll budget before sleeping (zero: never), while connections run shallow queues.
     pub poll: Duration,
     /// How long an initiator may leave a write waiting for its Data-Out, or what vitd sends it
-    /// unread, before its connection is dropped (checked once a second).
+    /// waiting, without taking [`STALL_PROGRESS`] bytes of it, before its connection is dropped
+    /// (checked once a second).
     pub stall: Duration,
 }
 
@@ -333,8 +334,15 @@ struct Slot {
     close_after_send: bool,
     last_rx: Instant,
     ping_at: Option<Instant>,
-    /// Since when a send has been in flight with nothing of it taken by the initiator.
+    /// Since when the sends have waited on the initiator: restarted when a send begins with
+    /// nothing queued before it, and each time the initiator has taken [`STALL_PROGRESS`]
+    /// bytes more, so a peer taking a few bytes now and then does not keep the buffers its
+    /// answers hold (`tick`). `send_mark`: the bytes it had taken then (TCP's count of bytes
+    /// acknowledged, [`bytes_acked`]), read at the next tick after a restart by a send.
     send_stalled_at: Instant,
+    send_mark: Option<u64>,
+    /// The last send ended with nothing more queued: the next one starts the clock afresh.
+    send_drained: bool,
 }
 
 struct Worker {
@@ -684,6 +692,8 @@ impl Worker {
             last_rx: Instant::now(),
             ping_at: None,
             send_stalled_at: Instant::now(),
+            send_mark: None,
+            send_drained: true,
         });
         slot.conn.local_addr = slot.stream.local_addr().ok();
         // What the control thread read past the last login PDU (at most its 16 KiB buffer).
@@ -959,6 +969,9 @@ impl Worker {
             if s.sending.is_empty() {
                 return;
             }
+            if s.send_drained {
+                (s.send_stalled_at, s.send_mark) = (self.now, None);
+            }
             s.send_done = 0;
             s.send_total = s
                 .sending
@@ -1012,7 +1025,6 @@ impl Worker {
             let e = std::io::Error::from_raw_os_error(-res);
             return self.close(idx, Ending::Fault, &format!("send failed: {e}"));
         }
-        s.send_stalled_at = self.now;
         s.send_done += res as usize;
         if s.send_done < s.send_total {
             return; // the rest goes out from flush_dirty
@@ -1022,6 +1034,7 @@ impl Worker {
             s.conn.sent(&p, &mut self.pool);
             close |= p.close_after;
         }
+        s.send_drained = s.conn.out.is_empty();
         if close {
             s.close_after_send = true;
             self.close(idx, Ending::Normal, "logged out");
@@ -1707,11 +1720,25 @@ impl Worker {
                 self.close(idx, Ending::Fault, &why);
                 continue;
             }
-            if !s.send_inflight {
-                s.send_stalled_at = now;
-            } else if now.duration_since(s.send_stalled_at) > self.stall {
+            // What the initiator has taken: the bytes TCP had acknowledged. (What a send's
+            // completion counts, the bytes the kernel took in, says little: a send that waits
+            // is woken only once a third of the socket's send buffer, megabytes, is free.)
+            let taken = if s.send_inflight {
+                bytes_acked(s.fd)
+            } else {
+                None
+            };
+            match (taken, s.send_mark) {
+                (Some(t), None) => s.send_mark = Some(t),
+                (Some(t), Some(m)) if t.saturating_sub(m) >= u64::from(STALL_PROGRESS) => {
+                    (s.send_stalled_at, s.send_mark) = (now, Some(t));
+                }
+                _ => {}
+            }
+            if s.send_inflight && now.duration_since(s.send_stalled_at) > self.stall {
                 let why = format!(
-                    "the initiator read nothing vitd sent for {} s",
+                    "the initiator took less than {} KiB of what vitd sent in {} s",
+                    STALL_PROGRESS >> 10,
                     self.stall.as_secs()
                 );
                 self.close(idx, Ending::Fault, &why);
@@ -1730,6 +1757,28 @@ impl Worker {
             }
         }
     }
+}
+
+/// The bytes TCP has sent on socket `fd` and had acknowledged (`tcpi_bytes_acked`, Linux 4.2
+/// and later): what the initiator has taken of what vitd sent. `None` if the kernel does not
+/// say (then no progress is seen).
+fn bytes_acked(fd: RawFd) -> Option<u64> {
+    // SAFETY: tcp_info is plain data for which all-zero bytes are valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large, and
+    // stores the length it wrote in `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    let end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+    (rc == 0 && len as usize >= end).then_some(info.tcpi_bytes_acked)
 }
 
 /// A SYNCHRONIZE CACHE's result from its flush round's verdict.

@@ -139,7 +139,8 @@ pub fn try_login_from(
     digests: bool,
     cmd_sn: u32,
 ) -> std::io::Result<Session> {
-    login_offering(port, (initiator, target), isid, digests, cmd_sn, "")
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    login_offering(stream, (initiator, target), isid, digests, cmd_sn, "")
 }
 
 /// [`try_login`], offering `extra` operational keys (each `Key=Value\0`) besides the usual ones
@@ -151,11 +152,23 @@ pub fn try_login_offering(
     isid: [u8; 6],
     extra: &str,
 ) -> std::io::Result<Session> {
-    login_offering(port, (initiator, target), isid, false, 1, extra)
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    login_offering(stream, (initiator, target), isid, false, 1, extra)
+}
+
+/// [`try_login`] on a connection already made (one whose socket options were set before it
+/// connected, say).
+pub fn try_login_on(
+    stream: TcpStream,
+    initiator: &str,
+    target: &str,
+    isid: [u8; 6],
+) -> std::io::Result<Session> {
+    login_offering(stream, (initiator, target), isid, false, 1, "")
 }
 
 fn login_offering(
-    port: u16,
+    mut stream: TcpStream,
     (initiator, target): (&str, &str),
     isid: [u8; 6],
     digests: bool,
@@ -163,7 +176,6 @@ fn login_offering(
     extra: &str,
 ) -> std::io::Result<Session> {
     let refused = |what: String| std::io::Error::other(what);
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let digest = if digests { "CRC32C" } else { "None" };
     // 64 KiB unless `extra` declares its own.
