@@ -263,6 +263,59 @@ fn sessions_that_end_in_a_fault_are_logged_at_warn() {
     );
 }
 
+/// An initiator that half-closes with answers still to come and then closes its socket (here
+/// with a reset, so that the end comes while they go out) ended its session as initiators do:
+/// the end is logged at INFO as its close, as it was when vitd ended a connection at the
+/// half-close, not at WARN as a failed send.
+#[test]
+fn a_close_after_a_half_close_is_logged_as_the_initiators_close() {
+    let (ds, vitd) = serve_one("h", "8M");
+    let initiator = "iqn.2026-11.io.vit:log-half-close";
+    let mut s = login(ds.port, initiator, &iqn("h"), [0x80, 0, 0, 0, 0x40, 0x01]);
+    let addr = s.stream.local_addr().unwrap().to_string();
+    s.test_unit_ready().unwrap();
+    // Eight reads of 1 MiB: more than the sockets' buffers take.
+    let mut wire = Vec::new();
+    for k in 0..8u32 {
+        let mut bhs = [0u8; 48];
+        vit::iscsi::pdu::ScsiCommand {
+            final_bit: true,
+            read: true,
+            attr: 1,
+            itt: 100 + k,
+            expected_data_length: 1 << 20,
+            cmd_sn: s.cmd_sn.wrapping_add(k),
+            exp_stat_sn: s.exp_stat_sn,
+            cdb: cdb16(0x88, 0, 2048).try_into().unwrap(),
+            ..Default::default()
+        }
+        .encode(&mut bhs);
+        wire.extend_from_slice(&bhs);
+    }
+    s.raw(&wire).unwrap();
+    s.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    // The answers are coming.
+    vit::iscsi::initiator::read_pdu(&mut s.stream).unwrap();
+    socket2::SockRef::from(&s.stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    assert!(
+        wait_for_line(
+            &vitd,
+            &[
+                "INFO",
+                "session ended: connection closed by the initiator",
+                &addr
+            ]
+        ),
+        "{}",
+        vitd.log_text()
+    );
+    let log = vitd.log_text();
+    assert!(lines_with(&log, &["WARN", &addr]).is_empty(), "{log}");
+}
+
 /// The stop line counts the sessions it asks to log out, in words that agree: one session held
 /// open across SIGTERM is "1 session" (it read "1 sessions"); one that ended before is not
 /// counted.

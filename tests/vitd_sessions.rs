@@ -1252,13 +1252,20 @@ fn large_reads(s: &mut Session, n: u64) {
 
 /// Two sessions whose sockets take little ([`deaf_session`]), each with 64 reads of 1 MiB sent,
 /// more than the thread's 32 large buffers: those past them wait for one, and take those the
-/// first few reads' sends give back.
-fn deaf_sessions_reading(port: u16) -> [Session; 2] {
+/// first few reads' sends give back. With `half_close`, each then half-closes (once the sockets
+/// are full: the reads still waiting for a buffer then end).
+fn deaf_sessions_reading(port: u16, half_close: bool) -> [Session; 2] {
     let mut sessions = [deaf_session(port, 1), deaf_session(port, 3)];
     for s in &mut sessions {
         large_reads(s, 64);
     }
     std::thread::sleep(Duration::from_millis(300));
+    if half_close {
+        for s in &mut sessions {
+            s.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     sessions
 }
 
@@ -1269,7 +1276,7 @@ fn deaf_sessions_reading(port: u16) -> [Session; 2] {
 #[test]
 fn an_initiator_that_reads_nothing_costs_its_connection() {
     let (ds, vitd, mut other) = one_thread_stalling_after_3_s();
-    let [mut deaf, _second] = deaf_sessions_reading(ds.port);
+    let [mut deaf, _second] = deaf_sessions_reading(ds.port, false);
     large_read_waits(&mut other);
     assert!(
         dropped_for(&mut deaf, &vitd, "of what vitd sent in 3 s"),
@@ -1650,4 +1657,198 @@ fn waves_of_sessions_leave_no_memory_behind() {
     // vitd still serves.
     let mut s = login(ds.port, INITIATOR, &iqn("s"), [0x80, 0, 0, 0x41, 0, 1]);
     good(&mut s);
+}
+
+/// Sends `cdb` (16 bytes) on `s` with the next ITT and CmdSN as a write of `len` bytes carrying
+/// `immediate` as its immediate data; returns its ITT and the PDU on the wire.
+fn write_wire(s: &mut Session, cdb: Vec<u8>, len: u32, immediate: &[u8]) -> (u32, Vec<u8>) {
+    s.itt += 1;
+    let bhs = write_bhs(
+        s,
+        s.itt,
+        cdb.try_into().unwrap(),
+        (len, immediate.len() as u32),
+    );
+    s.cmd_sn = s.cmd_sn.wrapping_add(1);
+    (s.itt, initiator::frame(&bhs, immediate, false))
+}
+
+/// Commands sent back to back, then a TCP half-close (the initiator sends nothing more and
+/// reads on): vitd runs every command it received whole and answers it, answers a Logout sent
+/// after them last, and then closes the connection; what they wrote reads back in a new
+/// session. A write whose data was not all in at the half-close (it waited for Data-Out after
+/// its R2T) ends unanswered and writes nothing, and does not keep the connection open.
+/// (vitd ended the connection at the half-close, its answers and the Logout Response unsent;
+/// and a Logout ended the commands received before it unanswered, their I/O not started.)
+#[test]
+fn commands_and_a_logout_before_a_half_close_are_answered() {
+    let (ds, vitd) = setup();
+    let mut s = session(ds.port, 1);
+    // 1 MiB of known data (from 4 MiB on) for the reads.
+    let pattern: Vec<u8> = (0..1u32 << 20).map(|i| (i / 512 % 251) as u8).collect();
+    for (k, chunk) in pattern.chunks(64 << 10).enumerate() {
+        let lba = 8192 + k as u64 * 128;
+        let r = s.command(0, &cdb16(0x8a, lba, 128), chunk, 0).unwrap();
+        assert_eq!(r.status, 0);
+    }
+    drop(s);
+    for (round, logout) in [(0u8, false), (1, true)] {
+        let mut s = session(ds.port, 2 + round);
+        let mut wire = Vec::new();
+        let mut writes = Vec::new();
+        let mut reads = Vec::new();
+        // Eight writes of 64 KiB, each all immediate data, at 0, 128 KiB, ... (a 1 MiB stretch
+        // per round).
+        for k in 0..8u64 {
+            let lba = u64::from(round) * 2048 + k * 256;
+            let data = vec![0x40 + round * 16 + k as u8; 64 << 10];
+            let (itt, pdu) = write_wire(&mut s, cdb16(0x8a, lba, 128), 64 << 10, &data);
+            wire.extend_from_slice(&pdu);
+            writes.push((itt, lba, data));
+        }
+        // Eight reads of 1 MiB of the known data: more than the socket buffers take at once,
+        // so answers are still queued in vitd when the half-close comes.
+        for _ in 0..8 {
+            let bhs = command_bhs(&mut s, cdb16(0x88, 8192, 2048), 1 << 20);
+            wire.extend_from_slice(&bhs);
+            reads.push(s.itt);
+        }
+        // TEST UNIT READY, answered in place.
+        let tur = command_bhs(&mut s, cdb16(0, 0, 0), 0);
+        wire.extend_from_slice(&tur);
+        let tur_itt = s.itt;
+        // A write of 128 KiB with 64 KiB of immediate data: the rest is asked for by R2T and
+        // never sent.
+        let cut_lba = 6144 + u64::from(round) * 256;
+        let (cut_itt, pdu) = write_wire(
+            &mut s,
+            cdb16(0x8a, cut_lba, 256),
+            128 << 10,
+            &[0xee; 64 << 10],
+        );
+        wire.extend_from_slice(&pdu);
+        if logout {
+            let mut bhs = [0u8; 48];
+            vit::iscsi::pdu::LogoutRequest {
+                immediate: true,
+                itt: 0x7777,
+                cmd_sn: s.cmd_sn,
+                exp_stat_sn: s.exp_stat_sn,
+                ..Default::default()
+            }
+            .encode(&mut bhs);
+            wire.extend_from_slice(&bhs);
+        }
+        s.raw(&wire).unwrap();
+        s.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        s.stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut status = std::collections::HashMap::new();
+        let mut data: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+        let mut seen = Vec::new();
+        let end = loop {
+            match initiator::read_pdu(&mut s.stream) {
+                Ok((pdu, bytes)) => {
+                    match &pdu {
+                        TargetPdu::DataIn(d) => {
+                            data.entry(d.itt).or_default().extend_from_slice(&bytes);
+                            if d.status_present {
+                                assert!(status.insert(d.itt, d.status).is_none());
+                            }
+                        }
+                        TargetPdu::ScsiResponse(r) => {
+                            assert!(status.insert(r.itt, r.status).is_none(), "{r:?}");
+                        }
+                        _ => {}
+                    }
+                    seen.push(pdu);
+                }
+                Err(e) => break e,
+            }
+        };
+        let log = vitd.log_text();
+        assert_eq!(
+            end.kind(),
+            std::io::ErrorKind::UnexpectedEof,
+            "round {round}: {end} after {} answers: {log}",
+            status.len()
+        );
+        for (itt, ..) in &writes {
+            assert_eq!(
+                status.get(itt),
+                Some(&0),
+                "round {round}: write {itt}: {log}"
+            );
+        }
+        for itt in &reads {
+            assert_eq!(
+                status.get(itt),
+                Some(&0),
+                "round {round}: read {itt}: {log}"
+            );
+            assert!(
+                data.get(itt) == Some(&pattern),
+                "round {round}: read {itt}'s data"
+            );
+        }
+        assert_eq!(status.get(&tur_itt), Some(&0), "round {round}: {log}");
+        assert!(
+            !status.contains_key(&cut_itt),
+            "round {round}: the cut write was answered"
+        );
+        let others: Vec<&TargetPdu> = seen
+            .iter()
+            .filter(|p| {
+                !matches!(
+                    p,
+                    TargetPdu::DataIn(_) | TargetPdu::ScsiResponse(_) | TargetPdu::NopIn(_)
+                )
+            })
+            .collect();
+        match others.as_slice() {
+            [TargetPdu::R2t(r)] if !logout => assert_eq!(r.itt, cut_itt),
+            [TargetPdu::R2t(r), TargetPdu::Logout(l)] if logout => {
+                assert_eq!((r.itt, l.itt, l.response), (cut_itt, 0x7777, 0));
+                assert!(matches!(seen.last(), Some(TargetPdu::Logout(_))));
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+        // What the writes wrote is there; the cut write wrote nothing.
+        let mut check = session(ds.port, 10 + round);
+        for (itt, lba, want) in &writes {
+            let r = check
+                .command(0, &cdb16(0x88, *lba, 128), &[], 64 << 10)
+                .unwrap();
+            assert!(
+                r.status == 0 && &r.data_in == want,
+                "round {round}: write {itt}"
+            );
+        }
+        let r = check
+            .command(0, &cdb16(0x88, cut_lba, 256), &[], 128 << 10)
+            .unwrap();
+        assert!(r.status == 0 && r.data_in.iter().all(|&b| b == 0));
+    }
+}
+
+/// A peer that asks for much, half-closes and then reads nothing holds the buffers of its
+/// answers no longer than one that reads nothing and keeps sending: past `--stall-timeout`
+/// with nothing taken, its connection goes and the buffers serve the other sessions.
+#[test]
+fn a_half_closed_peer_that_reads_nothing_costs_its_connection() {
+    let (ds, vitd, mut other) = one_thread_stalling_after_3_s();
+    let _deaf = deaf_sessions_reading(ds.port, true);
+    large_read_waits(&mut other);
+    let why = "of what vitd sent in 3 s";
+    assert!(
+        wait_until(15, || {
+            // Keeps the waiting session looking alive (vitd never pings it).
+            let _ = other.answer_ping(0xffff_ffff);
+            vitd.log_text().matches(why).count() == 2
+        }),
+        "still served: {}",
+        vitd.log_text()
+    );
+    large_read_answered(&mut other);
 }

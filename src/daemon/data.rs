@@ -329,6 +329,10 @@ struct Slot {
     counted_write: Vec<Option<usize>>,
     inflight: u32,
     closing: bool,
+    /// The initiator half-closed its side (a receive of 0 bytes): nothing more is received,
+    /// what it sent whole is run and answered, and then the connection closes
+    /// ([`Worker::end_input`]).
+    input_ended: bool,
     /// Closed because a new login with its name, ISID and target replaced it.
     replaced: bool,
     close_after_send: bool,
@@ -687,6 +691,7 @@ impl Worker {
             counted_write: vec![None; usize::from(super::login::QUEUE_DEPTH)],
             inflight: 0,
             closing: false,
+            input_ended: false,
             replaced: false,
             close_after_send: false,
             last_rx: Instant::now(),
@@ -733,6 +738,16 @@ impl Worker {
             self.start_file_io(idx);
             self.start_send(idx);
             self.start_recv(idx);
+            // After the initiator's half-close, the connection closes once all it sent is
+            // answered and sent.
+            if let Some(s) = self.slots.get(idx).and_then(Option::as_ref)
+                && s.input_ended
+                && !s.send_inflight
+                && s.sending.is_empty()
+                && s.conn.finished()
+            {
+                self.close(idx, Ending::Normal, "connection closed by the initiator");
+            }
         }
     }
 
@@ -759,7 +774,7 @@ impl Worker {
         };
         // A peer that sends and does not read would have its answers pile up without end:
         // stop taking its input until they drain (TCP then holds it back).
-        if s.recv_inflight || s.closing || s.conn.out_bytes() > OUT_QUEUE_BYTES {
+        if s.recv_inflight || s.closing || s.input_ended || s.conn.out_bytes() > OUT_QUEUE_BYTES {
             return;
         }
         let sqe = if let (Want::Data { remaining, total }, DataDest::Slot { buf, offset, .. }) =
@@ -824,7 +839,7 @@ impl Worker {
         s.recv_inflight = false;
         if res <= 0 {
             if res == 0 {
-                return self.close(idx, Ending::Normal, "connection closed by the initiator");
+                return self.end_input(idx);
             }
             let why = std::io::Error::from_raw_os_error(-res).to_string();
             return self.close(idx, Ending::Fault, &why);
@@ -853,6 +868,22 @@ impl Worker {
         if let Err(e) = self.process_rx(idx) {
             self.close(idx, Ending::Fault, &e);
         }
+    }
+
+    /// The initiator half-closed its side (TCP allows it to read on: a way to say it sends
+    /// nothing more): no more receives, and no NOP-In pings it could not answer; the commands it
+    /// sent whole run and are answered, those still waiting for its Data-Out or for a buffer
+    /// end ([`Conn::end_input`]), and the connection closes once nothing is left to send
+    /// (`flush_dirty`). A peer that then reads nothing is dropped by the send clock (`tick`).
+    fn end_input(&mut self, idx: usize) {
+        let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        s.input_ended = true;
+        s.ping_at = None;
+        s.recv_direct = None;
+        s.conn.end_input(&mut self.pool);
+        self.dirty.push(idx);
     }
 
     /// Runs the reader over the staged bytes, delivering data segments to their destinations.
@@ -1022,6 +1053,11 @@ impl Worker {
         };
         s.send_inflight = false;
         if res < 0 {
+            // After its half-close, the initiator's reset is its close showing: it had closed
+            // its socket, not just its side.
+            if s.input_ended && (-res == libc::ECONNRESET || -res == libc::EPIPE) {
+                return self.close(idx, Ending::Normal, "connection closed by the initiator");
+            }
             let e = std::io::Error::from_raw_os_error(-res);
             return self.close(idx, Ending::Fault, &format!("send failed: {e}"));
         }
@@ -1748,7 +1784,7 @@ impl Worker {
                 Some(t) if now.duration_since(t) > PING_TIMEOUT => {
                     self.close(idx, Ending::Fault, "no answer to NOP-In")
                 }
-                None if now.duration_since(s.last_rx) > PING_IDLE => {
+                None if !s.input_ended && now.duration_since(s.last_rx) > PING_IDLE => {
                     s.conn.ping();
                     s.ping_at = Some(now);
                     self.dirty.push(idx);

@@ -397,6 +397,9 @@ enum Op2 {
     Tick,
     /// The data thread looks whether the resets' waits are over.
     PollResets,
+    /// The peer's stream ends (it half-closes), after the header of a PDU cut short there
+    /// when given: nothing more is received.
+    EndInput(Option<PduSpec>),
 }
 
 #[derive(Debug, Clone)]
@@ -420,6 +423,7 @@ fn op2() -> impl Strategy<Value = Op2> {
         1 => Just(Op2::OtherReset),
         1 => Just(Op2::Tick),
         2 => Just(Op2::PollResets),
+        1 => prop::option::of(pdu_spec()).prop_map(Op2::EndInput),
     ]
 }
 
@@ -463,6 +467,7 @@ proptest! {
         let all = pool.available();
         let mut pending: Vec<IoWork> = Vec::new();
         let mut tmf_answers: Vec<u32> = Vec::new();
+        let mut ended = false;
         let mut take_out = |c: &mut Conn, pool: &mut BufferPool, n: usize| -> Result<(), TestCaseError> {
             for _ in 0..n {
                 let Some(mut p) = c.pop_out() else { break };
@@ -541,6 +546,16 @@ proptest! {
                 Op2::OtherReset => other_reset(&c),
                 Op2::Tick => { c.data_out_stall(); }
                 Op2::PollResets => { c.poll_resets(&mut pool); }
+                Op2::EndInput(cut) => {
+                    if let Some(s) = cut {
+                        let (bhs, data) = build(&s, &c);
+                        c.on_header(&bhs, data.len() as u32, &mut pool);
+                    }
+                    c.end_input(&mut pool);
+                    pending.extend(c.io.drain(..));
+                    ended = true;
+                    break;
+                }
             }
             pending.extend(c.io.drain(..));
         }
@@ -554,6 +569,18 @@ proptest! {
                 break;
             }
             pending.extend(c.io.drain(..));
+        }
+        // After the end of the peer's stream, what it sent whole ends without it: once the I/O
+        // has ended, the resets' waits are over and all is sent, nothing is left and every
+        // buffer is back (the data thread then closes the connection).
+        if ended {
+            for _ in 0..3 {
+                c.poll_resets(&mut pool);
+                take_out(&mut c, &mut pool, usize::MAX)?;
+            }
+            prop_assert!(c.finished(), "unfinished after the end of the stream: {} tasks", c.busy);
+            prop_assert_eq!(pool.available(), all, "a buffer kept after the end of the stream");
+            prop_assert_eq!(pool.spilled(), 0, "heap kept after the end of the stream");
         }
         // Once all I/O has ended and all is sent, a command still waiting for a buffer waits
         // only on data the peer owes (a write collecting its Data-Out holds its buffer).
