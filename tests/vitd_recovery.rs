@@ -4,8 +4,8 @@
 //! And a hard kill loses no acknowledged write.
 //!
 //! libiscsi (1.19) on each event: vitd's SIGTERM sends an Async Message asking for a logout;
-//! libiscsi logs out at once (vitd answers the commands it received whole, then the logout, once
-//! their I/O is done), reconnects and re-issues the commands it had not seen answered. A SIGKILL or a cut
+//! libiscsi logs out at once (vitd ends the session's tasks, answers the logout once their I/O
+//! is done), reconnects and re-issues the commands it had not seen answered. A SIGKILL or a cut
 //! connection is a socket error, then the same reconnect. Each reconnect is a new session (a new
 //! random ISID, so a new I_T nexus), and vitd reports POWER ON, RESET, OR BUS DEVICE RESET
 //! OCCURRED (29/00) once to a new nexus; libiscsi consumes that unit attention with TEST UNIT

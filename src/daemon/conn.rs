@@ -266,7 +266,7 @@ pub struct Conn {
     text: Vec<u8>,
     /// Set once a Logout Request is taken: accept no more commands.
     logging_out: bool,
-    /// The ITT of a Logout Request whose answer waits for the I/O of the connection's tasks
+    /// The ITT of a Logout Request whose answer waits for the I/O of the tasks it ended
     /// ([`Conn::maybe_answer_logout`]).
     logout_held: Option<u32>,
     /// Task slots in use.
@@ -1414,9 +1414,6 @@ impl Conn {
         self.queue_completion(itt, edtl, c, buf.map(|b| (b, i as u16)), data_in, transfer);
         if self.tasks[i].as_ref().is_some_and(|t| t.sends_pending == 0) {
             self.free_task(i, pool);
-        } else if self.logout_held.is_some() {
-            // Its answer is queued: a Logout Response waiting for it follows it at once.
-            self.maybe_answer_logout();
         }
     }
 
@@ -1989,7 +1986,7 @@ impl Conn {
                 continue;
             }
             let (i, c, _) = self.pr_held.swap_remove(at);
-            // An ABORT TASK may have aborted it meanwhile: then it goes unanswered.
+            // An ABORT TASK or a logout may have aborted it meanwhile: then it goes unanswered.
             if self.tasks[i].as_ref().is_some_and(|t| t.aborted) {
                 self.free_task(i, pool);
             } else {
@@ -2245,28 +2242,35 @@ impl Conn {
     }
 
     /// A Logout Request ends the connection's tasks (ErrorRecoveryLevel 0, one connection per
-    /// session: the session closes): those still waiting for Data-Out or for a buffer end
-    /// unanswered ([`Conn::end_waiting_tasks`]), the commands received whole run to their end
-    /// and are answered. Its answer says the cleanup is done (RFC 7143 §11.15), so it comes
-    /// after theirs, once no task's backing-store I/O is in flight and no task management
-    /// answer is held ([`Conn::maybe_answer_logout`]): no write of this connection lands after
-    /// it, and none of its answers follows it.
+    /// session: the session closes): RFC 7143 §11.14 and §6.5, every pending command is
+    /// terminated, acknowledged or not, and no further response comes for it. Its answer says
+    /// the cleanup is done (RFC 7143 §11.15), so it waits until no task's backing-store I/O is
+    /// in flight and no task management answer is held ([`Conn::maybe_answer_logout`]): no
+    /// write of this connection lands after it.
     fn on_logout(&mut self, l: &pdu::LogoutRequest, pool: &mut BufferPool) {
         if !self.take_cmd_sn(l.immediate, l.cmd_sn) {
             return;
         }
         self.logging_out = true;
-        self.end_waiting_tasks(pool);
+        for i in 0..self.tasks.len() {
+            self.abort(i, pool);
+        }
         self.logout_held = Some(l.itt);
         self.maybe_answer_logout();
     }
 
-    /// The initiator sends nothing more (a Logout Request, or the end of its stream: a TCP
-    /// half-close): the tasks that wait for its Data-Out, or for a buffer, end unanswered as at
-    /// the connection's end (a write whose data is not all in cannot run; one waiting for a
-    /// buffer would take one other sessions need while its connection goes). The others have
-    /// all they need: they run on and are answered.
-    fn end_waiting_tasks(&mut self, pool: &mut BufferPool) {
+    /// The initiator's stream ended (it half-closed its side: it sends nothing more): a PDU cut
+    /// short there goes, with the task made for its data, and the tasks waiting for more of its
+    /// Data-Out or for a buffer end unanswered as at the connection's end (a write whose data
+    /// is not all in cannot run; one waiting for a buffer would take one other sessions need
+    /// while its connection goes). The commands it sent whole have all they need: they run on
+    /// and are answered, and the data thread closes the connection once [`Conn::finished`].
+    pub fn end_input(&mut self, pool: &mut BufferPool) {
+        self.mid_pdu = false;
+        self.dest = DataDest::Discard;
+        if let Some(i) = self.header_task.take() {
+            self.free_task(i, pool);
+        }
         for i in 0..self.tasks.len() {
             if self.tasks[i]
                 .as_ref()
@@ -2275,19 +2279,6 @@ impl Conn {
                 self.free_task(i, pool);
             }
         }
-    }
-
-    /// The initiator's stream ended (it half-closed its side): a PDU cut short there goes, with
-    /// the task made for its data, and the tasks waiting for more of its data or for a buffer
-    /// end ([`Conn::end_waiting_tasks`]); the commands it sent whole run on and are answered,
-    /// and the data thread closes the connection once [`Conn::finished`].
-    pub fn end_input(&mut self, pool: &mut BufferPool) {
-        self.mid_pdu = false;
-        self.dest = DataDest::Discard;
-        if let Some(i) = self.header_task.take() {
-            self.free_task(i, pool);
-        }
-        self.end_waiting_tasks(pool);
     }
 
     /// Nothing of the connection is left to answer: no task, no held answer, nothing queued
@@ -3099,9 +3090,9 @@ mod tests {
 
     /// A Logout Response says the connection's cleanup is done (RFC 7143 §11.15): no task of it
     /// may still write. A logout that comes while a write's backing-store I/O is in flight is
-    /// answered once that I/O has ended, after the write's own answer; it was answered at once,
-    /// and the connection closed with the write still to land, after the initiator could have
-    /// sent the same blocks again through another session or path.
+    /// answered once that I/O has ended (the write, terminated, is not answered); it was
+    /// answered at once, and the connection closed with the write still to land, after the
+    /// initiator could have sent the same blocks again through another session or path.
     #[test]
     fn a_logout_is_answered_once_no_write_of_its_connection_is_in_flight() {
         let (mut c, mut pool) = conn(true);
@@ -3117,11 +3108,10 @@ mod tests {
         c.io_done(work.task, IoResult::Ok, &mut pool);
         let (out, pdus) = taken(&mut c);
         assert!(
-            matches!(pdus.as_slice(), [TargetPdu::ScsiResponse(w), TargetPdu::Logout(r)]
-                if w.itt == 0x42 && w.status == 0 && r.itt == 0x77),
+            matches!(pdus.as_slice(), [TargetPdu::Logout(r)] if r.itt == 0x77),
             "{pdus:?}"
         );
-        assert!(out[1].close_after && !out[0].close_after);
+        assert!(out[0].close_after);
         assert_eq!(c.tasks_in_flight(), 0);
         assert!(c.finished());
         c.release_all(&mut pool);
@@ -3147,30 +3137,32 @@ mod tests {
             && matches!(pdus.last(), Some(TargetPdu::DataIn(d)) if d.status_present)
     }
 
-    /// Commands received whole before a Logout run and are answered ahead of it: a read whose
-    /// I/O had not started yet included (its Data-In goes out before the Logout Response). A
-    /// write still waiting for its Data-Out cannot run: it ends at once, unanswered, its buffer
-    /// back in the pool. (The Logout aborted them all: the read's I/O never started, and it
-    /// went unanswered.)
+    /// A Logout terminates every command of its connection received before it, acknowledged
+    /// or not, and none of them is answered (RFC 7143 §11.14, §6.5): a read received whole whose
+    /// I/O had not started is aborted, so the data thread never starts it, and a write waiting
+    /// for its Data-Out ends at once, its buffer back in the pool. The Logout Response comes
+    /// once no I/O of the connection is in flight, and alone. (With the Logout letting the
+    /// commands received whole run, the read was not aborted and was answered ahead of it.)
     #[test]
-    fn a_logout_answers_the_commands_received_whole_before_it() {
+    fn a_logout_terminates_the_commands_received_before_it() {
         let (mut c, mut pool) = conn(true);
         let work = a_write_waiting_and_a_read_received(&mut c, &mut pool);
         assert!(!c.aborted(work.task));
         feed(&mut c, &mut pool, &logout_bhs(102), &[]);
         assert_eq!(c.tasks_in_flight(), 1, "the write waiting for data ended");
-        assert!(sent(&mut c).is_empty(), "answered before the read");
-        c.io_done(work.task, IoResult::Ok, &mut pool);
+        assert!(c.aborted(work.task), "the read's I/O would start");
+        assert!(
+            sent(&mut c).is_empty(),
+            "answered with the read's task not ended"
+        );
+        // The data thread, finding the task aborted, ends it without starting its I/O.
+        c.io_done(work.task, IoResult::Failed, &mut pool);
         let (out, pdus) = taken(&mut c);
-        let Some((TargetPdu::Logout(l), data_in)) = pdus.split_last() else {
-            panic!("{pdus:?}")
-        };
-        assert_eq!(l.itt, 0x77);
-        assert!(the_reads_answer(data_in), "{pdus:?}");
-        assert!(!c.finished(), "the read's Data-In is still being sent");
-        for p in &out {
-            c.sent(p, &mut pool);
-        }
+        assert!(
+            matches!(pdus.as_slice(), [TargetPdu::Logout(l)] if l.itt == 0x77),
+            "{pdus:?}"
+        );
+        assert!(out[0].close_after);
         assert!(c.finished());
         assert_eq!(pool.available(), 8);
     }
