@@ -304,6 +304,15 @@ fn an_aborted_extended_copy_stops_between_its_steps() {
     extended_copy_stopped(Stop::AbortTask);
 }
 
+/// A Logout ends every task of its connection (RFC 7143 §11.14), an EXTENDED COPY under way
+/// too: the copy stops between its steps, unanswered, and the Logout Response comes once it
+/// has, nothing of it landing after. (With a Logout letting the commands received before it run,
+/// the copy ran on to its end and was answered GOOD ahead of the Logout Response.)
+#[test]
+fn a_logout_stops_an_extended_copy_between_its_steps() {
+    extended_copy_stopped(Stop::Logout);
+}
+
 /// A LOGICAL UNIT RESET of an EXTENDED COPY's destination, from another session, aborts no
 /// task of the copy's own LUN, but waits for what the copy holds of the destination: the copy
 /// stops between its steps with COPY ABORTED, and the reset is answered (the copy ran to its
@@ -328,6 +337,8 @@ fn a_reset_of_its_own_lun_is_answered_once_an_extended_copy_has_stopped() {
 enum Stop {
     /// ABORT TASK from the copy's session.
     AbortTask,
+    /// A Logout Request (close the session) from the copy's session.
+    Logout,
     /// LOGICAL UNIT RESET of LUN 1, the destination, from another session.
     ResetDestination,
     /// LOGICAL UNIT RESET of LUN 0, the copy's own LUN, from another session.
@@ -342,7 +353,7 @@ enum Stop {
 fn extended_copy_stopped(how: Stop) {
     let reset_destination = how == Stop::ResetDestination;
     use vit::iscsi::initiator::frame;
-    use vit::iscsi::pdu::{BHS_LEN, ScsiCommand, TargetPdu, TaskMgmtRequest};
+    use vit::iscsi::pdu::{BHS_LEN, LogoutRequest, ScsiCommand, TargetPdu, TaskMgmtRequest};
     let ds = Datastore::new();
     ds.target("pr", &[]);
     let flat = |descriptor: std::path::PathBuf| {
@@ -419,21 +430,32 @@ fn extended_copy_stopped(how: Stop) {
     let (stopper, function, lun, referenced) = match how {
         Stop::ResetDestination => (&mut watcher, 5, 1u64, 0xffff_ffff), // LUN RESET of LUN 1
         Stop::ResetOwnLun => (&mut watcher, 5, 0u64, 0xffff_ffff),      // LUN RESET of LUN 0
-        Stop::AbortTask => (&mut s, 1, 0, copy_itt),
+        Stop::AbortTask | Stop::Logout => (&mut s, 1, 0, copy_itt),
     };
     stopper.itt += 1;
-    let tmf = TaskMgmtRequest {
-        immediate: true,
-        function,
-        lun: lun << 48,
-        itt: stopper.itt,
-        referenced_task_tag: referenced,
-        ref_cmd_sn: copy_sn,
-        cmd_sn: stopper.cmd_sn,
-        exp_stat_sn: stopper.exp_stat_sn,
-        ..Default::default()
-    };
-    tmf.encode(&mut bhs);
+    if how == Stop::Logout {
+        LogoutRequest {
+            immediate: true,
+            itt: stopper.itt,
+            cmd_sn: stopper.cmd_sn,
+            exp_stat_sn: stopper.exp_stat_sn,
+            ..Default::default()
+        }
+        .encode(&mut bhs);
+    } else {
+        TaskMgmtRequest {
+            immediate: true,
+            function,
+            lun: lun << 48,
+            itt: stopper.itt,
+            referenced_task_tag: referenced,
+            ref_cmd_sn: copy_sn,
+            cmd_sn: stopper.cmd_sn,
+            exp_stat_sn: stopper.exp_stat_sn,
+            ..Default::default()
+        }
+        .encode(&mut bhs);
+    }
     std::io::Write::write_all(&mut stopper.stream, &frame(&bhs, &[], false)).unwrap();
     loop {
         match vit::iscsi::initiator::read_pdu_with(&mut stopper.stream, false)
@@ -443,6 +465,10 @@ fn extended_copy_stopped(how: Stop) {
             TargetPdu::TaskMgmt(r) => {
                 assert_eq!(r.response, 0, "{r:?}");
                 stopper.exp_stat_sn = r.stat_sn.wrapping_add(1);
+                break;
+            }
+            TargetPdu::Logout(r) => {
+                assert_eq!(r.response, 0, "{r:?}");
                 break;
             }
             TargetPdu::ScsiResponse(r) if r.itt == copy_itt => {
@@ -460,6 +486,16 @@ fn extended_copy_stopped(how: Stop) {
         "the copy wrote its destination after the stop was answered\n{}",
         vitd.log_text()
     );
+    if how == Stop::Logout {
+        // The session is gone (RECEIVE COPY RESULTS is its own): the copy stopped short of the
+        // 64 segments of 32 MiB it had, 2048 steps.
+        assert!(
+            at_answer < 2048,
+            "the copy ran to its end\n{}",
+            vitd.log_text()
+        );
+        return;
+    }
     if how == Stop::ResetOwnLun {
         // The reset's unit attention; the copy was aborted unanswered.
         let r = s.command(0, &[0; 6], &[], 0).unwrap();
