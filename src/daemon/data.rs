@@ -62,6 +62,9 @@ const RX_BYTES: usize = 64 << 10;
 const LARGE_SEGMENT: usize = 32 << 10;
 /// PDUs gathered into one sendmsg.
 const SEND_BATCH: usize = 32;
+/// Why a connection ended when the initiator closed it (its end of stream, then its reset after a
+/// half-close): logged at INFO.
+const PEER_CLOSED: &str = "connection closed by the initiator";
 /// A data segment at least this long, with nothing of it staged yet, is received straight into
 /// its registered buffer.
 const DIRECT_RECV_MIN: u32 = 4096;
@@ -746,7 +749,7 @@ impl Worker {
                 && s.sending.is_empty()
                 && s.conn.finished()
             {
-                self.close(idx, Ending::Normal, "connection closed by the initiator");
+                self.close(idx, Ending::Normal, PEER_CLOSED);
             }
         }
     }
@@ -1056,7 +1059,7 @@ impl Worker {
             // After its half-close, the initiator's reset is its close showing: it had closed
             // its socket, not just its side.
             if s.input_ended && (-res == libc::ECONNRESET || -res == libc::EPIPE) {
-                return self.close(idx, Ending::Normal, "connection closed by the initiator");
+                return self.close(idx, Ending::Normal, PEER_CLOSED);
             }
             let e = std::io::Error::from_raw_os_error(-res);
             return self.close(idx, Ending::Fault, &format!("send failed: {e}"));
